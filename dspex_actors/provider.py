@@ -1,0 +1,223 @@
+"""The StateProvider contract every backend honours, and helpers to check a backend.
+
+This is the Python form of DSPex's ``StateProvider`` behaviour: the provider instance
+is the backend's opaque state, and errors are ``dspex_actors.errors`` exceptions
+rather than ``{:error, reason}`` tuples.
+
+Implementing a backend: subclass :class:`StateProvider`, implement every abstract
+method, and prove it with ``dspex_actors.testing`` (the compliance kit). Rules every
+backend keeps:
+
+* identifiers are a variable's name or its id;
+* versions start at 0 and grow by exactly 1 per successful write of that variable;
+* a failing call changes nothing (``update_variables`` and ``import_state`` are
+  all-or-nothing);
+* after ``cleanup()`` (idempotent) every operation raises a ``StateError`` promptly.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from dspex_actors.errors import NotSupported
+
+__all__ = [
+    "CAPABILITY_KEYS",
+    "REQUIRED_METHODS",
+    "StateProvider",
+    "get_capabilities",
+    "is_provider",
+    "validate_provider",
+]
+
+CAPABILITY_KEYS = ("atomic_updates", "streaming", "persistence", "distribution")
+
+REQUIRED_METHODS = (
+    "init",
+    "register_variable",
+    "get_variable",
+    "set_variable",
+    "list_variables",
+    "get_variables",
+    "update_variables",
+    "delete_variable",
+    "export_state",
+    "import_state",
+    "requires_bridge",
+    "capabilities",
+    "cleanup",
+)
+"""The seed's required callbacks; ``subscribe``/``unsubscribe`` are optional."""
+
+
+class StateProvider(abc.ABC):
+    """A session's variable store. One instance is one session's handle."""
+
+    __slots__ = ()
+    session_id: str
+
+    @classmethod
+    @abc.abstractmethod
+    def init(
+        cls,
+        *,
+        session_id: str | None = None,
+        existing_state: Mapping[str, Any] | None = None,
+        **backend_opts: Any,
+    ) -> Self:
+        """Open a session (a fresh unguessable id when none is given).
+
+        ``existing_state`` (an ``export_state()`` result) is imported before returning.
+        """
+
+    @abc.abstractmethod
+    def register_variable(
+        self,
+        name: str,
+        type: str,  # noqa: A002 - the contract's word
+        initial_value: Any,
+        *,
+        constraints: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        description: str | None = None,
+    ) -> str:
+        """Create a variable at version 0 and return its id.
+
+        Raises ``VariableExists`` for a taken name and ``ValidationError`` for a bad
+        type, constraint set or initial value.
+        """
+
+    @abc.abstractmethod
+    def get_variable(self, identifier: str) -> Any:
+        """The variable's current value; ``VariableNotFound`` if absent."""
+
+    @abc.abstractmethod
+    def set_variable(
+        self,
+        identifier: str,
+        new_value: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        expected_version: int | None = None,
+    ) -> int:
+        """Validate and store a value, merge ``metadata``; return the new version.
+
+        ``VersionConflict`` when ``expected_version`` is given and is not current.
+        """
+
+    @abc.abstractmethod
+    def list_variables(self) -> list[dict[str, Any]]:
+        """Every variable's record, in creation order."""
+
+    @abc.abstractmethod
+    def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
+        """Values keyed by identifier as given; missing ones are skipped.
+
+        The values come from one consistent moment: never half of a batch.
+        """
+
+    @abc.abstractmethod
+    def update_variables(
+        self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        """Set several variables all or nothing.
+
+        Every entry is validated first; if any fails (an unknown identifier included),
+        ``PartialFailure`` is raised with ``.errors`` and no variable changes.
+        """
+
+    @abc.abstractmethod
+    def delete_variable(self, identifier: str) -> None:
+        """Remove a variable; ``VariableNotFound`` if absent."""
+
+    @abc.abstractmethod
+    def export_state(self) -> dict[str, Any]:
+        """The whole session as plain data (msgpack-encodable).
+
+        Keys: ``session_id``, ``variables`` (id -> record), ``variable_index``
+        (name -> id), ``metadata``.
+        """
+
+    @abc.abstractmethod
+    def import_state(self, exported: Mapping[str, Any]) -> None:
+        """Add an export's variables, keeping ids, versions and timestamps.
+
+        Everything is validated before anything is applied; a bad export raises
+        ``InvalidExport`` or ``ValidationError`` and changes nothing.
+        """
+
+    @classmethod
+    @abc.abstractmethod
+    def requires_bridge(cls) -> bool:
+        """Whether this backend needs the gRPC bridge."""
+
+    @classmethod
+    @abc.abstractmethod
+    def capabilities(cls) -> dict[str, bool]:
+        """Flags ``atomic_updates streaming persistence distribution``."""
+
+    @abc.abstractmethod
+    def cleanup(self) -> None:
+        """Release the session's resources; idempotent."""
+
+    def subscribe(self, pattern: str, subscriber: Callable[[dict[str, Any]], None]) -> Any:
+        """Call ``subscriber`` with each change to variables matching ``pattern``.
+
+        Optional: a backend without streaming raises ``NotSupported``.
+        """
+        raise NotSupported(
+            f"{type(self).__name__} does not support streaming (subscribe {pattern!r})"
+        )
+
+    def unsubscribe(self, subscription: Any) -> None:
+        """Cancel a subscription made by :meth:`subscribe`."""
+        raise NotSupported(f"{type(self).__name__} does not support streaming")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+def is_provider(cls: object) -> bool:
+    """True when ``cls`` is a StateProvider class (a subclass, not an instance)."""
+    return isinstance(cls, type) and issubclass(cls, StateProvider)
+
+
+def get_capabilities(cls: object) -> dict[str, bool]:
+    """The capabilities of a provider class; ``TypeError`` for anything else."""
+    if not is_provider(cls):
+        raise TypeError(f"{cls!r} is not a StateProvider")
+    assert isinstance(cls, type) and issubclass(cls, StateProvider)
+    return dict(cls.capabilities())
+
+
+def validate_provider(cls: object) -> None:
+    """Check that ``cls`` implements every required method.
+
+    Raises ``TypeError`` naming every missing (or still abstract) method.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"{cls!r} is not a class, so it cannot be a StateProvider")
+    abstract = getattr(cls, "__abstractmethods__", frozenset())
+    missing = [
+        name
+        for name in REQUIRED_METHODS
+        if not callable(getattr(cls, name, None)) or name in abstract
+    ]
+    if missing:
+        raise TypeError(
+            f"{cls.__qualname__} is missing required StateProvider methods: "
+            + ", ".join(missing)
+        )
+    if not issubclass(cls, StateProvider):
+        raise TypeError(f"{cls.__qualname__} does not subclass dspex_actors.StateProvider")

@@ -1,0 +1,434 @@
+"""SessionActor: the one owner of a session's variables, versions and validation.
+
+The actor (a Pykka ``ThreadingActor``, the Elixir Agent's counterpart) applies every
+write in its own thread, one message at a time, so writes are serialized and
+versioned in one place. LocalState talks to it in-process; the SessionStore server
+keeps one per session behind gRPC.
+
+Reads do not need a round trip. The actor publishes its variables in a
+:class:`SessionTable` — like an ETS table with read concurrency owned by a GenServer:
+only the actor thread writes it, any thread may read it. Records are immutable
+tuples replaced whole, and the table carries a sequence counter (a seqlock): the
+actor makes it odd before changing the table and even after. A reader that sees the
+same even number before and after its lookups has read one consistent moment, never
+half of an atomic batch; otherwise it asks the actor, whose turn comes after the
+batch. Because the actor publishes before it replies, a caller returning from a
+write always reads that write. A closed table's counter is -1 (odd) forever, so
+every fast read falls through to the slow path, which reports the closure.
+
+The table outlives its actor: a supervisor can start a new actor on the same table
+(the ETS "heir" idea) and the session keeps its variables across a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import pykka
+
+from dspex_actors import vartypes
+from dspex_actors.errors import (
+    InvalidExport,
+    PartialFailure,
+    StateError,
+    ValidationError,
+    VariableExists,
+    VariableNotFound,
+    VersionConflict,
+)
+from dspex_actors.vartypes import Validator, check_metadata, describe_value, plain_copy
+
+__all__ = ["CLOSED", "Record", "SessionActor", "SessionTable", "new_session_id"]
+
+logger = logging.getLogger(__name__)
+
+CLOSED = -1
+"""The sequence number of a closed table (odd, so readers always take the slow path)."""
+
+RECORD_KEYS = (
+    "id",
+    "name",
+    "type",
+    "value",
+    "constraints",
+    "metadata",
+    "version",
+    "created_at",
+    "last_updated_at",
+)
+
+
+def new_session_id() -> str:
+    """An unguessable session id (122 random bits)."""
+    return f"sess_{uuid.uuid4().hex}"
+
+
+def _new_var_id() -> str:
+    return f"var_{uuid.uuid4().hex}"
+
+
+class Record(NamedTuple):
+    """One variable at one version; never mutated once published."""
+
+    id: str
+    name: str
+    value: Any
+    version: int
+    metadata: dict[str, Any]
+    created_at: float
+    last_updated_at: float
+    validator: Validator
+
+    def read_value(self) -> Any:
+        """The value as the caller receives it: a fresh copy when it is not a scalar."""
+        thaw = self.validator.thaw
+        return self.value if thaw is None else thaw(self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain data (a fresh copy the caller may keep)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.validator.type,
+            "value": self.read_value(),
+            "constraints": plain_copy(self.validator.constraints),
+            "metadata": plain_copy(self.metadata),
+            "version": self.version,
+            "created_at": self.created_at,
+            "last_updated_at": self.last_updated_at,
+        }
+
+
+class SessionTable:
+    """A session's published variables: written by its actor only, read by anyone.
+
+    ``index`` maps both names and ids to records; ``by_id`` keeps creation order.
+    """
+
+    __slots__ = ("by_id", "index", "metadata", "seq", "session_id")
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.seq = 0
+        self.index: dict[str, Record] = {}
+        self.by_id: dict[str, Record] = {}
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def closed(self) -> bool:
+        return self.seq == CLOSED
+
+    def lookup(self, identifier: str) -> Record:
+        """The record by name or id; ``VariableNotFound`` if absent."""
+        record = self.index.get(identifier) if isinstance(identifier, str) else None
+        if record is None:
+            raise VariableNotFound(
+                f"variable {identifier!r} not found in session {self.session_id!r}",
+                variable=identifier if isinstance(identifier, str) else describe_value(identifier),
+            )
+        return record
+
+    def values(self, identifiers: Iterable[str]) -> dict[str, Any]:
+        """Values of the identifiers present, keyed as given."""
+        index = self.index
+        out = {}
+        for identifier in identifiers:
+            record = index.get(identifier) if isinstance(identifier, str) else None
+            if record is not None:
+                out[identifier] = record.read_value()
+        return out
+
+    def export(self) -> dict[str, Any]:
+        """The whole session as plain data (see StateProvider.export_state)."""
+        records = [record.to_dict() for record in self.by_id.values()]
+        return {
+            "session_id": self.session_id,
+            "variables": {r["id"]: r for r in records},
+            "variable_index": {r["name"]: r["id"] for r in records},
+            "metadata": plain_copy(self.metadata),
+        }
+
+
+ExitHook = Callable[[str, BaseException | None], None]
+"""Called with (session_id, error) when the actor stops; error is None for a clean stop."""
+
+
+class SessionActor(pykka.ThreadingActor):
+    """Owns one session's variables; every write is one message, one turn.
+
+    Messages are tuples ``(operation, *args)``. A request that breaks a rule is
+    answered with the ``StateError`` instance (the handle raises it in the caller's
+    thread, with the caller's traceback); any other exception is a bug and crashes
+    the actor, which a supervisor may restart on the same table.
+    """
+
+    # Daemon thread: a program that forgets cleanup() must still be able to exit.
+    # The actor holds nothing that must be flushed on the way out.
+    use_daemon_thread = True
+
+    @staticmethod
+    def _create_actor_inbox() -> pykka._actor.ActorInbox:
+        # Unbounded on purpose: every message but the stop request is an ask whose
+        # sender blocks for the reply, so the inbox never holds more messages than
+        # there are threads calling this session (+1 stop). SimpleQueue is the
+        # lighter, faster C queue.
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        return inbox
+
+    def __init__(self, table: SessionTable, on_exit: ExitHook | None = None) -> None:
+        super().__init__()
+        self.table = table
+        self._on_exit = on_exit
+        # A turn that crashed half way leaves seq odd; a new actor on the same table
+        # starts from an even number so readers trust it again.
+        if table.seq != CLOSED and table.seq & 1:
+            table.seq += 1
+        self._handlers: dict[str, Callable[..., Any]] = {
+            "register": self._register,
+            "set": self._set,
+            "update": self._update,
+            "delete": self._delete,
+            "import": self._import,
+            "get": self._get,
+            "get_many": self._get_many,
+            "list": self._list,
+            "export": self.table.export,
+            "close": self._close,
+            "crash": self._crash,
+        }
+
+    # -- pykka hooks -------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        operation, *args = message
+        try:
+            return self._handlers[operation](*args)
+        except StateError as exc:
+            return exc
+
+    def on_stop(self) -> None:
+        if self._on_exit is not None:
+            self._on_exit(self.table.session_id, None)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        if self._on_exit is not None:
+            self._on_exit(self.table.session_id, exception_value)
+
+    # -- reads (the slow path, when a reader met a write in progress) ------------
+
+    def _get(self, identifier: str) -> Any:
+        return self.table.lookup(identifier).read_value()
+
+    def _get_many(self, identifiers: list[str]) -> dict[str, Any]:
+        return self.table.values(identifiers)
+
+    def _list(self) -> list[dict[str, Any]]:
+        return [record.to_dict() for record in self.table.by_id.values()]
+
+    # -- writes --------------------------------------------------------------------
+
+    def _publish(self, records: Iterable[Record], removed: Iterable[Record] = ()) -> None:
+        """Swap records into the table inside one seqlock window."""
+        table = self.table
+        index = table.index
+        by_id = table.by_id
+        table.seq += 1
+        for record in removed:
+            del index[record.name], index[record.id], by_id[record.id]
+        for record in records:
+            index[record.name] = index[record.id] = by_id[record.id] = record
+        table.seq += 1
+
+    def _register(
+        self,
+        name: Any,
+        type_name: Any,
+        initial_value: Any,
+        constraints: Any,
+        metadata: Any,
+        description: Any,
+    ) -> str:
+        vartypes.check_name(name)
+        if name in self.table.index:
+            raise VariableExists(
+                f"variable {name!r} already exists in session {self.table.session_id!r}",
+                variable=name,
+            )
+        validator = vartypes.compile_type(name, type_name, constraints)
+        value = validator.check(initial_value)
+        meta = check_metadata(name, metadata)
+        if description is not None:
+            if not isinstance(description, str):
+                raise ValidationError(
+                    f"variable {name!r}: description must be a string "
+                    f"(rule 'description', value {describe_value(description)})",
+                    variable=name,
+                    rule="description",
+                    value=describe_value(description),
+                )
+            meta["description"] = description
+        now = time.time()
+        record = Record(_new_var_id(), name, value, 0, meta, now, now, validator)
+        self._publish((record,))
+        return record.id
+
+    def _next(self, record: Record, value: Any, meta: dict[str, Any] | None, now: float) -> Record:
+        merged = record.metadata if not meta else {**record.metadata, **meta}
+        return record._replace(
+            value=value, version=record.version + 1, metadata=merged, last_updated_at=now
+        )
+
+    def _set(
+        self, identifier: str, new_value: Any, metadata: Any, expected_version: int | None
+    ) -> int:
+        record = self.table.lookup(identifier)
+        if expected_version is not None and expected_version != record.version:
+            raise VersionConflict(
+                f"variable {record.name!r}: expected version {expected_version!r} "
+                f"but it is at version {record.version}",
+                variable=record.name,
+                expected=expected_version,
+                actual=record.version,
+            )
+        value = record.validator.check(new_value)
+        meta = check_metadata(record.name, metadata) if metadata else None
+        updated = self._next(record, value, meta, time.time())
+        self._publish((updated,))
+        return updated.version
+
+    def _update(self, updates: Mapping[str, Any], metadata: Any) -> None:
+        """All or nothing: validate every entry, then publish all in one window."""
+        lookup = self.table.index.get
+        errors: dict[str, StateError] = {}
+        staged: dict[str, tuple[Record, Any]] = {}
+        meta = None
+        for identifier, new_value in updates.items():
+            record = lookup(identifier) if isinstance(identifier, str) else None
+            try:
+                if record is None:
+                    self.table.lookup(identifier)  # raises VariableNotFound
+                    continue
+                if record.id in staged:
+                    raise ValidationError(
+                        f"variable {record.name!r} appears twice in one batch "
+                        f"(rule 'unique', value {describe_value(identifier)})",
+                        variable=record.name,
+                        rule="unique",
+                        value=identifier,
+                    )
+                staged[record.id] = (record, record.validator.check(new_value))
+            except StateError as exc:
+                errors[str(identifier)] = exc
+        if metadata:
+            try:
+                meta = check_metadata("<batch>", metadata)
+            except StateError as exc:
+                errors["<metadata>"] = exc
+        if errors:
+            raise PartialFailure(
+                f"{len(errors)} of {len(updates)} updates failed, none applied: "
+                + "; ".join(f"{k}: {e}" for k, e in errors.items()),
+                errors=errors,
+            )
+        now = time.time()
+        self._publish([self._next(record, value, meta, now) for record, value in staged.values()])
+
+    def _delete(self, identifier: str) -> None:
+        record = self.table.lookup(identifier)
+        self._publish((), removed=(record,))
+
+    def _import(self, exported: Any) -> int:
+        """Validate a whole export, then publish it in one window; returns the count."""
+        records = _records_from_export(exported, self.table)
+        self._publish(records)
+        session_meta = exported.get("metadata") or {}
+        self.table.metadata.update(check_metadata("<session>", session_meta))
+        return len(records)
+
+    def _close(self) -> None:
+        # Marks the table in this turn, after every write queued before it; the
+        # handle then sends the stop request.
+        self.table.seq = CLOSED
+
+    def _crash(self, reason: str) -> None:
+        """Fail on purpose (tests and supervisors exercise restarts with it)."""
+        raise RuntimeError(reason)
+
+
+def _records_from_export(exported: Any, table: SessionTable) -> list[Record]:
+    """Rebuild records from an export, checking everything; raise before any change."""
+    if not isinstance(exported, Mapping):
+        raise InvalidExport(f"an export must be a mapping, got {type(exported).__name__}")
+    missing = [k for k in ("session_id", "variables", "variable_index") if k not in exported]
+    if missing:
+        raise InvalidExport(f"export is missing {', '.join(missing)}")
+    if not isinstance(exported["session_id"], str):
+        raise InvalidExport(
+            f"export session_id must be a string, got {describe_value(exported['session_id'])}"
+        )
+    variables = exported["variables"]
+    index = exported["variable_index"]
+    if not isinstance(variables, Mapping) or not isinstance(index, Mapping):
+        raise InvalidExport("export 'variables' and 'variable_index' must be mappings")
+    metadata = exported.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidExport("export 'metadata' must be a mapping")
+    records: list[Record] = []
+    names: dict[str, str] = {}
+    for var_id, raw in variables.items():
+        record = _record_from_raw(var_id, raw)
+        if record.name in names:
+            raise InvalidExport(f"export names variable {record.name!r} twice")
+        names[record.name] = record.id
+        records.append(record)
+    if dict(index) != names:
+        raise InvalidExport(
+            "export variable_index does not match its variables: "
+            f"index {describe_value(dict(index))}, variables name {describe_value(names)}"
+        )
+    keys = set(names) | set(names.values())
+    if len(keys) != 2 * len(names):
+        raise InvalidExport("export uses a variable id that is also a variable name")
+    for key in keys & set(table.index):
+        existing = table.index[key]
+        raise VariableExists(
+            f"variable {key!r} already exists in session {table.session_id!r} "
+            f"(as {'name' if existing.name == key else 'id'} of {existing.name!r})",
+            variable=key,
+        )
+    return records
+
+
+def _record_from_raw(var_id: Any, raw: Any) -> Record:
+    if not isinstance(var_id, str) or not var_id:
+        raise InvalidExport(f"export variable id {describe_value(var_id)} is not a string")
+    if not isinstance(raw, Mapping):
+        raise InvalidExport(f"export variable {var_id!r} is not a mapping")
+    missing = [k for k in RECORD_KEYS if k not in raw]
+    if missing:
+        raise InvalidExport(f"export variable {var_id!r} is missing {', '.join(missing)}")
+    if raw["id"] != var_id:
+        raise InvalidExport(
+            f"export variable {var_id!r} carries a different id {describe_value(raw['id'])}"
+        )
+    name = vartypes.check_name(raw["name"])
+    version = raw["version"]
+    if type(version) is not int or version < 0:
+        raise InvalidExport(
+            f"export variable {name!r}: version {describe_value(version)} "
+            "is not a non-negative integer"
+        )
+    stamps = (raw["created_at"], raw["last_updated_at"])
+    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in stamps):
+        raise InvalidExport(f"export variable {name!r}: timestamps must be numbers")
+    validator = vartypes.compile_type(name, raw["type"], raw["constraints"])
+    value = validator.check(raw["value"])
+    meta = check_metadata(name, raw["metadata"])
+    return Record(
+        var_id, name, value, version, meta, float(stamps[0]), float(stamps[1]), validator
+    )

@@ -1,0 +1,289 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorDetail(_message.Message):
+    __slots__ = ("error_class", "reason", "message", "details", "errors")
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ErrorDetail
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
+    ERROR_CLASS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    error_class: str
+    reason: str
+    message: str
+    details: bytes
+    errors: _containers.MessageMap[str, ErrorDetail]
+    def __init__(self, error_class: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[bytes] = ..., errors: _Optional[_Mapping[str, ErrorDetail]] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("session_id", "create_if_missing", "metadata")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATE_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    create_if_missing: bool
+    metadata: bytes
+    def __init__(self, session_id: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., metadata: _Optional[bytes] = ...) -> None: ...
+
+class OpenSessionResponse(_message.Message):
+    __slots__ = ("session_id", "created")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    created: bool
+    def __init__(self, session_id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class SessionInfo(_message.Message):
+    __slots__ = ("session_id", "variable_count", "created_at", "last_active_at", "ttl_seconds", "metadata")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    variable_count: int
+    created_at: float
+    last_active_at: float
+    ttl_seconds: float
+    metadata: bytes
+    def __init__(self, session_id: _Optional[str] = ..., variable_count: _Optional[int] = ..., created_at: _Optional[float] = ..., last_active_at: _Optional[float] = ..., ttl_seconds: _Optional[float] = ..., metadata: _Optional[bytes] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("expires_at",)
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    expires_at: float
+    def __init__(self, expires_at: _Optional[float] = ...) -> None: ...
+
+class RegisterVariableRequest(_message.Message):
+    __slots__ = ("session_id", "name", "type", "initial_value", "constraints", "metadata", "description")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    name: str
+    type: str
+    initial_value: bytes
+    constraints: bytes
+    metadata: bytes
+    description: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., initial_value: _Optional[bytes] = ..., constraints: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., description: _Optional[str] = ...) -> None: ...
+
+class RegisterVariableResponse(_message.Message):
+    __slots__ = ("var_id",)
+    VAR_ID_FIELD_NUMBER: _ClassVar[int]
+    var_id: str
+    def __init__(self, var_id: _Optional[str] = ...) -> None: ...
+
+class GetVariableRequest(_message.Message):
+    __slots__ = ("session_id", "identifier")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identifier: str
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ...) -> None: ...
+
+class GetVariableResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: bytes
+    def __init__(self, value: _Optional[bytes] = ...) -> None: ...
+
+class SetVariableRequest(_message.Message):
+    __slots__ = ("session_id", "identifier", "value", "metadata", "expected_version")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identifier: str
+    value: bytes
+    metadata: bytes
+    expected_version: int
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., value: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., expected_version: _Optional[int] = ...) -> None: ...
+
+class SetVariableResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class GetVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "identifiers")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identifiers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetVariablesResponse(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: bytes
+    def __init__(self, values: _Optional[bytes] = ...) -> None: ...
+
+class UpdateVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "updates", "metadata")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    updates: bytes
+    metadata: bytes
+    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[bytes] = ..., metadata: _Optional[bytes] = ...) -> None: ...
+
+class UpdateVariablesResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListVariablesRequest(_message.Message):
+    __slots__ = ("session_id", "pattern")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    pattern: str
+    def __init__(self, session_id: _Optional[str] = ..., pattern: _Optional[str] = ...) -> None: ...
+
+class Variable(_message.Message):
+    __slots__ = ("id", "name", "type", "value", "constraints", "metadata", "version", "created_at", "last_updated_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    type: str
+    value: bytes
+    constraints: bytes
+    metadata: bytes
+    version: int
+    created_at: float
+    last_updated_at: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., value: _Optional[bytes] = ..., constraints: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., version: _Optional[int] = ..., created_at: _Optional[float] = ..., last_updated_at: _Optional[float] = ...) -> None: ...
+
+class ListVariablesResponse(_message.Message):
+    __slots__ = ("variables",)
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    variables: _containers.RepeatedCompositeFieldContainer[Variable]
+    def __init__(self, variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ...) -> None: ...
+
+class DeleteVariableRequest(_message.Message):
+    __slots__ = ("session_id", "identifier")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identifier: str
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ...) -> None: ...
+
+class DeleteVariableResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExportSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ExportSessionResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: bytes
+    def __init__(self, state: _Optional[bytes] = ...) -> None: ...
+
+class ImportSessionRequest(_message.Message):
+    __slots__ = ("session_id", "state")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    state: bytes
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ...) -> None: ...
+
+class ImportSessionResponse(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("session_id", "patterns")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    patterns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VariableEvent(_message.Message):
+    __slots__ = ("kind", "session_id", "var_id", "name", "value", "version", "metadata", "timestamp")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[VariableEvent.Kind]
+        KIND_REGISTERED: _ClassVar[VariableEvent.Kind]
+        KIND_UPDATED: _ClassVar[VariableEvent.Kind]
+        KIND_DELETED: _ClassVar[VariableEvent.Kind]
+    KIND_UNSPECIFIED: VariableEvent.Kind
+    KIND_REGISTERED: VariableEvent.Kind
+    KIND_UPDATED: VariableEvent.Kind
+    KIND_DELETED: VariableEvent.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VAR_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    kind: VariableEvent.Kind
+    session_id: str
+    var_id: str
+    name: str
+    value: bytes
+    version: int
+    metadata: bytes
+    timestamp: float
+    def __init__(self, kind: _Optional[_Union[VariableEvent.Kind, str]] = ..., session_id: _Optional[str] = ..., var_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., metadata: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,460 @@
+"""The eight variable types, their constraints, and plain-data checks.
+
+One place for every rule: the session actor calls :func:`compile_type` once when a
+variable is registered (or imported) and keeps the returned :class:`Validator`, so a
+write validates with a pre-built closure instead of re-reading the constraints.
+
+Every failure is a :class:`~dspex_actors.errors.ValidationError` whose message names
+the variable, the rule and the offending value (``rule`` is ``"type"`` for a wrong
+type, otherwise the constraint key).
+
+Stored values are frozen (embeddings as tuples, tensors as tuples inside a dict that
+is never handed out) so readers may share them; :attr:`Validator.thaw` turns one back
+into fresh lists for the caller, and is ``None`` for scalar types, which need no copy.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dspex_actors.errors import ValidationError
+
+__all__ = [
+    "TYPE_NAMES",
+    "Validator",
+    "check_name",
+    "compile_type",
+    "describe_value",
+    "plain_copy",
+]
+
+TYPE_NAMES = ("float", "integer", "string", "boolean", "choice", "module", "embedding", "tensor")
+
+_MAX_REPR = 200
+_MAX_DEPTH = 32
+_MAX_NAME = 256
+
+
+def describe_value(value: Any) -> str:
+    """``repr(value)``, cut to a readable length for error messages."""
+    text = repr(value)
+    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
+
+
+def _fail(variable: str, rule: str, value: Any, what: str) -> ValidationError:
+    return ValidationError(
+        f"variable {variable!r}: {what} (rule {rule!r}, value {describe_value(value)})",
+        variable=variable,
+        rule=rule,
+        value=_wire_safe(value),
+    )
+
+
+def _wire_safe(value: Any) -> Any:
+    """The offending value if it is plain data, else its repr (it must cross the wire)."""
+    try:
+        return plain_copy(value)
+    except (TypeError, ValueError, RecursionError):
+        return describe_value(value)
+
+
+Convert = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Validator:
+    """A variable's compiled type: ``check(value)`` returns the frozen value or raises."""
+
+    type: str
+    constraints: dict[str, Any]
+    check: Convert
+    thaw: Convert | None
+
+
+def check_name(name: Any) -> str:
+    """A variable name must be a non-empty string of at most 256 characters."""
+    if not isinstance(name, str) or not name or len(name) > _MAX_NAME:
+        raise ValidationError(
+            f"variable name must be a non-empty string of at most {_MAX_NAME} characters "
+            f"(rule 'name', value {describe_value(name)})",
+            variable=name if isinstance(name, str) else describe_value(name),
+            rule="name",
+            value=_wire_safe(name),
+        )
+    return name
+
+
+def plain_copy(data: Any, _depth: int = 0) -> Any:
+    """A deep copy of msgpack-encodable plain data; ``TypeError`` for anything else.
+
+    Accepts None, bool, int, float, str, bytes, lists/tuples (copied to lists) and
+    dicts with string keys. Used for metadata and to hand out copies of stored data.
+    """
+    if data is None or isinstance(data, bool | int | float | str | bytes):
+        return data
+    if _depth >= _MAX_DEPTH:
+        raise ValueError(f"nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(data, list | tuple):
+        return [plain_copy(item, _depth + 1) for item in data]
+    if isinstance(data, Mapping):
+        out = {}
+        for key, item in data.items():
+            if not isinstance(key, str):
+                raise TypeError(f"mapping key {describe_value(key)} is not a string")
+            out[key] = plain_copy(item, _depth + 1)
+        return out
+    raise TypeError(f"{type(data).__name__} is not plain data")
+
+
+def check_metadata(variable: str, metadata: Any) -> dict[str, Any]:
+    """A copy of ``metadata`` (a mapping of plain data) or a ValidationError."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise _fail(variable, "metadata", metadata, "metadata must be a mapping")
+    try:
+        copied: dict[str, Any] = plain_copy(metadata)
+    except (TypeError, ValueError) as exc:
+        raise _fail(variable, "metadata", metadata, f"metadata is not plain data: {exc}") from None
+    return copied
+
+
+# --- value checks ---------------------------------------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _to_float(variable: str, value: Any) -> float:
+    if type(value) is float:
+        return value
+    if _is_number(value):
+        try:
+            return float(value)
+        except OverflowError:
+            raise _fail(variable, "type", value, "integer too large for a float") from None
+    raise _fail(variable, "type", value, f"expected a float, got {type(value).__name__}")
+
+
+def _bound_checks(
+    variable: str, constraints: dict[str, Any], value: float | int
+) -> None:
+    lo = constraints.get("min")
+    hi = constraints.get("max")
+    if value != value:  # nan
+        raise _fail(variable, "min" if lo is not None else "max", value, "nan is outside any bound")
+    if lo is not None and value < lo:
+        raise _fail(variable, "min", value, f"below the minimum {lo!r}")
+    if hi is not None and value > hi:
+        raise _fail(variable, "max", value, f"above the maximum {hi!r}")
+
+
+def _float_check(variable: str, constraints: dict[str, Any]) -> Convert:
+    bounded = "min" in constraints or "max" in constraints
+
+    def check(value: Any) -> float:
+        number = value if type(value) is float else _to_float(variable, value)
+        if bounded:
+            _bound_checks(variable, constraints, number)
+        return number
+
+    return check
+
+
+def _integer_check(variable: str, constraints: dict[str, Any]) -> Convert:
+    bounded = "min" in constraints or "max" in constraints
+
+    def check(value: Any) -> int:
+        if type(value) is int:
+            number = value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            number = int(value)
+        elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            number = int(value)
+        else:
+            what = (
+                f"{value!r} is not integral"
+                if _is_number(value)
+                else f"expected an integer, got {type(value).__name__}"
+            )
+            raise _fail(variable, "type", value, what)
+        if bounded:
+            _bound_checks(variable, constraints, number)
+        return number
+
+    return check
+
+
+def _string_check(variable: str, constraints: dict[str, Any]) -> Convert:
+    min_len = constraints.get("min_length")
+    max_len = constraints.get("max_length")
+    pattern = re.compile(constraints["pattern"]) if "pattern" in constraints else None
+    enum = frozenset(constraints["enum"]) if "enum" in constraints else None
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _fail(variable, "type", value, f"expected a string, got {type(value).__name__}")
+        if min_len is not None and len(value) < min_len:
+            raise _fail(variable, "min_length", value, f"shorter than {min_len} characters")
+        if max_len is not None and len(value) > max_len:
+            raise _fail(variable, "max_length", value, f"longer than {max_len} characters")
+        if pattern is not None and pattern.search(value) is None:
+            raise _fail(variable, "pattern", value, f"does not match {pattern.pattern!r}")
+        if enum is not None and value not in enum:
+            raise _fail(variable, "enum", value, f"not one of {constraints['enum']!r}")
+        return str(value)
+
+    return check
+
+
+def _boolean_check(variable: str, constraints: dict[str, Any]) -> Convert:
+    def check(value: Any) -> bool:
+        if value is True or value is False:
+            return bool(value)
+        raise _fail(variable, "type", value, f"expected a boolean, got {type(value).__name__}")
+
+    return check
+
+
+def _choice_check(variable: str, constraints: dict[str, Any]) -> Convert:
+    choices = constraints["choices"]
+
+    def check(value: Any) -> Any:
+        # `in` on the list would treat True == 1; compare type as well as value.
+        for choice in choices:
+            if type(choice) is type(value) and choice == value:
+                return choice
+        raise _fail(variable, "choices", value, f"not one of {choices!r}")
+
+    return check
+
+
+def _module_check(variable: str, constraints: dict[str, Any]) -> Convert:
+    allowed = constraints.get("allowed_modules")
+    allowed_set = frozenset(allowed) if allowed is not None else None
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise _fail(variable, "type", value, "expected a non-empty module name string")
+        if allowed_set is not None and value not in allowed_set:
+            raise _fail(variable, "allowed_modules", value, f"not one of {allowed!r}")
+        return str(value)
+
+    return check
+
+
+def _floats(variable: str, rule: str, items: Any, value: Any) -> tuple[float, ...]:
+    if not isinstance(items, list | tuple):
+        raise _fail(variable, rule, value, "expected a list of numbers")
+    out = []
+    for item in items:
+        if type(item) is float:
+            out.append(item)
+        elif _is_number(item):
+            try:
+                out.append(float(item))
+            except OverflowError:
+                raise _fail(variable, rule, value, "an element is too large for a float") from None
+        else:
+            raise _fail(variable, rule, value, f"element {describe_value(item)} is not a number")
+    return tuple(out)
+
+
+def _embedding_check(variable: str, constraints: dict[str, Any]) -> Convert:
+    dims = constraints.get("dimensions")
+
+    def check(value: Any) -> tuple[float, ...]:
+        vector = _floats(variable, "type", value, value)
+        if dims is not None and len(vector) != dims:
+            raise _fail(variable, "dimensions", value, f"has {len(vector)} dimensions, not {dims}")
+        return vector
+
+    return check
+
+
+def _tensor_check(variable: str, constraints: dict[str, Any]) -> Convert:
+    want_shape = constraints.get("shape")
+
+    def check(value: Any) -> dict[str, tuple[Any, ...]]:
+        if not isinstance(value, Mapping) or set(value) != {"shape", "data"}:
+            raise _fail(
+                variable, "type", value, "expected a mapping with exactly 'shape' and 'data'"
+            )
+        shape = value["shape"]
+        if not isinstance(shape, list | tuple) or not all(
+            type(d) is int and d >= 0 for d in shape
+        ):
+            raise _fail(variable, "type", value, "shape must be a list of non-negative integers")
+        data = _floats(variable, "type", value["data"], value)
+        if len(data) != math.prod(shape):
+            raise _fail(
+                variable,
+                "shape",
+                value,
+                f"data has {len(data)} elements but shape {list(shape)} needs {math.prod(shape)}",
+            )
+        if want_shape is not None and (
+            len(shape) != len(want_shape)
+            or any(w is not None and w != d for w, d in zip(want_shape, shape, strict=True))
+        ):
+            raise _fail(variable, "shape", value, f"shape {list(shape)} is not {want_shape!r}")
+        return {"shape": tuple(shape), "data": data}
+
+    return check
+
+
+def _thaw_vector(value: tuple[float, ...]) -> list[float]:
+    return list(value)
+
+
+def _thaw_tensor(value: dict[str, tuple[Any, ...]]) -> dict[str, list[Any]]:
+    return {"shape": list(value["shape"]), "data": list(value["data"])}
+
+
+# --- constraint definitions -----------------------------------------------------
+
+
+def _bad_constraint(variable: str, rule: str, value: Any, what: str) -> ValidationError:
+    return _fail(variable, rule, value, f"invalid constraint {rule!r}: {what}")
+
+
+def _number_bounds(variable: str, c: dict[str, Any], integral: bool) -> None:
+    for key in ("min", "max"):
+        if key not in c:
+            continue
+        bound = c[key]
+        if integral and type(bound) is not int:
+            raise _bad_constraint(variable, key, bound, "must be an integer")
+        if not integral:
+            if not _is_number(bound) or bound != bound:
+                raise _bad_constraint(variable, key, bound, "must be a number (not nan)")
+            c[key] = float(bound)
+    if "min" in c and "max" in c and c["min"] > c["max"]:
+        raise _bad_constraint(variable, "min", c["min"], f"greater than max {c['max']!r}")
+
+
+def _non_negative_int(variable: str, c: dict[str, Any], key: str, positive: bool = False) -> None:
+    if key in c:
+        v = c[key]
+        if type(v) is not int or v < (1 if positive else 0):
+            kind = "a positive" if positive else "a non-negative"
+            raise _bad_constraint(variable, key, v, f"must be {kind} integer")
+
+
+def _non_empty_list(variable: str, c: dict[str, Any], key: str, item_types: tuple[type, ...]) -> None:
+    if key in c:
+        v = c[key]
+        if (
+            not isinstance(v, list | tuple)
+            or not v
+            or not all(isinstance(i, item_types) for i in v)
+        ):
+            names = "/".join(t.__name__ for t in item_types)
+            raise _bad_constraint(variable, key, v, f"must be a non-empty list of {names}")
+        c[key] = list(v)
+
+
+def _define_float(variable: str, c: dict[str, Any]) -> None:
+    _number_bounds(variable, c, integral=False)
+
+
+def _define_integer(variable: str, c: dict[str, Any]) -> None:
+    _number_bounds(variable, c, integral=True)
+
+
+def _define_string(variable: str, c: dict[str, Any]) -> None:
+    _non_negative_int(variable, c, "min_length")
+    _non_negative_int(variable, c, "max_length")
+    if "min_length" in c and "max_length" in c and c["min_length"] > c["max_length"]:
+        raise _bad_constraint(
+            variable, "min_length", c["min_length"], f"greater than max_length {c['max_length']}"
+        )
+    if "pattern" in c:
+        pattern = c["pattern"]
+        if not isinstance(pattern, str):
+            raise _bad_constraint(variable, "pattern", pattern, "must be a string")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise _bad_constraint(variable, "pattern", pattern, f"bad regex: {exc}") from None
+    _non_empty_list(variable, c, "enum", (str,))
+
+
+def _define_choice(variable: str, c: dict[str, Any]) -> None:
+    if "choices" not in c:
+        raise _bad_constraint(variable, "choices", None, "a choice variable needs 'choices'")
+    _non_empty_list(variable, c, "choices", (str, int, float, bool))
+
+
+def _define_module(variable: str, c: dict[str, Any]) -> None:
+    _non_empty_list(variable, c, "allowed_modules", (str,))
+
+
+def _define_embedding(variable: str, c: dict[str, Any]) -> None:
+    _non_negative_int(variable, c, "dimensions", positive=True)
+
+
+def _define_tensor(variable: str, c: dict[str, Any]) -> None:
+    if "shape" in c:
+        shape = c["shape"]
+        if not isinstance(shape, list | tuple) or not all(
+            d is None or (type(d) is int and d >= 0) for d in shape
+        ):
+            raise _bad_constraint(
+                variable, "shape", shape, "must be a list of non-negative integers or None"
+            )
+        c["shape"] = list(shape)
+
+
+_Define = Callable[[str, dict[str, Any]], None]
+_Build = Callable[[str, dict[str, Any]], Convert]
+
+_TYPES: dict[str, tuple[frozenset[str], _Define | None, _Build, Convert | None]] = {
+    "float": (frozenset({"min", "max"}), _define_float, _float_check, None),
+    "integer": (frozenset({"min", "max"}), _define_integer, _integer_check, None),
+    "string": (
+        frozenset({"min_length", "max_length", "pattern", "enum"}),
+        _define_string,
+        _string_check,
+        None,
+    ),
+    "boolean": (frozenset(), None, _boolean_check, None),
+    "choice": (frozenset({"choices"}), _define_choice, _choice_check, None),
+    "module": (frozenset({"allowed_modules"}), _define_module, _module_check, None),
+    "embedding": (frozenset({"dimensions"}), _define_embedding, _embedding_check, _thaw_vector),
+    "tensor": (frozenset({"shape"}), _define_tensor, _tensor_check, _thaw_tensor),
+}
+
+
+def compile_type(variable: str, type_name: Any, constraints: Any) -> Validator:
+    """Check a type name and its constraints once; return the variable's Validator.
+
+    Raises ``ValidationError`` for an unknown type, a constraint key that does not
+    belong to the type, or a constraint that makes no sense (min > max, bad regex...).
+    """
+    spec = _TYPES.get(type_name) if isinstance(type_name, str) else None
+    if spec is None:
+        raise _fail(variable, "type", type_name, f"unknown type; known types: {', '.join(TYPE_NAMES)}")
+    allowed, define, build, thaw = spec
+    if constraints is None:
+        constraints = {}
+    if not isinstance(constraints, Mapping):
+        raise _bad_constraint(variable, "constraints", constraints, "must be a mapping")
+    unknown = sorted(str(k) for k in constraints if k not in allowed)
+    if unknown:
+        raise _bad_constraint(
+            variable,
+            "constraints",
+            dict(constraints),
+            f"{', '.join(map(repr, unknown))} not valid for type {type_name!r}"
+            f" (allowed: {', '.join(sorted(allowed)) or 'none'})",
+        )
+    c = dict(constraints)
+    if define is not None:
+        define(variable, c)
+    return Validator(type_name, c, build(variable, c), thaw)

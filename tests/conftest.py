@@ -1,0 +1,37 @@
+"""Shared fixtures: every test must leave no actors and no extra threads running."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pykka
+import pytest
+
+_JOIN_SECONDS = 10.0
+
+
+def _extra_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Iterator[None]:
+    """Fail a test that leaves pykka actors or Python threads behind.
+
+    Threads get a bounded join first: an actor's thread may still be finishing its
+    teardown when the stop call returns. This waits on the threads themselves, so
+    it synchronises instead of sleeping.
+    """
+    before = set(threading.enumerate())
+    yield
+    actors = pykka.ActorRegistry.get_all()
+    for thread in _extra_threads(before):
+        thread.join(_JOIN_SECONDS)
+    leftover = _extra_threads(before)
+    if actors or leftover:
+        pykka.ActorRegistry.stop_all(block=True, timeout=_JOIN_SECONDS)
+        pytest.fail(
+            f"test left running: {len(actors)} actor(s) {actors!r}, "
+            f"thread(s) {[t.name for t in leftover]!r}"
+        )

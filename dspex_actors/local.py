@@ -111,9 +111,7 @@ class LocalState(StateProvider):
         except pykka.ActorDeadError:
             if self._table.seq == CLOSED:
                 raise self._closed() from None
-            raise SessionClosed(
-                f"session {self.session_id!r}: its actor is not running"
-            ) from None
+            raise SessionClosed(f"session {self.session_id!r}: its actor is not running") from None
         except pykka.Timeout as exc:
             raise StateError(
                 f"session {self.session_id!r}: the actor did not answer within "
@@ -128,7 +126,7 @@ class LocalState(StateProvider):
     def get_variable(self, identifier: str) -> Any:
         table = self._table
         seq = table.seq
-        record = table.index.get(identifier)  # type: ignore[call-overload]
+        record = table.index.get(identifier)
         if seq & 1 or table.seq != seq:
             return self._call("get", identifier)
         if record is None:
@@ -163,7 +161,7 @@ class LocalState(StateProvider):
     def register_variable(
         self,
         name: str,
-        type: str,  # noqa: A002 - the contract's word
+        type: str,  # the contract's word, shadowing the builtin here only
         initial_value: Any,
         *,
         constraints: Mapping[str, Any] | None = None,

@@ -77,7 +77,7 @@ class StateProvider(abc.ABC):
     def register_variable(
         self,
         name: str,
-        type: str,  # noqa: A002 - the contract's word
+        type: str,  # the contract's word, shadowing the builtin here only
         initial_value: Any,
         *,
         constraints: Mapping[str, Any] | None = None,
@@ -208,7 +208,7 @@ def validate_provider(cls: object) -> None:
     """
     if not isinstance(cls, type):
         raise TypeError(f"{cls!r} is not a class, so it cannot be a StateProvider")
-    abstract = getattr(cls, "__abstractmethods__", frozenset())
+    abstract: frozenset[str] = getattr(cls, "__abstractmethods__", frozenset())
     missing = [
         name
         for name in REQUIRED_METHODS
@@ -216,8 +216,7 @@ def validate_provider(cls: object) -> None:
     ]
     if missing:
         raise TypeError(
-            f"{cls.__qualname__} is missing required StateProvider methods: "
-            + ", ".join(missing)
+            f"{cls.__qualname__} is missing required StateProvider methods: " + ", ".join(missing)
         )
     if not issubclass(cls, StateProvider):
         raise TypeError(f"{cls.__qualname__} does not subclass dspex_actors.StateProvider")

@@ -154,6 +154,10 @@ class SessionTable:
         }
 
 
+def _new_record(fields: tuple[Any, ...]) -> Record:
+    return tuple.__new__(Record, fields)
+
+
 ExitHook = Callable[[str, BaseException | None], None]
 """Called with (session_id, error) when the actor stops; error is None for a clean stop."""
 
@@ -277,10 +281,20 @@ class SessionActor(pykka.ThreadingActor):
         self._publish((record,))
         return record.id
 
-    def _next(self, record: Record, value: Any, meta: dict[str, Any] | None, now: float) -> Record:
-        merged = record.metadata if not meta else {**record.metadata, **meta}
-        return record._replace(
-            value=value, version=record.version + 1, metadata=merged, last_updated_at=now
+    @staticmethod
+    def _next(record: Record, value: Any, meta: dict[str, Any] | None, now: float) -> Record:
+        """The record's next version (built directly: ``_replace`` is several times slower)."""
+        return _new_record(
+            (
+                record.id,
+                record.name,
+                value,
+                record.version + 1,
+                record.metadata if not meta else {**record.metadata, **meta},
+                record.created_at,
+                now,
+                record.validator,
+            )
         )
 
     def _set(
@@ -312,8 +326,7 @@ class SessionActor(pykka.ThreadingActor):
             try:
                 if record is None:
                     self.table.lookup(identifier)  # raises VariableNotFound
-                    continue
-                if record.id in staged:
+                elif record.id in staged:
                     raise ValidationError(
                         f"variable {record.name!r} appears twice in one batch "
                         f"(rule 'unique', value {describe_value(identifier)})",
@@ -321,7 +334,8 @@ class SessionActor(pykka.ThreadingActor):
                         rule="unique",
                         value=identifier,
                     )
-                staged[record.id] = (record, record.validator.check(new_value))
+                else:
+                    staged[record.id] = (record, record.validator.check(new_value))
             except StateError as exc:
                 errors[str(identifier)] = exc
         if metadata:

@@ -141,40 +141,50 @@ def _to_float(variable: str, value: Any) -> float:
     raise _fail(variable, "type", value, f"expected a float, got {type(value).__name__}")
 
 
-def _bound_checks(
-    variable: str, constraints: dict[str, Any], value: float | int
-) -> None:
+def _bounds(variable: str, constraints: dict[str, Any]) -> Callable[[float], None] | None:
+    """A closure checking min/max (nan fails any bound), or None when unbounded."""
     lo = constraints.get("min")
     hi = constraints.get("max")
-    if value != value:  # nan
-        raise _fail(variable, "min" if lo is not None else "max", value, "nan is outside any bound")
-    if lo is not None and value < lo:
-        raise _fail(variable, "min", value, f"below the minimum {lo!r}")
-    if hi is not None and value > hi:
+    if lo is None and hi is None:
+        return None
+    low = -math.inf if lo is None else lo
+    high = math.inf if hi is None else hi
+
+    def check(value: float) -> None:
+        if low <= value <= high:
+            return
+        if math.isnan(value):
+            raise _fail(
+                variable, "min" if lo is not None else "max", value, "nan is outside any bound"
+            )
+        if value < low:
+            raise _fail(variable, "min", value, f"below the minimum {lo!r}")
         raise _fail(variable, "max", value, f"above the maximum {hi!r}")
+
+    return check
 
 
 def _float_check(variable: str, constraints: dict[str, Any]) -> Convert:
-    bounded = "min" in constraints or "max" in constraints
+    bounds = _bounds(variable, constraints)
 
     def check(value: Any) -> float:
         number = value if type(value) is float else _to_float(variable, value)
-        if bounded:
-            _bound_checks(variable, constraints, number)
+        if bounds is not None:
+            bounds(number)
         return number
 
     return check
 
 
 def _integer_check(variable: str, constraints: dict[str, Any]) -> Convert:
-    bounded = "min" in constraints or "max" in constraints
+    bounds = _bounds(variable, constraints)
 
     def check(value: Any) -> int:
         if type(value) is int:
             number = value
-        elif isinstance(value, int) and not isinstance(value, bool):
-            number = int(value)
-        elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        elif (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and math.isfinite(value) and value.is_integer()
+        ):
             number = int(value)
         else:
             what = (
@@ -183,8 +193,8 @@ def _integer_check(variable: str, constraints: dict[str, Any]) -> Convert:
                 else f"expected an integer, got {type(value).__name__}"
             )
             raise _fail(variable, "type", value, what)
-        if bounded:
-            _bound_checks(variable, constraints, number)
+        if bounds is not None:
+            bounds(number)
         return number
 
     return check
@@ -331,7 +341,7 @@ def _number_bounds(variable: str, c: dict[str, Any], integral: bool) -> None:
         if integral and type(bound) is not int:
             raise _bad_constraint(variable, key, bound, "must be an integer")
         if not integral:
-            if not _is_number(bound) or bound != bound:
+            if not _is_number(bound) or math.isnan(bound):
                 raise _bad_constraint(variable, key, bound, "must be a number (not nan)")
             c[key] = float(bound)
     if "min" in c and "max" in c and c["min"] > c["max"]:
@@ -346,7 +356,9 @@ def _non_negative_int(variable: str, c: dict[str, Any], key: str, positive: bool
             raise _bad_constraint(variable, key, v, f"must be {kind} integer")
 
 
-def _non_empty_list(variable: str, c: dict[str, Any], key: str, item_types: tuple[type, ...]) -> None:
+def _non_empty_list(
+    variable: str, c: dict[str, Any], key: str, item_types: tuple[type, ...]
+) -> None:
     if key in c:
         v = c[key]
         if (
@@ -439,7 +451,9 @@ def compile_type(variable: str, type_name: Any, constraints: Any) -> Validator:
     """
     spec = _TYPES.get(type_name) if isinstance(type_name, str) else None
     if spec is None:
-        raise _fail(variable, "type", type_name, f"unknown type; known types: {', '.join(TYPE_NAMES)}")
+        raise _fail(
+            variable, "type", type_name, f"unknown type; known types: {', '.join(TYPE_NAMES)}"
+        )
     allowed, define, build, thaw = spec
     if constraints is None:
         constraints = {}

@@ -154,6 +154,12 @@ class LocalState(StateProvider):
         return list(self._call("list"))
 
     def export_state(self) -> dict[str, Any]:
+        table = self._table
+        seq = table.seq
+        if not seq & 1:
+            exported = table.export()
+            if table.seq == seq:
+                return exported
         return dict(self._call("export"))
 
     # -- writes: one actor turn each -----------------------------------------------
@@ -209,6 +215,17 @@ class LocalState(StateProvider):
             "persistence": False,
             "distribution": False,
         }
+
+    def retire(self) -> None:
+        """Stop the actor but leave the table readable, frozen at its last write.
+
+        For a migration's old backend: a reader that picked this handle just before
+        the switch still reads the last committed values instead of an error, while
+        any write raises SessionClosed.
+        """
+        with self._lock:
+            if self._table.seq != CLOSED:
+                self._ref.stop(block=True, timeout=self._call_timeout)
 
     def cleanup(self) -> None:
         """Stop the session actor; idempotent. Later calls raise SessionClosed."""

@@ -359,9 +359,10 @@ class SessionActor(pykka.ThreadingActor):
     def _import(self, exported: Any) -> int:
         """Validate a whole export, then publish it in one window; returns the count."""
         records = _records_from_export(exported, self.table)
+        session_meta = check_metadata("<session>", exported.get("metadata"))
         self._publish(records)
-        session_meta = exported.get("metadata") or {}
-        self.table.metadata.update(check_metadata("<session>", session_meta))
+        # Replaced, never mutated: readers may be copying the old dict right now.
+        self.table.metadata = {**self.table.metadata, **session_meta}
         return len(records)
 
     def _close(self) -> None:

@@ -1,0 +1,276 @@
+"""Supervisor and Context: restarts, restart intensity, and the local -> bridged switch."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dspex_actors import LocalState
+from dspex_actors.errors import StateError, ValidationError, VariableNotFound
+from dspex_actors.supervision import Context, Supervisor
+
+
+@pytest.fixture
+def sup() -> Iterator[Supervisor]:
+    with Supervisor.start(max_restarts=2, within_seconds=600) as supervisor:
+        yield supervisor
+
+
+def _local(context: Context) -> LocalState:
+    backend = context.backend
+    assert isinstance(backend, LocalState)
+    return backend
+
+
+def _kill(context: Context) -> None:
+    """Crash the context's session actor from outside and wait until it is dead."""
+    ref = _local(context).actor_ref
+    ref.tell(("crash", "killed by the test"))
+    assert ref.actor_stopped.wait(10)
+
+
+def _dead_address() -> str:
+    """A loopback port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+def test_context_has_the_provider_api_on_a_local_backend(sup: Supervisor) -> None:
+    ctx = sup.start_context(session_id="ctx-api")
+    var_id = ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
+    assert ctx.get_variable("temperature") == 0.7
+    assert ctx.get_variable(var_id) == 0.7
+    assert ctx.set_variable("temperature", 1.1) == 1
+    ctx.update_variables({"temperature": 1.2})
+    assert ctx.get_variables(["temperature", "missing"]) == {"temperature": 1.2}
+    assert [r["version"] for r in ctx.list_variables()] == [2]
+    with pytest.raises(ValidationError, match="temperature"):
+        ctx.set_variable("temperature", 5)
+    assert ctx.get_variable("temperature") == 1.2
+    ctx.delete_variable("temperature")
+    with pytest.raises(VariableNotFound):
+        ctx.get_variable("temperature")
+    info = ctx.backend_info()
+    assert info["type"] == "local"
+    assert info["requires_bridge"] is False
+    assert info["switches"] == 0
+    assert info["history"] == []
+    assert info["last_switch_ms"] is None
+    assert ctx.session_id == "ctx-api"
+    assert sup.contexts() == [ctx]
+
+
+def test_duplicate_session_and_bad_backend_are_rejected(sup: Supervisor) -> None:
+    sup.start_context(session_id="dup")
+    with pytest.raises(StateError, match="already running"):
+        sup.start_context(session_id="dup")
+    with pytest.raises(TypeError):
+        sup.start_context(backend="remote")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="missing required StateProvider methods"):
+        sup.start_context(backend=dict)  # type: ignore[arg-type]
+
+
+def test_custom_backend_class(sup: Supervisor) -> None:
+    class Custom(LocalState):
+        pass
+
+    ctx = sup.start_context(backend=Custom)
+    ctx.register_variable("x", "integer", 1)
+    assert ctx.backend_info()["type"] == "local"  # a LocalState subclass is local
+    assert ctx.get_variable("x") == 1
+
+
+def test_killed_actor_is_restarted_with_its_state(sup: Supervisor) -> None:
+    ctx = sup.start_context(session_id="phoenix")
+    var_id = ctx.register_variable("n", "integer", 0)
+    ctx.set_variable("n", 5)
+    first_ref = _local(ctx).actor_ref
+    _kill(ctx)
+    # Reads come from the session's table and keep working while the actor is down.
+    assert ctx.get_variable("n") == 5
+    # A write finds the actor dead, waits for the supervisor's restart and is applied once.
+    assert ctx.set_variable("n", 6) == 2
+    assert _local(ctx).actor_ref is not first_ref
+    assert _local(ctx).alive
+    [record] = ctx.list_variables()
+    assert (record["id"], record["value"], record["version"]) == (var_id, 6, 2)
+
+
+def test_external_clean_stop_is_also_restarted(sup: Supervisor) -> None:
+    ctx = sup.start_context()
+    ctx.register_variable("s", "string", "a")
+    ref = _local(ctx).actor_ref
+    ref.stop(block=True, timeout=10)
+    assert ctx.set_variable("s", "b") == 1
+    assert ctx.get_variable("s") == "b"
+
+
+def test_restart_intensity_stops_only_that_child(sup: Supervisor) -> None:
+    fragile = sup.start_context(session_id="fragile")
+    sturdy = sup.start_context(session_id="sturdy")
+    fragile.register_variable("x", "integer", 0)
+    sturdy.register_variable("y", "integer", 0)
+    for i in range(2):  # max_restarts=2: two restarts are allowed
+        _kill(fragile)
+        assert fragile.set_variable("x", i + 1) == i + 1
+    _kill(fragile)
+    with pytest.raises(StateError, match="died more than 2 times") as excinfo:
+        fragile.set_variable("x", 10)
+    assert "fragile" in str(excinfo.value)
+    with pytest.raises(StateError, match="died more than 2 times"):
+        fragile.get_variable("x")
+    # The sibling is untouched.
+    assert sturdy.set_variable("y", 1) == 1
+    assert sturdy.get_variable("y") == 1
+
+
+def test_stop_is_idempotent_and_later_calls_fail(sup: Supervisor) -> None:
+    ctx = sup.start_context()
+    ctx.register_variable("x", "integer", 0)
+    ctx.stop()
+    ctx.stop()
+    with pytest.raises(StateError):
+        ctx.set_variable("x", 1)
+    with pytest.raises(StateError):
+        ctx.get_variable("x")
+    assert sup.contexts() == []
+
+
+def test_migration_to_a_dead_bridge_leaves_the_session_local_and_whole() -> None:
+    with Supervisor.start(bridge_address=_dead_address(), bridge_timeout=0.5) as sup:
+        ctx = sup.start_context()
+        var_id = ctx.register_variable("t", "float", 0.5)
+        ctx.set_variable("t", 0.6)
+        before = ctx.export_state()
+        with pytest.raises(StateError, match="failed at step 'import'") as excinfo:
+            ctx.ensure_bridged()
+        assert "stays on LocalState" in str(excinfo.value)
+        assert ctx.backend_info()["type"] == "local"
+        assert ctx.export_state() == before
+        assert ctx.set_variable(var_id, 0.7) == 2
+        assert ctx.get_variable("t") == 0.7
+        assert ctx.backend_info()["switches"] == 0
+
+
+def test_migration_keeps_ids_versions_and_metadata() -> None:
+    events: list[dict[str, Any]] = []
+    with Supervisor.start(on_switch=events.append) as sup:
+        ctx = sup.start_context()
+        ids = {
+            "temperature": ctx.register_variable(
+                "temperature", "float", 0.7, constraints={"min": 0, "max": 2}, description="t"
+            ),
+            "style": ctx.register_variable(
+                "style", "choice", "short", constraints={"choices": ["short", "long"]}
+            ),
+            "emb": ctx.register_variable("emb", "embedding", [1, 2, 3]),
+        }
+        ctx.set_variable("temperature", 0.9, {"source": "tuner"})
+        before = ctx.list_variables()
+        assert sup.bridge_address is None
+        ctx.ensure_bridged()
+        assert sup.bridge_address is not None
+        after = ctx.list_variables()
+        assert after == before
+        assert {r["name"]: r["id"] for r in after} == ids
+        info = ctx.backend_info()
+        assert info["type"] == "bridged"
+        assert info["requires_bridge"] is True
+        assert info["capabilities"]["distribution"] is True
+        assert info["switches"] == 1
+        assert info["history"][0]["from"] == "local"
+        assert info["history"][0]["to"] == "bridged"
+        assert info["history"][0]["variables"] == 3
+        assert info["last_switch_ms"] == info["history"][0]["duration_ms"] > 0
+        assert [e["session_id"] for e in events] == [ctx.session_id]
+        # Same handle, same API, now on the bridge.
+        assert ctx.set_variable("temperature", 1.0) == 2
+        with pytest.raises(ValidationError, match="temperature"):
+            ctx.set_variable("temperature", 9.0)
+        ctx.ensure_bridged()  # idempotent
+        assert ctx.backend_info()["switches"] == 1
+
+
+def test_register_program_decides_the_switch() -> None:
+    with Supervisor.start() as sup:
+        ctx = sup.start_context()
+        ctx.register_variable("x", "integer", 1)
+        ctx.register_program("elixir_only", {"type": "native"})
+        assert ctx.backend_info()["type"] == "local"
+        ctx.register_program("qa", {"type": "dspy", "signature": "question -> answer"})
+        assert ctx.backend_info()["type"] == "bridged"
+        other = sup.start_context()
+        other.register_program("needs", {"requires_bridge": True})
+        assert other.backend_info()["type"] == "bridged"
+        with pytest.raises(TypeError):
+            ctx.register_program("", {})
+        with pytest.raises(TypeError):
+            ctx.register_program("p", ["not", "a", "mapping"])  # type: ignore[arg-type]
+
+
+def test_writers_during_migration_lose_nothing_and_double_nothing() -> None:
+    writers, writes_each = 4, 150
+    with Supervisor.start() as sup:
+        ctx = sup.start_context()
+        for w in range(writers):
+            ctx.register_variable(f"c{w}", "integer", 0)
+        started = threading.Barrier(writers + 1)
+        acked = [0] * writers
+        errors: list[BaseException] = []
+
+        def writer(w: int) -> None:
+            try:
+                started.wait(10)
+                for k in range(1, writes_each + 1):
+                    version = ctx.set_variable(f"c{w}", k)
+                    assert version == k
+                    acked[w] = k
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        started.wait(10)
+        ctx.ensure_bridged()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        assert ctx.backend_info()["type"] == "bridged"
+        records = {r["name"]: r for r in ctx.list_variables()}
+        for w in range(writers):
+            # version == number of acknowledged writes: none lost, none applied twice.
+            assert acked[w] == writes_each
+            assert records[f"c{w}"]["value"] == writes_each
+            assert records[f"c{w}"]["version"] == writes_each
+
+
+def test_another_process_sees_and_changes_a_migrated_session() -> None:
+    with Supervisor.start() as sup:
+        ctx = sup.start_context()
+        ctx.register_variable("style", "string", "terse")
+        ctx.ensure_bridged()
+        code = (
+            "import sys; from dspex_actors.bridge import BridgedState\n"
+            "s = BridgedState.init(session_id=sys.argv[1], address=sys.argv[2])\n"
+            "assert s.get_variable('style') == 'terse'\n"
+            "print(s.set_variable('style', 'verbose'))\n"
+            "s.cleanup()\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, ctx.session_id, str(sup.bridge_address)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert out.stdout.strip() == "1"
+        assert ctx.get_variable("style") == "verbose"

@@ -6,9 +6,9 @@ import argparse
 import os
 import platform
 
-from benchmarks import local, memory
+from benchmarks import bridge, local, memory
 
-SUITES = ("local", "memory")
+SUITES = ("local", "memory", "bridge")
 
 
 def main() -> None:
@@ -41,6 +41,8 @@ def main() -> None:
             local.run(rounds)
         elif suite == "memory":
             memory.run(1_000 if args.quick else 10_000)
+        elif suite == "bridge":
+            bridge.run(rounds // 3, calls_per_client=300 if args.quick else 2000)
 
 
 if __name__ == "__main__":

@@ -419,13 +419,24 @@ def _records_from_export(exported: Any, table: SessionTable) -> list[Record]:
     return records
 
 
+def _timestamp(name: str, raw: Mapping[str, Any], key: str) -> float:
+    stamp = raw[key]
+    if type(stamp) is float:
+        return stamp
+    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+        return float(stamp)
+    raise InvalidExport(f"export variable {name!r}: {key} {describe_value(stamp)} is not a number")
+
+
 def _record_from_raw(var_id: Any, raw: Any) -> Record:
-    if not isinstance(var_id, str) or not var_id:
+    # Type checks are exact-type first: an import of 10,000 variables runs this
+    # 10,000 times, and abc isinstance checks dominated it.
+    if type(var_id) is not str or not var_id:
         raise InvalidExport(f"export variable id {describe_value(var_id)} is not a string")
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         raise InvalidExport(f"export variable {var_id!r} is not a mapping")
-    missing = [k for k in RECORD_KEYS if k not in raw]
-    if missing:
+    if len(raw) < len(RECORD_KEYS) or not all(k in raw for k in RECORD_KEYS):
+        missing = [k for k in RECORD_KEYS if k not in raw]
         raise InvalidExport(f"export variable {var_id!r} is missing {', '.join(missing)}")
     if raw["id"] != var_id:
         raise InvalidExport(
@@ -438,12 +449,9 @@ def _record_from_raw(var_id: Any, raw: Any) -> Record:
             f"export variable {name!r}: version {describe_value(version)} "
             "is not a non-negative integer"
         )
-    stamps = (raw["created_at"], raw["last_updated_at"])
-    if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in stamps):
-        raise InvalidExport(f"export variable {name!r}: timestamps must be numbers")
+    created = _timestamp(name, raw, "created_at")
+    updated = _timestamp(name, raw, "last_updated_at")
     validator = vartypes.compile_type(name, raw["type"], raw["constraints"])
     value = validator.check(raw["value"])
     meta = check_metadata(name, raw["metadata"])
-    return Record(
-        var_id, name, value, version, meta, float(stamps[0]), float(stamps[1]), validator
-    )
+    return Record(var_id, name, value, version, meta, created, updated, validator)

@@ -231,9 +231,7 @@ class Supervisor:
                 logger.info("started embedded SessionStore at %s", self._bridge_address)
             return self._bridge_address
 
-    def open_bridged(
-        self, session_id: str, existing_state: Mapping[str, Any] | None = None
-    ) -> StateProvider:
+    def open_bridged(self, session_id: str) -> StateProvider:
         """A BridgedState for ``session_id`` on this supervisor's bridge."""
         from dspex_actors.bridge import BridgedState
 
@@ -242,7 +240,6 @@ class Supervisor:
             address=self._ensure_bridge(),
             token=self.token,
             timeout=self.bridge_timeout,
-            existing_state=existing_state,
         )
 
     def start_context(
@@ -250,7 +247,9 @@ class Supervisor:
     ) -> Context:
         """Start a supervised session; ``backend`` is "local", "bridged" or a provider class."""
         if backend not in ("local", "bridged") and not isinstance(backend, type):
-            raise TypeError(f"backend must be 'local', 'bridged' or a StateProvider class: {backend!r}")
+            raise TypeError(
+                f"backend must be 'local', 'bridged' or a StateProvider class: {backend!r}"
+            )
         if isinstance(backend, type):
             validate_provider(backend)
         session_id = session_id or new_session_id()
@@ -493,7 +492,9 @@ class Context:
             raise TypeError(f"program_id must be a non-empty string, got {program_id!r}")
         if not isinstance(spec, Mapping):
             raise TypeError(f"program spec must be a mapping, got {type(spec).__name__}")
-        needs_bridge = bool(spec.get("requires_bridge")) or spec.get("type") in _BRIDGE_PROGRAM_TYPES
+        needs_bridge = (
+            bool(spec.get("requires_bridge")) or spec.get("type") in _BRIDGE_PROGRAM_TYPES
+        )
         if needs_bridge:
             self.ensure_bridged()
         self._programs[program_id] = dict(spec)
@@ -525,7 +526,11 @@ class Context:
         try:
             exported = old.export_state()
             step = "import"
-            new = supervisor.open_bridged(self.session_id, existing_state=exported)
+            new = supervisor.open_bridged(self.session_id)
+            if not getattr(new, "owner", True):
+                # Someone else's session already has this id: never import into it.
+                raise StateError(f"session {self.session_id!r} already exists on the bridge")
+            new.import_state(exported)
             step = "verify"
             problem = _same_variables(exported, new.export_state())
             if problem is not None:

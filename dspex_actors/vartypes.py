@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 from dspex_actors.errors import ValidationError
 
@@ -63,11 +63,16 @@ def _wire_safe(value: Any) -> Any:
 
 
 Convert = Callable[[Any], Any]
+Check = Callable[[str, Any], Any]
+"""A type's value check, shared by every variable with the same type and constraints."""
 
 
-@dataclass(frozen=True, slots=True)
-class Validator:
-    """A variable's compiled type: ``check(value)`` returns the frozen value or raises."""
+class Validator(NamedTuple):
+    """A variable's compiled type: ``check(value)`` returns the frozen value or raises.
+
+    ``constraints`` is shared with other variables of the same definition: never
+    mutate it (hand out ``plain_copy`` of it).
+    """
 
     type: str
     constraints: dict[str, Any]
@@ -112,7 +117,7 @@ def plain_copy(data: Any, _depth: int = 0) -> Any:
 
 def check_metadata(variable: str, metadata: Any) -> dict[str, Any]:
     """A copy of ``metadata`` (a mapping of plain data) or a ValidationError."""
-    if metadata is None:
+    if metadata is None or (type(metadata) is dict and not metadata):
         return {}
     if not isinstance(metadata, Mapping):
         raise _fail(variable, "metadata", metadata, "metadata must be a mapping")
@@ -141,7 +146,7 @@ def _to_float(variable: str, value: Any) -> float:
     raise _fail(variable, "type", value, f"expected a float, got {type(value).__name__}")
 
 
-def _bounds(variable: str, constraints: dict[str, Any]) -> Callable[[float], None] | None:
+def _bounds(constraints: dict[str, Any]) -> Callable[[str, float], None] | None:
     """A closure checking min/max (nan fails any bound), or None when unbounded."""
     lo = constraints.get("min")
     hi = constraints.get("max")
@@ -150,7 +155,7 @@ def _bounds(variable: str, constraints: dict[str, Any]) -> Callable[[float], Non
     low = -math.inf if lo is None else lo
     high = math.inf if hi is None else hi
 
-    def check(value: float) -> None:
+    def check(variable: str, value: float) -> None:
         if low <= value <= high:
             return
         if math.isnan(value):
@@ -164,22 +169,22 @@ def _bounds(variable: str, constraints: dict[str, Any]) -> Callable[[float], Non
     return check
 
 
-def _float_check(variable: str, constraints: dict[str, Any]) -> Convert:
-    bounds = _bounds(variable, constraints)
+def _float_check(constraints: dict[str, Any]) -> Check:
+    bounds = _bounds(constraints)
 
-    def check(value: Any) -> float:
+    def check(variable: str, value: Any) -> float:
         number = value if type(value) is float else _to_float(variable, value)
         if bounds is not None:
-            bounds(number)
+            bounds(variable, number)
         return number
 
     return check
 
 
-def _integer_check(variable: str, constraints: dict[str, Any]) -> Convert:
-    bounds = _bounds(variable, constraints)
+def _integer_check(constraints: dict[str, Any]) -> Check:
+    bounds = _bounds(constraints)
 
-    def check(value: Any) -> int:
+    def check(variable: str, value: Any) -> int:
         if type(value) is int:
             number = value
         elif (isinstance(value, int) and not isinstance(value, bool)) or (
@@ -194,19 +199,19 @@ def _integer_check(variable: str, constraints: dict[str, Any]) -> Convert:
             )
             raise _fail(variable, "type", value, what)
         if bounds is not None:
-            bounds(number)
+            bounds(variable, number)
         return number
 
     return check
 
 
-def _string_check(variable: str, constraints: dict[str, Any]) -> Convert:
+def _string_check(constraints: dict[str, Any]) -> Check:
     min_len = constraints.get("min_length")
     max_len = constraints.get("max_length")
     pattern = re.compile(constraints["pattern"]) if "pattern" in constraints else None
     enum = frozenset(constraints["enum"]) if "enum" in constraints else None
 
-    def check(value: Any) -> str:
+    def check(variable: str, value: Any) -> str:
         if not isinstance(value, str):
             raise _fail(variable, "type", value, f"expected a string, got {type(value).__name__}")
         if min_len is not None and len(value) < min_len:
@@ -222,8 +227,8 @@ def _string_check(variable: str, constraints: dict[str, Any]) -> Convert:
     return check
 
 
-def _boolean_check(variable: str, constraints: dict[str, Any]) -> Convert:
-    def check(value: Any) -> bool:
+def _boolean_check(constraints: dict[str, Any]) -> Check:
+    def check(variable: str, value: Any) -> bool:
         if value is True or value is False:
             return bool(value)
         raise _fail(variable, "type", value, f"expected a boolean, got {type(value).__name__}")
@@ -231,10 +236,10 @@ def _boolean_check(variable: str, constraints: dict[str, Any]) -> Convert:
     return check
 
 
-def _choice_check(variable: str, constraints: dict[str, Any]) -> Convert:
+def _choice_check(constraints: dict[str, Any]) -> Check:
     choices = constraints["choices"]
 
-    def check(value: Any) -> Any:
+    def check(variable: str, value: Any) -> Any:
         # `in` on the list would treat True == 1; compare type as well as value.
         for choice in choices:
             if type(choice) is type(value) and choice == value:
@@ -244,11 +249,11 @@ def _choice_check(variable: str, constraints: dict[str, Any]) -> Convert:
     return check
 
 
-def _module_check(variable: str, constraints: dict[str, Any]) -> Convert:
+def _module_check(constraints: dict[str, Any]) -> Check:
     allowed = constraints.get("allowed_modules")
     allowed_set = frozenset(allowed) if allowed is not None else None
 
-    def check(value: Any) -> str:
+    def check(variable: str, value: Any) -> str:
         if not isinstance(value, str) or not value:
             raise _fail(variable, "type", value, "expected a non-empty module name string")
         if allowed_set is not None and value not in allowed_set:
@@ -275,10 +280,10 @@ def _floats(variable: str, rule: str, items: Any, value: Any) -> tuple[float, ..
     return tuple(out)
 
 
-def _embedding_check(variable: str, constraints: dict[str, Any]) -> Convert:
+def _embedding_check(constraints: dict[str, Any]) -> Check:
     dims = constraints.get("dimensions")
 
-    def check(value: Any) -> tuple[float, ...]:
+    def check(variable: str, value: Any) -> tuple[float, ...]:
         vector = _floats(variable, "type", value, value)
         if dims is not None and len(vector) != dims:
             raise _fail(variable, "dimensions", value, f"has {len(vector)} dimensions, not {dims}")
@@ -287,10 +292,10 @@ def _embedding_check(variable: str, constraints: dict[str, Any]) -> Convert:
     return check
 
 
-def _tensor_check(variable: str, constraints: dict[str, Any]) -> Convert:
+def _tensor_check(constraints: dict[str, Any]) -> Check:
     want_shape = constraints.get("shape")
 
-    def check(value: Any) -> dict[str, tuple[Any, ...]]:
+    def check(variable: str, value: Any) -> dict[str, tuple[Any, ...]]:
         if not isinstance(value, Mapping) or set(value) != {"shape", "data"}:
             raise _fail(
                 variable, "type", value, "expected a mapping with exactly 'shape' and 'data'"
@@ -424,7 +429,7 @@ def _define_tensor(variable: str, c: dict[str, Any]) -> None:
 
 
 _Define = Callable[[str, dict[str, Any]], None]
-_Build = Callable[[str, dict[str, Any]], Convert]
+_Build = Callable[[dict[str, Any]], Check]
 
 _TYPES: dict[str, tuple[frozenset[str], _Define | None, _Build, Convert | None]] = {
     "float": (frozenset({"min", "max"}), _define_float, _float_check, None),
@@ -443,12 +448,37 @@ _TYPES: dict[str, tuple[frozenset[str], _Define | None, _Build, Convert | None]]
 }
 
 
+_COMPILED: dict[tuple[str, str], tuple[dict[str, Any], Check, Convert | None]] = {}
+_COMPILED_MAX = 4096
+
+
 def compile_type(variable: str, type_name: Any, constraints: Any) -> Validator:
     """Check a type name and its constraints once; return the variable's Validator.
 
     Raises ``ValidationError`` for an unknown type, a constraint key that does not
     belong to the type, or a constraint that makes no sense (min > max, bad regex...).
+    A definition seen before (same type, same constraints) reuses its compiled
+    check, so importing thousands of alike variables costs one compile.
     """
+    key = (
+        (type_name, repr(constraints))
+        if type(constraints) is dict or constraints is None
+        else None
+    )
+    compiled = _COMPILED.get(key) if key is not None and type(type_name) is str else None
+    if compiled is None:
+        compiled = _compile(variable, type_name, constraints)
+        if key is not None:
+            if len(_COMPILED) >= _COMPILED_MAX:
+                _COMPILED.clear()
+            _COMPILED[key] = compiled
+    c, check, thaw = compiled
+    return Validator(type_name, c, partial(check, variable), thaw)
+
+
+def _compile(
+    variable: str, type_name: Any, constraints: Any
+) -> tuple[dict[str, Any], Check, Convert | None]:
     spec = _TYPES.get(type_name) if isinstance(type_name, str) else None
     if spec is None:
         raise _fail(
@@ -471,4 +501,4 @@ def compile_type(variable: str, type_name: Any, constraints: Any) -> Validator:
     c = dict(constraints)
     if define is not None:
         define(variable, c)
-    return Validator(type_name, c, build(variable, c), thaw)
+    return c, build(c), thaw

@@ -6,9 +6,9 @@ import argparse
 import os
 import platform
 
-from benchmarks import bridge, local, memory
+from benchmarks import bridge, local, memory, migration
 
-SUITES = ("local", "memory", "bridge")
+SUITES = ("local", "memory", "bridge", "migration")
 
 
 def main() -> None:
@@ -43,6 +43,8 @@ def main() -> None:
             memory.run(1_000 if args.quick else 10_000)
         elif suite == "bridge":
             bridge.run(rounds // 3, calls_per_client=300 if args.quick else 2000)
+        elif suite == "migration":
+            migration.run(rounds // 3)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,16 @@ class PartialFailure(StateError):
         self.errors: dict[str, StateError] = dict(errors or {})
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message, self.errors))
+        return (_rebuild_partial, (type(self), self.message, self.errors, self.details))
+
+
+def _rebuild_partial(
+    cls: type[PartialFailure],
+    message: str,
+    errors: dict[str, StateError],
+    details: dict[str, Any],
+) -> PartialFailure:
+    return cls(message, errors, **details)
 
 
 class VersionConflict(StateError):

@@ -117,6 +117,13 @@ class LocalState(StateProvider):
                 f"session {self.session_id!r}: the actor did not answer within "
                 f"{self._call_timeout}s"
             ) from exc
+        except StateError:
+            raise
+        except Exception as exc:
+            raise StateError(
+                f"session {self.session_id!r}: the session actor crashed handling "
+                f"{message[0]!r}: {exc!r}"
+            ) from exc
         if isinstance(result, StateError):
             raise result
         return result
@@ -126,7 +133,10 @@ class LocalState(StateProvider):
     def get_variable(self, identifier: str) -> Any:
         table = self._table
         seq = table.seq
-        record = table.index.get(identifier)
+        try:
+            record = table.index.get(identifier)
+        except TypeError:  # unhashable: no such variable
+            record = None
         if seq & 1 or table.seq != seq:
             return self._call("get", identifier)
         if record is None:

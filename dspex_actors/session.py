@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -214,14 +215,27 @@ class SessionActor(pykka.ThreadingActor):
             return self._handlers[operation](*args)
         except StateError as exc:
             return exc
+        except Exception:
+            # A bug, not a rule broken by the caller: crash like an Erlang process
+            # (pykka would otherwise hand the error back and keep running), so the
+            # supervisor hears of it and restarts on the table. The caller still gets
+            # the exception through its ask.
+            self._handle_failure(*sys.exc_info())
+            self.on_failure(*sys.exc_info())
+            raise
 
     def on_stop(self) -> None:
-        if self._on_exit is not None:
-            self._on_exit(self.table.session_id, None)
+        self._report_exit(None)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        if self._on_exit is not None:
-            self._on_exit(self.table.session_id, exception_value)
+        self._report_exit(exception_value)
+
+    def _report_exit(self, error: BaseException | None) -> None:
+        # Once: a crash in a told message reaches on_failure from both
+        # on_receive and pykka's loop.
+        hook, self._on_exit = self._on_exit, None
+        if hook is not None:
+            hook(self.table.session_id, error)
 
     # -- reads (the slow path, when a reader met a write in progress) ------------
 

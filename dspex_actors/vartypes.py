@@ -41,7 +41,10 @@ _MAX_NAME = 256
 
 def describe_value(value: Any) -> str:
     """``repr(value)``, cut to a readable length for error messages."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__} nested too deeply to show>"
     return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
 
 
@@ -158,7 +161,7 @@ def _bounds(constraints: dict[str, Any]) -> Callable[[str, float], None] | None:
     def check(variable: str, value: float) -> None:
         if low <= value <= high:
             return
-        if math.isnan(value):
+        if isinstance(value, float) and math.isnan(value):
             raise _fail(
                 variable, "min" if lo is not None else "max", value, "nan is outside any bound"
             )
@@ -346,9 +349,12 @@ def _number_bounds(variable: str, c: dict[str, Any], integral: bool) -> None:
         if integral and type(bound) is not int:
             raise _bad_constraint(variable, key, bound, "must be an integer")
         if not integral:
-            if not _is_number(bound) or math.isnan(bound):
+            if not _is_number(bound) or (isinstance(bound, float) and math.isnan(bound)):
                 raise _bad_constraint(variable, key, bound, "must be a number (not nan)")
-            c[key] = float(bound)
+            try:
+                c[key] = float(bound)
+            except OverflowError:
+                raise _bad_constraint(variable, key, bound, "too large for a float") from None
     if "min" in c and "max" in c and c["min"] > c["max"]:
         raise _bad_constraint(variable, "min", c["min"], f"greater than max {c['max']!r}")
 

@@ -8,6 +8,9 @@ from collections.abc import Iterator
 import pykka
 import pytest
 
+# The compliance kit's asserts should show their values, as the tests' own do.
+pytest.register_assert_rewrite("dspex_actors.testing")
+
 _JOIN_SECONDS = 10.0
 
 

@@ -1,0 +1,73 @@
+"""Pins the public surface: dspex_actors.__all__ is exactly this list, all importable."""
+
+from __future__ import annotations
+
+import importlib
+
+import dspex_actors
+
+# The public API. Extend this literal (and only this) when the package's __all__ grows,
+# e.g. when the gRPC bridge and supervision are exported.
+EXPECTED_PUBLIC_NAMES = {
+    "TYPE_NAMES",
+    "BridgeUnavailable",
+    "InvalidExport",
+    "LimitExceeded",
+    "LocalState",
+    "NotSupported",
+    "PartialFailure",
+    "SessionClosed",
+    "SessionNotFound",
+    "StateError",
+    "StateProvider",
+    "Unauthenticated",
+    "ValidationError",
+    "VariableExists",
+    "VariableNotFound",
+    "VersionConflict",
+    "errors",
+    "get_capabilities",
+    "is_provider",
+    "validate_provider",
+}
+
+
+def test_all_is_exactly_the_expected_public_names() -> None:
+    assert set(dspex_actors.__all__) == EXPECTED_PUBLIC_NAMES
+
+
+def test_all_has_no_duplicates() -> None:
+    assert len(dspex_actors.__all__) == len(set(dspex_actors.__all__))
+
+
+def test_every_public_name_is_importable() -> None:
+    module = importlib.import_module("dspex_actors")
+    for name in dspex_actors.__all__:
+        assert hasattr(module, name), name
+        namespace: dict[str, object] = {}
+        exec(f"from dspex_actors import {name}", namespace)
+        assert namespace[name] is getattr(module, name)
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from dspex_actors import *", namespace)
+    namespace.pop("__builtins__", None)
+    assert set(namespace) == set(dspex_actors.__all__)
+
+
+def test_reexports_are_the_defining_objects() -> None:
+    from dspex_actors import errors, local, provider, vartypes
+
+    assert dspex_actors.errors is errors
+    assert dspex_actors.LocalState is local.LocalState
+    assert dspex_actors.StateProvider is provider.StateProvider
+    assert dspex_actors.validate_provider is provider.validate_provider
+    assert dspex_actors.TYPE_NAMES is vartypes.TYPE_NAMES
+    for name in errors.__all__:
+        assert getattr(dspex_actors, name) is getattr(errors, name)
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(dspex_actors.__version__, str)
+    assert dspex_actors.__version__

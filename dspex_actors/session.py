@@ -287,7 +287,7 @@ class SessionActor(pykka.ThreadingActor):
                     f"(rule 'description', value {describe_value(description)})",
                     variable=name,
                     rule="description",
-                    value=describe_value(description),
+                    value=vartypes.wire_safe(description),
                 )
             meta["description"] = description
         now = time.time()
@@ -315,6 +315,14 @@ class SessionActor(pykka.ThreadingActor):
         self, identifier: str, new_value: Any, metadata: Any, expected_version: int | None
     ) -> int:
         record = self.table.lookup(identifier)
+        if expected_version is not None and type(expected_version) is not int:
+            raise ValidationError(
+                f"variable {record.name!r}: expected_version must be an integer "
+                f"(rule 'expected_version', value {describe_value(expected_version)})",
+                variable=record.name,
+                rule="expected_version",
+                value=describe_value(expected_version),
+            )
         if expected_version is not None and expected_version != record.version:
             raise VersionConflict(
                 f"variable {record.name!r}: expected version {expected_version!r} "

@@ -29,6 +29,7 @@ __all__ = [
     "check_name",
     "compile_type",
     "describe_value",
+    "wire_safe",
     "plain_copy",
 ]
 
@@ -53,11 +54,11 @@ def _fail(variable: str, rule: str, value: Any, what: str) -> ValidationError:
         f"variable {variable!r}: {what} (rule {rule!r}, value {describe_value(value)})",
         variable=variable,
         rule=rule,
-        value=_wire_safe(value),
+        value=wire_safe(value),
     )
 
 
-def _wire_safe(value: Any) -> Any:
+def wire_safe(value: Any) -> Any:
     """The offending value if it is plain data, else its repr (it must cross the wire)."""
     try:
         return plain_copy(value)
@@ -91,7 +92,7 @@ def check_name(name: Any) -> str:
             f"(rule 'name', value {describe_value(name)})",
             variable=name if isinstance(name, str) else describe_value(name),
             rule="name",
-            value=_wire_safe(name),
+            value=wire_safe(name),
         )
     return name
 

@@ -280,15 +280,7 @@ class SessionActor(pykka.ThreadingActor):
         validator = vartypes.compile_type(name, type_name, constraints)
         value = validator.check(initial_value)
         meta = check_metadata(name, metadata)
-        if description is not None:
-            if not isinstance(description, str):
-                raise ValidationError(
-                    f"variable {name!r}: description must be a string "
-                    f"(rule 'description', value {describe_value(description)})",
-                    variable=name,
-                    rule="description",
-                    value=vartypes.wire_safe(description),
-                )
+        if vartypes.check_description(name, description) is not None:
             meta["description"] = description
         now = time.time()
         record = Record(_new_var_id(), name, value, 0, meta, now, now, validator)

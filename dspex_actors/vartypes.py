@@ -26,11 +26,12 @@ from dspex_actors.errors import ValidationError
 __all__ = [
     "TYPE_NAMES",
     "Validator",
+    "check_description",
     "check_name",
     "compile_type",
     "describe_value",
-    "wire_safe",
     "plain_copy",
+    "wire_safe",
 ]
 
 TYPE_NAMES = ("float", "integer", "string", "boolean", "choice", "module", "embedding", "tensor")
@@ -38,6 +39,9 @@ TYPE_NAMES = ("float", "integer", "string", "boolean", "choice", "module", "embe
 _MAX_REPR = 200
 _MAX_DEPTH = 32
 _MAX_NAME = 256
+_INT_LOW = -(2**63)
+_INT_HIGH = 2**64 - 1
+"""Integers must fit msgpack (int64 or uint64), so any session can cross the bridge."""
 
 
 def describe_value(value: Any) -> str:
@@ -95,6 +99,13 @@ def check_name(name: Any) -> str:
             value=wire_safe(name),
         )
     return name
+
+
+def check_description(variable: str, description: Any) -> str | None:
+    """A variable's description is None or a string."""
+    if description is not None and not isinstance(description, str):
+        raise _fail(variable, "description", description, "description must be a string")
+    return description
 
 
 def plain_copy(data: Any, _depth: int = 0) -> Any:
@@ -202,6 +213,8 @@ def _integer_check(constraints: dict[str, Any]) -> Check:
                 else f"expected an integer, got {type(value).__name__}"
             )
             raise _fail(variable, "type", value, what)
+        if not _INT_LOW <= number <= _INT_HIGH:
+            raise _fail(variable, "type", value, "outside the 64-bit range msgpack can carry")
         if bounds is not None:
             bounds(variable, number)
         return number

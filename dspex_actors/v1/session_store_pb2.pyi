@@ -9,13 +9,6 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 class ErrorDetail(_message.Message):
     __slots__ = ("error_class", "reason", "message", "details", "errors")
-    class ErrorsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: ErrorDetail
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
     ERROR_CLASS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -25,8 +18,16 @@ class ErrorDetail(_message.Message):
     reason: str
     message: str
     details: bytes
-    errors: _containers.MessageMap[str, ErrorDetail]
-    def __init__(self, error_class: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[bytes] = ..., errors: _Optional[_Mapping[str, ErrorDetail]] = ...) -> None: ...
+    errors: _containers.RepeatedCompositeFieldContainer[EntryError]
+    def __init__(self, error_class: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[bytes] = ..., errors: _Optional[_Iterable[_Union[EntryError, _Mapping]]] = ...) -> None: ...
+
+class EntryError(_message.Message):
+    __slots__ = ("identifier", "error")
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    identifier: str
+    error: ErrorDetail
+    def __init__(self, identifier: _Optional[str] = ..., error: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
     __slots__ = ("session_id", "create_if_missing", "metadata")

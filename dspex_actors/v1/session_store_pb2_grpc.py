@@ -180,8 +180,8 @@ class SessionStoreServicer:
     def UpdateVariables(self, request, context):
         """Set several variables all or nothing, in one actor turn. If any entry fails
         (an unknown identifier included) nothing changes and the status is
-        INVALID_ARGUMENT with error_class PartialFailure; ErrorDetail.errors maps each
-        failing identifier to its own error.
+        INVALID_ARGUMENT with error_class PartialFailure; ErrorDetail.errors lists each
+        failing identifier with its own error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,159 @@
+"""``python -m dspex_actors``: the command line.
+
+``demo`` walks a session from local to shared (the README's first command).
+``serve`` runs a SessionStore until SIGTERM or SIGINT, then stops gracefully (calls in
+flight get ``--grace`` seconds) and exits 0. It prints one line,
+``dspex_actors SessionStore listening on HOST:PORT``, once it accepts calls, so a
+parent process that asked for port 0 can read the real port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from dspex_actors.bridge.client import TOKEN_ENV
+from dspex_actors.bridge.server import Limits, serve
+
+__all__ = ["main"]
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+logger = logging.getLogger("dspex_actors.serve")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run a SessionStore in the foreground until a stop signal arrives."""
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    received: list[int] = []
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        # Only flag it here: logging from a signal handler could meet its own lock.
+        received.append(signum)
+        stop.set()
+
+    # Handlers go in before the server starts, so an early signal is not lost.
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            server = serve(
+                args.listen,
+                token=args.token or os.environ.get(TOKEN_ENV) or None,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+                session_ttl=args.ttl,
+                max_sessions=args.max_sessions,
+                max_variables_per_session=args.max_variables,
+                max_value_bytes=args.max_value_bytes,
+                max_message_bytes=args.max_message_bytes,
+                max_workers=args.max_workers,
+                allow_remote_without_token=args.allow_remote_without_token,
+            )
+        except (OSError, RuntimeError, ValueError) as exc:
+            print(f"dspex_actors serve: {exc}", file=sys.stderr)
+            return 1
+        print(f"dspex_actors SessionStore listening on {server.address}", flush=True)
+        stop.wait()
+        logger.info("received %s, stopping", signal.Signals(received[0]).name)
+        server.stop(grace=args.grace)
+        logger.info("stopped")
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dspex_actors import demo
+
+    demo.run()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dspex_actors", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_command = commands.add_parser(
+        "serve",
+        help="run a SessionStore server",
+        description="Run a SessionStore: sessions shared over gRPC.",
+    )
+    serve_command.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free port)",
+    )
+    serve_command.add_argument(
+        "--token",
+        help=f"shared secret every call must carry (default ${TOKEN_ENV}; prefer the "
+        "variable, a command line is visible to other users)",
+    )
+    serve_command.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM certificate chain (with --tls-key)"
+    )
+    serve_command.add_argument(
+        "--tls-key", metavar="FILE", help="PEM private key (with --tls-cert)"
+    )
+    serve_command.add_argument(
+        "--ttl", type=float, default=3600.0, metavar="SECONDS", help="idle session lifetime"
+    )
+    serve_command.add_argument("--max-sessions", type=int, default=Limits.max_sessions)
+    serve_command.add_argument(
+        "--max-variables",
+        type=int,
+        default=Limits.max_variables_per_session,
+        help="max variables per session",
+    )
+    serve_command.add_argument("--max-value-bytes", type=int, default=Limits.max_value_bytes)
+    serve_command.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes)
+    serve_command.add_argument(
+        "--max-workers", type=int, default=None, help="call-handling threads"
+    )
+    serve_command.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long calls in flight may finish on shutdown",
+    )
+    serve_command.add_argument(
+        "--allow-remote-without-token",
+        action="store_true",
+        help="serve a non-loopback address without a token (not recommended)",
+    )
+    serve_command.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
+    serve_command.set_defaults(run=_serve)
+
+    demo_command = commands.add_parser(
+        "demo",
+        help="show a session going from local to shared",
+        description="Sessions, typed variables, a validation error, the switch to the "
+        "bridge, and a second process changing a variable.",
+    )
+    demo_command.set_defaults(run=_demo)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; return the exit status."""
+    args = _parser().parse_args(argv)
+    status: int = args.run(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""BridgedState: a StateProvider whose session lives in a SessionStore server.
+
+Every method is one unary RPC with a deadline (``timeout``, default 5 s); a server
+that is unreachable, dead or too slow raises ``BridgeUnavailable`` within it, never
+hangs. Every ``grpc.RpcError`` is translated at one place (:meth:`BridgedState._call`)
+into the ``dspex_actors.errors`` class the server raised, with its message and
+attributes, so callers cannot tell a bridged error from a local one.
+
+Connections: each handle has its own channel, closed by :meth:`BridgedState.cleanup`,
+so handles have independent lifetimes. Channels to the same target with the same
+options share gRPC core's global subchannel pool, so a second handle to a server
+reuses the first one's TCP connection rather than opening another.
+
+No readiness probe at init (``channel_ready_future`` would start a polling thread
+that outlives the call): the first RPC, OpenSession, runs with
+``wait_for_ready=False`` and the deadline, which fails just as fast and proves more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, Self, TypeVar
+
+import grpc
+
+from dspex_actors import vartypes
+from dspex_actors.bridge import codec, embedded
+from dspex_actors.bridge.server import read_pem
+from dspex_actors.errors import (
+    InvalidExport,
+    SessionClosed,
+    StateError,
+    ValidationError,
+    VariableNotFound,
+)
+from dspex_actors.provider import StateProvider
+from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+
+__all__ = ["ADDRESS_ENV", "TOKEN_ENV", "BridgedState"]
+
+logger = logging.getLogger(__name__)
+
+ADDRESS_ENV = "DSPEX_BRIDGE_ADDRESS"
+"""Environment variable naming the SessionStore a handle uses when given no address."""
+
+TOKEN_ENV = "DSPEX_BRIDGE_TOKEN"
+"""Environment variable holding the token used with ``DSPEX_BRIDGE_ADDRESS``."""
+
+_Response = TypeVar("_Response")
+
+
+class BridgedState(StateProvider):
+    """A session held by a SessionStore (another process, or the embedded server).
+
+    The handle that created the session owns it: its :meth:`cleanup` closes the
+    session on the server. A handle that attached to an existing session only
+    detaches. After cleanup every call raises ``SessionClosed`` without a round trip.
+    """
+
+    def __init__(
+        self,
+        *,
+        channel: grpc.Channel,
+        address: str,
+        session_id: str,
+        owner: bool,
+        timeout: float,
+        token: str | None,
+        max_message_bytes: int,
+        embedded_server: bool,
+    ) -> None:
+        """Wrap an open session; use :meth:`init`, which opens it."""
+        self.session_id = session_id
+        self.address = address
+        self.owner = owner
+        self._channel = channel
+        self._stub = pb_grpc.SessionStoreStub(channel)
+        self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
+        self._max_bytes = max_message_bytes
+        self._embedded = embedded_server
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def init(
+        cls,
+        *,
+        session_id: str | None = None,
+        existing_state: Mapping[str, Any] | None = None,
+        address: str | None = None,
+        token: str | None = None,
+        timeout: float = 5.0,
+        tls_root_cert: bytes | str | os.PathLike[str] | None = None,
+        max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+        **backend_opts: Any,
+    ) -> Self:
+        """Open ``session_id`` on a SessionStore, creating it if absent.
+
+        Creating makes this handle the owner. ``address`` defaults to
+        ``$DSPEX_BRIDGE_ADDRESS`` (with ``$DSPEX_BRIDGE_TOKEN``), else the embedded
+        in-process server. ``tls_root_cert`` (PEM bytes or a path) switches on TLS.
+        ``existing_state`` is imported in one RPC; if that fails, a session this call
+        created is closed again. ``BridgeUnavailable`` within ``timeout`` when the
+        server cannot be reached.
+        """
+        if backend_opts:
+            raise TypeError(f"BridgedState.init got unknown options: {', '.join(backend_opts)}")
+        if session_id is not None and (not isinstance(session_id, str) or not session_id):
+            raise TypeError(f"session_id must be a non-empty string, got {session_id!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if address is None and os.environ.get(ADDRESS_ENV):
+            address = os.environ[ADDRESS_ENV]
+            token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        credentials = (
+            grpc.ssl_channel_credentials(root_certificates=read_pem(tls_root_cert))
+            if tls_root_cert is not None
+            else None
+        )
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        use_embedded = address is None
+        if address is None:
+            address = embedded.acquire()
+        try:
+            channel = (
+                grpc.insecure_channel(address, options=options)
+                if credentials is None
+                else grpc.secure_channel(address, credentials, options=options)
+            )
+        except BaseException:
+            if use_embedded:
+                embedded.release()
+            raise
+        handle = cls(
+            channel=channel,
+            address=address,
+            session_id=session_id or "",
+            owner=False,
+            timeout=timeout,
+            token=token,
+            max_message_bytes=max_message_bytes,
+            embedded_server=use_embedded,
+        )
+        try:
+            opened = handle._call(
+                handle._stub.OpenSession,
+                pb.OpenSessionRequest(session_id=session_id or "", create_if_missing=True),
+            )
+            handle.session_id = opened.session_id
+            handle.owner = opened.created
+            if existing_state is not None:
+                handle.import_state(existing_state)
+        except BaseException:
+            handle.cleanup()
+            raise
+        return handle
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _call(self, rpc: grpc.UnaryUnaryMultiCallable, request: Any) -> Any:
+        """Run one RPC with the deadline; the one place gRPC errors are translated."""
+        if self._closed:
+            raise self._closed_error()
+        try:
+            return rpc(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise codec.error_from_rpc(exc, self.address) from exc
+        except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
+            if self._closed:
+                raise self._closed_error() from exc
+            raise
+
+    def _closed_error(self) -> SessionClosed:
+        return SessionClosed(f"session {self.session_id!r}: this handle is cleaned up")
+
+    def _unpack(self, data: bytes, what: str) -> Any:
+        return codec.unpack(data, max_bytes=self._max_bytes, what=what)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def get_variable(self, identifier: str) -> Any:
+        if not isinstance(identifier, str):
+            raise _not_found(identifier, self.session_id)
+        response = self._call(
+            self._stub.GetVariable,
+            pb.GetVariableRequest(session_id=self.session_id, identifier=identifier),
+        )
+        return self._unpack(response.value, "value")
+
+    def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
+        wanted = [i for i in identifiers if isinstance(i, str)]  # others cannot exist
+        response = self._call(
+            self._stub.GetVariables,
+            pb.GetVariablesRequest(session_id=self.session_id, identifiers=wanted),
+        )
+        values: dict[str, Any] = self._unpack(response.values, "values")
+        return values
+
+    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
+        """Every variable's record in creation order; ``pattern`` globs names server-side."""
+        response = self._call(
+            self._stub.ListVariables,
+            pb.ListVariablesRequest(session_id=self.session_id, pattern=pattern or ""),
+        )
+        unpack = self._unpack
+        return [
+            {
+                "id": v.id,
+                "name": v.name,
+                "type": v.type,
+                "value": unpack(v.value, "value"),
+                "constraints": unpack(v.constraints, "constraints"),
+                "metadata": unpack(v.metadata, "metadata"),
+                "version": v.version,
+                "created_at": v.created_at,
+                "last_updated_at": v.last_updated_at,
+            }
+            for v in response.variables
+        ]
+
+    def export_state(self) -> dict[str, Any]:
+        response = self._call(
+            self._stub.ExportSession, pb.ExportSessionRequest(session_id=self.session_id)
+        )
+        exported: dict[str, Any] = self._unpack(response.state, "exported state")
+        return exported
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def register_variable(
+        self,
+        name: str,
+        type: str,  # the contract's word
+        initial_value: Any,
+        *,
+        constraints: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        description: str | None = None,
+    ) -> str:
+        try:
+            request = pb.RegisterVariableRequest(
+                session_id=self.session_id,
+                name=name,
+                type=type,
+                initial_value=codec.pack(initial_value),
+                constraints=codec.pack_map(constraints),
+                description=description,
+            )
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _register_error(
+                name, type, initial_value, constraints, description, exc
+            ) from exc
+        request.metadata = _pack_metadata(name, metadata)
+        response = self._call(self._stub.RegisterVariable, request)
+        return str(response.var_id)
+
+    def set_variable(
+        self,
+        identifier: str,
+        new_value: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        expected_version: int | None = None,
+    ) -> int:
+        if not isinstance(identifier, str):
+            raise _not_found(identifier, self.session_id)
+        try:
+            value = codec.pack(new_value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _unencodable(identifier, "value", new_value, exc) from exc
+        request = pb.SetVariableRequest(
+            session_id=self.session_id,
+            identifier=identifier,
+            value=value,
+            metadata=_pack_metadata(identifier, metadata) if metadata else b"",
+            expected_version=expected_version,
+        )
+        response = self._call(self._stub.SetVariable, request)
+        return int(response.version)
+
+    def update_variables(
+        self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        if not isinstance(updates, Mapping):
+            raise TypeError(f"updates must be a mapping, got {type(updates).__name__}")
+        try:
+            payload = codec.pack(dict(updates))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _unencodable("<batch>", "updates", updates, exc) from exc
+        request = pb.UpdateVariablesRequest(
+            session_id=self.session_id,
+            updates=payload,
+            metadata=_pack_metadata("<batch>", metadata) if metadata else b"",
+        )
+        self._call(self._stub.UpdateVariables, request)
+
+    def delete_variable(self, identifier: str) -> None:
+        if not isinstance(identifier, str):
+            raise _not_found(identifier, self.session_id)
+        self._call(
+            self._stub.DeleteVariable,
+            pb.DeleteVariableRequest(session_id=self.session_id, identifier=identifier),
+        )
+
+    def import_state(self, exported: Mapping[str, Any]) -> None:
+        """Import a whole export in one RPC; all or nothing, checked by the server."""
+        if not isinstance(exported, Mapping):
+            raise InvalidExport(f"an export must be a mapping, got {type(exported).__name__}")
+        try:
+            payload = codec.pack(dict(exported))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidExport(f"export is not plain data msgpack can carry: {exc}") from exc
+        self._call(
+            self._stub.ImportSession,
+            pb.ImportSessionRequest(session_id=self.session_id, state=payload),
+        )
+
+    # -- session --------------------------------------------------------------------------
+
+    def heartbeat(self) -> float:
+        """Keep the session alive on the server; return when it would expire (epoch s).
+
+        Every call counts as activity; a handle idle for longer than the server's TTL
+        calls this to keep its session.
+        """
+        response = self._call(
+            self._stub.Heartbeat, pb.HeartbeatRequest(session_id=self.session_id)
+        )
+        return float(response.expires_at)
+
+    def session_info(self) -> dict[str, Any]:
+        """The server's view of the session: variable count, times, TTL, metadata."""
+        info = self._call(self._stub.GetSession, pb.GetSessionRequest(session_id=self.session_id))
+        return {
+            "session_id": info.session_id,
+            "variable_count": info.variable_count,
+            "created_at": info.created_at,
+            "last_active_at": info.last_active_at,
+            "ttl_seconds": info.ttl_seconds,
+            "metadata": self._unpack(info.metadata, "metadata") if info.metadata else {},
+        }
+
+    @classmethod
+    def requires_bridge(cls) -> bool:
+        return True
+
+    @classmethod
+    def capabilities(cls) -> dict[str, bool]:
+        return {
+            "atomic_updates": True,  # the server applies a batch in one actor turn
+            "streaming": False,  # Watch is defined but not served yet
+            "persistence": False,
+            "distribution": True,  # any process that can reach the server shares it
+        }
+
+    def cleanup(self) -> None:
+        """Close the session if this handle owns it, else detach; idempotent.
+
+        The channel (and the embedded server reference) is released even when the
+        server cannot be reached; that failure is logged, not raised.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            owner = self.owner and bool(self.session_id)
+            try:
+                if owner:
+                    try:
+                        self._call(
+                            self._stub.CloseSession,
+                            pb.CloseSessionRequest(session_id=self.session_id),
+                        )
+                    except StateError as exc:
+                        logger.warning("closing session %s failed: %s", self.session_id, exc)
+            finally:
+                self._closed = True
+                self._channel.close()
+                if self._embedded:
+                    embedded.release()
+
+    def __repr__(self) -> str:
+        role = "owner" if self.owner else "attached"
+        state = "closed" if self._closed else role
+        return f"<BridgedState {self.session_id} at {self.address} ({state})>"
+
+
+def _not_found(identifier: Any, session_id: str) -> VariableNotFound:
+    """What the session actor says for an identifier that cannot name a variable."""
+    return VariableNotFound(
+        f"variable {identifier!r} not found in session {session_id!r}",
+        variable=vartypes.describe_value(identifier),
+    )
+
+
+def _unencodable(variable: str, what: str, value: Any, exc: Exception) -> ValidationError:
+    return ValidationError(
+        f"variable {variable!r}: {what} is not plain data msgpack can carry: {exc} "
+        f"(rule 'type', value {vartypes.describe_value(value)})",
+        variable=variable,
+        rule="type",
+        value=vartypes.describe_value(value),
+    )
+
+
+def _pack_metadata(variable: str, metadata: Mapping[str, Any] | None) -> bytes:
+    """msgpack of metadata; what cannot be sent fails by the session actor's own rule."""
+    try:
+        return codec.pack_map(metadata)
+    except (TypeError, ValueError, OverflowError) as exc:
+        vartypes.check_metadata(variable, metadata)  # raises the canonical error
+        raise _unencodable(variable, "metadata", metadata, exc) from exc
+
+
+def _register_error(
+    name: Any,
+    type_name: Any,
+    initial_value: Any,
+    constraints: Any,
+    description: Any,
+    exc: Exception,
+) -> ValidationError:
+    """The error the session actor would raise for arguments that cannot be sent.
+
+    The checks are those of ``vartypes``, so a local and a bridged session reject
+    the same input with the same error.
+    """
+    vartypes.check_name(name)
+    validator = vartypes.compile_type(name, type_name, constraints)
+    validator.check(initial_value)
+    vartypes.check_description(name, description)
+    return _unencodable(name, "value", initial_value, exc)

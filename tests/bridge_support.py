@@ -1,0 +1,92 @@
+"""Helpers for the bridge tests: a SessionStore run as a separate process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LISTENING = "dspex_actors SessionStore listening on "
+
+
+@dataclass
+class ServerProcess:
+    """A ``python -m dspex_actors serve`` child and the address it reported."""
+
+    process: subprocess.Popen[str]
+    address: str
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python that imports this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.pop("DSPEX_BRIDGE_ADDRESS", None)
+    env.pop("DSPEX_BRIDGE_TOKEN", None)
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """Run ``python -m dspex_actors serve --listen 127.0.0.1:0 ARGS``; SIGTERM it after.
+
+    Blocks until the server prints its address (it does so once it accepts calls).
+    On exit the server must stop gracefully with status 0.
+    """
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env or python_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith(LISTENING), f"server did not start: {line!r}"
+        yield ServerProcess(process, line[len(LISTENING) :].strip())
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        try:
+            status = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+    assert status == 0, f"server exited with {status}"
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from dspex_actors.bridge import BridgedState
+
+    with BridgedState.init(session_id=sys.argv[1]) as state:  # address from the env
+        assert not state.owner
+        state.set_variable("temperature", state.get_variable("temperature") + 0.5)
+        state.register_variable("from_worker", "string", "hello")
+    """
+)
+
+
+def run_worker(address: str, session_id: str) -> None:
+    """In another process: attach to ``session_id`` via DSPEX_BRIDGE_ADDRESS and write.
+
+    Adds 0.5 to the float ``temperature`` and registers ``from_worker = "hello"``.
+    """
+    subprocess.run(
+        [sys.executable, "-c", WORKER, session_id],
+        env=python_env(DSPEX_BRIDGE_ADDRESS=address),
+        check=True,
+        timeout=60,
+    )

@@ -1,0 +1,243 @@
+"""BridgedState: ownership, deadlines, the embedded default, and errors equal to local ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from bridge_support import run_worker
+
+from dspex_actors import LocalState
+from dspex_actors.bridge import (
+    ADDRESS_ENV,
+    TOKEN_ENV,
+    BridgedState,
+    SessionStoreServer,
+    embedded,
+    serve,
+)
+from dspex_actors.errors import (
+    BridgeUnavailable,
+    InvalidExport,
+    SessionClosed,
+    SessionNotFound,
+    StateError,
+)
+from dspex_actors.provider import StateProvider
+
+
+@pytest.fixture
+def server() -> Iterator[SessionStoreServer]:
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def no_bridge_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ADDRESS_ENV, raising=False)
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+
+
+# -- reaching the server ---------------------------------------------------------------
+
+
+def test_unreachable_server_raises_bridge_unavailable() -> None:
+    with serve() as gone:
+        address = gone.address  # a port nobody listens on once the server stops
+    with pytest.raises(BridgeUnavailable, match=address):
+        BridgedState.init(address=address, timeout=0.5)
+
+
+def test_unroutable_address_raises_bridge_unavailable() -> None:
+    # TEST-NET-1 (RFC 5737): never routed, so the connect either fails or hangs
+    # until the deadline; both must end as BridgeUnavailable.
+    with pytest.raises(BridgeUnavailable):
+        BridgedState.init(address="192.0.2.1:9", timeout=0.2)
+
+
+def test_a_server_that_dies_mid_session_raises_bridge_unavailable() -> None:
+    server = serve()
+    state = BridgedState.init(address=server.address, timeout=1)
+    state.register_variable("a", "integer", 1)
+    server.stop()
+    with pytest.raises(BridgeUnavailable):
+        state.set_variable("a", 2)
+    state.cleanup()
+
+
+def test_init_checks_its_arguments(server: SessionStoreServer) -> None:
+    with pytest.raises(TypeError, match="unknown options: colour"):
+        BridgedState.init(address=server.address, colour="red")
+    with pytest.raises(TypeError, match="session_id"):
+        BridgedState.init(address=server.address, session_id="")
+    with pytest.raises(ValueError, match="timeout"):
+        BridgedState.init(address=server.address, timeout=0)
+
+
+def test_address_and_token_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve(token="t0k") as server:
+        monkeypatch.setenv(ADDRESS_ENV, server.address)
+        monkeypatch.setenv(TOKEN_ENV, "t0k")
+        with BridgedState.init() as state:
+            assert state.address == server.address
+            state.register_variable("a", "integer", 1)
+        assert embedded.current_address() is None
+
+
+# -- ownership -------------------------------------------------------------------------
+
+
+def test_the_creator_owns_the_session_and_attached_handles_detach(
+    server: SessionStoreServer,
+) -> None:
+    owner = BridgedState.init(session_id="shared", address=server.address)
+    attached = BridgedState.init(session_id="shared", address=server.address)
+    assert owner.owner and not attached.owner
+    owner.register_variable("a", "integer", 1)
+    attached.set_variable("a", 2)
+    attached.cleanup()
+    assert owner.get_variable("a") == 2  # detaching closed nothing
+    again = BridgedState.init(session_id="shared", address=server.address)
+    owner.cleanup()
+    with pytest.raises(SessionNotFound):
+        again.get_variable("a")
+    again.cleanup()
+
+
+def test_a_cleaned_up_handle_raises_session_closed_without_a_call() -> None:
+    server = serve()
+    state = BridgedState.init(address=server.address)
+    state.cleanup()
+    server.stop()
+    with pytest.raises(SessionClosed, match="cleaned up"):
+        state.get_variable("a")
+    state.cleanup()
+
+
+def test_existing_state_is_imported(server: SessionStoreServer) -> None:
+    with LocalState.init(session_id="source") as local:
+        var_id = local.register_variable("t", "float", 0.5, constraints={"max": 1.0})
+        local.set_variable("t", 0.75)
+        exported = local.export_state()
+    with BridgedState.init(address=server.address, existing_state=exported) as state:
+        [record] = state.list_variables()
+        assert record == exported["variables"][var_id]
+
+
+def test_a_failed_import_at_init_closes_the_new_session(server: SessionStoreServer) -> None:
+    with pytest.raises(InvalidExport):
+        BridgedState.init(session_id="s", address=server.address, existing_state={"x": 1})
+    with BridgedState.init(session_id="s", address=server.address) as state:
+        assert state.owner  # created afresh: the failed init closed its session
+
+
+def test_embedded_server_runs_while_handles_use_it() -> None:
+    assert embedded.current_address() is None
+    first = BridgedState.init()
+    second = BridgedState.init(session_id=first.session_id)
+    assert first.address == second.address == embedded.current_address()
+    first.register_variable("a", "integer", 1)
+    assert second.get_variable("a") == 1
+    first.cleanup()
+    assert embedded.current_address() == second.address
+    second.cleanup()
+    assert embedded.current_address() is None
+
+
+def test_capabilities() -> None:
+    assert BridgedState.capabilities() == {
+        "atomic_updates": True,
+        "streaming": False,
+        "persistence": False,
+        "distribution": True,
+    }
+    assert BridgedState.requires_bridge() is True
+
+
+# -- two processes ---------------------------------------------------------------------
+
+
+def test_two_processes_share_a_session(server: SessionStoreServer) -> None:
+    with BridgedState.init(address=server.address) as state:
+        state.register_variable("temperature", "float", 0.5)
+        run_worker(server.address, state.session_id)
+        assert state.get_variable("temperature") == 1.0
+        assert state.get_variable("from_worker") == "hello"
+
+
+# -- the same errors as LocalState ------------------------------------------------------
+
+Operation = Callable[[StateProvider], Any]
+
+
+def _prepare(state: StateProvider) -> None:
+    state.register_variable("t", "float", 0.5, constraints={"min": 0.0, "max": 1.0})
+    state.register_variable("n", "integer", 1)
+
+
+def _export_of(name: str) -> dict[str, Any]:
+    with LocalState.init(session_id="other") as other:
+        other.register_variable(name, "integer", 1)
+        return other.export_state()
+
+
+OPAQUE = object()  # one object, so both backends' messages quote the same repr
+
+BAD_OPERATIONS: dict[str, Operation] = {
+    "above max": lambda s: s.set_variable("t", 2.0),
+    "wrong type": lambda s: s.set_variable("n", "one"),
+    "bool for integer": lambda s: s.set_variable("n", True),
+    "unknown variable": lambda s: s.get_variable("missing"),
+    "non-string identifier": lambda s: s.get_variable(42),
+    "delete unknown": lambda s: s.delete_variable("missing"),
+    "name taken": lambda s: s.register_variable("t", "float", 0.1),
+    "unknown type": lambda s: s.register_variable("x", "complex", 1),
+    "non-string type": lambda s: s.register_variable("x", 3, 1),
+    "non-string name": lambda s: s.register_variable(7, "integer", 1),
+    "bad constraint": lambda s: s.register_variable(
+        "x", "integer", 1, constraints={"min": 5, "max": 1}
+    ),
+    "constraints not a mapping": lambda s: s.register_variable("x", "integer", 1, constraints=[1]),
+    "bad regex": lambda s: s.register_variable("x", "string", "a", constraints={"pattern": "("}),
+    "unencodable value": lambda s: s.register_variable("x", "embedding", {1.0, 2.0}),
+    "unencodable metadata": lambda s: s.set_variable("t", 0.1, {"k": OPAQUE}),
+    "metadata not a mapping": lambda s: s.register_variable("x", "integer", 1, metadata=[1]),
+    "description not a string": lambda s: s.register_variable("x", "integer", 1, description=5),
+    "stale version": lambda s: s.set_variable("t", 0.1, expected_version=7),
+    "partial batch": lambda s: s.update_variables({"t": 0.2, "n": "x", "missing": 1}),
+    "export not a mapping": lambda s: s.import_state([1]),
+    "export incomplete": lambda s: s.import_state({"session_id": "x"}),
+    "import name clash": lambda s: s.import_state(_export_of("t")),
+}
+
+
+def _error_of(state: StateProvider, operation: Operation) -> BaseException:
+    with pytest.raises((StateError, TypeError)) as caught:
+        operation(state)
+    return caught.value
+
+
+def _shape(error: BaseException) -> tuple[Any, ...]:
+    inner = getattr(error, "errors", None)
+    nested = {k: _shape(v) for k, v in inner.items()} if inner else None
+    return type(error), str(error), getattr(error, "details", None), nested
+
+
+@pytest.mark.parametrize("case", BAD_OPERATIONS)
+def test_errors_match_the_local_backend(server: SessionStoreServer, case: str) -> None:
+    operation = BAD_OPERATIONS[case]
+    with (
+        LocalState.init(session_id="same") as local,
+        BridgedState.init(session_id="same", address=server.address) as bridged,
+    ):
+        _prepare(local)
+        _prepare(bridged)
+        local_error = _error_of(local, operation)
+        bridged_error = _error_of(bridged, operation)
+        assert _shape(bridged_error) == _shape(local_error)
+        records = bridged.list_variables()
+        assert [(r["name"], r["value"], r["version"]) for r in records] == [
+            ("t", 0.5, 0),
+            ("n", 1, 0),
+        ]

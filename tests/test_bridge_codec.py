@@ -1,0 +1,275 @@
+"""The codec: msgpack within limits, and every error class across a real gRPC call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import msgpack
+import pytest
+
+from dspex_actors.bridge import codec
+from dspex_actors.errors import (
+    ERROR_CLASSES,
+    BridgeUnavailable,
+    InvalidExport,
+    LimitExceeded,
+    NotSupported,
+    PartialFailure,
+    SessionClosed,
+    SessionNotFound,
+    StateError,
+    Unauthenticated,
+    ValidationError,
+    VariableExists,
+    VariableNotFound,
+    VersionConflict,
+)
+
+# -- msgpack ---------------------------------------------------------------------------
+
+
+def test_plain_data_round_trips() -> None:
+    value = {
+        "f": 0.5,
+        "i": -(2**63),
+        "s": "héllo",
+        "b": b"\x00\xff",
+        "l": [1, [2.0, None, True]],
+        "nan": float("inf"),
+    }
+    assert codec.unpack(codec.pack(value), max_bytes=1024) == value
+
+
+def test_payload_over_the_limit_is_refused_before_decoding() -> None:
+    data = codec.pack("x" * 100)
+    with pytest.raises(LimitExceeded, match=r"value of variable 'v' is \d+ bytes") as caught:
+        codec.unpack(data, max_bytes=50, what="value", variable="v")
+    assert caught.value.limit == "max_value_bytes"
+    assert caught.value.details["variable"] == "v"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [["x" * 100], [b"x" * 100], [list(range(100))], [{str(i): i for i in range(100)}]],
+    ids=["str", "bin", "array", "map"],
+)
+def test_items_over_the_item_limit_are_refused(payload: Any) -> None:
+    with pytest.raises(LimitExceeded, match="over the limit of 50 bytes"):
+        codec.unpack(codec.pack(payload), max_bytes=10_000, max_item_bytes=50, what="updates")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xc1",  # never used
+        msgpack.packb(1) + b"\x01",  # trailing bytes
+        msgpack.packb({1: "int keys"}),
+        msgpack.packb(msgpack.ExtType(5, b"code")),
+        b"\x91" * 5000 + b"\xc0",  # nested arrays deeper than the decoder's stack
+        b"\xa5abc",  # truncated string
+    ],
+    ids=["reserved", "extra", "int-key", "ext", "deep", "truncated"],
+)
+def test_malformed_msgpack_is_a_validation_error(data: bytes) -> None:
+    with pytest.raises(ValidationError, match="is not valid msgpack") as caught:
+        codec.unpack(data, max_bytes=len(data), what="value", variable="v", rule="encoding")
+    assert caught.value.rule == "encoding"
+    assert caught.value.variable == "v"
+
+
+def test_unpack_map_rejects_a_non_map_under_its_rule() -> None:
+    with pytest.raises(ValidationError, match=r"metadata of variable 'v' must be a msgpack map"):
+        codec.unpack_map(codec.pack([1]), max_bytes=100, what="metadata", variable="v")
+    assert codec.unpack_map(b"", max_bytes=100, what="metadata") is None
+
+
+def test_pack_refuses_what_is_not_plain_data() -> None:
+    with pytest.raises(TypeError):
+        codec.pack({1, 2})
+    with pytest.raises(TypeError):
+        codec.pack_map([("a", 1)])  # type: ignore[arg-type]
+    assert codec.pack_map(None) == b"" == codec.pack_map({})
+
+
+# -- errors over the wire ---------------------------------------------------------------
+
+
+def _examples() -> list[StateError]:
+    return [
+        ValidationError(
+            "variable 'x': above the maximum 2.0 (rule 'max', value 5.0)",
+            variable="x",
+            rule="max",
+            value=5.0,
+        ),
+        VariableNotFound("variable 'x' not found in session 's'", variable="x"),
+        VariableExists("variable 'x' already exists in session 's'", variable="x"),
+        VersionConflict("variable 'x': expected 1, at 2", variable="x", expected=1, actual=2),
+        PartialFailure(
+            "2 of 2 updates failed, none applied",
+            errors={
+                "z": ValidationError("z bad (rule 'type', value 'q')", variable="z", rule="type"),
+                "a": VariableNotFound("a missing", variable="a"),
+            },
+        ),
+        SessionNotFound("session 's' not found", session_id="s"),
+        SessionClosed("session 's' is closed"),
+        LimitExceeded("too many sessions", limit="max_sessions"),
+        Unauthenticated("missing or wrong token"),
+        InvalidExport("export is missing variables"),
+        NotSupported("no streaming"),
+        BridgeUnavailable("no bridge"),
+        StateError("something else"),
+    ]
+
+
+Call = Callable[[bytes], bytes]
+
+
+@pytest.fixture
+def raising_call() -> Iterator[Callable[[Callable[[grpc.ServicerContext], None]], None]]:
+    """Call a real gRPC method whose server side runs the given function."""
+    behaviours: list[Callable[[grpc.ServicerContext], None]] = []
+
+    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+        behaviours[-1](context)
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "test.Errors", {"Raise": grpc.unary_unary_rpc_method_handler(handle)}
+    )
+    executor = futures.ThreadPoolExecutor(max_workers=2)
+    server = grpc.server(executor, handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    method = channel.unary_unary("/test.Errors/Raise")
+
+    def call(behaviour: Callable[[grpc.ServicerContext], None]) -> None:
+        behaviours.append(behaviour)
+        method(b"", timeout=5)
+
+    try:
+        yield call
+    finally:
+        channel.close()
+        server.stop(None).wait()
+        executor.shutdown(wait=True)
+
+
+def _rebuilt(call: Callable[..., None], error: StateError) -> tuple[StateError, grpc.StatusCode]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(lambda context: codec.abort_with_error(context, error))
+    rpc_error = caught.value
+    assert isinstance(rpc_error, grpc.Call)
+    return codec.error_from_rpc(rpc_error, "test"), rpc_error.code()
+
+
+def _same(rebuilt: StateError, original: StateError) -> None:
+    assert type(rebuilt) is type(original)
+    assert str(rebuilt) == str(original)
+    assert rebuilt.details == original.details
+    assert rebuilt.reason == original.reason
+
+
+@pytest.mark.parametrize("error", _examples(), ids=lambda e: type(e).__name__)
+def test_every_error_crosses_the_wire_with_class_message_and_attributes(
+    raising_call: Callable[..., None], error: StateError
+) -> None:
+    rebuilt, code = _rebuilt(raising_call, error)
+    _same(rebuilt, error)
+    assert code == codec.status_for(error)
+    if isinstance(error, PartialFailure):
+        assert isinstance(rebuilt, PartialFailure)
+        assert list(rebuilt.errors) == list(error.errors)  # the batch's order
+        for key, inner in error.errors.items():
+            _same(rebuilt.errors[key], inner)
+
+
+def test_examples_cover_every_error_class() -> None:
+    assert {type(e).__name__ for e in _examples()} == set(ERROR_CLASSES)
+
+
+def test_status_codes_follow_the_table() -> None:
+    expected = {
+        ValidationError: grpc.StatusCode.INVALID_ARGUMENT,
+        PartialFailure: grpc.StatusCode.INVALID_ARGUMENT,
+        InvalidExport: grpc.StatusCode.INVALID_ARGUMENT,
+        VariableNotFound: grpc.StatusCode.NOT_FOUND,
+        SessionNotFound: grpc.StatusCode.NOT_FOUND,
+        VariableExists: grpc.StatusCode.ALREADY_EXISTS,
+        VersionConflict: grpc.StatusCode.ABORTED,
+        SessionClosed: grpc.StatusCode.FAILED_PRECONDITION,
+        LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+        NotSupported: grpc.StatusCode.UNIMPLEMENTED,
+        StateError: grpc.StatusCode.INTERNAL,
+    }
+    for cls, code in expected.items():
+        assert codec.status_for(cls("m")) == code, cls
+
+
+def test_huge_errors_stay_within_the_trailer_budget(raising_call: Callable[..., None]) -> None:
+    big = [0.5] * 100_000
+    error = PartialFailure(
+        "x" * 5000,
+        errors={
+            f"v{i}": ValidationError(f"v{i} bad " + "y" * 300, variable=f"v{i}", value=big)
+            for i in range(1000)
+        },
+    )
+    rebuilt, _ = _rebuilt(raising_call, error)
+    assert isinstance(rebuilt, PartialFailure)
+    assert str(rebuilt).startswith("x" * 1000)
+    assert str(rebuilt).endswith("(4000 more characters)")
+    assert 0 < len(rebuilt.errors) < 1000
+    assert rebuilt.details["omitted_errors"] == 1000 - len(rebuilt.errors)
+    first = rebuilt.errors["v0"]
+    assert isinstance(first, ValidationError)
+    assert first.variable == "v0"
+    assert isinstance(first.value, str) and first.value.endswith("...")  # a cut repr
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, BridgeUnavailable),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, BridgeUnavailable),
+        (grpc.StatusCode.CANCELLED, BridgeUnavailable),
+        (grpc.StatusCode.INVALID_ARGUMENT, ValidationError),
+        (grpc.StatusCode.NOT_FOUND, VariableNotFound),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, LimitExceeded),
+        (grpc.StatusCode.UNIMPLEMENTED, NotSupported),
+        (grpc.StatusCode.UNKNOWN, StateError),
+    ],
+)
+def test_a_status_without_detail_maps_by_code(
+    raising_call: Callable[..., None], code: grpc.StatusCode, cls: type[StateError]
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        raising_call(lambda context: context.abort(code, "plain status"))
+    assert isinstance(caught.value, grpc.Call)
+    rebuilt = codec.error_from_rpc(caught.value, "127.0.0.1:9")
+    assert type(rebuilt) is cls
+    assert "plain status" in str(rebuilt)
+    assert rebuilt.details["status"] == code.name
+
+
+def test_an_unknown_error_class_falls_back_by_status(raising_call: Callable[..., None]) -> None:
+    def abort(context: grpc.ServicerContext) -> None:
+        detail = codec.error_detail(VariableNotFound("gone", variable="x"))
+        detail.error_class = "SomethingNewer"
+        context.set_trailing_metadata(((codec.ERROR_METADATA_KEY, detail.SerializeToString()),))
+        context.abort(grpc.StatusCode.NOT_FOUND, "gone")
+
+    with pytest.raises(grpc.RpcError) as caught:
+        raising_call(abort)
+    assert isinstance(caught.value, grpc.Call)
+    rebuilt = codec.error_from_rpc(caught.value, "t")
+    assert type(rebuilt) is VariableNotFound
+    assert str(rebuilt) == "gone"
+    assert rebuilt.details == {"variable": "x"}

@@ -1,0 +1,355 @@
+"""The SessionStore server: health, reflection, token, TLS, limits, TTL and shutdown."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
+from dspex_actors.errors import (
+    BridgeUnavailable,
+    LimitExceeded,
+    NotSupported,
+    SessionNotFound,
+    Unauthenticated,
+    VariableNotFound,
+)
+from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+
+SESSION_STORE = "dspex_actors.v1.SessionStore"
+
+
+@pytest.fixture
+def server() -> Iterator[SessionStoreServer]:
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture
+def channel(server: SessionStoreServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(server.address) as open_channel:
+        yield open_channel
+
+
+# -- standard services -----------------------------------------------------------------
+
+
+def test_health_reports_serving(channel: grpc.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SESSION_STORE):
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = set(database.get_services())
+    assert {SESSION_STORE, "grpc.health.v1.Health"} <= services
+    descriptor = database.FindFileContainingSymbol(SESSION_STORE)
+    assert descriptor.name == "dspex_actors/v1/session_store.proto"
+
+
+def test_watch_is_not_served_yet(server: SessionStoreServer, channel: grpc.Channel) -> None:
+    with BridgedState.init(address=server.address) as state:
+        stream = pb_grpc.SessionStoreStub(channel).Watch(
+            pb.WatchRequest(session_id=state.session_id), timeout=5
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            next(iter(stream))
+    assert isinstance(caught.value, grpc.Call)
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert isinstance(codec.error_from_rpc(caught.value, server.address), NotSupported)
+
+
+def test_list_variables_filters_by_glob(server: SessionStoreServer) -> None:
+    with BridgedState.init(address=server.address) as state:
+        for name in ("temp_a", "temp_b", "other"):
+            state.register_variable(name, "integer", 1)
+        assert [r["name"] for r in state.list_variables(pattern="temp_*")] == ["temp_a", "temp_b"]
+        assert len(state.list_variables()) == 3
+
+
+def test_session_info_counts_variables(server: SessionStoreServer) -> None:
+    with BridgedState.init(address=server.address) as state:
+        state.register_variable("a", "integer", 1)
+        state.register_variable("b", "integer", 1)
+        state.delete_variable("a")
+        info = state.session_info()
+        assert info["session_id"] == state.session_id
+        assert info["variable_count"] == 1
+        assert info["ttl_seconds"] == 3600.0
+        assert info["created_at"] <= info["last_active_at"] <= state.heartbeat()
+
+
+# -- token -----------------------------------------------------------------------------
+
+
+def test_token_is_required_on_every_call_but_health() -> None:
+    with serve(token="s3cret") as server:
+        with pytest.raises(Unauthenticated, match="missing or wrong token"):
+            BridgedState.init(address=server.address)
+        with pytest.raises(Unauthenticated):
+            BridgedState.init(address=server.address, token="wrong")
+        with BridgedState.init(address=server.address, token="s3cret") as state:
+            state.register_variable("a", "integer", 1)
+            assert state.get_variable("a") == 1
+        with grpc.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as caught:
+                ProtoReflectionDescriptorDatabase(channel).get_services()
+            assert isinstance(caught.value, grpc.Call)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_non_loopback_address_needs_a_token() -> None:
+    with pytest.raises(ValueError, match="without a token"):
+        serve("0.0.0.0:0")
+
+
+def test_a_port_in_use_is_an_os_error(server: SessionStoreServer) -> None:
+    with pytest.raises(OSError, match="could not listen"):
+        serve(server.address)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    with serve(tls_cert=cert, tls_key=key) as server:
+        assert server.tls
+        with BridgedState.init(address=server.address, tls_root_cert=cert) as state:
+            state.register_variable("a", "string", "over tls")
+            assert state.get_variable("a") == "over tls"
+        with pytest.raises(BridgeUnavailable):  # plaintext client, TLS server
+            BridgedState.init(address=server.address, timeout=2)
+
+
+# -- limits ----------------------------------------------------------------------------
+
+
+def test_value_size_limit() -> None:
+    with serve(max_value_bytes=1000) as server, BridgedState.init(address=server.address) as state:
+        state.register_variable("s", "string", "small")
+        with pytest.raises(LimitExceeded, match=r"value of variable 's' is \d+ bytes"):
+            state.set_variable("s", "x" * 2000)
+        with pytest.raises(LimitExceeded, match="value of variable 'big'"):
+            state.register_variable("big", "string", "x" * 2000)
+        with pytest.raises(LimitExceeded, match="updates holds an item over the limit"):
+            state.update_variables({"s": "x" * 2000})
+        assert state.get_variable("s") == "small"
+        assert [r["name"] for r in state.list_variables()] == ["s"]
+
+
+def test_message_size_limit() -> None:
+    with (
+        serve(max_message_bytes=10_000) as server,
+        BridgedState.init(address=server.address) as state,
+    ):
+        state.register_variable("s", "string", "small")
+        with pytest.raises(LimitExceeded, match="RESOURCE_EXHAUSTED"):
+            state.update_variables({"s": "x" * 20_000})
+        assert state.get_variable("s") == "small"
+
+
+def test_variables_per_session_limit_is_exact() -> None:
+    with (
+        serve(max_variables_per_session=2) as server,
+        BridgedState.init(address=server.address) as state,
+        BridgedState.init(address=server.address) as source,
+    ):
+        state.register_variable("a", "integer", 1)
+        state.register_variable("b", "integer", 2)
+        with pytest.raises(LimitExceeded, match="limit of 2") as caught:
+            state.register_variable("c", "integer", 3)
+        assert caught.value.limit == "max_variables_per_session"
+        state.delete_variable("a")
+        state.register_variable("c", "integer", 3)
+
+        source.register_variable("x", "integer", 1)
+        with pytest.raises(LimitExceeded):
+            state.import_state(source.export_state())
+        assert sorted(state.get_variables(["b", "c", "x"])) == ["b", "c"]
+
+
+def test_sessions_limit() -> None:
+    with serve(max_sessions=1) as server, BridgedState.init(address=server.address):
+        with pytest.raises(LimitExceeded, match="sessions") as caught:
+            BridgedState.init(address=server.address)
+        assert caught.value.limit == "max_sessions"
+
+
+# -- TTL -------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_idle_sessions_expire_and_activity_keeps_them() -> None:
+    clock = FakeClock()
+    with serve(session_ttl=10.0, clock=clock) as server:
+        busy = BridgedState.init(address=server.address)
+        idle = BridgedState.init(address=server.address)
+        busy.register_variable("a", "integer", 1)
+        clock.now = 6.0
+        busy.heartbeat()
+        clock.now = 12.0  # idle for 12 s, busy for 6 s
+        assert set(server.reap_expired()) <= {idle.session_id}
+        with pytest.raises(SessionNotFound, match="closed or expired"):
+            idle.get_variables(["a"])
+        assert busy.get_variable("a") == 1  # also activity, at 12
+        clock.now = 21.0
+        server.reap_expired()
+        assert busy.get_variable("a") == 1
+        clock.now = 40.0
+        server.reap_expired()
+        with pytest.raises(SessionNotFound):
+            busy.get_variable("a")
+        busy.cleanup()  # the owner's close finds nothing to close; no error
+        idle.cleanup()
+
+
+def test_the_reaper_thread_expires_sessions() -> None:
+    expired = threading.Event()
+
+    class Listener(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "expired" in record.getMessage():
+                expired.set()
+
+    logger = logging.getLogger("dspex_actors.bridge.server")
+    listener, level = Listener(), logger.level
+    logger.addHandler(listener)
+    logger.setLevel(logging.INFO)
+    try:
+        with serve(session_ttl=0.05) as server:
+            state = BridgedState.init(address=server.address)
+            assert expired.wait(10), "the reaper did not expire an idle session"
+            with pytest.raises(SessionNotFound):
+                state.get_variable("a")
+            state.cleanup()
+    finally:
+        logger.removeHandler(listener)
+        logger.setLevel(level)
+
+
+# -- stopping --------------------------------------------------------------------------
+
+
+def test_stop_closes_sessions_and_is_idempotent() -> None:
+    server = serve()
+    state = BridgedState.init(address=server.address, timeout=2)
+    state.register_variable("a", "integer", 1)
+    server.stop(grace=1.0)
+    server.stop()
+    assert server.wait_for_termination(0)
+    with pytest.raises(BridgeUnavailable):
+        state.get_variable("a")
+    state.cleanup()  # the server is gone: logged, not raised
+
+
+def test_unknown_session_is_not_found(server: SessionStoreServer, channel: grpc.Channel) -> None:
+    stub = pb_grpc.SessionStoreStub(channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetVariable(pb.GetVariableRequest(session_id="nope", identifier="a"), timeout=5)
+    assert isinstance(caught.value, grpc.Call)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    error = codec.error_from_rpc(caught.value, server.address)
+    assert isinstance(error, SessionNotFound)
+    assert error.session_id == "nope"
+    with pytest.raises(grpc.RpcError):
+        stub.OpenSession(pb.OpenSessionRequest(session_id="nope"), timeout=5)
+
+
+def test_variable_not_found_names_the_variable(server: SessionStoreServer) -> None:
+    with BridgedState.init(address=server.address) as state:
+        with pytest.raises(VariableNotFound) as caught:
+            state.get_variable("missing")
+        assert caught.value.variable == "missing"
+
+
+class GateClock:
+    """A monotonic clock that, once armed, parks the next caller until opened.
+
+    Every session call reads the server's clock first, so this holds one call in
+    flight at a known point without sleeping.
+    """
+
+    def __init__(self) -> None:
+        self._armed = False
+        self.arrived = threading.Event()
+        self.opened = threading.Event()
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def __call__(self) -> float:
+        if self._armed:
+            self._armed = False
+            self.arrived.set()
+            assert self.opened.wait(30), "the test never opened the gate"
+        return time.monotonic()
+
+
+def test_graceful_stop_lets_calls_in_flight_finish() -> None:
+    clock = GateClock()
+    server = serve(clock=clock)
+    state = BridgedState.init(address=server.address, timeout=30)
+    state.register_variable("a", "integer", 41)
+    results: dict[str, object] = {}
+
+    def in_flight() -> None:
+        try:
+            results["value"] = state.get_variable("a")
+        except Exception as exc:  # reported by the assertion below
+            results["value"] = exc
+
+    with grpc.insecure_channel(server.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=SESSION_STORE), timeout=30
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        clock.arm()
+        caller = threading.Thread(target=in_flight)
+        caller.start()
+        assert clock.arrived.wait(30)
+        stopper = threading.Thread(target=server.stop, kwargs={"grace": 30.0})
+        stopper.start()
+        # Health turns NOT_SERVING as shutdown begins: the call is in flight by then.
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        clock.opened.set()
+        caller.join()
+        stopper.join()
+    assert results["value"] == 41  # its session was not closed under it
+    assert server.wait_for_termination(0)
+    state.cleanup()

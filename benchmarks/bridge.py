@@ -69,7 +69,9 @@ def _throughput(mode: str, address: str, session_id: str, clients: int, count: i
 
 
 def run(rounds: int, clients: int = 8, calls_per_client: int = 2000) -> dict[str, float]:
-    print(f"\n== BridgedState vs a bare grpcio echo, servers in other processes ({rounds} rounds) ==")
+    print(
+        f"\n== BridgedState vs a bare grpcio echo, servers in other processes ({rounds} rounds) =="
+    )
     store = session_store()
     echo_proc = echo_server()
     channel = grpc.insecure_channel(echo_proc.address)
@@ -138,5 +140,6 @@ def run(rounds: int, clients: int = 8, calls_per_client: int = 2000) -> dict[str
     target("get_variables(100) p50 / get_variable p50", ratios["get100/get"], 3)
     target("update_variables(100) p50 / get_variable p50", ratios["update100/get"], 3)
     target("import 10,000 variables / get_variable p50", ratios["import10k/get"], 100)
-    print(f"  throughput under {clients} clients, get_variable / echo: {ratios['throughput get/echo']:.2f}x")
+    rate = ratios["throughput get/echo"]
+    print(f"  throughput under {clients} clients, get_variable / echo: {rate:.2f}x")
     return ratios

@@ -57,7 +57,9 @@ class ServerProcess:
 
 
 def session_store() -> ServerProcess:
-    return ServerProcess([sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0"])
+    return ServerProcess(
+        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0"]
+    )
 
 
 def echo_server() -> ServerProcess:

@@ -7,6 +7,7 @@ one concept each (see the README for the architecture).
 import logging
 
 from dspex_actors import errors
+from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.errors import (
     BridgeUnavailable,
     InvalidExport,
@@ -29,11 +30,14 @@ from dspex_actors.provider import (
     is_provider,
     validate_provider,
 )
+from dspex_actors.supervision import Context, Supervisor
 from dspex_actors.vartypes import TYPE_NAMES
 
 __all__ = [
     "TYPE_NAMES",
     "BridgeUnavailable",
+    "BridgedState",
+    "Context",
     "InvalidExport",
     "LimitExceeded",
     "LocalState",
@@ -41,8 +45,10 @@ __all__ = [
     "PartialFailure",
     "SessionClosed",
     "SessionNotFound",
+    "SessionStoreServer",
     "StateError",
     "StateProvider",
+    "Supervisor",
     "Unauthenticated",
     "ValidationError",
     "VariableExists",
@@ -51,6 +57,7 @@ __all__ = [
     "errors",
     "get_capabilities",
     "is_provider",
+    "serve",
     "validate_provider",
 ]
 

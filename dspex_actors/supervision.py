@@ -19,6 +19,7 @@ methods onto itself (rebound at each switch) instead of wrapping them, so a loca
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -279,10 +280,9 @@ class Supervisor:
 
     def _child_exited(self, session_id: str, error: BaseException | None) -> None:
         """on_exit hook of supervised session actors (runs in the dying actor's thread)."""
-        try:
+        # A stopped supervisor has nothing to restart.
+        with contextlib.suppress(pykka.ActorDeadError):
             self._ref.tell(("exited", session_id, error))
-        except pykka.ActorDeadError:
-            pass  # the supervisor is stopping; nothing to restart
 
     def _ask(self, *message: Any) -> Any:
         try:
@@ -296,10 +296,8 @@ class Supervisor:
     def _forget(self, context: Context) -> None:
         with self._lock:
             self._contexts.pop(context.session_id, None)
-        try:
+        with contextlib.suppress(pykka.ActorDeadError):
             self._ref.ask(("forget", context.session_id), timeout=_CALL_TIMEOUT)
-        except pykka.ActorDeadError:
-            pass
 
     def stop(self) -> None:
         """Stop every context, the embedded server and the supervisor actor."""

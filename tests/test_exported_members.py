@@ -11,6 +11,8 @@ import dspex_actors
 EXPECTED_PUBLIC_NAMES = {
     "TYPE_NAMES",
     "BridgeUnavailable",
+    "BridgedState",
+    "Context",
     "InvalidExport",
     "LimitExceeded",
     "LocalState",
@@ -18,8 +20,10 @@ EXPECTED_PUBLIC_NAMES = {
     "PartialFailure",
     "SessionClosed",
     "SessionNotFound",
+    "SessionStoreServer",
     "StateError",
     "StateProvider",
+    "Supervisor",
     "Unauthenticated",
     "ValidationError",
     "VariableExists",
@@ -28,6 +32,7 @@ EXPECTED_PUBLIC_NAMES = {
     "errors",
     "get_capabilities",
     "is_provider",
+    "serve",
     "validate_provider",
 }
 

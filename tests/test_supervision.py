@@ -274,3 +274,24 @@ def test_another_process_sees_and_changes_a_migrated_session() -> None:
         )
         assert out.stdout.strip() == "1"
         assert ctx.get_variable("style") == "verbose"
+
+
+def test_migration_never_imports_into_someone_elses_session() -> None:
+    from dspex_actors.bridge import BridgedState
+
+    with Supervisor.start() as sup:
+        ctx = sup.start_context(session_id="taken")
+        ctx.register_variable("mine", "integer", 1)
+        # Start the bridge by migrating another context, then squat on "taken".
+        sup.start_context().ensure_bridged()
+        squatter = BridgedState.init(session_id="taken", address=sup.bridge_address)
+        try:
+            squatter.register_variable("theirs", "string", "x")
+            with pytest.raises(StateError, match="already exists on the bridge"):
+                ctx.ensure_bridged()
+            assert ctx.backend_info()["type"] == "local"
+            assert ctx.set_variable("mine", 2) == 1
+            # The squatter's session was neither polluted nor closed.
+            assert [r["name"] for r in squatter.list_variables()] == ["theirs"]
+        finally:
+            squatter.cleanup()

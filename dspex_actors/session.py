@@ -22,6 +22,7 @@ The table outlives its actor: a supervisor can start a new actor on the same tab
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import sys
@@ -30,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+import msgpack
 import pykka
 
 from dspex_actors import vartypes
@@ -44,7 +46,7 @@ from dspex_actors.errors import (
 )
 from dspex_actors.vartypes import Validator, check_metadata, describe_value, plain_copy
 
-__all__ = ["CLOSED", "Record", "SessionActor", "SessionTable", "new_session_id"]
+__all__ = ["CLOSED", "Record", "SessionActor", "SessionTable", "export_digest", "new_session_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,17 @@ RECORD_KEYS = (
 def new_session_id() -> str:
     """An unguessable session id (122 random bits)."""
     return f"sess_{uuid.uuid4().hex}"
+
+
+def export_digest(variables: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """SHA-256 of an export's variables (in their order), to verify a copy cheaply.
+
+    Two sessions holding the same ids, names, types, values, versions, constraints,
+    metadata and timestamps give the same digest (values are normalized by their
+    type first, so an int stored in a float variable hashes as the float).
+    """
+    rows = [[r[key] for key in RECORD_KEYS] for r in variables.values()]
+    return hashlib.sha256(msgpack.packb(rows)).digest()
 
 
 def _new_var_id() -> str:

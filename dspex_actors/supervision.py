@@ -31,10 +31,11 @@ from typing import Any, Literal, Self
 
 import pykka
 
+from dspex_actors.bridge import BridgedState, serve
 from dspex_actors.errors import SessionClosed, StateError
 from dspex_actors.local import LocalState
 from dspex_actors.provider import StateProvider, validate_provider
-from dspex_actors.session import new_session_id
+from dspex_actors.session import export_digest, new_session_id
 
 __all__ = ["Context", "Supervisor"]
 
@@ -45,19 +46,6 @@ SwitchHook = Callable[[dict[str, Any]], None]
 
 _BRIDGE_PROGRAM_TYPES = frozenset({"dspy", "python"})
 _CALL_TIMEOUT = 60.0
-
-
-def _same_variables(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str | None:
-    """Why two exports' variables differ (ids, values, versions, types...), or None."""
-    want = expected["variables"]
-    got = actual.get("variables", {})
-    if set(want) != set(got):
-        return f"variable ids differ: {sorted(set(want) ^ set(got))[:5]}"
-    for var_id, record in want.items():
-        for key in ("name", "type", "value", "version", "constraints", "metadata"):
-            if record[key] != got[var_id].get(key):
-                return f"variable {record['name']!r}: {key} differs after import"
-    return None
 
 
 @dataclass
@@ -225,17 +213,13 @@ class Supervisor:
             if self._stopped:
                 raise SessionClosed("the supervisor is stopped")
             if self._bridge_address is None:
-                from dspex_actors.bridge import serve
-
                 self._embedded = serve("127.0.0.1:0", token=self.token)
                 self._bridge_address = str(self._embedded.address)
                 logger.info("started embedded SessionStore at %s", self._bridge_address)
             return self._bridge_address
 
-    def open_bridged(self, session_id: str) -> StateProvider:
+    def open_bridged(self, session_id: str) -> BridgedState:
         """A BridgedState for ``session_id`` on this supervisor's bridge."""
-        from dspex_actors.bridge import BridgedState
-
         return BridgedState.init(
             session_id=session_id,
             address=self._ensure_bridge(),
@@ -519,7 +503,7 @@ class Context:
             self._fenced = True
             while self._writers:
                 self._gate.wait()
-        new: StateProvider | None = None
+        new: BridgedState | None = None
         step = "export"
         try:
             exported = old.export_state()
@@ -528,11 +512,12 @@ class Context:
             if not getattr(new, "owner", True):
                 # Someone else's session already has this id: never import into it.
                 raise StateError(f"session {self.session_id!r} already exists on the bridge")
-            new.import_state(exported)
+            digest = new.import_with_digest(exported)
             step = "verify"
-            problem = _same_variables(exported, new.export_state())
-            if problem is not None:
-                raise StateError(f"verification failed: {problem}")
+            # The server hashed what it stored: equal digests mean equal ids, names,
+            # types, values, versions, constraints, metadata and timestamps.
+            if digest != export_digest(exported["variables"]):
+                raise StateError("verification failed: the bridged copy differs from the export")
         except Exception as exc:
             if new is not None:
                 try:
@@ -632,8 +617,6 @@ class Context:
 def _kind(backend: StateProvider) -> str:
     if isinstance(backend, LocalState):
         return "local"
-    from dspex_actors.bridge import BridgedState
-
     if isinstance(backend, BridgedState):
         return "bridged"
     return "custom"

@@ -312,16 +312,31 @@ class BridgedState(StateProvider):
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
         """Import a whole export in one RPC; all or nothing, checked by the server."""
+        self._import(exported, want_digest=False)
+
+    def import_with_digest(self, exported: Mapping[str, Any]) -> bytes:
+        """Import like :meth:`import_state`; return the server's digest of the session.
+
+        The digest (``session.export_digest``) is computed from what the server
+        stored, so comparing it with the export's own digest verifies the copy
+        without exporting it back.
+        """
+        return self._import(exported, want_digest=True)
+
+    def _import(self, exported: Mapping[str, Any], *, want_digest: bool) -> bytes:
         if not isinstance(exported, Mapping):
             raise InvalidExport(f"an export must be a mapping, got {type(exported).__name__}")
         try:
             payload = codec.pack(dict(exported))
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidExport(f"export is not plain data msgpack can carry: {exc}") from exc
-        self._call(
+        response = self._call(
             self._stub.ImportSession,
-            pb.ImportSessionRequest(session_id=self.session_id, state=payload),
+            pb.ImportSessionRequest(
+                session_id=self.session_id, state=payload, want_digest=want_digest
+            ),
         )
+        return bytes(response.digest)
 
     # -- session --------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ from dspex_actors.errors import (
     ValidationError,
 )
 from dspex_actors.local import LocalState
-from dspex_actors.session import new_session_id
+from dspex_actors.session import export_digest, new_session_id
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 
@@ -398,7 +398,12 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
             self._check_room(entry, count)
             entry.state.import_state(exported)  # validates everything, then applies
             entry.variable_count += count
-        return pb.ImportSessionResponse(count=count)
+            digest = (
+                export_digest(entry.state.export_state()["variables"])
+                if request.want_digest
+                else b""
+            )
+        return pb.ImportSessionResponse(count=count, digest=digest)
 
     @_rpc
     def Watch(  # noqa: N802 - the proto's RPC name

@@ -238,18 +238,22 @@ class ExportSessionResponse(_message.Message):
     def __init__(self, state: _Optional[bytes] = ...) -> None: ...
 
 class ImportSessionRequest(_message.Message):
-    __slots__ = ("session_id", "state")
+    __slots__ = ("session_id", "state", "want_digest")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    WANT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: bytes
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ...) -> None: ...
+    want_digest: bool
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ..., want_digest: _Optional[bool] = ...) -> None: ...
 
 class ImportSessionResponse(_message.Message):
-    __slots__ = ("count",)
+    __slots__ = ("count", "digest")
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     count: int
-    def __init__(self, count: _Optional[int] = ...) -> None: ...
+    digest: bytes
+    def __init__(self, count: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("session_id", "patterns")

@@ -4,12 +4,19 @@ Writes are asks to the actor (serialized and versioned there). Reads look up the
 actor's published :class:`~dspex_actors.session.SessionTable` directly and fall back
 to an ask only when they meet a write in progress (see ``session.py``), so a
 ``get_variable`` costs a few dict lookups, not a thread round trip.
+
+A migration seals the session (the actor refuses writes from that turn on), and
+once the bridged copy is verified, ``retire(successor)`` closes the table and makes
+this handle forward every call to the successor. So a caller that kept this handle,
+or a bound ``get_variable`` of it, keeps working against the live copy; a write
+that met the seal waits for the migration's outcome and then lands exactly once.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Self
 
 import pykka
@@ -24,16 +31,63 @@ from dspex_actors.session import (
     new_session_id,
 )
 
-__all__ = ["LocalState"]
+__all__ = ["LocalState", "ask_actor"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a call waits for the session actor before giving up (it never hangs)."""
 
 
+def ask_actor(ref: pykka.ActorRef[Any], message: Any, timeout: float, what: str) -> Any:
+    """Ask an actor; the one place pykka's errors become dspex_actors errors.
+
+    A ``StateError`` the actor answers with is raised here, in the caller's thread.
+    """
+    try:
+        result = ref.ask(message, timeout=timeout)
+    except pykka.ActorDeadError:
+        raise SessionClosed(f"{what}: its actor is not running") from None
+    except pykka.Timeout as exc:
+        raise StateError(f"{what}: the actor did not answer within {timeout}s") from exc
+    except StateError:
+        raise
+    except Exception as exc:
+        raise StateError(f"{what}: the actor crashed handling {message[0]!r}: {exc!r}") from exc
+    if isinstance(result, StateError):
+        raise result
+    return result
+
+
+_FORWARD: dict[str, Callable[..., Any]] = {
+    "get": lambda p, i: p.get_variable(i),
+    "get_many": lambda p, ids: p.get_variables(ids),
+    "list": lambda p: p.list_variables(),
+    "export": lambda p: p.export_state(),
+    "register": lambda p, n, t, v, c, m, d: p.register_variable(
+        n, t, v, constraints=c, metadata=m, description=d
+    ),
+    "set": lambda p, i, v, m, ev: p.set_variable(i, v, m, expected_version=ev),
+    "update": lambda p, u, m: p.update_variables(u, m),
+    "delete": lambda p, i: p.delete_variable(i),
+    "import": lambda p, e: p.import_state(e),
+}
+"""How each actor message is made on a successor backend after a migration."""
+
+
 class LocalState(StateProvider):
     """A session held by a SessionActor in this process."""
 
-    __slots__ = ("_call_timeout", "_lock", "_on_exit", "_ref", "_table", "session_id")
+    __slots__ = (
+        "_call_timeout",
+        "_lock",
+        "_migration",
+        "_on_exit",
+        "_ref",
+        "_successor",
+        "_table",
+        "session_id",
+    )
 
     def __init__(
         self,
@@ -47,6 +101,8 @@ class LocalState(StateProvider):
         self._call_timeout = call_timeout
         self._on_exit = on_exit
         self._lock = threading.Lock()
+        self._migration: threading.Event | None = None  # set while sealed
+        self._successor: StateProvider | None = None
         self._ref: pykka.ActorRef[SessionActor] = SessionActor.start(table, on_exit)
 
     @classmethod
@@ -97,6 +153,8 @@ class LocalState(StateProvider):
         with self._lock:
             if self._table.seq == CLOSED:
                 raise self._closed()
+            if self._migration is not None:
+                raise SessionClosed(f"session {self.session_id!r} is being migrated")
             if self._ref.is_alive():
                 return
             self._ref = SessionActor.start(self._table, self._on_exit)
@@ -105,28 +163,25 @@ class LocalState(StateProvider):
         return SessionClosed(f"session {self.session_id!r} is closed")
 
     def _call(self, *message: Any) -> Any:
-        """Ask the actor; raise the StateError it answers with in this thread."""
-        try:
-            result = self._ref.ask(message, timeout=self._call_timeout)
-        except pykka.ActorDeadError:
-            if self._table.seq == CLOSED:
-                raise self._closed() from None
-            raise SessionClosed(f"session {self.session_id!r}: its actor is not running") from None
-        except pykka.Timeout as exc:
-            raise StateError(
-                f"session {self.session_id!r}: the actor did not answer within "
-                f"{self._call_timeout}s"
-            ) from exc
-        except StateError:
-            raise
-        except Exception as exc:
-            raise StateError(
-                f"session {self.session_id!r}: the session actor crashed handling "
-                f"{message[0]!r}: {exc!r}"
-            ) from exc
-        if isinstance(result, StateError):
-            raise result
-        return result
+        """Ask the actor, or the successor once the session has moved."""
+        for _ in range(2):
+            if self._successor is not None:
+                return _FORWARD[message[0]](self._successor, *message[1:])
+            try:
+                return ask_actor(
+                    self._ref, message, self._call_timeout, f"session {self.session_id!r}"
+                )
+            except SessionClosed as exc:
+                migration = self._migration
+                if migration is None and not exc.details.get("migrating"):
+                    if self._table.seq == CLOSED and self._successor is None:
+                        raise self._closed() from None
+                    raise
+                # Sealed for a migration: wait for its outcome, then go to the
+                # successor, or back to the unsealed actor.
+                if migration is not None and not migration.wait(self._call_timeout):
+                    raise
+        raise SessionClosed(f"session {self.session_id!r}: migration did not settle")
 
     # -- reads: lock-free from the table, seqlock-checked -----------------------------
 
@@ -140,7 +195,7 @@ class LocalState(StateProvider):
         if seq & 1 or table.seq != seq:
             return self._call("get", identifier)
         if record is None:
-            return table.lookup(identifier)  # raises VariableNotFound
+            raise table.missing(identifier)
         thaw = record.validator.thaw
         return record.value if thaw is None else thaw(record.value)
 
@@ -226,29 +281,67 @@ class LocalState(StateProvider):
             "distribution": False,
         }
 
-    def retire(self) -> None:
-        """Stop the actor but leave the table readable, frozen at its last write.
+    # -- migration -------------------------------------------------------------------
 
-        For a migration's old backend: a reader that picked this handle just before
-        the switch still reads the last committed values instead of an error, while
-        any write raises SessionClosed.
+    def seal(self) -> dict[str, Any]:
+        """Refuse writes from this actor turn on and return the export (the cut).
+
+        Writes that meet the seal wait for :meth:`retire` (then go to the successor)
+        or :meth:`unseal` (then go to this actor).
         """
         with self._lock:
-            if self._table.seq != CLOSED:
-                self._ref.stop(block=True, timeout=self._call_timeout)
+            if self._migration is not None:
+                raise StateError(f"session {self.session_id!r} is already being migrated")
+            self._migration = threading.Event()
+        try:
+            return dict(self._call("seal"))
+        except BaseException:
+            self._end_migration()
+            raise
+
+    def unseal(self) -> None:
+        """The migration failed: accept writes again."""
+        try:
+            self._call("unseal")
+        finally:
+            self._end_migration()
+
+    def retire(self, successor: StateProvider) -> None:
+        """The migration succeeded: stop the actor and forward everything to ``successor``."""
+        with self._lock:
+            self._successor = successor
+            self._table.seq = CLOSED  # every fast read now takes the forwarding path
+            ref = self._ref
+        self._end_migration()
+        ref.stop(block=True, timeout=self._call_timeout)
+
+    def _end_migration(self) -> None:
+        with self._lock:
+            migration, self._migration = self._migration, None
+        if migration is not None:
+            migration.set()
 
     def cleanup(self) -> None:
-        """Stop the session actor; idempotent. Later calls raise SessionClosed."""
+        """Stop the session actor; idempotent. Later calls raise SessionClosed.
+
+        A retired handle has nothing left to clean up: its session lives on in the
+        successor, which its new owner cleans up.
+        """
         with self._lock:
             if self._table.seq == CLOSED:
                 return
             try:
-                self._ref.ask(("close",), timeout=self._call_timeout)
-            except pykka.ActorDeadError:
+                ask_actor(
+                    self._ref, ("close",), self._call_timeout, f"session {self.session_id!r}"
+                )
+            except SessionClosed:
                 pass  # already dead (crashed or killed): just mark the table
             finally:
                 self._table.seq = CLOSED
-            self._ref.stop(block=True, timeout=self._call_timeout)
+                try:
+                    self._ref.stop(block=True, timeout=self._call_timeout)
+                except pykka.Timeout:
+                    logger.error("session %s: actor did not stop", self.session_id)
 
     def __repr__(self) -> str:
         state = "closed" if self._table.seq == CLOSED else f"{len(self._table.by_id)} variables"

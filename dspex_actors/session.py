@@ -38,6 +38,7 @@ from dspex_actors import vartypes
 from dspex_actors.errors import (
     InvalidExport,
     PartialFailure,
+    SessionClosed,
     StateError,
     ValidationError,
     VariableExists,
@@ -141,11 +142,15 @@ class SessionTable:
         """The record by name or id; ``VariableNotFound`` if absent."""
         record = self.index.get(identifier) if isinstance(identifier, str) else None
         if record is None:
-            raise VariableNotFound(
-                f"variable {identifier!r} not found in session {self.session_id!r}",
-                variable=identifier if isinstance(identifier, str) else describe_value(identifier),
-            )
+            raise self.missing(identifier)
         return record
+
+    def missing(self, identifier: Any) -> VariableNotFound:
+        """The error for an identifier that names no variable."""
+        return VariableNotFound(
+            f"variable {identifier!r} not found in session {self.session_id!r}",
+            variable=identifier if isinstance(identifier, str) else describe_value(identifier),
+        )
 
     def values(self, identifiers: Iterable[str]) -> dict[str, Any]:
         """Values of the identifiers present, keyed as given."""
@@ -158,19 +163,46 @@ class SessionTable:
         return out
 
     def export(self) -> dict[str, Any]:
-        """The whole session as plain data (see StateProvider.export_state)."""
-        records = [record.to_dict() for record in self.by_id.values()]
+        """The whole session as plain data (see StateProvider.export_state).
+
+        Takes its snapshot in one step (``list`` of the values runs in C under the
+        GIL) before the Python-level copying, so a writer cannot change the dict
+        under it; readers outside the actor still check the seqlock around it.
+        """
+        snapshot = list(self.by_id.values())
+        metadata = self.metadata
+        records = [record.to_dict() for record in snapshot]
         return {
             "session_id": self.session_id,
             "variables": {r["id"]: r for r in records},
             "variable_index": {r["name"]: r["id"] for r in records},
-            "metadata": plain_copy(self.metadata),
+            "metadata": plain_copy(metadata),
         }
+
+    def digest(self) -> bytes:
+        """:func:`export_digest` of the current variables, without building an export."""
+        rows = [
+            [
+                r.id,
+                r.name,
+                r.validator.type,
+                r.read_value(),
+                r.version,
+                r.validator.constraints,
+                r.metadata,
+                r.created_at,
+                r.last_updated_at,
+            ]
+            for r in list(self.by_id.values())
+        ]
+        return hashlib.sha256(msgpack.packb(rows)).digest()
 
 
 def _new_record(fields: tuple[Any, ...]) -> Record:
     return tuple.__new__(Record, fields)
 
+
+WRITE_OPERATIONS = frozenset({"register", "set", "update", "delete", "import"})
 
 ExitHook = Callable[[str, BaseException | None], None]
 """Called with (session_id, error) when the actor stops; error is None for a clean stop."""
@@ -206,6 +238,10 @@ class SessionActor(pykka.ThreadingActor):
         # starts from an even number so readers trust it again.
         if table.seq != CLOSED and table.seq & 1:
             table.seq += 1
+        # Operations refused in the current state, and the error they get:
+        # writes while sealed for a migration, everything once closed.
+        self._refused: frozenset[str] = frozenset()
+        self._refusal: Callable[[], StateError] = lambda: StateError("refused")
         self._handlers: dict[str, Callable[..., Any]] = {
             "register": self._register,
             "set": self._set,
@@ -216,6 +252,9 @@ class SessionActor(pykka.ThreadingActor):
             "get_many": self._get_many,
             "list": self._list,
             "export": self.table.export,
+            "digest": self.table.digest,
+            "seal": self._seal,
+            "unseal": self._unseal,
             "close": self._close,
             "crash": self._crash,
         }
@@ -224,6 +263,8 @@ class SessionActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         operation, *args = message
+        if self._refused and operation in self._refused:
+            return self._refusal()  # a fresh error each time: callers raise it
         try:
             return self._handlers[operation](*args)
         except StateError as exc:
@@ -263,8 +304,13 @@ class SessionActor(pykka.ThreadingActor):
 
     # -- writes --------------------------------------------------------------------
 
-    def _publish(self, records: Iterable[Record], removed: Iterable[Record] = ()) -> None:
-        """Swap records into the table inside one seqlock window."""
+    def _publish(
+        self,
+        records: Iterable[Record],
+        removed: Iterable[Record] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Swap records (and session metadata) into the table in one seqlock window."""
         table = self.table
         index = table.index
         by_id = table.by_id
@@ -273,6 +319,9 @@ class SessionActor(pykka.ThreadingActor):
             del index[record.name], index[record.id], by_id[record.id]
         for record in records:
             index[record.name] = index[record.id] = by_id[record.id] = record
+        if metadata is not None:
+            # Replaced, never mutated: a reader may be copying the old dict.
+            table.metadata = metadata
         table.seq += 1
 
     def _register(
@@ -320,14 +369,7 @@ class SessionActor(pykka.ThreadingActor):
         self, identifier: str, new_value: Any, metadata: Any, expected_version: int | None
     ) -> int:
         record = self.table.lookup(identifier)
-        if expected_version is not None and type(expected_version) is not int:
-            raise ValidationError(
-                f"variable {record.name!r}: expected_version must be an integer "
-                f"(rule 'expected_version', value {describe_value(expected_version)})",
-                variable=record.name,
-                rule="expected_version",
-                value=describe_value(expected_version),
-            )
+        vartypes.check_expected_version(record.name, expected_version)
         if expected_version is not None and expected_version != record.version:
             raise VersionConflict(
                 f"variable {record.name!r}: expected version {expected_version!r} "
@@ -337,7 +379,7 @@ class SessionActor(pykka.ThreadingActor):
                 actual=record.version,
             )
         value = record.validator.check(new_value)
-        meta = check_metadata(record.name, metadata) if metadata else None
+        meta = check_metadata(record.name, metadata) if metadata is not None else None
         updated = self._next(record, value, meta, time.time())
         self._publish((updated,))
         return updated.version
@@ -365,7 +407,7 @@ class SessionActor(pykka.ThreadingActor):
                     staged[record.id] = (record, record.validator.check(new_value))
             except StateError as exc:
                 errors[str(identifier)] = exc
-        if metadata:
+        if metadata is not None:
             try:
                 meta = check_metadata("<batch>", metadata)
             except StateError as exc:
@@ -387,15 +429,30 @@ class SessionActor(pykka.ThreadingActor):
         """Validate a whole export, then publish it in one window; returns the count."""
         records = _records_from_export(exported, self.table)
         session_meta = check_metadata("<session>", exported.get("metadata"))
-        self._publish(records)
-        # Replaced, never mutated: readers may be copying the old dict right now.
-        self.table.metadata = {**self.table.metadata, **session_meta}
+        self._publish(records, metadata={**self.table.metadata, **session_meta})
         return len(records)
+
+    def _seal(self) -> dict[str, Any]:
+        """Refuse writes from now on and return the export: a migration's exact cut."""
+        session_id = self.table.session_id
+        self._refused = WRITE_OPERATIONS
+        self._refusal = lambda: SessionClosed(
+            f"session {session_id!r} is being migrated", session_id=session_id, migrating=True
+        )
+        return self.table.export()
+
+    def _unseal(self) -> None:
+        """Accept writes again (a migration failed)."""
+        if not self.table.closed:
+            self._refused = frozenset()
 
     def _close(self) -> None:
         # Marks the table in this turn, after every write queued before it; the
-        # handle then sends the stop request.
+        # handle then sends the stop request. Anything queued behind is refused.
+        session_id = self.table.session_id
         self.table.seq = CLOSED
+        self._refused = frozenset(self._handlers) - {"close"}
+        self._refusal = lambda: SessionClosed(f"session {session_id!r} is closed")
 
     def _crash(self, reason: str) -> None:
         """Fail on purpose (tests and supervisors exercise restarts with it)."""

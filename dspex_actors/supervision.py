@@ -1,20 +1,25 @@
 """Supervisor, Context and the local -> bridged migration.
 
-A :class:`Supervisor` owns a Pykka actor that starts contexts, restarts a session
-actor that dies (one-for-one, Erlang-style restart intensity) and runs migrations
-one at a time. A :class:`Context` is the user's handle on one session; it keeps the
-same identity and API while its backend changes underneath.
+A :class:`Supervisor` owns a Pykka actor that restarts a session actor that dies
+(one-for-one, with Erlang-style restart intensity), and starts contexts. A
+:class:`Context` is the user's handle on one session; it keeps the same identity
+and API while its backend changes underneath.
 
-Migration (``Context.ensure_bridged``) is export -> import (one RPC) -> verify ->
-swap -> retire the old actor. Writes are fenced for its duration: they wait, then
-go to whichever backend is current, so each is applied exactly once. Reads are not
-fenced; they keep reading the last committed values. Nothing is cleaned up before
-the new backend holds a verified copy, and any failure leaves the session on its
-old backend, whole and writable, with the half-made remote session removed.
+Migration (``Context.ensure_bridged``) is seal+export -> import (one RPC, with the
+server's digest of what it stored) -> verify -> swap -> retire the old actor. It
+runs in the calling thread under the context's own lock, so one slow bridge never
+delays another session's restart. Writes through the Context are fenced while it
+runs: they wait, then go to whichever backend is current, each applied exactly
+once; the old actor itself refuses writes from the seal on, so a write made on the
+old backend directly cannot slip past the export either (it waits and is then
+forwarded). Reads keep answering from the last committed values. Nothing is cleaned
+up before the new backend holds a verified copy, and any failure leaves the session
+on its old backend, whole and writable, with the half-made remote session removed.
 
 Reads cost no more than the backend's own: the Context binds the backend's read
 methods onto itself (rebound at each switch) instead of wrapping them, so a local
-``get_variable`` stays a table lookup. Writes pass through a small gate.
+``get_variable`` stays a table lookup. A retired LocalState forwards to its
+successor, so read methods bound before a switch keep reading live values.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from typing import Any, Literal, Self
 
 import pykka
 
-from dspex_actors.bridge import BridgedState, serve
+from dspex_actors.bridge import BridgedState, embedded, serve
+from dspex_actors.bridge.server import SessionStoreServer
 from dspex_actors.errors import SessionClosed, StateError
-from dspex_actors.local import LocalState
+from dspex_actors.local import LocalState, ask_actor
 from dspex_actors.provider import StateProvider, validate_provider
 from dspex_actors.session import export_digest, new_session_id
 
@@ -43,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 BackendSpec = Literal["local", "bridged"] | type[StateProvider]
 SwitchHook = Callable[[dict[str, Any]], None]
+RestartHook = Callable[[str, BaseException | None], None]
 
 _BRIDGE_PROGRAM_TYPES = frozenset({"dspy", "python"})
 _CALL_TIMEOUT = 60.0
@@ -58,7 +65,7 @@ class _Child:
 
 
 class _SupervisorActor(pykka.ThreadingActor):
-    """Serializes restarts and migrations; its state is touched only in its thread."""
+    """Restart bookkeeping; its state is touched only in its own thread."""
 
     use_daemon_thread = True
 
@@ -70,12 +77,11 @@ class _SupervisorActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         operation, *args = message
         if operation == "exited":
-            self._exited(*args)
+            if args[0] in self.children:
+                self._ensure_running(*args)
             return None
         if operation == "ensure_running":
             return self._ensure_running(*args)
-        if operation == "migrate":
-            return self._migrate(*args)
         if operation == "adopt":
             context = args[0]
             self.children[context.session_id] = _Child(context)
@@ -84,13 +90,6 @@ class _SupervisorActor(pykka.ThreadingActor):
             self.children.pop(args[0], None)
             return None
         return super().on_receive(message)
-
-    # -- restarts --------------------------------------------------------------------
-
-    def _exited(self, session_id: str, error: BaseException | None) -> None:
-        child = self.children.get(session_id)
-        if child is not None:
-            self._ensure_running(session_id, error)
 
     def _ensure_running(
         self, session_id: str, error: BaseException | None = None
@@ -104,15 +103,15 @@ class _SupervisorActor(pykka.ThreadingActor):
         backend = child.context.backend
         if not isinstance(backend, LocalState) or backend.alive or child.context.stopped:
             return None
-        now = time.monotonic()
-        window = self.handle.within_seconds
+        handle = self.handle
+        now = handle.clock()
+        window = handle.within_seconds
         while child.restarts and now - child.restarts[0] > window:
             child.restarts.popleft()
-        if len(child.restarts) >= self.handle.max_restarts:
+        if len(child.restarts) >= handle.max_restarts:
             child.failure = StateError(
                 f"context {session_id!r} stopped: its session actor died more than "
-                f"{self.handle.max_restarts} times within {window}s "
-                f"(last error: {error!r})"
+                f"{handle.max_restarts} times within {window}s (last error: {error!r})"
             )
             logger.error("%s", child.failure)
             child.context._fail(child.failure)
@@ -129,18 +128,11 @@ class _SupervisorActor(pykka.ThreadingActor):
             window,
             error,
         )
-        return None
-
-    # -- migration ---------------------------------------------------------------------
-
-    def _migrate(self, session_id: str) -> StateError | None:
-        child = self.children.get(session_id)
-        if child is None:
-            return SessionClosed(f"context {session_id!r} is stopped")
-        try:
-            child.context._migrate(self.handle)
-        except StateError as exc:
-            return exc
+        if handle.on_restart is not None:
+            try:
+                handle.on_restart(session_id, error)
+            except Exception:
+                logger.exception("on_restart hook failed")
         return None
 
 
@@ -148,7 +140,7 @@ class Supervisor:
     """Starts contexts, restarts what dies, migrates sessions to the bridge.
 
     Use ``Supervisor.start(...)``; ``stop()`` (or leaving the ``with`` block) stops
-    every context, cleans up every backend and stops the embedded server it started.
+    every context, cleans up every backend and releases the embedded server.
     """
 
     def __init__(
@@ -159,19 +151,30 @@ class Supervisor:
         max_restarts: int,
         within_seconds: float,
         bridge_timeout: float,
+        heartbeat_interval: float,
         on_switch: SwitchHook | None,
+        on_restart: RestartHook | None,
+        clock: Callable[[], float],
     ) -> None:
-        if max_restarts < 0 or within_seconds <= 0:
-            raise ValueError("max_restarts must be >= 0 and within_seconds > 0")
+        if max_restarts < 0 or within_seconds <= 0 or heartbeat_interval <= 0:
+            raise ValueError(
+                "max_restarts must be >= 0, within_seconds and heartbeat_interval > 0"
+            )
         self.max_restarts = max_restarts
         self.within_seconds = within_seconds
         self.token = token
         self.bridge_timeout = bridge_timeout
+        self.heartbeat_interval = heartbeat_interval
         self.on_switch = on_switch
+        self.on_restart = on_restart
+        self.clock = clock
         self._bridge_address = bridge_address
-        self._embedded: Any = None
+        self._private_server: SessionStoreServer | None = None
+        self._uses_shared_server = False
+        self._heartbeats: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._contexts: dict[str, Context] = {}
+        self._contexts: dict[str, Context | None] = {}  # None: being started
         self._stopped = False
         self._ref = _SupervisorActor.start(self)
 
@@ -184,13 +187,20 @@ class Supervisor:
         max_restarts: int = 3,
         within_seconds: float = 5.0,
         bridge_timeout: float = 5.0,
+        heartbeat_interval: float = 60.0,
         on_switch: SwitchHook | None = None,
+        on_restart: RestartHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Self:
         """Start a supervisor.
 
         ``bridge_address`` names a running SessionStore; without it the supervisor
-        starts an embedded one on a loopback port the first time a session needs
-        the bridge. ``on_switch`` is called with each switch's record.
+        uses the process's embedded one (a private one when ``token`` is given),
+        started the first time a session needs the bridge. Bridged contexts send a
+        heartbeat every ``heartbeat_interval`` seconds, so an idle session never
+        reaches the server's TTL. ``on_switch`` hears each switch's record,
+        ``on_restart`` each restart; ``clock`` (monotonic seconds) measures the
+        restart-intensity window.
         """
         return cls(
             bridge_address=bridge_address,
@@ -198,7 +208,10 @@ class Supervisor:
             max_restarts=max_restarts,
             within_seconds=within_seconds,
             bridge_timeout=bridge_timeout,
+            heartbeat_interval=heartbeat_interval,
             on_switch=on_switch,
+            on_restart=on_restart,
+            clock=clock,
         )
 
     @property
@@ -208,15 +221,35 @@ class Supervisor:
             return self._bridge_address
 
     def _ensure_bridge(self) -> str:
-        """The bridge address, starting the embedded server on first need."""
+        """The bridge address, starting the embedded server and heartbeats on first need."""
         with self._lock:
             if self._stopped:
                 raise SessionClosed("the supervisor is stopped")
             if self._bridge_address is None:
-                self._embedded = serve("127.0.0.1:0", token=self.token)
-                self._bridge_address = str(self._embedded.address)
-                logger.info("started embedded SessionStore at %s", self._bridge_address)
+                if self.token is None:
+                    self._bridge_address = embedded.acquire()
+                    self._uses_shared_server = True
+                else:
+                    self._private_server = serve(token=self.token)
+                    self._bridge_address = self._private_server.address
+                logger.info("using embedded SessionStore at %s", self._bridge_address)
+            if self._heartbeats is None:
+                self._heartbeats = threading.Thread(
+                    target=self._send_heartbeats, name="dspex-heartbeats", daemon=True
+                )
+                self._heartbeats.start()
             return self._bridge_address
+
+    def _send_heartbeats(self) -> None:
+        """Keep bridged sessions of idle contexts from expiring on the server."""
+        while not self._stopping.wait(self.heartbeat_interval):
+            for context in self.contexts():
+                backend = context.backend
+                if isinstance(backend, BridgedState):
+                    try:
+                        backend.heartbeat()
+                    except StateError as exc:
+                        logger.warning("heartbeat of %s failed: %s", context.session_id, exc)
 
     def open_bridged(self, session_id: str) -> BridgedState:
         """A BridgedState for ``session_id`` on this supervisor's bridge."""
@@ -243,24 +276,35 @@ class Supervisor:
                 raise SessionClosed("the supervisor is stopped")
             if session_id in self._contexts:
                 raise StateError(f"a context for session {session_id!r} is already running")
-        provider: StateProvider
-        if backend == "local":
-            provider = LocalState.init(session_id=session_id, on_exit=self._child_exited)
-        elif backend == "bridged":
-            provider = self.open_bridged(session_id)
-        else:
-            assert isinstance(backend, type)
-            provider = backend.init(session_id=session_id)
+            self._contexts[session_id] = None  # reserved: a concurrent start fails above
+        try:
+            provider: StateProvider
+            if backend == "local":
+                provider = LocalState.init(session_id=session_id, on_exit=self._child_exited)
+            elif backend == "bridged":
+                provider = self.open_bridged(session_id)
+            else:
+                assert isinstance(backend, type)
+                provider = backend.init(session_id=session_id)
+        except BaseException:
+            with self._lock:
+                self._contexts.pop(session_id, None)
+            raise
         context = Context(self, session_id, provider)
         with self._lock:
-            self._contexts[session_id] = context
+            stopped = self._stopped
+            if not stopped:
+                self._contexts[session_id] = context
+        if stopped:  # stop() ran meanwhile and could not see this context
+            provider.cleanup()
+            raise SessionClosed("the supervisor is stopped")
         self._ask("adopt", context)
         return context
 
     def contexts(self) -> list[Context]:
         """The running contexts."""
         with self._lock:
-            return list(self._contexts.values())
+            return [c for c in self._contexts.values() if c is not None]
 
     def _child_exited(self, session_id: str, error: BaseException | None) -> None:
         """on_exit hook of supervised session actors (runs in the dying actor's thread)."""
@@ -269,34 +313,31 @@ class Supervisor:
             self._ref.tell(("exited", session_id, error))
 
     def _ask(self, *message: Any) -> Any:
-        try:
-            result = self._ref.ask(message, timeout=_CALL_TIMEOUT)
-        except pykka.ActorDeadError:
-            raise SessionClosed("the supervisor is stopped") from None
-        if isinstance(result, StateError):
-            raise result
-        return result
+        return ask_actor(self._ref, message, _CALL_TIMEOUT, "supervisor")
 
     def _forget(self, context: Context) -> None:
         with self._lock:
             self._contexts.pop(context.session_id, None)
-        with contextlib.suppress(pykka.ActorDeadError):
-            self._ref.ask(("forget", context.session_id), timeout=_CALL_TIMEOUT)
+        with contextlib.suppress(SessionClosed):
+            self._ask("forget", context.session_id)
 
     def stop(self) -> None:
-        """Stop every context, the embedded server and the supervisor actor."""
+        """Stop every context, the heartbeats, the supervisor actor and its server."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
-            contexts = list(self._contexts.values())
+            contexts = [c for c in self._contexts.values() if c is not None]
         for context in contexts:
             context.stop()
+        self._stopping.set()
+        if self._heartbeats is not None:
+            self._heartbeats.join(_CALL_TIMEOUT)
         self._ref.stop(block=True, timeout=_CALL_TIMEOUT)
-        with self._lock:
-            embedded, self._embedded = self._embedded, None
-        if embedded is not None:
-            embedded.stop(grace=None)
+        if self._private_server is not None:
+            self._private_server.stop(grace=None)
+        if self._uses_shared_server:
+            embedded.release()
 
     def __enter__(self) -> Self:
         return self
@@ -336,6 +377,7 @@ class Context:
         self._supervisor = supervisor
         self._backend = backend
         self._gate = threading.Condition()
+        self._migration_lock = threading.Lock()
         self._fenced = False
         self._writers = 0
         self._stopped = False
@@ -487,60 +529,67 @@ class Context:
         Raises a StateError naming the failed step; the session then stays where it
         was, whole and writable.
         """
-        if self._backend.requires_bridge():
-            return
-        self._supervisor._ask("migrate", self.session_id)
+        with self._migration_lock:
+            if not isinstance(self._backend, BridgedState):
+                self._migrate()
 
-    def _migrate(self, supervisor: Supervisor) -> None:
-        """export -> import -> verify -> swap -> retire; runs in the supervisor actor."""
+    def _migrate(self) -> None:
+        """seal+export -> import -> verify -> swap -> retire the old backend."""
         old = self._backend
-        if old.requires_bridge():
-            return
         started = time.perf_counter()
         with self._gate:
             if self._failure is not None:
                 raise self._failure
+            if self._stopped:
+                raise SessionClosed(f"context {self.session_id!r} is stopped")
             self._fenced = True
             while self._writers:
                 self._gate.wait()
         new: BridgedState | None = None
+        swapped = False
         step = "export"
         try:
-            exported = old.export_state()
-            step = "import"
-            new = supervisor.open_bridged(self.session_id)
-            if not getattr(new, "owner", True):
-                # Someone else's session already has this id: never import into it.
-                raise StateError(f"session {self.session_id!r} already exists on the bridge")
-            digest = new.import_with_digest(exported)
-            step = "verify"
-            # The server hashed what it stored: equal digests mean equal ids, names,
-            # types, values, versions, constraints, metadata and timestamps.
-            if digest != export_digest(exported["variables"]):
-                raise StateError("verification failed: the bridged copy differs from the export")
-        except Exception as exc:
-            if new is not None:
-                try:
-                    new.cleanup()
-                except StateError:
-                    logger.exception("could not remove the half-made bridged session")
+            exported = old.seal() if isinstance(old, LocalState) else old.export_state()
+            try:
+                step = "import"
+                new = self._supervisor.open_bridged(self.session_id)
+                if not new.owner:
+                    # Someone else's session already has this id: never import into it.
+                    raise StateError(f"session {self.session_id!r} already exists on the bridge")
+                digest = new.import_with_digest(exported)
+                step = "verify"
+                # The server hashed what it stored: equal digests mean equal ids, names,
+                # types, values, versions, constraints, metadata and timestamps.
+                if digest != export_digest(exported["variables"]):
+                    raise StateError(
+                        "verification failed: the bridged copy differs from the export"
+                    )
+            except BaseException:
+                if new is not None:
+                    with contextlib.suppress(Exception):
+                        new.cleanup()  # the owner's cleanup removes the half-made session
+                if isinstance(old, LocalState):
+                    old.unseal()
+                raise
             with self._gate:
-                self._fenced = False
-                self._gate.notify_all()
+                self._backend = new
+                self._bind(new)
+            swapped = True
+        except Exception as exc:
             raise StateError(
                 f"migration of session {self.session_id!r} to the bridge failed at step "
                 f"{step!r}; it stays on {type(old).__name__}: {exc}"
             ) from exc
-        with self._gate:
-            self._backend = new
-            self._bind(new)
-            self._fenced = False
-            self._gate.notify_all()
-        if isinstance(old, LocalState):
-            old.retire()
-        else:
-            old.cleanup()
-        self._record_switch(old, new, started, len(exported["variables"]))
+        finally:
+            with self._gate:
+                self._fenced = False
+                self._gate.notify_all()
+        if swapped:
+            if isinstance(old, LocalState):
+                old.retire(successor=new)
+            else:
+                old.cleanup()
+            self._record_switch(old, new, started, len(exported["variables"]))
 
     def _record_switch(
         self, old: StateProvider, new: StateProvider, started: float, variables: int

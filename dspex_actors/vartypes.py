@@ -27,10 +27,12 @@ __all__ = [
     "TYPE_NAMES",
     "Validator",
     "check_description",
+    "check_expected_version",
     "check_name",
     "compile_type",
     "describe_value",
     "plain_copy",
+    "utf8_encodable",
     "wire_safe",
 ]
 
@@ -88,17 +90,37 @@ class Validator(NamedTuple):
     thaw: Convert | None
 
 
+def utf8_encodable(text: str) -> bool:
+    """Whether a string can cross the wire (lone surrogates cannot)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_name(name: Any) -> str:
     """A variable name must be a non-empty string of at most 256 characters."""
-    if not isinstance(name, str) or not name or len(name) > _MAX_NAME:
+    if not isinstance(name, str) or not name or len(name) > _MAX_NAME or not utf8_encodable(name):
         raise ValidationError(
-            f"variable name must be a non-empty string of at most {_MAX_NAME} characters "
+            f"variable name must be a non-empty UTF-8 string of at most {_MAX_NAME} characters "
             f"(rule 'name', value {describe_value(name)})",
             variable=name if isinstance(name, str) else describe_value(name),
             rule="name",
             value=wire_safe(name),
         )
     return name
+
+
+def check_expected_version(variable: str, expected: Any) -> int | None:
+    """``expected_version`` is None or a version number (a non-negative int64)."""
+    if expected is not None and (type(expected) is not int or not 0 <= expected < 2**63):
+        raise _fail(
+            variable, "expected_version", expected, "expected_version must be a version number"
+        )
+    return expected
 
 
 def check_description(variable: str, description: Any) -> str | None:
@@ -114,7 +136,11 @@ def plain_copy(data: Any, _depth: int = 0) -> Any:
     Accepts None, bool, int, float, str, bytes, lists/tuples (copied to lists) and
     dicts with string keys. Used for metadata and to hand out copies of stored data.
     """
-    if data is None or isinstance(data, bool | int | float | str | bytes):
+    if isinstance(data, str):
+        if not utf8_encodable(data):
+            raise ValueError(f"string {describe_value(data)} is not valid UTF-8")
+        return data
+    if data is None or isinstance(data, bool | int | float | bytes):
         return data
     if _depth >= _MAX_DEPTH:
         raise ValueError(f"nested deeper than {_MAX_DEPTH} levels")
@@ -125,6 +151,8 @@ def plain_copy(data: Any, _depth: int = 0) -> Any:
         for key, item in data.items():
             if not isinstance(key, str):
                 raise TypeError(f"mapping key {describe_value(key)} is not a string")
+            if not utf8_encodable(key):
+                raise ValueError(f"mapping key {describe_value(key)} is not valid UTF-8")
             out[key] = plain_copy(item, _depth + 1)
         return out
     raise TypeError(f"{type(data).__name__} is not plain data")
@@ -231,6 +259,8 @@ def _string_check(constraints: dict[str, Any]) -> Check:
     def check(variable: str, value: Any) -> str:
         if not isinstance(value, str):
             raise _fail(variable, "type", value, f"expected a string, got {type(value).__name__}")
+        if not utf8_encodable(value):
+            raise _fail(variable, "type", value, "not valid UTF-8 (a lone surrogate?)")
         if min_len is not None and len(value) < min_len:
             raise _fail(variable, "min_length", value, f"shorter than {min_len} characters")
         if max_len is not None and len(value) > max_len:
@@ -271,7 +301,7 @@ def _module_check(constraints: dict[str, Any]) -> Check:
     allowed_set = frozenset(allowed) if allowed is not None else None
 
     def check(variable: str, value: Any) -> str:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or not utf8_encodable(value):
             raise _fail(variable, "type", value, "expected a non-empty module name string")
         if allowed_set is not None and value not in allowed_set:
             raise _fail(variable, "allowed_modules", value, f"not one of {allowed!r}")

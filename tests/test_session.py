@@ -722,3 +722,76 @@ def test_stopped_actor_refuses_asks() -> None:
     ref.stop()
     with pytest.raises(pykka.ActorDeadError):
         ref.ask(("get", "x"))
+
+
+# -- close and seal are cuts: nothing queued behind them slips through ---------------
+
+
+def test_a_write_queued_behind_close_is_refused_and_the_table_stays_closed() -> None:
+    from dspex_actors.session import CLOSED, SessionActor, SessionTable
+
+    table = SessionTable("cut")
+    ref = SessionActor.start(table)
+    try:
+        ref.ask(("register", "x", "integer", 0, None, None, None))
+        assert ref.ask(("close",)) is None
+        refused = ref.ask(("set", "x", 1, None, None))
+        assert isinstance(refused, SessionClosed)
+        assert table.seq == CLOSED
+        assert table.index["x"].version == 0
+    finally:
+        ref.stop()
+
+
+def test_a_write_that_meets_the_seal_lands_once_after_unseal() -> None:
+    state = LocalState.init()
+    try:
+        state.register_variable("x", "integer", 0)
+        exported = state.seal()
+        assert [r["name"] for r in exported["variables"].values()] == ["x"]
+        # The actor itself refuses writes from the seal on (the cut is exact).
+        refused = state.actor_ref.ask(("set", "x", 9, None, None))
+        assert isinstance(refused, SessionClosed)
+        assert refused.details["migrating"] is True
+        result: list[int] = []
+        writer = threading.Thread(target=lambda: result.append(state.set_variable("x", 5)))
+        writer.start()
+        state.unseal()
+        writer.join(30)
+        assert result == [1]
+        assert state.get_variable("x") == 5
+    finally:
+        state.cleanup()
+
+
+def test_a_write_that_meets_the_seal_is_forwarded_after_retire() -> None:
+    old = LocalState.init(session_id="moving")
+    new = None
+    try:
+        old.register_variable("x", "integer", 0)
+        exported = old.seal()
+        result: list[int] = []
+        writer = threading.Thread(target=lambda: result.append(old.set_variable("x", 5)))
+        writer.start()
+        new = LocalState.init(session_id="moving", existing_state=exported)
+        old.retire(successor=new)
+        writer.join(30)
+        assert result == [1]
+        assert new.get_variable("x") == 5
+        assert old.get_variable("x") == 5  # reads through the old handle follow too
+        assert not old.alive
+    finally:
+        old.cleanup()
+        if new is not None:
+            new.cleanup()
+
+
+def test_restart_is_refused_while_sealed() -> None:
+    state = LocalState.init()
+    try:
+        state.seal()
+        with pytest.raises(SessionClosed, match="being migrated"):
+            state.restart()
+        state.unseal()
+    finally:
+        state.cleanup()

@@ -88,6 +88,35 @@ def test_custom_backend_class(sup: Supervisor) -> None:
     assert ctx.get_variable("x") == 1
 
 
+def test_a_killed_actor_comes_back_without_any_call() -> None:
+    restarted = threading.Event()
+    with Supervisor.start(on_restart=lambda sid, err: restarted.set()) as sup:
+        ctx = sup.start_context(session_id="watched")
+        var_id = ctx.register_variable("n", "integer", 7)
+        first_ref = _local(ctx).actor_ref
+        _kill(ctx)
+        assert restarted.wait(30)  # the exit hook alone brought it back
+        assert _local(ctx).actor_ref is not first_ref
+        assert _local(ctx).alive
+        [record] = ctx.list_variables()
+        assert (record["id"], record["value"], record["version"]) == (var_id, 7, 0)
+
+
+def test_restart_intensity_window_slides() -> None:
+    now = [0.0]
+    with Supervisor.start(max_restarts=1, within_seconds=10, clock=lambda: now[0]) as sup:
+        ctx = sup.start_context()
+        ctx.register_variable("x", "integer", 0)
+        _kill(ctx)
+        assert ctx.set_variable("x", 1) == 1  # first restart, at t=0
+        now[0] = 11.0  # outside the window: the old restart is forgiven
+        _kill(ctx)
+        assert ctx.set_variable("x", 2) == 2
+        _kill(ctx)  # second restart within 10 s of the last: too many
+        with pytest.raises(StateError, match="died more than 1 times"):
+            ctx.set_variable("x", 3)
+
+
 def test_killed_actor_is_restarted_with_its_state(sup: Supervisor) -> None:
     ctx = sup.start_context(session_id="phoenix")
     var_id = ctx.register_variable("n", "integer", 0)
@@ -217,40 +246,127 @@ def test_register_program_decides_the_switch() -> None:
 
 
 def test_writers_during_migration_lose_nothing_and_double_nothing() -> None:
-    writers, writes_each = 4, 150
+    writers, before_switch, writes_each = 4, 25, 150
     with Supervisor.start() as sup:
         ctx = sup.start_context()
         for w in range(writers):
             ctx.register_variable(f"c{w}", "integer", 0)
-        started = threading.Barrier(writers + 1)
+        progress = threading.Condition()
         acked = [0] * writers
+        on_bridge = [0] * writers
         errors: list[BaseException] = []
 
         def writer(w: int) -> None:
             try:
-                started.wait(10)
                 for k in range(1, writes_each + 1):
+                    backend = ctx.backend
                     version = ctx.set_variable(f"c{w}", k)
                     assert version == k
-                    acked[w] = k
+                    with progress:
+                        acked[w] = k
+                        on_bridge[w] += backend.requires_bridge()
+                        progress.notify_all()
             except BaseException as exc:
                 errors.append(exc)
+                with progress:
+                    progress.notify_all()
 
         threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
         for t in threads:
             t.start()
-        started.wait(10)
+        # Every writer is mid-stream, on the local backend, when the switch starts.
+        with progress:
+            assert progress.wait_for(lambda: min(acked) >= before_switch or bool(errors), 30)
         ctx.ensure_bridged()
         for t in threads:
             t.join(60)
         assert not errors
         assert ctx.backend_info()["type"] == "bridged"
+        # Writes landed on both sides of the switch.
+        assert min(acked) == writes_each
+        assert sum(on_bridge) > 0
+        assert sum(acked) - sum(on_bridge) >= writers * before_switch
         records = {r["name"]: r for r in ctx.list_variables()}
         for w in range(writers):
             # version == number of acknowledged writes: none lost, none applied twice.
-            assert acked[w] == writes_each
             assert records[f"c{w}"]["value"] == writes_each
             assert records[f"c{w}"]["version"] == writes_each
+
+
+def test_readers_and_handles_kept_from_before_the_switch_follow_it() -> None:
+    with Supervisor.start() as sup:
+        ctx = sup.start_context()
+        ctx.register_variable("t", "float", 0.5)
+        get = ctx.get_variable  # e.g. bound once in a DSPy module's __init__
+        old_backend = ctx.backend
+        ctx.ensure_bridged()
+        assert ctx.set_variable("t", 0.9) == 1
+        assert get("t") == 0.9  # forwarded to the bridged copy, not a frozen table
+        # A write through the old handle is forwarded too: applied once, not lost.
+        assert old_backend.set_variable("t", 1.1) == 2
+        assert ctx.get_variable("t") == 1.1
+        assert [r["version"] for r in ctx.list_variables()] == [2]
+
+
+def test_migration_rejected_by_the_bridge_leaves_no_remote_session() -> None:
+    from dspex_actors import serve
+    from dspex_actors.bridge import BridgedState
+
+    with serve(max_variables_per_session=2) as server:
+        with Supervisor.start(bridge_address=server.address) as sup:
+            ctx = sup.start_context(session_id="too-big")
+            for name in ("a", "b", "c"):
+                ctx.register_variable(name, "integer", 1)
+            with pytest.raises(StateError, match="failed at step 'import'"):
+                ctx.ensure_bridged()
+            assert ctx.backend_info()["type"] == "local"
+            assert ctx.set_variable("a", 2) == 1
+        # The half-made remote session was removed: opening the id creates it afresh.
+        probe = BridgedState.init(session_id="too-big", address=server.address)
+        try:
+            assert probe.owner
+            assert probe.list_variables() == []
+        finally:
+            probe.cleanup()
+
+
+def test_migration_whose_copy_fails_verification_stays_local(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dspex_actors import supervision
+    from dspex_actors.bridge import BridgedState
+
+    monkeypatch.setattr(supervision, "export_digest", lambda variables: b"not the digest")
+    with Supervisor.start() as sup:
+        ctx = sup.start_context(session_id="unverified")
+        ctx.register_variable("x", "integer", 1)
+        with pytest.raises(StateError, match="failed at step 'verify'"):
+            ctx.ensure_bridged()
+        assert ctx.backend_info()["type"] == "local"
+        assert ctx.set_variable("x", 2) == 1
+        probe = BridgedState.init(session_id="unverified", address=sup.bridge_address)
+        try:
+            assert probe.owner  # the unverified copy was removed
+        finally:
+            probe.cleanup()
+
+
+def test_bridged_contexts_send_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspex_actors.bridge import BridgedState
+
+    beat = threading.Event()
+    real = BridgedState.heartbeat
+
+    def spy(self: BridgedState) -> float:
+        expires = real(self)
+        beat.set()
+        return expires
+
+    monkeypatch.setattr(BridgedState, "heartbeat", spy)
+    with Supervisor.start(heartbeat_interval=0.01) as sup:
+        ctx = sup.start_context(backend="bridged")
+        ctx.register_variable("x", "integer", 1)
+        assert beat.wait(30)
 
 
 def test_another_process_sees_and_changes_a_migrated_session() -> None:

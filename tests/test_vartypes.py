@@ -12,6 +12,7 @@ from dspex_actors.errors import ValidationError
 from dspex_actors.vartypes import (
     TYPE_NAMES,
     Validator,
+    check_expected_version,
     check_metadata,
     check_name,
     compile_type,
@@ -923,3 +924,27 @@ def test_non_plain_offending_value_is_carried_as_its_repr() -> None:
         compile_ok("float").check(value)
     assert info.value.value == repr(value)
     assert info.value.rule == "type"
+
+
+@pytest.mark.parametrize("bad", ["\ud800", "ok\udfffok"], ids=["lone-high", "lone-low"])
+def test_strings_that_cannot_cross_the_wire_are_rejected(bad: str) -> None:
+    for type_name in ("string", "module"):
+        with pytest.raises(ValidationError, match="rule 'type'") as excinfo:
+            compile_ok(type_name).check(bad)
+        # .value crosses the wire, so it is the repr, which is valid UTF-8.
+        assert excinfo.value.value == describe_value(bad)
+    with pytest.raises(ValidationError, match="rule 'name'"):
+        check_name(bad)
+    with pytest.raises(ValueError, match="UTF-8"):
+        plain_copy({"k": bad})
+    with pytest.raises(ValueError, match="UTF-8"):
+        plain_copy({bad: 1})
+
+
+@pytest.mark.parametrize("bad", [True, "1", -1, 2**63, 1.0], ids=str)
+def test_expected_version_must_be_a_version_number(bad: Any) -> None:
+    with pytest.raises(ValidationError, match="rule 'expected_version'") as excinfo:
+        check_expected_version("x", bad)
+    assert excinfo.value.variable == "x"
+    assert check_expected_version("x", None) is None
+    assert check_expected_version("x", 0) == 0

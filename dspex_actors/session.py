@@ -54,6 +54,13 @@ logger = logging.getLogger(__name__)
 CLOSED = -1
 """The sequence number of a closed table (odd, so readers always take the slow path)."""
 
+LOCK_FREE_READS: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
+"""The seqlock relies on the GIL's ordering of plain attribute writes. On a
+free-threaded interpreter a table's sequence number starts odd and stays odd
+(writers add 2), so every read goes through the actor instead."""
+
+_SEQ_STEP = 1 if LOCK_FREE_READS else 2
+
 RECORD_KEYS = (
     "id",
     "name",
@@ -129,7 +136,7 @@ class SessionTable:
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
-        self.seq = 0
+        self.seq = 0 if LOCK_FREE_READS else 1
         self.index: dict[str, Record] = {}
         self.by_id: dict[str, Record] = {}
         self.metadata: dict[str, Any] = {}
@@ -236,8 +243,8 @@ class SessionActor(pykka.ThreadingActor):
         self._on_exit = on_exit
         # A turn that crashed half way leaves seq odd; a new actor on the same table
         # starts from an even number so readers trust it again.
-        if table.seq != CLOSED and table.seq & 1:
-            table.seq += 1
+        if LOCK_FREE_READS and table.seq != CLOSED and table.seq & 1:
+            table.seq += _SEQ_STEP
         # Operations refused in the current state, and the error they get:
         # writes while sealed for a migration, everything once closed.
         self._refused: frozenset[str] = frozenset()
@@ -314,7 +321,7 @@ class SessionActor(pykka.ThreadingActor):
         table = self.table
         index = table.index
         by_id = table.by_id
-        table.seq += 1
+        table.seq += _SEQ_STEP
         for record in removed:
             del index[record.name], index[record.id], by_id[record.id]
         for record in records:
@@ -322,7 +329,7 @@ class SessionActor(pykka.ThreadingActor):
         if metadata is not None:
             # Replaced, never mutated: a reader may be copying the old dict.
             table.metadata = metadata
-        table.seq += 1
+        table.seq += _SEQ_STEP
 
     def _register(
         self,

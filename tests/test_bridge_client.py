@@ -20,9 +20,12 @@ from dspex_actors.bridge import (
 from dspex_actors.errors import (
     BridgeUnavailable,
     InvalidExport,
+    PartialFailure,
     SessionClosed,
     SessionNotFound,
     StateError,
+    ValidationError,
+    VariableNotFound,
 )
 from dspex_actors.provider import StateProvider
 
@@ -206,6 +209,23 @@ BAD_OPERATIONS: dict[str, Operation] = {
     "description not a string": lambda s: s.register_variable("x", "integer", 1, description=5),
     "stale version": lambda s: s.set_variable("t", 0.1, expected_version=7),
     "partial batch": lambda s: s.update_variables({"t": 0.2, "n": "x", "missing": 1}),
+    "expected_version a bool": lambda s: s.set_variable("t", 0.1, expected_version=True),
+    "expected_version a string": lambda s: s.set_variable("t", 0.1, expected_version="1"),
+    "expected_version past int64": lambda s: s.set_variable("t", 0.1, expected_version=2**70),
+    "expected_version negative": lambda s: s.set_variable("t", 0.1, expected_version=-1),
+    "batch with a non-string key": lambda s: s.update_variables({1: 2}),
+    "batch with keys of several kinds": lambda s: s.update_variables({"t": 0.2, 1.5: 1, None: 2}),
+    "batch metadata not a mapping": lambda s: s.update_variables({"t": 0.2}, [1]),
+    "empty list as metadata": lambda s: s.set_variable("t", 0.1, []),
+    "empty list as batch metadata": lambda s: s.update_variables({"t": 0.2}, []),
+    "empty string as metadata": lambda s: s.set_variable("t", 0.1, ""),
+    "get a non-UTF-8 identifier": lambda s: s.get_variable("\ud800"),
+    "set a non-UTF-8 identifier": lambda s: s.set_variable("t\udfff", 0.1),
+    "delete a non-UTF-8 identifier": lambda s: s.delete_variable("\ud800"),
+    "batch with a non-UTF-8 key": lambda s: s.update_variables({"\ud800": 1, "t": 0.2}),
+    "register a non-UTF-8 name": lambda s: s.register_variable("x\ud800", "integer", 1),
+    "non-UTF-8 string in metadata": lambda s: s.set_variable("t", 0.1, {"k": "\ud800"}),
+    "non-UTF-8 metadata key": lambda s: s.set_variable("t", 0.1, {"\ud800": 1}),
     "export not a mapping": lambda s: s.import_state([1]),
     "export incomplete": lambda s: s.import_state({"session_id": "x"}),
     "import name clash": lambda s: s.import_state(_export_of("t")),
@@ -241,3 +261,127 @@ def test_errors_match_the_local_backend(server: SessionStoreServer, case: str) -
             ("t", 0.5, 0),
             ("n", 1, 0),
         ]
+
+
+@pytest.fixture
+def pair(server: SessionStoreServer) -> Iterator[tuple[LocalState, BridgedState]]:
+    """A local and a bridged session with the same id, both prepared alike."""
+    with (
+        LocalState.init(session_id="same") as local,
+        BridgedState.init(session_id="same", address=server.address) as bridged,
+    ):
+        _prepare(local)
+        _prepare(bridged)
+        yield local, bridged
+
+
+@pytest.mark.parametrize("bad", [True, False, "1", 1.0, 2**63, 2**70, -1, [0]], ids=repr)
+def test_a_bad_expected_version_is_a_validation_error(
+    pair: tuple[LocalState, BridgedState], bad: Any
+) -> None:
+    for state in pair:
+        with pytest.raises(ValidationError) as caught:
+            state.set_variable("t", 0.1, expected_version=bad)
+        assert caught.value.rule == "expected_version"
+        assert caught.value.variable == "t"
+    assert pair[1].set_variable("t", 0.1, expected_version=0) == 1
+
+
+def test_a_batch_names_every_entry_that_cannot_be_sent(
+    pair: tuple[LocalState, BridgedState],
+) -> None:
+    updates = {"t": 0.2, 1: 2, "n": 2**64, "\ud800": 3, (1, 2): 4}
+    failures = []
+    for state in pair:
+        with pytest.raises(PartialFailure) as caught:
+            state.update_variables(updates)
+        failures.append(caught.value)
+        assert state.get_variables(["t", "n"]) == {"t": 0.5, "n": 1}  # nothing applied
+    local, bridged = failures
+    assert list(bridged.errors) == list(local.errors) == ["1", "n", "\ud800", "(1, 2)"]
+    for key, error in bridged.errors.items():
+        assert type(error) is type(local.errors[key]), key
+    assert isinstance(bridged.errors["1"], VariableNotFound)
+    assert bridged.errors["1"].variable == "1"
+    assert isinstance(bridged.errors["\ud800"], VariableNotFound)
+    unencodable = bridged.errors["n"]
+    assert isinstance(unencodable, ValidationError)
+    assert (unencodable.variable, unencodable.rule) == ("n", "type")
+
+
+def test_a_batch_with_only_a_non_string_key_is_a_partial_failure(
+    pair: tuple[LocalState, BridgedState],
+) -> None:
+    # msgpack carries an int key; the server refuses to decode it and the client
+    # then names the entry, as the local session does.
+    with pytest.raises(PartialFailure) as caught:
+        pair[1].update_variables({"t": 0.2, 7: 1})
+    assert list(caught.value.errors) == ["7"]
+    assert isinstance(caught.value.errors["7"], VariableNotFound)
+    assert pair[1].get_variable("t") == 0.5
+
+
+def test_a_batch_with_a_str_subclass_key_is_applied(
+    pair: tuple[LocalState, BridgedState],
+) -> None:
+    class Name(str):
+        pass
+
+    for state in pair:
+        state.update_variables({Name("t"): 0.25})
+        assert state.get_variable("t") == 0.25
+
+
+@pytest.mark.parametrize("metadata", [[], "", (), 0], ids=repr)
+def test_falsy_metadata_that_is_not_a_mapping_is_refused(
+    pair: tuple[LocalState, BridgedState], metadata: Any
+) -> None:
+    for state in pair:
+        with pytest.raises(ValidationError) as caught:
+            state.set_variable("t", 0.1, metadata)
+        assert caught.value.rule == "metadata"
+        with pytest.raises(PartialFailure) as batch:
+            state.update_variables({"t": 0.2}, metadata)
+        [(key, error)] = batch.value.errors.items()
+        assert key == "<metadata>"
+        assert isinstance(error, ValidationError) and error.rule == "metadata"
+        assert state.get_variable("t") == 0.5
+        state.set_variable("t", 0.3, {})  # an empty mapping is no metadata
+        state.update_variables({"t": 0.5}, {})
+
+
+def test_non_utf8_strings_are_errors_of_the_contract(
+    pair: tuple[LocalState, BridgedState],
+) -> None:
+    lone = "\ud800"
+    for state in pair:
+        state.register_variable("s", "string", "text")
+        with pytest.raises(VariableNotFound):
+            state.get_variable(lone)
+        with pytest.raises(VariableNotFound):
+            state.set_variable(lone, 1)
+        with pytest.raises(VariableNotFound):
+            state.delete_variable(lone)
+        assert state.get_variables([lone, "s"]) == {"s": "text"}
+        with pytest.raises(ValidationError) as caught:
+            state.set_variable("s", "a" + lone)
+        assert caught.value.variable == "s"
+        with pytest.raises(ValidationError):
+            state.register_variable("x", "string", lone)
+        with pytest.raises(ValidationError) as named:
+            state.register_variable(lone, "string", "text")
+        assert named.value.rule == "name"
+        with pytest.raises(PartialFailure) as batch:
+            state.update_variables({"s": lone})
+        assert list(batch.value.errors) == ["s"]
+        assert isinstance(batch.value.errors["s"], ValidationError)
+        assert state.get_variable("s") == "text"
+        assert [r["name"] for r in state.list_variables()] == ["t", "n", "s"]
+    bridged = pair[1]
+    with pytest.raises(ValidationError) as description:
+        bridged.register_variable("y", "string", "a", description=lone)
+    assert description.value.rule == "description"
+    with pytest.raises(ValidationError) as constraints:
+        bridged.register_variable("z", "string", "a", constraints={"enum": [lone, "a"]})
+    assert constraints.value.rule == "constraints"
+    assert [r["name"] for r in bridged.list_variables()] == ["t", "n", "s"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
@@ -223,14 +224,110 @@ def test_huge_errors_stay_within_the_trailer_budget(raising_call: Callable[..., 
     )
     rebuilt, _ = _rebuilt(raising_call, error)
     assert isinstance(rebuilt, PartialFailure)
-    assert str(rebuilt).startswith("x" * 1000)
-    assert str(rebuilt).endswith("(4000 more characters)")
+    assert str(rebuilt).startswith("x" * 400)
+    assert str(rebuilt).endswith("more characters)")
     assert 0 < len(rebuilt.errors) < 1000
+    assert list(rebuilt.errors) == [f"v{i}" for i in range(len(rebuilt.errors))]
     assert rebuilt.details["omitted_errors"] == 1000 - len(rebuilt.errors)
-    first = rebuilt.errors["v0"]
-    assert isinstance(first, ValidationError)
-    assert first.variable == "v0"
-    assert isinstance(first.value, str) and first.value.endswith("...")  # a cut repr
+    for i, inner in enumerate(rebuilt.errors.values()):
+        assert type(inner) is ValidationError
+        assert inner.variable == f"v{i}"
+        assert str(inner).startswith(f"v{i} bad y")
+
+    single, _ = _rebuilt(raising_call, ValidationError("x" * 5000, variable="v", value=big))
+    assert isinstance(single, ValidationError)
+    assert str(single).startswith("x" * 900)
+    assert str(single).endswith("(4016 more characters)")
+    assert isinstance(single.value, str) and single.value.endswith("...")  # a cut repr
+
+
+def test_every_entry_is_sent_even_when_its_message_is_long(
+    raising_call: Callable[..., None],
+) -> None:
+    error = PartialFailure(
+        "5 of 5 updates failed",
+        errors={
+            f"v{i}": ValidationError(f"v{i} bad " + "y" * 3000, variable=f"v{i}", rule="max")
+            for i in range(5)
+        },
+    )
+    rebuilt, _ = _rebuilt(raising_call, error)
+    assert isinstance(rebuilt, PartialFailure)
+    assert list(rebuilt.errors) == [f"v{i}" for i in range(5)]  # the message is cut, not the entry
+    assert "omitted_errors" not in rebuilt.details
+    for i, inner in enumerate(rebuilt.errors.values()):
+        assert isinstance(inner, ValidationError)
+        assert inner.reason == "invalid"
+        assert (inner.variable, inner.rule) == (f"v{i}", "max")
+        assert str(inner).startswith(f"v{i} bad yyy")
+        assert str(inner).endswith("more characters)")
+
+
+def _hostile_errors() -> dict[str, StateError]:
+    euro = "\u20ac"  # three bytes of UTF-8, nine percent-encoded
+    return {
+        "non-ascii message": ValidationError(
+            euro * 5000, variable=euro * 256, rule="type", value=euro * 5000
+        ),
+        "percent signs": VariableNotFound("%" * 5000, variable="%" * 256),
+        "control characters": StateError("\n\t" * 3000),
+        "lone surrogates": ValidationError("\ud800" * 3000, variable="x", value="\udfff" * 80),
+        "many attributes": StateError("m", **{f"k{i}": euro * 80 for i in range(100)}),
+        "many long non-ascii entries": PartialFailure(
+            euro * 5000,
+            errors={
+                euro * 255 + str(i): ValidationError(
+                    euro * 3000, variable=euro * 255 + str(i), rule="type", value=euro * 1000
+                )
+                for i in range(300)
+            },
+        ),
+        "many short entries": PartialFailure(
+            "%" * 3000,
+            errors={f"v{i}": VariableNotFound(f"v{i}", variable=f"v{i}") for i in range(5000)},
+        ),
+    }
+
+
+def _trailer_bytes(error: StateError) -> int:
+    """What the error's trailer takes as gRPC sends it (HPACK counts 32 per entry)."""
+    detail = codec.error_detail(error)
+    message = detail.message.encode()
+    percent_encoded = sum(1 if 0x20 <= b < 0x7F and b != ord("%") else 3 for b in message)
+    binary = len(base64.b64encode(detail.SerializeToString()))
+    return 32 + len("grpc-message") + percent_encoded + 32 + len(codec.ERROR_METADATA_KEY) + binary
+
+
+@pytest.mark.parametrize("case", list(_hostile_errors()))
+def test_long_and_non_ascii_errors_stay_under_the_8_kib_trailer_limit(
+    raising_call: Callable[..., None], case: str
+) -> None:
+    error = _hostile_errors()[case]
+    # grpc-status and what proxies add need the rest of gRPC's 8 KiB.
+    assert _trailer_bytes(error) <= 8192 - 512
+    rebuilt, code = _rebuilt(raising_call, error)
+    assert code == codec.status_for(error)  # not RESOURCE_EXHAUSTED: the trailer arrived
+    assert type(rebuilt) is type(error)
+    sent = codec.error_detail(error).message
+    assert str(rebuilt) == sent
+    kept = sent.rsplit("... (", 1)[0]  # the message, cut
+    assert kept and error.message.encode("utf-8", "backslashreplace").decode().startswith(kept)
+    if isinstance(error, PartialFailure):
+        assert isinstance(rebuilt, PartialFailure)
+        assert rebuilt.errors, "a PartialFailure must keep entries"
+        assert list(rebuilt.errors) == list(error.errors)[: len(rebuilt.errors)]
+        assert rebuilt.details["omitted_errors"] == len(error.errors) - len(rebuilt.errors)
+        for key, inner in rebuilt.errors.items():
+            assert type(inner) is type(error.errors[key])
+
+
+def test_a_message_that_is_not_utf8_crosses_the_wire(raising_call: Callable[..., None]) -> None:
+    error = ValidationError("bad \ud800 name (rule 'name')", variable="x", rule="name")
+    rebuilt, code = _rebuilt(raising_call, error)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert type(rebuilt) is ValidationError
+    assert str(rebuilt) == "bad \\ud800 name (rule 'name')"
+    assert rebuilt.details == {"variable": "x", "rule": "name"}
 
 
 @pytest.mark.parametrize(

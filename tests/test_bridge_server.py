@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import threading
@@ -17,7 +18,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from dspex_actors import LocalState
 from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
+from dspex_actors.bridge.server import RESTART_LIMIT, RESTART_WINDOW
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,
@@ -92,6 +95,18 @@ def test_session_info_counts_variables(server: SessionStoreServer) -> None:
         assert info["variable_count"] == 1
         assert info["ttl_seconds"] == 3600.0
         assert info["created_at"] <= info["last_active_at"] <= state.heartbeat()
+
+
+def test_session_info_reports_the_activity_before_it() -> None:
+    clock = FakeClock()
+    with serve(clock=clock) as server, BridgedState.init(address=server.address) as state:
+        clock.now = 3.0
+        state.register_variable("a", "integer", 1)
+        clock.now = 10.0
+        first = state.session_info()
+        assert first["last_active_at"] == first["created_at"] + 3.0  # the register
+        second = state.session_info()
+        assert second["last_active_at"] == first["created_at"] + 10.0  # the first info
 
 
 # -- token -----------------------------------------------------------------------------
@@ -260,6 +275,159 @@ def test_the_reaper_thread_expires_sessions() -> None:
     finally:
         logger.removeHandler(listener)
         logger.setLevel(level)
+
+
+class LogWatch(logging.Handler):
+    """Collects the server's log messages; lets a test wait for one (no sleeping)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.messages.append(record.getMessage())
+            self._changed.notify_all()
+
+    def count(self, pattern: str) -> int:
+        """How many messages so far match the regex ``pattern``."""
+        with self._changed:
+            return self._count(pattern)
+
+    def wait_for(self, pattern: str, count: int = 1) -> None:
+        """Block until ``count`` messages match ``pattern`` (fail after 30 s)."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: self._count(pattern) >= count, timeout=30), (
+                f"never logged {count}x {pattern!r}: {self.messages!r}"
+            )
+
+    def _count(self, pattern: str) -> int:
+        return sum(1 for message in self.messages if re.search(pattern, message))
+
+
+@pytest.fixture
+def server_log() -> Iterator[LogWatch]:
+    watch = LogWatch()
+    logger = logging.getLogger("dspex_actors.bridge.server")
+    level = logger.level
+    logger.addHandler(watch)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield watch
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def cleanup_fails_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
+    """Session ids whose LocalState.cleanup() raises (once); the test fills the set.
+
+    Afterwards the real cleanup runs for them, so no actor is left behind.
+    """
+    failing: set[str] = set()
+    real_cleanup = LocalState.cleanup
+    broken: list[LocalState] = []
+
+    def cleanup(self: LocalState) -> None:
+        if self.session_id in failing:
+            failing.discard(self.session_id)
+            broken.append(self)
+            raise RuntimeError(f"cleanup of {self.session_id} failed")
+        real_cleanup(self)
+
+    monkeypatch.setattr(LocalState, "cleanup", cleanup)
+    yield failing
+    monkeypatch.undo()
+    for state in broken:
+        state.cleanup()
+
+
+def test_reaping_goes_on_past_a_session_that_fails_to_close(
+    server_log: LogWatch, cleanup_fails_for: set[str]
+) -> None:
+    clock = FakeClock()
+    with serve(session_ttl=10.0, clock=clock) as server:
+        handles = [BridgedState.init(address=server.address) for _ in range(3)]
+        states = [server.session_state(h.session_id) for h in handles]
+        cleanup_fails_for.add(handles[0].session_id)
+        clock.now = 20.0
+        assert sorted(server.reap_expired()) == sorted(h.session_id for h in handles)
+        assert [s.alive for s in states] == [True, False, False]
+        assert server_log.count(f"session {handles[0].session_id} .*closing its actor failed") == 1
+        assert server_log.count("expired after") == 2
+        for handle in handles:
+            with pytest.raises(SessionNotFound):
+                handle.get_variable("a")
+            handle.cleanup()
+
+
+def test_stopping_closes_every_session_even_if_one_fails(
+    server_log: LogWatch, cleanup_fails_for: set[str]
+) -> None:
+    server = serve()
+    handles = [BridgedState.init(address=server.address) for _ in range(3)]
+    states = [server.session_state(h.session_id) for h in handles]
+    cleanup_fails_for.add(handles[1].session_id)
+    server.stop()
+    assert [s.alive for s in states] == [False, True, False]
+    assert server_log.count("closing its actor failed") == 1
+    for handle in handles:
+        handle.cleanup()
+
+
+# -- supervision -----------------------------------------------------------------------
+
+
+def _crash(server: SessionStoreServer, session_id: str) -> None:
+    """Crash the server's actor for a session (a bug, as far as the server knows)."""
+    server.session_state(session_id).actor_ref.tell(("crash", "boom"))
+
+
+def test_a_crashed_session_actor_is_restarted_with_its_variables(server_log: LogWatch) -> None:
+    with serve() as server, BridgedState.init(address=server.address) as state:
+        state.register_variable("a", "integer", 1)
+        state.set_variable("a", 2)
+        local = server.session_state(state.session_id)
+        crashed = local.actor_ref
+        _crash(server, state.session_id)
+        server_log.wait_for("actor restarted")
+        assert not crashed.is_alive()
+        assert local.actor_ref is not crashed and local.alive
+        assert state.get_variable("a") == 2
+        assert state.set_variable("a", 3) == 2
+        assert state.session_info()["variable_count"] == 1
+
+
+def test_a_session_crashing_too_often_is_closed(server_log: LogWatch) -> None:
+    clock = FakeClock()  # frozen: every crash falls within the window
+    with serve(clock=clock) as server, BridgedState.init(address=server.address) as state:
+        state.register_variable("a", "integer", 1)
+        for restarts in range(1, RESTART_LIMIT + 1):
+            _crash(server, state.session_id)
+            server_log.wait_for("actor restarted", restarts)
+            assert state.get_variable("a") == 1
+        _crash(server, state.session_id)
+        server_log.wait_for("session closed")
+        assert server_log.count("actor restarted") == RESTART_LIMIT
+        with pytest.raises(SessionNotFound):
+            state.get_variable("a")
+        with pytest.raises(SessionNotFound):
+            server.session_state(state.session_id)
+
+
+def test_crashes_spread_over_time_are_each_restarted(server_log: LogWatch) -> None:
+    clock = FakeClock()
+    with serve(clock=clock) as server, BridgedState.init(address=server.address) as state:
+        state.register_variable("a", "integer", 1)
+        for restarts in range(1, RESTART_LIMIT + 3):
+            clock.now += RESTART_WINDOW + 1  # the earlier crashes fall out of the window
+            state.heartbeat()  # activity, so the session does not expire meanwhile
+            _crash(server, state.session_id)
+            server_log.wait_for("actor restarted", restarts)
+        assert state.get_variable("a") == 1
+        assert server_log.count("session closed") == 0
 
 
 # -- stopping --------------------------------------------------------------------------

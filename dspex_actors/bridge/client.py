@@ -31,6 +31,7 @@ from dspex_actors.bridge import codec, embedded
 from dspex_actors.bridge.server import read_pem
 from dspex_actors.errors import (
     InvalidExport,
+    PartialFailure,
     SessionClosed,
     StateError,
     ValidationError,
@@ -189,18 +190,21 @@ class BridgedState(StateProvider):
     def get_variable(self, identifier: str) -> Any:
         if not isinstance(identifier, str):
             raise _not_found(identifier, self.session_id)
-        response = self._call(
-            self._stub.GetVariable,
-            pb.GetVariableRequest(session_id=self.session_id, identifier=identifier),
-        )
+        try:
+            request = pb.GetVariableRequest(session_id=self.session_id, identifier=identifier)
+        except UnicodeEncodeError:  # not UTF-8 (a lone surrogate): no name can be that
+            raise _not_found(identifier, self.session_id) from None
+        response = self._call(self._stub.GetVariable, request)
         return self._unpack(response.value, "value")
 
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
         wanted = [i for i in identifiers if isinstance(i, str)]  # others cannot exist
-        response = self._call(
-            self._stub.GetVariables,
-            pb.GetVariablesRequest(session_id=self.session_id, identifiers=wanted),
-        )
+        try:
+            request = pb.GetVariablesRequest(session_id=self.session_id, identifiers=wanted)
+        except UnicodeEncodeError:  # nor can a string that is not UTF-8
+            sendable = [i for i in wanted if vartypes.utf8_encodable(i)]
+            request = pb.GetVariablesRequest(session_id=self.session_id, identifiers=sendable)
+        response = self._call(self._stub.GetVariables, request)
         values: dict[str, Any] = self._unpack(response.values, "values")
         return values
 
@@ -272,43 +276,95 @@ class BridgedState(StateProvider):
     ) -> int:
         if not isinstance(identifier, str):
             raise _not_found(identifier, self.session_id)
+        expected = vartypes.check_expected_version(identifier, expected_version)
         try:
             value = codec.pack(new_value)
         except (TypeError, ValueError, OverflowError) as exc:
             raise _unencodable(identifier, "value", new_value, exc) from exc
-        request = pb.SetVariableRequest(
-            session_id=self.session_id,
-            identifier=identifier,
-            value=value,
-            metadata=_pack_metadata(identifier, metadata) if metadata else b"",
-            expected_version=expected_version,
-        )
+        packed_metadata = _pack_metadata(identifier, metadata)
+        try:
+            request = pb.SetVariableRequest(
+                session_id=self.session_id,
+                identifier=identifier,
+                value=value,
+                metadata=packed_metadata,
+                expected_version=expected,
+            )
+        except UnicodeEncodeError:  # the identifier is not UTF-8: no name can be that
+            raise _not_found(identifier, self.session_id) from None
         response = self._call(self._stub.SetVariable, request)
         return int(response.version)
 
     def update_variables(
         self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
     ) -> None:
+        """Apply every update or none; ``PartialFailure`` names each failing entry.
+
+        The batch is packed in one call. Only when that fails, or the server cannot
+        read the batch (msgpack carries an int key, the server refuses it), are the
+        entries examined one by one, to name each one that cannot be sent: a key
+        that is not a UTF-8 string cannot name a variable (``VariableNotFound``, as
+        the session actor says), a value msgpack cannot carry is a
+        ``ValidationError``. Entries the server would refuse for other reasons
+        (wrong type, unknown name) are not known then: nothing was sent.
+        """
         if not isinstance(updates, Mapping):
             raise TypeError(f"updates must be a mapping, got {type(updates).__name__}")
+        batch = dict(updates)
         try:
-            payload = codec.pack(dict(updates))
+            payload = codec.pack(batch)
+            packed_metadata = _pack_metadata("<batch>", metadata)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise _unencodable("<batch>", "updates", updates, exc) from exc
+            raise self._batch_error(batch, metadata, exc) from exc
         request = pb.UpdateVariablesRequest(
-            session_id=self.session_id,
-            updates=payload,
-            metadata=_pack_metadata("<batch>", metadata) if metadata else b"",
+            session_id=self.session_id, updates=payload, metadata=packed_metadata
         )
-        self._call(self._stub.UpdateVariables, request)
+        try:
+            self._call(self._stub.UpdateVariables, request)
+        except ValidationError as exc:
+            if exc.rule != "encoding":
+                raise
+            raise self._batch_error(batch, metadata, exc) from exc
+
+    def _batch_error(self, batch: dict[Any, Any], metadata: Any, cause: Exception) -> Exception:
+        """Why ``batch`` cannot be sent, entry by entry (the failure path only).
+
+        A PartialFailure worded as the session actor words it, naming each entry
+        (and ``<metadata>``) that cannot be sent; when no entry is to blame,
+        ``cause`` itself, or a ValidationError about the whole batch.
+        """
+        errors: dict[str, StateError] = {}
+        for key, value in batch.items():
+            if not isinstance(key, str) or not vartypes.utf8_encodable(key):
+                errors[str(key)] = _not_found(key, self.session_id)
+                continue
+            try:
+                codec.pack(value)
+            except (TypeError, ValueError, OverflowError) as exc:
+                errors[key] = _unencodable(key, "value", value, exc)
+        try:
+            _pack_metadata("<batch>", metadata)
+        except StateError as exc:
+            errors["<metadata>"] = exc
+        if errors:
+            # The session actor's wording (session.SessionActor._update).
+            return PartialFailure(
+                f"{len(errors)} of {len(batch)} updates failed, none applied: "
+                + "; ".join(f"{k}: {e}" for k, e in errors.items()),
+                errors=errors,
+            )
+        if isinstance(cause, StateError):
+            return cause
+        return _unencodable("<batch>", "updates", batch, cause)
 
     def delete_variable(self, identifier: str) -> None:
         if not isinstance(identifier, str):
             raise _not_found(identifier, self.session_id)
-        self._call(
-            self._stub.DeleteVariable,
-            pb.DeleteVariableRequest(session_id=self.session_id, identifier=identifier),
-        )
+        try:
+            request = pb.DeleteVariableRequest(session_id=self.session_id, identifier=identifier)
+        except UnicodeEncodeError:  # not UTF-8: no name can be that
+            raise _not_found(identifier, self.session_id) from None
+        self._call(self._stub.DeleteVariable, request)
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
         """Import a whole export in one RPC; all or nothing, checked by the server."""
@@ -408,30 +464,38 @@ class BridgedState(StateProvider):
 
 
 def _not_found(identifier: Any, session_id: str) -> VariableNotFound:
-    """What the session actor says for an identifier that cannot name a variable."""
+    """What the session actor says for an identifier that names no variable."""
+    named = identifier if isinstance(identifier, str) else vartypes.describe_value(identifier)
     return VariableNotFound(
-        f"variable {identifier!r} not found in session {session_id!r}",
-        variable=vartypes.describe_value(identifier),
+        f"variable {identifier!r} not found in session {session_id!r}", variable=named
     )
 
 
-def _unencodable(variable: str, what: str, value: Any, exc: Exception) -> ValidationError:
+def _unencodable(
+    variable: str, what: str, value: Any, exc: Exception, rule: str = "type"
+) -> ValidationError:
     return ValidationError(
         f"variable {variable!r}: {what} is not plain data msgpack can carry: {exc} "
-        f"(rule 'type', value {vartypes.describe_value(value)})",
+        f"(rule {rule!r}, value {vartypes.describe_value(value)})",
         variable=variable,
-        rule="type",
+        rule=rule,
         value=vartypes.describe_value(value),
     )
 
 
-def _pack_metadata(variable: str, metadata: Mapping[str, Any] | None) -> bytes:
-    """msgpack of metadata; what cannot be sent fails by the session actor's own rule."""
+def _pack_metadata(variable: str, metadata: Any) -> bytes:
+    """msgpack of metadata (None: none given); a bad one fails by the session actor's rule.
+
+    Anything but None counts as given, so an empty non-mapping (``[]``) is refused
+    like any other non-mapping.
+    """
+    if metadata is None:
+        return b""
+    checked = vartypes.check_metadata(variable, metadata)  # the canonical error, if any
     try:
-        return codec.pack_map(metadata)
-    except (TypeError, ValueError, OverflowError) as exc:
-        vartypes.check_metadata(variable, metadata)  # raises the canonical error
-        raise _unencodable(variable, "metadata", metadata, exc) from exc
+        return codec.pack_map(checked)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a string that is not UTF-8
+        raise _unencodable(variable, "metadata", metadata, exc, rule="metadata") from exc
 
 
 def _register_error(
@@ -445,10 +509,17 @@ def _register_error(
     """The error the session actor would raise for arguments that cannot be sent.
 
     The checks are those of ``vartypes``, so a local and a bridged session reject
-    the same input with the same error.
+    the same input with the same error (a name that is not UTF-8 fails check_name);
+    what passes them but still cannot be sent is named here.
     """
     vartypes.check_name(name)
     validator = vartypes.compile_type(name, type_name, constraints)
     validator.check(initial_value)
     vartypes.check_description(name, description)
+    try:
+        codec.pack_map(constraints)
+    except (TypeError, ValueError, OverflowError) as error:
+        return _unencodable(name, "constraints", constraints, error, rule="constraints")
+    if description is not None and not vartypes.utf8_encodable(description):
+        return _unencodable(name, "description", description, exc, rule="description")
     return _unencodable(name, "value", initial_value, exc)

@@ -16,7 +16,7 @@ every ``grpc.RpcError`` into a ``StateError`` with :func:`error_from_rpc`
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import grpc
@@ -91,14 +91,35 @@ _CLASS_FOR_BARE_STATUS: dict[grpc.StatusCode, type[StateError]] = {
 for _cls, _code in STATUS_FOR_ERROR:
     _CLASS_FOR_BARE_STATUS.setdefault(_code, _cls)
 
-# Trailing metadata is capped by receivers (8 KiB by default in gRPC core and
-# grpc-js), and an error's message travels twice (status details and ErrorDetail).
-# Errors therefore stay under these budgets; a longer message is cut, an attribute
-# whose encoding is long becomes a cut repr, and a PartialFailure keeps the
-# per-entry errors that fit and counts the rest in ``omitted_errors``.
-_MAX_MESSAGE_CHARS = 1000
+# Trailing metadata is capped by receivers: gRPC core fails calls whose metadata
+# passes 8 KiB (``grpc.max_metadata_size``: at random up to 16 KiB, always beyond)
+# and grpc-js stops at 8 KiB. An error's trailer carries its message twice: as
+# ``grpc-message``, percent-encoded (a byte outside printable ASCII, or "%", costs
+# three), and inside the ErrorDetail, which travels base64-encoded (four bytes per
+# three). Every budget below is in those encoded bytes, never in characters: a
+# message is cut, an attribute whose encoding is long becomes a cut repr, and a
+# PartialFailure sends every entry's identifier, class and reason (up to
+# ``_MAX_ENTRIES``), shares what room is left among their messages and attributes,
+# and counts the entries it could not send in ``omitted_errors``.
+_TRAILER_BUDGET = 7 * 1024
+"""Bytes grpc-message and dspex-error-bin may use together (each entry costs its
+encoded key and value + 32 in HPACK's accounting); the rest of 8 KiB is left for
+grpc-status and what proxies add."""
+_MAX_MESSAGE_BYTES = 1024
+"""An error's message, percent-encoded (the cut text and its "... (N more characters)")."""
+_MAX_BATCH_MESSAGE_BYTES = 512
+"""A PartialFailure's own message (it repeats its entries' messages), percent-encoded."""
+_MAX_ENTRY_MESSAGE_BYTES = 512
+"""A PartialFailure entry's message, UTF-8 inside the ErrorDetail."""
+_MAX_IDENTIFIER_BYTES = 1024
+"""A PartialFailure entry's identifier: a name (256 characters) always fits."""
 _MAX_ATTRIBUTE_BYTES = 256
-_MAX_DETAIL_BYTES = 3000
+"""One attribute's msgpack encoding; a longer one travels as its cut repr."""
+_MAX_ENTRIES = 32
+"""PartialFailure entries sent at most; the rest are counted in ``omitted_errors``."""
+_HEADER_OVERHEAD = 2 * 32 + len("grpc-message") + len(ERROR_METADATA_KEY)
+# Bytes gRPC sends as they are in grpc-message; any other byte becomes %XX.
+_UNESCAPED = bytes(b for b in range(0x20, 0x7F) if b != ord("%"))
 
 
 # -- msgpack -------------------------------------------------------------------------
@@ -216,48 +237,157 @@ def status_for(exc: StateError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _cut(message: str) -> str:
-    if len(message) <= _MAX_MESSAGE_CHARS:
-        return message
-    rest = len(message) - _MAX_MESSAGE_CHARS
-    return f"{message[:_MAX_MESSAGE_CHARS]}... ({rest} more characters)"
+def _utf8(text: str) -> bytes:
+    """UTF-8 of ``text``; what UTF-8 cannot carry (a lone surrogate) as an escape."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
 
 
-def _pack_attributes(details: Mapping[str, Any]) -> bytes:
-    """msgpack of an error's attributes, each one kept small enough for the trailer."""
+def _percent_encoded_len(data: bytes) -> int:
+    """Bytes ``data`` takes as gRPC sends it in ``grpc-message``."""
+    return len(data) + 2 * len(data.translate(None, _UNESCAPED))
+
+
+def _prefix(data: bytes, budget: int, cost: Callable[[bytes], int]) -> str:
+    """The longest whole-character prefix of UTF-8 ``data`` costing at most ``budget``."""
+    head = data[: max(budget, 0)]  # every byte costs at least one
+    low, high = 0, len(head)
+    while low < high:  # the longest head[:n] within the budget (cost grows with n)
+        mid = (low + high + 1) // 2
+        if cost(head[:mid]) <= budget:
+            low = mid
+        else:
+            high = mid - 1
+    return head[:low].decode("utf-8", "ignore")  # drops a character cut in two
+
+
+def _cut(message: str, budget: int, cost: Callable[[bytes], int] = len) -> str:
+    """``message`` made UTF-8 safe and cut so that it costs at most ``budget`` bytes.
+
+    A cut message ends with "... (N more characters)"; with no room even for
+    that, it is empty.
+    """
+    data = _utf8(message)
+    if cost(data) <= budget:
+        return message if len(data) == len(message) else data.decode()
+    text = data.decode()
+    kept = _prefix(data, budget - 40, cost)  # 40: room for the suffix
+    if not kept:
+        return ""
+    return f"{kept}... ({len(text) - len(kept)} more characters)"
+
+
+def _attribute(value: Any) -> Any:
+    """``value`` if its encoding is small, else its repr cut to the attribute budget."""
+    try:
+        # Anything with more items than bytes allowed cannot fit: skip encoding it.
+        sized = isinstance(value, str | bytes | list | tuple | dict)
+        if not (sized and len(value) > _MAX_ATTRIBUTE_BYTES) and (
+            len(pack(value)) <= _MAX_ATTRIBUTE_BYTES
+        ):
+            return value
+    except (TypeError, ValueError, OverflowError):
+        pass
+    text = describe_value(value)
+    data = _utf8(text)
+    if len(data) + 3 <= _MAX_ATTRIBUTE_BYTES:  # + a str's msgpack header
+        return text if len(data) == len(text) else data.decode()
+    return _prefix(data, _MAX_ATTRIBUTE_BYTES - 6, len) + "..."
+
+
+def _pack_attributes(details: Mapping[str, Any], budget: int) -> bytes:
+    """msgpack of an error's attributes: each one small, all within ``budget`` bytes.
+
+    An attribute that does not fit in what is left is left out.
+    """
     small: dict[str, Any] = {}
+    used = 3  # a map header
     for key, value in details.items():
+        name, item = str(key), _attribute(value)
         try:
-            # Anything with more items than bytes allowed cannot fit: skip encoding it.
-            sized = isinstance(value, str | bytes | list | tuple | dict)
-            fits = not (sized and len(value) > _MAX_ATTRIBUTE_BYTES) and (
-                len(pack(value)) <= _MAX_ATTRIBUTE_BYTES
-            )
+            size = len(pack(name)) + len(pack(item))
         except (TypeError, ValueError, OverflowError):
-            fits = False
-        small[str(key)] = value if fits else describe_value(value)
+            continue
+        if used + size <= budget:
+            small[name] = item
+            used += size
     return pack(small) if small else b""
 
 
+def _field_bytes(size: int) -> int:
+    """Bytes a length-delimited protobuf field of ``size`` bytes takes (tag + length)."""
+    return 1 + (size.bit_length() + 6) // 7 + size if size else 2
+
+
 def error_detail(exc: StateError) -> pb.ErrorDetail:
-    """The ``ErrorDetail`` describing ``exc`` (recursively for a PartialFailure)."""
-    detail = pb.ErrorDetail(
-        error_class=type(exc).__name__,
-        reason=exc.reason,
-        message=_cut(exc.message),
-        details=_pack_attributes(exc.details),
-    )
-    if isinstance(exc, PartialFailure):
-        used = detail.ByteSize()
-        for count, (identifier, inner) in enumerate(exc.errors.items()):
-            entry = pb.EntryError(identifier=identifier, error=error_detail(inner))
-            used += entry.ByteSize() + 4  # + the field's tag and length
-            if used > _MAX_DETAIL_BYTES:
-                omitted = len(exc.errors) - count
-                detail.details = _pack_attributes({**exc.details, "omitted_errors": omitted})
-                break
-            detail.errors.append(entry)
+    """The ``ErrorDetail`` describing ``exc``, small enough to travel as a trailer.
+
+    The ErrorDetail and the status message (:attr:`ErrorDetail.message`, sent again
+    percent-encoded) together stay within ``_TRAILER_BUDGET`` encoded bytes.
+    """
+    batch = isinstance(exc, PartialFailure) and bool(exc.errors)
+    limit = _MAX_BATCH_MESSAGE_BYTES if batch else _MAX_MESSAGE_BYTES
+    message = _cut(exc.message, limit, _percent_encoded_len)
+    # What the ErrorDetail may take serialized, so that its base64 fits beside the message.
+    budget = (_TRAILER_BUDGET - _HEADER_OVERHEAD - _percent_encoded_len(_utf8(message))) * 3 // 4
+    detail = pb.ErrorDetail(error_class=type(exc).__name__, reason=exc.reason, message=message)
+    if isinstance(exc, PartialFailure) and batch:
+        _add_entries(detail, exc, budget)
+    else:
+        detail.details = _pack_attributes(exc.details, budget - detail.ByteSize() - 4)
     return detail
+
+
+def _add_entries(detail: pb.ErrorDetail, exc: PartialFailure, budget: int) -> None:
+    """A PartialFailure's entries, in the batch's order, within ``budget`` bytes.
+
+    First every entry's identifier, class and reason (cut identifiers, never a
+    dropped entry, until ``_MAX_ENTRIES`` or the budget); then the room left is
+    shared among their attributes and messages, in order, each entry taking at most
+    its share of what remains (a short one leaves more for the next).
+    """
+    attributes = {**exc.details, "omitted_errors": len(exc.errors)}
+    head = _pack_attributes(attributes, 512)
+    used = detail.ByteSize() + _field_bytes(len(head) + 9)  # + 9: any omitted_errors count
+    entries: list[tuple[pb.EntryError, StateError]] = []
+    for identifier, inner in exc.errors.items():
+        if len(entries) >= _MAX_ENTRIES:
+            break
+        entry = pb.EntryError(
+            identifier=_cut(str(identifier), _MAX_IDENTIFIER_BYTES),
+            error=pb.ErrorDetail(
+                error_class=type(inner).__name__,
+                reason=getattr(inner, "reason", StateError.reason),
+            ),
+        )
+        size = _field_bytes(entry.ByteSize())
+        if used + size > budget:
+            break
+        used += size
+        entries.append((entry, inner))
+    for position, (entry, inner) in enumerate(entries):
+        share = (budget - used) // (len(entries) - position) - 12  # 12: tags, lengths
+        if share <= 0:
+            break
+        before = _field_bytes(entry.ByteSize())
+        error = entry.error
+        error.details = _pack_attributes(getattr(inner, "details", {}), share)
+        error.message = _cut(
+            getattr(inner, "message", str(inner)),
+            min(_MAX_ENTRY_MESSAGE_BYTES, share - len(error.details)),
+        )
+        grown = _field_bytes(entry.ByteSize()) - before
+        if used + grown > budget:  # cannot happen with the margin; stay safe anyway
+            error.details, error.message = b"", ""
+        else:
+            used += grown
+    detail.errors.extend(entry for entry, _ in entries)
+    omitted = len(exc.errors) - len(entries)
+    detail.details = _pack_attributes(
+        {**exc.details, "omitted_errors": omitted} if omitted else exc.details, 512
+    )
 
 
 def abort_with_error(context: grpc.ServicerContext, exc: StateError) -> NoReturn:

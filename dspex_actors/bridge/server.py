@@ -11,8 +11,14 @@ optional shared-secret token on every call (the health service is exempt so prob
 work without the secret; reflection is not), enforces size and count limits, and
 expires sessions idle for longer than their TTL.
 
+Session actors are supervised: one that crashes (a bug, not a broken rule) is
+restarted on its table, so the session keeps its variables; a session whose actor
+crashes more than ``RESTART_LIMIT`` times within ``RESTART_WINDOW`` seconds is
+closed instead, with the error logged.
+
 Threads: gRPC's serving thread, a ThreadPoolExecutor for calls, one actor thread per
-session and the TTL reaper. :meth:`SessionStoreServer.stop` stops and joins all of them.
+session, the TTL reaper and the supervisor (started at the first crash).
+:meth:`SessionStoreServer.stop` stops and joins all of them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -46,7 +53,7 @@ from dspex_actors.errors import (
     ValidationError,
 )
 from dspex_actors.local import LocalState
-from dspex_actors.session import export_digest, new_session_id
+from dspex_actors.session import new_session_id
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 
@@ -60,6 +67,11 @@ _HEALTH_METHODS = frozenset(
     f"/{health.SERVICE_NAME}/{name}" for name in ("Check", "Watch", "List")
 )
 _MAX_SESSION_ID = 256
+
+RESTART_LIMIT = 3
+"""Crashes of one session's actor tolerated within ``RESTART_WINDOW``; one more closes it."""
+RESTART_WINDOW = 10.0
+"""Seconds (of the server's clock) over which crashes are counted."""
 
 
 @dataclass(frozen=True)  # no slots: serve() reads the class attributes as defaults
@@ -83,9 +95,11 @@ class _Session:
 
     state: LocalState
     created_at: float  # epoch seconds
+    opened: float  # the server's clock at created_at
     last_active: float  # the server's clock
     metadata: bytes
     variable_count: int = 0
+    crashes: deque[float] = field(default_factory=deque)  # the server's clock, recent first
     # Serializes the calls that change the variable count (register, delete, import)
     # so the count and its limit stay exact; get/set never take it.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -138,6 +152,12 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         self._clock = clock
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()  # guards adding and removing sessions
+        self._closing = False  # close_all() began: no more restarts
+        # Restarts run here, not in the dying actor's thread; the thread starts at
+        # the first crash and close_all() joins it.
+        self._supervisor = futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="dspex-bridge-supervisor"
+        )
 
     # -- session bookkeeping ------------------------------------------------------------
 
@@ -187,21 +207,77 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
             ]
             entries = [self._sessions.pop(sid) for sid in expired]
         for entry in entries:
-            entry.state.cleanup()
-            logger.info(
-                "session %s expired after %.3gs without activity",
-                entry.state.session_id,
-                self._ttl,
-            )
+            if _close(entry, "expired"):
+                logger.info(
+                    "session %s expired after %.3gs without activity",
+                    entry.state.session_id,
+                    self._ttl,
+                )
         return expired
 
     def close_all(self) -> None:
-        """Close every session (the server is stopping)."""
+        """Close every session and stop the supervisor (the server is stopping).
+
+        A session that fails to close is logged and the others are still closed.
+        """
         with self._lock:
+            self._closing = True
             entries = list(self._sessions.values())
             self._sessions.clear()
         for entry in entries:
-            entry.state.cleanup()
+            _close(entry, "closed at shutdown")
+        self._supervisor.shutdown(wait=True)
+
+    # -- supervision ----------------------------------------------------------------------
+
+    def _actor_exited(self, session_id: str, error: BaseException | None) -> None:
+        """A session actor stopped (its ``on_exit`` hook, in the actor's thread).
+
+        A clean stop (cleanup) needs nothing; a crash is handed to the supervisor
+        thread, which restarts the actor once this one is gone.
+        """
+        if error is None:
+            return
+        logger.error("session %s: its actor crashed: %r", session_id, error)
+        try:
+            self._supervisor.submit(self._restart, session_id)
+        except RuntimeError:  # close_all() shut the supervisor down: nothing to restart
+            logger.debug("session %s: not restarted, the server is stopping", session_id)
+
+    def _restart(self, session_id: str) -> None:
+        """Restart a crashed session's actor, or close a session crashing too often."""
+        with self._lock:
+            entry = self._sessions.get(session_id)
+            if entry is None or self._closing:
+                return  # closed meanwhile
+            now = self._clock()
+            entry.crashes.appendleft(now)
+            while entry.crashes and now - entry.crashes[-1] > RESTART_WINDOW:
+                entry.crashes.pop()
+            give_up = len(entry.crashes) > RESTART_LIMIT
+            if give_up:
+                del self._sessions[session_id]
+        if give_up:
+            logger.error(
+                "session %s: its actor crashed %d times within %gs; session closed",
+                session_id,
+                len(entry.crashes),
+                RESTART_WINDOW,
+            )
+            _close(entry, "closed after repeated crashes")
+            return
+        try:
+            entry.state.restart()
+        except SessionClosed:
+            return  # closed while we restarted it
+        logger.warning("session %s: actor restarted with its variables", session_id)
+
+    def session_state(self, session_id: str) -> LocalState:
+        """The LocalState holding a session (without marking it active)."""
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            raise _not_found(session_id)
+        return entry.state
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -231,11 +307,13 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
                     f"cannot open {session_id!r}",
                     limit="max_sessions",
                 )
-            state = LocalState.init(session_id=session_id)
+            state = LocalState.init(session_id=session_id, on_exit=self._actor_exited)
+            now = self._clock()
             self._sessions[session_id] = _Session(
                 state=state,
                 created_at=time.time(),
-                last_active=self._clock(),
+                opened=now,
+                last_active=now,
                 metadata=codec.pack_map(metadata),
             )
         logger.debug("session %s opened", session_id)
@@ -257,12 +335,18 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
     def GetSession(  # noqa: N802 - the proto's RPC name
         self, request: pb.GetSessionRequest, context: grpc.ServicerContext
     ) -> pb.SessionInfo:
-        entry = self._session(request.session_id)
+        entry = self._sessions.get(request.session_id)
+        if entry is None:
+            raise _not_found(request.session_id)
+        # The activity before this call (which counts as activity too), on the wall
+        # clock: the server's clock only measures intervals.
+        last_active_at = entry.created_at + (entry.last_active - entry.opened)
+        entry.last_active = self._clock()
         return pb.SessionInfo(
             session_id=request.session_id,
             variable_count=entry.variable_count,
             created_at=entry.created_at,
-            last_active_at=time.time(),
+            last_active_at=last_active_at,
             ttl_seconds=self._ttl,
             metadata=entry.metadata,
         )
@@ -398,11 +482,7 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
             self._check_room(entry, count)
             entry.state.import_state(exported)  # validates everything, then applies
             entry.variable_count += count
-            digest = (
-                export_digest(entry.state.export_state()["variables"])
-                if request.want_digest
-                else b""
-            )
+            digest = entry.state.digest() if request.want_digest else b""
         return pb.ImportSessionResponse(count=count, digest=digest)
 
     @_rpc
@@ -411,6 +491,16 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
     ) -> Iterator[pb.VariableEvent]:
         self._session(request.session_id)
         raise NotSupported("this SessionStore does not stream changes yet (Watch)")
+
+
+def _close(entry: _Session, why: str) -> bool:
+    """Stop a session's actor; a failure is logged, not raised (others still close)."""
+    try:
+        entry.state.cleanup()
+    except Exception:
+        logger.exception("session %s (%s): closing its actor failed", entry.state.session_id, why)
+        return False
+    return True
 
 
 class _TokenCheck(grpc.ServerInterceptor):
@@ -562,6 +652,13 @@ class SessionStoreServer:
     def reap_expired(self) -> list[str]:
         """Close the sessions idle for the TTL now; the reaper thread also does this."""
         return self._servicer.reap_expired()
+
+    def session_state(self, session_id: str) -> LocalState:
+        """The LocalState holding a session here (for supervision tools and tests).
+
+        ``SessionNotFound`` when the server holds no such session.
+        """
+        return self._servicer.session_state(session_id)
 
     def _reap_until_stopped(self, interval: float) -> None:
         while not self._stopping.wait(interval):

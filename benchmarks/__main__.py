@@ -42,7 +42,7 @@ def main() -> None:
         elif suite == "memory":
             memory.run(1_000 if args.quick else 10_000)
         elif suite == "bridge":
-            bridge.run(rounds // 3, calls_per_client=300 if args.quick else 2000)
+            bridge.run(rounds, calls_per_client=300 if args.quick else 2000)
         elif suite == "migration":
             migration.run(rounds // 3)
 

@@ -47,13 +47,13 @@ def run(rounds: int) -> dict[str, float]:
         series = measure(
             {
                 "dict lookup (d.get)": (lambda: plain.get("temperature"), 2000),
-                "bare pykka ask": (lambda: echo.ask(1), 20),
+                "bare pykka ask": (lambda: echo.ask(1), 1),
                 "LocalState.get_variable": (lambda: state.get_variable("temperature"), 2000),
                 "LocalState.get_variables (100 names)": (lambda: state.get_variables(names), 20),
-                "LocalState.set_variable": (set_one, 20),
-                "LocalState.update_variables (100 names)": (update_many, 5),
+                "LocalState.set_variable": (set_one, 1),
+                "LocalState.update_variables (100 names)": (update_many, 1),
                 "Context(local).get_variable": (lambda: ctx.get_variable("temperature"), 2000),
-                "Context(local).set_variable": (ctx_set_one, 20),
+                "Context(local).set_variable": (ctx_set_one, 1),
             },
             rounds,
         )

@@ -1,4 +1,12 @@
-"""Sampling and reporting helpers shared by every benchmark."""
+"""Sampling and reporting helpers shared by every benchmark.
+
+A sample times ``calls`` back-to-back calls and records the mean per call. Calls
+that cross a thread or a socket are sampled one at a time, so their p50 and p99
+are per call; sub-microsecond reads are sampled in batches (a single one is below
+the timer's resolution), so their p99 is of batch means. The garbage collector is
+paused while sampling, as ``timeit`` does, and every op is sampled round-robin so
+machine noise falls on all of them alike.
+"""
 
 from __future__ import annotations
 

@@ -64,6 +64,7 @@ _FORWARD: dict[str, Callable[..., Any]] = {
     "get_many": lambda p, ids: p.get_variables(ids),
     "list": lambda p: p.list_variables(),
     "export": lambda p: p.export_state(),
+    "digest": lambda p: p.digest(),
     "register": lambda p, n, t, v, c, m, d: p.register_variable(
         n, t, v, constraints=c, metadata=m, description=d
     ),
@@ -226,6 +227,16 @@ class LocalState(StateProvider):
             if table.seq == seq:
                 return exported
         return dict(self._call("export"))
+
+    def digest(self) -> bytes:
+        """``session.export_digest`` of the variables, without building an export."""
+        table = self._table
+        seq = table.seq
+        if not seq & 1:
+            digest = table.digest()
+            if table.seq == seq:
+                return digest
+        return bytes(self._call("digest"))
 
     # -- writes: one actor turn each -----------------------------------------------
 

@@ -79,6 +79,20 @@ def new_session_id() -> str:
     return f"sess_{uuid.uuid4().hex}"
 
 
+_DIGEST_KEYS = (
+    "id",
+    "name",
+    "type",
+    "value",
+    "version",
+    "constraints",
+    "metadata",
+    "created_at",
+    "last_updated_at",
+)
+"""Field order of a digest row (SessionTable.digest builds the same rows from records)."""
+
+
 def export_digest(variables: Mapping[str, Mapping[str, Any]]) -> bytes:
     """SHA-256 of an export's variables (in their order), to verify a copy cheaply.
 
@@ -86,7 +100,7 @@ def export_digest(variables: Mapping[str, Mapping[str, Any]]) -> bytes:
     metadata and timestamps give the same digest (values are normalized by their
     type first, so an int stored in a float variable hashes as the float).
     """
-    rows = [[r[key] for key in RECORD_KEYS] for r in variables.values()]
+    rows = [[r[key] for key in _DIGEST_KEYS] for r in variables.values()]
     return hashlib.sha256(msgpack.packb(rows)).digest()
 
 
@@ -111,15 +125,18 @@ class Record(NamedTuple):
         thaw = self.validator.thaw
         return self.value if thaw is None else thaw(self.value)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The record as plain data (a fresh copy the caller may keep)."""
+    def to_dict(self, copies: bool = True) -> dict[str, Any]:
+        """The record as plain data; a fresh copy the caller may keep unless
+        ``copies`` is False (then constraints and metadata are shared: read only)."""
         return {
             "id": self.id,
             "name": self.name,
             "type": self.validator.type,
             "value": self.read_value(),
-            "constraints": plain_copy(self.validator.constraints),
-            "metadata": plain_copy(self.metadata),
+            "constraints": plain_copy(self.validator.constraints)
+            if copies
+            else self.validator.constraints,
+            "metadata": plain_copy(self.metadata) if copies else self.metadata,
             "version": self.version,
             "created_at": self.created_at,
             "last_updated_at": self.last_updated_at,
@@ -169,7 +186,7 @@ class SessionTable:
                 out[identifier] = record.read_value()
         return out
 
-    def export(self) -> dict[str, Any]:
+    def export(self, copies: bool = True) -> dict[str, Any]:
         """The whole session as plain data (see StateProvider.export_state).
 
         Takes its snapshot in one step (``list`` of the values runs in C under the
@@ -178,12 +195,12 @@ class SessionTable:
         """
         snapshot = list(self.by_id.values())
         metadata = self.metadata
-        records = [record.to_dict() for record in snapshot]
+        records = [record.to_dict(copies) for record in snapshot]
         return {
             "session_id": self.session_id,
             "variables": {r["id"]: r for r in records},
             "variable_index": {r["name"]: r["id"] for r in records},
-            "metadata": plain_copy(metadata),
+            "metadata": plain_copy(metadata) if copies else metadata,
         }
 
     def digest(self) -> bytes:
@@ -446,7 +463,8 @@ class SessionActor(pykka.ThreadingActor):
         self._refusal = lambda: SessionClosed(
             f"session {session_id!r} is being migrated", session_id=session_id, migrating=True
         )
-        return self.table.export()
+        # Without copies: the export only travels to the migration, which packs it.
+        return self.table.export(copies=False)
 
     def _unseal(self) -> None:
         """Accept writes again (a migration failed)."""

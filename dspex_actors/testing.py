@@ -23,7 +23,8 @@ variable, the rule and the value, and changes nothing), bad constraint definitio
 versions and ``expected_version`` (including concurrent compare-and-set writers that
 must lose no update), metadata, batches that are all or nothing, export/import
 fidelity and rejection of bad exports, capabilities, cleanup and the context manager,
-and readers that never see half a batch.
+readers that never see half a batch, and exports and listings taken while a writer
+registers, sets, deletes and updates that are each one consistent moment.
 
 The kit only uses the public contract (:class:`~dspex_actors.provider.StateProvider`
 and :mod:`dspex_actors.errors`), so it runs unchanged against any backend. It is
@@ -47,6 +48,7 @@ import copy
 import importlib
 import math
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -202,6 +204,118 @@ def _run_threads(targets: list[Callable[[], None]]) -> None:
         pytest.fail(f"worker threads did not finish within {WORKER_GUARD_SECONDS}s: {stuck}")
     if failures:
         raise failures[0]
+
+
+def _race_reader_against_writer(
+    write: Callable[[int], None], rounds: int, read: Callable[[bool], None]
+) -> None:
+    """Run ``write(i)`` for ``i`` in 1..rounds in one thread, ``read`` in another.
+
+    Before each round the writer waits until the reader has completed a read since
+    the last round, so writes land among reads rather than in one burst while the
+    reader waits for its turn. The reader reads until it has read once after the
+    last round; ``read(finished)`` is told whether the writer had finished before
+    that read began. A failing reader releases the writer, which then stops.
+    """
+    max_reads = 1_000_000  # bounds the reader should the writer get stuck
+    barrier = threading.Barrier(2)
+    written = threading.Event()
+    have_read = threading.Event()
+    reader_gone = threading.Event()
+
+    def writer() -> None:
+        barrier.wait(WORKER_GUARD_SECONDS)
+        try:
+            for i in range(1, rounds + 1):
+                assert have_read.wait(WORKER_GUARD_SECONDS), "the reader stopped reading"
+                if reader_gone.is_set():
+                    return
+                have_read.clear()
+                write(i)
+        finally:
+            written.set()
+
+    def reader() -> None:
+        barrier.wait(WORKER_GUARD_SECONDS)
+        try:
+            for _ in range(max_reads):
+                finished = written.is_set()
+                read(finished)
+                have_read.set()
+                if finished:
+                    return
+        finally:
+            reader_gone.set()
+            have_read.set()
+
+    # Hand the GIL over sooner than the default 5 ms: each round is a hand-off
+    # between the two threads, and the reader never blocks on its own.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0002)
+    try:
+        _run_threads([writer, reader])
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _check_export_snapshot(exported: Any, session_id: str) -> dict[str, dict[str, Any]]:
+    """Assert one export is whole and msgpack-encodable; return its records by name.
+
+    Whole: ``variable_index`` maps exactly the names of ``variables`` to their ids,
+    every record carries its own key as ``id``, and no name appears twice.
+    """
+    assert isinstance(exported, dict), f"export_state returned {type(exported).__name__}"
+    missing = EXPORT_KEYS - set(exported)
+    assert not missing, f"export lacks {sorted(missing)}"
+    assert exported["session_id"] == session_id
+    variables, index = exported["variables"], exported["variable_index"]
+    assert isinstance(variables, dict), f"export variables is {type(variables).__name__}"
+    assert isinstance(index, dict), f"export variable_index is {type(index).__name__}"
+    by_name: dict[str, dict[str, Any]] = {}
+    for var_id, record in variables.items():
+        assert isinstance(record, dict), f"export record {var_id!r} is {record!r}"
+        lacking = RECORD_KEYS - set(record)
+        assert not lacking, f"export record {var_id!r} lacks {sorted(lacking)}"
+        assert record["id"] == var_id, f"export record under {var_id!r} has id {record['id']!r}"
+        assert record["name"] not in by_name, f"export names {record['name']!r} twice"
+        by_name[record["name"]] = record
+    expected_index = {name: record["id"] for name, record in by_name.items()}
+    assert index == expected_index, (
+        f"variable_index {index!r} does not match the variables {expected_index!r}"
+    )
+    assert isinstance(msgpack.packb(exported), bytes)
+    return by_name
+
+
+def _check_listing(records: Any) -> dict[str, dict[str, Any]]:
+    """Assert one ``list_variables`` result has unique ids and names; return it by name."""
+    assert isinstance(records, list), f"list_variables returned {type(records).__name__}"
+    for record in records:
+        assert isinstance(record, dict), f"list_variables gave a record {record!r}"
+        lacking = RECORD_KEYS - set(record)
+        assert not lacking, f"listed record {record.get('id')!r} lacks {sorted(lacking)}"
+    ids = [record["id"] for record in records]
+    names = [record["name"] for record in records]
+    assert len(set(ids)) == len(ids), f"list_variables repeats an id: {ids}"
+    assert len(set(names)) == len(names), f"list_variables repeats a name: {names}"
+    return {record["name"]: record for record in records}
+
+
+def _snapshots(state: StateProvider) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """An export, then a listing, each checked whole; each as its records by name."""
+    exported = _check_export_snapshot(state.export_state(), state.session_id)
+    listed = _check_listing(state.list_variables())
+    return [("export_state", exported), ("list_variables", listed)]
+
+
+def _assert_one_version(record: Mapping[str, Any], source: str) -> int:
+    """The record's value was written at its version (the writer sets value = version)."""
+    value, version = record["value"], record["version"]
+    assert type(version) is int, f"{source}: {record['name']!r} version is {version!r}"
+    assert same(value, version), (
+        f"{source}: {record['name']!r} mixes two writes: value {value!r} at version {version}"
+    )
+    return version
 
 
 # ----------------------------------------------------------------------- type tables
@@ -1356,7 +1470,8 @@ class _SessionContract(_ContractBase):
 
 
 class _ConcurrencyContract(_ContractBase):
-    """Readers against writers: whole batches only, and reads see completed writes."""
+    """Readers against writers: whole batches and whole snapshots only, and reads see
+    completed writes."""
 
     def test_readers_never_see_half_a_batch(self, state: StateProvider) -> None:
         if not self.provider.capabilities()["atomic_updates"]:
@@ -1392,6 +1507,105 @@ class _ConcurrencyContract(_ContractBase):
 
         _run_threads([writer, *[reader] * readers])
         assert state.get_variables(["a", "b"]) == {"a": rounds, "b": -rounds}
+
+    # Bystanders registered before the threads start: every snapshot must hold them,
+    # unchanged, and copying them widens the window in which a writer can strike.
+    _FILLERS = 16
+
+    def _register_fillers(self, state: StateProvider) -> dict[str, int]:
+        fillers = {f"filler{f}": f for f in range(self._FILLERS)}
+        for name, value in fillers.items():
+            state.register_variable(name, "integer", value)
+        return fillers
+
+    @staticmethod
+    def _assert_fillers(records: Mapping[str, Any], fillers: dict[str, int], source: str) -> None:
+        lost = sorted(set(fillers) - set(records))
+        assert not lost, f"{source} lost variables nobody deleted: {lost}"
+        for name, value in fillers.items():
+            record = records[name]
+            assert same(record["value"], value) and record["version"] == 0, (
+                f"{source}: untouched {name!r} reads {record['value']!r} "
+                f"at version {record['version']!r}"
+            )
+
+    def test_export_and_list_are_whole_under_writes(self, state: StateProvider) -> None:
+        """export_state and list_variables against a writer that registers, sets, deletes.
+
+        Every export must be internally consistent and msgpack-encodable, every list
+        free of duplicates, and the ``anchor`` record (set to ``i`` at version ``i``)
+        one whole write, never moving back, while variables come and go around it.
+        """
+        rounds = 300
+        state.register_variable("anchor", "integer", 0)
+        fillers = self._register_fillers(state)
+        steady = {"anchor", *fillers}
+        churn = {f"churn{i}" for i in range(1, rounds + 1)}
+
+        def write(i: int) -> None:
+            state.register_variable(f"churn{i}", "integer", i)
+            version = state.set_variable("anchor", i)
+            assert version == i, f"anchor set to {i} got version {version}"
+            state.set_variable(f"churn{i}", -i)
+            if i > 1:
+                state.delete_variable(f"churn{i - 1}")
+            if i == rounds:
+                state.delete_variable(f"churn{i}")
+
+        last = 0
+
+        def read(finished: bool) -> None:
+            nonlocal last
+            for source, records in _snapshots(state):
+                self._assert_fillers(records, fillers, source)
+                strays = sorted(set(records) - steady - churn)
+                assert not strays, f"{source} shows variables never registered: {strays}"
+                version = _assert_one_version(records["anchor"], source)
+                assert version >= last, f"{source} went back in time: {last} then {version}"
+                last = version
+                if finished:
+                    assert version == rounds, f"{source} after the last write: {version}"
+                    assert set(records) == steady, (
+                        f"{source} after the last write: {sorted(records)}"
+                    )
+
+        _race_reader_against_writer(write, rounds, read)
+        listed = _check_listing(state.list_variables())
+        assert set(listed) == steady
+        assert _assert_one_version(listed["anchor"], "list_variables") == rounds
+
+    def test_export_never_shows_half_a_batch(self, state: StateProvider) -> None:
+        """A batch ``{a: i, b: i}`` is all in an export (and a listing) or not at all."""
+        if not self.provider.capabilities()["atomic_updates"]:
+            pytest.skip("backend does not claim atomic_updates")
+        rounds = 300
+        # a and b sit at the two ends of the session, the fillers between them.
+        state.register_variable("a", "integer", 0)
+        fillers = self._register_fillers(state)
+        state.register_variable("b", "integer", 0)
+
+        def write(i: int) -> None:
+            state.update_variables({"a": i, "b": i})
+
+        last = 0
+
+        def read(finished: bool) -> None:
+            nonlocal last
+            for source, records in _snapshots(state):
+                self._assert_fillers(records, fillers, source)
+                a, b = records["a"], records["b"]
+                assert same(a["value"], b["value"]) and a["version"] == b["version"], (
+                    f"half a batch in {source}: a={a['value']!r} (version {a['version']!r})"
+                    f", b={b['value']!r} (version {b['version']!r})"
+                )
+                version = _assert_one_version(a, source)
+                assert version >= last, f"{source} went back in time: {last} then {version}"
+                last = version
+                if finished:
+                    assert version == rounds, f"{source} after the last batch: {version}"
+
+        _race_reader_against_writer(write, rounds, read)
+        assert state.get_variables(["a", "b"]) == {"a": rounds, "b": rounds}
 
     def test_writer_reads_its_own_writes(self, state: StateProvider) -> None:
         writers, rounds = 3, 100

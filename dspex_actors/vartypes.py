@@ -125,8 +125,10 @@ def check_expected_version(variable: str, expected: Any) -> int | None:
 
 def check_description(variable: str, description: Any) -> str | None:
     """A variable's description is None or a string."""
-    if description is not None and not isinstance(description, str):
-        raise _fail(variable, "description", description, "description must be a string")
+    if description is not None and (
+        not isinstance(description, str) or not utf8_encodable(description)
+    ):
+        raise _fail(variable, "description", description, "description must be a UTF-8 string")
     return description
 
 
@@ -551,4 +553,8 @@ def _compile(
     c = dict(constraints)
     if define is not None:
         define(variable, c)
+    try:
+        plain_copy(c)  # constraints cross the wire too
+    except (TypeError, ValueError) as exc:
+        raise _bad_constraint(variable, "constraints", wire_safe(c), str(exc)) from None
     return c, build(c), thaw

@@ -204,6 +204,17 @@ class PiecemealImport(LocalState):
             )
 
 
+class TornExport(LocalState):
+    """export_state is built from two moments: one record's value from an earlier read."""
+
+    def export_state(self) -> dict[str, Any]:
+        first = next(iter(self.list_variables()), None)
+        exported = super().export_state()
+        if first is not None and first["id"] in exported["variables"]:
+            exported["variables"][first["id"]]["value"] = first["value"]
+        return exported
+
+
 _NEVER = threading.Event()
 
 
@@ -390,6 +401,10 @@ BREAKAGES = [
             r"|value|constraint)-.*\]",
             r"test_import_rejects_name_clash",
         ),
+    ),
+    Breakage(
+        "TornExport",
+        (r"test_export_and_list_are_whole_under_writes", r"test_export_never_shows_half_a_batch"),
     ),
     Breakage(
         "HangsAfterCleanup",

@@ -795,3 +795,20 @@ def test_restart_is_refused_while_sealed() -> None:
         state.unseal()
     finally:
         state.cleanup()
+
+
+def test_digest_matches_the_digest_of_an_export() -> None:
+    from dspex_actors.session import export_digest
+
+    state = LocalState.init()
+    try:
+        state.register_variable("t", "float", 1, constraints={"min": 0}, description="d")
+        state.register_variable("e", "embedding", [1, 2])
+        state.register_variable("m", "tensor", {"shape": [1, 2], "data": [3, 4]})
+        state.set_variable("t", 0.5, {"by": "test"})
+        assert state.digest() == export_digest(state.export_state()["variables"])
+        before = state.digest()
+        state.set_variable("t", 0.6)
+        assert state.digest() != before
+    finally:
+        state.cleanup()

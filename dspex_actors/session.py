@@ -35,6 +35,7 @@ import msgpack
 import pykka
 
 from dspex_actors import vartypes
+from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
     InvalidExport,
     PartialFailure,
@@ -72,6 +73,9 @@ RECORD_KEYS = (
     "created_at",
     "last_updated_at",
 )
+
+
+_RECORD_KEY_SET = frozenset(RECORD_KEYS)
 
 
 def new_session_id() -> str:
@@ -195,7 +199,8 @@ class SessionTable:
         """
         snapshot = list(self.by_id.values())
         metadata = self.metadata
-        records = [record.to_dict(copies) for record in snapshot]
+        with gc_paused(len(snapshot) >= BULK_ITEMS):
+            records = [record.to_dict(copies) for record in snapshot]
         return {
             "session_id": self.session_id,
             "variables": {r["id"]: r for r in records},
@@ -451,7 +456,9 @@ class SessionActor(pykka.ThreadingActor):
 
     def _import(self, exported: Any) -> int:
         """Validate a whole export, then publish it in one window; returns the count."""
-        records = _records_from_export(exported, self.table)
+        variables = exported.get("variables") if isinstance(exported, Mapping) else None
+        with gc_paused(isinstance(variables, Mapping) and len(variables) >= BULK_ITEMS):
+            records = _records_from_export(exported, self.table)
         session_meta = check_metadata("<session>", exported.get("metadata"))
         self._publish(records, metadata={**self.table.metadata, **session_meta})
         return len(records)
@@ -544,7 +551,7 @@ def _record_from_raw(var_id: Any, raw: Any) -> Record:
         raise InvalidExport(f"export variable id {describe_value(var_id)} is not a string")
     if type(raw) is not dict and not isinstance(raw, Mapping):
         raise InvalidExport(f"export variable {var_id!r} is not a mapping")
-    if len(raw) < len(RECORD_KEYS) or not all(k in raw for k in RECORD_KEYS):
+    if not raw.keys() >= _RECORD_KEY_SET:
         missing = [k for k in RECORD_KEYS if k not in raw]
         raise InvalidExport(f"export variable {var_id!r} is missing {', '.join(missing)}")
     if raw["id"] != var_id:

@@ -29,6 +29,7 @@ import grpc
 from dspex_actors import vartypes
 from dspex_actors.bridge import codec, embedded
 from dspex_actors.bridge.server import read_pem
+from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
     InvalidExport,
     PartialFailure,
@@ -382,8 +383,10 @@ class BridgedState(StateProvider):
     def _import(self, exported: Mapping[str, Any], *, want_digest: bool) -> bytes:
         if not isinstance(exported, Mapping):
             raise InvalidExport(f"an export must be a mapping, got {type(exported).__name__}")
+        variables = exported.get("variables")
         try:
-            payload = codec.pack(dict(exported))
+            with gc_paused(isinstance(variables, Mapping) and len(variables) >= BULK_ITEMS):
+                payload = codec.pack(dict(exported))
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidExport(f"export is not plain data msgpack can carry: {exc}") from exc
         response = self._call(

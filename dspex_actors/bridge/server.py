@@ -43,6 +43,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dspex_actors.bridge import codec
+from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
     LimitExceeded,
     NotSupported,
@@ -475,7 +476,8 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         self, request: pb.ImportSessionRequest, context: grpc.ServicerContext
     ) -> pb.ImportSessionResponse:
         entry = self._session(request.session_id)
-        exported = self._batch(request.state, "exported state")
+        with gc_paused(len(request.state) >= BULK_ITEMS * 1000):
+            exported = self._batch(request.state, "exported state")
         variables = exported.get("variables") if isinstance(exported, dict) else None
         count = len(variables) if isinstance(variables, dict) else 0
         with entry.lock:

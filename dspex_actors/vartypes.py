@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, NamedTuple
 
+import msgpack
+
 from dspex_actors.errors import ValidationError
 
 __all__ = [
@@ -500,8 +502,19 @@ _TYPES: dict[str, tuple[frozenset[str], _Define | None, _Build, Convert | None]]
 }
 
 
-_COMPILED: dict[tuple[str, str], tuple[dict[str, Any], Check, Convert | None]] = {}
+_COMPILED: dict[tuple[str, bytes], tuple[dict[str, Any], Check, Convert | None]] = {}
 _COMPILED_MAX = 4096
+
+
+def _cache_key(type_name: Any, constraints: Any) -> tuple[str, bytes] | None:
+    """The definition's identity: its msgpack encoding, so only plain data is cached
+    (a repr could make two different objects look alike)."""
+    if type(type_name) is not str or not (constraints is None or type(constraints) is dict):
+        return None
+    try:
+        return type_name, msgpack.packb(constraints)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def compile_type(variable: str, type_name: Any, constraints: Any) -> Validator:
@@ -512,12 +525,8 @@ def compile_type(variable: str, type_name: Any, constraints: Any) -> Validator:
     A definition seen before (same type, same constraints) reuses its compiled
     check, so importing thousands of alike variables costs one compile.
     """
-    key = (
-        (type_name, repr(constraints))
-        if type(constraints) is dict or constraints is None
-        else None
-    )
-    compiled = _COMPILED.get(key) if key is not None and type(type_name) is str else None
+    key = _cache_key(type_name, constraints)
+    compiled = _COMPILED.get(key) if key is not None else None
     if compiled is None:
         compiled = _compile(variable, type_name, constraints)
         if key is not None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.servers import _all_cores, echo_server, echo_stub, session_store
+from benchmarks.servers import echo_server, echo_stub, session_store
 from benchmarks.timing import measure, table, target
 from dspex_actors.bridge import BridgedState
 from dspex_actors.supervision import Supervisor
@@ -48,7 +48,6 @@ def _throughput(mode: str, address: str, session_id: str, clients: int, count: i
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            preexec_fn=_all_cores,  # noqa: PLW1509 - no threads run yet in the child
         )
         for _ in range(clients)
     ]

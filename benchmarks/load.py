@@ -10,11 +10,12 @@ import sys
 
 import grpc
 
-from benchmarks.servers import echo_stub
+from benchmarks.servers import all_cores, echo_stub
 from dspex_actors.bridge import BridgedState
 
 
 def main(mode: str, address: str, session_id: str, count: int) -> None:
+    all_cores()
     if mode == "echo":
         channel = grpc.insecure_channel(address)
         echo = echo_stub(channel)

@@ -1,8 +1,12 @@
 """Servers the bridge benchmarks talk to, each in its own process.
 
 ``python -m benchmarks.servers echo`` runs the baseline: a bare grpcio unary echo of
-raw bytes (no protobuf, no actor), with the same transport, executor size and
-message limits as the SessionStore, so the ratio isolates what dspex_actors adds.
+raw bytes (no protobuf, no actor), with the same transport and executor size as
+the SessionStore, so the ratio isolates what dspex_actors adds.
+``python -m benchmarks.servers store`` runs ``python -m dspex_actors serve`` the
+same way. Both undo the benchmark's one-core pin first (they serve many callers);
+they do it themselves because a ``preexec_fn`` would run Python in a forked copy
+of a process whose gRPC threads are live.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ ECHO_METHOD = "/bench.Echo/Echo"
 _LISTENING = re.compile(r"listening on (\S+)")
 
 
-def _all_cores() -> None:
+def all_cores() -> None:
     """Undo the benchmark's one-core pin in server processes (they serve many callers)."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
@@ -31,12 +35,7 @@ class ServerProcess:
     """A server in a child process; the address is read from its first line."""
 
     def __init__(self, argv: list[str]) -> None:
-        self.process = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=_all_cores,  # noqa: PLW1509 - no threads run yet in the child
-        )
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         match = _LISTENING.search(line)
@@ -89,5 +88,11 @@ def _run_echo() -> None:
     executor.shutdown()
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["echo"]:
-    _run_echo()
+if __name__ == "__main__":
+    all_cores()
+    if sys.argv[1:] == ["echo"]:
+        _run_echo()
+    elif sys.argv[1:] == ["store"]:
+        from dspex_actors.__main__ import main
+
+        sys.exit(main(["serve", "--listen", "127.0.0.1:0", "--log-level", "WARNING"]))

@@ -117,6 +117,15 @@ class PartialFailure(StateError):
         super().__init__(message, **details)
         self.errors: dict[str, StateError] = dict(errors or {})
 
+    @classmethod
+    def for_batch(cls, errors: Mapping[str, StateError], total: int) -> PartialFailure:
+        """The failure of a batch of ``total`` entries, naming each failing one."""
+        return cls(
+            f"{len(errors)} of {total} updates failed, none applied: "
+            + "; ".join(f"{k}: {e}" for k, e in errors.items()),
+            errors=errors,
+        )
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_partial, (type(self), self.message, self.errors, self.details))
 

@@ -48,7 +48,15 @@ from dspex_actors.errors import (
 )
 from dspex_actors.vartypes import Validator, check_metadata, describe_value, plain_copy
 
-__all__ = ["CLOSED", "Record", "SessionActor", "SessionTable", "export_digest", "new_session_id"]
+__all__ = [
+    "CLOSED",
+    "Record",
+    "SessionActor",
+    "SessionTable",
+    "export_digest",
+    "new_session_id",
+    "variable_not_found",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +84,14 @@ RECORD_KEYS = (
 
 
 _RECORD_KEY_SET = frozenset(RECORD_KEYS)
+
+
+def variable_not_found(identifier: Any, session_id: str) -> VariableNotFound:
+    """The error for an identifier that names no variable (every backend's wording)."""
+    return VariableNotFound(
+        f"variable {identifier!r} not found in session {session_id!r}",
+        variable=identifier if isinstance(identifier, str) else describe_value(identifier),
+    )
 
 
 def new_session_id() -> str:
@@ -175,10 +191,7 @@ class SessionTable:
 
     def missing(self, identifier: Any) -> VariableNotFound:
         """The error for an identifier that names no variable."""
-        return VariableNotFound(
-            f"variable {identifier!r} not found in session {self.session_id!r}",
-            variable=identifier if isinstance(identifier, str) else describe_value(identifier),
-        )
+        return variable_not_found(identifier, self.session_id)
 
     def values(self, identifiers: Iterable[str]) -> dict[str, Any]:
         """Values of the identifiers present, keyed as given."""
@@ -442,11 +455,7 @@ class SessionActor(pykka.ThreadingActor):
             except StateError as exc:
                 errors["<metadata>"] = exc
         if errors:
-            raise PartialFailure(
-                f"{len(errors)} of {len(updates)} updates failed, none applied: "
-                + "; ".join(f"{k}: {e}" for k, e in errors.items()),
-                errors=errors,
-            )
+            raise PartialFailure.for_batch(errors, len(updates))
         now = time.time()
         self._publish([self._next(record, value, meta, now) for record, value in staged.values()])
 

@@ -36,9 +36,9 @@ from dspex_actors.errors import (
     SessionClosed,
     StateError,
     ValidationError,
-    VariableNotFound,
 )
 from dspex_actors.provider import StateProvider
+from dspex_actors.session import variable_not_found
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 
@@ -190,11 +190,11 @@ class BridgedState(StateProvider):
 
     def get_variable(self, identifier: str) -> Any:
         if not isinstance(identifier, str):
-            raise _not_found(identifier, self.session_id)
+            raise variable_not_found(identifier, self.session_id)
         try:
             request = pb.GetVariableRequest(session_id=self.session_id, identifier=identifier)
         except UnicodeEncodeError:  # not UTF-8 (a lone surrogate): no name can be that
-            raise _not_found(identifier, self.session_id) from None
+            raise variable_not_found(identifier, self.session_id) from None
         response = self._call(self._stub.GetVariable, request)
         return self._unpack(response.value, "value")
 
@@ -276,7 +276,7 @@ class BridgedState(StateProvider):
         expected_version: int | None = None,
     ) -> int:
         if not isinstance(identifier, str):
-            raise _not_found(identifier, self.session_id)
+            raise variable_not_found(identifier, self.session_id)
         expected = vartypes.check_expected_version(identifier, expected_version)
         try:
             value = codec.pack(new_value)
@@ -292,7 +292,7 @@ class BridgedState(StateProvider):
                 expected_version=expected,
             )
         except UnicodeEncodeError:  # the identifier is not UTF-8: no name can be that
-            raise _not_found(identifier, self.session_id) from None
+            raise variable_not_found(identifier, self.session_id) from None
         response = self._call(self._stub.SetVariable, request)
         return int(response.version)
 
@@ -337,7 +337,7 @@ class BridgedState(StateProvider):
         errors: dict[str, StateError] = {}
         for key, value in batch.items():
             if not isinstance(key, str) or not vartypes.utf8_encodable(key):
-                errors[str(key)] = _not_found(key, self.session_id)
+                errors[str(key)] = variable_not_found(key, self.session_id)
                 continue
             try:
                 codec.pack(value)
@@ -348,23 +348,18 @@ class BridgedState(StateProvider):
         except StateError as exc:
             errors["<metadata>"] = exc
         if errors:
-            # The session actor's wording (session.SessionActor._update).
-            return PartialFailure(
-                f"{len(errors)} of {len(batch)} updates failed, none applied: "
-                + "; ".join(f"{k}: {e}" for k, e in errors.items()),
-                errors=errors,
-            )
+            return PartialFailure.for_batch(errors, len(batch))
         if isinstance(cause, StateError):
             return cause
         return _unencodable("<batch>", "updates", batch, cause)
 
     def delete_variable(self, identifier: str) -> None:
         if not isinstance(identifier, str):
-            raise _not_found(identifier, self.session_id)
+            raise variable_not_found(identifier, self.session_id)
         try:
             request = pb.DeleteVariableRequest(session_id=self.session_id, identifier=identifier)
         except UnicodeEncodeError:  # not UTF-8: no name can be that
-            raise _not_found(identifier, self.session_id) from None
+            raise variable_not_found(identifier, self.session_id) from None
         self._call(self._stub.DeleteVariable, request)
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
@@ -464,14 +459,6 @@ class BridgedState(StateProvider):
         role = "owner" if self.owner else "attached"
         state = "closed" if self._closed else role
         return f"<BridgedState {self.session_id} at {self.address} ({state})>"
-
-
-def _not_found(identifier: Any, session_id: str) -> VariableNotFound:
-    """What the session actor says for an identifier that names no variable."""
-    named = identifier if isinstance(identifier, str) else vartypes.describe_value(identifier)
-    return VariableNotFound(
-        f"variable {identifier!r} not found in session {session_id!r}", variable=named
-    )
 
 
 def _unencodable(

@@ -4,7 +4,9 @@ Every method is one unary RPC with a deadline (``timeout``, default 5 s); a serv
 that is unreachable, dead or too slow raises ``BridgeUnavailable`` within it, never
 hangs. Every ``grpc.RpcError`` is translated at one place (:meth:`BridgedState._call`)
 into the ``dspex_actors.errors`` class the server raised, with its message and
-attributes, so callers cannot tell a bridged error from a local one.
+attributes, so callers handle bridged and local errors alike. gRPC caps trailers at
+8 KiB, so a very long message is cut and an attribute over 256 bytes (a rejected
+embedding's ``.value``, say) arrives as its shortened repr.
 
 Connections: each handle has its own channel, closed by :meth:`BridgedState.cleanup`,
 so handles have independent lifetimes. Channels to the same target with the same

@@ -142,6 +142,11 @@ class LocalState(StateProvider):
         return self._ref
 
     @property
+    def variable_count(self) -> int:
+        """How many variables the session holds (read from its table, no round trip)."""
+        return len(self._table.by_id)
+
+    @property
     def alive(self) -> bool:
         """Whether the session actor is running and the handle is open."""
         return self._table.seq != CLOSED and self._ref.is_alive()

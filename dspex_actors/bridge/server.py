@@ -99,7 +99,6 @@ class _Session:
     opened: float  # the server's clock at created_at
     last_active: float  # the server's clock
     metadata: bytes
-    variable_count: int = 0
     crashes: deque[float] = field(default_factory=deque)  # the server's clock, recent first
     # Serializes the calls that change the variable count (register, delete, import)
     # so the count and its limit stay exact; get/set never take it.
@@ -190,9 +189,10 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
 
     def _check_room(self, entry: _Session, adding: int) -> None:
         limit = self._limits.max_variables_per_session
-        if entry.variable_count + adding > limit:
+        held = entry.state.variable_count
+        if held + adding > limit:
             raise LimitExceeded(
-                f"session {entry.state.session_id!r} holds {entry.variable_count} variables; "
+                f"session {entry.state.session_id!r} holds {held} variables; "
                 f"adding {adding} would pass the limit of {limit}",
                 limit="max_variables_per_session",
             )
@@ -345,7 +345,7 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         entry.last_active = self._clock()
         return pb.SessionInfo(
             session_id=request.session_id,
-            variable_count=entry.variable_count,
+            variable_count=entry.state.variable_count,
             created_at=entry.created_at,
             last_active_at=last_active_at,
             ttl_seconds=self._ttl,
@@ -381,7 +381,6 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
                 metadata=metadata,
                 description=description,
             )
-            entry.variable_count += 1
         return pb.RegisterVariableResponse(var_id=var_id)
 
     @_rpc
@@ -461,7 +460,6 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         entry = self._session(request.session_id)
         with entry.lock:
             entry.state.delete_variable(request.identifier)
-            entry.variable_count -= 1
         return pb.DeleteVariableResponse()
 
     @_rpc
@@ -483,7 +481,6 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         with entry.lock:
             self._check_room(entry, count)
             entry.state.import_state(exported)  # validates everything, then applies
-            entry.variable_count += count
             digest = entry.state.digest() if request.want_digest else b""
         return pb.ImportSessionResponse(count=count, digest=digest)
 

@@ -30,6 +30,7 @@ from dspex_actors.session import (
     SessionTable,
     new_session_id,
 )
+from dspex_actors.vartypes import plain_copy
 
 __all__ = ["LocalState", "ask_actor"]
 
@@ -145,6 +146,11 @@ class LocalState(StateProvider):
     def variable_count(self) -> int:
         """How many variables the session holds (read from its table, no round trip)."""
         return len(self._table.by_id)
+
+    @property
+    def session_metadata(self) -> dict[str, Any]:
+        """A copy of the session's own metadata (set by imports)."""
+        return dict(plain_copy(self._table.metadata))
 
     @property
     def alive(self) -> bool:

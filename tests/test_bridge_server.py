@@ -521,3 +521,21 @@ def test_graceful_stop_lets_calls_in_flight_finish() -> None:
     assert results["value"] == 41  # its session was not closed under it
     assert server.wait_for_termination(0)
     state.cleanup()
+
+
+def test_session_metadata_has_one_home(channel: grpc.Channel) -> None:
+    stub = pb_grpc.SessionStoreStub(channel)
+    opened = stub.OpenSession(
+        pb.OpenSessionRequest(
+            session_id="meta", create_if_missing=True, metadata=codec.pack({"owner": "ci"})
+        ),
+        timeout=5,
+    )
+    assert opened.created
+    try:
+        info = stub.GetSession(pb.GetSessionRequest(session_id="meta"), timeout=5)
+        exported = stub.ExportSession(pb.ExportSessionRequest(session_id="meta"), timeout=5)
+        assert codec.unpack(info.metadata, max_bytes=1 << 20) == {"owner": "ci"}
+        assert codec.unpack(exported.state, max_bytes=1 << 20)["metadata"] == {"owner": "ci"}
+    finally:
+        stub.CloseSession(pb.CloseSessionRequest(session_id="meta"), timeout=5)

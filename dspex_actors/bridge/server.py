@@ -98,7 +98,6 @@ class _Session:
     created_at: float  # epoch seconds
     opened: float  # the server's clock at created_at
     last_active: float  # the server's clock
-    metadata: bytes
     crashes: deque[float] = field(default_factory=deque)  # the server's clock, recent first
     # Serializes the calls that change the variable count (register, delete, import)
     # so the count and its limit stay exact; get/set never take it.
@@ -308,14 +307,17 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
                     f"cannot open {session_id!r}",
                     limit="max_sessions",
                 )
-            state = LocalState.init(session_id=session_id, on_exit=self._actor_exited)
+            # The session's metadata lives in its table (one store: GetSession and
+            # ExportSession report the same), set by importing an empty export.
+            opening = {"session_id": session_id, "variables": {}, "variable_index": {}}
+            state = LocalState.init(
+                session_id=session_id,
+                existing_state={**opening, "metadata": metadata or {}},
+                on_exit=self._actor_exited,
+            )
             now = self._clock()
             self._sessions[session_id] = _Session(
-                state=state,
-                created_at=time.time(),
-                opened=now,
-                last_active=now,
-                metadata=codec.pack_map(metadata),
+                state=state, created_at=time.time(), opened=now, last_active=now
             )
         logger.debug("session %s opened", session_id)
         return pb.OpenSessionResponse(session_id=session_id, created=True)
@@ -349,7 +351,7 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
             created_at=entry.created_at,
             last_active_at=last_active_at,
             ttl_seconds=self._ttl,
-            metadata=entry.metadata,
+            metadata=codec.pack_map(entry.state.session_metadata),
         )
 
     @_rpc

@@ -812,3 +812,35 @@ def test_digest_matches_the_digest_of_an_export() -> None:
         assert state.digest() != before
     finally:
         state.cleanup()
+
+
+def test_without_the_gil_every_read_takes_the_actor_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What a free-threaded interpreter gets: the sequence number starts odd and each
+    # write adds 2, so it never looks stable and readers always ask the actor.
+    from dspex_actors import session
+
+    monkeypatch.setattr(session, "LOCK_FREE_READS", False)
+    monkeypatch.setattr(session, "_SEQ_STEP", 2)
+    state = LocalState.init()
+    asked: list[str] = []
+    real_call = LocalState._call
+
+    def spy(self: LocalState, *message: Any) -> Any:
+        asked.append(message[0])
+        return real_call(self, *message)
+
+    monkeypatch.setattr(LocalState, "_call", spy)
+    try:
+        state.register_variable("x", "integer", 1)
+        state.set_variable("x", 2)
+        state.update_variables({"x": 3})
+        assert state._table.seq & 1
+        assert state.get_variable("x") == 3
+        assert state.get_variables(["x"]) == {"x": 3}
+        assert [r["value"] for r in state.list_variables()] == [3]
+        assert state.export_state()["variables"]
+        assert {"get", "get_many", "list", "export"} <= set(asked)
+    finally:
+        state.cleanup()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import pykka
 
@@ -35,6 +35,8 @@ from dspex_actors.vartypes import plain_copy
 __all__ = ["LocalState", "ask_actor"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a call waits for the session actor before giving up (it never hangs)."""
@@ -211,43 +213,29 @@ class LocalState(StateProvider):
         thaw = record.validator.thaw
         return record.value if thaw is None else thaw(record.value)
 
+    def _read(self, read: Callable[[], _T], *message: Any) -> _T:
+        """``read()`` from the table if no write overlapped it, else ask (``message``)."""
+        table = self._table
+        seq = table.seq
+        if not seq & 1:
+            result = read()
+            if table.seq == seq:
+                return result
+        return self._call(*message)  # type: ignore[no-any-return]
+
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
         identifiers = list(identifiers)
-        table = self._table
-        seq = table.seq
-        if not seq & 1:
-            values = table.values(identifiers)
-            if table.seq == seq:
-                return values
-        return dict(self._call("get_many", identifiers))
+        return self._read(lambda: self._table.values(identifiers), "get_many", identifiers)
 
     def list_variables(self) -> list[dict[str, Any]]:
-        table = self._table
-        seq = table.seq
-        if not seq & 1:
-            records = list(table.by_id.values())
-            if table.seq == seq:
-                return [record.to_dict() for record in records]
-        return list(self._call("list"))
+        return self._read(self._table.listing, "list")
 
     def export_state(self) -> dict[str, Any]:
-        table = self._table
-        seq = table.seq
-        if not seq & 1:
-            exported = table.export()
-            if table.seq == seq:
-                return exported
-        return dict(self._call("export"))
+        return self._read(self._table.export, "export")
 
     def digest(self) -> bytes:
         """``session.export_digest`` of the variables, without building an export."""
-        table = self._table
-        seq = table.seq
-        if not seq & 1:
-            digest = table.digest()
-            if table.seq == seq:
-                return digest
-        return bytes(self._call("digest"))
+        return self._read(self._table.digest, "digest")
 
     # -- writes: one actor turn each -----------------------------------------------
 

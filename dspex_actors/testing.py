@@ -45,7 +45,6 @@ rewriting in your ``conftest.py`` before anything imports it::
 from __future__ import annotations
 
 import copy
-import importlib
 import math
 import queue
 import sys
@@ -55,6 +54,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
 
+import msgpack
 import pytest
 
 from dspex_actors.errors import (
@@ -74,10 +74,6 @@ from dspex_actors.provider import (
     is_provider,
     validate_provider,
 )
-
-# msgpack ships no type information; importing it this way keeps mypy quiet without a
-# per-module ignore that would turn stale once stubs exist.
-msgpack = importlib.import_module("msgpack")
 
 __all__ = ["RECORD_KEYS", "StateProviderContract"]
 

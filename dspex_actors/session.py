@@ -388,7 +388,7 @@ class SessionActor(pykka.ThreadingActor):
                 variable=name,
             )
         validator = vartypes.compile_type(name, type_name, constraints)
-        value = validator.check(initial_value)
+        value = validator.check(name, initial_value)
         meta = check_metadata(name, metadata)
         if vartypes.check_description(name, description) is not None:
             meta["description"] = description
@@ -426,7 +426,7 @@ class SessionActor(pykka.ThreadingActor):
                 expected=expected_version,
                 actual=record.version,
             )
-        value = record.validator.check(new_value)
+        value = record.validator.check(record.name, new_value)
         meta = check_metadata(record.name, metadata) if metadata is not None else None
         updated = self._next(record, value, meta, time.time())
         self._publish((updated,))
@@ -452,7 +452,7 @@ class SessionActor(pykka.ThreadingActor):
                         value=identifier,
                     )
                 else:
-                    staged[record.id] = (record, record.validator.check(new_value))
+                    staged[record.id] = (record, record.validator.check(record.name, new_value))
             except StateError as exc:
                 errors[str(identifier)] = exc
         if metadata is not None:
@@ -583,6 +583,6 @@ def _record_from_raw(var_id: Any, raw: Any) -> Record:
     created = _timestamp(name, raw, "created_at")
     updated = _timestamp(name, raw, "last_updated_at")
     validator = vartypes.compile_type(name, raw["type"], raw["constraints"])
-    value = validator.check(raw["value"])
+    value = validator.check(name, raw["value"])
     meta = check_metadata(name, raw["metadata"])
     return Record(var_id, name, value, version, meta, created, updated, validator)

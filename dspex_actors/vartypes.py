@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any, NamedTuple
 
 import msgpack
@@ -80,15 +79,17 @@ Check = Callable[[str, Any], Any]
 
 
 class Validator(NamedTuple):
-    """A variable's compiled type: ``check(value)`` returns the frozen value or raises.
+    """A compiled type: ``check(variable, value)`` returns the frozen value or raises.
 
-    ``constraints`` is shared with other variables of the same definition: never
-    mutate it (hand out ``plain_copy`` of it).
+    One Validator serves every variable of the same definition (type and
+    constraints), so importing 10,000 alike variables builds one, not 10,000; the
+    variable's name is passed to ``check`` for its error messages. ``constraints``
+    is shared too: never mutate it (hand out ``plain_copy`` of it).
     """
 
     type: str
     constraints: dict[str, Any]
-    check: Convert
+    check: Check
     thaw: Convert | None
 
 
@@ -502,7 +503,7 @@ _TYPES: dict[str, tuple[frozenset[str], _Define | None, _Build, Convert | None]]
 }
 
 
-_COMPILED: dict[tuple[str, bytes], tuple[dict[str, Any], Check, Convert | None]] = {}
+_COMPILED: dict[tuple[str, bytes], Validator] = {}
 _COMPILED_MAX = 4096
 
 
@@ -522,24 +523,21 @@ def compile_type(variable: str, type_name: Any, constraints: Any) -> Validator:
 
     Raises ``ValidationError`` for an unknown type, a constraint key that does not
     belong to the type, or a constraint that makes no sense (min > max, bad regex...).
-    A definition seen before (same type, same constraints) reuses its compiled
-    check, so importing thousands of alike variables costs one compile.
+    A definition seen before (same type, same constraints) returns the same
+    Validator, so importing thousands of alike variables costs one compile.
     """
     key = _cache_key(type_name, constraints)
-    compiled = _COMPILED.get(key) if key is not None else None
-    if compiled is None:
-        compiled = _compile(variable, type_name, constraints)
+    validator = _COMPILED.get(key) if key is not None else None
+    if validator is None:
+        validator = _compile(variable, type_name, constraints)
         if key is not None:
             if len(_COMPILED) >= _COMPILED_MAX:
                 _COMPILED.clear()
-            _COMPILED[key] = compiled
-    c, check, thaw = compiled
-    return Validator(type_name, c, partial(check, variable), thaw)
+            _COMPILED[key] = validator
+    return validator
 
 
-def _compile(
-    variable: str, type_name: Any, constraints: Any
-) -> tuple[dict[str, Any], Check, Convert | None]:
+def _compile(variable: str, type_name: Any, constraints: Any) -> Validator:
     spec = _TYPES.get(type_name) if isinstance(type_name, str) else None
     if spec is None:
         raise _fail(
@@ -566,4 +564,4 @@ def _compile(
         plain_copy(c)  # constraints cross the wire too
     except (TypeError, ValueError) as exc:
         raise _bad_constraint(variable, "constraints", wire_safe(c), str(exc)) from None
-    return c, build(c), thaw
+    return Validator(type_name, c, build(c), thaw)

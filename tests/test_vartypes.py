@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -26,7 +28,10 @@ HUGE = 10**400  # an int no float can hold
 
 
 def compile_ok(type_name: str, constraints: Any = None, variable: str = "var") -> Validator:
-    return compile_type(variable, type_name, constraints)
+    """The definition's Validator with ``variable`` bound, so ``.check(value)`` reads
+    as the session actor's ``check(variable, value)``."""
+    validator = compile_type(variable, type_name, constraints)
+    return validator._replace(check=partial(validator.check, variable))
 
 
 def assert_invalid(
@@ -112,6 +117,25 @@ def test_compile_type_returns_a_validator(type_name: str, constraints: Any) -> N
     assert isinstance(validator.constraints, dict)
     with pytest.raises(AttributeError):
         validator.type = "other"  # type: ignore[misc]
+
+
+def test_alike_definitions_share_one_validator_that_names_each_variable() -> None:
+    first = compile_type("a", "float", {"min": 0, "max": 1})
+    second = compile_type("b", "float", {"min": 0, "max": 1})
+    assert second is first
+    assert compile_type("c", "float", {"min": 0, "max": 2}) is not first
+    assert compile_type("d", "integer", {"min": 0, "max": 1}) is not first
+    assert_invalid(lambda: first.check("b", 1.5), variable="b", rule="max", value=1.5)
+    assert_invalid(lambda: first.check("a", -1.0), variable="a", rule="min", value=-1.0)
+
+
+def test_a_definition_the_cache_cannot_key_still_compiles() -> None:
+    # Only plain dicts are cached (keyed by their msgpack); other mappings compile anew.
+    proxy = MappingProxyType({"min": 0, "max": 1})
+    validator = compile_type("s", "float", proxy)
+    assert validator.check("s", 0.5) == 0.5
+    assert compile_type("t", "float", proxy) is not validator
+    assert_invalid(lambda: validator.check("t", 2.0), variable="t", rule="max", value=2.0)
 
 
 def test_scalar_types_need_no_thaw() -> None:

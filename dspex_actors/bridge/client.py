@@ -506,7 +506,7 @@ def _register_error(
     """
     vartypes.check_name(name)
     validator = vartypes.compile_type(name, type_name, constraints)
-    validator.check(initial_value)
+    validator.check(name, initial_value)
     vartypes.check_description(name, description)
     try:
         codec.pack_map(constraints)

@@ -22,6 +22,7 @@ from typing import Any, Self, TypeVar
 import pykka
 
 from dspex_actors.errors import SessionClosed, StateError
+from dspex_actors.exports import ExportColumns, columns_of
 from dspex_actors.provider import StateProvider
 from dspex_actors.session import (
     CLOSED,
@@ -67,6 +68,7 @@ _FORWARD: dict[str, Callable[..., Any]] = {
     "get_many": lambda p, ids: p.get_variables(ids),
     "list": lambda p: p.list_variables(),
     "export": lambda p: p.export_state(),
+    "columns": lambda p: p.export_columns(),
     "digest": lambda p: p.digest(),
     "register": lambda p, n, t, v, c, m, d: p.register_variable(
         n, t, v, constraints=c, metadata=m, description=d
@@ -74,7 +76,7 @@ _FORWARD: dict[str, Callable[..., Any]] = {
     "set": lambda p, i, v, m, ev: p.set_variable(i, v, m, expected_version=ev),
     "update": lambda p, u, m: p.update_variables(u, m),
     "delete": lambda p, i: p.delete_variable(i),
-    "import": lambda p, e: p.import_state(e),
+    "import": lambda p, columns: p.import_columns(columns),
 }
 """How each actor message is made on a successor backend after a migration."""
 
@@ -274,7 +276,13 @@ class LocalState(StateProvider):
         self._call("delete", identifier)
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
-        self._call("import", exported)
+        self.import_columns(columns_of(exported))  # structure checked in this thread
+
+    def export_columns(self) -> ExportColumns:
+        return self._read(self._table.columns, "columns")
+
+    def import_columns(self, columns: ExportColumns) -> None:
+        self._call("import", columns)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -293,8 +301,8 @@ class LocalState(StateProvider):
 
     # -- migration -------------------------------------------------------------------
 
-    def seal(self) -> dict[str, Any]:
-        """Refuse writes from this actor turn on and return the export (the cut).
+    def seal(self) -> ExportColumns:
+        """Refuse writes from this actor turn on and return the export's columns (the cut).
 
         Writes that meet the seal wait for :meth:`retire` (then go to the successor)
         or :meth:`unseal` (then go to this actor).
@@ -304,7 +312,8 @@ class LocalState(StateProvider):
                 raise StateError(f"session {self.session_id!r} is already being migrated")
             self._migration = threading.Event()
         try:
-            return dict(self._call("seal"))
+            columns: ExportColumns = self._call("seal")
+            return columns
         except BaseException:
             self._end_migration()
             raise

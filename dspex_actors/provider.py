@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from dspex_actors.errors import NotSupported
+from dspex_actors.exports import ExportColumns, columns_of, export_of
 
 __all__ = [
     "CAPABILITY_KEYS",
@@ -148,6 +149,18 @@ class StateProvider(abc.ABC):
         Everything is validated before anything is applied; a bad export raises
         ``InvalidExport`` or ``ValidationError`` and changes nothing.
         """
+
+    def export_columns(self) -> ExportColumns:
+        """The export as :class:`~dspex_actors.exports.ExportColumns` (one list per
+        field): the form migrations and the bridge move. Backends may build it
+        directly; this default converts :meth:`export_state`."""
+        return columns_of(self.export_state())
+
+    def import_columns(self, columns: ExportColumns) -> None:
+        """:meth:`import_state` from columns, with the same checks and the same
+        all-or-nothing rule. Backends may import them directly; this default
+        converts them to an export map."""
+        self.import_state(export_of(columns))
 
     @classmethod
     @abc.abstractmethod

@@ -22,16 +22,15 @@ The table outlives its actor: a supervisor can start a new actor on the same tab
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
-import msgpack
 import pykka
 
 from dspex_actors import vartypes
@@ -46,6 +45,7 @@ from dspex_actors.errors import (
     VariableNotFound,
     VersionConflict,
 )
+from dspex_actors.exports import ExportColumns, columns_digest, first_repeat
 from dspex_actors.vartypes import Validator, check_metadata, describe_value, plain_copy
 
 __all__ = [
@@ -53,8 +53,8 @@ __all__ = [
     "Record",
     "SessionActor",
     "SessionTable",
-    "export_digest",
     "new_session_id",
+    "records_from_columns",
     "variable_not_found",
 ]
 
@@ -70,21 +70,6 @@ free-threaded interpreter a table's sequence number starts odd and stays odd
 
 _SEQ_STEP = 1 if LOCK_FREE_READS else 2
 
-RECORD_KEYS = (
-    "id",
-    "name",
-    "type",
-    "value",
-    "constraints",
-    "metadata",
-    "version",
-    "created_at",
-    "last_updated_at",
-)
-
-
-_RECORD_KEY_SET = frozenset(RECORD_KEYS)
-
 
 def variable_not_found(identifier: Any, session_id: str) -> VariableNotFound:
     """The error for an identifier that names no variable (every backend's wording)."""
@@ -97,31 +82,6 @@ def variable_not_found(identifier: Any, session_id: str) -> VariableNotFound:
 def new_session_id() -> str:
     """An unguessable session id (122 random bits)."""
     return f"sess_{uuid.uuid4().hex}"
-
-
-_DIGEST_KEYS = (
-    "id",
-    "name",
-    "type",
-    "value",
-    "version",
-    "constraints",
-    "metadata",
-    "created_at",
-    "last_updated_at",
-)
-"""Field order of a digest row (SessionTable.digest builds the same rows from records)."""
-
-
-def export_digest(variables: Mapping[str, Mapping[str, Any]]) -> bytes:
-    """SHA-256 of an export's variables (in their order), to verify a copy cheaply.
-
-    Two sessions holding the same ids, names, types, values, versions, constraints,
-    metadata and timestamps give the same digest (values are normalized by their
-    type first, so an int stored in a float variable hashes as the float).
-    """
-    rows = [[r[key] for key in _DIGEST_KEYS] for r in variables.values()]
-    return hashlib.sha256(msgpack.packb(rows)).digest()
 
 
 def _new_var_id() -> str:
@@ -145,18 +105,15 @@ class Record(NamedTuple):
         thaw = self.validator.thaw
         return self.value if thaw is None else thaw(self.value)
 
-    def to_dict(self, copies: bool = True) -> dict[str, Any]:
-        """The record as plain data; a fresh copy the caller may keep unless
-        ``copies`` is False (then constraints and metadata are shared: read only)."""
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain data: a fresh copy the caller may keep."""
         return {
             "id": self.id,
             "name": self.name,
             "type": self.validator.type,
             "value": self.read_value(),
-            "constraints": plain_copy(self.validator.constraints)
-            if copies
-            else self.validator.constraints,
-            "metadata": plain_copy(self.metadata) if copies else self.metadata,
+            "constraints": plain_copy(self.validator.constraints),
+            "metadata": plain_copy(self.metadata),
             "version": self.version,
             "created_at": self.created_at,
             "last_updated_at": self.last_updated_at,
@@ -203,7 +160,7 @@ class SessionTable:
                 out[identifier] = record.read_value()
         return out
 
-    def export(self, copies: bool = True) -> dict[str, Any]:
+    def export(self) -> dict[str, Any]:
         """The whole session as plain data (see StateProvider.export_state).
 
         Takes its snapshot in one step (``list`` of the values runs in C under the
@@ -213,44 +170,48 @@ class SessionTable:
         snapshot = list(self.by_id.values())
         metadata = self.metadata
         with gc_paused(len(snapshot) >= BULK_ITEMS):
-            records = [record.to_dict(copies) for record in snapshot]
+            records = [record.to_dict() for record in snapshot]
         return {
             "session_id": self.session_id,
             "variables": {r["id"]: r for r in records},
             "variable_index": {r["name"]: r["id"] for r in records},
-            "metadata": plain_copy(metadata) if copies else metadata,
+            "metadata": plain_copy(metadata),
         }
 
     def listing(self) -> list[dict[str, Any]]:
         """Every record as plain data, in creation order (snapshotted in one step)."""
         return [record.to_dict() for record in list(self.by_id.values())]
 
+    def columns(self) -> ExportColumns:
+        """The variables as :class:`ExportColumns`, in creation order, without a dict
+        per variable. Values are fresh copies; constraints and metadata are the
+        records' own (read-only), since columns are made to be packed or hashed."""
+        records = list(self.by_id.values())
+        validators = [r.validator for r in records]
+        keys = list(map(id, validators))
+        slots = {key: slot for slot, key in enumerate(dict.fromkeys(keys))}
+        chosen = dict(zip(keys, validators, strict=True))
+        return ExportColumns(
+            self.session_id,
+            self.metadata,
+            [r.id for r in records],
+            [r.name for r in records],
+            [(chosen[key].type, chosen[key].constraints) for key in slots],
+            list(map(slots.__getitem__, keys)),
+            [r.read_value() for r in records],
+            [r.version for r in records],
+            [r.created_at for r in records],
+            [r.last_updated_at for r in records],
+            [r.metadata for r in records],
+        )
+
     def digest(self) -> bytes:
-        """:func:`export_digest` of the current variables, built from the records.
-
-        The rows repeat ``_DIGEST_KEYS`` field by field rather than going through
-        ``to_dict``: that detour made a 1,000-variable switch slower. A test pins
-        the two digests equal.
-        """
-        rows = [
-            [
-                r.id,
-                r.name,
-                r.validator.type,
-                r.read_value(),
-                r.version,
-                r.validator.constraints,
-                r.metadata,
-                r.created_at,
-                r.last_updated_at,
-            ]
-            for r in list(self.by_id.values())
-        ]
-        return hashlib.sha256(msgpack.packb(rows)).digest()
+        """:func:`~dspex_actors.exports.columns_digest` of the current variables."""
+        return columns_digest(self.columns())
 
 
-def _new_record(fields: tuple[Any, ...]) -> Record:
-    return tuple.__new__(Record, fields)
+_new_record: Callable[[tuple[Any, ...]], Record] = partial(tuple.__new__, Record)
+"""A Record from a tuple of its fields, built in C (``_make`` is several times slower)."""
 
 
 WRITE_OPERATIONS = frozenset({"register", "set", "update", "delete", "import"})
@@ -303,6 +264,7 @@ class SessionActor(pykka.ThreadingActor):
             "get_many": self._get_many,
             "list": self.table.listing,
             "export": self.table.export,
+            "columns": self.table.columns,
             "digest": self.table.digest,
             "seal": self._seal,
             "unseal": self._unseal,
@@ -469,24 +431,23 @@ class SessionActor(pykka.ThreadingActor):
         record = self.table.lookup(identifier)
         self._publish((), removed=(record,))
 
-    def _import(self, exported: Any) -> int:
-        """Validate a whole export, then publish it in one window; returns the count."""
-        variables = exported.get("variables") if isinstance(exported, Mapping) else None
-        with gc_paused(isinstance(variables, Mapping) and len(variables) >= BULK_ITEMS):
-            records = _records_from_export(exported, self.table)
-        session_meta = check_metadata("<session>", exported.get("metadata"))
+    def _import(self, columns: ExportColumns) -> int:
+        """Check a whole export, then publish it in one window; returns the count."""
+        with gc_paused(columns.variable_count >= BULK_ITEMS):
+            records = records_from_columns(columns, self.table)
+        session_meta = check_metadata("<session>", columns.metadata)
         self._publish(records, metadata={**self.table.metadata, **session_meta})
         return len(records)
 
-    def _seal(self) -> dict[str, Any]:
-        """Refuse writes from now on and return the export: a migration's exact cut."""
+    def _seal(self) -> ExportColumns:
+        """Refuse writes from now on and return the export's columns: a migration's
+        exact cut."""
         session_id = self.table.session_id
         self._refused = WRITE_OPERATIONS
         self._refusal = lambda: SessionClosed(
             f"session {session_id!r} is being migrated", session_id=session_id, migrating=True
         )
-        # Without copies: the export only travels to the migration, which packs it.
-        return self.table.export(copies=False)
+        return self.table.columns()
 
     def _unseal(self) -> None:
         """Accept writes again (a migration failed)."""
@@ -506,83 +467,113 @@ class SessionActor(pykka.ThreadingActor):
         raise RuntimeError(reason)
 
 
-def _records_from_export(exported: Any, table: SessionTable) -> list[Record]:
-    """Rebuild records from an export, checking everything; raise before any change."""
-    if not isinstance(exported, Mapping):
-        raise InvalidExport(f"an export must be a mapping, got {type(exported).__name__}")
-    missing = [k for k in ("session_id", "variables", "variable_index") if k not in exported]
-    if missing:
-        raise InvalidExport(f"export is missing {', '.join(missing)}")
-    if not isinstance(exported["session_id"], str):
-        raise InvalidExport(
-            f"export session_id must be a string, got {describe_value(exported['session_id'])}"
+_COLUMNS = (
+    "names",
+    "definition",
+    "values",
+    "versions",
+    "created_at",
+    "last_updated_at",
+    "variable_metadata",
+)
+
+
+def records_from_columns(columns: ExportColumns, table: SessionTable) -> list[Record]:
+    """Records for every variable of an export, all checked before any is built.
+
+    Raises ``InvalidExport`` for a malformed export, ``ValidationError`` for a bad
+    name, definition or value, and ``VariableExists`` for a clash with ``table``.
+    Each rule runs over a whole column; only when it fails does a per-variable scan
+    find the first offender to name. Each definition is compiled once, for the
+    first variable that uses it.
+    """
+    ids, names, slots = columns.ids, columns.names, columns.definition
+    count = len(ids)
+    uneven = {c: len(getattr(columns, c)) for c in _COLUMNS if len(getattr(columns, c)) != count}
+    if uneven:
+        raise InvalidExport(f"export has {count} variable ids but column lengths {uneven}")
+    if not all(type(var_id) is str and var_id for var_id in ids):
+        bad = next(i for i in ids if type(i) is not str or not i)
+        raise InvalidExport(f"export variable id {describe_value(bad)} is not a string")
+    vartypes.check_names(names)
+    _check_unique(ids, names, table)
+    versions = columns.versions
+    if not all(type(v) is int for v in versions) or (versions and min(versions) < 0):
+        name, bad = next(
+            (n, v) for n, v in zip(names, versions, strict=True) if type(v) is not int or v < 0
         )
-    variables = exported["variables"]
-    index = exported["variable_index"]
-    if not isinstance(variables, Mapping) or not isinstance(index, Mapping):
-        raise InvalidExport("export 'variables' and 'variable_index' must be mappings")
-    metadata = exported.get("metadata")
-    if metadata is not None and not isinstance(metadata, Mapping):
-        raise InvalidExport("export 'metadata' must be a mapping")
-    records: list[Record] = []
-    names: dict[str, str] = {}
-    for var_id, raw in variables.items():
-        record = _record_from_raw(var_id, raw)
-        if record.name in names:
-            raise InvalidExport(f"export names variable {record.name!r} twice")
-        names[record.name] = record.id
-        records.append(record)
-    if dict(index) != names:
         raise InvalidExport(
-            "export variable_index does not match its variables: "
-            f"index {describe_value(dict(index))}, variables name {describe_value(names)}"
+            f"export variable {name!r}: version {describe_value(bad)} "
+            "is not a non-negative integer"
         )
-    keys = set(names) | set(names.values())
-    if len(keys) != 2 * len(names):
+    created = _timestamps(names, columns.created_at, "created_at")
+    updated = _timestamps(names, columns.last_updated_at, "last_updated_at")
+    definitions = columns.definitions
+    if slots and (
+        not all(type(s) is int for s in slots) or min(slots) < 0 or max(slots) >= len(definitions)
+    ):
+        name, bad = next(
+            (n, s)
+            for n, s in zip(names, slots, strict=True)
+            if type(s) is not int or not 0 <= s < len(definitions)
+        )
+        raise InvalidExport(
+            f"export variable {name!r}: definition {describe_value(bad)} is not one of "
+            f"the {len(definitions)} the export lists"
+        )
+    first_user = dict(zip(reversed(slots), range(count - 1, -1, -1), strict=True))
+    compiled = {
+        slot: vartypes.compile_type(names[first_user[slot]], *definitions[slot])
+        for slot in sorted(first_user, key=first_user.__getitem__)
+    }
+    validators = list(map(compiled.__getitem__, slots))
+    values = [
+        v.check(name, value)
+        for v, name, value in zip(validators, names, columns.values, strict=True)
+    ]
+    metadata = [
+        check_metadata(name, meta)
+        for name, meta in zip(names, columns.variable_metadata, strict=True)
+    ]
+    return list(
+        map(
+            _new_record,
+            zip(ids, names, values, versions, metadata, created, updated, validators, strict=True),
+        )
+    )
+
+
+def _check_unique(ids: list[str], names: list[str], table: SessionTable) -> None:
+    """Ids and names each once, never one as the other, and new to ``table``."""
+    distinct_ids, distinct_names = set(ids), set(names)
+    for kind, listed, distinct in (("id", ids, distinct_ids), ("name", names, distinct_names)):
+        if len(distinct) != len(listed):
+            raise InvalidExport(f"export lists variable {kind} {first_repeat(listed)!r} twice")
+    if not distinct_ids.isdisjoint(distinct_names):
         raise InvalidExport("export uses a variable id that is also a variable name")
-    for key in keys & set(table.index):
+    held = table.index.keys()
+    for key in (held & distinct_names) or (held & distinct_ids):
         existing = table.index[key]
         raise VariableExists(
             f"variable {key!r} already exists in session {table.session_id!r} "
             f"(as {'name' if existing.name == key else 'id'} of {existing.name!r})",
             variable=key,
         )
-    return records
 
 
-def _timestamp(name: str, raw: Mapping[str, Any], key: str) -> float:
-    stamp = raw[key]
-    if type(stamp) is float:
-        return stamp
-    if isinstance(stamp, int | float) and not isinstance(stamp, bool):
-        return float(stamp)
-    raise InvalidExport(f"export variable {name!r}: {key} {describe_value(stamp)} is not a number")
-
-
-def _record_from_raw(var_id: Any, raw: Any) -> Record:
-    # Type checks are exact-type first: an import of 10,000 variables runs this
-    # 10,000 times, and abc isinstance checks dominated it.
-    if type(var_id) is not str or not var_id:
-        raise InvalidExport(f"export variable id {describe_value(var_id)} is not a string")
-    if type(raw) is not dict and not isinstance(raw, Mapping):
-        raise InvalidExport(f"export variable {var_id!r} is not a mapping")
-    if not raw.keys() >= _RECORD_KEY_SET:
-        missing = [k for k in RECORD_KEYS if k not in raw]
-        raise InvalidExport(f"export variable {var_id!r} is missing {', '.join(missing)}")
-    if raw["id"] != var_id:
+def _timestamps(names: list[str], stamps: list[Any], key: str) -> list[float]:
+    """The column as floats (ints are converted); ``InvalidExport`` names a non-number."""
+    if all(type(stamp) is float for stamp in stamps):
+        return stamps
+    out = []
+    for name, stamp in zip(names, stamps, strict=True):
+        if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+            try:
+                out.append(float(stamp))
+                continue
+            except OverflowError:
+                pass
         raise InvalidExport(
-            f"export variable {var_id!r} carries a different id {describe_value(raw['id'])}"
+            f"export variable {name!r}: {key} {describe_value(stamp)} is not a number"
         )
-    name = vartypes.check_name(raw["name"])
-    version = raw["version"]
-    if type(version) is not int or version < 0:
-        raise InvalidExport(
-            f"export variable {name!r}: version {describe_value(version)} "
-            "is not a non-negative integer"
-        )
-    created = _timestamp(name, raw, "created_at")
-    updated = _timestamp(name, raw, "last_updated_at")
-    validator = vartypes.compile_type(name, raw["type"], raw["constraints"])
-    value = validator.check(name, raw["value"])
-    meta = check_metadata(name, raw["metadata"])
-    return Record(var_id, name, value, version, meta, created, updated, validator)
+    return out

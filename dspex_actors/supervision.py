@@ -39,9 +39,10 @@ import pykka
 from dspex_actors.bridge import BridgedState, embedded, serve
 from dspex_actors.bridge.server import SessionStoreServer
 from dspex_actors.errors import SessionClosed, StateError
+from dspex_actors.exports import columns_digest
 from dspex_actors.local import LocalState, ask_actor
 from dspex_actors.provider import StateProvider, validate_provider
-from dspex_actors.session import export_digest, new_session_id
+from dspex_actors.session import new_session_id
 
 __all__ = ["Context", "Supervisor"]
 
@@ -549,18 +550,18 @@ class Context:
         swapped = False
         step = "export"
         try:
-            exported = old.seal() if isinstance(old, LocalState) else old.export_state()
+            columns = old.seal() if isinstance(old, LocalState) else old.export_columns()
             try:
                 step = "import"
                 new = self._supervisor.open_bridged(self.session_id)
                 if not new.owner:
                     # Someone else's session already has this id: never import into it.
                     raise StateError(f"session {self.session_id!r} already exists on the bridge")
-                digest = new.import_with_digest(exported)
+                digest = new.import_with_digest(columns)
                 step = "verify"
                 # The server hashed what it stored: equal digests mean equal ids, names,
                 # types, values, versions, constraints, metadata and timestamps.
-                if digest != export_digest(exported["variables"]):
+                if digest != columns_digest(columns):
                     raise StateError(
                         "verification failed: the bridged copy differs from the export"
                     )
@@ -589,7 +590,7 @@ class Context:
                 old.retire(successor=new)
             else:
                 old.cleanup()
-            self._record_switch(old, new, started, len(exported["variables"]))
+            self._record_switch(old, new, started, columns.variable_count)
 
     def _record_switch(
         self, old: StateProvider, new: StateProvider, started: float, variables: int

@@ -30,6 +30,7 @@ __all__ = [
     "check_description",
     "check_expected_version",
     "check_name",
+    "check_names",
     "compile_type",
     "describe_value",
     "plain_copy",
@@ -115,6 +116,18 @@ def check_name(name: Any) -> str:
             value=wire_safe(name),
         )
     return name
+
+
+def check_names(names: list[Any]) -> None:
+    """:func:`check_name` for many names: one C-speed pass per rule while all are fine."""
+    if (
+        all(type(name) is str for name in names)
+        and (not names or (min(map(len, names)) > 0 and max(map(len, names)) <= _MAX_NAME))
+        and ("".join(names).isascii() or all(map(utf8_encodable, names)))
+    ):
+        return
+    for name in names:
+        check_name(name)
 
 
 def check_expected_version(variable: str, expected: Any) -> int | None:

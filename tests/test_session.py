@@ -24,9 +24,9 @@ from dspex_actors import (
     VariableExists,
     VariableNotFound,
 )
+from dspex_actors.exports import RECORD_KEYS
 from dspex_actors.session import (
     CLOSED,
-    RECORD_KEYS,
     SessionActor,
     SessionTable,
     new_session_id,
@@ -747,8 +747,9 @@ def test_a_write_that_meets_the_seal_lands_once_after_unseal() -> None:
     state = LocalState.init()
     try:
         state.register_variable("x", "integer", 0)
-        exported = state.seal()
-        assert [r["name"] for r in exported["variables"].values()] == ["x"]
+        sealed = state.seal()
+        assert sealed.names == ["x"]
+        assert sealed.values == [0]
         # The actor itself refuses writes from the seal on (the cut is exact).
         refused = state.actor_ref.ask(("set", "x", 9, None, None))
         assert isinstance(refused, SessionClosed)
@@ -769,11 +770,12 @@ def test_a_write_that_meets_the_seal_is_forwarded_after_retire() -> None:
     new = None
     try:
         old.register_variable("x", "integer", 0)
-        exported = old.seal()
+        sealed = old.seal()
         result: list[int] = []
         writer = threading.Thread(target=lambda: result.append(old.set_variable("x", 5)))
         writer.start()
-        new = LocalState.init(session_id="moving", existing_state=exported)
+        new = LocalState.init(session_id="moving")
+        new.import_columns(sealed)
         old.retire(successor=new)
         writer.join(30)
         assert result == [1]
@@ -798,7 +800,7 @@ def test_restart_is_refused_while_sealed() -> None:
 
 
 def test_digest_matches_the_digest_of_an_export() -> None:
-    from dspex_actors.session import export_digest
+    from dspex_actors.exports import export_digest
 
     state = LocalState.init()
     try:
@@ -806,7 +808,7 @@ def test_digest_matches_the_digest_of_an_export() -> None:
         state.register_variable("e", "embedding", [1, 2])
         state.register_variable("m", "tensor", {"shape": [1, 2], "data": [3, 4]})
         state.set_variable("t", 0.5, {"by": "test"})
-        assert state.digest() == export_digest(state.export_state()["variables"])
+        assert state.digest() == export_digest(state.export_state())
         before = state.digest()
         state.set_variable("t", 0.6)
         assert state.digest() != before

@@ -336,7 +336,7 @@ def test_migration_whose_copy_fails_verification_stays_local(
     from dspex_actors import supervision
     from dspex_actors.bridge import BridgedState
 
-    monkeypatch.setattr(supervision, "export_digest", lambda variables: b"not the digest")
+    monkeypatch.setattr(supervision, "columns_digest", lambda columns: b"not the digest")
     with Supervisor.start() as sup:
         ctx = sup.start_context(session_id="unverified")
         ctx.register_variable("x", "integer", 1)

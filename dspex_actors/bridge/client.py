@@ -30,15 +30,16 @@ import grpc
 
 from dspex_actors import vartypes
 from dspex_actors.bridge import codec, embedded
+from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bridge.server import read_pem
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
-    InvalidExport,
     PartialFailure,
     SessionClosed,
     StateError,
     ValidationError,
 )
+from dspex_actors.exports import ExportColumns, columns_of, export_of
 from dspex_actors.provider import StateProvider
 from dspex_actors.session import variable_not_found
 from dspex_actors.v1 import session_store_pb2 as pb
@@ -234,11 +235,17 @@ class BridgedState(StateProvider):
         ]
 
     def export_state(self) -> dict[str, Any]:
+        return export_of(self.export_columns())
+
+    def export_columns(self) -> ExportColumns:
+        """The session's columns, fetched in one RPC (the compact form)."""
         response = self._call(
-            self._stub.ExportSession, pb.ExportSessionRequest(session_id=self.session_id)
+            self._stub.ExportSession,
+            pb.ExportSessionRequest(session_id=self.session_id, columnar=True),
         )
-        exported: dict[str, Any] = self._unpack(response.state, "exported state")
-        return exported
+        if response.WhichOneof("form") != "columns":  # a server that only has maps
+            return columns_of(self._unpack(response.state, "exported state"))
+        return columns_from_message(response.columns, max_bytes=self._max_bytes)
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -366,30 +373,26 @@ class BridgedState(StateProvider):
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
         """Import a whole export in one RPC; all or nothing, checked by the server."""
-        self._import(exported, want_digest=False)
+        self.import_columns(columns_of(exported))
 
-    def import_with_digest(self, exported: Mapping[str, Any]) -> bytes:
-        """Import like :meth:`import_state`; return the server's digest of the session.
+    def import_columns(self, columns: ExportColumns) -> None:
+        self._import(columns, want_digest=False)
 
-        The digest (``session.export_digest``) is computed from what the server
-        stored, so comparing it with the export's own digest verifies the copy
-        without exporting it back.
+    def import_with_digest(self, columns: ExportColumns) -> bytes:
+        """Import like :meth:`import_columns`; return the server's digest of the session.
+
+        The digest is computed from what the server stored, so comparing it with
+        ``exports.columns_digest(columns)`` verifies the copy without exporting it back.
         """
-        return self._import(exported, want_digest=True)
+        return self._import(columns, want_digest=True)
 
-    def _import(self, exported: Mapping[str, Any], *, want_digest: bool) -> bytes:
-        if not isinstance(exported, Mapping):
-            raise InvalidExport(f"an export must be a mapping, got {type(exported).__name__}")
-        variables = exported.get("variables")
-        try:
-            with gc_paused(isinstance(variables, Mapping) and len(variables) >= BULK_ITEMS):
-                payload = codec.pack(dict(exported))
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidExport(f"export is not plain data msgpack can carry: {exc}") from exc
+    def _import(self, columns: ExportColumns, *, want_digest: bool) -> bytes:
+        with gc_paused(columns.variable_count >= BULK_ITEMS):
+            message = columns_to_message(columns)
         response = self._call(
             self._stub.ImportSession,
             pb.ImportSessionRequest(
-                session_id=self.session_id, state=payload, want_digest=want_digest
+                session_id=self.session_id, columns=message, want_digest=want_digest
             ),
         )
         return bytes(response.digest)

@@ -43,6 +43,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dspex_actors.bridge import codec
+from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
     LimitExceeded,
@@ -53,6 +54,7 @@ from dspex_actors.errors import (
     Unauthenticated,
     ValidationError,
 )
+from dspex_actors.exports import columns_of
 from dspex_actors.local import LocalState
 from dspex_actors.session import new_session_id
 from dspex_actors.v1 import session_store_pb2 as pb
@@ -469,6 +471,10 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         self, request: pb.ExportSessionRequest, context: grpc.ServicerContext
     ) -> pb.ExportSessionResponse:
         entry = self._session(request.session_id)
+        if request.columnar:
+            return pb.ExportSessionResponse(
+                columns=columns_to_message(entry.state.export_columns())
+            )
         return pb.ExportSessionResponse(state=codec.pack(entry.state.export_state()))
 
     @_rpc
@@ -476,13 +482,23 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         self, request: pb.ImportSessionRequest, context: grpc.ServicerContext
     ) -> pb.ImportSessionResponse:
         entry = self._session(request.session_id)
-        with gc_paused(len(request.state) >= BULK_ITEMS * 1000):
-            exported = self._batch(request.state, "exported state")
-        variables = exported.get("variables") if isinstance(exported, dict) else None
-        count = len(variables) if isinstance(variables, dict) else 0
+        if request.WhichOneof("form") == "columns":
+            count = len(request.columns.ids)
+            self._check_room(entry, count)  # before decoding; again under the lock
+            with gc_paused(count >= BULK_ITEMS):
+                imported = columns_from_message(
+                    request.columns,
+                    max_bytes=self._limits.max_message_bytes,
+                    max_item_bytes=self._limits.max_value_bytes,
+                )
+        else:
+            with gc_paused(len(request.state) >= BULK_ITEMS * 1000):
+                exported = self._batch(request.state, "exported state")
+            imported = columns_of(exported)
+            count = imported.variable_count
         with entry.lock:
             self._check_room(entry, count)
-            entry.state.import_state(exported)  # validates everything, then applies
+            entry.state.import_columns(imported)  # checks everything, then applies
             digest = entry.state.digest() if request.want_digest else b""
         return pb.ImportSessionResponse(count=count, digest=digest)
 

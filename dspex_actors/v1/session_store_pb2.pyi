@@ -226,26 +226,66 @@ class DeleteVariableResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ExportSessionRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "columnar")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    COLUMNAR_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    columnar: bool
+    def __init__(self, session_id: _Optional[str] = ..., columnar: _Optional[bool] = ...) -> None: ...
 
 class ExportSessionResponse(_message.Message):
-    __slots__ = ("state",)
+    __slots__ = ("state", "columns")
     STATE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     state: bytes
-    def __init__(self, state: _Optional[bytes] = ...) -> None: ...
+    columns: SessionColumns
+    def __init__(self, state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ...) -> None: ...
 
 class ImportSessionRequest(_message.Message):
-    __slots__ = ("session_id", "state", "want_digest")
+    __slots__ = ("session_id", "state", "columns", "want_digest")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     WANT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: bytes
+    columns: SessionColumns
     want_digest: bool
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ..., want_digest: _Optional[bool] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ..., want_digest: _Optional[bool] = ...) -> None: ...
+
+class SessionColumns(_message.Message):
+    __slots__ = ("session_id", "metadata", "ids", "names", "definitions", "definition", "values", "versions", "created_at", "last_updated_at", "variable_metadata")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    DEFINITIONS_FIELD_NUMBER: _ClassVar[int]
+    DEFINITION_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_METADATA_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    metadata: bytes
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    definitions: _containers.RepeatedCompositeFieldContainer[VariableDefinition]
+    definition: _containers.RepeatedScalarFieldContainer[int]
+    values: bytes
+    versions: _containers.RepeatedScalarFieldContainer[int]
+    created_at: _containers.RepeatedScalarFieldContainer[float]
+    last_updated_at: _containers.RepeatedScalarFieldContainer[float]
+    variable_metadata: bytes
+    def __init__(self, session_id: _Optional[str] = ..., metadata: _Optional[bytes] = ..., ids: _Optional[_Iterable[str]] = ..., names: _Optional[_Iterable[str]] = ..., definitions: _Optional[_Iterable[_Union[VariableDefinition, _Mapping]]] = ..., definition: _Optional[_Iterable[int]] = ..., values: _Optional[bytes] = ..., versions: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Iterable[float]] = ..., last_updated_at: _Optional[_Iterable[float]] = ..., variable_metadata: _Optional[bytes] = ...) -> None: ...
+
+class VariableDefinition(_message.Message):
+    __slots__ = ("type", "constraints")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    constraints: bytes
+    def __init__(self, type: _Optional[str] = ..., constraints: _Optional[bytes] = ...) -> None: ...
 
 class ImportSessionResponse(_message.Message):
     __slots__ = ("count", "digest")

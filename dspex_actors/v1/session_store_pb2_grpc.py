@@ -203,8 +203,9 @@ class SessionStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportSession(self, request, context):
-        """The whole session in one message: msgpack of {session_id, variables (id ->
-        record), variable_index (name -> id), metadata}.
+        """The whole session in one message: by default `state`, msgpack of {session_id,
+        variables (id -> record), variable_index (name -> id), metadata}; with
+        `columnar` set, `columns` instead (SessionColumns, a third of the bytes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,9 +213,10 @@ class SessionStoreServicer:
 
     def ImportSession(self, request, context):
         """Add an export's variables in one call, keeping ids, versions, constraints,
-        metadata and timestamps. Everything is checked before anything is applied:
-        INVALID_ARGUMENT (InvalidExport or ValidationError) or ALREADY_EXISTS for a
-        name or id the session already holds, and nothing changes.
+        metadata and timestamps; the export comes as a msgpack map (`state`) or as
+        SessionColumns (`columns`, the fast form). Everything is checked before
+        anything is applied: INVALID_ARGUMENT (InvalidExport or ValidationError) or
+        ALREADY_EXISTS for a name or id the session already holds, and nothing changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,84 @@
+"""SessionColumns on the wire: :class:`~dspex_actors.exports.ExportColumns` to and
+from the proto message that ImportSession and ExportSession carry.
+
+Ids, names, versions and timestamps travel as repeated proto fields (decoded in C);
+values, metadata and constraints as msgpack (an array of all the values, an array of
+all the per-variable metadata maps, one map per definition), decoded within the
+receiver's size limits like every other payload. Decoding checks only the encoding;
+the session actor checks the contents, exactly as for an export map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dspex_actors.bridge import codec
+from dspex_actors.errors import InvalidExport, StateError
+from dspex_actors.exports import ExportColumns
+from dspex_actors.session import SessionTable, records_from_columns
+from dspex_actors.v1 import session_store_pb2 as pb
+
+__all__ = ["columns_from_message", "columns_to_message"]
+
+
+def columns_to_message(columns: ExportColumns) -> pb.SessionColumns:
+    """The message for ``columns``; for what cannot be encoded, the error a local
+    import of them would raise (else ``InvalidExport``)."""
+    try:
+        return pb.SessionColumns(
+            session_id=columns.session_id,
+            metadata=codec.pack_map(columns.metadata),
+            ids=columns.ids,
+            names=columns.names,
+            definitions=[
+                pb.VariableDefinition(type=type_name, constraints=codec.pack_map(constraints))
+                for type_name, constraints in columns.definitions
+            ],
+            definition=columns.definition,
+            values=codec.pack(columns.values),
+            versions=columns.versions,
+            created_at=columns.created_at,
+            last_updated_at=columns.last_updated_at,
+            variable_metadata=codec.pack(columns.variable_metadata),
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        # Rare, so the checks run only now: they name the variable and the rule.
+        try:
+            records_from_columns(columns, SessionTable(columns.session_id))
+        except StateError as precise:
+            raise precise from exc
+        raise InvalidExport(f"export is not plain data the bridge can carry: {exc}") from exc
+
+
+def columns_from_message(
+    message: pb.SessionColumns, *, max_bytes: int, max_item_bytes: int | None = None
+) -> ExportColumns:
+    """Columns decoded from a peer's message within the size limits (``LimitExceeded``);
+    a malformed payload raises ``ValidationError`` or ``InvalidExport``."""
+
+    def array(data: bytes, what: str) -> list[Any]:
+        decoded = (
+            codec.unpack(data, max_bytes=max_bytes, max_item_bytes=max_item_bytes, what=what)
+            if data
+            else []
+        )
+        if not isinstance(decoded, list):
+            raise InvalidExport(f"export {what} must be a msgpack array")
+        return decoded
+
+    def mapping(data: bytes, what: str) -> dict[str, Any]:
+        return codec.unpack_map(data, max_bytes=max_item_bytes or max_bytes, what=what) or {}
+
+    return ExportColumns(
+        message.session_id,
+        mapping(message.metadata, "metadata"),
+        list(message.ids),
+        list(message.names),
+        [(d.type, mapping(d.constraints, "constraints")) for d in message.definitions],
+        list(message.definition),
+        array(message.values, "values"),
+        list(message.versions),
+        list(message.created_at),
+        list(message.last_updated_at),
+        array(message.variable_metadata, "variable metadata"),
+    )

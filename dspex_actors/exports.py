@@ -28,6 +28,7 @@ from dspex_actors.vartypes import describe_value, plain_copy
 __all__ = [
     "RECORD_KEYS",
     "ExportColumns",
+    "check_shape",
     "columns_digest",
     "columns_of",
     "export_digest",
@@ -55,9 +56,8 @@ class ExportColumns(NamedTuple):
     """A whole session as one list per field; entry ``i`` of each is variable ``i``.
 
     ``definitions`` lists each distinct ``(type, constraints)`` once and
-    ``definition[i]`` indexes it for variable ``i``. Nothing here is checked beyond
-    its shape: the session actor checks it all on import. Columns a session hands
-    out share its constraints and metadata dicts: treat them as read-only.
+    ``definition[i]`` indexes it for variable ``i``. Building one checks nothing;
+    :func:`check_shape` checks the layout and the session actor the contents.
     """
 
     session_id: str
@@ -76,6 +76,50 @@ class ExportColumns(NamedTuple):
     def variable_count(self) -> int:
         """How many variables the columns hold."""
         return len(self.ids)
+
+
+_PER_VARIABLE = (
+    "ids",
+    "names",
+    "definition",
+    "values",
+    "versions",
+    "created_at",
+    "last_updated_at",
+    "variable_metadata",
+)
+
+
+def check_shape(columns: ExportColumns) -> None:
+    """``InvalidExport`` unless every per-variable field is a list of one entry per
+    variable, ``definitions`` a list of (type, constraints) pairs, and each
+    ``definition`` entry an index into it. Says nothing of the contents."""
+    if not isinstance(columns, ExportColumns):
+        raise InvalidExport(f"expected ExportColumns, got {type(columns).__name__}")
+    fields = {name: getattr(columns, name) for name in _PER_VARIABLE}
+    not_lists = [name for name, field in fields.items() if type(field) is not list]
+    if not_lists or type(columns.definitions) is not list:
+        raise InvalidExport(f"export columns must be lists: {not_lists or ['definitions']}")
+    count = len(columns.ids)
+    uneven = {name: len(field) for name, field in fields.items() if len(field) != count}
+    if uneven:
+        raise InvalidExport(f"export has {count} variable ids but column lengths {uneven}")
+    definitions = columns.definitions
+    if not all(type(d) is tuple and len(d) == 2 for d in definitions):
+        raise InvalidExport("export definitions must be (type, constraints) pairs")
+    slots = columns.definition
+    if slots and (
+        not all(type(s) is int for s in slots) or min(slots) < 0 or max(slots) >= len(definitions)
+    ):
+        name, bad = next(
+            (n, s)
+            for n, s in zip(columns.names, slots, strict=True)
+            if type(s) is not int or not 0 <= s < len(definitions)
+        )
+        raise InvalidExport(
+            f"export variable {name!r}: definition {describe_value(bad)} is not one of "
+            f"the {len(definitions)} the export lists"
+        )
 
 
 def columns_of(exported: Any) -> ExportColumns:
@@ -131,9 +175,14 @@ def columns_of(exported: Any) -> ExportColumns:
 def _fields(ids: list[Any], raws: list[Any]) -> dict[str, list[Any]]:
     """One list per record key (C-speed ``itemgetter`` over every record)."""
     if not all(type(raw) is dict for raw in raws):
+        # Other mappings are asked for their keys first: a lookup could invent a
+        # missing one (a defaultdict's __missing__) and change the caller's export.
         for var_id, raw in zip(ids, raws, strict=True):
             if not isinstance(raw, Mapping):
                 raise InvalidExport(f"export variable {var_id!r} is not a mapping")
+            lacking = [k for k in RECORD_KEYS if k not in raw]
+            if lacking:
+                raise InvalidExport(f"export variable {var_id!r} is missing {', '.join(lacking)}")
     try:
         return {key: list(map(itemgetter(key), raws)) for key in RECORD_KEYS}
     except KeyError:
@@ -192,7 +241,9 @@ def first_repeat(items: list[Any]) -> Any:
 
 
 def export_of(columns: ExportColumns) -> dict[str, Any]:
-    """The export map of some columns: fresh dicts the caller may keep."""
+    """The export map of some columns (``InvalidExport`` if malformed): new dicts with
+    their own constraints, holding the columns' values and metadata as they are."""
+    check_shape(columns)
     definitions = columns.definitions
     records = [
         {
@@ -232,8 +283,12 @@ def columns_digest(columns: ExportColumns) -> bytes:
     It hashes msgpack of ``[[id, name, type, value, version, constraints, metadata,
     created_at, last_updated_at], ...]``; the SessionStore's ImportSession answers
     the same digest of what it stored. Sessions holding the same variables give the
-    same digest (tuples and lists encode alike).
+    same digest (tuples and lists encode alike). Columns taken from a session are
+    in stored form; other columns (a hand-made map's, say) hash their data as
+    given, so an int where the session stores a float, or None constraints where
+    it stores {}, makes their digest differ from the session's.
     """
+    check_shape(columns)
     definitions = columns.definitions
     chosen = [definitions[slot] for slot in columns.definition]
     rows = list(

@@ -236,7 +236,7 @@ class LocalState(StateProvider):
         return self._read(self._table.export, "export")
 
     def digest(self) -> bytes:
-        """``session.export_digest`` of the variables, without building an export."""
+        """``exports.columns_digest`` of the variables, without building an export."""
         return self._read(self._table.digest, "digest")
 
     # -- writes: one actor turn each -----------------------------------------------

@@ -45,8 +45,14 @@ from dspex_actors.errors import (
     VariableNotFound,
     VersionConflict,
 )
-from dspex_actors.exports import ExportColumns, columns_digest, first_repeat
-from dspex_actors.vartypes import Validator, check_metadata, describe_value, plain_copy
+from dspex_actors.exports import ExportColumns, check_shape, columns_digest, first_repeat
+from dspex_actors.vartypes import (
+    MAX_VERSION,
+    Validator,
+    check_metadata,
+    describe_value,
+    plain_copy,
+)
 
 __all__ = [
     "CLOSED",
@@ -182,32 +188,39 @@ class SessionTable:
         """Every record as plain data, in creation order (snapshotted in one step)."""
         return [record.to_dict() for record in list(self.by_id.values())]
 
-    def columns(self) -> ExportColumns:
+    def columns(self, copies: bool = True) -> ExportColumns:
         """The variables as :class:`ExportColumns`, in creation order, without a dict
-        per variable. Values are fresh copies; constraints and metadata are the
-        records' own (read-only), since columns are made to be packed or hashed."""
+        per variable. Values are always fresh copies; constraints and metadata are
+        too, unless ``copies`` is False: then they are the records' own (and the
+        constraints shared with other sessions), for columns that are only packed
+        or hashed."""
         records = list(self.by_id.values())
         validators = [r.validator for r in records]
         keys = list(map(id, validators))
         slots = {key: slot for slot, key in enumerate(dict.fromkeys(keys))}
         chosen = dict(zip(keys, validators, strict=True))
+        copy = plain_copy if copies else _same
         return ExportColumns(
             self.session_id,
-            self.metadata,
+            copy(self.metadata),
             [r.id for r in records],
             [r.name for r in records],
-            [(chosen[key].type, chosen[key].constraints) for key in slots],
+            [(chosen[key].type, copy(chosen[key].constraints)) for key in slots],
             list(map(slots.__getitem__, keys)),
             [r.read_value() for r in records],
             [r.version for r in records],
             [r.created_at for r in records],
             [r.last_updated_at for r in records],
-            [r.metadata for r in records],
+            [copy(r.metadata) if r.metadata else {} for r in records],
         )
 
     def digest(self) -> bytes:
         """:func:`~dspex_actors.exports.columns_digest` of the current variables."""
-        return columns_digest(self.columns())
+        return columns_digest(self.columns(copies=False))
+
+
+def _same(data: Any) -> Any:
+    return data
 
 
 _new_record: Callable[[tuple[Any, ...]], Record] = partial(tuple.__new__, Record)
@@ -433,6 +446,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _import(self, columns: ExportColumns) -> int:
         """Check a whole export, then publish it in one window; returns the count."""
+        check_shape(columns)
         with gc_paused(columns.variable_count >= BULK_ITEMS):
             records = records_from_columns(columns, self.table)
         session_meta = check_metadata("<session>", columns.metadata)
@@ -447,7 +461,8 @@ class SessionActor(pykka.ThreadingActor):
         self._refusal = lambda: SessionClosed(
             f"session {session_id!r} is being migrated", session_id=session_id, migrating=True
         )
-        return self.table.columns()
+        # Without copies: the columns only travel to the migration, which packs them.
+        return self.table.columns(copies=False)
 
     def _unseal(self) -> None:
         """Accept writes again (a migration failed)."""
@@ -467,19 +482,9 @@ class SessionActor(pykka.ThreadingActor):
         raise RuntimeError(reason)
 
 
-_COLUMNS = (
-    "names",
-    "definition",
-    "values",
-    "versions",
-    "created_at",
-    "last_updated_at",
-    "variable_metadata",
-)
-
-
 def records_from_columns(columns: ExportColumns, table: SessionTable) -> list[Record]:
-    """Records for every variable of an export, all checked before any is built.
+    """Records for every variable of well-shaped columns (see ``check_shape``), all
+    checked before any is built.
 
     Raises ``InvalidExport`` for a malformed export, ``ValidationError`` for a bad
     name, definition or value, and ``VariableExists`` for a clash with ``table``.
@@ -489,38 +494,27 @@ def records_from_columns(columns: ExportColumns, table: SessionTable) -> list[Re
     """
     ids, names, slots = columns.ids, columns.names, columns.definition
     count = len(ids)
-    uneven = {c: len(getattr(columns, c)) for c in _COLUMNS if len(getattr(columns, c)) != count}
-    if uneven:
-        raise InvalidExport(f"export has {count} variable ids but column lengths {uneven}")
     if not all(type(var_id) is str and var_id for var_id in ids):
         bad = next(i for i in ids if type(i) is not str or not i)
         raise InvalidExport(f"export variable id {describe_value(bad)} is not a string")
     vartypes.check_names(names)
     _check_unique(ids, names, table)
     versions = columns.versions
-    if not all(type(v) is int for v in versions) or (versions and min(versions) < 0):
+    if not all(type(v) is int for v in versions) or (
+        versions and (min(versions) < 0 or max(versions) > MAX_VERSION)
+    ):
         name, bad = next(
-            (n, v) for n, v in zip(names, versions, strict=True) if type(v) is not int or v < 0
+            (n, v)
+            for n, v in zip(names, versions, strict=True)
+            if type(v) is not int or not 0 <= v <= MAX_VERSION
         )
         raise InvalidExport(
             f"export variable {name!r}: version {describe_value(bad)} "
-            "is not a non-negative integer"
+            f"is not a version number (0 to {MAX_VERSION})"
         )
     created = _timestamps(names, columns.created_at, "created_at")
     updated = _timestamps(names, columns.last_updated_at, "last_updated_at")
     definitions = columns.definitions
-    if slots and (
-        not all(type(s) is int for s in slots) or min(slots) < 0 or max(slots) >= len(definitions)
-    ):
-        name, bad = next(
-            (n, s)
-            for n, s in zip(names, slots, strict=True)
-            if type(s) is not int or not 0 <= s < len(definitions)
-        )
-        raise InvalidExport(
-            f"export variable {name!r}: definition {describe_value(bad)} is not one of "
-            f"the {len(definitions)} the export lists"
-        )
     first_user = dict(zip(reversed(slots), range(count - 1, -1, -1), strict=True))
     compiled = {
         slot: vartypes.compile_type(names[first_user[slot]], *definitions[slot])

@@ -57,6 +57,7 @@ from typing import Any, ClassVar, NamedTuple
 import msgpack
 import pytest
 
+from dspex_actors import exports
 from dspex_actors.errors import (
     InvalidExport,
     NotSupported,
@@ -77,19 +78,7 @@ from dspex_actors.provider import (
 
 __all__ = ["RECORD_KEYS", "StateProviderContract"]
 
-RECORD_KEYS = frozenset(
-    {
-        "id",
-        "name",
-        "type",
-        "value",
-        "constraints",
-        "metadata",
-        "version",
-        "created_at",
-        "last_updated_at",
-    }
-)
+RECORD_KEYS = frozenset(exports.RECORD_KEYS)
 """Keys every variable record (``list_variables``, ``export_state`` variables) has."""
 
 EXPORT_KEYS = frozenset({"session_id", "variables", "variable_index", "metadata"})

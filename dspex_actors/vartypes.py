@@ -25,6 +25,7 @@ import msgpack
 from dspex_actors.errors import ValidationError
 
 __all__ = [
+    "MAX_VERSION",
     "TYPE_NAMES",
     "Validator",
     "check_description",
@@ -43,6 +44,8 @@ TYPE_NAMES = ("float", "integer", "string", "boolean", "choice", "module", "embe
 _MAX_REPR = 200
 _MAX_DEPTH = 32
 _MAX_NAME = 256
+MAX_VERSION = 2**63 - 1
+"""The largest version number: versions travel as int64."""
 _INT_LOW = -(2**63)
 _INT_HIGH = 2**64 - 1
 """Integers must fit msgpack (int64 or uint64), so any session can cross the bridge."""
@@ -132,7 +135,7 @@ def check_names(names: list[Any]) -> None:
 
 def check_expected_version(variable: str, expected: Any) -> int | None:
     """``expected_version`` is None or a version number (a non-negative int64)."""
-    if expected is not None and (type(expected) is not int or not 0 <= expected < 2**63):
+    if expected is not None and (type(expected) is not int or not 0 <= expected <= MAX_VERSION):
         raise _fail(
             variable, "expected_version", expected, "expected_version must be a version number"
         )

@@ -183,7 +183,8 @@ def test_columns_past_the_servers_limits_are_refused() -> None:
         big = _columns(
             ids=["var_a"],
             names=["alpha"],
-            definition=[1],
+            definitions=[pb.VariableDefinition(type="string")],
+            definition=[0],
             values=codec.pack(["x" * 100]),
             versions=[0],
             created_at=[1.0],
@@ -225,6 +226,31 @@ def test_columns_the_wire_cannot_carry_get_the_error_a_local_import_gives() -> N
         columns_to_message(_local_columns(created_at=["soon"]))
     with pytest.raises(ValidationError, match="'alpha'"):
         columns_to_message(_local_columns(values=[object()]))
-    # Fine for a session, too big for the wire's int64:
-    with pytest.raises(InvalidExport, match="bridge can carry"):
+    with pytest.raises(InvalidExport, match="'alpha': version 18446744073709551616"):
         columns_to_message(_local_columns(versions=[2**64]))
+    # protobuf would take these for a string and a number: the session does not.
+    with pytest.raises(ValidationError, match="rule 'name'"):
+        columns_to_message(_local_columns(names=[b"alpha"]))
+    with pytest.raises(InvalidExport, match="'alpha': created_at True"):
+        columns_to_message(_local_columns(created_at=[True]))
+    with pytest.raises(InvalidExport, match="variable id b'var_a'"):
+        columns_to_message(_local_columns(ids=[b"var_a"]))
+    # Not a variable's field, so no session check names it; still not sent:
+    with pytest.raises(InvalidExport, match="bridge can carry"):
+        columns_to_message(_local_columns(metadata={"when": object()}))
+
+
+def test_a_message_cannot_ask_for_more_than_its_variables_need(
+    server: SessionStoreServer, stub: pb_grpc.SessionStoreStub
+) -> None:
+    with BridgedState.init(address=server.address) as target:
+        for changes, named in (
+            ({"definitions": [pb.VariableDefinition(type="float")] * 3}, "3 definitions"),
+            ({"names": ["alpha"] * 1000}, "names"),
+        ):
+            request = pb.ImportSessionRequest(
+                session_id=target.session_id, columns=_columns(**changes)
+            )
+            with pytest.raises(InvalidExport, match=named):
+                _raise_from(server, lambda r=request: stub.ImportSession(r, timeout=5))
+        assert target.list_variables() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from types import MappingProxyType
 from typing import Any
@@ -210,3 +211,64 @@ def test_a_clash_with_the_session_names_the_name(target: LocalState) -> None:
     assert target.get_variable("beta") == "mine"
     with pytest.raises(StateError):
         target.get_variable("alpha")
+
+
+# -- what a caller can hand over that is not even shaped like columns ---------------------
+
+
+def test_a_record_mapping_that_invents_keys_is_refused_untouched(target: LocalState) -> None:
+    exported = _export(("a", "float", {}))
+    (var_id,) = exported["variables"]
+    record = defaultdict(dict, exported["variables"][var_id])
+    del record["metadata"]
+    exported["variables"][var_id] = record
+    with pytest.raises(InvalidExport, match="missing metadata"):
+        target.import_state(exported)
+    assert "metadata" not in record
+
+
+MISSHAPEN: dict[str, Callable[[ExportColumns], Any]] = {
+    "not columns at all": lambda c: ("ids", "names"),
+    "a column that is a tuple": lambda c: c._replace(values=tuple(c.values)),
+    "a definition that is not a pair": lambda c: c._replace(definitions=[("float",), ("x",)]),
+    "definitions that are not a list": lambda c: c._replace(definitions=None),
+    "a definition index that is text": lambda c: c._replace(definition=["0", 1]),
+    "a negative definition index": lambda c: c._replace(definition=[-1, 1]),
+}
+
+
+@pytest.mark.parametrize("fault", list(MISSHAPEN))
+def test_misshapen_columns_are_refused_and_the_actor_lives_on(
+    target: LocalState, fault: str
+) -> None:
+    misshapen = MISSHAPEN[fault](_two())
+    with pytest.raises(InvalidExport):
+        target.import_columns(misshapen)
+    with pytest.raises(InvalidExport):
+        export_of(misshapen)
+    with pytest.raises(InvalidExport):
+        columns_digest(misshapen)
+    assert target.alive
+    target.import_columns(_two())
+    assert target.get_variable("alpha") == 0.5
+
+
+def test_a_version_past_int64_is_refused(target: LocalState) -> None:
+    exported = _export(("a", "integer", {}))
+    next(iter(exported["variables"].values()))["version"] = 2**63
+    with pytest.raises(InvalidExport, match="'a': version 9223372036854775808"):
+        target.import_state(exported)
+
+
+def test_columns_handed_out_are_the_callers_to_change(source: LocalState) -> None:
+    with LocalState.init() as other:
+        other.register_variable("t", "float", 1.0, constraints={"min": 0, "max": 2})
+        columns = source.export_columns()
+        _, constraints = columns.definitions[columns.definition[0]]
+        constraints["max"] = 99  # the definition other's t shares in the compile cache
+        columns.variable_metadata[columns.names.index("t")]["by"] = "someone else"
+        for state in (source, other):
+            export = state.export_state()
+            record = export["variables"][export["variable_index"]["t"]]
+            assert record["constraints"]["max"] == 2.0
+        assert source.list_variables()[0]["metadata"] == {"by": "test"}

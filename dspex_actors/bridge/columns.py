@@ -14,7 +14,7 @@ from typing import Any
 
 from dspex_actors.bridge import codec
 from dspex_actors.errors import InvalidExport, StateError
-from dspex_actors.exports import ExportColumns
+from dspex_actors.exports import ExportColumns, check_shape
 from dspex_actors.session import SessionTable, records_from_columns
 from dspex_actors.v1 import session_store_pb2 as pb
 
@@ -23,7 +23,15 @@ __all__ = ["columns_from_message", "columns_to_message"]
 
 def columns_to_message(columns: ExportColumns) -> pb.SessionColumns:
     """The message for ``columns``; for what cannot be encoded, the error a local
-    import of them would raise (else ``InvalidExport``)."""
+    import of them would raise (else ``InvalidExport``).
+
+    protobuf would quietly turn bytes into a string field and True into a number
+    field; columns whose ids, names, types, versions or timestamps are not exactly
+    of their field's type go through the session's checks first, so the bridge
+    refuses what a local import refuses.
+    """
+    if not _exactly_typed(columns):
+        records_from_columns(columns, SessionTable(columns.session_id))
     try:
         return pb.SessionColumns(
             session_id=columns.session_id,
@@ -50,11 +58,46 @@ def columns_to_message(columns: ExportColumns) -> pb.SessionColumns:
         raise InvalidExport(f"export is not plain data the bridge can carry: {exc}") from exc
 
 
+def _exactly_typed(columns: ExportColumns) -> bool:
+    check_shape(columns)
+    return (
+        all(type(x) is str for x in columns.ids)
+        and all(type(x) is str for x in columns.names)
+        and all(type(t) is str for t, _ in columns.definitions)
+        and all(type(v) is int for v in columns.versions)
+        and all(type(x) is float for x in columns.created_at)
+        and all(type(x) is float for x in columns.last_updated_at)
+    )
+
+
 def columns_from_message(
     message: pb.SessionColumns, *, max_bytes: int, max_item_bytes: int | None = None
 ) -> ExportColumns:
     """Columns decoded from a peer's message within the size limits (``LimitExceeded``);
-    a malformed payload raises ``ValidationError`` or ``InvalidExport``."""
+    a malformed payload raises ``ValidationError`` or ``InvalidExport``.
+
+    The repeated fields' lengths are checked before anything is decoded into Python
+    objects, and there may be no more definitions than variables, so a message
+    cannot make the receiver build much more than its variables need.
+    """
+    count = len(message.ids)
+    uneven = {
+        name: len(field)
+        for name, field in (
+            ("names", message.names),
+            ("definition", message.definition),
+            ("versions", message.versions),
+            ("created_at", message.created_at),
+            ("last_updated_at", message.last_updated_at),
+        )
+        if len(field) != count
+    }
+    if uneven:
+        raise InvalidExport(f"export has {count} variable ids but column lengths {uneven}")
+    if len(message.definitions) > count:
+        raise InvalidExport(
+            f"export lists {len(message.definitions)} definitions for {count} variables"
+        )
 
     def array(data: bytes, what: str) -> list[Any]:
         decoded = (
@@ -69,7 +112,7 @@ def columns_from_message(
     def mapping(data: bytes, what: str) -> dict[str, Any]:
         return codec.unpack_map(data, max_bytes=max_item_bytes or max_bytes, what=what) or {}
 
-    return ExportColumns(
+    columns = ExportColumns(
         message.session_id,
         mapping(message.metadata, "metadata"),
         list(message.ids),
@@ -82,3 +125,5 @@ def columns_from_message(
         list(message.last_updated_at),
         array(message.variable_metadata, "variable metadata"),
     )
+    check_shape(columns)
+    return columns

@@ -22,8 +22,9 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import InvalidExport
-from dspex_actors.vartypes import describe_value, plain_copy
+from dspex_actors.vartypes import all_of_type, describe_value, plain_copy
 
 __all__ = [
     "RECORD_KEYS",
@@ -108,9 +109,7 @@ def check_shape(columns: ExportColumns) -> None:
     if not all(type(d) is tuple and len(d) == 2 for d in definitions):
         raise InvalidExport("export definitions must be (type, constraints) pairs")
     slots = columns.definition
-    if slots and (
-        not all(type(s) is int for s in slots) or min(slots) < 0 or max(slots) >= len(definitions)
-    ):
+    if slots and (not all_of_type(slots, int) or min(slots) < 0 or max(slots) >= len(definitions)):
         name, bad = next(
             (n, s)
             for n, s in zip(columns.names, slots, strict=True)
@@ -148,15 +147,16 @@ def columns_of(exported: Any) -> ExportColumns:
         raise InvalidExport("export 'metadata' must be a mapping")
     ids = list(variables)
     raws = list(variables.values())
-    fields = _fields(ids, raws)
-    if fields["id"] != ids:
-        var_id, raw_id = next((i, r) for i, r in zip(ids, fields["id"], strict=True) if i != r)
-        raise InvalidExport(
-            f"export variable {var_id!r} carries a different id {describe_value(raw_id)}"
-        )
-    names = fields["name"]
-    _check_index(index, names, ids)
-    definitions, definition = _definitions(fields["type"], fields["constraints"])
+    with gc_paused(len(ids) >= BULK_ITEMS):
+        fields = _fields(ids, raws)
+        if fields["id"] != ids:
+            var_id, raw_id = next((i, r) for i, r in zip(ids, fields["id"], strict=True) if i != r)
+            raise InvalidExport(
+                f"export variable {var_id!r} carries a different id {describe_value(raw_id)}"
+            )
+        names = fields["name"]
+        _check_index(index, names, ids)
+        definitions, definition = _definitions(fields["type"], fields["constraints"])
     return ExportColumns(
         session_id,
         metadata,
@@ -174,7 +174,7 @@ def columns_of(exported: Any) -> ExportColumns:
 
 def _fields(ids: list[Any], raws: list[Any]) -> dict[str, list[Any]]:
     """One list per record key (C-speed ``itemgetter`` over every record)."""
-    if not all(type(raw) is dict for raw in raws):
+    if not all_of_type(raws, dict):
         # Other mappings are asked for their keys first: a lookup could invent a
         # missing one (a defaultdict's __missing__) and change the caller's export.
         for var_id, raw in zip(ids, raws, strict=True):
@@ -244,8 +244,19 @@ def export_of(columns: ExportColumns) -> dict[str, Any]:
     """The export map of some columns (``InvalidExport`` if malformed): new dicts with
     their own constraints, holding the columns' values and metadata as they are."""
     check_shape(columns)
+    with gc_paused(columns.variable_count >= BULK_ITEMS):
+        records = _records(columns)
+        return {
+            "session_id": columns.session_id,
+            "variables": {r["id"]: r for r in records},
+            "variable_index": {r["name"]: r["id"] for r in records},
+            "metadata": plain_copy(columns.metadata) if columns.metadata else {},
+        }
+
+
+def _records(columns: ExportColumns) -> list[dict[str, Any]]:
     definitions = columns.definitions
-    records = [
+    return [
         {
             "id": var_id,
             "name": name,
@@ -269,12 +280,6 @@ def export_of(columns: ExportColumns) -> dict[str, Any]:
             strict=True,
         )
     ]
-    return {
-        "session_id": columns.session_id,
-        "variables": {r["id"]: r for r in records},
-        "variable_index": {r["name"]: r["id"] for r in records},
-        "metadata": plain_copy(columns.metadata) if columns.metadata else {},
-    }
 
 
 def columns_digest(columns: ExportColumns) -> bytes:
@@ -289,8 +294,12 @@ def columns_digest(columns: ExportColumns) -> bytes:
     it stores {}, makes their digest differ from the session's.
     """
     check_shape(columns)
-    definitions = columns.definitions
-    chosen = [definitions[slot] for slot in columns.definition]
+    with gc_paused(columns.variable_count >= BULK_ITEMS):
+        return _digest(columns)
+
+
+def _digest(columns: ExportColumns) -> bytes:
+    chosen = [columns.definitions[slot] for slot in columns.definition]
     rows = list(
         zip(
             columns.ids,

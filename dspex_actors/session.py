@@ -49,6 +49,7 @@ from dspex_actors.exports import ExportColumns, check_shape, columns_digest, fir
 from dspex_actors.vartypes import (
     MAX_VERSION,
     Validator,
+    all_of_type,
     check_metadata,
     describe_value,
     plain_copy,
@@ -195,24 +196,10 @@ class SessionTable:
         constraints shared with other sessions), for columns that are only packed
         or hashed."""
         records = list(self.by_id.values())
-        validators = [r.validator for r in records]
-        keys = list(map(id, validators))
-        slots = {key: slot for slot, key in enumerate(dict.fromkeys(keys))}
-        chosen = dict(zip(keys, validators, strict=True))
-        copy = plain_copy if copies else _same
-        return ExportColumns(
-            self.session_id,
-            copy(self.metadata),
-            [r.id for r in records],
-            [r.name for r in records],
-            [(chosen[key].type, copy(chosen[key].constraints)) for key in slots],
-            list(map(slots.__getitem__, keys)),
-            [r.read_value() for r in records],
-            [r.version for r in records],
-            [r.created_at for r in records],
-            [r.last_updated_at for r in records],
-            [copy(r.metadata) if r.metadata else {} for r in records],
-        )
+        with gc_paused(len(records) >= BULK_ITEMS):
+            return _columns_of_records(
+                self.session_id, self.metadata, records, plain_copy if copies else _same
+            )
 
     def digest(self) -> bytes:
         """:func:`~dspex_actors.exports.columns_digest` of the current variables."""
@@ -221,6 +208,28 @@ class SessionTable:
 
 def _same(data: Any) -> Any:
     return data
+
+
+def _columns_of_records(
+    session_id: str, metadata: dict[str, Any], records: list[Record], copy: Callable[[Any], Any]
+) -> ExportColumns:
+    validators = [r.validator for r in records]
+    keys = list(map(id, validators))  # one Validator per definition: alike by identity
+    slots = {key: slot for slot, key in enumerate(dict.fromkeys(keys))}
+    chosen = dict(zip(keys, validators, strict=True))
+    return ExportColumns(
+        session_id,
+        copy(metadata),
+        [r.id for r in records],
+        [r.name for r in records],
+        [(chosen[key].type, copy(chosen[key].constraints)) for key in slots],
+        list(map(slots.__getitem__, keys)),
+        [r.read_value() for r in records],
+        [r.version for r in records],
+        [r.created_at for r in records],
+        [r.last_updated_at for r in records],
+        [copy(r.metadata) if r.metadata else {} for r in records],
+    )
 
 
 _new_record: Callable[[tuple[Any, ...]], Record] = partial(tuple.__new__, Record)
@@ -494,13 +503,13 @@ def records_from_columns(columns: ExportColumns, table: SessionTable) -> list[Re
     """
     ids, names, slots = columns.ids, columns.names, columns.definition
     count = len(ids)
-    if not all(type(var_id) is str and var_id for var_id in ids):
+    if not (all_of_type(ids, str) and all(ids)):
         bad = next(i for i in ids if type(i) is not str or not i)
         raise InvalidExport(f"export variable id {describe_value(bad)} is not a string")
     vartypes.check_names(names)
     _check_unique(ids, names, table)
     versions = columns.versions
-    if not all(type(v) is int for v in versions) or (
+    if not all_of_type(versions, int) or (
         versions and (min(versions) < 0 or max(versions) > MAX_VERSION)
     ):
         name, bad = next(
@@ -557,7 +566,7 @@ def _check_unique(ids: list[str], names: list[str], table: SessionTable) -> None
 
 def _timestamps(names: list[str], stamps: list[Any], key: str) -> list[float]:
     """The column as floats (ints are converted); ``InvalidExport`` names a non-number."""
-    if all(type(stamp) is float for stamp in stamps):
+    if all_of_type(stamps, float):
         return stamps
     out = []
     for name, stamp in zip(names, stamps, strict=True):

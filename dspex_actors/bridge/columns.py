@@ -17,6 +17,7 @@ from dspex_actors.errors import InvalidExport, StateError
 from dspex_actors.exports import ExportColumns, check_shape
 from dspex_actors.session import SessionTable, records_from_columns
 from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.vartypes import all_of_type
 
 __all__ = ["columns_from_message", "columns_to_message"]
 
@@ -61,12 +62,12 @@ def columns_to_message(columns: ExportColumns) -> pb.SessionColumns:
 def _exactly_typed(columns: ExportColumns) -> bool:
     check_shape(columns)
     return (
-        all(type(x) is str for x in columns.ids)
-        and all(type(x) is str for x in columns.names)
-        and all(type(t) is str for t, _ in columns.definitions)
-        and all(type(v) is int for v in columns.versions)
-        and all(type(x) is float for x in columns.created_at)
-        and all(type(x) is float for x in columns.last_updated_at)
+        all_of_type(columns.ids, str)
+        and all_of_type(columns.names, str)
+        and all_of_type((type_name for type_name, _ in columns.definitions), str)
+        and all_of_type(columns.versions, int)
+        and all_of_type(columns.created_at, float)
+        and all_of_type(columns.last_updated_at, float)
     )
 
 
@@ -112,7 +113,7 @@ def columns_from_message(
     def mapping(data: bytes, what: str) -> dict[str, Any]:
         return codec.unpack_map(data, max_bytes=max_item_bytes or max_bytes, what=what) or {}
 
-    columns = ExportColumns(
+    return ExportColumns(
         message.session_id,
         mapping(message.metadata, "metadata"),
         list(message.ids),
@@ -124,6 +125,4 @@ def columns_from_message(
         list(message.created_at),
         list(message.last_updated_at),
         array(message.variable_metadata, "variable metadata"),
-    )
-    check_shape(columns)
-    return columns
+    )  # its shape is checked where it is used (import, export_of)

@@ -63,6 +63,13 @@ def test_node_client_shares_a_session_with_python(node_client: Path) -> None:
         assert seen["conflict"]["error_class"] == "VersionConflict"
         assert seen["conflict"]["details"] == {"variable": "from_node", "expected": 0, "actual": 1}
         assert seen["listed"] == [{"name": "from_node", "type": "float", "version": 1}]
+        assert seen["imported"] == 1
+        assert seen["exported"] == {
+            "names": ["greeting", "from_node", "node_columns"],
+            "types": ["string", "float", "integer"],
+            "values": ["hello from python", 0.75, 42],
+            "versions": [0, 1, 3],
+        }
 
         # What Node wrote, Python sees.
         assert state.get_variable("from_node") == 0.75
@@ -73,3 +80,7 @@ def test_node_client_shares_a_session_with_python(node_client: Path) -> None:
             "description": "written by the Node.js client",
             "source": "node",
         }
+        [made] = state.list_variables(pattern="node_columns")
+        assert (made["id"], made["value"], made["version"]) == ("var_" + "0" * 31 + "1", 42, 3)
+        assert made["metadata"] == {"via": "columns"}
+        assert made["constraints"] == {"min": 0}

@@ -5,7 +5,8 @@
 //
 // Attaches to a session a Python handle created, reads the Python variable
 // "greeting", registers and sets "from_node", reads it back, provokes a validation
-// error and a version conflict and decodes their ErrorDetail trailers. Prints one JSON
+// error and a version conflict and decodes their ErrorDetail trailers, imports a
+// variable as SessionColumns and exports the session as columns. Prints one JSON
 // object with what it saw; tests/test_bridge_interop.py checks it and the session.
 
 import path from "node:path";
@@ -103,6 +104,26 @@ const conflict = await failure("SetVariable", {
 });
 const listed = await call("ListVariables", { session_id: sessionId, pattern: "from_*" });
 
+// A variable imported as SessionColumns built by hand, then the session exported as
+// columns: the fast whole-session form, from the .proto alone too.
+const now = Date.now() / 1000;
+const imported = await call("ImportSession", {
+  session_id: sessionId,
+  columns: {
+    session_id: "made-in-node",
+    ids: [`var_${"0".repeat(31)}1`],
+    names: ["node_columns"],
+    definitions: [{ type: "integer", constraints: encode({ min: 0 }) }],
+    definition: [0],
+    values: encode([42]),
+    versions: [3],
+    created_at: [now],
+    last_updated_at: [now],
+    variable_metadata: encode([{ via: "columns" }]),
+  },
+});
+const { columns } = await call("ExportSession", { session_id: sessionId, columnar: true });
+
 client.close();
 console.log(
   JSON.stringify({
@@ -114,5 +135,12 @@ console.log(
     invalid,
     conflict,
     listed: listed.variables.map((v) => ({ name: v.name, type: v.type, version: v.version })),
+    imported: imported.count,
+    exported: {
+      names: columns.names,
+      types: columns.definition.map((i) => columns.definitions[i].type),
+      values: decode(columns.values),
+      versions: columns.versions,
+    },
   }),
 );

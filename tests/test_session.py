@@ -7,6 +7,7 @@ the session actor dies, how the table outlives it, and when reads go through the
 from __future__ import annotations
 
 import copy
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -182,6 +183,19 @@ def test_crash_by_ask_stops_the_actor(state: LocalState, exits: ExitLog) -> None
     assert str(error) == "boom"
     with pytest.raises(SessionClosed):
         state.set_variable("max_tokens", 1)
+
+
+def test_a_crash_is_logged_once_as_an_error_naming_the_session(
+    state: LocalState, exits: ExitLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG), pytest.raises(RuntimeError, match="boom"):
+        state.actor_ref.ask(("crash", "boom"))
+    exits.wait(1)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [
+        f"session {SESSION}: actor crashed: RuntimeError('boom')"
+    ]
+    assert errors[0].exc_info is not None
 
 
 def test_crashed_actor_makes_writes_raise_session_closed(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
@@ -34,10 +35,15 @@ def all_cores() -> None:
 class ServerProcess:
     """A server in a child process; the address is read from its first line."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], start_timeout: float = 30.0) -> None:
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
+        # Wait for the first line with a deadline: a server that never starts must
+        # fail the run, not hang it.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            ready = selector.select(start_timeout)
+        line = self.process.stdout.readline() if ready else ""
         match = _LISTENING.search(line)
         if match is None:
             self.stop()

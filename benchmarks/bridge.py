@@ -108,9 +108,9 @@ def run(rounds: int, clients: int = 8, calls_per_client: int = 2000) -> dict[str
         def ctx_set_one() -> object:
             return ctx.set_variable("temperature", 1.0 if next(counter) & 1 else 0.5)
 
-        def update_many() -> object:
+        def update_many() -> None:
             i = next(counter)
-            return state.update_variables({name: i for name in names})
+            state.update_variables({name: i for name in names})
 
         series = measure(
             {

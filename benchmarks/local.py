@@ -40,9 +40,9 @@ def run(rounds: int) -> dict[str, float]:
         def ctx_set_one() -> object:
             return ctx.set_variable("temperature", 1.0 if next(counter) & 1 else 0.5)
 
-        def update_many() -> object:
+        def update_many() -> None:
             i = next(counter)
-            return state.update_variables({name: i for name in names})
+            state.update_variables({name: i for name in names})
 
         series = measure(
             {

@@ -72,7 +72,7 @@ def echo_server() -> ServerProcess:
 
 
 def echo_stub(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
-    return channel.unary_unary(ECHO_METHOD)
+    return channel.unary_unary(ECHO_METHOD, request_serializer=None, response_deserializer=None)
 
 
 def _run_echo() -> None:

@@ -147,7 +147,9 @@ def raising_call() -> Iterator[Callable[[Callable[[grpc.ServicerContext], None]]
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    method = channel.unary_unary("/test.Errors/Raise")
+    method = channel.unary_unary(
+        "/test.Errors/Raise", request_serializer=None, response_deserializer=None
+    )
 
     def call(behaviour: Callable[[grpc.ServicerContext], None]) -> None:
         behaviours.append(behaviour)

@@ -6,7 +6,7 @@ import copy
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -156,7 +156,8 @@ def _set(column: str, index: int, value: Any) -> Callable[[ExportColumns], Expor
     def change(columns: ExportColumns) -> ExportColumns:
         values = list(getattr(columns, column))
         values[index] = value
-        return columns._replace(**{column: values})
+        changed: ExportColumns = columns._replace(**cast(Any, {column: values}))
+        return changed
 
     return change
 
@@ -227,12 +228,15 @@ def test_a_record_mapping_that_invents_keys_is_refused_untouched(target: LocalSt
     assert "metadata" not in record
 
 
+# What the field types refuse is the point here, hence the casts.
 MISSHAPEN: dict[str, Callable[[ExportColumns], Any]] = {
     "not columns at all": lambda c: ("ids", "names"),
-    "a column that is a tuple": lambda c: c._replace(values=tuple(c.values)),
-    "a definition that is not a pair": lambda c: c._replace(definitions=[("float",), ("x",)]),
-    "definitions that are not a list": lambda c: c._replace(definitions=None),
-    "a definition index that is text": lambda c: c._replace(definition=["0", 1]),
+    "a column that is a tuple": lambda c: c._replace(values=cast(Any, tuple(c.values))),
+    "a definition that is not a pair": lambda c: c._replace(
+        definitions=cast(Any, [("float",), ("x",)])
+    ),
+    "definitions that are not a list": lambda c: c._replace(definitions=cast(Any, None)),
+    "a definition index that is text": lambda c: c._replace(definition=cast(Any, ["0", 1])),
     "a negative definition index": lambda c: c._replace(definition=[-1, 1]),
 }
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from functools import partial
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -27,11 +27,21 @@ NAN = math.nan
 HUGE = 10**400  # an int no float can hold
 
 
-def compile_ok(type_name: str, constraints: Any = None, variable: str = "var") -> Validator:
-    """The definition's Validator with ``variable`` bound, so ``.check(value)`` reads
-    as the session actor's ``check(variable, value)``."""
-    validator = compile_type(variable, type_name, constraints)
-    return validator._replace(check=partial(validator.check, variable))
+class Bound(NamedTuple):
+    """A Validator with one variable's name bound: ``check(value)`` is the session
+    actor's ``validator.check(variable, value)``."""
+
+    type: str
+    constraints: dict[str, Any]
+    check: Callable[[Any], Any]
+    thaw: Callable[[Any], Any] | None
+
+
+def compile_ok(type_name: str, constraints: Any = None, variable: str = "var") -> Bound:
+    validator: Validator = compile_type(variable, type_name, constraints)
+    return Bound(
+        validator.type, validator.constraints, partial(validator.check, variable), validator.thaw
+    )
 
 
 def assert_invalid(
@@ -60,7 +70,7 @@ def assert_invalid(
     return exc
 
 
-def rejects(validator: Validator, value: Any, rule: str, variable: str = "var") -> None:
+def rejects(validator: Bound, value: Any, rule: str, variable: str = "var") -> None:
     assert_invalid(lambda: validator.check(value), variable=variable, rule=rule, value=value)
 
 
@@ -112,7 +122,8 @@ def test_type_names_lists_the_eight_types() -> None:
     ],
 )
 def test_compile_type_returns_a_validator(type_name: str, constraints: Any) -> None:
-    validator = compile_ok(type_name, constraints)
+    validator = compile_type("var", type_name, constraints)
+    assert isinstance(validator, Validator)
     assert validator.type == type_name
     assert isinstance(validator.constraints, dict)
     with pytest.raises(AttributeError):

@@ -173,26 +173,24 @@ def columns_of(exported: Any) -> ExportColumns:
 
 
 def _fields(ids: list[Any], raws: list[Any]) -> dict[str, list[Any]]:
-    """One list per record key (C-speed ``itemgetter`` over every record)."""
-    if not all_of_type(raws, dict):
-        # Other mappings are asked for their keys first: a lookup could invent a
-        # missing one (a defaultdict's __missing__) and change the caller's export.
-        for var_id, raw in zip(ids, raws, strict=True):
-            if not isinstance(raw, Mapping):
-                raise InvalidExport(f"export variable {var_id!r} is not a mapping")
-            lacking = [k for k in RECORD_KEYS if k not in raw]
-            if lacking:
-                raise InvalidExport(f"export variable {var_id!r} is missing {', '.join(lacking)}")
-    try:
-        return {key: list(map(itemgetter(key), raws)) for key in RECORD_KEYS}
-    except KeyError:
-        for var_id, raw in zip(ids, raws, strict=True):
-            lacking = [k for k in RECORD_KEYS if k not in raw]
-            if lacking:
-                raise InvalidExport(
-                    f"export variable {var_id!r} is missing {', '.join(lacking)}"
-                ) from None
-        raise
+    """One list per record key (C-speed ``itemgetter`` over every record).
+
+    Only plain dicts are read straight away; a record that is not one is asked for
+    its keys first, since a lookup could invent a missing key (a defaultdict's
+    ``__missing__``) and change the caller's export.
+    """
+    if all_of_type(raws, dict):
+        try:
+            return {key: list(map(itemgetter(key), raws)) for key in RECORD_KEYS}
+        except KeyError:
+            pass  # the scan below names the record
+    for var_id, raw in zip(ids, raws, strict=True):
+        if not isinstance(raw, Mapping):
+            raise InvalidExport(f"export variable {var_id!r} is not a mapping")
+        lacking = [k for k in RECORD_KEYS if k not in raw]
+        if lacking:
+            raise InvalidExport(f"export variable {var_id!r} is missing {', '.join(lacking)}")
+    return {key: list(map(itemgetter(key), raws)) for key in RECORD_KEYS}
 
 
 def _check_index(index: Mapping[str, Any], names: list[Any], ids: list[Any]) -> None:

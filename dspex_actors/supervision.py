@@ -39,7 +39,7 @@ import pykka
 from dspex_actors.bridge import BridgedState, embedded, serve
 from dspex_actors.bridge.server import SessionStoreServer
 from dspex_actors.errors import SessionClosed, StateError
-from dspex_actors.exports import columns_digest
+from dspex_actors.exports import ExportColumns, columns_digest
 from dspex_actors.local import LocalState, ask_actor
 from dspex_actors.provider import StateProvider, validate_provider
 from dspex_actors.session import new_session_id
@@ -364,14 +364,16 @@ class Context:
 
     Every StateProvider operation is here and returns plain values, raising
     ``dspex_actors.errors``. ``get_variable``, ``get_variables``,
-    ``list_variables`` and ``export_state`` are the current backend's own bound
-    methods (rebound at each switch), so they cost what the backend's do.
+    ``list_variables``, ``export_state`` and ``export_columns`` are the current
+    backend's own bound methods (rebound at each switch), so they cost what the
+    backend's do.
     """
 
     get_variable: Callable[[str], Any]
     get_variables: Callable[[Iterable[str]], dict[str, Any]]
     list_variables: Callable[[], list[dict[str, Any]]]
     export_state: Callable[[], dict[str, Any]]
+    export_columns: Callable[[], ExportColumns]
 
     def __init__(self, supervisor: Supervisor, session_id: str, backend: StateProvider) -> None:
         self.session_id = session_id
@@ -392,6 +394,7 @@ class Context:
         self.get_variables = backend.get_variables
         self.list_variables = backend.list_variables
         self.export_state = backend.export_state
+        self.export_columns = backend.export_columns
 
     def _fail(self, error: StateError) -> None:
         """Called by the supervisor when the child exceeded its restart intensity."""
@@ -399,7 +402,7 @@ class Context:
             self._failure = error
             fail = _failed_reader(error)
             self.get_variable = self.get_variables = fail
-            self.list_variables = self.export_state = fail
+            self.list_variables = self.export_state = self.export_columns = fail
             backend = self._backend
         backend.cleanup()
 
@@ -498,6 +501,9 @@ class Context:
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
         self._write(lambda b: b.import_state(exported))
+
+    def import_columns(self, columns: ExportColumns) -> None:
+        self._write(lambda b: b.import_columns(columns))
 
     def subscribe(self, pattern: str, subscriber: Callable[[dict[str, Any]], None]) -> Any:
         return self._backend.subscribe(pattern, subscriber)

@@ -55,6 +55,11 @@ def test_context_has_the_provider_api_on_a_local_backend(sup: Supervisor) -> Non
     with pytest.raises(ValidationError, match="temperature"):
         ctx.set_variable("temperature", 5)
     assert ctx.get_variable("temperature") == 1.2
+    with LocalState.init() as elsewhere:
+        elsewhere.register_variable("top_k", "integer", 40)
+        ctx.import_columns(elsewhere.export_columns())
+    assert ctx.export_columns().names == ["temperature", "top_k"]
+    ctx.delete_variable("top_k")
     ctx.delete_variable("temperature")
     with pytest.raises(VariableNotFound):
         ctx.get_variable("temperature")
@@ -306,6 +311,12 @@ def test_readers_and_handles_kept_from_before_the_switch_follow_it() -> None:
         assert old_backend.set_variable("t", 1.1) == 2
         assert ctx.get_variable("t") == 1.1
         assert [r["version"] for r in ctx.list_variables()] == [2]
+        # So is a whole import, and an export of columns.
+        with LocalState.init() as elsewhere:
+            elsewhere.register_variable("u", "integer", 4)
+            old_backend.import_state(elsewhere.export_state())
+        assert ctx.get_variable("u") == 4
+        assert old_backend.export_columns().names == ["t", "u"]
 
 
 def test_migration_rejected_by_the_bridge_leaves_no_remote_session() -> None:

@@ -58,7 +58,12 @@ _CALL_TIMEOUT = 60.0
 
 @dataclass
 class _Child:
-    """The supervisor's bookkeeping for one context."""
+    """One supervised context and its restart record.
+
+    The supervisor handle keeps the children (it adds and removes them); only the
+    supervisor actor reads and changes ``restarts`` and ``failure``, one restart
+    decision at a time, in its own thread.
+    """
 
     context: Context
     restarts: deque[float] = field(default_factory=deque)
@@ -66,37 +71,28 @@ class _Child:
 
 
 class _SupervisorActor(pykka.ThreadingActor):
-    """Restart bookkeeping; its state is touched only in its own thread."""
+    """Decides restarts, one at a time, for the handle's children."""
 
     use_daemon_thread = True
 
     def __init__(self, handle: Supervisor) -> None:
         super().__init__()
         self.handle = handle
-        self.children: dict[str, _Child] = {}
 
     def on_receive(self, message: Any) -> Any:
         operation, *args = message
         if operation == "exited":
-            if args[0] in self.children:
-                self._ensure_running(*args)
+            self._ensure_running(*args)  # a forgotten child is left alone
             return None
         if operation == "ensure_running":
             return self._ensure_running(*args)
-        if operation == "adopt":
-            context = args[0]
-            self.children[context.session_id] = _Child(context)
-            return None
-        if operation == "forget":
-            self.children.pop(args[0], None)
-            return None
         return super().on_receive(message)
 
     def _ensure_running(
         self, session_id: str, error: BaseException | None = None
     ) -> StateError | None:
         """Restart the child's session actor if it died; None when it runs again."""
-        child = self.children.get(session_id)
+        child = self.handle._child(session_id)
         if child is None:
             return SessionClosed(f"context {session_id!r} is stopped")
         if child.failure is not None:
@@ -175,7 +171,7 @@ class Supervisor:
         self._heartbeats: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._contexts: dict[str, Context | None] = {}  # None: being started
+        self._children: dict[str, _Child | None] = {}  # None: being started
         self._stopped = False
         self._ref = _SupervisorActor.start(self)
 
@@ -275,9 +271,9 @@ class Supervisor:
         with self._lock:
             if self._stopped:
                 raise SessionClosed("the supervisor is stopped")
-            if session_id in self._contexts:
+            if session_id in self._children:
                 raise StateError(f"a context for session {session_id!r} is already running")
-            self._contexts[session_id] = None  # reserved: a concurrent start fails above
+            self._children[session_id] = None  # reserved: a concurrent start fails above
         try:
             provider: StateProvider
             if backend == "local":
@@ -289,23 +285,27 @@ class Supervisor:
                 provider = backend.init(session_id=session_id)
         except BaseException:
             with self._lock:
-                self._contexts.pop(session_id, None)
+                self._children.pop(session_id, None)
             raise
         context = Context(self, session_id, provider)
         with self._lock:
             stopped = self._stopped
             if not stopped:
-                self._contexts[session_id] = context
+                self._children[session_id] = _Child(context)
         if stopped:  # stop() ran meanwhile and could not see this context
             provider.cleanup()
             raise SessionClosed("the supervisor is stopped")
-        self._ask("adopt", context)
         return context
 
     def contexts(self) -> list[Context]:
         """The running contexts."""
         with self._lock:
-            return [c for c in self._contexts.values() if c is not None]
+            return [c.context for c in self._children.values() if c is not None]
+
+    def _child(self, session_id: str) -> _Child | None:
+        """The running child of that session, if any."""
+        with self._lock:
+            return self._children.get(session_id)
 
     def _child_exited(self, session_id: str, error: BaseException | None) -> None:
         """on_exit hook of supervised session actors (runs in the dying actor's thread)."""
@@ -318,9 +318,7 @@ class Supervisor:
 
     def _forget(self, context: Context) -> None:
         with self._lock:
-            self._contexts.pop(context.session_id, None)
-        with contextlib.suppress(SessionClosed):
-            self._ask("forget", context.session_id)
+            self._children.pop(context.session_id, None)
 
     def stop(self) -> None:
         """Stop every context, the heartbeats, the supervisor actor and its server."""
@@ -328,7 +326,7 @@ class Supervisor:
             if self._stopped:
                 return
             self._stopped = True
-            contexts = [c for c in self._contexts.values() if c is not None]
+            contexts = [c.context for c in self._children.values() if c is not None]
         for context in contexts:
             context.stop()
         self._stopping.set()

@@ -286,6 +286,32 @@ def _check_listing(records: Any) -> dict[str, dict[str, Any]]:
     return {record["name"]: record for record in records}
 
 
+def _export_of_integers(names: list[str], value: int) -> dict[str, Any]:
+    """An export map of integer variables ``names``, each holding ``value``."""
+    now = time.time()
+    records = {
+        f"var_{uuid.uuid4().hex}": {
+            "name": name,
+            "type": "integer",
+            "value": value,
+            "constraints": {},
+            "metadata": {},
+            "version": 0,
+            "created_at": now,
+            "last_updated_at": now,
+        }
+        for name in names
+    }
+    for var_id, record in records.items():
+        record["id"] = var_id
+    return {
+        "session_id": "elsewhere",
+        "variables": records,
+        "variable_index": {r["name"]: var_id for var_id, r in records.items()},
+        "metadata": {},
+    }
+
+
 def _snapshots(state: StateProvider) -> list[tuple[str, dict[str, dict[str, Any]]]]:
     """An export, then a listing, each checked whole; each as its records by name."""
     exported = _check_export_snapshot(state.export_state(), state.session_id)
@@ -1591,6 +1617,50 @@ class _ConcurrencyContract(_ContractBase):
 
         _race_reader_against_writer(write, rounds, read)
         assert state.get_variables(["a", "b"]) == {"a": rounds, "b": rounds}
+
+    def test_readers_never_see_half_an_import(self, state: StateProvider) -> None:
+        """An import's variables appear together: every read (a batch get, an export,
+        a listing) holds all of an import's variables or none, and never loses one."""
+        if not self.provider.capabilities()["atomic_updates"]:
+            pytest.skip("backend does not claim atomic_updates")
+        rounds, width = 60, 8
+        fillers = self._register_fillers(state)
+        names = {i: [f"imported{i}_{j}" for j in range(width)] for i in range(1, rounds + 1)}
+        every_name = [name for group in names.values() for name in group]
+
+        def write(i: int) -> None:
+            state.import_state(_export_of_integers(names[i], i))
+
+        last = 0
+
+        def seen(present: set[str], source: str) -> int:
+            """The last import ``present`` holds whole (failing on a partial one)."""
+            whole = 0
+            for i, group in names.items():
+                held = present.intersection(group)
+                assert len(held) in (0, width), (
+                    f"{source} shows {len(held)} of the {width} variables of import {i}"
+                )
+                if held:
+                    assert whole == i - 1, f"{source} holds import {i} but not {whole + 1}"
+                    whole = i
+            return whole
+
+        def read(finished: bool) -> None:
+            nonlocal last
+            got = state.get_variables(every_name)
+            reads = [("get_variables", set(got))]
+            for source, records in _snapshots(state):
+                self._assert_fillers(records, fillers, source)
+                reads.append((source, set(records) - set(fillers)))
+            for source, present in reads:
+                whole = seen(present, source)
+                assert whole >= last, f"{source} went back in time: {last} then {whole}"
+                last = whole
+                if finished:
+                    assert whole == rounds, f"{source} after the last import: {whole}"
+
+        _race_reader_against_writer(write, rounds, read)
 
     def test_writer_reads_its_own_writes(self, state: StateProvider) -> None:
         writers, rounds = 3, 100

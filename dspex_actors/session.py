@@ -314,7 +314,8 @@ class SessionActor(pykka.ThreadingActor):
             # own failure path, through its public parts: leave the registry and set
             # actor_stopped, so the loop ends after this turn and answers whatever
             # is still queued with ActorDeadError. The caller gets the exception
-            # through its ask.
+            # through its ask (pykka adds an INFO line). Only a told message, which
+            # dspex_actors never sends, is logged a second time, by pykka.
             logger.error(
                 "session %s: actor crashed: %r", self.table.session_id, exc, exc_info=True
             )

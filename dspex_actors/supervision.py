@@ -62,7 +62,8 @@ class _Child:
 
     The supervisor handle keeps the children (it adds and removes them); only the
     supervisor actor reads and changes ``restarts`` and ``failure``, one restart
-    decision at a time, in its own thread.
+    decision at a time, in its own thread. A child that failed for good stays
+    listed until its context is stopped; its calls raise the failure.
     """
 
     context: Context

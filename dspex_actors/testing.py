@@ -1633,26 +1633,30 @@ class _ConcurrencyContract(_ContractBase):
 
         last = 0
 
-        def seen(present: set[str], source: str) -> int:
-            """The last import ``present`` holds whole (failing on a partial one)."""
+        def seen(present: Mapping[str, Any], source: str) -> int:
+            """The last import ``present`` (name -> value) holds whole, failing on a
+            partial one or a value the import did not write."""
             whole = 0
             for i, group in names.items():
-                held = present.intersection(group)
+                held = [name for name in group if name in present]
                 assert len(held) in (0, width), (
                     f"{source} shows {len(held)} of the {width} variables of import {i}"
                 )
                 if held:
                     assert whole == i - 1, f"{source} holds import {i} but not {whole + 1}"
+                    wrong = {name: present[name] for name in held if not same(present[name], i)}
+                    assert not wrong, f"{source}: import {i} wrote {i}, reads {wrong}"
                     whole = i
             return whole
 
         def read(finished: bool) -> None:
             nonlocal last
-            got = state.get_variables(every_name)
-            reads = [("get_variables", set(got))]
+            reads: list[tuple[str, Mapping[str, Any]]] = [
+                ("get_variables", state.get_variables(every_name))
+            ]
             for source, records in _snapshots(state):
                 self._assert_fillers(records, fillers, source)
-                reads.append((source, set(records) - set(fillers)))
+                reads.append((source, {n: r["value"] for n, r in records.items()}))
             for source, present in reads:
                 whole = seen(present, source)
                 assert whole >= last, f"{source} went back in time: {last} then {whole}"

@@ -17,7 +17,13 @@ from dspex_actors.errors import (
     StateError,
     ValidationError,
 )
-from dspex_actors.exports import ExportColumns, columns_digest, columns_of, export_of
+from dspex_actors.exports import (
+    ExportColumns,
+    check_shape,
+    columns_digest,
+    columns_of,
+    export_of,
+)
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 
@@ -254,3 +260,14 @@ def test_a_message_cannot_ask_for_more_than_its_variables_need(
             with pytest.raises(InvalidExport, match=named):
                 _raise_from(server, lambda r=request: stub.ImportSession(r, timeout=5))
         assert target.list_variables() == []
+
+
+def test_columns_decoded_from_a_peer_are_shape_checked_before_use() -> None:
+    # What BridgedState.export_columns does with a server's answer before handing it out.
+    misshapen = columns_from_message(
+        _columns(values=codec.pack([0.5, 7, 9]), definition=[0, 5]), max_bytes=MAX
+    )
+    with pytest.raises(InvalidExport, match="column lengths"):
+        check_shape(misshapen)
+    with pytest.raises(InvalidExport, match="'beta': definition 5"):
+        check_shape(misshapen._replace(values=[0.5, 7]))

@@ -39,7 +39,7 @@ from dspex_actors.errors import (
     StateError,
     ValidationError,
 )
-from dspex_actors.exports import ExportColumns, columns_of, export_of
+from dspex_actors.exports import ExportColumns, check_shape, columns_of, export_of
 from dspex_actors.provider import StateProvider
 from dspex_actors.session import variable_not_found
 from dspex_actors.v1 import session_store_pb2 as pb
@@ -245,7 +245,9 @@ class BridgedState(StateProvider):
         )
         if response.WhichOneof("form") != "columns":  # a server that only has maps
             return columns_of(self._unpack(response.state, "exported state"))
-        return columns_from_message(response.columns, max_bytes=self._max_bytes)
+        columns = columns_from_message(response.columns, max_bytes=self._max_bytes)
+        check_shape(columns)  # the caller gets columns it can index safely
+        return columns
 
     # -- writes ---------------------------------------------------------------------------
 

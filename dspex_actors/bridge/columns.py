@@ -125,4 +125,5 @@ def columns_from_message(
         list(message.created_at),
         list(message.last_updated_at),
         array(message.variable_metadata, "variable metadata"),
-    )  # its shape is checked where it is used (import, export_of)
+    )  # not shape-checked here: the import checks it in the actor; other callers
+    # (BridgedState.export_columns) call exports.check_shape themselves

@@ -319,6 +319,15 @@ def _snapshots(state: StateProvider) -> list[tuple[str, dict[str, dict[str, Any]
     return [("export_state", exported), ("list_variables", listed)]
 
 
+def _advance(last: int, now: int, source: str, finished: bool, rounds: int) -> int:
+    """``now``, the write a read saw, after checking it never goes back and, for a
+    read begun after the writer finished, that it is the last of ``rounds``."""
+    assert now >= last, f"{source} went back in time: {last} then {now}"
+    if finished:
+        assert now == rounds, f"{source} after the last write saw write {now}"
+    return now
+
+
 def _assert_one_version(record: Mapping[str, Any], source: str) -> int:
     """The record's value was written at its version (the writer sets value = version)."""
     value, version = record["value"], record["version"]
@@ -1571,11 +1580,10 @@ class _ConcurrencyContract(_ContractBase):
                 self._assert_fillers(records, fillers, source)
                 strays = sorted(set(records) - steady - churn)
                 assert not strays, f"{source} shows variables never registered: {strays}"
-                version = _assert_one_version(records["anchor"], source)
-                assert version >= last, f"{source} went back in time: {last} then {version}"
-                last = version
+                last = _advance(
+                    last, _assert_one_version(records["anchor"], source), source, finished, rounds
+                )
                 if finished:
-                    assert version == rounds, f"{source} after the last write: {version}"
                     assert set(records) == steady, (
                         f"{source} after the last write: {sorted(records)}"
                     )
@@ -1609,11 +1617,7 @@ class _ConcurrencyContract(_ContractBase):
                     f"half a batch in {source}: a={a['value']!r} (version {a['version']!r})"
                     f", b={b['value']!r} (version {b['version']!r})"
                 )
-                version = _assert_one_version(a, source)
-                assert version >= last, f"{source} went back in time: {last} then {version}"
-                last = version
-                if finished:
-                    assert version == rounds, f"{source} after the last batch: {version}"
+                last = _advance(last, _assert_one_version(a, source), source, finished, rounds)
 
         _race_reader_against_writer(write, rounds, read)
         assert state.get_variables(["a", "b"]) == {"a": rounds, "b": rounds}
@@ -1658,11 +1662,7 @@ class _ConcurrencyContract(_ContractBase):
                 self._assert_fillers(records, fillers, source)
                 reads.append((source, {n: r["value"] for n, r in records.items()}))
             for source, present in reads:
-                whole = seen(present, source)
-                assert whole >= last, f"{source} went back in time: {last} then {whole}"
-                last = whole
-                if finished:
-                    assert whole == rounds, f"{source} after the last import: {whole}"
+                last = _advance(last, seen(present, source), source, finished, rounds)
 
         _race_reader_against_writer(write, rounds, read)
 

@@ -29,6 +29,7 @@ from dspex_actors.vartypes import all_of_type, describe_value, plain_copy
 __all__ = [
     "RECORD_KEYS",
     "ExportColumns",
+    "check_lengths",
     "check_shape",
     "columns_digest",
     "columns_of",
@@ -91,6 +92,15 @@ _PER_VARIABLE = (
 )
 
 
+def check_lengths(lengths: Mapping[str, int]) -> None:
+    """``InvalidExport`` unless every per-variable field (name -> length, ``ids``
+    among them) has one entry per id."""
+    count = lengths["ids"]
+    uneven = {name: length for name, length in lengths.items() if length != count}
+    if uneven:
+        raise InvalidExport(f"export has {count} variable ids but column lengths {uneven}")
+
+
 def check_shape(columns: ExportColumns) -> None:
     """``InvalidExport`` unless every per-variable field is a list of one entry per
     variable, ``definitions`` a list of (type, constraints) pairs, and each
@@ -101,10 +111,7 @@ def check_shape(columns: ExportColumns) -> None:
     not_lists = [name for name, field in fields.items() if type(field) is not list]
     if not_lists or type(columns.definitions) is not list:
         raise InvalidExport(f"export columns must be lists: {not_lists or ['definitions']}")
-    count = len(columns.ids)
-    uneven = {name: len(field) for name, field in fields.items() if len(field) != count}
-    if uneven:
-        raise InvalidExport(f"export has {count} variable ids but column lengths {uneven}")
+    check_lengths({name: len(field) for name, field in fields.items()})
     definitions = columns.definitions
     if not all(type(d) is tuple and len(d) == 2 for d in definitions):
         raise InvalidExport("export definitions must be (type, constraints) pairs")

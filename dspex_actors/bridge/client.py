@@ -235,19 +235,23 @@ class BridgedState(StateProvider):
         ]
 
     def export_state(self) -> dict[str, Any]:
-        return export_of(self.export_columns())
+        return export_of(self._fetch_columns())  # export_of checks the shape
 
     def export_columns(self) -> ExportColumns:
         """The session's columns, fetched in one RPC (the compact form)."""
+        columns = self._fetch_columns()
+        check_shape(columns)  # the caller gets columns it can index safely
+        return columns
+
+    def _fetch_columns(self) -> ExportColumns:
+        """The server's columns as decoded, their shape not yet checked."""
         response = self._call(
             self._stub.ExportSession,
             pb.ExportSessionRequest(session_id=self.session_id, columnar=True),
         )
         if response.WhichOneof("form") != "columns":  # a server that only has maps
             return columns_of(self._unpack(response.state, "exported state"))
-        columns = columns_from_message(response.columns, max_bytes=self._max_bytes)
-        check_shape(columns)  # the caller gets columns it can index safely
-        return columns
+        return columns_from_message(response.columns, max_bytes=self._max_bytes)
 
     # -- writes ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from dspex_actors.bridge import codec
 from dspex_actors.errors import InvalidExport, StateError
-from dspex_actors.exports import ExportColumns, check_shape
+from dspex_actors.exports import ExportColumns, check_lengths, check_shape
 from dspex_actors.session import SessionTable, records_from_columns
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.vartypes import all_of_type
@@ -82,19 +82,16 @@ def columns_from_message(
     cannot make the receiver build much more than its variables need.
     """
     count = len(message.ids)
-    uneven = {
-        name: len(field)
-        for name, field in (
-            ("names", message.names),
-            ("definition", message.definition),
-            ("versions", message.versions),
-            ("created_at", message.created_at),
-            ("last_updated_at", message.last_updated_at),
-        )
-        if len(field) != count
-    }
-    if uneven:
-        raise InvalidExport(f"export has {count} variable ids but column lengths {uneven}")
+    check_lengths(
+        {
+            "ids": count,
+            "names": len(message.names),
+            "definition": len(message.definition),
+            "versions": len(message.versions),
+            "created_at": len(message.created_at),
+            "last_updated_at": len(message.last_updated_at),
+        }
+    )
     if len(message.definitions) > count:
         raise InvalidExport(
             f"export lists {len(message.definitions)} definitions for {count} variables"

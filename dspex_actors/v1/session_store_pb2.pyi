@@ -116,18 +116,24 @@ class RegisterVariableResponse(_message.Message):
     def __init__(self, var_id: _Optional[str] = ...) -> None: ...
 
 class GetVariableRequest(_message.Message):
-    __slots__ = ("session_id", "identifier")
+    __slots__ = ("session_id", "identifier", "full")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     identifier: str
-    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ...) -> None: ...
+    full: bool
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., full: _Optional[bool] = ...) -> None: ...
 
 class GetVariableResponse(_message.Message):
-    __slots__ = ("value",)
+    __slots__ = ("value", "version", "record")
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     value: bytes
-    def __init__(self, value: _Optional[bytes] = ...) -> None: ...
+    version: int
+    record: Variable
+    def __init__(self, value: _Optional[bytes] = ..., version: _Optional[int] = ..., record: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
 
 class SetVariableRequest(_message.Message):
     __slots__ = ("session_id", "identifier", "value", "metadata", "expected_version")

@@ -155,7 +155,8 @@ class SessionStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetVariable(self, request, context):
-        """A variable's current value and version. NOT_FOUND if absent. The hot path.
+        """A variable's current value and version (with `full`, its whole record too).
+        NOT_FOUND if absent. The hot path.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

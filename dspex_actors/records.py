@@ -1,0 +1,71 @@
+"""VariableRecord: one variable at one version, as callers receive it.
+
+``get_record`` answers one of these on every backend, so a compare-and-set loop
+reads a value and its version in one call instead of listing the session. It is a
+``NamedTuple``: immutable, attribute access, cheap to build; its ``value``,
+``constraints`` and ``metadata`` are the caller's own copies.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from dspex_actors.errors import ValidationError
+from dspex_actors.vartypes import describe_value
+
+__all__ = ["VariableRecord", "check_pattern", "name_matches"]
+
+
+class VariableRecord(NamedTuple):
+    """A variable's record: what ``list_variables`` lists, as a typed object."""
+
+    id: str
+    name: str
+    type: str
+    value: Any
+    constraints: dict[str, Any]
+    metadata: dict[str, Any]
+    version: int
+    created_at: float
+    last_updated_at: float
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> VariableRecord:
+        """The record of a ``list_variables`` / export entry (keys as in ``RECORD_KEYS``)."""
+        return cls(
+            record["id"],
+            record["name"],
+            record["type"],
+            record["value"],
+            record["constraints"],
+            record["metadata"],
+            record["version"],
+            record["created_at"],
+            record["last_updated_at"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the plain dict ``list_variables`` lists."""
+        return self._asdict()
+
+
+def check_pattern(pattern: Any) -> str | None:
+    """A ``list_variables`` pattern: None, or a glob string (``""`` means all)."""
+    if pattern is None or pattern == "":
+        return None
+    if not isinstance(pattern, str):
+        raise ValidationError(
+            f"a list_variables pattern must be a glob string "
+            f"(rule 'pattern', value {describe_value(pattern)})",
+            rule="pattern",
+            value=describe_value(pattern),
+        )
+    return pattern
+
+
+def name_matches(name: str, pattern: str | None) -> bool:
+    """Whether ``name`` matches the glob (``*``, ``?``, ``[abc]``, ``[!abc]``; case
+    sensitive, the whole name), the same meaning on every backend and the wire."""
+    return pattern is None or fnmatch.fnmatchcase(name, pattern)

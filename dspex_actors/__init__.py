@@ -1,13 +1,15 @@
 """dspex_actors: per-session, typed, constrained variables held by one actor per session.
 
 The public API is this short list; the implementation lives in modules named for
-one concept each (see the README for the architecture).
+one concept each (see the README for the architecture). The gRPC bridge
+(``BridgedState``, ``SessionStoreServer``, ``serve``) is imported on first use, so
+a program that stays in-process never loads grpc.
 """
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from dspex_actors import errors
-from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.errors import (
     BridgeUnavailable,
     InvalidExport,
@@ -30,8 +32,14 @@ from dspex_actors.provider import (
     is_provider,
     validate_provider,
 )
+from dspex_actors.records import VariableRecord
 from dspex_actors.supervision import Context, Supervisor
 from dspex_actors.vartypes import TYPE_NAMES
+
+if TYPE_CHECKING:
+    from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+
+_BRIDGE_NAMES = frozenset({"BridgedState", "SessionStoreServer", "serve"})
 
 __all__ = [
     "TYPE_NAMES",
@@ -53,6 +61,7 @@ __all__ = [
     "ValidationError",
     "VariableExists",
     "VariableNotFound",
+    "VariableRecord",
     "VersionConflict",
     "errors",
     "get_capabilities",
@@ -62,5 +71,17 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Load the bridge (and grpc) the first time one of its names is used."""
+    if name in _BRIDGE_NAMES:
+        from dspex_actors import bridge
+
+        value = getattr(bridge, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,31 +1,57 @@
 """LocalState: the in-process StateProvider, a handle on one SessionActor.
 
-Writes are asks to the actor (serialized and versioned there). Reads look up the
-actor's published :class:`~dspex_actors.session.SessionTable` directly and fall back
-to an ask only when they meet a write in progress (see ``session.py``), so a
-``get_variable`` costs a few dict lookups, not a thread round trip.
+Writes are asks to the actor (serialized and versioned there), each one typed
+message of :mod:`dspex_actors.messages`. Reads look up the actor's published
+:class:`~dspex_actors.session.SessionTable` directly and fall back to an ask only
+when they meet a write in progress (see ``session.py``), so a ``get_variable``
+costs a few dict lookups, not a thread round trip.
 
-A migration seals the session (the actor refuses writes from that turn on), and
-once the bridged copy is verified, ``retire(successor)`` closes the table and makes
-this handle forward every call to the successor. So a caller that kept this handle,
-or a bound ``get_variable`` of it, keeps working against the live copy; a write
-that met the seal waits for the migration's outcome and then lands exactly once.
+LocalState implements the migration protocol
+(:class:`~dspex_actors.provider.Migratable`): ``seal()`` takes the exact cut (the
+actor answers writes from that turn on with ``SEALED``, not an error), ``unseal()``
+undoes it, and ``retire(successor)`` closes the table and makes this handle forward
+every message to the successor through the messages' own ``forward``. So a caller
+that kept this handle, or a bound ``get_variable`` of it, keeps working against the
+live copy; a write that met the seal waits for the migration's outcome and then
+lands exactly once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import pykka
 
-from dspex_actors.errors import SessionClosed, StateError
+from dspex_actors.errors import NotSupported, SessionClosed, StateError
 from dspex_actors.exports import ExportColumns, columns_of
-from dspex_actors.provider import StateProvider
+from dspex_actors.messages import (
+    Close,
+    Control,
+    Delete,
+    Digest,
+    Export,
+    ExportCols,
+    Get,
+    GetMany,
+    GetRecord,
+    Import,
+    List,
+    Operation,
+    Register,
+    Retire,
+    Seal,
+    SetValue,
+    Unseal,
+    Update,
+)
+from dspex_actors.provider import Migratable, StateProvider
+from dspex_actors.records import VariableRecord, check_pattern
 from dspex_actors.session import (
-    CLOSED,
+    SEALED,
     ExitHook,
     SessionActor,
     SessionTable,
@@ -43,42 +69,23 @@ DEFAULT_CALL_TIMEOUT = 30.0
 """Seconds a call waits for the session actor before giving up (it never hangs)."""
 
 
-def ask_actor(ref: pykka.ActorRef[Any], message: Any, timeout: float, what: str) -> Any:
+def ask_actor(ref: pykka.ActorRef[Any], message: object, timeout: float, what: str) -> Any:
     """Ask an actor; the one place pykka's errors become dspex_actors errors.
 
     A ``StateError`` the actor answers with is raised here, in the caller's thread.
+    A dead actor never handled the message: ``SessionClosed`` (not applied).
     """
     try:
         result = ref.ask(message, timeout=timeout)
     except pykka.ActorDeadError:
         raise SessionClosed(f"{what}: its actor is not running") from None
     except pykka.Timeout as exc:
-        raise StateError(f"{what}: the actor did not answer within {timeout}s") from exc
-    except StateError:
-        raise
-    except Exception as exc:
-        raise StateError(f"{what}: the actor crashed handling {message[0]!r}: {exc!r}") from exc
+        raise StateError(
+            f"{what}: the actor did not answer {type(message).__name__} within {timeout}s"
+        ) from exc
     if isinstance(result, StateError):
         raise result
     return result
-
-
-_FORWARD: dict[str, Callable[..., Any]] = {
-    "get": lambda p, i: p.get_variable(i),
-    "get_many": lambda p, ids: p.get_variables(ids),
-    "list": lambda p: p.list_variables(),
-    "export": lambda p: p.export_state(),
-    "columns": lambda p: p.export_columns(),
-    "digest": lambda p: p.digest(),
-    "register": lambda p, n, t, v, c, m, d: p.register_variable(
-        n, t, v, constraints=c, metadata=m, description=d
-    ),
-    "set": lambda p, i, v, m, ev: p.set_variable(i, v, m, expected_version=ev),
-    "update": lambda p, u, m: p.update_variables(u, m),
-    "delete": lambda p, i: p.delete_variable(i),
-    "import": lambda p, columns: p.import_columns(columns),
-}
-"""How each actor message is made on a successor backend after a migration."""
 
 
 class LocalState(StateProvider):
@@ -86,6 +93,7 @@ class LocalState(StateProvider):
 
     __slots__ = (
         "_call_timeout",
+        "_crashed",
         "_lock",
         "_migration",
         "_on_exit",
@@ -94,6 +102,7 @@ class LocalState(StateProvider):
         "_table",
         "session_id",
     )
+    kind: ClassVar[str] = "local"
 
     def __init__(
         self,
@@ -109,7 +118,8 @@ class LocalState(StateProvider):
         self._lock = threading.Lock()
         self._migration: threading.Event | None = None  # set while sealed
         self._successor: StateProvider | None = None
-        self._ref: pykka.ActorRef[SessionActor] = SessionActor.start(table, on_exit)
+        self._crashed = threading.Event()
+        self._ref: pykka.ActorRef[SessionActor] = SessionActor.start(table, on_exit, self._crashed)
 
     @classmethod
     def init(
@@ -121,7 +131,7 @@ class LocalState(StateProvider):
         on_exit: ExitHook | None = None,
         **backend_opts: Any,
     ) -> Self:
-        """Start a session actor; ``on_exit`` hears when it stops or crashes."""
+        """Start a session actor; ``on_exit`` hears when it stops unasked or crashes."""
         if backend_opts:
             raise TypeError(f"LocalState.init got unknown options: {', '.join(backend_opts)}")
         if session_id is not None and (not isinstance(session_id, str) or not session_id):
@@ -149,55 +159,81 @@ class LocalState(StateProvider):
     @property
     def variable_count(self) -> int:
         """How many variables the session holds (read from its table, no round trip)."""
+        successor = self._successor
+        if successor is not None:
+            return len(successor.list_variables())
         return len(self._table.by_id)
 
     @property
     def session_metadata(self) -> dict[str, Any]:
         """A copy of the session's own metadata (set by imports)."""
+        successor = self._successor
+        if successor is not None:
+            return dict(successor.export_state()["metadata"])
         return dict(plain_copy(self._table.metadata))
 
     @property
     def alive(self) -> bool:
-        """Whether the session actor is running and the handle is open."""
-        return self._table.seq != CLOSED and self._ref.is_alive()
+        """Whether calls are served: the actor runs (or the handle forwards)."""
+        if self._successor is not None:
+            return True
+        return not self._table.closed and self._ref.is_alive() and not self._crashed.is_set()
 
     def restart(self) -> None:
         """Start a fresh actor on the same table after the old one died.
 
-        The variables survive: they live in the table, not in the dead actor.
+        The variables survive: they live in the table, not in the dead actor. A
+        retired handle has nothing to restart (its session lives in the successor).
         """
         with self._lock:
-            if self._table.seq == CLOSED:
+            if self._successor is not None:
+                return
+            if self._table.closed:
                 raise self._closed()
             if self._migration is not None:
                 raise SessionClosed(f"session {self.session_id!r} is being migrated")
-            if self._ref.is_alive():
+            if self._ref.is_alive() and not self._crashed.is_set():
                 return
-            self._ref = SessionActor.start(self._table, self._on_exit)
+            try:  # a crashed actor may still be refusing what was queued behind
+                self._ref.stop(block=True, timeout=self._call_timeout)
+            except pykka.Timeout:
+                logger.error("session %s: the crashed actor did not stop", self.session_id)
+            self._crashed = threading.Event()
+            self._ref = SessionActor.start(self._table, self._on_exit, self._crashed)
 
     def _closed(self) -> SessionClosed:
         return SessionClosed(f"session {self.session_id!r} is closed")
 
-    def _call(self, *message: Any) -> Any:
-        """Ask the actor, or the successor once the session has moved."""
-        for _ in range(2):
-            if self._successor is not None:
-                return _FORWARD[message[0]](self._successor, *message[1:])
-            try:
-                return ask_actor(
-                    self._ref, message, self._call_timeout, f"session {self.session_id!r}"
+    def _ask(self, message: Operation[_T]) -> _T:
+        """Run ``message`` on the actor, or on the successor once the session moved.
+
+        A write that meets the seal waits for the migration's outcome (within the
+        call timeout), then goes to the successor or back to the unsealed actor.
+        """
+        deadline = time.monotonic() + self._call_timeout
+        while True:
+            successor = self._successor
+            if successor is not None:
+                return message.forward(successor)
+            result: Any = ask_actor(
+                self._ref, message, self._call_timeout, f"session {self.session_id!r}"
+            )
+            if result is not SEALED:
+                answer: _T = result
+                return answer
+            migration = self._migration
+            left = deadline - time.monotonic()
+            if left <= 0 or (migration is not None and not migration.wait(left)):
+                raise StateError(
+                    f"session {self.session_id!r}: a migration did not settle within "
+                    f"{self._call_timeout}s; {type(message).__name__} was not applied"
                 )
-            except SessionClosed as exc:
-                migration = self._migration
-                if migration is None and not exc.details.get("migrating"):
-                    if self._table.seq == CLOSED and self._successor is None:
-                        raise self._closed() from None
-                    raise
-                # Sealed for a migration: wait for its outcome, then go to the
-                # successor, or back to the unsealed actor.
-                if migration is not None and not migration.wait(self._call_timeout):
-                    raise
-        raise SessionClosed(f"session {self.session_id!r}: migration did not settle")
+
+    def _control(self, message: Control[_T]) -> _T:
+        answer: _T = ask_actor(
+            self._ref, message, self._call_timeout, f"session {self.session_id!r}"
+        )
+        return answer
 
     # -- reads: lock-free from the table, seqlock-checked -----------------------------
 
@@ -209,35 +245,52 @@ class LocalState(StateProvider):
         except TypeError:  # unhashable: no such variable
             record = None
         if seq & 1 or table.seq != seq:
-            return self._call("get", identifier)
+            return self._ask(Get(identifier))
         if record is None:
             raise table.missing(identifier)
         thaw = record.validator.thaw
         return record.value if thaw is None else thaw(record.value)
 
-    def _read(self, read: Callable[[], _T], *message: Any) -> _T:
-        """``read()`` from the table if no write overlapped it, else ask (``message``)."""
+    def _read(self, read: Callable[[], _T], message: Operation[_T]) -> _T:
+        """``read()`` from the table if no write overlapped it, else ask ``message``.
+
+        An error ``read`` raises counts only if no write overlapped it either.
+        """
         table = self._table
         seq = table.seq
         if not seq & 1:
-            result = read()
-            if table.seq == seq:
-                return result
-        return self._call(*message)  # type: ignore[no-any-return]
+            try:
+                result = read()
+            except StateError:
+                if table.seq == seq:
+                    raise
+            else:
+                if table.seq == seq:
+                    return result
+        return self._ask(message)
 
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
         identifiers = list(identifiers)
-        return self._read(lambda: self._table.values(identifiers), "get_many", identifiers)
+        return self._read(lambda: self._table.values(identifiers), GetMany(identifiers))
 
-    def list_variables(self) -> list[dict[str, Any]]:
-        return self._read(self._table.listing, "list")
+    def get_record(self, identifier: str) -> VariableRecord:
+        if not isinstance(identifier, str):
+            raise self._table.missing(identifier)
+        return self._read(lambda: self._table.lookup(identifier).public(), GetRecord(identifier))
+
+    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
+        glob = check_pattern(pattern)
+        return self._read(lambda: self._table.listing(glob), List(glob))
 
     def export_state(self) -> dict[str, Any]:
-        return self._read(self._table.export, "export")
+        return self._read(self._table.export, Export())
+
+    def export_columns(self) -> ExportColumns:
+        return self._read(self._table.columns, ExportCols())
 
     def digest(self) -> bytes:
         """``exports.columns_digest`` of the variables, without building an export."""
-        return self._read(self._table.digest, "digest")
+        return self._read(self._table.digest, Digest())
 
     # -- writes: one actor turn each -----------------------------------------------
 
@@ -251,9 +304,7 @@ class LocalState(StateProvider):
         metadata: Mapping[str, Any] | None = None,
         description: str | None = None,
     ) -> str:
-        return str(
-            self._call("register", name, type, initial_value, constraints, metadata, description)
-        )
+        return self._ask(Register(name, type, initial_value, constraints, metadata, description))
 
     def set_variable(
         self,
@@ -263,26 +314,36 @@ class LocalState(StateProvider):
         *,
         expected_version: int | None = None,
     ) -> int:
-        return int(self._call("set", identifier, new_value, metadata, expected_version))
+        return self._ask(SetValue(identifier, new_value, metadata, expected_version))
 
     def update_variables(
         self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
     ) -> None:
         if not isinstance(updates, Mapping):
             raise TypeError(f"updates must be a mapping, got {type(updates).__name__}")
-        self._call("update", dict(updates), metadata)
+        self._ask(Update(dict(updates), metadata))
 
     def delete_variable(self, identifier: str) -> None:
-        self._call("delete", identifier)
+        self._ask(Delete(identifier))
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
         self.import_columns(columns_of(exported))  # structure checked in this thread
 
-    def export_columns(self) -> ExportColumns:
-        return self._read(self._table.columns, "columns")
-
     def import_columns(self, columns: ExportColumns) -> None:
-        self._call("import", columns)
+        self._ask(Import(columns))
+
+    def subscribe(self, pattern: str, subscriber: Callable[[dict[str, Any]], None]) -> Any:
+        successor = self._successor
+        if successor is not None:
+            return successor.subscribe(pattern, subscriber)
+        return super().subscribe(pattern, subscriber)
+
+    def unsubscribe(self, subscription: Any) -> None:
+        successor = self._successor
+        if successor is not None:
+            successor.unsubscribe(subscription)
+            return
+        super().unsubscribe(subscription)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -299,40 +360,65 @@ class LocalState(StateProvider):
             "distribution": False,
         }
 
-    # -- migration -------------------------------------------------------------------
+    # -- migration (the Migratable protocol) ------------------------------------------
 
     def seal(self) -> ExportColumns:
         """Refuse writes from this actor turn on and return the export's columns (the cut).
 
         Writes that meet the seal wait for :meth:`retire` (then go to the successor)
-        or :meth:`unseal` (then go to this actor).
+        or :meth:`unseal` (then go to this actor). A retired handle forwards.
         """
+        successor = self._successor
+        if successor is not None:
+            return _migratable(successor).seal()
         with self._lock:
             if self._migration is not None:
                 raise StateError(f"session {self.session_id!r} is already being migrated")
             self._migration = threading.Event()
         try:
-            columns: ExportColumns = self._call("seal")
-            return columns
+            return self._control(Seal())
         except BaseException:
             self._end_migration()
             raise
 
     def unseal(self) -> None:
         """The migration failed: accept writes again."""
+        successor = self._successor
+        if successor is not None:
+            _migratable(successor).unseal()
+            return
         try:
-            self._call("unseal")
+            self._control(Unseal())
         finally:
             self._end_migration()
 
     def retire(self, successor: StateProvider) -> None:
-        """The migration succeeded: stop the actor and forward everything to ``successor``."""
+        """The migration succeeded: close the table and forward everything to ``successor``.
+
+        The actor closes its table in its own turn (a dead actor's handle closes
+        it), then stops; a stop that outlasts the call timeout is logged, never
+        raised: the switch has happened either way.
+        """
+        current = self._successor
+        if current is not None:
+            _migratable(current).retire(successor)
+            return
         with self._lock:
-            self._successor = successor
-            self._table.seq = CLOSED  # every fast read now takes the forwarding path
+            self._successor = successor  # before the table closes: readers forward
             ref = self._ref
-        self._end_migration()
-        ref.stop(block=True, timeout=self._call_timeout)
+        try:
+            self._control(Retire())
+        except SessionClosed:
+            self._table.close()  # no actor runs on it: the handle is its writer now
+        except StateError as exc:
+            logger.error("session %s: retiring its actor failed: %s", self.session_id, exc)
+            self._table.close()
+        finally:
+            self._end_migration()
+        try:
+            ref.stop(block=True, timeout=self._call_timeout)
+        except pykka.Timeout:
+            logger.error("session %s: the retired actor did not stop in time", self.session_id)
 
     def _end_migration(self) -> None:
         with self._lock:
@@ -347,21 +433,28 @@ class LocalState(StateProvider):
         successor, which its new owner cleans up.
         """
         with self._lock:
-            if self._table.seq == CLOSED:
+            if self._table.closed:
                 return
             try:
-                ask_actor(
-                    self._ref, ("close",), self._call_timeout, f"session {self.session_id!r}"
-                )
+                self._control(Close())
             except SessionClosed:
-                pass  # already dead (crashed or killed): just mark the table
+                pass  # already dead (crashed or killed): the handle marks the table
             finally:
-                self._table.seq = CLOSED
+                # A no-op after Close; otherwise no actor writes the table any more.
+                self._table.close()
                 try:
                     self._ref.stop(block=True, timeout=self._call_timeout)
                 except pykka.Timeout:
                     logger.error("session %s: actor did not stop", self.session_id)
 
     def __repr__(self) -> str:
-        state = "closed" if self._table.seq == CLOSED else f"{len(self._table.by_id)} variables"
+        if self._successor is not None:
+            return f"<LocalState {self.session_id} (retired, forwards to {self._successor!r})>"
+        state = "closed" if self._table.closed else f"{len(self._table.by_id)} variables"
         return f"<LocalState {self.session_id} ({state})>"
+
+
+def _migratable(provider: StateProvider) -> Migratable:
+    if not isinstance(provider, Migratable):
+        raise NotSupported(f"{type(provider).__name__} does not implement the migration protocol")
+    return provider

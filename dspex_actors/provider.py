@@ -13,6 +13,17 @@ backend keeps:
 * a failing call changes nothing (``update_variables`` and ``import_state`` are
   all-or-nothing);
 * after ``cleanup()`` (idempotent) every operation raises a ``StateError`` promptly.
+
+Two optional protocols let a supervisor do more with a backend, checked by shape,
+never by class:
+
+* :class:`Migratable` (seal for export, unseal, retire to a successor): a migration
+  takes an exact cut and a handle kept from before the switch forwards to the new
+  backend. Without it a migration exports, switches the Context, and cleans the old
+  backend up; a write made on the old backend directly (not through the Context)
+  during the switch is then lost.
+* :class:`Restartable` (``alive``, ``restart()``): a supervisor restarts a dead
+  session in place, its variables kept.
 """
 
 from __future__ import annotations
@@ -20,14 +31,17 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 from dspex_actors.errors import NotSupported
 from dspex_actors.exports import ExportColumns, columns_of, export_of
+from dspex_actors.records import VariableRecord, variable_not_found
 
 __all__ = [
     "CAPABILITY_KEYS",
     "REQUIRED_METHODS",
+    "Migratable",
+    "Restartable",
     "StateProvider",
     "get_capabilities",
     "is_provider",
@@ -59,6 +73,8 @@ class StateProvider(abc.ABC):
 
     __slots__ = ()
     session_id: str
+    kind: ClassVar[str] = "custom"
+    """A short name for logs and ``Context.backend_info()`` ("local", "bridged", ...)."""
 
     @classmethod
     @abc.abstractmethod
@@ -110,8 +126,23 @@ class StateProvider(abc.ABC):
         """
 
     @abc.abstractmethod
-    def list_variables(self) -> list[dict[str, Any]]:
-        """Every variable's record, in creation order."""
+    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
+        """Every variable's record, in creation order; with ``pattern``, only those
+        whose names match the glob (``fnmatch.fnmatchcase``: ``*``, ``?``,
+        ``[abc]``, ``[!abc]``, case-sensitive, the whole name). ``ValidationError``
+        (rule ``pattern``) for a pattern that is not a string."""
+
+    def get_record(self, identifier: str) -> VariableRecord:
+        """One variable's record (value and version from one moment), by name or id;
+        ``VariableNotFound`` if absent.
+
+        This default scans ``list_variables()``; backends answer it directly.
+        """
+        if isinstance(identifier, str):
+            for record in self.list_variables():
+                if identifier in (record["name"], record["id"]):
+                    return VariableRecord.from_dict(record)
+        raise variable_not_found(identifier, self.session_id)
 
     @abc.abstractmethod
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
@@ -176,6 +207,11 @@ class StateProvider(abc.ABC):
     def cleanup(self) -> None:
         """Release the session's resources; idempotent."""
 
+    def heartbeat(self) -> float | None:
+        """Keep a session that expires when idle alive; return when it would expire
+        (epoch seconds), or None for a session that never expires (the default)."""
+        return None
+
     def subscribe(self, pattern: str, subscriber: Callable[[dict[str, Any]], None]) -> Any:
         """Call ``subscriber`` with each change to variables matching ``pattern``.
 
@@ -199,6 +235,42 @@ class StateProvider(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         self.cleanup()
+
+
+@runtime_checkable
+class Migratable(Protocol):
+    """A backend that can hand its session over exactly (see the module docstring)."""
+
+    def seal(self) -> ExportColumns:
+        """Refuse writes from now on and return the session's columns: the cut.
+
+        Writes that meet the seal wait for ``retire`` or ``unseal``; they are never
+        lost and never applied twice.
+        """
+        ...
+
+    def unseal(self) -> None:
+        """The migration failed: accept writes again."""
+        ...
+
+    def retire(self, successor: StateProvider) -> None:
+        """The migration succeeded: release the session and forward every call,
+        waiting writes included, to ``successor``."""
+        ...
+
+
+@runtime_checkable
+class Restartable(Protocol):
+    """A backend whose session a supervisor can restart in place."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether the session serves calls now."""
+        ...
+
+    def restart(self) -> None:
+        """Bring a dead session back with its variables; a no-op when alive."""
+        ...
 
 
 def is_provider(cls: object) -> bool:

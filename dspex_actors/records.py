@@ -12,10 +12,10 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from dspex_actors.errors import ValidationError
+from dspex_actors.errors import ValidationError, VariableNotFound
 from dspex_actors.vartypes import describe_value
 
-__all__ = ["VariableRecord", "check_pattern", "name_matches"]
+__all__ = ["VariableRecord", "check_pattern", "name_matches", "variable_not_found"]
 
 
 class VariableRecord(NamedTuple):
@@ -69,3 +69,11 @@ def name_matches(name: str, pattern: str | None) -> bool:
     """Whether ``name`` matches the glob (``*``, ``?``, ``[abc]``, ``[!abc]``; case
     sensitive, the whole name), the same meaning on every backend and the wire."""
     return pattern is None or fnmatch.fnmatchcase(name, pattern)
+
+
+def variable_not_found(identifier: Any, session_id: str) -> VariableNotFound:
+    """The error for an identifier that names no variable (every backend's wording)."""
+    return VariableNotFound(
+        f"variable {identifier!r} not found in session {session_id!r}",
+        variable=identifier if isinstance(identifier, str) else describe_value(identifier),
+    )

@@ -17,7 +17,9 @@ write always reads that write. A closed table's counter is -1 (odd) forever, so
 every fast read falls through to the slow path, which reports the closure.
 
 The table outlives its actor: a supervisor can start a new actor on the same table
-(the ETS "heir" idea) and the session keeps its variables across a restart.
+(the ETS "heir" idea) and the session keeps its variables across a restart. Only the
+table's writer changes it: its running actor, or, once no actor runs on it, the
+handle that owns it (which may only close it).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 import queue
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +49,8 @@ from dspex_actors.errors import (
     VersionConflict,
 )
 from dspex_actors.exports import ExportColumns, check_shape, columns_digest, first_repeat
+from dspex_actors.messages import Control, Operation
+from dspex_actors.records import VariableRecord, name_matches, variable_not_found
 from dspex_actors.vartypes import (
     MAX_VERSION,
     Validator,
@@ -57,7 +62,10 @@ from dspex_actors.vartypes import (
 
 __all__ = [
     "CLOSED",
+    "SEALED",
+    "ExitHook",
     "Record",
+    "Sealed",
     "SessionActor",
     "SessionTable",
     "new_session_id",
@@ -76,14 +84,6 @@ free-threaded interpreter a table's sequence number starts odd and stays odd
 (writers add 2), so every read goes through the actor instead."""
 
 _SEQ_STEP = 1 if LOCK_FREE_READS else 2
-
-
-def variable_not_found(identifier: Any, session_id: str) -> VariableNotFound:
-    """The error for an identifier that names no variable (every backend's wording)."""
-    return VariableNotFound(
-        f"variable {identifier!r} not found in session {session_id!r}",
-        variable=identifier if isinstance(identifier, str) else describe_value(identifier),
-    )
 
 
 def new_session_id() -> str:
@@ -112,6 +112,20 @@ class Record(NamedTuple):
         thaw = self.validator.thaw
         return self.value if thaw is None else thaw(self.value)
 
+    def public(self) -> VariableRecord:
+        """The record as callers receive it: a VariableRecord of fresh copies."""
+        return VariableRecord(
+            self.id,
+            self.name,
+            self.validator.type,
+            self.read_value(),
+            plain_copy(self.validator.constraints),
+            plain_copy(self.metadata),
+            self.version,
+            self.created_at,
+            self.last_updated_at,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """The record as plain data: a fresh copy the caller may keep."""
         return {
@@ -128,9 +142,11 @@ class Record(NamedTuple):
 
 
 class SessionTable:
-    """A session's published variables: written by its actor only, read by anyone.
+    """A session's published variables: written by its writer only, read by anyone.
 
-    ``index`` maps both names and ids to records; ``by_id`` keeps creation order.
+    The writer is the session's running actor, or, when no actor runs on it, the
+    handle that owns it, which may only :meth:`close` it. ``index`` maps both names
+    and ids to records; ``by_id`` keeps creation order.
     """
 
     __slots__ = ("by_id", "index", "metadata", "seq", "session_id")
@@ -145,6 +161,11 @@ class SessionTable:
     @property
     def closed(self) -> bool:
         return self.seq == CLOSED
+
+    def close(self) -> None:
+        """Mark the table closed for good: every fast read then takes the slow path,
+        which reports the closure (or, on a retired handle, forwards)."""
+        self.seq = CLOSED
 
     def lookup(self, identifier: str) -> Record:
         """The record by name or id; ``VariableNotFound`` if absent."""
@@ -185,9 +206,14 @@ class SessionTable:
             "metadata": plain_copy(metadata),
         }
 
-    def listing(self) -> list[dict[str, Any]]:
-        """Every record as plain data, in creation order (snapshotted in one step)."""
-        return [record.to_dict() for record in list(self.by_id.values())]
+    def listing(self, pattern: str | None = None) -> list[dict[str, Any]]:
+        """The records whose names match ``pattern`` (a glob; None: all) as plain
+        data, in creation order (snapshotted in one step)."""
+        return [
+            record.to_dict()
+            for record in list(self.by_id.values())
+            if pattern is None or name_matches(record.name, pattern)
+        ]
 
     def columns(self, copies: bool = True) -> ExportColumns:
         """The variables as :class:`ExportColumns`, in creation order, without a dict
@@ -236,19 +262,41 @@ _new_record: Callable[[tuple[Any, ...]], Record] = partial(tuple.__new__, Record
 """A Record from a tuple of its fields, built in C (``_make`` is several times slower)."""
 
 
-WRITE_OPERATIONS = frozenset({"register", "set", "update", "delete", "import"})
-
 ExitHook = Callable[[str, BaseException | None], None]
-"""Called with (session_id, error) when the actor stops; error is None for a clean stop."""
+"""Called with (session_id, error) when an actor stops without being asked to: a
+crash (the error) or an external ``actor_ref.stop()`` (None). A stop the handle asked
+for (close, retire) is not reported: there is nothing to restart."""
+
+
+class Sealed:
+    """The answer to a write that met a migration's seal: not applied, and not an error.
+
+    The handle waits for the migration's outcome and sends the write again, to the
+    successor or to this actor once unsealed; no exception carries that signal.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SEALED"
+
+
+SEALED = Sealed()
 
 
 class SessionActor(pykka.ThreadingActor):
-    """Owns one session's variables; every write is one message, one turn.
+    """Owns one session's variables; every operation is one typed message, one turn.
 
-    Messages are tuples ``(operation, *args)``. A request that breaks a rule is
-    answered with the ``StateError`` instance (the handle raises it in the caller's
-    thread, with the caller's traceback); any other exception is a bug and crashes
-    the actor, which a supervisor may restart on the same table.
+    Messages are :mod:`dspex_actors.messages` objects; each applies itself through
+    this actor's typed methods (:class:`~dspex_actors.messages.SessionOps`). A
+    request that breaks a rule is answered with the ``StateError`` instance (the
+    handle raises it in the caller's thread, with the caller's traceback). Any other
+    exception is a bug: the actor answers it as a ``StateError``, refuses everything
+    after it, and stops (through Pykka's public ``stop``), so a supervisor restarts
+    a fresh actor on the same table.
+
+    States: open; sealed (writes answered :data:`SEALED`, a migration is taking its
+    cut); closed (everything answered ``SessionClosed``).
     """
 
     # Daemon thread: a program that forgets cleanup() must still be able to exit.
@@ -257,93 +305,112 @@ class SessionActor(pykka.ThreadingActor):
 
     @staticmethod
     def _create_actor_inbox() -> pykka._actor.ActorInbox:
-        # Pykka's hook "for implementors of new actor types" (underscored, but meant
-        # to be overridden). SimpleQueue is the lighter C queue: against
-        # ThreadingActor's queue.Queue it takes set_variable from 1.24x to 1.11x a
-        # bare Pykka ask (python -m benchmarks local, pinned, two runs each).
-        # Unbounded on purpose: every message but the stop request is an ask whose
-        # sender blocks for the reply, so the inbox never holds more messages than
-        # there are threads calling this session (+1 stop).
+        # Pykka's documented hook "for implementors of new actor types". SimpleQueue
+        # is the lighter C queue: against ThreadingActor's queue.Queue it takes
+        # set_variable from 1.24x to 1.11x a bare Pykka ask (python -m benchmarks
+        # local, pinned, two runs each). Unbounded on purpose: every message but the
+        # stop request is an ask whose sender blocks for the reply, so the inbox
+        # never holds more messages than there are threads calling this session
+        # (+1 stop).
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         return inbox
 
-    def __init__(self, table: SessionTable, on_exit: ExitHook | None = None) -> None:
+    def __init__(
+        self,
+        table: SessionTable,
+        on_exit: ExitHook | None = None,
+        crashed: threading.Event | None = None,
+    ) -> None:
         super().__init__()
         self.table = table
         self._on_exit = on_exit
+        # Set the moment a bug is met, before the stop request is even queued, so the
+        # handle's ``alive`` turns False at once and a supervisor restarts promptly.
+        self._crashed = crashed if crashed is not None else threading.Event()
+        self._crash: BaseException | None = None
+        self._sealed = False
+        self._closed_error: Callable[[], StateError] | None = None  # set once closed
+        self._stop_requested = False
         # A turn that crashed half way leaves seq odd; a new actor on the same table
         # starts from an even number so readers trust it again.
         if LOCK_FREE_READS and table.seq != CLOSED and table.seq & 1:
             table.seq += _SEQ_STEP
-        # Operations refused in the current state, and the error they get:
-        # writes while sealed for a migration, everything once closed.
-        self._refused: frozenset[str] = frozenset()
-        self._refusal: Callable[[], StateError] = lambda: StateError("refused")
-        self._handlers: dict[str, Callable[..., Any]] = {
-            "register": self._register,
-            "set": self._set,
-            "update": self._update,
-            "delete": self._delete,
-            "import": self._import,
-            "get": self._get,
-            "get_many": self._get_many,
-            "list": self.table.listing,
-            "export": self.table.export,
-            "columns": self.table.columns,
-            "digest": self.table.digest,
-            "seal": self._seal,
-            "unseal": self._unseal,
-            "close": self._close,
-            "crash": self._crash,
-        }
 
     # -- pykka hooks -------------------------------------------------------------
 
-    def on_receive(self, message: Any) -> Any:
-        operation, *args = message
-        if self._refused and operation in self._refused:
-            return self._refusal()  # a fresh error each time: callers raise it
+    def on_receive(self, message: Operation[Any] | Control[Any]) -> Any:
+        if self._closed_error is not None:
+            return self._closed_error()  # a fresh error each time: callers raise it
         try:
-            return self._handlers[operation](*args)
+            write, apply = message.write, message.apply
+        except AttributeError:  # not a dspex_actors message: the sender's bug, not ours
+            return StateError(f"session actor got {type(message).__name__}, not a message")
+        if self._sealed and write:
+            return SEALED
+        try:
+            return apply(self)
         except StateError as exc:
             return exc
         except Exception as exc:
-            # A bug, not a rule broken by the caller: crash like an Erlang process
-            # (pykka would otherwise hand the error back and keep running), so the
-            # supervisor hears of it and restarts on the table. Stopping is pykka's
-            # own failure path, through its public parts: leave the registry and set
-            # actor_stopped, so the loop ends after this turn and answers whatever
-            # is still queued with ActorDeadError. The caller gets the exception
-            # through its ask (pykka adds an INFO line). Only a told message, which
-            # dspex_actors never sends, is logged a second time, by pykka.
-            logger.error(
-                "session %s: actor crashed: %r", self.table.session_id, exc, exc_info=True
-            )
-            pykka.ActorRegistry.unregister(self.actor_ref)
-            self.actor_stopped.set()
-            self.on_failure(type(exc), exc, exc.__traceback__)
-            raise
+            return self._fail(message, exc)
+
+    def _fail(self, message: object, exc: Exception) -> StateError:
+        """A bug, not a rule broken by the caller: crash like an Erlang process.
+
+        The caller hears of it as a StateError; whatever is queued behind is refused
+        (``SessionClosed``: not applied); the actor stops through Pykka's public
+        ``stop()``, and ``on_stop`` reports the crash to the supervisor.
+        """
+        session_id = self.table.session_id
+        logger.error("session %s: actor crashed: %r", session_id, exc, exc_info=True)
+        self._crash = exc
+        self._crashed.set()
+        self._closed_error = lambda: SessionClosed(
+            f"session {session_id!r}: its actor crashed and is being restarted",
+            session_id=session_id,
+        )
+        self.stop()
+        error = StateError(
+            f"session {session_id!r}: the actor crashed handling {type(message).__name__}: {exc!r}"
+        )
+        error.__cause__ = exc
+        return error
 
     def on_stop(self) -> None:
-        self._report_exit(None)
+        if not self._stop_requested:
+            self._report_exit(self._crash)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # Only a failure in pykka's own machinery gets here (on_receive catches all).
         self._report_exit(exception_value)
 
     def _report_exit(self, error: BaseException | None) -> None:
-        # Once: a crash in a told message reaches on_failure from both
-        # on_receive and pykka's loop.
         hook, self._on_exit = self._on_exit, None
         if hook is not None:
             hook(self.table.session_id, error)
 
     # -- reads (the slow path, when a reader met a write in progress) ------------
 
-    def _get(self, identifier: str) -> Any:
+    def get(self, identifier: str) -> Any:
         return self.table.lookup(identifier).read_value()
 
-    def _get_many(self, identifiers: list[str]) -> dict[str, Any]:
+    def get_many(self, identifiers: list[str]) -> dict[str, Any]:
         return self.table.values(identifiers)
+
+    def get_record(self, identifier: str) -> VariableRecord:
+        return self.table.lookup(identifier).public()
+
+    def listing(self, pattern: str | None) -> list[dict[str, Any]]:
+        return self.table.listing(pattern)
+
+    def export(self) -> dict[str, Any]:
+        return self.table.export()
+
+    def columns(self) -> ExportColumns:
+        return self.table.columns()
+
+    def digest(self) -> bytes:
+        return self.table.digest()
 
     # -- writes --------------------------------------------------------------------
 
@@ -367,7 +434,7 @@ class SessionActor(pykka.ThreadingActor):
             table.metadata = metadata
         table.seq += _SEQ_STEP
 
-    def _register(
+    def register(
         self,
         name: Any,
         type_name: Any,
@@ -408,8 +475,8 @@ class SessionActor(pykka.ThreadingActor):
             )
         )
 
-    def _set(
-        self, identifier: str, new_value: Any, metadata: Any, expected_version: int | None
+    def set_value(
+        self, identifier: str, value: Any, metadata: Any, expected_version: int | None
     ) -> int:
         record = self.table.lookup(identifier)
         vartypes.check_expected_version(record.name, expected_version)
@@ -421,13 +488,13 @@ class SessionActor(pykka.ThreadingActor):
                 expected=expected_version,
                 actual=record.version,
             )
-        value = record.validator.check(record.name, new_value)
+        checked = record.validator.check(record.name, value)
         meta = check_metadata(record.name, metadata) if metadata is not None else None
-        updated = self._next(record, value, meta, time.time())
+        updated = self._next(record, checked, meta, time.time())
         self._publish((updated,))
         return updated.version
 
-    def _update(self, updates: Mapping[str, Any], metadata: Any) -> None:
+    def update(self, updates: Mapping[str, Any], metadata: Any) -> None:
         """All or nothing: validate every entry, then publish all in one window."""
         lookup = self.table.index.get
         errors: dict[str, StateError] = {}
@@ -460,11 +527,11 @@ class SessionActor(pykka.ThreadingActor):
         now = time.time()
         self._publish([self._next(record, value, meta, now) for record, value in staged.values()])
 
-    def _delete(self, identifier: str) -> None:
+    def delete(self, identifier: str) -> None:
         record = self.table.lookup(identifier)
         self._publish((), removed=(record,))
 
-    def _import(self, columns: ExportColumns) -> int:
+    def import_columns(self, columns: ExportColumns) -> int:
         """Check a whole export, then publish it in one window; returns the count."""
         check_shape(columns)
         with gc_paused(columns.variable_count >= BULK_ITEMS):
@@ -473,31 +540,37 @@ class SessionActor(pykka.ThreadingActor):
         self._publish(records, metadata={**self.table.metadata, **session_meta})
         return len(records)
 
-    def _seal(self) -> ExportColumns:
+    # -- lifecycle -----------------------------------------------------------------
+
+    def seal(self) -> ExportColumns:
         """Refuse writes from now on and return the export's columns: a migration's
         exact cut."""
-        session_id = self.table.session_id
-        self._refused = WRITE_OPERATIONS
-        self._refusal = lambda: SessionClosed(
-            f"session {session_id!r} is being migrated", session_id=session_id, migrating=True
-        )
+        if self._sealed:
+            raise StateError(f"session {self.table.session_id!r} is already sealed")
+        self._sealed = True
         # Without copies: the columns only travel to the migration, which packs them.
         return self.table.columns(copies=False)
 
-    def _unseal(self) -> None:
+    def unseal(self) -> None:
         """Accept writes again (a migration failed)."""
-        if not self.table.closed:
-            self._refused = frozenset()
+        self._sealed = False
 
-    def _close(self) -> None:
+    def retire(self) -> None:
+        """The session moved on: close the table; the handle forwards from now on."""
+        self._shut(f"session {self.table.session_id!r} moved to another backend")
+
+    def close(self) -> None:
         # Marks the table in this turn, after every write queued before it; the
         # handle then sends the stop request. Anything queued behind is refused.
-        session_id = self.table.session_id
-        self.table.seq = CLOSED
-        self._refused = frozenset(self._handlers) - {"close"}
-        self._refusal = lambda: SessionClosed(f"session {session_id!r} is closed")
+        self._shut(f"session {self.table.session_id!r} is closed")
 
-    def _crash(self, reason: str) -> None:
+    def _shut(self, why: str) -> None:
+        session_id = self.table.session_id
+        self.table.close()
+        self._stop_requested = True
+        self._closed_error = lambda: SessionClosed(why, session_id=session_id)
+
+    def crash(self, reason: str) -> None:
         """Fail on purpose (tests and supervisors exercise restarts with it)."""
         raise RuntimeError(reason)
 

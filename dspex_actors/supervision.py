@@ -1,48 +1,55 @@
-"""Supervisor, Context and the local -> bridged migration.
+"""Supervisor, Context and the migration of a session to a shared backend.
 
-A :class:`Supervisor` owns a Pykka actor that restarts a session actor that dies
-(one-for-one, with Erlang-style restart intensity), and starts contexts. A
-:class:`Context` is the user's handle on one session; it keeps the same identity
-and API while its backend changes underneath.
+A :class:`Supervisor` starts contexts and restarts a session that dies, through the
+one supervision policy (:mod:`dspex_actors.restarts`: one-for-one, Erlang-style
+restart intensity) the SessionStore server uses too. A :class:`Context` is the
+user's handle on one session; it keeps the same identity and API while its backend
+changes underneath.
 
 Migration (``Context.ensure_bridged``) is seal+export -> import (one RPC, with the
-server's digest of what it stored) -> verify -> swap -> retire the old actor. It
+server's digest of what it stored) -> verify -> swap -> retire the old backend. It
 runs in the calling thread under the context's own lock, so one slow bridge never
 delays another session's restart. Writes through the Context are fenced while it
 runs: they wait, then go to whichever backend is current, each applied exactly
-once; the old actor itself refuses writes from the seal on, so a write made on the
-old backend directly cannot slip past the export either (it waits and is then
-forwarded). Reads keep answering from the last committed values. Nothing is cleaned
-up before the new backend holds a verified copy, and any failure leaves the session
-on its old backend, whole and writable, with the half-made remote session removed.
+once. A backend that implements the migration protocol
+(:class:`~dspex_actors.provider.Migratable`, as LocalState does) is sealed, so a
+write made on the old backend directly cannot slip past the export either (it waits
+and is then forwarded); one without it is exported as it stands and cleaned up after
+the swap, so only writes through the Context are fenced. Reads keep answering from
+the last committed values. Nothing is cleaned up before the new backend holds a
+verified copy, and any failure leaves the session on its old backend, whole and
+writable, with the half-made remote session removed.
 
 Reads cost no more than the backend's own: the Context binds the backend's read
 methods onto itself (rebound at each switch) instead of wrapping them, so a local
-``get_variable`` stays a table lookup. A retired LocalState forwards to its
-successor, so read methods bound before a switch keep reading live values.
+``get_variable`` stays a table lookup. Writes are the same typed messages
+(:mod:`dspex_actors.messages`) the session actor applies, run through the write
+gate on whichever backend is current.
+
+gRPC is loaded only when a session first needs the bridge.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-import pykka
-
-from dspex_actors.bridge import BridgedState, embedded, serve
-from dspex_actors.bridge.server import SessionStoreServer
 from dspex_actors.errors import SessionClosed, StateError
-from dspex_actors.exports import ExportColumns, columns_digest
-from dspex_actors.local import LocalState, ask_actor
-from dspex_actors.provider import StateProvider, validate_provider
+from dspex_actors.exports import ExportColumns, columns_digest, columns_of
+from dspex_actors.local import LocalState
+from dspex_actors.messages import Delete, Import, Operation, Register, SetValue, Update
+from dspex_actors.provider import Migratable, Restartable, StateProvider, validate_provider
+from dspex_actors.records import VariableRecord
+from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
+
+if TYPE_CHECKING:
+    from dspex_actors.bridge.client import BridgedState
+    from dspex_actors.bridge.server import SessionStoreServer
 
 __all__ = ["Context", "Supervisor"]
 
@@ -50,88 +57,10 @@ logger = logging.getLogger(__name__)
 
 BackendSpec = Literal["local", "bridged"] | type[StateProvider]
 SwitchHook = Callable[[dict[str, Any]], None]
-RestartHook = Callable[[str, BaseException | None], None]
 
 _BRIDGE_PROGRAM_TYPES = frozenset({"dspy", "python"})
 _CALL_TIMEOUT = 60.0
-
-
-@dataclass
-class _Child:
-    """One supervised context and its restart record.
-
-    The supervisor handle keeps the children (it adds and removes them); only the
-    supervisor actor reads and changes ``restarts`` and ``failure``, one restart
-    decision at a time, in its own thread. A child that failed for good stays
-    listed until its context is stopped; its calls raise the failure.
-    """
-
-    context: Context
-    restarts: deque[float] = field(default_factory=deque)
-    failure: StateError | None = None
-
-
-class _SupervisorActor(pykka.ThreadingActor):
-    """Decides restarts, one at a time, for the handle's children."""
-
-    use_daemon_thread = True
-
-    def __init__(self, handle: Supervisor) -> None:
-        super().__init__()
-        self.handle = handle
-
-    def on_receive(self, message: Any) -> Any:
-        operation, *args = message
-        if operation == "exited":
-            self._ensure_running(*args)  # a forgotten child is left alone
-            return None
-        if operation == "ensure_running":
-            return self._ensure_running(*args)
-        return super().on_receive(message)
-
-    def _ensure_running(
-        self, session_id: str, error: BaseException | None = None
-    ) -> StateError | None:
-        """Restart the child's session actor if it died; None when it runs again."""
-        child = self.handle._child(session_id)
-        if child is None:
-            return SessionClosed(f"context {session_id!r} is stopped")
-        if child.failure is not None:
-            return child.failure
-        backend = child.context.backend
-        if not isinstance(backend, LocalState) or backend.alive or child.context.stopped:
-            return None
-        handle = self.handle
-        now = handle.clock()
-        window = handle.within_seconds
-        while child.restarts and now - child.restarts[0] > window:
-            child.restarts.popleft()
-        if len(child.restarts) >= handle.max_restarts:
-            child.failure = StateError(
-                f"context {session_id!r} stopped: its session actor died more than "
-                f"{handle.max_restarts} times within {window}s (last error: {error!r})"
-            )
-            logger.error("%s", child.failure)
-            child.context._fail(child.failure)
-            return child.failure
-        child.restarts.append(now)
-        try:
-            backend.restart()
-        except StateError as exc:
-            return exc
-        logger.warning(
-            "restarted session actor of context %r (restart %d within %.1fs): %r",
-            session_id,
-            len(child.restarts),
-            window,
-            error,
-        )
-        if handle.on_restart is not None:
-            try:
-                handle.on_restart(session_id, error)
-            except Exception:
-                logger.exception("on_restart hook failed")
-        return None
+_T = TypeVar("_T")
 
 
 class Supervisor:
@@ -146,35 +75,32 @@ class Supervisor:
         *,
         bridge_address: str | None,
         token: str | None,
-        max_restarts: int,
-        within_seconds: float,
+        policy: RestartPolicy,
         bridge_timeout: float,
         heartbeat_interval: float,
         on_switch: SwitchHook | None,
         on_restart: RestartHook | None,
+        on_give_up: GiveUpHook | None,
         clock: Callable[[], float],
     ) -> None:
-        if max_restarts < 0 or within_seconds <= 0 or heartbeat_interval <= 0:
-            raise ValueError(
-                "max_restarts must be >= 0, within_seconds and heartbeat_interval > 0"
-            )
-        self.max_restarts = max_restarts
-        self.within_seconds = within_seconds
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be > 0")
+        self.policy = policy
         self.token = token
         self.bridge_timeout = bridge_timeout
         self.heartbeat_interval = heartbeat_interval
         self.on_switch = on_switch
-        self.on_restart = on_restart
-        self.clock = clock
         self._bridge_address = bridge_address
         self._private_server: SessionStoreServer | None = None
         self._uses_shared_server = False
         self._heartbeats: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._children: dict[str, _Child | None] = {}  # None: being started
+        self._children: dict[str, Context | None] = {}  # None: being started
         self._stopped = False
-        self._ref = _SupervisorActor.start(self)
+        self.restarts = RestartSupervisor.start_supervisor(
+            policy, on_restart=on_restart, on_give_up=on_give_up, clock=clock, what="context"
+        )
 
     @classmethod
     def start(
@@ -188,6 +114,7 @@ class Supervisor:
         heartbeat_interval: float = 60.0,
         on_switch: SwitchHook | None = None,
         on_restart: RestartHook | None = None,
+        on_give_up: GiveUpHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> Self:
         """Start a supervisor.
@@ -196,19 +123,21 @@ class Supervisor:
         uses the process's embedded one (a private one when ``token`` is given),
         started the first time a session needs the bridge. Bridged contexts send a
         heartbeat every ``heartbeat_interval`` seconds, so an idle session never
-        reaches the server's TTL. ``on_switch`` hears each switch's record,
-        ``on_restart`` each restart; ``clock`` (monotonic seconds) measures the
-        restart-intensity window.
+        reaches the server's TTL. A session that dies is restarted unless it died
+        ``max_restarts`` times within ``within_seconds`` (``RestartPolicy``).
+        ``on_switch`` hears each switch's record, ``on_restart`` each restart,
+        ``on_give_up`` each context stopped for dying too often; ``clock``
+        (monotonic seconds) measures the restart-intensity window.
         """
         return cls(
             bridge_address=bridge_address,
             token=token,
-            max_restarts=max_restarts,
-            within_seconds=within_seconds,
+            policy=RestartPolicy(max_restarts, within_seconds),
             bridge_timeout=bridge_timeout,
             heartbeat_interval=heartbeat_interval,
             on_switch=on_switch,
             on_restart=on_restart,
+            on_give_up=on_give_up,
             clock=clock,
         )
 
@@ -220,6 +149,8 @@ class Supervisor:
 
     def _ensure_bridge(self) -> str:
         """The bridge address, starting the embedded server and heartbeats on first need."""
+        from dspex_actors.bridge import embedded, serve
+
         with self._lock:
             if self._stopped:
                 raise SessionClosed("the supervisor is stopped")
@@ -239,18 +170,18 @@ class Supervisor:
             return self._bridge_address
 
     def _send_heartbeats(self) -> None:
-        """Keep bridged sessions of idle contexts from expiring on the server."""
+        """Keep remote sessions of idle contexts from expiring."""
         while not self._stopping.wait(self.heartbeat_interval):
             for context in self.contexts():
-                backend = context.backend
-                if isinstance(backend, BridgedState):
-                    try:
-                        backend.heartbeat()
-                    except StateError as exc:
-                        logger.warning("heartbeat of %s failed: %s", context.session_id, exc)
+                try:
+                    context.backend.heartbeat()
+                except StateError as exc:
+                    logger.warning("heartbeat of %s failed: %s", context.session_id, exc)
 
     def open_bridged(self, session_id: str) -> BridgedState:
         """A BridgedState for ``session_id`` on this supervisor's bridge."""
+        from dspex_actors.bridge.client import BridgedState
+
         return BridgedState.init(
             session_id=session_id,
             address=self._ensure_bridge(),
@@ -278,7 +209,7 @@ class Supervisor:
         try:
             provider: StateProvider
             if backend == "local":
-                provider = LocalState.init(session_id=session_id, on_exit=self._child_exited)
+                provider = LocalState.init(session_id=session_id, on_exit=self.restarts.exited)
             elif backend == "bridged":
                 provider = self.open_bridged(session_id)
             else:
@@ -289,11 +220,13 @@ class Supervisor:
                 self._children.pop(session_id, None)
             raise
         context = Context(self, session_id, provider)
+        self.restarts.watch(context)
         with self._lock:
             stopped = self._stopped
             if not stopped:
-                self._children[session_id] = _Child(context)
+                self._children[session_id] = context
         if stopped:  # stop() ran meanwhile and could not see this context
+            self.restarts.forget(session_id)
             provider.cleanup()
             raise SessionClosed("the supervisor is stopped")
         return context
@@ -301,42 +234,31 @@ class Supervisor:
     def contexts(self) -> list[Context]:
         """The running contexts."""
         with self._lock:
-            return [c.context for c in self._children.values() if c is not None]
-
-    def _child(self, session_id: str) -> _Child | None:
-        """The running child of that session, if any."""
-        with self._lock:
-            return self._children.get(session_id)
-
-    def _child_exited(self, session_id: str, error: BaseException | None) -> None:
-        """on_exit hook of supervised session actors (runs in the dying actor's thread)."""
-        # A stopped supervisor has nothing to restart.
-        with contextlib.suppress(pykka.ActorDeadError):
-            self._ref.tell(("exited", session_id, error))
-
-    def _ask(self, *message: Any) -> Any:
-        return ask_actor(self._ref, message, _CALL_TIMEOUT, "supervisor")
+            return [c for c in self._children.values() if c is not None]
 
     def _forget(self, context: Context) -> None:
         with self._lock:
             self._children.pop(context.session_id, None)
+        self.restarts.forget(context.session_id)
 
     def stop(self) -> None:
-        """Stop every context, the heartbeats, the supervisor actor and its server."""
+        """Stop every context, the heartbeats, the restart supervisor and the server."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
-            contexts = [c.context for c in self._children.values() if c is not None]
+            contexts = [c for c in self._children.values() if c is not None]
         for context in contexts:
             context.stop()
         self._stopping.set()
         if self._heartbeats is not None:
             self._heartbeats.join(_CALL_TIMEOUT)
-        self._ref.stop(block=True, timeout=_CALL_TIMEOUT)
+        self.restarts.stop(_CALL_TIMEOUT)
         if self._private_server is not None:
             self._private_server.stop(grace=None)
         if self._uses_shared_server:
+            from dspex_actors.bridge import embedded
+
             embedded.release()
 
     def __enter__(self) -> Self:
@@ -362,15 +284,17 @@ class Context:
     """A session handle whose API stays the same while its backend changes.
 
     Every StateProvider operation is here and returns plain values, raising
-    ``dspex_actors.errors``. ``get_variable``, ``get_variables``,
+    ``dspex_actors.errors``. ``get_variable``, ``get_variables``, ``get_record``,
     ``list_variables``, ``export_state`` and ``export_columns`` are the current
     backend's own bound methods (rebound at each switch), so they cost what the
-    backend's do.
+    backend's do. A Context is also the supervisor's child
+    (:class:`~dspex_actors.restarts.Child`).
     """
 
     get_variable: Callable[[str], Any]
     get_variables: Callable[[Iterable[str]], dict[str, Any]]
-    list_variables: Callable[[], list[dict[str, Any]]]
+    get_record: Callable[[str], VariableRecord]
+    list_variables: Callable[..., list[dict[str, Any]]]
     export_state: Callable[[], dict[str, Any]]
     export_columns: Callable[[], ExportColumns]
 
@@ -391,19 +315,10 @@ class Context:
     def _bind(self, backend: StateProvider) -> None:
         self.get_variable = backend.get_variable
         self.get_variables = backend.get_variables
+        self.get_record = backend.get_record
         self.list_variables = backend.list_variables
         self.export_state = backend.export_state
         self.export_columns = backend.export_columns
-
-    def _fail(self, error: StateError) -> None:
-        """Called by the supervisor when the child exceeded its restart intensity."""
-        with self._gate:
-            self._failure = error
-            fail = _failed_reader(error)
-            self.get_variable = self.get_variables = fail
-            self.list_variables = self.export_state = self.export_columns = fail
-            backend = self._backend
-        backend.cleanup()
 
     @property
     def backend(self) -> StateProvider:
@@ -413,6 +328,34 @@ class Context:
     @property
     def stopped(self) -> bool:
         return self._stopped
+
+    # -- the supervisor's child --------------------------------------------------------
+
+    def needs_restart(self) -> bool:
+        """Whether the session should run and does not (a restartable backend died)."""
+        backend = self._backend
+        return (
+            not self._stopped
+            and self._failure is None
+            and isinstance(backend, Restartable)
+            and not backend.alive
+        )
+
+    def restart(self) -> None:
+        """Restart the backend's session in place (the supervisor decided to)."""
+        backend = self._backend
+        if isinstance(backend, Restartable):
+            backend.restart()
+
+    def give_up(self, error: StateError) -> None:
+        """The session died too often: every later call raises ``error``."""
+        with self._gate:
+            self._failure = error
+            fail = _failed_reader(error)
+            self.get_variable = self.get_variables = self.get_record = fail
+            self.list_variables = self.export_state = self.export_columns = fail
+            backend = self._backend
+        backend.cleanup()
 
     # -- the write gate ----------------------------------------------------------------
 
@@ -433,20 +376,23 @@ class Context:
             if not self._writers:
                 self._gate.notify_all()
 
-    def _write(self, operation: Callable[[StateProvider], Any]) -> Any:
-        """Run a write on the current backend; after a session-actor death, wait for
-        the supervisor's restart and retry once (the dead actor never applied it)."""
+    def _write(self, operation: Operation[_T]) -> _T:
+        """Run a write on the current backend. A backend whose session died refused
+        it (SessionClosed: not applied), so after the supervisor's restart it is
+        sent once more."""
         for attempt in (0, 1):
             backend = self._enter()
             try:
-                return operation(backend)
+                return operation.forward(backend)
             except SessionClosed:
-                if attempt or self._stopped or not isinstance(backend, LocalState):
+                if attempt or self._stopped or not isinstance(backend, Restartable):
                     raise
             finally:
                 self._leave()
             # Outside the gate: a migration may be waiting for writers to drain.
-            self._supervisor._ask("ensure_running", self.session_id)
+            failure = self._supervisor.restarts.ensure_running(self.session_id, _CALL_TIMEOUT)
+            if failure is not None:
+                raise failure
         raise AssertionError("unreachable")
 
     # -- the provider API --------------------------------------------------------------
@@ -461,18 +407,7 @@ class Context:
         metadata: Mapping[str, Any] | None = None,
         description: str | None = None,
     ) -> str:
-        return str(
-            self._write(
-                lambda b: b.register_variable(
-                    name,
-                    type,
-                    initial_value,
-                    constraints=constraints,
-                    metadata=metadata,
-                    description=description,
-                )
-            )
-        )
+        return self._write(Register(name, type, initial_value, constraints, metadata, description))
 
     def set_variable(
         self,
@@ -482,27 +417,21 @@ class Context:
         *,
         expected_version: int | None = None,
     ) -> int:
-        return int(
-            self._write(
-                lambda b: b.set_variable(
-                    identifier, new_value, metadata, expected_version=expected_version
-                )
-            )
-        )
+        return self._write(SetValue(identifier, new_value, metadata, expected_version))
 
     def update_variables(
         self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
     ) -> None:
-        self._write(lambda b: b.update_variables(updates, metadata))
+        self._write(Update(updates, metadata))
 
     def delete_variable(self, identifier: str) -> None:
-        self._write(lambda b: b.delete_variable(identifier))
+        self._write(Delete(identifier))
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
-        self._write(lambda b: b.import_state(exported))
+        self._write(Import(columns_of(exported)))
 
     def import_columns(self, columns: ExportColumns) -> None:
-        self._write(lambda b: b.import_columns(columns))
+        self._write(Import(columns))
 
     def subscribe(self, pattern: str, subscriber: Callable[[dict[str, Any]], None]) -> Any:
         return self._backend.subscribe(pattern, subscriber)
@@ -530,13 +459,14 @@ class Context:
         self._programs[program_id] = dict(spec)
 
     def ensure_bridged(self) -> None:
-        """Move the session to the bridge now; idempotent.
+        """Move the session to the bridge now, unless its backend is already shared
+        with other processes (``capabilities()["distribution"]``); idempotent.
 
         Raises a StateError naming the failed step; the session then stays where it
         was, whole and writable.
         """
         with self._migration_lock:
-            if not isinstance(self._backend, BridgedState):
+            if not type(self._backend).capabilities().get("distribution"):
                 self._migrate()
 
     def _migrate(self) -> None:
@@ -551,51 +481,56 @@ class Context:
             self._fenced = True
             while self._writers:
                 self._gate.wait()
-        new: BridgedState | None = None
-        swapped = False
-        step = "export"
+        sealed = old if isinstance(old, Migratable) else None
+        step = ["export"]
         try:
-            columns = old.seal() if isinstance(old, LocalState) else old.export_columns()
+            columns = sealed.seal() if sealed is not None else old.export_columns()
             try:
-                step = "import"
-                new = self._supervisor.open_bridged(self.session_id)
-                if not new.owner:
-                    # Someone else's session already has this id: never import into it.
-                    raise StateError(f"session {self.session_id!r} already exists on the bridge")
-                digest = new.import_with_digest(columns)
-                step = "verify"
-                # The server hashed what it stored: equal digests mean equal ids, names,
-                # types, values, versions, constraints, metadata and timestamps.
-                if digest != columns_digest(columns):
-                    raise StateError(
-                        "verification failed: the bridged copy differs from the export"
-                    )
+                new = self._copy(columns, step)
             except BaseException:
-                if new is not None:
-                    with contextlib.suppress(Exception):
-                        new.cleanup()  # the owner's cleanup removes the half-made session
-                if isinstance(old, LocalState):
-                    old.unseal()
+                if sealed is not None:
+                    sealed.unseal()
                 raise
             with self._gate:
                 self._backend = new
                 self._bind(new)
-            swapped = True
         except Exception as exc:
             raise StateError(
                 f"migration of session {self.session_id!r} to the bridge failed at step "
-                f"{step!r}; it stays on {type(old).__name__}: {exc}"
+                f"{step[0]!r}; it stays on {type(old).__name__}: {exc}"
             ) from exc
         finally:
             with self._gate:
                 self._fenced = False
                 self._gate.notify_all()
-        if swapped:
-            if isinstance(old, LocalState):
-                old.retire(successor=new)
-            else:
-                old.cleanup()
-            self._record_switch(old, new, started, columns.variable_count)
+        if sealed is not None:
+            sealed.retire(successor=new)
+        else:
+            old.cleanup()
+        self._record_switch(old, new, started, columns.variable_count)
+
+    def _copy(self, columns: ExportColumns, step: list[str]) -> BridgedState:
+        """Import ``columns`` into a new bridged session and verify it (``step[0]``
+        names the step under way); a failure removes the half-made copy."""
+        step[0] = "import"
+        new = self._supervisor.open_bridged(self.session_id)
+        try:
+            if not new.owner:
+                # Someone else's session already has this id: never import into it.
+                raise StateError(f"session {self.session_id!r} already exists on the bridge")
+            digest = new.import_with_digest(columns)
+            step[0] = "verify"
+            # The server hashed what it stored: equal digests mean equal ids, names,
+            # types, values, versions, constraints, metadata and timestamps.
+            if digest != columns_digest(columns):
+                raise StateError("verification failed: the bridged copy differs from the export")
+        except BaseException:
+            try:
+                new.cleanup()  # the owner's cleanup removes the half-made session
+            except Exception:
+                logger.exception("removing the half-made copy of %s", self.session_id)
+            raise
+        return new
 
     def _record_switch(
         self, old: StateProvider, new: StateProvider, started: float, variables: int
@@ -603,8 +538,8 @@ class Context:
         elapsed_ms = (time.perf_counter() - started) * 1000
         event = {
             "session_id": self.session_id,
-            "from": _kind(old),
-            "to": _kind(new),
+            "from": old.kind,
+            "to": new.kind,
             "duration_ms": elapsed_ms,
             "variables": variables,
             "at": time.time(),
@@ -631,7 +566,7 @@ class Context:
         backend = self._backend
         cls = type(backend)
         return {
-            "type": _kind(backend),
+            "type": backend.kind,
             "module": f"{cls.__module__}.{cls.__qualname__}",
             "requires_bridge": cls.requires_bridge(),
             "capabilities": cls.capabilities(),
@@ -667,11 +602,3 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<Context {self.session_id} on {type(self._backend).__name__}>"
-
-
-def _kind(backend: StateProvider) -> str:
-    if isinstance(backend, LocalState):
-        return "local"
-    if isinstance(backend, BridgedState):
-        return "bridged"
-    return "custom"

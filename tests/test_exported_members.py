@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import dspex_actors
 
@@ -28,6 +30,7 @@ EXPECTED_PUBLIC_NAMES = {
     "ValidationError",
     "VariableExists",
     "VariableNotFound",
+    "VariableRecord",
     "VersionConflict",
     "errors",
     "get_capabilities",
@@ -76,3 +79,19 @@ def test_reexports_are_the_defining_objects() -> None:
 def test_version_is_a_string() -> None:
     assert isinstance(dspex_actors.__version__, str)
     assert dspex_actors.__version__
+
+
+def test_importing_the_package_does_not_load_grpc() -> None:
+    """Local users pay nothing for the bridge: grpc loads on first use of its names."""
+    script = (
+        "import sys, dspex_actors\n"
+        "from dspex_actors import LocalState, Supervisor, Context, errors\n"
+        "with Supervisor.start() as sup:\n"
+        "    ctx = sup.start_context()\n"
+        "    ctx.register_variable('t', 'float', 0.5)\n"
+        "    assert ctx.get_record('t').version == 0\n"
+        "assert not [m for m in sys.modules if m.startswith('grpc')], 'grpc was imported'\n"
+        "from dspex_actors import BridgedState\n"
+        "assert 'grpc' in sys.modules and BridgedState.kind == 'bridged'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)

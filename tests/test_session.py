@@ -26,8 +26,10 @@ from dspex_actors import (
     VariableNotFound,
 )
 from dspex_actors.exports import RECORD_KEYS
+from dspex_actors.messages import Close, Crash, Get, Register, SetValue
 from dspex_actors.session import (
     CLOSED,
+    SEALED,
     SessionActor,
     SessionTable,
     new_session_id,
@@ -74,13 +76,13 @@ def state(exits: ExitLog) -> Iterator[LocalState]:
 def asks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The operations LocalState sends to its actor (reads should send none)."""
     sent: list[str] = []
-    original = LocalState._call
+    original = LocalState._ask
 
-    def spy(self: LocalState, *message: Any) -> Any:
-        sent.append(message[0])
-        return original(self, *message)
+    def spy(self: LocalState, message: Any) -> Any:
+        sent.append(type(message).__name__)
+        return original(self, message)
 
-    monkeypatch.setattr(LocalState, "_call", spy)
+    monkeypatch.setattr(LocalState, "_ask", spy)
     return sent
 
 
@@ -119,7 +121,7 @@ def table_of(state: LocalState) -> SessionTable:
 def crash(state: LocalState, exits: ExitLog, reason: str = "boom") -> BaseException:
     """Make the session actor fail on purpose and wait until it has stopped."""
     already = len(exits.calls)
-    state.actor_ref.tell(("crash", reason))
+    state.actor_ref.tell(Crash(reason))
     session_id, error = exits.wait(already + 1)[already]
     assert session_id == state.session_id
     assert isinstance(error, RuntimeError)
@@ -171,13 +173,17 @@ def assert_reads_closed(state: LocalState) -> None:
 def test_crash_by_ask_stops_the_actor(state: LocalState, exits: ExitLog) -> None:
     """The documented way to fail on purpose: an ask whose handler raises a non-StateError.
 
-    SessionActor's docstring: "any other exception is a bug and crashes the actor".
+    SessionActor's docstring: any other exception is a bug; the caller hears of it as
+    a StateError, and the actor stops.
     """
     populate(state)
-    with pytest.raises(RuntimeError, match="boom"):
-        state.actor_ref.ask(("crash", "boom"))
-    assert not state.actor_ref.is_alive(), "the actor survived a crash"
+    answer = state.actor_ref.ask(Crash("boom"))
+    assert isinstance(answer, StateError)
+    assert isinstance(answer.__cause__, RuntimeError)
+    assert "crashed handling Crash" in str(answer)
+    assert not state.alive, "the handle still thinks the actor serves"
     session_id, error = exits.wait(1)[0]
+    assert not state.actor_ref.is_alive(), "the actor survived a crash"
     assert session_id == SESSION
     assert isinstance(error, RuntimeError)
     assert str(error) == "boom"
@@ -188,8 +194,8 @@ def test_crash_by_ask_stops_the_actor(state: LocalState, exits: ExitLog) -> None
 def test_a_crash_is_logged_once_as_an_error_naming_the_session(
     state: LocalState, exits: ExitLog, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG), pytest.raises(RuntimeError, match="boom"):
-        state.actor_ref.ask(("crash", "boom"))
+    with caplog.at_level(logging.DEBUG):
+        assert isinstance(state.actor_ref.ask(Crash("boom")), StateError)
     exits.wait(1)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert [r.getMessage() for r in errors] == [
@@ -270,16 +276,25 @@ def test_a_second_crash_and_restart_cycle_works(state: LocalState, exits: ExitLo
     assert state.set_variable("max_tokens", 2) == 3
     assert [str(first), str(second)] == ["first", "second"]
     state.cleanup()
-    assert exits.wait(3) == [(SESSION, first), (SESSION, second), (SESSION, None)]
+    assert exits.calls == [(SESSION, first), (SESSION, second)]  # cleanup is no death
 
 
 # -- the on_exit hook -------------------------------------------------------------------
 
 
-def test_on_exit_hears_a_clean_stop_with_none(state: LocalState, exits: ExitLog) -> None:
+def test_on_exit_is_silent_for_a_stop_the_handle_asked_for(
+    state: LocalState, exits: ExitLog
+) -> None:
+    """Cleanup (and retire) stop the actor on purpose: nothing to restart, no report."""
     state.register_variable("x", "integer", 1)
-    assert exits.calls == []
     state.cleanup()
+    assert not state.actor_ref.is_alive()
+    assert exits.calls == []
+
+
+def test_on_exit_hears_an_unasked_stop_with_none(state: LocalState, exits: ExitLog) -> None:
+    state.register_variable("x", "integer", 1)
+    state.actor_ref.stop()
     assert exits.wait(1) == [(SESSION, None)]
 
 
@@ -295,7 +310,7 @@ def test_on_exit_hears_a_crash_with_the_exception(state: LocalState, exits: Exit
 def test_on_exit_is_optional() -> None:
     provider = LocalState.init()
     try:
-        provider.actor_ref.tell(("crash", "no hook"))
+        provider.actor_ref.tell(Crash("no hook"))
         # Without a hook, wait for the actor thread through pykka's stop future.
         assert provider.actor_ref.actor_stopped.wait(WAIT)
         assert not provider.alive
@@ -402,7 +417,7 @@ def test_reads_go_through_the_actor_while_a_batch_is_being_applied(
         assert state.export_state() == expected_export
         with pytest.raises(VariableNotFound):
             state.get_variable("missing")
-        assert asks == ["get", "get", "get", "get_many", "list", "export", "get"]
+        assert asks == ["Get", "Get", "Get", "GetMany", "List", "Export", "Get"]
     finally:
         table.seq = seq
     asks.clear()
@@ -667,7 +682,7 @@ def test_actor_on_a_bare_table() -> None:
     table = SessionTable("sess_direct")
     ref = SessionActor.start(table)
     try:
-        var_id = ref.ask(("register", "x", "integer", 1, None, None, "about x"))
+        var_id = ref.ask(Register("x", "integer", 1, None, None, "about x"))
         assert isinstance(var_id, str)
         assert re.fullmatch(r"var_[0-9a-f]{32}", var_id)
         record = table.lookup("x")
@@ -679,12 +694,12 @@ def test_actor_on_a_bare_table() -> None:
         assert as_dict["metadata"] == {"description": "about x"}
         assert as_dict["created_at"] == as_dict["last_updated_at"]
         # Rule breaks are answered, not raised, so the actor keeps running.
-        answer = ref.ask(("set", "x", "one", None, None))
+        answer = ref.ask(SetValue("x", "one", None, None))
         assert isinstance(answer, ValidationError)
-        missing = ref.ask(("get", "nope"))
+        missing = ref.ask(Get("nope"))
         assert isinstance(missing, VariableNotFound)
         assert ref.is_alive()
-        assert ref.ask(("set", "x", 2, None, 0)) == 1
+        assert ref.ask(SetValue("x", 2, None, 0)) == 1
         assert table.lookup("x").version == 1
     finally:
         ref.stop()
@@ -695,14 +710,14 @@ def test_a_new_actor_takes_over_the_table() -> None:
     table = SessionTable("sess_heir")
     first = SessionActor.start(table)
     try:
-        first.ask(("register", "x", "integer", 1, None, None, None))
+        first.ask(Register("x", "integer", 1, None, None, None))
     finally:
         first.stop()
     table.seq += 1  # as if the first actor died mid-batch
     second = SessionActor.start(table)
     try:
         assert table.seq % 2 == 0
-        assert second.ask(("set", "x", 5, None, None)) == 1
+        assert second.ask(SetValue("x", 5, None, None)) == 1
         assert table.lookup("x").value == 5
     finally:
         second.stop()
@@ -718,13 +733,14 @@ def test_a_new_actor_leaves_a_closed_table_closed() -> None:
         ref.stop()
 
 
-def test_unknown_operation_is_not_a_state_error() -> None:
+def test_something_that_is_no_message_is_refused_without_a_crash() -> None:
     table = SessionTable("sess_unknown")
     ref = SessionActor.start(table)
     try:
-        with pytest.raises(KeyError) as info:
-            ref.ask(("no-such-operation",))
-        assert not isinstance(info.value, StateError)
+        answer = ref.ask(("no-such-operation",))
+        assert isinstance(answer, StateError)
+        assert "tuple, not a message" in str(answer)
+        assert ref.is_alive()
     finally:
         ref.stop()
     assert not ref.is_alive()
@@ -735,7 +751,7 @@ def test_stopped_actor_refuses_asks() -> None:
     ref = SessionActor.start(table)
     ref.stop()
     with pytest.raises(pykka.ActorDeadError):
-        ref.ask(("get", "x"))
+        ref.ask(Get("x"))
 
 
 # -- close and seal are cuts: nothing queued behind them slips through ---------------
@@ -747,9 +763,9 @@ def test_a_write_queued_behind_close_is_refused_and_the_table_stays_closed() -> 
     table = SessionTable("cut")
     ref = SessionActor.start(table)
     try:
-        ref.ask(("register", "x", "integer", 0, None, None, None))
-        assert ref.ask(("close",)) is None
-        refused = ref.ask(("set", "x", 1, None, None))
+        ref.ask(Register("x", "integer", 0, None, None, None))
+        assert ref.ask(Close()) is None
+        refused = ref.ask(SetValue("x", 1, None, None))
         assert isinstance(refused, SessionClosed)
         assert table.seq == CLOSED
         assert table.index["x"].version == 0
@@ -764,10 +780,10 @@ def test_a_write_that_meets_the_seal_lands_once_after_unseal() -> None:
         sealed = state.seal()
         assert sealed.names == ["x"]
         assert sealed.values == [0]
-        # The actor itself refuses writes from the seal on (the cut is exact).
-        refused = state.actor_ref.ask(("set", "x", 9, None, None))
-        assert isinstance(refused, SessionClosed)
-        assert refused.details["migrating"] is True
+        # The actor itself refuses writes from the seal on (the cut is exact): it
+        # answers SEALED, a plain value, not an error.
+        refused = state.actor_ref.ask(SetValue("x", 9, None, None))
+        assert refused is SEALED
         result: list[int] = []
         writer = threading.Thread(target=lambda: result.append(state.set_variable("x", 5)))
         writer.start()
@@ -795,7 +811,7 @@ def test_a_write_that_meets_the_seal_is_forwarded_after_retire() -> None:
         assert result == [1]
         assert new.get_variable("x") == 5
         assert old.get_variable("x") == 5  # reads through the old handle follow too
-        assert not old.alive
+        assert old.alive  # it serves, by forwarding
     finally:
         old.cleanup()
         if new is not None:
@@ -841,13 +857,13 @@ def test_without_the_gil_every_read_takes_the_actor_path(
     monkeypatch.setattr(session, "_SEQ_STEP", 2)
     state = LocalState.init()
     asked: list[str] = []
-    real_call = LocalState._call
+    real_ask = LocalState._ask
 
-    def spy(self: LocalState, *message: Any) -> Any:
-        asked.append(message[0])
-        return real_call(self, *message)
+    def spy(self: LocalState, message: Any) -> Any:
+        asked.append(type(message).__name__)
+        return real_ask(self, message)
 
-    monkeypatch.setattr(LocalState, "_call", spy)
+    monkeypatch.setattr(LocalState, "_ask", spy)
     try:
         state.register_variable("x", "integer", 1)
         state.set_variable("x", 2)
@@ -857,6 +873,7 @@ def test_without_the_gil_every_read_takes_the_actor_path(
         assert state.get_variables(["x"]) == {"x": 3}
         assert [r["value"] for r in state.list_variables()] == [3]
         assert state.export_state()["variables"]
-        assert {"get", "get_many", "list", "export"} <= set(asked)
+        assert state.get_record("x").value == 3
+        assert {"Get", "GetMany", "GetRecord", "List", "Export"} <= set(asked)
     finally:
         state.cleanup()

@@ -13,6 +13,7 @@ import pytest
 
 from dspex_actors import LocalState
 from dspex_actors.errors import StateError, ValidationError, VariableNotFound
+from dspex_actors.messages import Crash
 from dspex_actors.supervision import Context, Supervisor
 
 
@@ -31,7 +32,7 @@ def _local(context: Context) -> LocalState:
 def _kill(context: Context) -> None:
     """Crash the context's session actor from outside and wait until it is dead."""
     ref = _local(context).actor_ref
-    ref.tell(("crash", "killed by the test"))
+    ref.tell(Crash("killed by the test"))
     assert ref.actor_stopped.wait(10)
 
 

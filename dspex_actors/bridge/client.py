@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import grpc
 
@@ -41,7 +41,7 @@ from dspex_actors.errors import (
 )
 from dspex_actors.exports import ExportColumns, check_shape, columns_of, export_of
 from dspex_actors.provider import StateProvider
-from dspex_actors.session import variable_not_found
+from dspex_actors.records import VariableRecord, check_pattern, variable_not_found
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 
@@ -65,6 +65,8 @@ class BridgedState(StateProvider):
     session on the server. A handle that attached to an existing session only
     detaches. After cleanup every call raises ``SessionClosed`` without a round trip.
     """
+
+    kind: ClassVar[str] = "bridged"
 
     def __init__(
         self,
@@ -178,7 +180,9 @@ class BridgedState(StateProvider):
             return rpc(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise codec.error_from_rpc(exc, self.address) from exc
-        except ValueError as exc:  # "Cannot invoke RPC on closed channel!"
+        except ValueError as exc:
+            # grpcio refuses calls on a channel closed meanwhile with a ValueError;
+            # our own flag, not its text, tells that this is what happened.
             if self._closed:
                 raise self._closed_error() from exc
             raise
@@ -192,14 +196,37 @@ class BridgedState(StateProvider):
     # -- reads ----------------------------------------------------------------------------
 
     def get_variable(self, identifier: str) -> Any:
+        response = self._call(self._stub.GetVariable, self._get_request(identifier, full=False))
+        return self._unpack(response.value, "value")
+
+    def get_record(self, identifier: str) -> VariableRecord:
+        """One variable's record in one RPC (GetVariable with ``full``)."""
+        response = self._call(self._stub.GetVariable, self._get_request(identifier, full=True))
+        return self._record(response.record)
+
+    def _get_request(self, identifier: str, *, full: bool) -> pb.GetVariableRequest:
         if not isinstance(identifier, str):
             raise variable_not_found(identifier, self.session_id)
         try:
-            request = pb.GetVariableRequest(session_id=self.session_id, identifier=identifier)
+            return pb.GetVariableRequest(
+                session_id=self.session_id, identifier=identifier, full=full
+            )
         except UnicodeEncodeError:  # not UTF-8 (a lone surrogate): no name can be that
             raise variable_not_found(identifier, self.session_id) from None
-        response = self._call(self._stub.GetVariable, request)
-        return self._unpack(response.value, "value")
+
+    def _record(self, v: pb.Variable) -> VariableRecord:
+        unpack = self._unpack
+        return VariableRecord(
+            v.id,
+            v.name,
+            v.type,
+            unpack(v.value, "value"),
+            unpack(v.constraints, "constraints"),
+            unpack(v.metadata, "metadata"),
+            v.version,
+            v.created_at,
+            v.last_updated_at,
+        )
 
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
         wanted = [i for i in identifiers if isinstance(i, str)]  # others cannot exist
@@ -214,25 +241,13 @@ class BridgedState(StateProvider):
 
     def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
         """Every variable's record in creation order; ``pattern`` globs names server-side."""
-        response = self._call(
-            self._stub.ListVariables,
-            pb.ListVariablesRequest(session_id=self.session_id, pattern=pattern or ""),
-        )
-        unpack = self._unpack
-        return [
-            {
-                "id": v.id,
-                "name": v.name,
-                "type": v.type,
-                "value": unpack(v.value, "value"),
-                "constraints": unpack(v.constraints, "constraints"),
-                "metadata": unpack(v.metadata, "metadata"),
-                "version": v.version,
-                "created_at": v.created_at,
-                "last_updated_at": v.last_updated_at,
-            }
-            for v in response.variables
-        ]
+        glob = check_pattern(pattern)
+        try:
+            request = pb.ListVariablesRequest(session_id=self.session_id, pattern=glob or "")
+        except UnicodeEncodeError:  # not UTF-8: no name can match it
+            return []
+        response = self._call(self._stub.ListVariables, request)
+        return [self._record(v).to_dict() for v in response.variables]
 
     def export_state(self) -> dict[str, Any]:
         return export_of(self._fetch_columns())  # export_of checks the shape

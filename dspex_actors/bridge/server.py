@@ -11,19 +11,19 @@ optional shared-secret token on every call (the health service is exempt so prob
 work without the secret; reflection is not), enforces size and count limits, and
 expires sessions idle for longer than their TTL.
 
-Session actors are supervised: one that crashes (a bug, not a broken rule) is
+Session actors are supervised by the same policy as the Supervisor's
+(:mod:`dspex_actors.restarts`): one that dies (a bug, not a broken rule) is
 restarted on its table, so the session keeps its variables; a session whose actor
-crashes more than ``RESTART_LIMIT`` times within ``RESTART_WINDOW`` seconds is
-closed instead, with the error logged.
+dies ``max_restarts`` times within ``within_seconds`` is closed instead, with the
+error logged, and ``on_restart`` hears of every restart.
 
 Threads: gRPC's serving thread, a ThreadPoolExecutor for calls, one actor thread per
-session, the TTL reaper and the supervisor (started at the first crash).
-:meth:`SessionStoreServer.stop` stops and joins all of them.
+session, the TTL reaper and the restart supervisor's actor.
+:meth:`SessionStoreServer.stop` stops all of them.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import hmac
 import ipaddress
@@ -31,7 +31,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -56,6 +55,8 @@ from dspex_actors.errors import (
 )
 from dspex_actors.exports import columns_of
 from dspex_actors.local import LocalState
+from dspex_actors.records import VariableRecord, check_pattern
+from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
@@ -70,11 +71,6 @@ _HEALTH_METHODS = frozenset(
     f"/{health.SERVICE_NAME}/{name}" for name in ("Check", "Watch", "List")
 )
 _MAX_SESSION_ID = 256
-
-RESTART_LIMIT = 3
-"""Crashes of one session's actor tolerated within ``RESTART_WINDOW``; one more closes it."""
-RESTART_WINDOW = 10.0
-"""Seconds (of the server's clock) over which crashes are counted."""
 
 
 @dataclass(frozen=True)  # no slots: serve() reads the class attributes as defaults
@@ -94,16 +90,32 @@ class Limits:
 
 @dataclass(slots=True)
 class _Session:
-    """A session held by the server: its LocalState and bookkeeping."""
+    """A session held by the server: its LocalState and bookkeeping.
+
+    Also the restart supervisor's child: giving up on it closes the session.
+    """
 
     state: LocalState
     created_at: float  # epoch seconds
     opened: float  # the server's clock at created_at
     last_active: float  # the server's clock
-    crashes: deque[float] = field(default_factory=deque)  # the server's clock, recent first
+    close: Callable[[StateError], None]  # removes it from the server and stops it
     # Serializes the calls that change the variable count (register, delete, import)
     # so the count and its limit stay exact; get/set never take it.
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def session_id(self) -> str:
+        return self.state.session_id
+
+    def needs_restart(self) -> bool:
+        return not self.state.alive
+
+    def restart(self) -> None:
+        self.state.restart()
+
+    def give_up(self, error: StateError) -> None:
+        self.close(error)
 
 
 _Request = TypeVar("_Request")
@@ -147,17 +159,23 @@ def _not_found(session_id: str) -> SessionNotFound:
 class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
     """The SessionStore RPCs; see proto/dspex_actors/v1/session_store.proto."""
 
-    def __init__(self, limits: Limits, session_ttl: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        session_ttl: float,
+        clock: Callable[[], float],
+        policy: RestartPolicy,
+        on_restart: RestartHook | None,
+        on_give_up: GiveUpHook | None,
+    ) -> None:
         self._limits = limits
         self._ttl = session_ttl
         self._clock = clock
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()  # guards adding and removing sessions
-        self._closing = False  # close_all() began: no more restarts
-        # Restarts run here, not in the dying actor's thread; the thread starts at
-        # the first crash and close_all() joins it.
-        self._supervisor = futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="dspex-bridge-supervisor"
+        # Restarts are decided there, one at a time, not in the dying actor's thread.
+        self._restarts = RestartSupervisor.start_supervisor(
+            policy, on_restart=on_restart, on_give_up=on_give_up, clock=clock, what="session"
         )
 
     # -- session bookkeeping ------------------------------------------------------------
@@ -209,6 +227,7 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
             ]
             entries = [self._sessions.pop(sid) for sid in expired]
         for entry in entries:
+            self._restarts.forget(entry.session_id)
             if _close(entry, "expired"):
                 logger.info(
                     "session %s expired after %.3gs without activity",
@@ -218,61 +237,25 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         return expired
 
     def close_all(self) -> None:
-        """Close every session and stop the supervisor (the server is stopping).
+        """Stop the restart supervisor and close every session (the server is stopping).
 
         A session that fails to close is logged and the others are still closed.
         """
+        self._restarts.stop(timeout=60.0)
         with self._lock:
-            self._closing = True
             entries = list(self._sessions.values())
             self._sessions.clear()
         for entry in entries:
             _close(entry, "closed at shutdown")
-        self._supervisor.shutdown(wait=True)
 
     # -- supervision ----------------------------------------------------------------------
 
-    def _actor_exited(self, session_id: str, error: BaseException | None) -> None:
-        """A session actor stopped (its ``on_exit`` hook, in the actor's thread).
-
-        A clean stop (cleanup) needs nothing; a crash is handed to the supervisor
-        thread, which restarts the actor once this one is gone.
-        """
-        if error is None:
-            return
-        logger.error("session %s: its actor crashed: %r", session_id, error)
-        try:
-            self._supervisor.submit(self._restart, session_id)
-        except RuntimeError:  # close_all() shut the supervisor down: nothing to restart
-            logger.debug("session %s: not restarted, the server is stopping", session_id)
-
-    def _restart(self, session_id: str) -> None:
-        """Restart a crashed session's actor, or close a session crashing too often."""
+    def _give_up(self, session_id: str, error: StateError) -> None:
+        """Close a session whose actor died too often (the restart supervisor decided)."""
         with self._lock:
-            entry = self._sessions.get(session_id)
-            if entry is None or self._closing:
-                return  # closed meanwhile
-            now = self._clock()
-            entry.crashes.appendleft(now)
-            while entry.crashes and now - entry.crashes[-1] > RESTART_WINDOW:
-                entry.crashes.pop()
-            give_up = len(entry.crashes) > RESTART_LIMIT
-            if give_up:
-                del self._sessions[session_id]
-        if give_up:
-            logger.error(
-                "session %s: its actor crashed %d times within %gs; session closed",
-                session_id,
-                len(entry.crashes),
-                RESTART_WINDOW,
-            )
-            _close(entry, "closed after repeated crashes")
-            return
-        try:
-            entry.state.restart()
-        except SessionClosed:
-            return  # closed while we restarted it
-        logger.warning("session %s: actor restarted with its variables", session_id)
+            entry = self._sessions.pop(session_id, None)
+        if entry is not None:
+            _close(entry, f"closed after repeated crashes: {error}")
 
     def session_state(self, session_id: str) -> LocalState:
         """The LocalState holding a session (without marking it active)."""
@@ -315,12 +298,18 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
             state = LocalState.init(
                 session_id=session_id,
                 existing_state={**opening, "metadata": metadata or {}},
-                on_exit=self._actor_exited,
+                on_exit=self._restarts.exited,
             )
             now = self._clock()
-            self._sessions[session_id] = _Session(
-                state=state, created_at=time.time(), opened=now, last_active=now
+            entry = _Session(
+                state=state,
+                created_at=time.time(),
+                opened=now,
+                last_active=now,
+                close=functools.partial(self._give_up, session_id),
             )
+            self._sessions[session_id] = entry
+        self._restarts.watch(entry)
         logger.debug("session %s opened", session_id)
         return pb.OpenSessionResponse(session_id=session_id, created=True)
 
@@ -332,6 +321,7 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
             entry = self._sessions.pop(request.session_id, None)
         if entry is None:
             raise _not_found(request.session_id)
+        self._restarts.forget(entry.session_id)
         entry.state.cleanup()
         logger.debug("session %s closed", request.session_id)
         return pb.CloseSessionResponse()
@@ -392,8 +382,11 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         self, request: pb.GetVariableRequest, context: grpc.ServicerContext
     ) -> pb.GetVariableResponse:
         entry = self._session(request.session_id)
+        record = entry.state.get_record(request.identifier)
         return pb.GetVariableResponse(
-            value=codec.pack(entry.state.get_variable(request.identifier))
+            value=codec.pack(record.value),
+            version=record.version,
+            record=_variable_message(record) if request.full else None,
         )
 
     @_rpc
@@ -437,24 +430,9 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
         self, request: pb.ListVariablesRequest, context: grpc.ServicerContext
     ) -> pb.ListVariablesResponse:
         entry = self._session(request.session_id)
-        pattern = request.pattern
-        pack = codec.pack
+        records = entry.state.list_variables(check_pattern(request.pattern))
         return pb.ListVariablesResponse(
-            variables=[
-                pb.Variable(
-                    id=record["id"],
-                    name=record["name"],
-                    type=record["type"],
-                    value=pack(record["value"]),
-                    constraints=pack(record["constraints"]),
-                    metadata=pack(record["metadata"]),
-                    version=record["version"],
-                    created_at=record["created_at"],
-                    last_updated_at=record["last_updated_at"],
-                )
-                for record in entry.state.list_variables()
-                if not pattern or fnmatch.fnmatchcase(record["name"], pattern)
-            ]
+            variables=[_variable_message(VariableRecord.from_dict(r)) for r in records]
         )
 
     @_rpc
@@ -508,6 +486,21 @@ class _SessionStoreServicer(pb_grpc.SessionStoreServicer):
     ) -> Iterator[pb.VariableEvent]:
         self._session(request.session_id)
         raise NotSupported("this SessionStore does not stream changes yet (Watch)")
+
+
+def _variable_message(record: VariableRecord) -> pb.Variable:
+    """One record on the wire (ListVariables, GetVariable with ``full``)."""
+    return pb.Variable(
+        id=record.id,
+        name=record.name,
+        type=record.type,
+        value=codec.pack(record.value),
+        constraints=codec.pack(record.constraints),
+        metadata=codec.pack(record.metadata),
+        version=record.version,
+        created_at=record.created_at,
+        last_updated_at=record.last_updated_at,
+    )
 
 
 def _close(entry: _Session, why: str) -> bool:
@@ -598,6 +591,9 @@ class SessionStoreServer:
         max_workers: int | None,
         clock: Callable[[], float],
         allow_remote_without_token: bool,
+        restart_policy: RestartPolicy,
+        on_restart: RestartHook | None,
+        on_give_up: GiveUpHook | None,
     ) -> None:
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit():
@@ -615,7 +611,9 @@ class SessionStoreServer:
         self.limits = limits
         self.session_ttl = session_ttl
         self.tls = tls_cert is not None
-        self._servicer = _SessionStoreServicer(limits, session_ttl, clock)
+        self._servicer = _SessionStoreServicer(
+            limits, session_ttl, clock, restart_policy, on_restart, on_give_up
+        )
         self._health = health.HealthServicer()
         self._executor = futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="dspex-bridge"
@@ -648,15 +646,16 @@ class SessionStoreServer:
             bound, reason = 0, exc
         if not bound:
             self._executor.shutdown()
+            self._servicer.close_all()
             raise OSError(f"could not listen on {address!r}: {reason or 'bind failed'}")
         self.address = f"{host}:{bound}"
         self._stop_lock = threading.Lock()
         self._stopping = threading.Event()  # stop() began; wakes the reaper
         self._stopped = threading.Event()  # stop() finished
-        # gRPC starts its serving thread (and, on a graceful stop, a grace timer)
-        # without handing them out; we note which threads appear so stop() can join
-        # them and leave no thread behind.
-        self._grpc_threads = _started_threads(self._server.start)
+        # gRPC starts a serving thread of its own (and, on a graceful stop, a grace
+        # timer); both end once the shutdown stop() waits for has completed, which
+        # tests/test_bridge_server.py checks without naming them.
+        self._server.start()
         self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self._reaper = threading.Thread(
             target=self._reap_until_stopped,
@@ -689,7 +688,7 @@ class SessionStoreServer:
 
         New calls are refused at once; calls in flight get ``grace`` seconds to
         finish (``None``: cancelled now). Then every session is closed and every
-        thread the server started is joined. Health reports NOT_SERVING meanwhile.
+        thread the server started is stopped. Health reports NOT_SERVING meanwhile.
         """
         with self._stop_lock:
             first = not self._stopping.is_set()
@@ -698,11 +697,7 @@ class SessionStoreServer:
             self._stopped.wait()
             return
         self._health.enter_graceful_shutdown()
-        stopping = []
-        self._grpc_threads += _started_threads(lambda: stopping.append(self._server.stop(grace)))
-        stopping[0].wait()
-        for thread in self._grpc_threads:
-            thread.join()
+        self._server.stop(grace).wait()
         self._reaper.join()
         self._executor.shutdown(wait=True)
         self._servicer.close_all()
@@ -728,27 +723,6 @@ class SessionStoreServer:
         return f"<SessionStoreServer {self.address} ({state})>"
 
 
-_thread_watch = threading.Lock()
-# Targets of the threads grpc.Server starts (Python names a thread "Thread-N (target)").
-_GRPC_THREAD_TARGETS = ("(_serve)", "(cancel_all_calls_after_grace)")
-
-
-def _started_threads(action: Callable[[], object]) -> list[threading.Thread]:
-    """Run ``action``; return the gRPC server threads that appeared meanwhile.
-
-    Filtered by target name so a thread started concurrently elsewhere (a session's
-    actor, say) is never mistaken for one of ours and joined.
-    """
-    with _thread_watch:
-        before = set(threading.enumerate())
-        action()
-        return [
-            thread
-            for thread in threading.enumerate()
-            if thread not in before and thread.name.endswith(_GRPC_THREAD_TARGETS)
-        ]
-
-
 def serve(
     address: str = DEFAULT_ADDRESS,
     *,
@@ -763,6 +737,10 @@ def serve(
     max_workers: int | None = None,
     clock: Callable[[], float] = time.monotonic,
     allow_remote_without_token: bool = False,
+    max_restarts: int = RestartPolicy.max_restarts,
+    within_seconds: float = RestartPolicy.within_seconds,
+    on_restart: RestartHook | None = None,
+    on_give_up: GiveUpHook | None = None,
 ) -> SessionStoreServer:
     """Start a SessionStore on ``address`` (loopback, ephemeral port by default).
 
@@ -770,7 +748,11 @@ def serve(
     exempt). ``tls_cert``/``tls_key`` (PEM bytes or paths) switch on TLS. Sessions
     idle for ``session_ttl`` seconds are closed; ``clock`` (monotonic seconds) is
     injectable so tests expire sessions without waiting. A non-loopback address
-    needs a token unless ``allow_remote_without_token``. Returns the running server.
+    needs a token unless ``allow_remote_without_token``. A session whose actor dies
+    is restarted unless it died ``max_restarts`` times within ``within_seconds``
+    (then it is closed); ``on_restart(session_id, error)`` hears each restart and
+    ``on_give_up(session_id, failure)`` each session closed that way.
+    Returns the running server.
     """
     return SessionStoreServer(
         address,
@@ -787,4 +769,7 @@ def serve(
         max_workers=max_workers,
         clock=clock,
         allow_remote_without_token=allow_remote_without_token,
+        restart_policy=RestartPolicy(max_restarts, within_seconds),
+        on_restart=on_restart,
+        on_give_up=on_give_up,
     )

@@ -304,7 +304,7 @@ class SessionActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     @staticmethod
-    def _create_actor_inbox() -> pykka._actor.ActorInbox:
+    def _create_actor_inbox() -> Any:  # pykka's ActorInbox protocol (a private type)
         # Pykka's documented hook "for implementors of new actor types". SimpleQueue
         # is the lighter C queue: against ThreadingActor's queue.Queue it takes
         # set_variable from 1.24x to 1.11x a bare Pykka ask (python -m benchmarks

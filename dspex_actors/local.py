@@ -41,6 +41,7 @@ from dspex_actors.messages import (
     Import,
     List,
     Operation,
+    ReadOperation,
     Register,
     Retire,
     Seal,
@@ -251,16 +252,15 @@ class LocalState(StateProvider):
         thaw = record.validator.thaw
         return record.value if thaw is None else thaw(record.value)
 
-    def _read(self, read: Callable[[], _T], message: Operation[_T]) -> _T:
-        """``read()`` from the table if no write overlapped it, else ask ``message``.
-
-        An error ``read`` raises counts only if no write overlapped it either.
-        """
+    def _read(self, message: ReadOperation[_T]) -> _T:
+        """``message`` run on the table if no write overlapped it, else by the actor
+        (or the successor). An error it raises counts only if no write overlapped
+        it either."""
         table = self._table
         seq = table.seq
         if not seq & 1:
             try:
-                result = read()
+                result = message.apply(table)
             except StateError:
                 if table.seq == seq:
                     raise
@@ -270,27 +270,25 @@ class LocalState(StateProvider):
         return self._ask(message)
 
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
-        identifiers = list(identifiers)
-        return self._read(lambda: self._table.values(identifiers), GetMany(identifiers))
+        return self._read(GetMany(list(identifiers)))
 
     def get_record(self, identifier: str) -> VariableRecord:
         if not isinstance(identifier, str):
             raise self._table.missing(identifier)
-        return self._read(lambda: self._table.lookup(identifier).public(), GetRecord(identifier))
+        return self._read(GetRecord(identifier))
 
     def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
-        glob = check_pattern(pattern)
-        return self._read(lambda: self._table.listing(glob), List(glob))
+        return self._read(List(check_pattern(pattern)))
 
     def export_state(self) -> dict[str, Any]:
-        return self._read(self._table.export, Export())
+        return self._read(Export())
 
     def export_columns(self) -> ExportColumns:
-        return self._read(self._table.columns, ExportCols())
+        return self._read(ExportCols())
 
     def digest(self) -> bytes:
         """``exports.columns_digest`` of the variables, without building an export."""
-        return self._read(self._table.digest, Digest())
+        return self._read(Digest())
 
     # -- writes: one actor turn each -----------------------------------------------
 

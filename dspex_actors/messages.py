@@ -8,7 +8,8 @@ the receiver dispatches on it. Each :class:`Operation` here says, in one place,
 * whether it writes (:attr:`Operation.write`: the seal refuses writes; the Context's
   write gate fences them during a switch),
 * how the session actor applies it (:meth:`Operation.apply`, a call on
-  :class:`SessionOps`), and
+  :class:`SessionOps`; a :class:`ReadOperation` needs only :class:`Reads`, which a
+  session's published table offers, so it can be answered without the actor), and
 * how it runs on any other backend (:meth:`Operation.forward`, a call on the public
   :class:`~dspex_actors.provider.StateProvider` API) — the one generic path by which
   a retired handle hands every call to its successor.
@@ -24,7 +25,7 @@ immutable all the same.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -38,6 +39,7 @@ __all__ = [
     "Close",
     "Control",
     "Delete",
+    "Deliver",
     "Digest",
     "Export",
     "ExportCols",
@@ -47,6 +49,8 @@ __all__ = [
     "Import",
     "List",
     "Operation",
+    "ReadOperation",
+    "Reads",
     "Register",
     "Retire",
     "Seal",
@@ -54,13 +58,14 @@ __all__ = [
     "SetValue",
     "Unseal",
     "Update",
+    "WriteOperation",
 ]
 
 R = TypeVar("R")
 
 
-class SessionOps(Protocol):
-    """What a session actor offers its messages: one typed method per operation."""
+class Reads(Protocol):
+    """What read operations need: a session's published table offers it."""
 
     def get(self, identifier: str) -> Any: ...
     def get_many(self, identifiers: list[str]) -> dict[str, Any]: ...
@@ -69,6 +74,12 @@ class SessionOps(Protocol):
     def export(self) -> dict[str, Any]: ...
     def columns(self) -> ExportColumns: ...
     def digest(self) -> bytes: ...
+
+
+class SessionOps(Protocol):
+    """What a session actor offers its write and control messages (reads need only
+    :class:`Reads`): one typed method per operation."""
+
     def register(
         self,
         name: Any,
@@ -92,18 +103,38 @@ class SessionOps(Protocol):
 
 
 class Operation(Generic[R]):
-    """A session operation: applied by a session actor, forwardable to any backend."""
+    """A session operation: applied in a session, forwardable to any backend.
+
+    Either a :class:`ReadOperation` or a :class:`WriteOperation`.
+    """
 
     __slots__ = ()
     write: ClassVar[bool] = False
     """Whether it changes the session (refused while sealed, fenced during a switch)."""
 
-    def apply(self, session: SessionOps) -> R:
-        """Run it in the session actor's turn."""
-        raise NotImplementedError
-
     def forward(self, provider: StateProvider) -> R:
         """Run it on a backend through the public StateProvider API."""
+        raise NotImplementedError
+
+
+class ReadOperation(Operation[R]):
+    """An operation that changes nothing: it runs on :class:`Reads` alone."""
+
+    __slots__ = ()
+
+    def apply(self, session: Reads) -> R:
+        """Run it on a table (lock-free) or in the session actor's turn."""
+        raise NotImplementedError
+
+
+class WriteOperation(Operation[R]):
+    """An operation that changes the session: one session actor turn."""
+
+    __slots__ = ()
+    write: ClassVar[bool] = True
+
+    def apply(self, session: SessionOps) -> R:
+        """Run it in the session actor's turn."""
         raise NotImplementedError
 
 
@@ -121,10 +152,10 @@ class Control(Generic[R]):
 
 
 @dataclass(slots=True)
-class Get(Operation[Any]):
+class Get(ReadOperation[Any]):
     identifier: str
 
-    def apply(self, session: SessionOps) -> Any:
+    def apply(self, session: Reads) -> Any:
         return session.get(self.identifier)
 
     def forward(self, provider: StateProvider) -> Any:
@@ -132,10 +163,10 @@ class Get(Operation[Any]):
 
 
 @dataclass(slots=True)
-class GetMany(Operation[dict[str, Any]]):
+class GetMany(ReadOperation[dict[str, Any]]):
     identifiers: list[str]
 
-    def apply(self, session: SessionOps) -> dict[str, Any]:
+    def apply(self, session: Reads) -> dict[str, Any]:
         return session.get_many(self.identifiers)
 
     def forward(self, provider: StateProvider) -> dict[str, Any]:
@@ -143,10 +174,10 @@ class GetMany(Operation[dict[str, Any]]):
 
 
 @dataclass(slots=True)
-class GetRecord(Operation[VariableRecord]):
+class GetRecord(ReadOperation[VariableRecord]):
     identifier: str
 
-    def apply(self, session: SessionOps) -> VariableRecord:
+    def apply(self, session: Reads) -> VariableRecord:
         return session.get_record(self.identifier)
 
     def forward(self, provider: StateProvider) -> VariableRecord:
@@ -154,10 +185,10 @@ class GetRecord(Operation[VariableRecord]):
 
 
 @dataclass(slots=True)
-class List(Operation[list[dict[str, Any]]]):
+class List(ReadOperation[list[dict[str, Any]]]):
     pattern: str | None
 
-    def apply(self, session: SessionOps) -> list[dict[str, Any]]:
+    def apply(self, session: Reads) -> list[dict[str, Any]]:
         return session.listing(self.pattern)
 
     def forward(self, provider: StateProvider) -> list[dict[str, Any]]:
@@ -165,8 +196,8 @@ class List(Operation[list[dict[str, Any]]]):
 
 
 @dataclass(slots=True)
-class Export(Operation[dict[str, Any]]):
-    def apply(self, session: SessionOps) -> dict[str, Any]:
+class Export(ReadOperation[dict[str, Any]]):
+    def apply(self, session: Reads) -> dict[str, Any]:
         return session.export()
 
     def forward(self, provider: StateProvider) -> dict[str, Any]:
@@ -174,8 +205,8 @@ class Export(Operation[dict[str, Any]]):
 
 
 @dataclass(slots=True)
-class ExportCols(Operation[ExportColumns]):
-    def apply(self, session: SessionOps) -> ExportColumns:
+class ExportCols(ReadOperation[ExportColumns]):
+    def apply(self, session: Reads) -> ExportColumns:
         return session.columns()
 
     def forward(self, provider: StateProvider) -> ExportColumns:
@@ -183,8 +214,8 @@ class ExportCols(Operation[ExportColumns]):
 
 
 @dataclass(slots=True)
-class Digest(Operation[bytes]):
-    def apply(self, session: SessionOps) -> bytes:
+class Digest(ReadOperation[bytes]):
+    def apply(self, session: Reads) -> bytes:
         return session.digest()
 
     def forward(self, provider: StateProvider) -> bytes:
@@ -195,8 +226,7 @@ class Digest(Operation[bytes]):
 
 
 @dataclass(slots=True)
-class Register(Operation[str]):
-    write: ClassVar[bool] = True
+class Register(WriteOperation[str]):
     name: str
     type_name: str
     initial_value: Any
@@ -226,8 +256,7 @@ class Register(Operation[str]):
 
 
 @dataclass(slots=True)
-class SetValue(Operation[int]):
-    write: ClassVar[bool] = True
+class SetValue(WriteOperation[int]):
     identifier: str
     value: Any
     metadata: Mapping[str, Any] | None
@@ -243,8 +272,7 @@ class SetValue(Operation[int]):
 
 
 @dataclass(slots=True)
-class Update(Operation[None]):
-    write: ClassVar[bool] = True
+class Update(WriteOperation[None]):
     updates: Mapping[str, Any]
     metadata: Mapping[str, Any] | None
 
@@ -256,8 +284,7 @@ class Update(Operation[None]):
 
 
 @dataclass(slots=True)
-class Delete(Operation[None]):
-    write: ClassVar[bool] = True
+class Delete(WriteOperation[None]):
     identifier: str
 
     def apply(self, session: SessionOps) -> None:
@@ -268,8 +295,7 @@ class Delete(Operation[None]):
 
 
 @dataclass(slots=True)
-class Import(Operation[None]):
-    write: ClassVar[bool] = True
+class Import(WriteOperation[None]):
     columns: ExportColumns
 
     def apply(self, session: SessionOps) -> None:
@@ -280,6 +306,22 @@ class Import(Operation[None]):
 
 
 # -- control --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Deliver(Generic[R]):
+    """Run ``message`` and hand its answer to ``reply`` instead of a Pykka future.
+
+    What a caller that must not block a thread on the answer (the SessionStore's
+    event loop) sends with ``tell``. ``claim`` holds one token: whoever pops it
+    first decides — the actor, which then runs the message, or the caller, which
+    then knows it never ran (its deadline passed first). ``list.pop`` is atomic, so
+    exactly one side wins. ``reply`` must not raise.
+    """
+
+    message: ReadOperation[R] | WriteOperation[R] | Control[R]
+    reply: Callable[[Any], None]
+    claim: list[bool]
 
 
 @dataclass(slots=True)

@@ -49,7 +49,7 @@ from dspex_actors.errors import (
     VersionConflict,
 )
 from dspex_actors.exports import ExportColumns, check_shape, columns_digest, first_repeat
-from dspex_actors.messages import Control, Operation
+from dspex_actors.messages import Control, Deliver, ReadOperation, WriteOperation
 from dspex_actors.records import VariableRecord, name_matches, variable_not_found
 from dspex_actors.vartypes import (
     MAX_VERSION,
@@ -167,6 +167,18 @@ class SessionTable:
         which reports the closure (or, on a retired handle, forwards)."""
         self.seq = CLOSED
 
+    # -- Reads: what read operations run on, lock-free or in the actor's turn --
+
+    def get(self, identifier: str) -> Any:
+        """The value as the caller receives it (``VariableNotFound`` if absent)."""
+        return self.lookup(identifier).read_value()
+
+    def get_many(self, identifiers: list[str]) -> dict[str, Any]:
+        return self.values(identifiers)
+
+    def get_record(self, identifier: str) -> VariableRecord:
+        return self.lookup(identifier).public()
+
     def lookup(self, identifier: str) -> Record:
         """The record by name or id; ``VariableNotFound`` if absent."""
         record = self.index.get(identifier) if isinstance(identifier, str) else None
@@ -283,6 +295,9 @@ class Sealed:
 
 SEALED = Sealed()
 
+Message = ReadOperation[Any] | WriteOperation[Any] | Control[Any] | Deliver[Any]
+"""What a session actor accepts."""
+
 
 class SessionActor(pykka.ThreadingActor):
     """Owns one session's variables; every operation is one typed message, one turn.
@@ -338,21 +353,32 @@ class SessionActor(pykka.ThreadingActor):
 
     # -- pykka hooks -------------------------------------------------------------
 
-    def on_receive(self, message: Operation[Any] | Control[Any]) -> Any:
+    def on_receive(self, message: Message) -> Any:
         if self._closed_error is not None:
             return self._closed_error()  # a fresh error each time: callers raise it
         try:
-            write, apply = message.write, message.apply
-        except AttributeError:  # not a dspex_actors message: the sender's bug, not ours
-            return StateError(f"session actor got {type(message).__name__}, not a message")
-        if self._sealed and write:
-            return SEALED
-        try:
-            return apply(self)
+            if isinstance(message, ReadOperation):  # a reader met a write in progress
+                return message.apply(self.table)
+            if isinstance(message, WriteOperation | Control):
+                if self._sealed and message.write:
+                    return SEALED
+                return message.apply(self)
         except StateError as exc:
             return exc
         except Exception as exc:
             return self._fail(message, exc)
+        if isinstance(message, Deliver):
+            return self._deliver(message)
+        # Not a dspex_actors message: the sender's bug, not ours.
+        return StateError(f"session actor got {type(message).__name__}, not a message")
+
+    def _deliver(self, delivery: Deliver[Any]) -> None:
+        """Run a delivered message unless its sender took it back; hand over the answer."""
+        try:
+            delivery.claim.pop()
+        except IndexError:
+            return  # the sender's deadline passed first: it never runs
+        delivery.reply(self.on_receive(delivery.message))
 
     def _fail(self, message: object, exc: Exception) -> StateError:
         """A bug, not a rule broken by the caller: crash like an Erlang process.
@@ -388,29 +414,6 @@ class SessionActor(pykka.ThreadingActor):
         hook, self._on_exit = self._on_exit, None
         if hook is not None:
             hook(self.table.session_id, error)
-
-    # -- reads (the slow path, when a reader met a write in progress) ------------
-
-    def get(self, identifier: str) -> Any:
-        return self.table.lookup(identifier).read_value()
-
-    def get_many(self, identifiers: list[str]) -> dict[str, Any]:
-        return self.table.values(identifiers)
-
-    def get_record(self, identifier: str) -> VariableRecord:
-        return self.table.lookup(identifier).public()
-
-    def listing(self, pattern: str | None) -> list[dict[str, Any]]:
-        return self.table.listing(pattern)
-
-    def export(self) -> dict[str, Any]:
-        return self.table.export()
-
-    def columns(self) -> ExportColumns:
-        return self.table.columns()
-
-    def digest(self) -> bytes:
-        return self.table.digest()
 
     # -- writes --------------------------------------------------------------------
 

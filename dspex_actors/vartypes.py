@@ -8,6 +8,17 @@ Every failure is a :class:`~dspex_actors.errors.ValidationError` whose message n
 the variable, the rule and the offending value (``rule`` is ``"type"`` for a wrong
 type, otherwise the constraint key).
 
+A ``choice`` compares by value within a kind: numbers equal numbers by value (``1``
+matches a listed ``1.0`` and ``1.0`` a listed ``1``, so a JavaScript client, whose
+msgpack encoder sends a whole float as an integer, can set a float choice), but a
+boolean never equals a number (``True`` does not match ``1``) and strings only equal
+strings. The value stored is the listed choice (``1`` on ``[0.5, 1.0, 2.0]`` stores
+``1.0``); when two listed choices are equal by value, the first one wins. A string's
+``enum`` needs no such rule: only strings reach it.
+
+``boolean`` stays strict: only ``True``/``False``; ``"true"``, ``1`` or ``1.0`` are
+refused rather than converted, since any conversion rule would guess.
+
 Stored values are frozen (embeddings as tuples, tensors as tuples inside a dict that
 is never handed out) so readers may share them; :attr:`Validator.thaw` turns one back
 into fresh lists for the caller, and is ``None`` for scalar types, which need no copy.
@@ -43,6 +54,7 @@ __all__ = [
 TYPE_NAMES = ("float", "integer", "string", "boolean", "choice", "module", "embedding", "tensor")
 
 _MAX_REPR = 200
+_MISSING: Any = object()
 _MAX_DEPTH = 32
 _MAX_NAME = 256
 MAX_VERSION = 2**63 - 1
@@ -309,19 +321,49 @@ def _boolean_check(constraints: dict[str, Any]) -> Check:
     def check(variable: str, value: Any) -> bool:
         if value is True or value is False:
             return bool(value)
-        raise _fail(variable, "type", value, f"expected a boolean, got {type(value).__name__}")
+        raise _fail(
+            variable,
+            "type",
+            value,
+            "expected a boolean (true or false; strings and numbers are not converted), "
+            f"got {type(value).__name__}",
+        )
 
     return check
 
 
+_CHOICE_KINDS: dict[type, str] = {bool: "bool", int: "number", float: "number", str: "str"}
+"""A value's kind for choice membership, by exact type: within a kind values compare
+with ``==`` (``1 == 1.0``); across kinds never (``True == 1`` would otherwise hold)."""
+
+
+def _choice_kind(value: Any) -> str | None:
+    """The kind of a choice or value (subclasses allowed, bool tested before int)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "str" if isinstance(value, str) else None
+
+
 def _choice_check(constraints: dict[str, Any]) -> Check:
     choices = constraints["choices"]
+    # Built once per definition: a write is one dict lookup, whatever the choice count.
+    # Python's int/float equality and hashing are exact, so (kind, value) keys match
+    # 1 and 1.0 but not 2**53 + 1 and 2.0**53. The first listed of equal choices wins.
+    # A nan choice is left out: nan equals nothing, and a dict would still match the
+    # very same nan object by identity.
+    listed: dict[tuple[str | None, Any], Any] = {}
+    for choice in choices:
+        if not (isinstance(choice, float) and math.isnan(choice)):
+            listed.setdefault((_choice_kind(choice), choice), choice)
 
     def check(variable: str, value: Any) -> Any:
-        # `in` on the list would treat True == 1; compare type as well as value.
-        for choice in choices:
-            if type(choice) is type(value) and choice == value:
-                return choice
+        kind = _CHOICE_KINDS.get(type(value)) or _choice_kind(value)  # exact type first
+        if kind is not None:
+            found = listed.get((kind, value), _MISSING)
+            if found is not _MISSING:
+                return found
         raise _fail(variable, "choices", value, f"not one of {choices!r}")
 
     return check

@@ -397,6 +397,14 @@ def test_string_enum() -> None:
     rejects(validator, "Concise", "enum")
 
 
+def test_string_enum_holds_strings_only() -> None:
+    # Unlike choice, enum needs no by-value rule: a number never reaches it.
+    validator = compile_ok("string", {"enum": ["1", "true"]})
+    rejects(validator, 1, "type")
+    rejects(validator, True, "type")
+    assert validator.check("1") == "1"
+
+
 def test_string_all_constraints_together() -> None:
     validator = compile_ok(
         "string", {"min_length": 2, "max_length": 5, "pattern": "^[a-z]+$", "enum": ["abc", "x"]}
@@ -450,6 +458,16 @@ def test_boolean_rejects_everything_else(value: Any) -> None:
     rejects(compile_ok("boolean"), value, "type")
 
 
+@pytest.mark.parametrize(("value", "kind"), [("true", "str"), (1, "int"), (0.0, "float")])
+def test_boolean_refusal_says_what_to_send(value: Any, kind: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        compile_ok("boolean").check(value)
+    assert (
+        "expected a boolean (true or false; strings and numbers are not converted), "
+        f"got {kind}" in str(caught.value)
+    )
+
+
 def test_boolean_takes_no_constraints() -> None:
     exc = bad_definition("boolean", {"default": True}, "constraints", {"default": True})
     assert "'default'" in str(exc)
@@ -473,16 +491,64 @@ def test_choice_rejects_other_values() -> None:
     rejects(validator, ["gpt-4"], "choices")
 
 
-def test_choice_compares_type_as_well_as_value() -> None:
+def test_choice_compares_numbers_by_value_and_stores_the_listed_choice() -> None:
+    floats = compile_ok("choice", {"choices": [0.5, 1.0, 2.0]})
+    same(floats.check(1), 1.0)  # what a JavaScript client's msgpack sends for 1.0
+    same(floats.check(2), 2.0)
+    same(floats.check(0.5), 0.5)
+    rejects(floats, 3, "choices")
+    ints = compile_ok("choice", {"choices": [0.5, 1, 2]})  # whole numbers listed by Node
+    same(ints.check(1.0), 1)
+    same(ints.check(2), 2)
+    rejects(ints, 1.5, "choices")
+
+
+def test_choice_never_matches_across_kinds() -> None:
     ints = compile_ok("choice", {"choices": [1, 0]})
     rejects(ints, True, "choices")
     rejects(ints, False, "choices")
-    rejects(ints, 1.0, "choices")
+    rejects(ints, "1", "choices")
+    floats = compile_ok("choice", {"choices": [1.0, 0.0]})
+    rejects(floats, True, "choices")
+    rejects(floats, False, "choices")
     bools = compile_ok("choice", {"choices": [True]})
     rejects(bools, 1, "choices")
-    floats = compile_ok("choice", {"choices": [2.0]})
-    rejects(floats, 2, "choices")
-    same(floats.check(2.0), 2.0)
+    rejects(bools, 1.0, "choices")
+    rejects(bools, "True", "choices")
+    same(bools.check(True), True)
+    strings = compile_ok("choice", {"choices": ["1", "a"]})
+    rejects(strings, 1, "choices")
+    rejects(strings, 1.0, "choices")
+    same(strings.check("1"), "1")
+
+
+def test_choice_mixed_kinds_each_match_their_own() -> None:
+    mixed = compile_ok("choice", {"choices": [True, 1, "1", 1.0]})
+    same(mixed.check(True), True)
+    same(mixed.check(1), 1)  # equal choices by value: the first listed wins
+    same(mixed.check(1.0), 1)
+    same(mixed.check("1"), "1")
+    rejects(mixed, False, "choices")
+
+
+def test_choice_compares_numbers_exactly() -> None:
+    big = compile_ok("choice", {"choices": [2**53]})
+    same(big.check(2.0**53), 2**53)
+    rejects(big, 2**53 + 1, "choices")
+    rejects(big, 2.0**53 + 2, "choices")
+    rejects(big, HUGE, "choices")
+
+
+def test_choice_nan_never_matches() -> None:
+    validator = compile_ok("choice", {"choices": [NAN, 1.0]})
+    rejects(validator, NAN, "choices")  # not even the very same nan object
+    same(validator.check(1), 1.0)
+
+
+def test_choice_unhashable_values_are_refused_not_crashed() -> None:
+    validator = compile_ok("choice", {"choices": ["a"]})
+    rejects(validator, {"a": 1}, "choices")
+    rejects(validator, [1.0], "choices")
 
 
 def test_choice_tuple_of_choices_is_stored_as_list() -> None:

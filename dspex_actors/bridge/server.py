@@ -39,9 +39,8 @@ from typing import Any, Self, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from dspex_actors.bridge import codec
+from dspex_actors.bridge import codec, discovery
 from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
@@ -67,9 +66,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "127.0.0.1:0"
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["SessionStore"].full_name
-_HEALTH_METHODS = frozenset(
-    f"/{health.SERVICE_NAME}/{name}" for name in ("Check", "Watch", "List")
-)
+_HEALTH_METHODS = discovery.HEALTH_METHODS  # Check, Watch and List, all implemented
 _MAX_SESSION_ID = 256
 
 
@@ -614,7 +611,7 @@ class SessionStoreServer:
         self._servicer = _SessionStoreServicer(
             limits, session_ttl, clock, restart_policy, on_restart, on_give_up
         )
-        self._health = health.HealthServicer()
+        self._health = discovery.HealthServicer()
         self._executor = futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="dspex-bridge"
         )
@@ -630,9 +627,7 @@ class SessionStoreServer:
         )
         pb_grpc.add_SessionStoreServicer_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        discovery.enable_reflection(self._server, (SERVICE_NAME, health.SERVICE_NAME))
         reason: Exception | None = None
         try:
             if tls_cert is not None and tls_key is not None:

@@ -1,15 +1,19 @@
-"""The codec: msgpack within limits, and every error class across a real gRPC call."""
+"""The codec: msgpack within limits, and every error class across a real gRPC call as
+gRPC's rich status (ErrorInfo and BadRequest for any client, ErrorDetail for ours)."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import msgpack
 import pytest
+from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
+from google.rpc.status_pb2 import Status
+from grpc_status import rpc_status
 
 from dspex_actors.bridge import codec
 from dspex_actors.errors import (
@@ -28,6 +32,7 @@ from dspex_actors.errors import (
     VariableNotFound,
     VersionConflict,
 )
+from dspex_actors.v1.session_store_pb2 import ErrorDetail
 
 # -- msgpack ---------------------------------------------------------------------------
 
@@ -293,11 +298,13 @@ def _hostile_errors() -> dict[str, StateError]:
 
 def _trailer_bytes(error: StateError) -> int:
     """What the error's trailer takes as gRPC sends it (HPACK counts 32 per entry)."""
-    detail = codec.error_detail(error)
-    message = detail.message.encode()
+    status = codec.error_status(error)
+    message = status.message.encode()
     percent_encoded = sum(1 if 0x20 <= b < 0x7F and b != ord("%") else 3 for b in message)
-    binary = len(base64.b64encode(detail.SerializeToString()))
-    return 32 + len("grpc-message") + percent_encoded + 32 + len(codec.ERROR_METADATA_KEY) + binary
+    binary = len(base64.b64encode(status.SerializeToString()))
+    return (
+        32 + len("grpc-message") + percent_encoded + 32 + len("grpc-status-details-bin") + binary
+    )
 
 
 @pytest.mark.parametrize("case", list(_hostile_errors()))
@@ -310,7 +317,7 @@ def test_long_and_non_ascii_errors_stay_under_the_8_kib_trailer_limit(
     rebuilt, code = _rebuilt(raising_call, error)
     assert code == codec.status_for(error)  # not RESOURCE_EXHAUSTED: the trailer arrived
     assert type(rebuilt) is type(error)
-    sent = codec.error_detail(error).message
+    sent = codec.error_status(error).message
     assert str(rebuilt) == sent
     kept = sent.rsplit("... (", 1)[0]  # the message, cut
     assert kept and error.message.encode("utf-8", "backslashreplace").decode().startswith(kept)
@@ -360,10 +367,11 @@ def test_a_status_without_detail_maps_by_code(
 
 def test_an_unknown_error_class_falls_back_by_status(raising_call: Callable[..., None]) -> None:
     def abort(context: grpc.ServicerContext) -> None:
-        detail = codec.error_detail(VariableNotFound("gone", variable="x"))
+        status = codec.error_status(VariableNotFound("gone", variable="x"))
+        detail = _unpacked(status, ErrorDetail)
         detail.error_class = "SomethingNewer"
-        context.set_trailing_metadata(((codec.ERROR_METADATA_KEY, detail.SerializeToString()),))
-        context.abort(grpc.StatusCode.NOT_FOUND, "gone")
+        status.details[-1].Pack(detail)
+        context.abort_with_status(rpc_status.to_status(status))
 
     with pytest.raises(grpc.RpcError) as caught:
         raising_call(abort)
@@ -372,3 +380,182 @@ def test_an_unknown_error_class_falls_back_by_status(raising_call: Callable[...,
     assert type(rebuilt) is VariableNotFound
     assert str(rebuilt) == "gone"
     assert rebuilt.details == {"variable": "x"}
+
+
+# -- the standard details any gRPC client reads ---------------------------------------------
+
+_M = TypeVar("_M", ErrorInfo, BadRequest, ErrorDetail)
+
+
+def _unpacked(status: Status, kind: type[_M]) -> _M:
+    """The one detail of ``kind`` in ``status`` (fails when there is none or several)."""
+    [found] = [d for d in status.details if d.TypeName() == kind.DESCRIPTOR.full_name]
+    message = kind()
+    assert found.Unpack(message)
+    return message
+
+
+def _status_over_the_wire(call: Callable[..., None], error: StateError) -> Status:
+    """The google.rpc.Status a client receives, read as any gRPC client would."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call(lambda context: codec.abort_with_error(context, error))
+    assert isinstance(caught.value, grpc.Call)
+    status = rpc_status.from_call(caught.value)
+    assert isinstance(status, Status)
+    assert status.code == caught.value.code().value[0]
+    assert status.message == caught.value.details()
+    return status
+
+
+def test_a_validation_error_carries_error_info_and_bad_request(
+    raising_call: Callable[..., None],
+) -> None:
+    error = ValidationError(
+        "variable 'x': above the maximum 2.0 (rule 'max', value 5.0)",
+        variable="x",
+        rule="max",
+        value=5.0,
+    )
+    status = _status_over_the_wire(raising_call, error)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [d.TypeName() for d in status.details] == [
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+        "dspex_actors.v1.ErrorDetail",
+    ]
+    info = _unpacked(status, ErrorInfo)
+    assert (info.reason, info.domain) == ("invalid", codec.ERROR_DOMAIN)
+    assert dict(info.metadata) == {
+        "error_class": "ValidationError",
+        "variable": "x",
+        "rule": "max",
+        "value": "5.0",
+    }
+    [violation] = _unpacked(status, BadRequest).field_violations
+    assert (violation.field, violation.reason) == ("x", "max")
+    assert violation.description == error.message
+
+
+def test_error_info_names_each_errors_own_attributes(raising_call: Callable[..., None]) -> None:
+    conflict = VersionConflict("expected 1, at 2", variable="x", expected=1, actual=2)
+    info = _unpacked(_status_over_the_wire(raising_call, conflict), ErrorInfo)
+    assert info.reason == "version_conflict"
+    assert dict(info.metadata) == {
+        "error_class": "VersionConflict",
+        "variable": "x",
+        "expected": "1",
+        "actual": "2",
+    }
+    limit = LimitExceeded("too many", limit="max_sessions", size=3)
+    info = _unpacked(_status_over_the_wire(raising_call, limit), ErrorInfo)
+    assert info.reason == "limit_exceeded"
+    assert dict(info.metadata) == {"error_class": "LimitExceeded", "limit": "max_sessions"}
+    missing = SessionNotFound("session 's' not found", session_id="s")
+    status = _status_over_the_wire(raising_call, missing)
+    assert dict(_unpacked(status, ErrorInfo).metadata) == {
+        "error_class": "SessionNotFound",
+        "session_id": "s",
+    }
+    assert not [d for d in status.details if d.TypeName() == "google.rpc.BadRequest"]
+
+
+def test_a_partial_failure_lists_every_sent_entry_as_a_field_violation(
+    raising_call: Callable[..., None],
+) -> None:
+    error = PartialFailure.for_batch(
+        {
+            "z": ValidationError("z: above the maximum", variable="z", rule="max", value=9),
+            "a": VariableNotFound("variable 'a' not found", variable="a"),
+        },
+        total=3,
+    )
+    status = _status_over_the_wire(raising_call, error)
+    info = _unpacked(status, ErrorInfo)
+    assert (info.reason, dict(info.metadata)) == (
+        "partial_failure",
+        {"error_class": "PartialFailure"},
+    )
+    violations = [
+        (v.field, v.reason, v.description) for v in _unpacked(status, BadRequest).field_violations
+    ]
+    assert violations == [
+        ("z", "max", "z: above the maximum"),
+        ("a", "not_found", "variable 'a' not found"),
+    ]
+
+
+def test_error_info_values_are_short_text(raising_call: Callable[..., None]) -> None:
+    error = ValidationError(
+        "bad", variable="\u00e9" * 256, rule="type", value=[0.5] * 10_000, expected=True
+    )
+    info = _unpacked(_status_over_the_wire(raising_call, error), ErrorInfo)
+    assert info.metadata["variable"] == "\u00e9" * 126 + "..."  # cut to 256 bytes of UTF-8
+    assert info.metadata["value"].startswith("[0.5, 0.5")
+    assert len(info.metadata["value"].encode()) <= 256
+    assert info.metadata["expected"] == "True"  # anything but a string: its repr
+
+
+@pytest.mark.parametrize("case", list(_hostile_errors()))
+def test_hostile_errors_keep_their_standard_details(case: str) -> None:
+    error = _hostile_errors()[case]
+    status = codec.error_status(error)
+    info = _unpacked(status, ErrorInfo)
+    assert info.reason == error.reason
+    assert info.metadata["error_class"] == type(error).__name__
+    assert all(len(value.encode()) <= 256 for value in info.metadata.values())
+    detail = _unpacked(status, ErrorDetail)
+    assert detail.message == status.message
+    if isinstance(error, PartialFailure):
+        violations = _unpacked(status, BadRequest).field_violations
+        assert [v.field for v in violations] == [e.identifier for e in detail.errors]
+        assert [v.description for v in violations] == [e.error.message for e in detail.errors]
+    elif isinstance(error, ValidationError):
+        [violation] = _unpacked(status, BadRequest).field_violations
+        assert violation.field == error.variable
+        assert violation.description
+
+
+def test_no_error_needs_the_bare_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    for error in [*_examples(), *_hostile_errors().values()]:
+        codec.error_status(error)
+    assert not [r for r in caplog.records if "over its trailer budget" in r.message]
+
+
+def test_a_status_without_our_detail_maps_by_code(raising_call: Callable[..., None]) -> None:
+    # A foreign server's rich status: standard details only.
+    def abort(context: grpc.ServicerContext) -> None:
+        status = Status(code=grpc.StatusCode.NOT_FOUND.value[0], message="no such thing")
+        status.details.add().Pack(ErrorInfo(reason="NOT_FOUND", domain="example.com"))
+        context.abort_with_status(rpc_status.to_status(status))
+
+    with pytest.raises(grpc.RpcError) as caught:
+        raising_call(abort)
+    assert isinstance(caught.value, grpc.Call)
+    rebuilt = codec.error_from_rpc(caught.value, "t")
+    assert type(rebuilt) is VariableNotFound
+    assert "no such thing" in str(rebuilt)
+    assert rebuilt.details == {"status": "NOT_FOUND"}
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [b"\xff\xff not a status", None],
+    ids=["undecodable", "code-differs"],
+)
+def test_an_unusable_status_trailer_maps_by_code(
+    raising_call: Callable[..., None], trailer: bytes | None
+) -> None:
+    def abort(context: grpc.ServicerContext) -> None:
+        if trailer is None:  # a well-formed Status that contradicts the call's code
+            data = codec.error_status(VariableExists("x exists", variable="x")).SerializeToString()
+        else:
+            data = trailer
+        context.set_trailing_metadata(((codec.STATUS_DETAILS_KEY, data),))
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "x exists")
+
+    with pytest.raises(grpc.RpcError) as caught:
+        raising_call(abort)
+    assert isinstance(caught.value, grpc.Call)
+    rebuilt = codec.error_from_rpc(caught.value, "t")
+    assert type(rebuilt) is ValidationError  # INVALID_ARGUMENT's class, not VariableExists
+    assert rebuilt.details == {"status": "INVALID_ARGUMENT"}

@@ -182,7 +182,7 @@ class SessionStoreServicer:
         """Set several variables all or nothing, in one actor turn. If any entry fails
         (an unknown identifier included) nothing changes and the status is
         INVALID_ARGUMENT with error_class PartialFailure; ErrorDetail.errors lists each
-        failing identifier with its own error.
+        failing identifier with its own error, and BadRequest one violation for each.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -204,9 +204,10 @@ class SessionStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportSession(self, request, context):
-        """The whole session in one message: by default `state`, msgpack of {session_id,
-        variables (id -> record), variable_index (name -> id), metadata}; with
-        `columnar` set, `columns` instead (SessionColumns, a third of the bytes).
+        """The whole session in one message: by default `state`, msgpack of the export
+        map (described at the top: {session_id, variables (id -> record),
+        variable_index (name -> id), metadata}); with `columnar` set, `columns`
+        instead (SessionColumns, a third of the bytes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

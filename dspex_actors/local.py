@@ -28,6 +28,7 @@ import pykka
 
 from dspex_actors.errors import NotSupported, SessionClosed, StateError
 from dspex_actors.exports import ExportColumns, columns_of
+from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
 from dspex_actors.messages import (
     Close,
     Control,
@@ -95,6 +96,7 @@ class LocalState(StateProvider):
     __slots__ = (
         "_call_timeout",
         "_crashed",
+        "_limits",
         "_lock",
         "_migration",
         "_on_exit",
@@ -111,11 +113,13 @@ class LocalState(StateProvider):
         *,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         on_exit: ExitHook | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.session_id = table.session_id
         self._table = table
         self._call_timeout = call_timeout
         self._on_exit = on_exit
+        self._limits = limits
         self._lock = threading.Lock()
         self._migration: threading.Event | None = None  # set while sealed
         self._successor: StateProvider | None = None
@@ -130,17 +134,23 @@ class LocalState(StateProvider):
         existing_state: Mapping[str, Any] | None = None,
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         on_exit: ExitHook | None = None,
+        limits: Limits = DEFAULT_LIMITS,
         **backend_opts: Any,
     ) -> Self:
-        """Start a session actor; ``on_exit`` hears when it stops unasked or crashes."""
+        """Start a session actor; ``on_exit`` hears when it stops unasked or crashes.
+
+        ``limits`` are the ones every backend enforces (:mod:`dspex_actors.limits`);
+        a session id breaking them is a ``ValidationError`` here as on the bridge.
+        """
         if backend_opts:
             raise TypeError(f"LocalState.init got unknown options: {', '.join(backend_opts)}")
-        if session_id is not None and (not isinstance(session_id, str) or not session_id):
-            raise TypeError(f"session_id must be a non-empty string, got {session_id!r}")
+        if session_id is not None:
+            check_session_id(session_id, limits)
         state = cls(
             SessionTable(session_id or new_session_id()),
             call_timeout=call_timeout,
             on_exit=on_exit,
+            limits=limits,
         )
         if existing_state is not None:
             try:
@@ -200,7 +210,7 @@ class LocalState(StateProvider):
             except pykka.Timeout:
                 logger.error("session %s: the crashed actor did not stop", self.session_id)
             self._crashed = threading.Event()
-            self._ref = SessionActor.start(self._table, self._on_exit, self._crashed)
+            self._ref = SessionActor.start(self._table, self._on_exit, self._crashed, self._limits)
 
     def _closed(self) -> SessionClosed:
         return SessionClosed(f"session {self.session_id!r} is closed")

@@ -49,6 +49,7 @@ from dspex_actors.errors import (
     VersionConflict,
 )
 from dspex_actors.exports import ExportColumns, check_shape, columns_digest, first_repeat
+from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_variable_count
 from dspex_actors.messages import Control, Deliver, ReadOperation, WriteOperation
 from dspex_actors.records import VariableRecord, name_matches, variable_not_found
 from dspex_actors.vartypes import (
@@ -335,9 +336,11 @@ class SessionActor(pykka.ThreadingActor):
         table: SessionTable,
         on_exit: ExitHook | None = None,
         crashed: threading.Event | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__()
         self.table = table
+        self.limits = limits
         self._on_exit = on_exit
         # Set the moment a bug is met, before the stop request is even queued, so the
         # handle's ``alive`` turns False at once and a supervisor restarts promptly.
@@ -447,11 +450,13 @@ class SessionActor(pykka.ThreadingActor):
         description: Any,
     ) -> str:
         vartypes.check_name(name)
-        if name in self.table.index:
+        table = self.table
+        if name in table.index:
             raise VariableExists(
-                f"variable {name!r} already exists in session {self.table.session_id!r}",
+                f"variable {name!r} already exists in session {table.session_id!r}",
                 variable=name,
             )
+        check_variable_count(table.session_id, len(table.by_id), 1, self.limits)
         validator = vartypes.compile_type(name, type_name, constraints)
         value = validator.check(name, initial_value)
         meta = check_metadata(name, metadata)
@@ -537,6 +542,9 @@ class SessionActor(pykka.ThreadingActor):
     def import_columns(self, columns: ExportColumns) -> int:
         """Check a whole export, then publish it in one window; returns the count."""
         check_shape(columns)
+        check_variable_count(
+            self.table.session_id, len(self.table.by_id), columns.variable_count, self.limits
+        )
         with gc_paused(columns.variable_count >= BULK_ITEMS):
             records = records_from_columns(columns, self.table)
         session_meta = check_metadata("<session>", columns.metadata)

@@ -614,10 +614,12 @@ def test_init_rejects_unknown_options() -> None:
         LocalState.init(session_id="s", persist=True)
 
 
-@pytest.mark.parametrize("session_id", ["", 123, b"sess", ["s"], 1.5])
+@pytest.mark.parametrize("session_id", ["", 123, b"sess", ["s"], 1.5, "s" * 257, "bad\ud800id"])
 def test_init_rejects_a_bad_session_id(session_id: Any) -> None:
-    with pytest.raises(TypeError, match="session_id"):
+    """The bridge's rule, locally too: every local session id can cross the wire."""
+    with pytest.raises(ValidationError, match="session_id") as info:
         LocalState.init(session_id=session_id)
+    assert info.value.rule == "session_id"
 
 
 def test_init_keeps_a_given_session_id_and_generates_unguessable_ones() -> None:

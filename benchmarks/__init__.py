@@ -1,6 +1,15 @@
-"""The dspex_actors latency suite: ``python -m benchmarks``.
+"""The dspex_actors latency suite: ``python -m benchmarks`` (``--help`` for its options).
 
 Every figure is measured beside raw baselines (a dict lookup, a bare Pykka ask, a
-bare grpcio echo) in the same run and reported as a ratio to them: on a small noisy
-machine an absolute time from one run is not a fact, a ratio in one run is closer.
+bare grpcio echo) and beside what users would pick instead (Redis through
+redis-py, etcd's gRPC API) in the same run, interleaved round-robin, and reported
+as a ratio to them: on a small noisy machine an absolute time from one run is not
+a fact, a ratio in one run is closer.
+
+Modules: one per suite (``local``, ``memory``, ``bridge``, ``throughput``,
+``migration``, ``scale``); ``servers`` starts every server alike and explains how
+the suite pins to cores and why; ``affinity`` is the launcher that does it;
+``peers`` holds the Redis and etcd clients; ``timing`` samples; ``results``,
+``report``, ``targets`` (with ``targets.toml``, the one list of targets) and
+``plot`` turn samples into tables, Markdown, JSON, a verdict and a picture.
 """

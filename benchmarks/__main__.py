@@ -1,51 +1,260 @@
-"""``python -m benchmarks [--quick] [suite ...]``: run the latency suite."""
+"""``python -m benchmarks``: the latency suite, ours beside raw baselines and peers.
+
+Suites (all by default, in this order): local, memory, bridge, throughput,
+migration, scale. Every figure is reported as a ratio to something measured in
+the same run; ``--check`` holds the run to ``benchmarks/targets.toml`` (with
+``--quick``: only the targets marked quick) and exits 1 naming each miss.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import importlib.metadata
+import json
 import os
 import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from benchmarks import bridge, local, memory, migration
+from benchmarks import bridge, local, memory, migration, plot, scale, throughput
+from benchmarks.affinity import can_pin, format_cores, pin_benchmark, server_cores, suite_cores
+from benchmarks.progress import progress, say
+from benchmarks.report import markdown, print_suite, print_targets
+from benchmarks.servers import ROOT, Servers
+from benchmarks.suite import Run
+from benchmarks.targets import TARGETS_FILE, Verdict, evaluate, load
 
-SUITES = ("local", "memory", "bridge", "migration")
+SUITES: dict[str, tuple[Callable[[Run], None], str]] = {
+    "local": (
+        local.run,
+        "local: LocalState and Context beside a dict lookup and a bare Pykka ask",
+    ),
+    "memory": (memory.run, "memory: live LocalState sessions, in a fresh process"),
+    "bridge": (
+        bridge.run,
+        "bridge: BridgedState beside a bare grpcio echo, redis-py and etcd (round-robin)",
+    ),
+    "throughput": (throughput.run, "throughput: 1, 4 and 8 client processes"),
+    "migration": (migration.run, "migration: local -> bridged while a writer writes"),
+    "scale": (scale.run, "scale: as sessions grow in size and in number, beside Redis"),
+}
+
+LIBRARIES = (
+    "dspex_actors",
+    "pykka",
+    "grpcio",
+    "protobuf",
+    "msgpack",
+    "redis",
+    "grpcio-tools",
+    "psutil",
+    "matplotlib",
+)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("suites", nargs="*", metavar="suite", help=f"any of {', '.join(SUITES)}")
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     parser.add_argument(
-        "--no-pin", action="store_true", help="do not pin the benchmark process to one core"
+        "--quick", action="store_true", help="few rounds and small sizes: a smoke run (< 60 s)"
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="pin nothing: the benchmark, its servers and clients run on every core",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="skip Redis and etcd")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit 1 if a target in {TARGETS_FILE.name} is missed",
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every figure as JSON")
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="write the README's table as Markdown"
+    )
+    parser.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="draw latencies and curves (matplotlib)"
+    )
+    return parser
+
+
+def _command_output(argv: list[str]) -> str | None:
+    try:
+        done = subprocess.run(
+            argv, check=False, capture_output=True, text=True, timeout=20, cwd=ROOT
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _environment(pinned: str) -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    servers = {
+        name: (out.splitlines()[0] if (out := _command_output([name, "--version"])) else None)
+        for name in ("redis-server", "etcd")
+        if shutil.which(name)
+    }
+    status = _command_output(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "suite_cores": sorted(suite_cores()),
+            "server_cores": sorted(server_cores()),
+            "pinning": pinned,
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+        "python": {
+            "implementation": platform.python_implementation(),
+            "version": platform.python_version(),
+            "executable": sys.executable,
+        },
+        "libraries": versions,
+        "servers": servers,
+        "git": {
+            "commit": _command_output(["git", "rev-parse", "HEAD"]),
+            "dirty": bool(status) if status is not None else None,
+        },
+    }
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Unwind through the finally blocks, which stop the servers and remove their files.
+    raise SystemExit(128 + signum)
+
+
+def _write_outputs(
+    args: argparse.Namespace,
+    run: Run,
+    verdicts: list[Verdict],
+    heading: str,
+    pinned: str,
+    elapsed: float,
+    stamp: str,
+    argv: list[str] | None,
+) -> None:
+    """--json, --markdown and --plot."""
+    if args.json is not None:
+        document = {
+            "run": {
+                "command": ["python", "-m", "benchmarks", *(argv or sys.argv[1:])],
+                "quick": args.quick,
+                "started": stamp,
+                "seconds": round(elapsed, 1),
+            },
+            **_environment(pinned),
+            **run.results.to_json(),
+            "targets": [
+                {
+                    "ratio": v.target.ratio,
+                    "figure": v.target.figure,
+                    "limit": v.target.describe_limit(),
+                    "quick": v.target.quick,
+                    "value": v.value,
+                    "status": v.status,
+                    "checked": v.checked,
+                }
+                for v in verdicts
+            ],
+        }
+        args.json.write_text(json.dumps(document, indent=1) + "\n")
+        say(f"wrote {args.json}")
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(run.results, verdicts, heading))
+        say(f"wrote {args.markdown}")
+    if args.plot is not None:
+        plot.render(run.results, args.plot, heading.replace("`", ""))
+        say(f"wrote {args.plot}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
-        parser.error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
-    rounds = 200 if args.quick else 1500
-    pinned = "unpinned"
-    if not args.no_pin and hasattr(os, "sched_setaffinity"):
-        # Python threads take turns on the GIL, so one core loses nothing for an
-        # in-process ping-pong; across two cores each hand-off may wake an idle core,
-        # whose wake-up time depends on where the scheduler put each thread and
-        # swamps what is measured. Threads started later inherit the pin.
-        core = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {core})
-        pinned = f"pinned to core {core} (--no-pin to compare)"
-    print(
-        f"dspex_actors latency suite on {platform.python_implementation()} "
-        f"{platform.python_version()}, {os.cpu_count()} cores, {pinned}"
+        _parser().error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    if args.plot is not None and (why := plot.missing()) is not None:
+        print(f"python -m benchmarks: {why}", file=sys.stderr)
+        return 2
+    targets = load()  # a malformed targets file fails before anything runs
+    started = time.monotonic()
+    suite_cores()  # remembered before the pin: what load clients get
+    pinned = "unpinned, servers and clients too"
+    if not args.no_pin and can_pin():
+        core, servers_on = pin_benchmark()
+        pinned = (
+            f"pinned to core {core}, every server to core {format_cores(servers_on)}, "
+            f"load clients on {format_cores(suite_cores())}"
+        )
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    heading = (
+        f"`python -m benchmarks{' --quick' if args.quick else ''}` on {stamp}: "
+        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} cores ({_cpu_model()}), {pinned}"
     )
-    for suite in args.suites or SUITES:
-        if suite == "local":
-            local.run(rounds)
-        elif suite == "memory":
-            memory.run(1_000 if args.quick else 10_000)
-        elif suite == "bridge":
-            bridge.run(rounds, calls_per_client=300 if args.quick else 2000)
-        elif suite == "migration":
-            migration.run(rounds // 3)
+    say(heading.replace("`", ""))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    servers = Servers(peers=not args.no_peers)
+    run = Run(quick=args.quick, servers=servers)
+    reported: set[str] = set()
+    try:
+        for suite in args.suites or SUITES:
+            suite_run, title = SUITES[suite]
+            run.results.suites.append(suite)
+            suite_run(run)
+            print_suite(run.results, suite, title)
+            for peer, reason in servers.unavailable.items():
+                if peer not in reported:
+                    reported.add(peer)
+                    say(f"  skipped {peer}: {reason}")
+    finally:
+        progress.clear()
+        servers.close()
+    run.results.skipped.update(servers.unavailable)
+    verdicts = evaluate(targets, run.results, args.quick)
+    misses = print_targets(verdicts, args.quick)
+    elapsed = time.monotonic() - started
+    say(f"\nfinished in {elapsed:.0f} s")
+    _write_outputs(args, run, verdicts, heading, pinned, elapsed, stamp, argv)
+    if args.check and misses:
+        names = ", ".join(
+            f"{v.target.ratio} ({v.value:.2f}, limit {v.target.describe_limit()})"
+            for v in misses
+            if v.value is not None
+        )
+        say(f"check failed: {len(misses)} target(s) missed: {names}")
+        return 1
+    if args.check:
+        checked = sum(1 for v in verdicts if v.checked and v.status == "met")
+        say(f"check passed: {checked} target(s) met" + (" (quick ones)" if args.quick else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

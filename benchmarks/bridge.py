@@ -1,163 +1,265 @@
-"""BridgedState against a bare grpcio unary echo, both servers in other processes."""
+"""BridgedState beside a bare grpcio echo, Redis and etcd, every server in its own process.
+
+All operations — ours, the baseline's and the peers' — are sampled in one
+round-robin, so machine noise falls on all of them alike. A bridged set is a
+compare-and-set (``expected_version`` = the version the last set returned), the
+work Redis's Lua CAS and etcd's Txn do beside it.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import grpc
 
-from benchmarks.servers import echo_server, echo_stub, session_store
-from benchmarks.timing import measure, table, target
-from dspex_actors.bridge import BridgedState
-from dspex_actors.supervision import Supervisor
+from benchmarks.peers import EtcdPeer, RedisPeer
+from benchmarks.servers import echo_stub
+from benchmarks.suite import Op, Run, add_duration, export_of_floats, sample_ops
+from benchmarks.timing import time_runs
+from dspex_actors import BridgedState, Context, Supervisor
+
+SUITE = "bridge"
+ECHO = "grpc.echo"
 
 
-def _export(count: int) -> dict[str, Any]:
-    """A session export with ``count`` float variables (built directly, fast)."""
-    now = time.time()
-    variables = {
-        f"var_{i:032x}": {
-            "id": f"var_{i:032x}",
-            "name": f"x{i}",
-            "type": "float",
-            "value": 0.5,
-            "constraints": {"min": 0.0, "max": 1.0},
-            "metadata": {},
-            "version": 3,
-            "created_at": now,
-            "last_updated_at": now,
-        }
-        for i in range(count)
-    }
-    return {
-        "session_id": "bench-import",
-        "variables": variables,
-        "variable_index": {r["name"]: i for i, r in variables.items()},
-        "metadata": {},
-    }
+def _alternating() -> Callable[[], float]:
+    """0.5, 1.0, 0.5, ...: every write changes the value."""
+    flip = iter(range(10**12))
+    return lambda: 1.0 if next(flip) & 1 else 0.5
 
 
-def _throughput(mode: str, address: str, session_id: str, clients: int, count: int) -> float:
-    """Calls per second of ``clients`` processes making ``count`` calls each."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.load", mode, address, session_id, str(count)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(clients)
+def _versioned_set(setter: Callable[[float, int], int], start: int) -> Callable[[], object]:
+    """A call that sets with the version the previous call returned (compare-and-set)."""
+    version = start
+    value = _alternating()
+
+    def call() -> object:
+        nonlocal version
+        version = setter(value(), version)
+        return version
+
+    return call
+
+
+def _redis_ops(peer: RedisPeer) -> list[Op]:
+    peer.flush()
+    peer.put("bench:get", 0.7)
+    peer.new_variable("bench:var", 0.7)
+    value = _alternating()
+    return [
+        Op(
+            "redis.get",
+            "redis-py GET",
+            "redis",
+            "get",
+            lambda: peer.get("bench:get"),
+            baseline=ECHO,
+        ),
+        Op(
+            "redis.set",
+            "redis-py SET",
+            "redis",
+            "put",
+            lambda: peer.put("bench:get", value()),
+            baseline=ECHO,
+        ),
+        Op(
+            "redis.cas",
+            "redis-py Lua compare-and-set (EVALSHA)",
+            "redis",
+            "set",
+            _versioned_set(lambda v, n: peer.cas("bench:var", n, v), 0),
+            baseline=ECHO,
+        ),
     ]
+
+
+def _etcd_ops(peer: EtcdPeer) -> list[Op]:
+    key, var = b"bench:get", b"bench:var"
+    peer.put(key, 0.7)
+    revision = peer.put(var, 0.7)
+    value = _alternating()
+    return [
+        Op(
+            "etcd.range",
+            "etcd Range (grpcio)",
+            "etcd",
+            "get",
+            lambda: peer.get(key),
+            baseline=ECHO,
+        ),
+        Op(
+            "etcd.put",
+            "etcd Put (grpcio)",
+            "etcd",
+            "put",
+            lambda: peer.put(key, value()),
+            baseline=ECHO,
+        ),
+        Op(
+            "etcd.txn",
+            "etcd Txn compare-and-set (grpcio)",
+            "etcd",
+            "set",
+            _versioned_set(lambda v, n: peer.cas(var, n, v), revision),
+            baseline=ECHO,
+        ),
+    ]
+
+
+def _import_once(address: str, exported: dict[str, Any]) -> float:
+    importer = BridgedState.init(address=address, timeout=60)
     try:
-        for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        start = time.perf_counter()
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "done"
-        elapsed = time.perf_counter() - start
+        started = time.perf_counter_ns()
+        importer.import_state(exported)
+        return time.perf_counter_ns() - started
     finally:
-        for p in procs:
-            p.communicate(timeout=60)
-    return clients * count / elapsed
+        importer.cleanup()
 
 
-def _median_import_ns(address: str, exported: dict[str, Any], runs: int = 5) -> float:
-    """Median time of importing ``exported`` into a fresh session (one RPC)."""
-    times = []
-    for _ in range(runs):
-        importer = BridgedState.init(address=address, timeout=60)
-        try:
-            started = time.perf_counter_ns()
-            importer.import_state(exported)
-            times.append(time.perf_counter_ns() - started)
-        finally:
-            importer.cleanup()
-    return sorted(times)[len(times) // 2]
+def _redis_import_once(peer: RedisPeer, records: dict[str, dict[str, Any]]) -> float:
+    started = time.perf_counter_ns()
+    peer.import_session("bench:session", records)
+    return time.perf_counter_ns() - started
 
 
-def run(rounds: int, clients: int = 8, calls_per_client: int = 2000) -> dict[str, float]:
-    print(
-        f"\n== BridgedState vs a bare grpcio echo, servers in other processes ({rounds} rounds) =="
-    )
-    store = session_store()
-    echo_proc = echo_server()
-    channel = grpc.insecure_channel(echo_proc.address)
-    echo = echo_stub(channel)
-    state = BridgedState.init(address=store.address, timeout=30)
-    supervisor = Supervisor.start(bridge_address=store.address, bridge_timeout=30)
-    ctx = supervisor.start_context(backend="bridged")
-    names = [f"v{i}" for i in range(100)]
-    try:
+def run(run: Run) -> None:
+    rounds: int = run.pick(1500, 200)
+    servers = run.servers
+    store, echo_server = servers.store(), servers.echo()
+    redis_server, etcd_server = servers.redis(), servers.etcd()
+    with ExitStack() as cleanup:
+        channel = grpc.insecure_channel(echo_server.address)
+        cleanup.callback(channel.close)
+        echo = echo_stub(channel)
+        state = BridgedState.init(address=store.address, timeout=30)
+        cleanup.callback(state.cleanup)
+        supervisor = Supervisor.start(bridge_address=store.address, bridge_timeout=30)
+        cleanup.callback(supervisor.stop)
+        ctx = supervisor.start_context(backend="bridged")
+        names = [f"v{i}" for i in range(100)]
         state.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
         ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
         for name in names:
             state.register_variable(name, "integer", 0, constraints={"min": 0})
         counter = iter(range(10**9))
-        big = _export(10_000)
-
-        def set_one() -> object:
-            return state.set_variable("temperature", 1.0 if next(counter) & 1 else 0.5)
-
-        def ctx_set_one() -> object:
-            return ctx.set_variable("temperature", 1.0 if next(counter) & 1 else 0.5)
 
         def update_many() -> None:
             i = next(counter)
             state.update_variables({name: i for name in names})
 
-        series = measure(
-            {
-                "bare grpc echo (16 bytes)": (lambda: echo(b"\x00" * 16, timeout=10), 1),
-                "BridgedState.get_variable": (lambda: state.get_variable("temperature"), 1),
-                "BridgedState.set_variable": (set_one, 1),
-                "BridgedState.get_variables (100 names)": (lambda: state.get_variables(names), 1),
-                "BridgedState.update_variables (100 names)": (update_many, 1),
-                "Context(bridged).get_variable": (lambda: ctx.get_variable("temperature"), 1),
-                "Context(bridged).set_variable": (ctx_set_one, 1),
-            },
-            rounds,
+        def set_with(target: BridgedState | Context) -> Callable[[], object]:
+            def setter(value: float, version: int) -> int:
+                new: int = target.set_variable("temperature", value, expected_version=version)
+                return new
+
+            return _versioned_set(setter, 0)
+
+        get_peers, set_peers = ("redis.get", "etcd.range"), ("redis.cas", "etcd.txn")
+        ops = [
+            Op(
+                ECHO,
+                "bare grpcio echo (16 bytes)",
+                "baseline",
+                "echo",
+                lambda: echo(b"\x00" * 16, timeout=10),
+            ),
+            Op(
+                "bridged.get",
+                "BridgedState.get_variable",
+                "bridged",
+                "get",
+                lambda: state.get_variable("temperature"),
+                baseline=ECHO,
+                peers=get_peers,
+            ),
+            Op(
+                "bridged.set",
+                "BridgedState.set_variable (compare-and-set)",
+                "bridged",
+                "set",
+                set_with(state),
+                baseline=ECHO,
+                peers=set_peers,
+            ),
+            Op(
+                "bridged.get100",
+                "BridgedState.get_variables (100 names)",
+                "bridged",
+                "get100",
+                lambda: state.get_variables(names),
+                baseline="bridged.get",
+            ),
+            Op(
+                "bridged.update100",
+                "BridgedState.update_variables (100 names)",
+                "bridged",
+                "update100",
+                update_many,
+                baseline="bridged.get",
+            ),
+            Op(
+                "context.bridged.get",
+                "Context (bridged).get_variable",
+                "context",
+                "get",
+                lambda: ctx.get_variable("temperature"),
+                baseline="bridged.get",
+            ),
+            Op(
+                "context.bridged.set",
+                "Context (bridged).set_variable (compare-and-set)",
+                "context",
+                "set",
+                set_with(ctx),
+                baseline="bridged.set",
+            ),
+        ]
+        redis_peer = etcd_peer = None
+        if redis_server is not None:
+            redis_peer = RedisPeer(redis_server.port)
+            cleanup.callback(redis_peer.close)
+            ops += _redis_ops(redis_peer)
+        if etcd_server is not None:
+            etcd_peer = EtcdPeer(etcd_server.address)
+            cleanup.callback(etcd_peer.close)
+            ops += _etcd_ops(etcd_peer)
+        sample_ops(run, SUITE, "bridge", ops, rounds)
+
+        big = export_of_floats(10_000, "bench-import")
+        runs: int = run.pick(7, 5)
+        times = time_runs(
+            "bridge: importing 10,000 variables", lambda: _import_once(store.address, big), runs
         )
-        import_ns = _median_import_ns(store.address, big)
-        print(f"  throughput with {clients} client processes x {calls_per_client} calls:")
-        echo_rate = _throughput("echo", echo_proc.address, "", clients, calls_per_client)
-        get_rate = _throughput("get", store.address, state.session_id, clients, calls_per_client)
-    finally:
-        supervisor.stop()
-        state.cleanup()
-        channel.close()
-        store.stop()
-        echo_proc.stop()
-    table(series, "bare grpc echo (16 bytes)")
-    p50 = {name: s.p50 for name, s in series.items()}
-    echo50 = p50["bare grpc echo (16 bytes)"]
-    get50 = p50["BridgedState.get_variable"]
-    ratios = {
-        "get/echo": get50 / echo50,
-        "set/echo": p50["BridgedState.set_variable"] / echo50,
-        "get100/get": p50["BridgedState.get_variables (100 names)"] / get50,
-        "update100/get": p50["BridgedState.update_variables (100 names)"] / get50,
-        "import10k/get": import_ns / get50,
-        "throughput get/echo": get_rate / echo_rate,
-        "ctx_get/get": p50["Context(bridged).get_variable"] / get50,
-        "ctx_set/set": p50["Context(bridged).set_variable"] / p50["BridgedState.set_variable"],
-    }
-    print(f"  import of a 10,000-variable session (median of 5): {import_ns / 1e6:.1f} ms")
-    print(f"    bare echo:               {echo_rate:10,.0f} calls/s")
-    print(f"    BridgedState.get_variable {get_rate:10,.0f} calls/s")
-    target("get_variable p50 / bare echo p50", ratios["get/echo"], 1.3)
-    target("set_variable p50 / bare echo p50", ratios["set/echo"], 1.3)
-    target("get_variables(100) p50 / get_variable p50", ratios["get100/get"], 3)
-    target("update_variables(100) p50 / get_variable p50", ratios["update100/get"], 3)
-    target("import 10,000 variables / get_variable p50", ratios["import10k/get"], 100)
-    target("Context(bridged) get_variable / BridgedState's", ratios["ctx_get/get"], 1.2)
-    target("Context(bridged) set_variable / BridgedState's", ratios["ctx_set/set"], 1.2)
-    rate = ratios["throughput get/echo"]
-    print(f"  throughput under {clients} clients, get_variable / echo: {rate:.2f}x")
-    return ratios
+        add_duration(
+            run,
+            SUITE,
+            "bridged.import10k",
+            "BridgedState.import_state, 10,000 variables (one RPC)",
+            "bridged",
+            "import",
+            times,
+            baseline="bridged.get",
+            peers=("redis.import10k",),
+        )
+        if redis_peer is not None:
+            records = {r["name"]: r for r in big["variables"].values()}
+            times = time_runs(
+                "bridge: redis import of 10,000 records",
+                lambda: _redis_import_once(redis_peer, records),
+                runs,
+            )
+            add_duration(
+                run,
+                SUITE,
+                "redis.import10k",
+                "redis-py HSET of 10,000 msgpack records (one MULTI)",
+                "redis",
+                "import",
+                times,
+                baseline="redis.get",
+            )
+            redis_peer.flush()

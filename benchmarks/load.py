@@ -1,45 +1,84 @@
-"""A load client process: ``python -m benchmarks.load echo|get ADDRESS SESSION COUNT``.
+"""A load client process: ``python -m benchmarks.load CONFIG_JSON``.
 
-It warms up, prints ``ready``, waits for a line on stdin, makes COUNT calls back to
-back and prints ``done``; the parent times all clients from "go" to the last "done".
+CONFIG names the targets: ``{"echo": ADDRESS, "store": ADDRESS, "session": ID,
+"redis": PORT, "etcd": ADDRESS}`` (any may be null). The client connects to each,
+warms each up, prints ``ready``, then obeys lines on stdin:
+
+- ``run MODE COUNT``: make COUNT calls of MODE (``grpc.echo``, ``bridged.get``,
+  ``redis.get``, ``etcd.range``) back to back, print ``done``, then one JSON line
+  with each call's latency in ns;
+- ``quit``: close everything and exit.
+
+The parent starts clients once per run (through :mod:`benchmarks.affinity`, on the
+servers' cores), times each run from its ``run`` lines to the last ``done``, and
+uses the first 1, 4 or 8 clients for the 1-, 4- and 8-client runs.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import time
+from collections.abc import Callable
 
 import grpc
 
-from benchmarks.servers import all_cores, echo_stub
-from dspex_actors.bridge import BridgedState
+from benchmarks.peers import EtcdPeer, RedisPeer
+from benchmarks.servers import echo_stub
+from dspex_actors import BridgedState
+
+Call = Callable[[], object]
+
+KEY = "bench:get"
+"""The key the Redis and etcd clients read (the throughput suite writes it first)."""
 
 
-def main(mode: str, address: str, session_id: str, count: int) -> None:
-    all_cores()
-    if mode == "echo":
-        channel = grpc.insecure_channel(address)
-        echo = echo_stub(channel)
+def _connect(config: dict[str, object]) -> tuple[dict[str, Call], list[Callable[[], None]]]:
+    calls: dict[str, Call] = {}
+    closers: list[Callable[[], None]] = []
+    if isinstance(echo := config.get("echo"), str):
+        channel = grpc.insecure_channel(echo)
+        stub = echo_stub(channel)
+        calls["grpc.echo"] = lambda: stub(b"\x00" * 16, timeout=10)
+        closers.append(channel.close)
+    if isinstance(store := config.get("store"), str):
+        state = BridgedState.init(session_id=str(config["session"]), address=store, timeout=10)
+        calls["bridged.get"] = lambda: state.get_variable("temperature")
+        closers.append(state.cleanup)
+    if isinstance(port := config.get("redis"), int):
+        redis_peer = RedisPeer(port)
+        calls["redis.get"] = lambda: redis_peer.get(KEY)
+        closers.append(redis_peer.close)
+    if isinstance(etcd := config.get("etcd"), str):
+        etcd_peer = EtcdPeer(etcd)
+        key = KEY.encode()
+        calls["etcd.range"] = lambda: etcd_peer.get(key)
+        closers.append(etcd_peer.close)
+    return calls, closers
 
-        def call() -> object:
-            return echo(b"\x00" * 16, timeout=10)
 
-        close = channel.close
-    else:
-        state = BridgedState.init(session_id=session_id, address=address, timeout=10)
-
-        def call() -> object:
-            return state.get_variable("temperature")
-
-        close = state.cleanup
-    for _ in range(50):
-        call()
+def main(config: dict[str, object]) -> None:
+    calls, closers = _connect(config)
+    for call in calls.values():
+        for _ in range(50):
+            call()
     print("ready", flush=True)
-    sys.stdin.readline()
-    for _ in range(count):
-        call()
-    print("done", flush=True)
-    close()
+    for line in sys.stdin:
+        words = line.split()
+        if words[:1] != ["run"]:
+            break
+        call, count = calls[words[1]], int(words[2])
+        latencies = []
+        clock = time.perf_counter_ns
+        for _ in range(count):
+            started = clock()
+            call()
+            latencies.append(clock() - started)
+        print("done", flush=True)
+        print(json.dumps(latencies), flush=True)
+    for close in closers:
+        close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    main(json.loads(sys.argv[1]))

@@ -1,4 +1,4 @@
-"""LocalState against a dict lookup and a bare Pykka ask."""
+"""LocalState and a local Context beside a dict lookup and a bare Pykka ask."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Any
 
 import pykka
 
-from benchmarks.timing import measure, table, target
-from dspex_actors import LocalState
-from dspex_actors.supervision import Supervisor
+from benchmarks.suite import Op, Run, sample_ops
+from dspex_actors import LocalState, Supervisor
+
+SUITE = "local"
 
 
 class EchoActor(pykka.ThreadingActor):
@@ -19,8 +20,8 @@ class EchoActor(pykka.ThreadingActor):
         return message
 
 
-def run(rounds: int) -> dict[str, float]:
-    print(f"\n== LocalState vs raw baselines ({rounds} rounds, round-robin) ==")
+def run(run: Run) -> None:
+    rounds: int = run.pick(1500, 200)
     echo = EchoActor.start()
     state = LocalState.init()
     supervisor = Supervisor.start()
@@ -44,40 +45,70 @@ def run(rounds: int) -> dict[str, float]:
             i = next(counter)
             state.update_variables({name: i for name in names})
 
-        series = measure(
-            {
-                "dict lookup (d.get)": (lambda: plain.get("temperature"), 2000),
-                "bare pykka ask": (lambda: echo.ask(1), 1),
-                "LocalState.get_variable": (lambda: state.get_variable("temperature"), 2000),
-                "LocalState.get_variables (100 names)": (lambda: state.get_variables(names), 20),
-                "LocalState.set_variable": (set_one, 1),
-                "LocalState.update_variables (100 names)": (update_many, 1),
-                "Context(local).get_variable": (lambda: ctx.get_variable("temperature"), 2000),
-                "Context(local).set_variable": (ctx_set_one, 1),
-            },
-            rounds,
-        )
+        ask = "pykka.ask"
+        ops = [
+            Op(
+                "dict.get",
+                "dict lookup (d.get)",
+                "baseline",
+                "get",
+                lambda: plain.get("temperature"),
+                2000,
+            ),
+            Op(ask, "bare Pykka ask", "baseline", "ask", lambda: echo.ask(1)),
+            Op(
+                "local.get",
+                "LocalState.get_variable",
+                "local",
+                "get",
+                lambda: state.get_variable("temperature"),
+                2000,
+                baseline="dict.get",
+            ),
+            Op(
+                "local.get100",
+                "LocalState.get_variables (100 names)",
+                "local",
+                "get100",
+                lambda: state.get_variables(names),
+                20,
+                baseline=ask,
+            ),
+            Op("local.set", "LocalState.set_variable", "local", "set", set_one, baseline=ask),
+            Op(
+                "local.update100",
+                "LocalState.update_variables (100 names)",
+                "local",
+                "update100",
+                update_many,
+                baseline="local.set",
+            ),
+            Op(
+                "context.local.get",
+                "Context (local).get_variable",
+                "context",
+                "get",
+                lambda: ctx.get_variable("temperature"),
+                2000,
+                baseline="local.get",
+            ),
+            Op(
+                "context.local.set",
+                "Context (local).set_variable",
+                "context",
+                "set",
+                ctx_set_one,
+                baseline="local.set",
+            ),
+        ]
+        sample_ops(run, SUITE, "local", ops, rounds)
     finally:
         supervisor.stop()
         state.cleanup()
         echo.stop()
-    table(series, "bare pykka ask")
-    p50 = {name: s.p50 for name, s in series.items()}
-    get_ratio = p50["LocalState.get_variable"] / p50["dict lookup (d.get)"]
-    set_ratio = p50["LocalState.set_variable"] / p50["bare pykka ask"]
-    batch_ratio = p50["LocalState.update_variables (100 names)"] / p50["LocalState.set_variable"]
-    target("get_variable p50 / dict lookup p50", get_ratio, 10)
-    target("set_variable p50 / bare pykka ask p50", set_ratio, 1.3)
-    target("update_variables(100) p50 / set_variable p50", batch_ratio, 5)
-    ctx_get = p50["Context(local).get_variable"] / p50["LocalState.get_variable"]
-    ctx_set = p50["Context(local).set_variable"] / p50["LocalState.set_variable"]
-    target("Context get_variable p50 / LocalState get_variable p50", ctx_get, 1.2)
-    target("Context set_variable p50 / LocalState set_variable p50", ctx_set, 1.2)
-    print(f"  threads still running after the benchmark: {threading.active_count() - 1}")
-    return {
-        "get/dict": get_ratio,
-        "set/ask": set_ratio,
-        "update100/set": batch_ratio,
-        "ctx_get/get": ctx_get,
-        "ctx_set/set": ctx_set,
-    }
+    run.results.value(
+        "local.threads_left",
+        threading.active_count() - 1,
+        "threads",
+        "threads still running after the local suite",
+    )

@@ -10,6 +10,9 @@ import threading
 
 import psutil
 
+from benchmarks.progress import progress
+from benchmarks.servers import child_env
+from benchmarks.suite import Run
 from dspex_actors import LocalState
 
 
@@ -34,20 +37,30 @@ def _child(count: int, variables: int) -> None:
     print(json.dumps({"per_session": (during - before) / count, "threads_left": left}))
 
 
-def run(count: int, variables: int = 3) -> dict[str, float]:
-    print(f"\n== memory: {count:,} live LocalState sessions, {variables} variables each ==")
+def run(run: Run, variables: int = 3) -> None:
+    count: int = run.pick(10_000, 1_000)
+    progress.stage(f"memory: {count:,} live LocalState sessions in a fresh process")
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.memory", str(count), str(variables)],
         check=True,
+        env=child_env(),
         capture_output=True,
         text=True,
     ).stdout
     result = json.loads(out.strip().splitlines()[-1])
-    kb = result["per_session"] / 1024
-    verdict = "meets" if kb <= 40 else "MISSES"
-    print(f"  resident memory per live session: {kb:.1f} KB (<= 40 KB) {verdict}")
-    print(f"  threads left after stopping them all: {result['threads_left']}")
-    return {"kb_per_session": kb, "threads_left": result["threads_left"]}
+    run.results.value(
+        "memory.kb_per_session",
+        result["per_session"] / 1024,
+        "KB",
+        f"resident memory per live LocalState session ({count:,} sessions, "
+        f"{variables} variables each)",
+    )
+    run.results.value(
+        "memory.threads_left",
+        result["threads_left"],
+        "threads",
+        f"threads left after stopping {count:,} sessions",
+    )
 
 
 if __name__ == "__main__":

@@ -1,39 +1,72 @@
-"""Sampling and reporting helpers shared by every benchmark.
+"""Sampling helpers shared by every benchmark.
 
 A sample times ``calls`` back-to-back calls and records the mean per call. Calls
-that cross a thread or a socket are sampled one at a time, so their p50 and p99
+that cross a thread or a socket are sampled one at a time, so their percentiles
 are per call; sub-microsecond reads are sampled in batches (a single one is below
-the timer's resolution), so their p99 is of batch means. The garbage collector is
-paused while sampling, as ``timeit`` does, and every op is sampled round-robin so
-machine noise falls on all of them alike.
+the timer's resolution), so their percentiles are of batch means. The garbage
+collector is paused while sampling, as ``timeit`` does, and every op is sampled
+round-robin (ours and the peers' alike) so machine noise falls on all of them alike.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from benchmarks.progress import progress
+
+__all__ = ["Summary", "human", "measure", "sample", "summarize", "time_runs"]
+
+Op = tuple[Callable[[], object], int]
+"""An operation to sample: the function, and how many calls make one sample."""
 
 
-@dataclass
-class Series:
-    """Per-operation latency samples, in nanoseconds per call."""
+@dataclass(frozen=True)
+class Summary:
+    """Percentiles of one operation's samples, in nanoseconds, and its rate.
 
-    name: str
-    samples: list[float] = field(default_factory=list)
+    ``ops_per_s`` is what one caller achieves back to back (1e9 / mean), unless the
+    measurement states its own (a throughput run: calls / wall time, all clients).
+    """
 
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.samples)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    samples: int
+    calls_per_sample: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    mean: float
+    ops_per_s: float
 
-    @property
-    def p50(self) -> float:
-        return self.percentile(0.50)
+    FIGURES = ("p50", "p90", "p99", "max", "ops_per_s")
 
-    @property
-    def p99(self) -> float:
-        return self.percentile(0.99)
+    def figure(self, name: str) -> float:
+        value: float = getattr(self, name)
+        return value
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(samples: Sequence[float], calls: int = 1, rate: float | None = None) -> Summary:
+    """Summarize ``samples`` (ns per call); ``rate`` overrides the derived ops/s."""
+    if not samples:
+        raise ValueError("no samples to summarize")
+    ordered = sorted(samples)
+    mean = sum(ordered) / len(ordered)
+    return Summary(
+        samples=len(ordered),
+        calls_per_sample=calls,
+        p50=_percentile(ordered, 0.50),
+        p90=_percentile(ordered, 0.90),
+        p99=_percentile(ordered, 0.99),
+        max=ordered[-1],
+        mean=mean,
+        ops_per_s=rate if rate is not None else (1e9 / mean if mean > 0 else 0.0),
+    )
 
 
 def sample(fn: Callable[[], object], calls: int) -> float:
@@ -45,43 +78,46 @@ def sample(fn: Callable[[], object], calls: int) -> float:
 
 
 def measure(
-    ops: dict[str, tuple[Callable[[], object], int]], rounds: int, warmup: int = 20
-) -> dict[str, Series]:
-    """Round-robin sampling: each round samples every op once, so machine noise
-    falls on all of them alike. ``ops`` maps a name to (fn, calls per sample)."""
-    series = {name: Series(name) for name in ops}
+    label: str, ops: dict[str, Op], rounds: int, warmup: int = 20
+) -> dict[str, list[float]]:
+    """Round-robin sampling: each round samples every op once, so machine noise falls
+    on all of them alike. ``ops`` maps a name to (fn, calls per sample); returns each
+    name's samples in ns per call."""
+    samples: dict[str, list[float]] = {name: [] for name in ops}
+    progress.stage(f"{label}: warming up {len(ops)} operations")
     for fn, calls in ops.values():
         for _ in range(warmup):
             sample(fn, calls)
+    progress.stage(f"{label}: {len(ops)} operations round-robin, round", total=rounds)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for _ in range(rounds):
+        for done in range(rounds):
             for name, (fn, calls) in ops.items():
-                series[name].samples.append(sample(fn, calls))
+                samples[name].append(sample(fn, calls))
+            progress.step(done + 1)
     finally:
         if gc_was_enabled:
             gc.enable()
-    return series
+    return samples
+
+
+def time_runs(label: str, run: Callable[[], float], runs: int) -> list[float]:
+    """Call ``run`` (which times its own critical part and returns ns) ``runs`` times."""
+    progress.stage(label, total=runs)
+    times = []
+    for done in range(runs):
+        times.append(run())
+        progress.step(done + 1)
+    return times
 
 
 def human(ns: float) -> str:
+    """A duration for a table column (9 characters)."""
     if ns < 1_000:
-        return f"{ns:7.0f} ns"
+        return f"{ns:6.0f} ns"
     if ns < 1_000_000:
-        return f"{ns / 1_000:7.1f} us"
-    return f"{ns / 1_000_000:7.2f} ms"
-
-
-def table(series: dict[str, Series], baseline: str) -> None:
-    """Print p50/p99 of each series and its p50 ratio to ``baseline``."""
-    base = series[baseline].p50
-    print(f"  {'operation':<44} {'p50':>10} {'p99':>10}  {'p50 / ' + baseline:>14}")
-    for s in series.values():
-        print(f"  {s.name:<44} {human(s.p50)} {human(s.p99)}  {s.p50 / base:13.2f}x")
-
-
-def target(label: str, ratio: float, limit: float) -> bool:
-    verdict = "meets" if ratio <= limit else "MISSES"
-    print(f"  target {label:<58} {ratio:7.2f}x (<= {limit}x) {verdict}")
-    return ratio <= limit
+        return f"{ns / 1_000:6.1f} us"
+    if ns < 10_000_000_000:
+        return f"{ns / 1_000_000:6.1f} ms"
+    return f"{ns / 1e9:6.1f} s "

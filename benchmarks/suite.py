@@ -1,0 +1,136 @@
+"""What every suite shares: the run's settings, results and servers, and one way to sample ops."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmarks.results import Backend, Kind, Measurement, Results
+from benchmarks.servers import Servers
+from benchmarks.timing import measure
+
+__all__ = ["Op", "Run", "add_duration", "export_of_floats", "sample_ops"]
+
+
+@dataclass
+class Run:
+    """One ``python -m benchmarks`` run: its mode, its servers and what it measured."""
+
+    quick: bool
+    servers: Servers
+    results: Results = field(default_factory=Results)
+
+    def pick(self, full: Any, quick: Any) -> Any:
+        """``quick`` under ``--quick``, else ``full`` (rounds, sizes, ...)."""
+        return quick if self.quick else full
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation to sample, with where its figures go."""
+
+    id: str
+    label: str
+    backend: Backend
+    op: str
+    fn: Callable[[], object]
+    calls: int = 1  # calls per sample: >1 only for sub-microsecond reads
+    baseline: str | None = None
+    peers: tuple[str, ...] = ()
+    curve: str | None = None
+    x: int | None = None
+
+
+def sample_ops(run: Run, suite: str, label: str, ops: Sequence[Op], rounds: int) -> None:
+    """Sample ``ops`` round-robin for ``rounds`` rounds and add them to the results."""
+    samples = measure(label, {op.id: (op.fn, op.calls) for op in ops}, rounds)
+    for op in ops:
+        run.results.add(
+            Measurement(
+                id=op.id,
+                label=op.label,
+                suite=suite,
+                backend=op.backend,
+                op=op.op,
+                kind="latency",
+                samples=samples[op.id],
+                calls=op.calls,
+                baseline=op.baseline,
+                peers=op.peers,
+                curve=op.curve,
+                x=op.x,
+            )
+        )
+
+
+def add_duration(
+    run: Run,
+    suite: str,
+    id: str,
+    label: str,
+    backend: Backend,
+    op: str,
+    times: list[float],
+    *,
+    kind: Kind = "duration",
+    baseline: str | None = None,
+    peers: tuple[str, ...] = (),
+    curve: str | None = None,
+    x: int | None = None,
+    rate: float | None = None,
+) -> Measurement:
+    """Add a measurement made outside :func:`sample_ops`: whole runs (an import, a
+    switch: one sample per run) or a throughput run (per-call samples and its ``rate``)."""
+    return run.results.add(
+        Measurement(
+            id=id,
+            label=label,
+            suite=suite,
+            backend=backend,
+            op=op,
+            kind=kind,
+            samples=times,
+            baseline=baseline,
+            peers=peers,
+            curve=curve,
+            x=x,
+            rate=rate,
+        )
+    )
+
+
+def export_of_floats(count: int, session_id: str = "bench") -> dict[str, Any]:
+    """A session export of ``count`` float variables ``x0``.. in [0, 1], built directly.
+
+    The export and its record are copied from a real export of a one-variable session
+    (so a field the library adds later comes along), with only ids, names and times
+    changed per variable.
+    """
+    from dspex_actors import LocalState
+
+    probe = LocalState.init()
+    try:
+        probe.register_variable("x", "float", 0.5, constraints={"min": 0.0, "max": 1.0})
+        exported = probe.export_state()
+        template = next(iter(exported["variables"].values()))
+    finally:
+        probe.cleanup()
+    now = time.time()
+    variables = {}
+    for i in range(count):
+        var_id = f"var_{i:032x}"
+        variables[var_id] = {
+            **template,
+            "id": var_id,
+            "name": f"x{i}",
+            "created_at": now,
+            "last_updated_at": now,
+        }
+    return {
+        **exported,
+        "session_id": session_id,
+        "variables": variables,
+        "variable_index": {record["name"]: var_id for var_id, record in variables.items()},
+    }

@@ -55,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
                 max_variables_per_session=args.max_variables,
                 max_value_bytes=args.max_value_bytes,
                 max_message_bytes=args.max_message_bytes,
-                max_workers=args.max_workers,
+                max_concurrent_calls=args.max_concurrent_calls,
                 allow_remote_without_token=args.allow_remote_without_token,
             )
         except (OSError, RuntimeError, ValueError) as exc:
@@ -118,7 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_command.add_argument("--max-value-bytes", type=int, default=Limits.max_value_bytes)
     serve_command.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes)
     serve_command.add_argument(
-        "--max-workers", type=int, default=None, help="call-handling threads"
+        "--max-concurrent-calls",
+        type=int,
+        default=Limits.max_concurrent_calls,
+        help="calls served at once; more are refused (RESOURCE_EXHAUSTED)",
     )
     serve_command.add_argument(
         "--grace",

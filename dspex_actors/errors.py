@@ -10,7 +10,8 @@ The hierarchy::
     ├── VersionConflict             ``.variable .expected .actual``
     ├── SessionNotFound             also a KeyError
     ├── SessionClosed               the handle was cleaned up or its actor stopped
-    ├── BridgeUnavailable           also a ConnectionError; the bridge cannot be reached
+    ├── BridgeUnavailable           also a ConnectionError; not reached, so NOT applied
+    ├── OutcomeUnknown              a write may or may not have been applied
     ├── Unauthenticated             the bridge refused the token
     ├── LimitExceeded               a configured limit (sizes, counts) would be passed
     ├── InvalidExport               also a ValueError; an export that cannot be imported
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidExport",
     "LimitExceeded",
     "NotSupported",
+    "OutcomeUnknown",
     "PartialFailure",
     "SessionClosed",
     "SessionNotFound",
@@ -174,9 +176,18 @@ class SessionClosed(StateError):
 
 
 class BridgeUnavailable(StateError, ConnectionError):
-    """The SessionStore bridge could not be reached within the deadline."""
+    """The SessionStore could not be reached, or did not start the call, within the
+    deadline: the call was not applied, and retrying it is safe."""
 
     reason = "unavailable"
+
+
+class OutcomeUnknown(StateError):
+    """A write was sent but no answer came within the deadline, even after retries
+    with the same request id: it may or may not have been applied. Read the
+    variable (``get_record`` gives its version) before deciding to write again."""
+
+    reason = "outcome_unknown"
 
 
 class Unauthenticated(StateError):
@@ -219,6 +230,7 @@ ERROR_CLASSES: dict[str, type[StateError]] = {
         SessionNotFound,
         SessionClosed,
         BridgeUnavailable,
+        OutcomeUnknown,
         Unauthenticated,
         LimitExceeded,
         InvalidExport,

@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_LIMITS", "Limits", "check_session_id", "check_variable_count
 _MIB = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: serve() reads the class attributes as defaults
 class Limits:
     """What one session (and one store) accepts; passing a limit raises LimitExceeded."""
 
@@ -38,6 +38,10 @@ class Limits:
     max_variables_per_session: int = 100_000
     max_sessions: int = 10_000
     """Sessions one store holds at once."""
+    max_concurrent_calls: int = 1024
+    """Calls one server runs at once; more are refused (RESOURCE_EXHAUSTED) at once."""
+    max_calls_per_connection: int = 128
+    """Calls one client connection may have open (HTTP/2 concurrent streams)."""
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

@@ -53,6 +53,7 @@ from dspex_actors.messages import (
 from dspex_actors.provider import Migratable, StateProvider
 from dspex_actors.records import VariableRecord, check_pattern
 from dspex_actors.session import (
+    MISSED,
     SEALED,
     ExitHook,
     SessionActor,
@@ -124,7 +125,9 @@ class LocalState(StateProvider):
         self._migration: threading.Event | None = None  # set while sealed
         self._successor: StateProvider | None = None
         self._crashed = threading.Event()
-        self._ref: pykka.ActorRef[SessionActor] = SessionActor.start(table, on_exit, self._crashed)
+        self._ref: pykka.ActorRef[SessionActor] = SessionActor.start(
+            table, on_exit, self._crashed, limits
+        )
 
     @classmethod
     def init(
@@ -264,20 +267,12 @@ class LocalState(StateProvider):
 
     def _read(self, message: ReadOperation[_T]) -> _T:
         """``message`` run on the table if no write overlapped it, else by the actor
-        (or the successor). An error it raises counts only if no write overlapped
-        it either."""
-        table = self._table
-        seq = table.seq
-        if not seq & 1:
-            try:
-                result = message.apply(table)
-            except StateError:
-                if table.seq == seq:
-                    raise
-            else:
-                if table.seq == seq:
-                    return result
-        return self._ask(message)
+        (or the successor)."""
+        answer = self._table.read(message)
+        if answer is MISSED:
+            return self._ask(message)
+        result: _T = answer  # type: ignore[assignment]  # not MISSED: a _T
+        return result
 
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
         return self._read(GetMany(list(identifiers)))

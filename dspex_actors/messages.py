@@ -46,6 +46,7 @@ __all__ = [
     "Get",
     "GetMany",
     "GetRecord",
+    "GetVersioned",
     "Import",
     "List",
     "Operation",
@@ -70,6 +71,7 @@ class Reads(Protocol):
     def get(self, identifier: str) -> Any: ...
     def get_many(self, identifiers: list[str]) -> dict[str, Any]: ...
     def get_record(self, identifier: str) -> VariableRecord: ...
+    def get_versioned(self, identifier: str) -> tuple[Any, int]: ...
     def listing(self, pattern: str | None) -> list[dict[str, Any]]: ...
     def export(self) -> dict[str, Any]: ...
     def columns(self) -> ExportColumns: ...
@@ -182,6 +184,20 @@ class GetRecord(ReadOperation[VariableRecord]):
 
     def forward(self, provider: StateProvider) -> VariableRecord:
         return provider.get_record(self.identifier)
+
+
+@dataclass(slots=True)
+class GetVersioned(ReadOperation[tuple[Any, int]]):
+    """A value and its version from one moment (what a compare-and-set loop reads)."""
+
+    identifier: str
+
+    def apply(self, session: Reads) -> tuple[Any, int]:
+        return session.get_versioned(self.identifier)
+
+    def forward(self, provider: StateProvider) -> tuple[Any, int]:
+        record = provider.get_record(self.identifier)
+        return record.value, record.version
 
 
 @dataclass(slots=True)

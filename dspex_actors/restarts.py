@@ -217,13 +217,13 @@ class SupervisorRef:
         self._ref = ref
 
     def watch(self, child: Child) -> None:
-        """Keep ``child`` running from now on."""
-        self._ref.ask(_Watch(child))
+        """Keep ``child`` running from now on (told: it never blocks the caller)."""
+        self._ref.tell(_Watch(child))
 
     def forget(self, session_id: str) -> None:
         """Stop supervising a child (it was stopped on purpose)."""
         with contextlib.suppress(pykka.ActorDeadError):  # stopping: nothing to forget
-            self._ref.ask(_Forget(session_id))
+            self._ref.tell(_Forget(session_id))
 
     def exited(self, session_id: str, error: BaseException | None) -> None:
         """A child's session died (its exit hook); decide in the supervisor's thread."""

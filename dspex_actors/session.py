@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import pykka
 
@@ -63,6 +63,7 @@ from dspex_actors.vartypes import (
 
 __all__ = [
     "CLOSED",
+    "MISSED",
     "SEALED",
     "ExitHook",
     "Record",
@@ -85,6 +86,20 @@ free-threaded interpreter a table's sequence number starts odd and stays odd
 (writers add 2), so every read goes through the actor instead."""
 
 _SEQ_STEP = 1 if LOCK_FREE_READS else 2
+
+
+class Missed:
+    """A table read that met a write in progress (or a closed table): ask the actor."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSED"
+
+
+MISSED = Missed()
+
+_T = TypeVar("_T")
 
 
 def new_session_id() -> str:
@@ -168,6 +183,21 @@ class SessionTable:
         which reports the closure (or, on a retired handle, forwards)."""
         self.seq = CLOSED
 
+    def read(self, message: ReadOperation[_T]) -> _T | Missed:
+        """``message`` answered from the table if no write overlapped it, else
+        :data:`MISSED` (ask the actor). An error it raises counts only if no write
+        overlapped it either."""
+        seq = self.seq
+        if seq & 1:
+            return MISSED
+        try:
+            result = message.apply(self)
+        except StateError:
+            if self.seq == seq:
+                raise
+            return MISSED
+        return result if self.seq == seq else MISSED
+
     # -- Reads: what read operations run on, lock-free or in the actor's turn --
 
     def get(self, identifier: str) -> Any:
@@ -179,6 +209,10 @@ class SessionTable:
 
     def get_record(self, identifier: str) -> VariableRecord:
         return self.lookup(identifier).public()
+
+    def get_versioned(self, identifier: str) -> tuple[Any, int]:
+        record = self.lookup(identifier)
+        return record.read_value(), record.version
 
     def lookup(self, identifier: str) -> Record:
         """The record by name or id; ``VariableNotFound`` if absent."""

@@ -22,6 +22,7 @@ from dspex_actors.errors import (
     InvalidExport,
     LimitExceeded,
     NotSupported,
+    OutcomeUnknown,
     PartialFailure,
     SessionClosed,
     SessionNotFound,
@@ -128,6 +129,7 @@ def _examples() -> list[StateError]:
         InvalidExport("export is missing variables"),
         NotSupported("no streaming"),
         BridgeUnavailable("no bridge"),
+        OutcomeUnknown("maybe applied"),
         StateError("something else"),
     ]
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
-from unittest.mock import create_autospec
+from typing import Any
 
 import grpc
 import pytest
@@ -173,20 +174,25 @@ def test_every_advertised_health_method_is_served(channel: grpc.Channel) -> None
 
 
 def test_health_servicer_list_follows_set_and_shutdown() -> None:
-    # Pins what List reads from grpcio-health-checking's servicer, against upgrades.
-    servicer = discovery.HealthServicer()
-    context = create_autospec(grpc.ServicerContext, instance=True)  # List does not use it
-    servicer.set("a.Service", NOT_SERVING)
-    servicer.set("b.Service", SERVING)
-    listed = servicer.List(health_pb2.HealthListRequest(), context)
-    assert {k: v.status for k, v in listed.statuses.items()} == {
-        "": SERVING,
-        "a.Service": NOT_SERVING,
-        "b.Service": SERVING,
-    }
-    servicer.enter_graceful_shutdown()
-    listed = servicer.List(health_pb2.HealthListRequest(), context)
-    assert {v.status for v in listed.statuses.values()} == {NOT_SERVING}
+    async def scenario() -> None:
+        servicer = discovery.HealthServicer()
+        context: Any = None  # List does not use it
+        await servicer.set("a.Service", NOT_SERVING)
+        await servicer.set("b.Service", SERVING)
+        listed = await servicer.List(health_pb2.HealthListRequest(), context)
+        assert {k: v.status for k, v in listed.statuses.items()} == {
+            "": SERVING,
+            "a.Service": NOT_SERVING,
+            "b.Service": SERVING,
+        }
+        await servicer.shut_down()
+        listed = await servicer.List(health_pb2.HealthListRequest(), context)
+        assert {v.status for v in listed.statuses.values()} == {NOT_SERVING}
+        await servicer.set("a.Service", SERVING)  # too late: it stays down
+        listed = await servicer.List(health_pb2.HealthListRequest(), context)
+        assert listed.statuses["a.Service"].status == NOT_SERVING
+
+    asyncio.run(scenario())
 
 
 # -- the token ------------------------------------------------------------------------------

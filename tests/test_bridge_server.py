@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from dspex_actors import LocalState
+from dspex_actors import LocalState, failpoints
 from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
 from dspex_actors.errors import (
     BridgeUnavailable,
@@ -261,7 +261,7 @@ def test_the_reaper_thread_expires_sessions() -> None:
             if "expired" in record.getMessage():
                 expired.set()
 
-    logger = logging.getLogger("dspex_actors.bridge.server")
+    logger = logging.getLogger("dspex_actors.stores.memory")
     listener, level = Listener(), logger.level
     logger.addHandler(listener)
     logger.setLevel(logging.INFO)
@@ -309,7 +309,7 @@ class LogWatch(logging.Handler):
 @pytest.fixture
 def server_log() -> Iterator[LogWatch]:
     watch = LogWatch()
-    logger = logging.getLogger("dspex_actors.bridge.server")
+    logger = logging.getLogger("dspex_actors.stores.memory")
     level = logger.level
     logger.addHandler(watch)
     logger.setLevel(logging.DEBUG)
@@ -535,60 +535,46 @@ def test_variable_not_found_names_the_variable(server: SessionStoreServer) -> No
         assert caught.value.variable == "missing"
 
 
-class GateClock:
-    """A monotonic clock that, once armed, parks the next caller until opened.
-
-    Every session call reads the server's clock first, so this holds one call in
-    flight at a known point without sleeping.
-    """
-
-    def __init__(self) -> None:
-        self._armed = False
-        self.arrived = threading.Event()
-        self.opened = threading.Event()
-
-    def arm(self) -> None:
-        self._armed = True
-
-    def __call__(self) -> float:
-        if self._armed:
-            self._armed = False
-            self.arrived.set()
-            assert self.opened.wait(30), "the test never opened the gate"
-        return time.monotonic()
-
-
 def test_graceful_stop_lets_calls_in_flight_finish() -> None:
-    clock = GateClock()
-    server = serve(clock=clock)
+    arrived, opened = threading.Event(), threading.Event()
+
+    async def hold() -> None:  # the write is in the server, not yet applied
+        arrived.set()
+        assert await asyncio.to_thread(opened.wait, 30), "the test never opened the gate"
+
+    server = serve()
     state = BridgedState.init(address=server.address, timeout=30)
     state.register_variable("a", "integer", 41)
     results: dict[str, object] = {}
 
     def in_flight() -> None:
         try:
-            results["value"] = state.get_variable("a")
+            results["version"] = state.set_variable("a", 42)
         except Exception as exc:  # reported by the assertion below
-            results["value"] = exc
+            results["version"] = exc
 
-    with grpc.insecure_channel(server.address) as channel:
+    with (
+        grpc.insecure_channel(server.address) as channel,
+        failpoints.enabled("store.apply", hold),
+    ):
         watch = health_pb2_grpc.HealthStub(channel).Watch(
             health_pb2.HealthCheckRequest(service=SESSION_STORE), timeout=30
         )
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-        clock.arm()
         caller = threading.Thread(target=in_flight)
         caller.start()
-        assert clock.arrived.wait(30)
+        assert arrived.wait(30)
         stopper = threading.Thread(target=server.stop, kwargs={"grace": 30.0})
         stopper.start()
-        # Health turns NOT_SERVING as shutdown begins: the call is in flight by then.
+        # Health turns NOT_SERVING as shutdown begins, and the watch ends at once
+        # instead of holding the shutdown for its grace.
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        watch.cancel()
-        clock.opened.set()
+        with pytest.raises(StopIteration):
+            next(watch)
+        opened.set()
         caller.join()
         stopper.join()
-    assert results["value"] == 41  # its session was not closed under it
+    assert results["version"] == 1  # applied: its session was not closed under it
     assert server.wait_for_termination(0)
     state.cleanup()
 

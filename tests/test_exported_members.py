@@ -19,6 +19,7 @@ EXPECTED_PUBLIC_NAMES = {
     "LimitExceeded",
     "LocalState",
     "NotSupported",
+    "OutcomeUnknown",
     "PartialFailure",
     "SessionClosed",
     "SessionNotFound",

@@ -50,6 +50,7 @@ from dspex_actors.errors import (
     InvalidExport,
     LimitExceeded,
     NotSupported,
+    OutcomeUnknown,
     PartialFailure,
     SessionClosed,
     SessionNotFound,
@@ -102,6 +103,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[StateError], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (NotSupported, grpc.StatusCode.UNIMPLEMENTED),
     (BridgeUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (OutcomeUnknown, grpc.StatusCode.UNKNOWN),
 )
 """The one error <-> status table. Server: an error's status is that of the first
 entry it is an instance of (else INTERNAL). Client: a status without an ErrorDetail
@@ -113,6 +115,7 @@ _STATUS_BY_CLASS = dict(STATUS_FOR_ERROR)
 _CLASS_FOR_BARE_STATUS: dict[grpc.StatusCode, type[StateError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: BridgeUnavailable,
     grpc.StatusCode.CANCELLED: BridgeUnavailable,
+    grpc.StatusCode.UNKNOWN: StateError,  # only our own OutcomeUnknown is told apart
 }
 for _cls, _code in STATUS_FOR_ERROR:
     _CLASS_FOR_BARE_STATUS.setdefault(_code, _cls)

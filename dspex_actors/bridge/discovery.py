@@ -1,8 +1,11 @@
 """The standard services a SessionStore serves beside its own: health and reflection.
 
-Health (``grpc.health.v1.Health``): grpcio-health-checking 1.85's servicer answers
-``Check`` and ``Watch`` but leaves ``List``, which the service definition
-advertises, UNIMPLEMENTED; :class:`HealthServicer` adds it.
+Health (``grpc.health.v1.Health``): :class:`HealthServicer` answers ``Check``,
+``Watch`` and ``List`` (grpcio-health-checking 1.85 leaves ``List``, which the
+service definition advertises, UNIMPLEMENTED, and its ``Watch`` streams stay open
+through a server's whole shutdown grace). Ours keeps its own table of statuses,
+and :meth:`HealthServicer.shut_down` reports NOT_SERVING and ends every watch, so a
+stopping server is not held by its probes.
 
 Reflection: grpcio-reflection 1.85 serves only ``grpc.reflection.v1alpha``, while
 current tools (grpcurl, Postman, grpc-node's reflection) ask for
@@ -12,30 +15,31 @@ v1alpha messages decode and encode the v1 method's bytes unchanged, and a privat
 descriptor pool holds v1's descriptors (v1alpha's, renamed) so that reflection
 describes itself under both names without touching the process-wide pool.
 
-Both are for a sync ``grpc.Server``; a ``grpc.aio`` server would take the packages'
-``aio`` servicers instead (``health.aio.HealthServicer``,
-``reflection.aio.ReflectionServicer``), with List added the same way.
+Both are for the server's ``grpc.aio`` event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 __all__ = [
     "HEALTH_METHODS",
+    "HEALTH_SERVICE",
     "REFLECTION_SERVICES",
     "HealthServicer",
     "enable_reflection",
 ]
 
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
+HEALTH_SERVICE: str = _HEALTH_SERVICE.full_name
 HEALTH_METHODS: frozenset[str] = frozenset(
     f"/{_HEALTH_SERVICE.full_name}/{method.name}" for method in _HEALTH_SERVICE.methods
 )
@@ -46,24 +50,70 @@ _V1 = "grpc.reflection.v1"
 REFLECTION_SERVICES: tuple[str, str] = (f"{_V1}.ServerReflection", f"{_V1ALPHA}.ServerReflection")
 """The reflection services :func:`enable_reflection` registers (v1, then v1alpha)."""
 
+_Status = int  # health_pb2.HealthCheckResponse.ServingStatus, an enum's int value
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
-class HealthServicer(health.HealthServicer):
-    """grpcio-health-checking's servicer, plus ``List``: every service's status."""
 
-    def List(  # noqa: N802 - the proto's RPC name
-        self, request: health_pb2.HealthListRequest, context: grpc.ServicerContext
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """The standard health service on the server's event loop (see the module docstring).
+
+    Every method runs on that loop; :meth:`set` and :meth:`shut_down` too.
+    """
+
+    def __init__(self) -> None:
+        self._statuses: dict[str, _Status] = {"": SERVING}
+        self._changed = asyncio.Condition()
+        self._ended = False
+
+    async def set(self, service: str, status: _Status) -> None:
+        """Record a service's status ("" is the server's) and tell its watchers."""
+        async with self._changed:
+            if not self._ended:
+                self._statuses[service] = status
+                self._changed.notify_all()
+
+    async def shut_down(self) -> None:
+        """Every service NOT_SERVING from now on; every watch ends after saying so."""
+        async with self._changed:
+            self._statuses = dict.fromkeys(self._statuses, NOT_SERVING)
+            self._ended = True
+            self._changed.notify_all()
+
+    async def Check(  # noqa: N802 - the proto's RPC name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._statuses.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(  # noqa: N802 - the proto's RPC name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        last = None
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda: self._ended or self._statuses.get(request.service) != last
+                )
+                status = self._statuses.get(request.service, SERVICE_UNKNOWN)
+                ended = self._ended
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            if ended:
+                return
+
+    async def List(  # noqa: N802 - the proto's RPC name
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> health_pb2.HealthListResponse:
-        """A snapshot of every status ``set`` so far, the overall ("") one included.
-
-        Reads the base class's own table under its lock (the base keeps no public
-        view of it; tests/test_bridge_discovery.py pins this against upgrades).
-        """
-        with self._lock:
-            statuses = dict(self._server_status)
+        """A snapshot of every status set so far, the overall ("") one included."""
         return health_pb2.HealthListResponse(
             statuses={
                 name: health_pb2.HealthCheckResponse(status=status)
-                for name, status in statuses.items()
+                for name, status in self._statuses.items()
             }
         )
 
@@ -112,14 +162,16 @@ def _reflection_pool(service_names: Iterable[str]) -> descriptor_pool.Descriptor
     return pool
 
 
-def enable_reflection(server: grpc.Server, service_names: Iterable[str]) -> None:
+def enable_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
     """Serve reflection v1 and v1alpha on ``server``, listing ``service_names`` and both.
 
     Every name must be a service in the default descriptor pool (its generated
     module imported), else ``KeyError``.
     """
     names = (*service_names, *REFLECTION_SERVICES)
-    servicer: Any = reflection.ReflectionServicer(names, pool=_reflection_pool(service_names))
+    servicer: Any = reflection.aio.ReflectionServicer(  # type: ignore[attr-defined]
+        names, pool=_reflection_pool(service_names)
+    )
     for service in REFLECTION_SERVICES:
         handler = grpc.stream_stream_rpc_method_handler(
             servicer.ServerReflectionInfo,

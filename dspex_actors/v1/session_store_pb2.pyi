@@ -30,28 +30,48 @@ class EntryError(_message.Message):
     def __init__(self, identifier: _Optional[str] = ..., error: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("session_id", "create_if_missing", "metadata")
+    __slots__ = ("session_id", "create_if_missing", "metadata", "pending")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     create_if_missing: bool
     metadata: bytes
-    def __init__(self, session_id: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., metadata: _Optional[bytes] = ...) -> None: ...
+    pending: bool
+    def __init__(self, session_id: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., metadata: _Optional[bytes] = ..., pending: _Optional[bool] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session_id", "created")
+    __slots__ = ("session_id", "created", "incarnation", "ttl_seconds")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     created: bool
-    def __init__(self, session_id: _Optional[str] = ..., created: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    ttl_seconds: float
+    def __init__(self, session_id: _Optional[str] = ..., created: _Optional[bool] = ..., incarnation: _Optional[str] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class CommitSessionRequest(_message.Message):
+    __slots__ = ("session_id", "incarnation")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
+
+class CommitSessionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class CloseSessionRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class CloseSessionResponse(_message.Message):
     __slots__ = ()
@@ -64,20 +84,22 @@ class GetSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "variable_count", "created_at", "last_active_at", "ttl_seconds", "metadata")
+    __slots__ = ("session_id", "variable_count", "created_at", "last_active_at", "ttl_seconds", "metadata", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_ACTIVE_AT_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     variable_count: int
     created_at: float
     last_active_at: float
     ttl_seconds: float
     metadata: bytes
-    def __init__(self, session_id: _Optional[str] = ..., variable_count: _Optional[int] = ..., created_at: _Optional[float] = ..., last_active_at: _Optional[float] = ..., ttl_seconds: _Optional[float] = ..., metadata: _Optional[bytes] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., variable_count: _Optional[int] = ..., created_at: _Optional[float] = ..., last_active_at: _Optional[float] = ..., ttl_seconds: _Optional[float] = ..., metadata: _Optional[bytes] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -92,7 +114,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, expires_at: _Optional[float] = ...) -> None: ...
 
 class RegisterVariableRequest(_message.Message):
-    __slots__ = ("session_id", "name", "type", "initial_value", "constraints", "metadata", "description")
+    __slots__ = ("session_id", "name", "type", "initial_value", "constraints", "metadata", "description", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +122,7 @@ class RegisterVariableRequest(_message.Message):
     CONSTRAINTS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     name: str
     type: str
@@ -107,7 +130,8 @@ class RegisterVariableRequest(_message.Message):
     constraints: bytes
     metadata: bytes
     description: str
-    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., initial_value: _Optional[bytes] = ..., constraints: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., description: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., initial_value: _Optional[bytes] = ..., constraints: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RegisterVariableResponse(_message.Message):
     __slots__ = ("var_id",)
@@ -136,18 +160,20 @@ class GetVariableResponse(_message.Message):
     def __init__(self, value: _Optional[bytes] = ..., version: _Optional[int] = ..., record: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
 
 class SetVariableRequest(_message.Message):
-    __slots__ = ("session_id", "identifier", "value", "metadata", "expected_version")
+    __slots__ = ("session_id", "identifier", "value", "metadata", "expected_version", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     identifier: str
     value: bytes
     metadata: bytes
     expected_version: int
-    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., value: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., expected_version: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., value: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SetVariableResponse(_message.Message):
     __slots__ = ("version",)
@@ -170,14 +196,16 @@ class GetVariablesResponse(_message.Message):
     def __init__(self, values: _Optional[bytes] = ...) -> None: ...
 
 class UpdateVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "updates", "metadata")
+    __slots__ = ("session_id", "updates", "metadata", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     updates: bytes
     metadata: bytes
-    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[bytes] = ..., metadata: _Optional[bytes] = ...) -> None: ...
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UpdateVariablesResponse(_message.Message):
     __slots__ = ()
@@ -220,12 +248,14 @@ class ListVariablesResponse(_message.Message):
     def __init__(self, variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ...) -> None: ...
 
 class DeleteVariableRequest(_message.Message):
-    __slots__ = ("session_id", "identifier")
+    __slots__ = ("session_id", "identifier", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     identifier: str
-    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class DeleteVariableResponse(_message.Message):
     __slots__ = ()
@@ -248,16 +278,18 @@ class ExportSessionResponse(_message.Message):
     def __init__(self, state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ...) -> None: ...
 
 class ImportSessionRequest(_message.Message):
-    __slots__ = ("session_id", "state", "columns", "want_digest")
+    __slots__ = ("session_id", "state", "columns", "want_digest", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     WANT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: bytes
     columns: SessionColumns
     want_digest: bool
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ..., want_digest: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ..., want_digest: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SessionColumns(_message.Message):
     __slots__ = ("session_id", "metadata", "ids", "names", "definitions", "definition", "values", "versions", "created_at", "last_updated_at", "variable_metadata")

@@ -40,6 +40,11 @@ class SessionStoreStub:
                 request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.OpenSessionRequest.SerializeToString,
                 response_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.OpenSessionResponse.FromString,
                 _registered_method=True)
+        self.CommitSession = channel.unary_unary(
+                '/dspex_actors.v1.SessionStore/CommitSession',
+                request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.CommitSessionRequest.SerializeToString,
+                response_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.CommitSessionResponse.FromString,
+                _registered_method=True)
         self.CloseSession = channel.unary_unary(
                 '/dspex_actors.v1.SessionStore/CloseSession',
                 request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.CloseSessionRequest.SerializeToString,
@@ -117,13 +122,24 @@ class SessionStoreServicer:
         With create_if_missing false an unknown id is NOT_FOUND (SessionNotFound).
         `created` tells whether this call created the session (the caller then owns it
         and closes it when done). RESOURCE_EXHAUSTED when the server holds max sessions.
+        With `pending`, a created session stays invisible (NOT_FOUND to every other
+        open) until CommitSession: a migration's copy is seen whole or not at all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitSession(self, request, context):
+        """Make a pending session visible (idempotent). NOT_FOUND if absent or another
+        incarnation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Close a session: stop its actor and forget its variables. NOT_FOUND if absent.
+        """Close a session: stop its actor and forget its variables. NOT_FOUND if absent
+        (or, with `incarnation`, if the id now names another incarnation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +257,11 @@ def add_SessionStoreServicer_to_server(servicer, server):
                     request_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.OpenSessionRequest.FromString,
                     response_serializer=dspex__actors_dot_v1_dot_session__store__pb2.OpenSessionResponse.SerializeToString,
             ),
+            'CommitSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitSession,
+                    request_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.CommitSessionRequest.FromString,
+                    response_serializer=dspex__actors_dot_v1_dot_session__store__pb2.CommitSessionResponse.SerializeToString,
+            ),
             'CloseSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseSession,
                     request_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.CloseSessionRequest.FromString,
@@ -335,6 +356,33 @@ class SessionStore:
             '/dspex_actors.v1.SessionStore/OpenSession',
             dspex__actors_dot_v1_dot_session__store__pb2.OpenSessionRequest.SerializeToString,
             dspex__actors_dot_v1_dot_session__store__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_actors.v1.SessionStore/CommitSession',
+            dspex__actors_dot_v1_dot_session__store__pb2.CommitSessionRequest.SerializeToString,
+            dspex__actors_dot_v1_dot_session__store__pb2.CommitSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,341 @@
+"""The SessionStore RPCs: protobuf + msgpack in, one typed operation on a store, out.
+
+This module only translates. Each RPC decodes its request within the limits,
+builds the :mod:`dspex_actors.messages` operation it stands for, and awaits the
+store (:mod:`dspex_actors.stores`), which validates, versions and applies it. A
+``StateError`` becomes gRPC's rich status in one place (:func:`_rpc`, with
+:func:`~dspex_actors.bridge.codec.error_status`).
+
+Handlers are coroutines on the server's event loop (``grpc.aio``): a call waiting
+for its request body, its session's actor or a stream costs no thread. A write's
+deadline travels to the store, shortened by a margin so that "not started, not
+applied" reaches the client before its own deadline turns the outcome unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_status import rpc_status
+
+from dspex_actors.bridge import codec
+from dspex_actors.bridge.columns import columns_from_message, columns_to_message
+from dspex_actors.bulk import BULK_ITEMS, gc_paused
+from dspex_actors.errors import NotSupported, StateError, ValidationError
+from dspex_actors.exports import ExportColumns, columns_of
+from dspex_actors.limits import Limits
+from dspex_actors.messages import (
+    Delete,
+    Digest,
+    Export,
+    ExportCols,
+    GetMany,
+    GetRecord,
+    GetVersioned,
+    Import,
+    List,
+    ReadOperation,
+    Register,
+    SetValue,
+    Update,
+    WriteOperation,
+)
+from dspex_actors.records import VariableRecord, check_pattern
+from dspex_actors.stores.base import Store
+from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+
+__all__ = ["SessionStoreServicer"]
+
+logger = logging.getLogger(__name__)
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+_R = TypeVar("_R")
+_Handler = Callable[[Any, _Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Response]]
+
+_DEADLINE_MARGIN = 0.2
+"""At most this share of the time left (and at most _MAX_MARGIN seconds) is kept
+back, so the store's "not applied" beats the client's own deadline."""
+_MAX_MARGIN = 0.25
+
+
+def _rpc(method: _Handler[_Request, _Response]) -> _Handler[_Request, _Response]:
+    """Turn a StateError raised by a handler into its rich gRPC status."""
+
+    @functools.wraps(method)
+    async def call(
+        self: Any, request: _Request, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> _Response:
+        try:
+            return await method(self, request, context)
+        except StateError as exc:
+            error: StateError = exc
+        except Exception as exc:
+            logger.exception("SessionStore.%s failed", method.__name__)
+            error = StateError(f"internal error in {method.__name__}: {type(exc).__name__}: {exc}")
+        status = rpc_status.to_status(codec.error_status(error))
+        await context.abort_with_status(status)  # type: ignore[attr-defined]  # not in the stubs
+        raise AssertionError("abort_with_status returned")  # it always raises
+
+    return call
+
+
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    """The caller's deadline on the monotonic clock, less the margin (None: none set)."""
+    left = context.time_remaining()
+    if left is None:
+        return None
+    return time.monotonic() + left - min(left * _DEADLINE_MARGIN, _MAX_MARGIN)
+
+
+def variable_message(record: VariableRecord) -> pb.Variable:
+    """One record on the wire (ListVariables, GetVariable with ``full``)."""
+    return pb.Variable(
+        id=record.id,
+        name=record.name,
+        type=record.type,
+        value=codec.pack(record.value),
+        constraints=codec.pack(record.constraints),
+        metadata=codec.pack(record.metadata),
+        version=record.version,
+        created_at=record.created_at,
+        last_updated_at=record.last_updated_at,
+    )
+
+
+class SessionStoreServicer(pb_grpc.SessionStoreServicer):
+    """The SessionStore RPCs; see proto/dspex_actors/v1/session_store.proto."""
+
+    def __init__(self, store: Store, limits: Limits) -> None:
+        self._store = store
+        self._limits = limits
+
+    # -- decoding within the limits --------------------------------------------------
+
+    def _value(self, data: bytes, variable: str) -> Any:
+        return codec.unpack(
+            data, max_bytes=self._limits.max_value_bytes, what="value", variable=variable
+        )
+
+    def _map(self, data: bytes, what: str, variable: str | None = None) -> dict[str, Any] | None:
+        return codec.unpack_map(
+            data, max_bytes=self._limits.max_metadata_bytes, what=what, variable=variable
+        )
+
+    def _batch(self, data: bytes, what: str) -> Any:
+        return codec.unpack(
+            data,
+            max_bytes=self._limits.max_message_bytes,
+            max_item_bytes=self._limits.max_value_bytes,
+            what=what,
+        )
+
+    async def _run(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        session_id: str,
+        operation: ReadOperation[_R] | WriteOperation[_R],
+        request_id: str = "",
+    ) -> _R:
+        return await self._store.run(
+            session_id, operation, request_id=request_id or None, deadline=_deadline(context)
+        )
+
+    # -- sessions ---------------------------------------------------------------------
+
+    @_rpc
+    async def OpenSession(  # noqa: N802 - the proto's RPC name
+        self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.OpenSessionResponse:
+        opened = await self._store.open(
+            request.session_id or None,
+            create=request.create_if_missing,
+            metadata=self._map(request.metadata, "metadata", "<session>"),
+            pending=request.pending,
+        )
+        return pb.OpenSessionResponse(
+            session_id=opened.session_id,
+            created=opened.created,
+            incarnation=opened.incarnation,
+            ttl_seconds=opened.ttl_seconds,
+        )
+
+    @_rpc
+    async def CommitSession(  # noqa: N802 - the proto's RPC name
+        self, request: pb.CommitSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CommitSessionResponse:
+        await self._store.commit(request.session_id, request.incarnation)
+        return pb.CommitSessionResponse()
+
+    @_rpc
+    async def CloseSession(  # noqa: N802 - the proto's RPC name
+        self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CloseSessionResponse:
+        await self._store.close(request.session_id, request.incarnation or None)
+        return pb.CloseSessionResponse()
+
+    @_rpc
+    async def GetSession(  # noqa: N802 - the proto's RPC name
+        self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SessionInfo:
+        info = await self._store.info(request.session_id)
+        return pb.SessionInfo(
+            session_id=info.session_id,
+            variable_count=info.variable_count,
+            created_at=info.created_at,
+            last_active_at=info.last_active_at,
+            ttl_seconds=info.ttl_seconds,
+            metadata=codec.pack_map(info.metadata),
+            incarnation=info.incarnation,
+        )
+
+    @_rpc
+    async def Heartbeat(  # noqa: N802 - the proto's RPC name
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.HeartbeatResponse:
+        return pb.HeartbeatResponse(expires_at=await self._store.heartbeat(request.session_id))
+
+    # -- variables ----------------------------------------------------------------------
+
+    @_rpc
+    async def RegisterVariable(  # noqa: N802 - the proto's RPC name
+        self, request: pb.RegisterVariableRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RegisterVariableResponse:
+        name = request.name
+        operation = Register(
+            name,
+            request.type,
+            self._value(request.initial_value, name),
+            self._map(request.constraints, "constraints", name),
+            self._map(request.metadata, "metadata", name),
+            request.description if request.HasField("description") else None,
+        )
+        var_id = await self._run(context, request.session_id, operation, request.request_id)
+        return pb.RegisterVariableResponse(var_id=var_id)
+
+    @_rpc
+    async def GetVariable(  # noqa: N802 - the proto's RPC name
+        self, request: pb.GetVariableRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetVariableResponse:
+        if request.full:
+            record = await self._run(context, request.session_id, GetRecord(request.identifier))
+            return pb.GetVariableResponse(
+                value=codec.pack(record.value),
+                version=record.version,
+                record=variable_message(record),
+            )
+        value, version = await self._run(
+            context, request.session_id, GetVersioned(request.identifier)
+        )
+        return pb.GetVariableResponse(value=codec.pack(value), version=version)
+
+    @_rpc
+    async def SetVariable(  # noqa: N802 - the proto's RPC name
+        self, request: pb.SetVariableRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SetVariableResponse:
+        identifier = request.identifier
+        operation = SetValue(
+            identifier,
+            self._value(request.value, identifier),
+            self._map(request.metadata, "metadata", identifier),
+            request.expected_version if request.HasField("expected_version") else None,
+        )
+        version = await self._run(context, request.session_id, operation, request.request_id)
+        return pb.SetVariableResponse(version=version)
+
+    @_rpc
+    async def GetVariables(  # noqa: N802 - the proto's RPC name
+        self, request: pb.GetVariablesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetVariablesResponse:
+        values = await self._run(context, request.session_id, GetMany(list(request.identifiers)))
+        return pb.GetVariablesResponse(values=codec.pack(values))
+
+    @_rpc
+    async def UpdateVariables(  # noqa: N802 - the proto's RPC name
+        self, request: pb.UpdateVariablesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.UpdateVariablesResponse:
+        updates = self._batch(request.updates, "updates")
+        if not isinstance(updates, dict):
+            raise ValidationError(
+                f"updates must be a msgpack map (rule 'type', value {type(updates).__name__})",
+                rule="type",
+                value=type(updates).__name__,
+            )
+        operation = Update(updates, self._map(request.metadata, "metadata", "<batch>"))
+        await self._run(context, request.session_id, operation, request.request_id)
+        return pb.UpdateVariablesResponse()
+
+    @_rpc
+    async def ListVariables(  # noqa: N802 - the proto's RPC name
+        self, request: pb.ListVariablesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListVariablesResponse:
+        records = await self._run(
+            context, request.session_id, List(check_pattern(request.pattern))
+        )
+        return pb.ListVariablesResponse(
+            variables=[variable_message(VariableRecord.from_dict(r)) for r in records]
+        )
+
+    @_rpc
+    async def DeleteVariable(  # noqa: N802 - the proto's RPC name
+        self, request: pb.DeleteVariableRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteVariableResponse:
+        operation = Delete(request.identifier)
+        await self._run(context, request.session_id, operation, request.request_id)
+        return pb.DeleteVariableResponse()
+
+    @_rpc
+    async def ExportSession(  # noqa: N802 - the proto's RPC name
+        self, request: pb.ExportSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ExportSessionResponse:
+        if request.columnar:
+            columns = await self._run(context, request.session_id, ExportCols())
+            return pb.ExportSessionResponse(columns=columns_to_message(columns))
+        exported = await self._run(context, request.session_id, Export())
+        return pb.ExportSessionResponse(state=codec.pack(exported))
+
+    @_rpc
+    async def ImportSession(  # noqa: N802 - the proto's RPC name
+        self, request: pb.ImportSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ImportSessionResponse:
+        # A large import decodes in the executor, so the loop keeps serving others.
+        size = request.ByteSize()
+        decode = functools.partial(self._imported, request)
+        imported = (
+            await asyncio.get_running_loop().run_in_executor(None, decode)
+            if size >= BULK_ITEMS * 100
+            else decode()
+        )
+        await self._run(context, request.session_id, Import(imported), request.request_id)
+        digest = (
+            await self._run(context, request.session_id, Digest()) if request.want_digest else b""
+        )
+        return pb.ImportSessionResponse(count=imported.variable_count, digest=digest)
+
+    def _imported(self, request: pb.ImportSessionRequest) -> ExportColumns:
+        """The columns an ImportSession carries, decoded within the limits."""
+        if request.WhichOneof("form") == "columns":
+            count = len(request.columns.ids)
+            with gc_paused(count >= BULK_ITEMS):
+                return columns_from_message(
+                    request.columns,
+                    max_bytes=self._limits.max_message_bytes,
+                    max_item_bytes=self._limits.max_value_bytes,
+                )
+        with gc_paused(len(request.state) >= BULK_ITEMS * 1000):
+            exported = self._batch(request.state, "exported state")
+        return columns_of(exported)
+
+    @_rpc
+    async def Watch(  # noqa: N802 - the proto's RPC name
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        await self._store.heartbeat(request.session_id)
+        raise NotSupported("this SessionStore does not stream changes yet (Watch)")

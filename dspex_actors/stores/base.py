@@ -1,0 +1,125 @@
+"""What a SessionStore server keeps its sessions in: the Store contract.
+
+The server (``bridge/``) only translates the wire; a :class:`Store` holds the
+sessions and runs the typed operations of :mod:`dspex_actors.messages` on them.
+Every method is a coroutine run on the server's event loop; a store must never
+block that loop on a session's work (the memory store hands writes to session
+actors and is told their answers; a store on an engine awaits the engine).
+
+Rules every store keeps, beyond the StateProvider contract's:
+
+* **Exactly once.** A write carrying a ``request_id`` the session has seen within
+  its dedupe window is answered with the first answer (value or error) and not
+  applied again; a repeat that arrives while the first is still running waits for
+  it.
+* **Deadlines.** ``run`` is given the caller's deadline (monotonic seconds); a
+  write whose deadline passes before it started is never applied, and the caller
+  hears :class:`~dspex_actors.errors.BridgeUnavailable` (which always means "not
+  applied").
+* **Incarnations.** Each creation of a session id is a new incarnation (an opaque
+  string); ``close`` with an incarnation closes only that one, so a stale owner
+  cannot close a later session that reuses the id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from dspex_actors.messages import ReadOperation, WriteOperation
+
+__all__ = ["DEDUPE_WINDOW", "PENDING_TTL", "Opened", "SessionInfo", "Store"]
+
+_R = TypeVar("_R")
+
+DEDUPE_WINDOW = 4096
+"""Request ids a session remembers (the most recent; older ones are forgotten)."""
+
+PENDING_TTL = 60.0
+"""Seconds an uncommitted (pending) session lives without activity."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The answer to opening a session."""
+
+    session_id: str
+    created: bool
+    incarnation: str
+    ttl_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A store's view of one session."""
+
+    session_id: str
+    incarnation: str
+    variable_count: int
+    created_at: float  # epoch seconds
+    last_active_at: float  # epoch seconds
+    ttl_seconds: float
+    metadata: dict[str, Any]
+
+
+class Store(Protocol):
+    """Sessions held for a SessionStore server (see the module docstring)."""
+
+    kind: str
+    """Its name in ``--store``: "memory", "sqlite", "redis"."""
+
+    async def open(
+        self,
+        session_id: str | None,
+        *,
+        create: bool,
+        metadata: dict[str, Any] | None,
+        pending: bool = False,
+    ) -> Opened:
+        """Attach to ``session_id``, or create it (a fresh id when None) if ``create``.
+
+        ``SessionNotFound`` for an unknown id without ``create``. With ``pending`` a
+        created session is invisible to every other open until :meth:`commit` (a
+        migration's copy), and expires after :data:`PENDING_TTL` if never committed;
+        a pending open never attaches (``SessionClosed`` if the id is taken).
+        """
+        ...
+
+    async def commit(self, session_id: str, incarnation: str) -> None:
+        """Make a pending session visible; idempotent. ``SessionNotFound`` if absent
+        or another incarnation."""
+        ...
+
+    async def close(self, session_id: str, incarnation: str | None) -> None:
+        """Close the session (only if it is that incarnation, when one is given).
+
+        ``SessionNotFound`` if absent or another incarnation.
+        """
+        ...
+
+    async def info(self, session_id: str) -> SessionInfo:
+        """Describe a session (counts as activity)."""
+        ...
+
+    async def heartbeat(self, session_id: str) -> float:
+        """Mark the session active; when it expires without activity (epoch s)."""
+        ...
+
+    async def run(
+        self,
+        session_id: str,
+        operation: ReadOperation[_R] | WriteOperation[_R],
+        *,
+        request_id: str | None,
+        deadline: float | None,
+    ) -> _R:
+        """Run one operation on a session (counts as activity); raise its StateError."""
+        ...
+
+    async def reap_expired(self) -> list[str]:
+        """Close every session idle for its TTL; return their ids."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close every session and release the store (the server is stopping)."""
+        ...

@@ -39,6 +39,7 @@ RECORD_KEYS = frozenset(exports.RECORD_KEYS)
 """Keys every variable record (``list_variables``, ``export_state`` variables) has."""
 
 EXPORT_KEYS = frozenset({"session_id", "variables", "variable_index", "metadata"})
+"""Keys every ``export_state`` result has."""
 
 HANG_GUARD_SECONDS = 30.0
 """Default time one call may take before the kit calls it a hang (never a timing assert)."""
@@ -47,8 +48,10 @@ WORKER_GUARD_SECONDS = 60.0
 """How long the kit's worker threads may take to finish their bounded work."""
 
 Opener = Callable[..., StateProvider]
+"""The ``open_state`` factory: keyword arguments for ``init`` in, an open provider out."""
 
 TENSOR_2X2: dict[str, Any] = {"shape": [2, 2], "data": [1.0, 2.0, 3.0, 4.0]}
+"""A valid tensor value; tests pass copies of it, never the table itself."""
 
 
 def same(a: Any, b: Any) -> bool:
@@ -127,7 +130,8 @@ def run_threads(targets: list[Callable[[], None]]) -> None:
 
 
 class ContractBase:
-    """Fixtures shared by every part of the kit."""
+    """What every concern class of the kit builds on: the backend under test and the
+    fixtures that open it."""
 
     provider: ClassVar[type[StateProvider]]
     hang_guard_seconds: ClassVar[float] = HANG_GUARD_SECONDS

@@ -16,9 +16,10 @@ The points, each named for where it sits:
 ``migration.verify`` ``migration.commit`` ``migration.swap`` ``migration.retire``
     Context's switch to the bridge: before each step (``import_reply``: after the
     import was applied, before its answer is used, i.e. a lost reply).
-``store.apply`` ``store.reply``
+``store.apply`` ``store.reply`` ``store.close``
     The memory store's handling of a write: before it is handed to the session
-    actor, and after it was applied, before the answer goes back.
+    actor, and after it was applied, before the answer goes back; and of a
+    CloseSession, before anything is closed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ NAMES = frozenset(
         "migration.retire",
         "store.apply",
         "store.reply",
+        "store.close",
     }
 )
 

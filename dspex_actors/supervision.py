@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-from dspex_actors.errors import SessionClosed, StateError
+from dspex_actors import failpoints
+from dspex_actors.errors import SessionClosed, SessionNotFound, StateError
 from dspex_actors.exports import ExportColumns, columns_digest, columns_of
 from dspex_actors.local import LocalState
 from dspex_actors.messages import Delete, Import, Operation, Register, SetValue, Update
@@ -170,16 +171,27 @@ class Supervisor:
             return self._bridge_address
 
     def _send_heartbeats(self) -> None:
-        """Keep remote sessions of idle contexts from expiring."""
-        while not self._stopping.wait(self.heartbeat_interval):
+        """Keep remote sessions of idle contexts from expiring: every
+        ``heartbeat_interval`` seconds, or a third of the shortest TTL a server
+        reported, whichever is sooner."""
+        while not self._stopping.wait(self._heartbeat_period()):
             for context in self.contexts():
                 try:
                     context.backend.heartbeat()
                 except StateError as exc:
                     logger.warning("heartbeat of %s failed: %s", context.session_id, exc)
 
-    def open_bridged(self, session_id: str) -> BridgedState:
-        """A BridgedState for ``session_id`` on this supervisor's bridge."""
+    def _heartbeat_period(self) -> float:
+        ttls: list[float] = [
+            ttl
+            for context in self.contexts()
+            if (ttl := getattr(context.backend, "ttl_seconds", None)) is not None
+        ]
+        return min([self.heartbeat_interval, *(ttl / 3 for ttl in ttls)])
+
+    def open_bridged(self, session_id: str, *, pending: bool = False) -> BridgedState:
+        """A BridgedState for ``session_id`` on this supervisor's bridge (``pending``:
+        created invisible until committed, as a migration's copy is)."""
         from dspex_actors.bridge.client import BridgedState
 
         return BridgedState.init(
@@ -187,6 +199,7 @@ class Supervisor:
             address=self._ensure_bridge(),
             token=self.token,
             timeout=self.bridge_timeout,
+            pending=pending,
         )
 
     def start_context(
@@ -310,6 +323,7 @@ class Context:
         self._failure: StateError | None = None
         self._programs: dict[str, dict[str, Any]] = {}
         self._history: list[dict[str, Any]] = []
+        self._stale_copy: BridgedState | None = None  # left by a failed migration
         self._bind(backend)
 
     def _bind(self, backend: StateProvider) -> None:
@@ -470,7 +484,15 @@ class Context:
                 self._migrate()
 
     def _migrate(self) -> None:
-        """seal+export -> import -> verify -> swap -> retire the old backend."""
+        """seal+export -> import -> verify -> commit -> swap -> retire the old backend.
+
+        Every step before the swap can fail and leave the session wholly on its old
+        backend, unsealed and writable: the bridged copy is created pending
+        (invisible to other processes) and removed again; a copy that could not be
+        removed (the bridge unreachable) is remembered by its incarnation and
+        removed before the next attempt, so it never blocks one. After the swap the
+        bridged copy is the session: retiring the old backend cannot undo that.
+        """
         old = self._backend
         started = time.perf_counter()
         with self._gate:
@@ -484,9 +506,13 @@ class Context:
         sealed = old if isinstance(old, Migratable) else None
         step = ["export"]
         try:
+            self._remove_stale_copy()
+            failpoints.hit("migration.export")
             columns = sealed.seal() if sealed is not None else old.export_columns()
             try:
                 new = self._copy(columns, step)
+                step[0] = "swap"
+                failpoints.hit("migration.swap")
             except BaseException:
                 if sealed is not None:
                     sealed.unseal()
@@ -497,40 +523,74 @@ class Context:
         except Exception as exc:
             raise StateError(
                 f"migration of session {self.session_id!r} to the bridge failed at step "
-                f"{step[0]!r}; it stays on {type(old).__name__}: {exc}"
+                f"{step[0]!r}; it stays on {type(old).__name__}: {exc}",
+                step=step[0],
             ) from exc
         finally:
             with self._gate:
                 self._fenced = False
                 self._gate.notify_all()
-        if sealed is not None:
-            sealed.retire(successor=new)
-        else:
-            old.cleanup()
+        try:
+            failpoints.hit("migration.retire")
+            if sealed is not None:
+                sealed.retire(successor=new)
+            else:
+                old.cleanup()
+        except Exception:
+            # The switch has happened; the old backend is only left to its own end.
+            logger.exception("session %s: retiring the old backend failed", self.session_id)
         self._record_switch(old, new, started, columns.variable_count)
 
     def _copy(self, columns: ExportColumns, step: list[str]) -> BridgedState:
-        """Import ``columns`` into a new bridged session and verify it (``step[0]``
-        names the step under way); a failure removes the half-made copy."""
+        """Import ``columns`` into a new pending bridged session, verify and commit it
+        (``step[0]`` names the step under way); a failure removes the half-made copy."""
         step[0] = "import"
-        new = self._supervisor.open_bridged(self.session_id)
+        failpoints.hit("migration.import")
+        new = self._supervisor.open_bridged(self.session_id, pending=True)
         try:
-            if not new.owner:
-                # Someone else's session already has this id: never import into it.
-                raise StateError(f"session {self.session_id!r} already exists on the bridge")
             digest = new.import_with_digest(columns)
             step[0] = "verify"
+            failpoints.hit("migration.verify")
             # The server hashed what it stored: equal digests mean equal ids, names,
             # types, values, versions, constraints, metadata and timestamps.
             if digest != columns_digest(columns):
                 raise StateError("verification failed: the bridged copy differs from the export")
+            step[0] = "commit"
+            failpoints.hit("migration.commit")
+            new.commit()
         except BaseException:
-            try:
-                new.cleanup()  # the owner's cleanup removes the half-made session
-            except Exception:
-                logger.exception("removing the half-made copy of %s", self.session_id)
+            self._discard(new)
             raise
         return new
+
+    def _discard(self, copy: BridgedState) -> None:
+        """Remove a half-made bridged copy; if the bridge cannot be told, keep the
+        handle so the next migration removes that incarnation first."""
+        try:
+            copy.close_remote()
+        except SessionNotFound:
+            pass  # gone already (expired, or never committed and reaped)
+        except StateError as exc:
+            logger.warning(
+                "session %s: the half-made bridged copy could not be removed now (%s); "
+                "the next migration removes it first",
+                self.session_id,
+                exc,
+            )
+            self._stale_copy = copy
+            return
+        copy.cleanup()
+
+    def _remove_stale_copy(self) -> None:
+        """Remove the copy an earlier failed migration left on the bridge, if any."""
+        stale, self._stale_copy = self._stale_copy, None
+        if stale is not None:
+            self._discard(stale)
+            if self._stale_copy is not None:
+                raise StateError(
+                    f"a copy of session {self.session_id!r} from an earlier failed migration "
+                    "is still on the bridge and could not be removed"
+                )
 
     def _record_switch(
         self, old: StateProvider, new: StateProvider, started: float, variables: int
@@ -584,8 +644,11 @@ class Context:
                 return
             self._stopped = True
             backend = self._backend
+            stale, self._stale_copy = self._stale_copy, None
         try:
             backend.cleanup()
+            if stale is not None:
+                stale.cleanup()  # one more try at removing it, then let the TTL do it
         finally:
             self._supervisor._forget(self)
 

@@ -79,8 +79,10 @@ def test_a_server_that_dies_mid_session_raises_bridge_unavailable() -> None:
 def test_init_checks_its_arguments(server: SessionStoreServer) -> None:
     with pytest.raises(TypeError, match="unknown options: colour"):
         BridgedState.init(address=server.address, colour="red")
-    with pytest.raises(TypeError, match="session_id"):
-        BridgedState.init(address=server.address, session_id="")
+    for bad in ("", "s" * 257, "bad\ud800id", 42):
+        with pytest.raises(ValidationError, match="session_id") as caught:
+            BridgedState.init(address=server.address, session_id=bad)
+        assert caught.value.rule == "session_id"  # the same error LocalState.init gives
     with pytest.raises(ValueError, match="timeout"):
         BridgedState.init(address=server.address, timeout=0)
 

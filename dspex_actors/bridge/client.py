@@ -8,10 +8,9 @@ attributes, so callers handle bridged and local errors alike. gRPC caps trailers
 8 KiB, so a very long message is cut and an attribute over 256 bytes (a rejected
 embedding's ``.value``, say) arrives as its shortened repr.
 
-Connections: each handle has its own channel, closed by :meth:`BridgedState.cleanup`,
-so handles have independent lifetimes. Channels to the same target with the same
-options share gRPC core's global subchannel pool, so a second handle to a server
-reuses the first one's TCP connection rather than opening another.
+Connections: handles to the same target with the same settings share one channel
+(``channels.py``, counted by reference), so they share one TCP connection and each
+keeps an independent lifetime; the channel closes with the last of them.
 
 No readiness probe at init (``channel_ready_future`` would start a polling thread
 that outlives the call): the first RPC, OpenSession, runs with
@@ -23,25 +22,32 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self, TypeVar
 
 import grpc
 
-from dspex_actors import vartypes
-from dspex_actors.bridge import codec, embedded
+from dspex_actors import failpoints, vartypes
+from dspex_actors.bridge import channels, codec, embedded
 from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bridge.server import read_pem
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
+    BridgeUnavailable,
+    OutcomeUnknown,
     PartialFailure,
     SessionClosed,
+    SessionNotFound,
     StateError,
     ValidationError,
 )
 from dspex_actors.exports import ExportColumns, check_shape, columns_of, export_of
+from dspex_actors.limits import check_session_id
 from dspex_actors.provider import StateProvider
 from dspex_actors.records import VariableRecord, check_pattern, variable_not_found
+from dspex_actors.session import new_session_id
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 
@@ -57,13 +63,25 @@ TOKEN_ENV = "DSPEX_BRIDGE_TOKEN"
 
 _Response = TypeVar("_Response")
 
+_FIRST_PAUSE = 0.01
+_MAX_PAUSE = 0.25
+"""Backoff between retries of a call (seconds), doubling from the first to the max."""
+
 
 class BridgedState(StateProvider):
     """A session held by a SessionStore (another process, or the embedded server).
 
     The handle that created the session owns it: its :meth:`cleanup` closes the
-    session on the server. A handle that attached to an existing session only
-    detaches. After cleanup every call raises ``SessionClosed`` without a round trip.
+    session on the server (that incarnation only). A handle that attached to an
+    existing session only detaches. After cleanup every call raises
+    ``SessionClosed`` without a round trip.
+
+    Failures a caller can act on: every write carries a request id, and a write
+    whose attempt failed in transport is sent again with the same id within the
+    call's deadline, so the server applies it once. When no attempt could have
+    reached the server the call raises ``BridgeUnavailable`` (not applied); when
+    one could have and none answered, ``OutcomeUnknown``. Reads retry likewise and
+    raise ``BridgeUnavailable``.
     """
 
     kind: ClassVar[str] = "bridged"
@@ -71,21 +89,22 @@ class BridgedState(StateProvider):
     def __init__(
         self,
         *,
-        channel: grpc.Channel,
+        shared: channels.Shared,
         address: str,
         session_id: str,
-        owner: bool,
         timeout: float,
         token: str | None,
         max_message_bytes: int,
         embedded_server: bool,
     ) -> None:
-        """Wrap an open session; use :meth:`init`, which opens it."""
+        """Wrap a channel; use :meth:`init`, which opens the session."""
         self.session_id = session_id
         self.address = address
-        self.owner = owner
-        self._channel = channel
-        self._stub = pb_grpc.SessionStoreStub(channel)
+        self.owner = False
+        self.incarnation = ""
+        self.ttl_seconds: float | None = None
+        self._shared = shared
+        self._stub = pb_grpc.SessionStoreStub(shared.channel)
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
         self._max_bytes = max_message_bytes
@@ -104,53 +123,46 @@ class BridgedState(StateProvider):
         timeout: float = 5.0,
         tls_root_cert: bytes | str | os.PathLike[str] | None = None,
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+        create: bool = True,
+        pending: bool = False,
         **backend_opts: Any,
     ) -> Self:
-        """Open ``session_id`` on a SessionStore, creating it if absent.
+        """Open ``session_id`` on a SessionStore, creating it if absent (``create``).
 
-        Creating makes this handle the owner. ``address`` defaults to
+        Creating makes this handle the owner; with ``create=False`` it only attaches
+        (``SessionNotFound`` if absent). ``pending`` creates the session invisible to
+        others until :meth:`commit` (a migration's copy). ``address`` defaults to
         ``$DSPEX_BRIDGE_ADDRESS`` (with ``$DSPEX_BRIDGE_TOKEN``), else the embedded
         in-process server. ``tls_root_cert`` (PEM bytes or a path) switches on TLS.
         ``existing_state`` is imported in one RPC; if that fails, a session this call
         created is closed again. ``BridgeUnavailable`` within ``timeout`` when the
-        server cannot be reached.
+        server cannot be reached; a bad ``session_id`` is a ``ValidationError``.
         """
         if backend_opts:
             raise TypeError(f"BridgedState.init got unknown options: {', '.join(backend_opts)}")
-        if session_id is not None and (not isinstance(session_id, str) or not session_id):
-            raise TypeError(f"session_id must be a non-empty string, got {session_id!r}")
+        if session_id is not None:
+            check_session_id(session_id)
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if address is None and os.environ.get(ADDRESS_ENV):
             address = os.environ[ADDRESS_ENV]
             token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        credentials = (
-            grpc.ssl_channel_credentials(root_certificates=read_pem(tls_root_cert))
-            if tls_root_cert is not None
-            else None
-        )
-        options = [
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ]
+        root_cert = read_pem(tls_root_cert) if tls_root_cert is not None else None
         use_embedded = address is None
         if address is None:
             address = embedded.acquire()
         try:
-            channel = (
-                grpc.insecure_channel(address, options=options)
-                if credentials is None
-                else grpc.secure_channel(address, credentials, options=options)
-            )
+            shared = channels.acquire(address, root_cert, max_message_bytes)
         except BaseException:
             if use_embedded:
                 embedded.release()
             raise
+        # The id is chosen here, not by the server, so that a retried open names
+        # the same session (and, by its request id, learns it created it).
         handle = cls(
-            channel=channel,
+            shared=shared,
             address=address,
-            session_id=session_id or "",
-            owner=False,
+            session_id=session_id or new_session_id(),
             timeout=timeout,
             token=token,
             max_message_bytes=max_message_bytes,
@@ -159,10 +171,16 @@ class BridgedState(StateProvider):
         try:
             opened = handle._call(
                 handle._stub.OpenSession,
-                pb.OpenSessionRequest(session_id=session_id or "", create_if_missing=True),
+                pb.OpenSessionRequest(
+                    session_id=handle.session_id,
+                    create_if_missing=create,
+                    pending=pending,
+                    request_id=uuid.uuid4().hex,
+                ),
             )
-            handle.session_id = opened.session_id
             handle.owner = opened.created
+            handle.incarnation = opened.incarnation
+            handle.ttl_seconds = opened.ttl_seconds or None
             if existing_state is not None:
                 handle.import_state(existing_state)
         except BaseException:
@@ -172,20 +190,66 @@ class BridgedState(StateProvider):
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _call(self, rpc: grpc.UnaryUnaryMultiCallable, request: Any) -> Any:
-        """Run one RPC with the deadline; the one place gRPC errors are translated."""
+    def _call(
+        self,
+        rpc: grpc.UnaryUnaryMultiCallable,
+        request: Any,
+        *,
+        write: bool = False,
+        retry: bool = True,
+    ) -> Any:
+        """Run one RPC within the deadline; the one place gRPC errors are translated.
+
+        A transport failure (UNAVAILABLE, DEADLINE_EXCEEDED without an answer from
+        the server) is retried with the same request until the deadline (unless
+        ``retry`` is False); a write's request carries its request id, so the server
+        applies it once.
+        """
         if self._closed:
             raise self._closed_error()
-        try:
-            return rpc(request, timeout=self._timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise codec.error_from_rpc(exc, self.address) from exc
-        except ValueError as exc:
-            # grpcio refuses calls on a channel closed meanwhile with a ValueError;
-            # our own flag, not its text, tells that this is what happened.
-            if self._closed:
-                raise self._closed_error() from exc
-            raise
+        deadline = time.monotonic() + self._timeout
+        pause = _FIRST_PAUSE
+        maybe_sent = False
+        while True:
+            attempt = self._shared.attempt()
+            left = deadline - time.monotonic()
+            try:
+                return rpc(request, timeout=max(left, 0.001), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                error = codec.error_from_rpc(exc, self.address)
+                # Worth another attempt: the server was not reached, or did not start
+                # the call in time (its BridgeUnavailable: not applied), or no answer
+                # came. Only a failure of the transport may hide an applied write.
+                if not isinstance(error, BridgeUnavailable):
+                    raise error from exc
+                if not codec.answered_by_server(exc) and attempt.may_have_been_sent():
+                    maybe_sent = True
+                left = deadline - time.monotonic()
+                if not retry or left <= pause or self._closed:
+                    raise self._failed(write, maybe_sent, error) from exc
+            except ValueError as exc:
+                # grpcio refuses calls on a channel closed meanwhile with a ValueError;
+                # our own flag, not its text, tells that this is what happened.
+                if self._closed:
+                    raise self._closed_error() from exc
+                raise
+            time.sleep(pause)  # a retry's backoff, bounded by the call's deadline
+            pause = min(pause * 2, _MAX_PAUSE)
+
+    def _failed(self, write: bool, maybe_sent: bool, error: StateError) -> StateError:
+        """What a call that never got an answer raises."""
+        if self._closed:
+            return self._closed_error()
+        if write and maybe_sent:
+            return OutcomeUnknown(
+                f"SessionStore at {self.address} did not answer within {self._timeout}s; the "
+                f"write to session {self.session_id!r} may or may not have been applied "
+                f"(last failure: {error})",
+                session_id=self.session_id,
+            )
+        if isinstance(error, BridgeUnavailable):
+            return error
+        return BridgeUnavailable(f"{error} (not applied)", session_id=self.session_id)
 
     def _closed_error(self) -> SessionClosed:
         return SessionClosed(f"session {self.session_id!r}: this handle is cleaned up")
@@ -288,13 +352,14 @@ class BridgedState(StateProvider):
                 initial_value=codec.pack(initial_value),
                 constraints=codec.pack_map(constraints),
                 description=description,
+                request_id=_request_id(),
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise _register_error(
                 name, type, initial_value, constraints, description, exc
             ) from exc
         request.metadata = _pack_metadata(name, metadata)
-        response = self._call(self._stub.RegisterVariable, request)
+        response = self._call(self._stub.RegisterVariable, request, write=True)
         return str(response.var_id)
 
     def set_variable(
@@ -320,10 +385,11 @@ class BridgedState(StateProvider):
                 value=value,
                 metadata=packed_metadata,
                 expected_version=expected,
+                request_id=_request_id(),
             )
         except UnicodeEncodeError:  # the identifier is not UTF-8: no name can be that
             raise variable_not_found(identifier, self.session_id) from None
-        response = self._call(self._stub.SetVariable, request)
+        response = self._call(self._stub.SetVariable, request, write=True)
         return int(response.version)
 
     def update_variables(
@@ -348,10 +414,13 @@ class BridgedState(StateProvider):
         except (TypeError, ValueError, OverflowError) as exc:
             raise self._batch_error(batch, metadata, exc) from exc
         request = pb.UpdateVariablesRequest(
-            session_id=self.session_id, updates=payload, metadata=packed_metadata
+            session_id=self.session_id,
+            updates=payload,
+            metadata=packed_metadata,
+            request_id=_request_id(),
         )
         try:
-            self._call(self._stub.UpdateVariables, request)
+            self._call(self._stub.UpdateVariables, request, write=True)
         except ValidationError as exc:
             if exc.rule != "encoding":
                 raise
@@ -387,10 +456,12 @@ class BridgedState(StateProvider):
         if not isinstance(identifier, str):
             raise variable_not_found(identifier, self.session_id)
         try:
-            request = pb.DeleteVariableRequest(session_id=self.session_id, identifier=identifier)
+            request = pb.DeleteVariableRequest(
+                session_id=self.session_id, identifier=identifier, request_id=_request_id()
+            )
         except UnicodeEncodeError:  # not UTF-8: no name can be that
             raise variable_not_found(identifier, self.session_id) from None
-        self._call(self._stub.DeleteVariable, request)
+        self._call(self._stub.DeleteVariable, request, write=True)
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
         """Import a whole export in one RPC; all or nothing, checked by the server."""
@@ -413,9 +484,14 @@ class BridgedState(StateProvider):
         response = self._call(
             self._stub.ImportSession,
             pb.ImportSessionRequest(
-                session_id=self.session_id, columns=message, want_digest=want_digest
+                session_id=self.session_id,
+                columns=message,
+                want_digest=want_digest,
+                request_id=_request_id(),
             ),
+            write=True,
         )
+        failpoints.hit("migration.import_reply")
         return bytes(response.digest)
 
     # -- session --------------------------------------------------------------------------
@@ -431,6 +507,14 @@ class BridgedState(StateProvider):
         )
         return float(response.expires_at)
 
+    def commit(self) -> None:
+        """Make a session opened ``pending`` visible to others (idempotent)."""
+        self._call(
+            self._stub.CommitSession,
+            pb.CommitSessionRequest(session_id=self.session_id, incarnation=self.incarnation),
+            write=True,
+        )
+
     def session_info(self) -> dict[str, Any]:
         """The server's view of the session: variable count, times, TTL, metadata."""
         info = self._call(self._stub.GetSession, pb.GetSessionRequest(session_id=self.session_id))
@@ -441,6 +525,7 @@ class BridgedState(StateProvider):
             "last_active_at": info.last_active_at,
             "ttl_seconds": info.ttl_seconds,
             "metadata": self._unpack(info.metadata, "metadata") if info.metadata else {},
+            "incarnation": info.incarnation,
         }
 
     @classmethod
@@ -459,32 +544,50 @@ class BridgedState(StateProvider):
     def cleanup(self) -> None:
         """Close the session if this handle owns it, else detach; idempotent.
 
-        The channel (and the embedded server reference) is released even when the
-        server cannot be reached; that failure is logged, not raised.
+        The owner closes only its own incarnation: if its session expired and the
+        id was opened again since, the newcomer's session is left alone. The channel
+        (and the embedded server reference) is released even when the server cannot
+        be reached; that failure is logged, not raised.
         """
         with self._lock:
             if self._closed:
                 return
-            owner = self.owner and bool(self.session_id)
             try:
-                if owner:
+                if self.owner:
                     try:
-                        self._call(
-                            self._stub.CloseSession,
-                            pb.CloseSessionRequest(session_id=self.session_id),
-                        )
+                        self.close_remote()
+                    except SessionNotFound:
+                        pass  # expired (or closed) already: nothing of ours to close
                     except StateError as exc:
                         logger.warning("closing session %s failed: %s", self.session_id, exc)
             finally:
                 self._closed = True
-                self._channel.close()
+                channels.release(self._shared)
                 if self._embedded:
                     embedded.release()
+
+    def close_remote(self) -> None:
+        """Close this handle's incarnation of the session on the server now.
+
+        ``SessionNotFound`` if it is gone (or the id names a later incarnation).
+        One attempt: a session left behind by a lost reply expires with the TTL.
+        """
+        self._call(
+            self._stub.CloseSession,
+            pb.CloseSessionRequest(session_id=self.session_id, incarnation=self.incarnation),
+            write=True,
+            retry=False,
+        )
 
     def __repr__(self) -> str:
         role = "owner" if self.owner else "attached"
         state = "closed" if self._closed else role
         return f"<BridgedState {self.session_id} at {self.address} ({state})>"
+
+
+def _request_id() -> str:
+    """A write's request id: unique, so the server can recognise its retries."""
+    return uuid.uuid4().hex
 
 
 def _unencodable(

@@ -70,6 +70,7 @@ __all__ = [
     "STATUS_DETAILS_KEY",
     "STATUS_FOR_ERROR",
     "abort_with_error",
+    "answered_by_server",
     "error_from_rpc",
     "error_status",
     "pack",
@@ -589,6 +590,12 @@ def _error_detail_of(call: grpc.Call, target: str) -> pb.ErrorDetail | None:
                 logger.warning("undecodable ErrorDetail from %s", target)
                 return None
     return None
+
+
+def answered_by_server(exc: grpc.RpcError) -> bool:
+    """Whether a failed call carries our server's own answer (its ErrorDetail), as
+    opposed to a failure of the transport, a proxy or a foreign server."""
+    return isinstance(exc, grpc.Call) and _error_detail_of(exc, "") is not None
 
 
 def error_from_rpc(exc: grpc.RpcError, target: str) -> StateError:

@@ -92,17 +92,20 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     async def Watch(  # noqa: N802 - the proto's RPC name
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        last = None
+        service = request.service
+        last: list[_Status | None] = [None]  # what the watcher was last told
+
+        def news() -> bool:
+            return self._ended or self._statuses.get(service, SERVICE_UNKNOWN) != last[0]
+
         while True:
             async with self._changed:
-                await self._changed.wait_for(
-                    lambda: self._ended or self._statuses.get(request.service) != last
-                )
-                status = self._statuses.get(request.service, SERVICE_UNKNOWN)
+                await self._changed.wait_for(news)
+                status = self._statuses.get(service, SERVICE_UNKNOWN)
                 ended = self._ended
-            if status != last:
+            if status != last[0]:
                 yield health_pb2.HealthCheckResponse(status=status)
-                last = status
+                last[0] = status
             if ended:
                 return
 

@@ -159,6 +159,7 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             create=request.create_if_missing,
             metadata=self._map(request.metadata, "metadata", "<session>"),
             pending=request.pending,
+            request_id=request.request_id or None,
         )
         return pb.OpenSessionResponse(
             session_id=opened.session_id,

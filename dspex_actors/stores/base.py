@@ -75,13 +75,16 @@ class Store(Protocol):
         create: bool,
         metadata: dict[str, Any] | None,
         pending: bool = False,
+        request_id: str | None = None,
     ) -> Opened:
         """Attach to ``session_id``, or create it (a fresh id when None) if ``create``.
 
         ``SessionNotFound`` for an unknown id without ``create``. With ``pending`` a
         created session is invisible to every other open until :meth:`commit` (a
         migration's copy), and expires after :data:`PENDING_TTL` if never committed;
-        a pending open never attaches (``SessionClosed`` if the id is taken).
+        a pending open never attaches (``SessionClosed`` if the id is taken). An
+        open repeating the ``request_id`` of the one that created the session is
+        answered ``created`` again (its reply was lost).
         """
         ...
 

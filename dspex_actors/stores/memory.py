@@ -80,6 +80,7 @@ class _Session:
     last_active: float  # the store's clock
     give_up_hook: Callable[[str, StateError], None]
     pending: bool = False
+    creator: str | None = None  # the request id of the open that created it
     results: OrderedDict[str, asyncio.Future[Any]] = field(default_factory=OrderedDict)
 
     @property
@@ -161,6 +162,7 @@ class MemoryStore:
         create: bool,
         metadata: dict[str, Any] | None,
         pending: bool = False,
+        request_id: str | None = None,
     ) -> Opened:
         if session_id is not None:
             check_session_id(session_id, self.limits)
@@ -169,6 +171,9 @@ class MemoryStore:
         self._loop = asyncio.get_running_loop()
         sid = session_id or new_session_id()
         entry = self._sessions.get(sid)
+        if entry is not None and request_id and request_id == entry.creator:
+            entry.last_active = self._clock()  # the creator's retry: still its creation
+            return Opened(sid, True, entry.incarnation, self._ttl(entry))
         if entry is not None:
             if pending or entry.pending:
                 if not create and entry.pending:
@@ -202,6 +207,7 @@ class MemoryStore:
             last_active=now,
             give_up_hook=self._give_up,
             pending=pending,
+            creator=request_id,
         )
         self._sessions[sid] = entry
         self._restarts.watch(entry)
@@ -218,6 +224,7 @@ class MemoryStore:
         entry.last_active = self._clock()
 
     async def close(self, session_id: str, incarnation: str | None) -> None:
+        await failpoints.reached("store.close")
         entry = self._sessions.get(session_id)
         if entry is None or (incarnation and incarnation != entry.incarnation):
             raise not_found(session_id)

@@ -30,16 +30,18 @@ class EntryError(_message.Message):
     def __init__(self, identifier: _Optional[str] = ..., error: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("session_id", "create_if_missing", "metadata", "pending")
+    __slots__ = ("session_id", "create_if_missing", "metadata", "pending", "request_id")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CREATE_IF_MISSING_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     create_if_missing: bool
     metadata: bytes
     pending: bool
-    def __init__(self, session_id: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., metadata: _Optional[bytes] = ..., pending: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, session_id: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., metadata: _Optional[bytes] = ..., pending: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
     __slots__ = ("session_id", "created", "incarnation", "ttl_seconds")

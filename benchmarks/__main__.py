@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -145,6 +146,28 @@ def _environment(pinned: str) -> dict[str, Any]:
     }
 
 
+def _run_suites(run: Run, suites: list[str]) -> None:
+    """Run each suite and print its tables; a suite that fails is reported and the
+    others still run (the package may be mid-change), and the run exits 1."""
+    reported: set[str] = set()
+    for suite in suites:
+        suite_run, title = SUITES[suite]
+        run.results.suites.append(suite)
+        try:
+            suite_run(run)
+        except Exception as exc:
+            progress.clear()
+            traceback.print_exc()
+            run.results.failed[suite] = f"{type(exc).__name__}: {exc}"
+        print_suite(run.results, suite, title)
+        if suite in run.results.failed:
+            say(f"  FAILED: {run.results.failed[suite]}")
+        for peer, reason in run.servers.unavailable.items():
+            if peer not in reported:
+                reported.add(peer)
+                say(f"  skipped {peer}: {reason}")
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     # Unwind through the finally blocks, which stop the servers and remove their files.
     raise SystemExit(128 + signum)
@@ -222,17 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     servers = Servers(peers=not args.no_peers)
     run = Run(quick=args.quick, servers=servers)
-    reported: set[str] = set()
     try:
-        for suite in args.suites or SUITES:
-            suite_run, title = SUITES[suite]
-            run.results.suites.append(suite)
-            suite_run(run)
-            print_suite(run.results, suite, title)
-            for peer, reason in servers.unavailable.items():
-                if peer not in reported:
-                    reported.add(peer)
-                    say(f"  skipped {peer}: {reason}")
+        _run_suites(run, args.suites or list(SUITES))
     finally:
         progress.clear()
         servers.close()
@@ -242,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     say(f"\nfinished in {elapsed:.0f} s")
     _write_outputs(args, run, verdicts, heading, pinned, elapsed, stamp, argv)
+    if run.results.failed:
+        failed = ", ".join(run.results.failed)
+        say(f"failed: suite(s) {failed} stopped with an error (traceback on stderr)")
+        return 1
     if args.check and misses:
         names = ", ".join(
             f"{v.target.ratio} ({v.value:.2f}, limit {v.target.describe_limit()})"

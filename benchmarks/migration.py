@@ -20,7 +20,8 @@ def _migrate(supervisor: Supervisor, size: int) -> tuple[float, float, int]:
     """
     ctx = supervisor.start_context()
     try:
-        ctx.import_state(export_of_floats(size, ctx.session_id))
+        # size - 1 floats and the writer's variable: ``size`` in all, within the limit.
+        ctx.import_state(export_of_floats(size - 1, ctx.session_id))
         ctx.register_variable("w", "integer", 0)
         stop = threading.Event()
         progress_made = threading.Condition()

@@ -61,7 +61,8 @@ class Results:
 
     measurements: dict[str, Measurement] = field(default_factory=dict)
     values: dict[str, Value] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)  # peer or suite -> one-line reason
+    skipped: dict[str, str] = field(default_factory=dict)  # peer -> one-line reason
+    failed: dict[str, str] = field(default_factory=dict)  # suite -> its error
     suites: list[str] = field(default_factory=list)
 
     def add(self, measurement: Measurement) -> Measurement:
@@ -140,4 +141,5 @@ class Results:
                 for v in self.values.values()
             },
             "skipped": self.skipped,
+            "failed": self.failed,
         }

@@ -33,8 +33,10 @@ to the next one (the same one on a one-core machine); ``--no-pin`` pins nothing.
   beside another test suite, bridged get / echo was 1.17-1.31x and set / echo
   1.34-1.42x with every server on both cores; with every server on the other core
   1.04-1.15x and 1.09-1.18x, and every server, Redis and etcd too, answered sooner.
-- Load clients (the throughput suite) run on all the run's cores: they are the load,
-  many processes, and the benchmark process only waits meanwhile.
+- Load clients (the throughput suite) run on all the run's cores, the servers' too:
+  they are the load, and the benchmark process only waits meanwhile. Confined to the
+  benchmark's one core, eight Python clients could not keep even Redis busy (its GET
+  fell from ~9k/s with one client to 3-6k/s with four or eight).
 
 Servers and load clients are started through :mod:`benchmarks.affinity`, which sets
 the mask and then execs the program, so every thread it starts inherits it: the one
@@ -68,6 +70,7 @@ from pathlib import Path
 import grpc
 
 from benchmarks.affinity import launcher, server_cores
+from benchmarks.progress import progress
 
 __all__ = [
     "ECHO_METHOD",
@@ -249,6 +252,7 @@ class Servers:
 
     def _start(self, name: str) -> ServerProcess:
         if name not in self._running:
+            progress.stage(f"starting the {name} server")
             if name == "store":
                 server = ServerProcess(
                     name, _store_command, _grpc_probe("/grpc.health.v1.Health/Check", b"")

@@ -2,9 +2,10 @@
 
 Eight load clients (:mod:`benchmarks.load`) start once, on the servers' cores, each
 connected to every server; a run of N clients sends ``run MODE COUNT`` to the first
-N and times from there to the last ``done``. Modes alternate within each round, and
-a full run makes three rounds: ops/s is the median round's, the latency percentiles
-are of every call the clients made (latency under load).
+N (each making an equal share of the run's calls) and times from there to the last
+``done``. Modes alternate within each round, and a full run makes two rounds: ops/s
+is the median round's, the latency percentiles are of every call the clients made
+(latency under load).
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ class LoadClients:
 
 def run(run: Run) -> None:
     counts: tuple[int, ...] = (1, 4, 8)
-    calls: int = run.pick(2000, 200)
-    rounds: int = run.pick(3, 1)
+    total: int = run.pick(3000, 400)  # calls per run, shared among its clients
+    rounds: int = run.pick(2, 1)
     servers = run.servers
     store, echo = servers.store(), servers.echo()
     redis_server, etcd_server = servers.redis(), servers.etcd()
@@ -125,12 +126,12 @@ def run(run: Run) -> None:
         cleanup.callback(clients.close)
         rates: dict[tuple[str, int], list[float]] = {}
         latencies: dict[tuple[str, int], list[float]] = {}
-        total = rounds * len(counts) * len(modes)
-        progress.stage(f"throughput: {calls:,} calls per client, run", total)
+        runs = rounds * len(counts) * len(modes)
+        progress.stage(f"throughput: {total:,} calls per run, run", runs)
         for r in range(rounds):
             for i, n in enumerate(counts):
                 for j, mode in enumerate(modes):
-                    rate, samples = clients.run(mode, n, calls)
+                    rate, samples = clients.run(mode, n, total // n)
                     rates.setdefault((mode, n), []).append(rate)
                     latencies.setdefault((mode, n), []).extend(samples)
                     progress.step((r * len(counts) + i) * len(modes) + j + 1)

@@ -5,12 +5,14 @@ that cross a thread or a socket are sampled one at a time, so their percentiles
 are per call; sub-microsecond reads are sampled in batches (a single one is below
 the timer's resolution), so their percentiles are of batch means. The garbage
 collector is paused while sampling, as ``timeit`` does, and every op is sampled
-round-robin (ours and the peers' alike) so machine noise falls on all of them alike.
+round-robin (ours and the peers' alike, in a new order each round) so machine noise
+falls on all of them alike.
 """
 
 from __future__ import annotations
 
 import gc
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,20 +82,26 @@ def sample(fn: Callable[[], object], calls: int) -> float:
 def measure(
     label: str, ops: dict[str, Op], rounds: int, warmup: int = 20
 ) -> dict[str, list[float]]:
-    """Round-robin sampling: each round samples every op once, so machine noise falls
-    on all of them alike. ``ops`` maps a name to (fn, calls per sample); returns each
-    name's samples in ns per call."""
+    """Round-robin sampling: each round samples every op once, in a shuffled order, so
+    machine noise falls on all of them alike. ``ops`` maps a name to (fn, calls per
+    sample); returns each name's samples in ns per call."""
     samples: dict[str, list[float]] = {name: [] for name in ops}
-    progress.stage(f"{label}: warming up {len(ops)} operations")
+    what = f"{len(ops)} operation{'s' if len(ops) != 1 else ''}"
+    progress.stage(f"{label}: warming up {what}")
     for fn, calls in ops.values():
         for _ in range(warmup):
             sample(fn, calls)
-    progress.stage(f"{label}: {len(ops)} operations round-robin, round", total=rounds)
+    progress.stage(f"{label}: {what} round-robin, round", total=rounds)
+    order = list(ops.items())
+    shuffle = random.Random(rounds).shuffle
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for done in range(rounds):
-            for name, (fn, calls) in ops.items():
+            # A new order each round: an op that follows a call to another server (or a
+            # cold cache) does so as often as every other op.
+            shuffle(order)
+            for name, (fn, calls) in order:
                 samples[name].append(sample(fn, calls))
             progress.step(done + 1)
     finally:

@@ -276,7 +276,7 @@ class Servers:
 
     def _peer(self, name: str, why_not: Callable[[], str | None]) -> ServerProcess | None:
         if not self._peers:
-            self.unavailable.setdefault(name, "skipped (--no-peers)")
+            self.unavailable.setdefault(name, "--no-peers was given")
         elif name not in self.unavailable and (reason := why_not()) is not None:
             self.unavailable[name] = reason
         return None if name in self.unavailable else self._start(name)

@@ -21,6 +21,7 @@ from dspex_actors.bridge import (
 from dspex_actors.errors import (
     BridgeUnavailable,
     InvalidExport,
+    OutcomeUnknown,
     PartialFailure,
     SessionClosed,
     SessionNotFound,
@@ -66,13 +67,20 @@ def test_a_server_that_never_answers_raises_bridge_unavailable() -> None:
             BridgedState.init(address=f"{host}:{port}", timeout=0.2)
 
 
-def test_a_server_that_dies_mid_session_raises_bridge_unavailable() -> None:
+def test_a_server_that_dies_mid_session_leaves_writes_unknown_then_unavailable() -> None:
+    """The first write after the death cannot tell a refused connection from a lost
+    reply (nothing watched the channel yet), so it says OutcomeUnknown; from then on
+    the channel is watched, known down, and writes say BridgeUnavailable: not sent."""
     server = serve()
     state = BridgedState.init(address=server.address, timeout=1)
     state.register_variable("a", "integer", 1)
     server.stop()
-    with pytest.raises(BridgeUnavailable):
+    with pytest.raises(OutcomeUnknown):
         state.set_variable("a", 2)
+    with pytest.raises(BridgeUnavailable):
+        state.set_variable("a", 3)
+    with pytest.raises(BridgeUnavailable):
+        state.get_variable("a")
     state.cleanup()
 
 

@@ -4,12 +4,15 @@ Handles to the same address with the same settings share one gRPC channel (and s
 one TCP connection), counted by reference: the first :func:`acquire` opens it, the
 last :func:`release` closes it, so each handle keeps an independent lifetime.
 
-Each shared channel also watches its own connectivity (``Channel.subscribe``, one
-gRPC delivery thread per channel while it is open). That is what lets a write that
-failed in transport be classed honestly: if the channel was not connected when
-the attempt started and did not connect while it ran, the request never left this
-process, so it was not applied (``BridgeUnavailable``); otherwise it may have been
-(``OutcomeUnknown``). Uncertain readings err towards "may have been".
+From its first transport failure on, a shared channel also watches its own
+connectivity (``Channel.subscribe``: one gRPC delivery thread per such channel,
+and closing it then takes up to a poll interval, ~0.2 s). That is what lets a
+write that failed in transport be classed honestly: if the channel was known to
+be down when the attempt started and did not connect while it ran, the request
+never left this process, so it was not applied (``BridgeUnavailable``); otherwise
+it may have been (``OutcomeUnknown``). Before anything is watched (the first
+failure of a channel) and whenever a reading is uncertain, the answer is "may have
+been": the class never claims "not applied" wrongly.
 """
 
 from __future__ import annotations
@@ -32,7 +35,19 @@ class Shared:
     ready: bool = False
     ready_count: int = 0  # how many times it became READY
     seen_down: bool = False  # observed a state other than READY since the last READY
+    watching: bool = False
+    first_state: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def watch(self) -> None:
+        """Start following the channel's connectivity (after its first failure), and
+        wait for gRPC's first report of it, so the next attempt is judged on it."""
+        with _lock:
+            if self.watching or self.users <= 0:
+                return
+            self.watching = True
+        self.channel.subscribe(self.on_state, try_to_connect=False)
+        self.first_state.wait(_FIRST_STATE_WAIT)
 
     def on_state(self, state: grpc.ChannelConnectivity) -> None:
         """gRPC's connectivity callback (in its delivery thread)."""
@@ -44,11 +59,14 @@ class Shared:
             else:
                 self.ready = False
                 self.seen_down = True
+        self.first_state.set()
 
     def attempt(self) -> Attempt:
         """A snapshot taken as a call starts, to judge its failure by."""
         with self.lock:
-            return Attempt(self, self.ready or not self.seen_down, self.ready_count)
+            return Attempt(
+                self, not self.watching or self.ready or not self.seen_down, self.ready_count
+            )
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,9 @@ class Attempt:
         with shared.lock:
             return self.maybe_connected or shared.ready_count != self.ready_count
 
+
+_FIRST_STATE_WAIT = 1.0
+"""Seconds to wait for gRPC's first connectivity report (it comes at once)."""
 
 _lock = threading.Lock()
 _shared: dict[tuple[str, bytes | None, int], Shared] = {}
@@ -88,7 +109,6 @@ def acquire(address: str, root_cert: bytes | None, max_message_bytes: int) -> Sh
                 )
             )
             shared = _shared[key] = Shared(key, channel)
-            channel.subscribe(shared.on_state, try_to_connect=False)
         shared.users += 1
         return shared
 
@@ -100,5 +120,7 @@ def release(shared: Shared) -> None:
         if shared.users > 0:
             return
         del _shared[shared.key]
-    shared.channel.unsubscribe(shared.on_state)
+        watching = shared.watching
+    if watching:
+        shared.channel.unsubscribe(shared.on_state)
     shared.channel.close()

@@ -222,8 +222,9 @@ class BridgedState(StateProvider):
                 # came. Only a failure of the transport may hide an applied write.
                 if not isinstance(error, BridgeUnavailable):
                     raise error from exc
-                if not codec.answered_by_server(exc) and attempt.may_have_been_sent():
-                    maybe_sent = True
+                if not codec.answered_by_server(exc):
+                    maybe_sent = maybe_sent or attempt.may_have_been_sent()
+                    self._shared.watch()  # from now on, know when the channel is down
                 left = deadline - time.monotonic()
                 if not retry or left <= pause or self._closed:
                     raise self._failed(write, maybe_sent, error) from exc

@@ -620,16 +620,23 @@ class SessionActor(pykka.ThreadingActor):
         raise RuntimeError(reason)
 
 
-def records_from_columns(columns: ExportColumns, table: SessionTable) -> list[Record]:
+def records_from_columns(
+    columns: ExportColumns, table: SessionTable, limits: Limits = DEFAULT_LIMITS
+) -> list[Record]:
     """Records for every variable of well-shaped columns (see ``check_shape``), all
     checked before any is built.
 
-    Raises ``InvalidExport`` for a malformed export, ``ValidationError`` for a bad
-    name, definition or value, and ``VariableExists`` for a clash with ``table``.
-    Each rule runs over a whole column; only when it fails does a per-variable scan
-    find the first offender to name. Each definition is compiled once, for the
-    first variable that uses it.
+    Raises ``InvalidExport`` for a malformed export (a version or timestamp out of
+    range, a NaN or infinite timestamp included), ``ValidationError`` for a bad name,
+    definition or value, ``VariableExists`` for a clash with ``table``, and
+    ``LimitExceeded`` for a value, metadata map or constraints over ``limits``, or
+    for a whole import over ``max_message_bytes`` (measured as the bridge's columns
+    carry it, so what imports here can migrate). Each rule runs over a whole column;
+    only when it fails does a per-variable scan find the first offender to name.
+    Each definition is compiled once, for the first variable that uses it.
     """
+    from dspex_actors.limits import NUMBER_BYTES, array_header_size, check_columns_size
+
     ids, names, slots = columns.ids, columns.names, columns.definition
     count = len(ids)
     if not (all_of_type(ids, str) and all(ids)):
@@ -655,7 +662,7 @@ def records_from_columns(columns: ExportColumns, table: SessionTable) -> list[Re
     definitions = columns.definitions
     first_user = dict(zip(reversed(slots), range(count - 1, -1, -1), strict=True))
     compiled = {
-        slot: vartypes.compile_type(names[first_user[slot]], *definitions[slot])
+        slot: vartypes.compile_type(names[first_user[slot]], *definitions[slot], limits)
         for slot in sorted(first_user, key=first_user.__getitem__)
     }
     validators = list(map(compiled.__getitem__, slots))
@@ -663,10 +670,30 @@ def records_from_columns(columns: ExportColumns, table: SessionTable) -> list[Re
         v.check(name, value)
         for v, name, value in zip(validators, names, columns.values, strict=True)
     ]
-    metadata = [
-        check_metadata(name, meta)
+    sized = [
+        vartypes.sized_metadata(name, meta, limits)
         for name, meta in zip(names, columns.variable_metadata, strict=True)
     ]
+    metadata = [meta for meta, _ in sized]
+    session_metadata_bytes = vartypes.sized_metadata("<session>", columns.metadata, limits)[1]
+    check_columns_size(
+        "<import>",
+        f"the import of {count} variables",
+        (
+            ids,
+            names,
+            [v.type for v in compiled.values()],
+            [v.constraints for v in compiled.values()],
+            values,
+        ),
+        limits,
+        extra_bytes=(
+            3 * NUMBER_BYTES * count  # version, created_at, last_updated_at
+            + array_header_size(count)
+            + sum(size for _, size in sized)
+            + session_metadata_bytes
+        ),
+    )
     return list(
         map(
             _new_record,
@@ -694,18 +721,34 @@ def _check_unique(ids: list[str], names: list[str], table: SessionTable) -> None
 
 
 def _timestamps(names: list[str], stamps: list[Any], key: str) -> list[float]:
-    """The column as floats (ints are converted); ``InvalidExport`` names a non-number."""
+    """The column as floats (ints are converted); ``InvalidExport`` names the variable
+    and the field of a stamp that is not a finite number (NaN or ±inf would order and
+    compare wrongly in every later read of the session).
+
+    The common column, all finite floats, is checked in C: the sum of finite floats
+    minus itself is 0.0, and NaN or inf anywhere makes it NaN (a sum that overflows
+    only sends the column to the per-stamp scan, which decides exactly).
+    """
     if all_of_type(stamps, float):
-        return stamps
+        total = sum(stamps)
+        if total - total == 0.0:
+            return stamps
+    from math import isfinite  # the rare path only: a column that is not all finite floats
+
     out = []
     for name, stamp in zip(names, stamps, strict=True):
         if isinstance(stamp, int | float) and not isinstance(stamp, bool):
             try:
-                out.append(float(stamp))
-                continue
+                number = float(stamp)
             except OverflowError:
                 pass
+            else:
+                if isfinite(number):
+                    out.append(number)
+                    continue
         raise InvalidExport(
-            f"export variable {name!r}: {key} {describe_value(stamp)} is not a number"
+            f"export variable {name!r}: {key} {describe_value(stamp)} is not a finite number",
+            variable=name,
+            field=key,
         )
     return out

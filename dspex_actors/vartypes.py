@@ -6,7 +6,17 @@ write validates with a pre-built closure instead of re-reading the constraints.
 
 Every failure is a :class:`~dspex_actors.errors.ValidationError` whose message names
 the variable, the rule and the offending value (``rule`` is ``"type"`` for a wrong
-type, otherwise the constraint key).
+type, otherwise the constraint key) — except a size: a Validator holds the value
+limit it was compiled with (:mod:`dspex_actors.limits`), and a value that would
+encode larger raises :class:`~dspex_actors.errors.LimitExceeded` (``limit``
+``"max_value_bytes"``), as does metadata over ``max_metadata_bytes``. Scalars are
+never measured; strings, embeddings and tensors only when their length could pass
+the limit, so the hot path stays a type check.
+
+A string's ``pattern`` is an RE2 regular expression (google-re2), matched with
+``search`` semantics (anywhere in the value; anchor with ``^...$``). RE2 decides in
+time linear in the value where Python's ``re`` can backtrack for seconds inside the
+session actor; the price is no backreferences or lookaround, refused at registration.
 
 A ``choice`` compares by value within a kind: numbers equal numbers by value (``1``
 matches a listed ``1.0`` and ``1.0`` a listed ``1``, so a JavaScript client, whose
@@ -27,13 +37,22 @@ into fresh lists for the caller, and is ``None`` for scalar types, which need no
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import msgpack
+import re2
 
-from dspex_actors.errors import ValidationError
+from dspex_actors.errors import LimitExceeded, ValidationError
+from dspex_actors.limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_metadata_size,
+    encoded_size,
+    float_array_size,
+    str_size,
+    too_large,
+)
 
 __all__ = [
     "MAX_VERSION",
@@ -47,6 +66,7 @@ __all__ = [
     "compile_type",
     "describe_value",
     "plain_copy",
+    "sized_metadata",
     "utf8_encodable",
     "wire_safe",
 ]
@@ -201,20 +221,58 @@ def plain_copy(data: Any, _depth: int = 0) -> Any:
     raise TypeError(f"{type(data).__name__} is not plain data")
 
 
-def check_metadata(variable: str, metadata: Any) -> dict[str, Any]:
-    """A copy of ``metadata`` (a mapping of plain data) or a ValidationError."""
+def check_metadata(
+    variable: str, metadata: Any, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, Any]:
+    """A copy of ``metadata`` (a mapping of plain data) or a ValidationError.
+
+    ``LimitExceeded`` (limit ``max_metadata_bytes``) if it encodes to more than the
+    limit: measured exactly by encoding the copy (in C, cheaper than a Python walk
+    for the small maps metadata usually is). An integer msgpack cannot carry (over
+    64 bits) is refused here too, as the bridge could not send it.
+    """
+    return sized_metadata(variable, metadata, limits)[0]
+
+
+def sized_metadata(
+    variable: str, metadata: Any, limits: Limits = DEFAULT_LIMITS
+) -> tuple[dict[str, Any], int]:
+    """:func:`check_metadata`'s copy and its encoded size (1, an empty map, for none),
+    for a caller adding up a whole message without encoding the metadata again."""
     if metadata is None or (type(metadata) is dict and not metadata):
-        return {}
+        return {}, 1
     if not isinstance(metadata, Mapping):
         raise _fail(variable, "metadata", metadata, "metadata must be a mapping")
     try:
         copied: dict[str, Any] = plain_copy(metadata)
-    except (TypeError, ValueError) as exc:
+        size = check_metadata_size(variable, copied, limits)  # LimitExceeded passes through
+    except (TypeError, ValueError, OverflowError) as exc:
         raise _fail(variable, "metadata", metadata, f"metadata is not plain data: {exc}") from None
-    return copied
+    return copied, size
 
 
 # --- value checks ---------------------------------------------------------------
+#
+# Each builder gets the definition's constraints and ``max_bytes``, the value limit
+# baked into its closure. A scalar (float, integer, boolean, a choice of numbers)
+# encodes to at most 9 bytes and is never measured; a string, module name, embedding
+# or tensor is measured only when its length alone could pass the limit.
+
+
+def _too_large(variable: str, size: int, max_bytes: int) -> LimitExceeded:
+    return too_large(variable, "value", size, "max_value_bytes", max_bytes)
+
+
+def _check_str_size(variable: str, text: str, max_bytes: int) -> None:
+    size = str_size(text)
+    if size > max_bytes:
+        raise _too_large(variable, size, max_bytes)
+
+
+def _unmeasured_chars(max_bytes: int) -> int:
+    """The longest string that fits whatever its characters: 4 UTF-8 bytes each,
+    plus the largest header."""
+    return (max_bytes - 5) // 4
 
 
 def _is_number(value: Any) -> bool:
@@ -255,7 +313,7 @@ def _bounds(constraints: dict[str, Any]) -> Callable[[str, float], None] | None:
     return check
 
 
-def _float_check(constraints: dict[str, Any]) -> Check:
+def _float_check(constraints: dict[str, Any], max_bytes: int) -> Check:
     bounds = _bounds(constraints)
 
     def check(variable: str, value: Any) -> float:
@@ -267,7 +325,7 @@ def _float_check(constraints: dict[str, Any]) -> Check:
     return check
 
 
-def _integer_check(constraints: dict[str, Any]) -> Check:
+def _integer_check(constraints: dict[str, Any], max_bytes: int) -> Check:
     bounds = _bounds(constraints)
 
     def check(variable: str, value: Any) -> int:
@@ -293,15 +351,18 @@ def _integer_check(constraints: dict[str, Any]) -> Check:
     return check
 
 
-def _string_check(constraints: dict[str, Any]) -> Check:
+def _string_check(constraints: dict[str, Any], max_bytes: int) -> Check:
     min_len = constraints.get("min_length")
     max_len = constraints.get("max_length")
-    pattern = re.compile(constraints["pattern"]) if "pattern" in constraints else None
+    pattern = _compile_pattern(constraints["pattern"]) if "pattern" in constraints else None
     enum = frozenset(constraints["enum"]) if "enum" in constraints else None
+    unmeasured = _unmeasured_chars(max_bytes)
 
     def check(variable: str, value: Any) -> str:
         if not isinstance(value, str):
             raise _fail(variable, "type", value, f"expected a string, got {type(value).__name__}")
+        if len(value) > unmeasured:
+            _check_str_size(variable, value, max_bytes)
         if not utf8_encodable(value):
             raise _fail(variable, "type", value, "not valid UTF-8 (a lone surrogate?)")
         if min_len is not None and len(value) < min_len:
@@ -309,6 +370,7 @@ def _string_check(constraints: dict[str, Any]) -> Check:
         if max_len is not None and len(value) > max_len:
             raise _fail(variable, "max_length", value, f"longer than {max_len} characters")
         if pattern is not None and pattern.search(value) is None:
+            # RE2: linear in the value, so no pattern can stall the session's actor.
             raise _fail(variable, "pattern", value, f"does not match {pattern.pattern!r}")
         if enum is not None and value not in enum:
             raise _fail(variable, "enum", value, f"not one of {constraints['enum']!r}")
@@ -317,7 +379,7 @@ def _string_check(constraints: dict[str, Any]) -> Check:
     return check
 
 
-def _boolean_check(constraints: dict[str, Any]) -> Check:
+def _boolean_check(constraints: dict[str, Any], max_bytes: int) -> Check:
     def check(variable: str, value: Any) -> bool:
         if value is True or value is False:
             return bool(value)
@@ -346,17 +408,23 @@ def _choice_kind(value: Any) -> str | None:
     return "str" if isinstance(value, str) else None
 
 
-def _choice_check(constraints: dict[str, Any]) -> Check:
+def _choice_check(constraints: dict[str, Any], max_bytes: int) -> Check:
     choices = constraints["choices"]
     # Built once per definition: a write is one dict lookup, whatever the choice count.
     # Python's int/float equality and hashing are exact, so (kind, value) keys match
     # 1 and 1.0 but not 2**53 + 1 and 2.0**53. The first listed of equal choices wins.
     # A nan choice is left out: nan equals nothing, and a dict would still match the
-    # very same nan object by identity.
+    # very same nan object by identity. A string choice too large to store (possible
+    # only when max_value_bytes is below max_metadata_bytes) is left out as well and
+    # refused with LimitExceeded, on the failure path only.
     listed: dict[tuple[str | None, Any], Any] = {}
+    too_big: dict[tuple[str | None, Any], int] = {}
     for choice in choices:
-        if not (isinstance(choice, float) and math.isnan(choice)):
-            listed.setdefault((_choice_kind(choice), choice), choice)
+        key = (_choice_kind(choice), choice)
+        if isinstance(choice, str) and str_size(choice) > max_bytes:
+            too_big.setdefault(key, str_size(choice))
+        elif not (isinstance(choice, float) and math.isnan(choice)):
+            listed.setdefault(key, choice)
 
     def check(variable: str, value: Any) -> Any:
         kind = _CHOICE_KINDS.get(type(value)) or _choice_kind(value)  # exact type first
@@ -364,16 +432,21 @@ def _choice_check(constraints: dict[str, Any]) -> Check:
             found = listed.get((kind, value), _MISSING)
             if found is not _MISSING:
                 return found
+            if (kind, value) in too_big:
+                raise _too_large(variable, too_big[kind, value], max_bytes)
         raise _fail(variable, "choices", value, f"not one of {choices!r}")
 
     return check
 
 
-def _module_check(constraints: dict[str, Any]) -> Check:
+def _module_check(constraints: dict[str, Any], max_bytes: int) -> Check:
     allowed = constraints.get("allowed_modules")
     allowed_set = frozenset(allowed) if allowed is not None else None
+    unmeasured = _unmeasured_chars(max_bytes)
 
     def check(variable: str, value: Any) -> str:
+        if isinstance(value, str) and len(value) > unmeasured:
+            _check_str_size(variable, value, max_bytes)
         if not isinstance(value, str) or not value or not utf8_encodable(value):
             raise _fail(variable, "type", value, "expected a non-empty module name string")
         if allowed_set is not None and value not in allowed_set:
@@ -400,10 +473,15 @@ def _floats(variable: str, rule: str, items: Any, value: Any) -> tuple[float, ..
     return tuple(out)
 
 
-def _embedding_check(constraints: dict[str, Any]) -> Check:
+def _embedding_check(constraints: dict[str, Any], max_bytes: int) -> Check:
     dims = constraints.get("dimensions")
+    unmeasured = (max_bytes - 5) // 9  # every element is stored as a 9-byte float
 
     def check(variable: str, value: Any) -> tuple[float, ...]:
+        if isinstance(value, list | tuple) and len(value) > unmeasured:
+            size = float_array_size(len(value))  # exact, and known before converting
+            if size > max_bytes:
+                raise _too_large(variable, size, max_bytes)
         vector = _floats(variable, "type", value, value)
         if dims is not None and len(vector) != dims:
             raise _fail(variable, "dimensions", value, f"has {len(vector)} dimensions, not {dims}")
@@ -412,7 +490,18 @@ def _embedding_check(constraints: dict[str, Any]) -> Check:
     return check
 
 
-def _tensor_check(constraints: dict[str, Any]) -> Check:
+def _tensor_size(shape: list[int] | tuple[int, ...], count: int) -> int:
+    """The exact encoded size of a stored tensor: its map with the shape and an empty
+    data array, encoded, plus what ``count`` floats add to that array."""
+    return encoded_size({"shape": shape, "data": ()}) - 1 + float_array_size(count)
+
+
+_TENSOR_OVERHEAD = 1 + 6 + 5 + 5 + 5
+"""A stored tensor's bytes besides its numbers, at most: map header, the keys
+"shape" and "data", and two array headers."""
+
+
+def _tensor_check(constraints: dict[str, Any], max_bytes: int) -> Check:
     want_shape = constraints.get("shape")
 
     def check(variable: str, value: Any) -> dict[str, tuple[Any, ...]]:
@@ -425,7 +514,15 @@ def _tensor_check(constraints: dict[str, Any]) -> Check:
             type(d) is int and d >= 0 for d in shape
         ):
             raise _fail(variable, "type", value, "shape must be a list of non-negative integers")
-        data = _floats(variable, "type", value["data"], value)
+        raw = value["data"]
+        if (
+            isinstance(raw, list | tuple)
+            and 9 * (len(shape) + len(raw)) + _TENSOR_OVERHEAD > max_bytes
+        ):
+            size = _tensor_size(shape, len(raw))
+            if size > max_bytes:
+                raise _too_large(variable, size, max_bytes)
+        data = _floats(variable, "type", raw, value)
         if len(data) != math.prod(shape):
             raise _fail(
                 variable,
@@ -519,10 +616,59 @@ def _define_string(variable: str, c: dict[str, Any]) -> None:
         if not isinstance(pattern, str):
             raise _bad_constraint(variable, "pattern", pattern, "must be a string")
         try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise _bad_constraint(variable, "pattern", pattern, f"bad regex: {exc}") from None
+            _compile_pattern(pattern)
+        except (re2.error, ValueError) as exc:
+            raise _bad_constraint(
+                variable,
+                "pattern",
+                pattern,
+                f"RE2 regex syntax is required ({_re2_reason(exc)}): patterns are matched "
+                "by RE2, in time linear in the value, so no pattern can stall the session; "
+                "RE2 has no backreferences, lookaround or possessive repeats "
+                "(https://github.com/google/re2/wiki/Syntax)",
+            ) from None
     _non_empty_list(variable, c, "enum", (str,))
+
+
+PATTERN_MAX_MEM = 8 << 20
+"""RE2's memory budget for one compiled pattern: a larger program is refused at
+registration ("pattern too large"); at match time a fuller DFA cache makes RE2 fall
+back to its NFA, slower but still linear, never more memory."""
+
+
+def _pattern_options() -> Any:
+    options = re2.Options()
+    options.max_mem = PATTERN_MAX_MEM
+    options.log_errors = False  # a refused pattern is the caller's error, not a log line
+    options.never_capture = True  # only whether it matches is asked: no submatches
+    return options
+
+
+_PATTERN_OPTIONS = _pattern_options()
+
+
+def _compile_pattern(pattern: str) -> Any:
+    """The RE2 regexp for a ``pattern`` constraint (``re2.error`` if RE2 refuses it).
+
+    RE2, not ``re``: Python's backtracking matcher takes exponential time on patterns
+    such as ``^(a+)+$``, inside the session actor. RE2 has no backreferences or
+    lookaround, and its ``$`` and ``\\d`` are stricter than ``re``'s (end of text
+    only; ASCII digits only); ``search`` keeps the ``re.search`` semantics (a match
+    anywhere; anchor with ``^...$``).
+    """
+    return re2.compile(pattern, _PATTERN_OPTIONS)
+
+
+def _re2_reason(exc: Exception) -> str:
+    """RE2's own words for a refused pattern (its error carries them as bytes)."""
+    if not isinstance(exc, re2.error) or not exc.args:
+        return str(exc)  # e.g. a lone surrogate: the pattern is not UTF-8
+    reason = exc.args[0]
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    if reason == "pattern too large - compile failed":
+        reason = f"it needs more than {PATTERN_MAX_MEM >> 20} MiB compiled"
+    return str(reason)
 
 
 def _define_choice(variable: str, c: dict[str, Any]) -> None:
@@ -552,7 +698,9 @@ def _define_tensor(variable: str, c: dict[str, Any]) -> None:
 
 
 _Define = Callable[[str, dict[str, Any]], None]
-_Build = Callable[[dict[str, Any]], Check]
+_Build = Callable[[dict[str, Any], int], Check]
+_SCALAR_TYPES = frozenset({"float", "integer", "boolean"})
+"""Types whose values are never measured: their Validators ignore the value limit."""
 
 _TYPES: dict[str, tuple[frozenset[str], _Define | None, _Build, Convert | None]] = {
     "float": (frozenset({"min", "max"}), _define_float, _float_check, None),
@@ -571,41 +719,72 @@ _TYPES: dict[str, tuple[frozenset[str], _Define | None, _Build, Convert | None]]
 }
 
 
-_COMPILED: dict[tuple[str, bytes], Validator] = {}
+_CacheKey = tuple[str, bytes, int]
+_COMPILED: dict[_CacheKey, Validator] = {}
 _COMPILED_MAX = 4096
 
 
-def _cache_key(type_name: Any, constraints: Any) -> tuple[str, bytes] | None:
-    """The definition's identity: its msgpack encoding, so only plain data is cached
-    (a repr could make two different objects look alike)."""
+def _encoded_constraints(type_name: Any, constraints: Any) -> bytes | None:
+    """The constraints' msgpack encoding, the definition's identity, or None when
+    they are not plain data (a repr could make two different objects look alike)."""
     if type(type_name) is not str or not (constraints is None or type(constraints) is dict):
         return None
     try:
-        return type_name, msgpack.packb(constraints)
+        packed: bytes = msgpack.packb(constraints, use_bin_type=True)
     except (TypeError, ValueError, OverflowError):
         return None
+    return packed
 
 
-def compile_type(variable: str, type_name: Any, constraints: Any) -> Validator:
+def compile_type(
+    variable: str, type_name: Any, constraints: Any, limits: Limits = DEFAULT_LIMITS
+) -> Validator:
     """Check a type name and its constraints once; return the variable's Validator.
 
     Raises ``ValidationError`` for an unknown type, a constraint key that does not
-    belong to the type, or a constraint that makes no sense (min > max, bad regex...).
-    A definition seen before (same type, same constraints) returns the same
-    Validator, so importing thousands of alike variables costs one compile.
+    belong to the type, or a constraint that makes no sense (min > max, a pattern
+    RE2 refuses...), and ``LimitExceeded`` (limit ``max_metadata_bytes``, the bridge's
+    limit for constraints) for constraints that encode larger than that.
+
+    The Validator holds ``limits.max_value_bytes``: its ``check`` raises
+    ``LimitExceeded`` (limit ``max_value_bytes``) for a value that would encode
+    larger, so every write through it is bounded alike on every backend. A
+    definition seen before (same type, same constraints, same value limit) returns
+    the same Validator, so importing thousands of alike variables costs one compile.
     """
-    key = _cache_key(type_name, constraints)
+    packed = _encoded_constraints(type_name, constraints)
+    if packed is not None and len(packed) > limits.max_metadata_bytes:
+        raise _constraints_too_large(variable, len(packed), limits)
+    key: _CacheKey | None = None
+    if packed is not None:  # so type_name is a str
+        value_limit = 0 if type_name in _SCALAR_TYPES else limits.max_value_bytes
+        key = (type_name, packed, value_limit)
     validator = _COMPILED.get(key) if key is not None else None
     if validator is None:
-        validator = _compile(variable, type_name, constraints)
+        validator = _compile(variable, type_name, constraints, limits.max_value_bytes)
         if key is not None:
             if len(_COMPILED) >= _COMPILED_MAX:
                 _COMPILED.clear()
             _COMPILED[key] = validator
+        else:  # given as a non-dict mapping, or holding what msgpack cannot carry
+            try:
+                size = encoded_size(validator.constraints)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise _bad_constraint(
+                    variable, "constraints", wire_safe(validator.constraints), str(exc)
+                ) from None
+            if size > limits.max_metadata_bytes:
+                raise _constraints_too_large(variable, size, limits)
     return validator
 
 
-def _compile(variable: str, type_name: Any, constraints: Any) -> Validator:
+def _constraints_too_large(variable: str, size: int, limits: Limits) -> LimitExceeded:
+    return too_large(
+        variable, "constraints", size, "max_metadata_bytes", limits.max_metadata_bytes
+    )
+
+
+def _compile(variable: str, type_name: Any, constraints: Any, max_bytes: int) -> Validator:
     spec = _TYPES.get(type_name) if isinstance(type_name, str) else None
     if spec is None:
         raise _fail(
@@ -632,4 +811,4 @@ def _compile(variable: str, type_name: Any, constraints: Any) -> Validator:
         plain_copy(c)  # constraints cross the wire too
     except (TypeError, ValueError) as exc:
         raise _bad_constraint(variable, "constraints", wire_safe(c), str(exc)) from None
-    return Validator(type_name, c, build(c), thaw)
+    return Validator(type_name, c, build(c, max_bytes), thaw)

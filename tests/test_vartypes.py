@@ -444,6 +444,58 @@ def test_string_bad_regex_message_says_so() -> None:
     assert "regex" in str(exc)
 
 
+def test_string_pattern_is_matched_by_re2_without_backtracking() -> None:
+    # Python's re backtracks for seconds on this value, inside the session actor; RE2
+    # decides it in linear time (the time is shown by a benchmark, not asserted here).
+    validator = compile_ok("string", {"pattern": "^(a+)+$"})
+    rejects(validator, "a" * 26 + "!", "pattern")
+    assert validator.check("a" * 26) == "a" * 26
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"(a)\1",  # backreference
+        r"(?P<x>a)(?P=x)",  # named backreference
+        "a(?=b)",  # lookahead
+        "a(?!b)",  # negative lookahead
+        "(?<=a)b",  # lookbehind
+        "a++",  # possessive repeat
+        "(?>a)",  # atomic group
+        r"a\Z",  # Python's end of text; RE2 spells it \z
+    ],
+)
+def test_string_pattern_refuses_what_re2_cannot_express(pattern: str) -> None:
+    exc = bad_definition("string", {"pattern": pattern}, "pattern", pattern)
+    assert "RE2 regex syntax is required" in str(exc)
+    assert "linear" in str(exc)  # and why
+
+
+def test_string_pattern_too_large_for_re2_memory_is_refused() -> None:
+    pattern = r"\pL{1000}"  # 9 characters, a program over the 8 MiB budget
+    exc = bad_definition("string", {"pattern": pattern}, "pattern", pattern)
+    assert "8 MiB" in str(exc)
+
+
+def test_string_pattern_that_is_not_utf8_is_refused() -> None:
+    with pytest.raises(ValidationError) as info:
+        compile_type("var", "string", {"pattern": "\ud800"})
+    assert info.value.rule == "pattern"
+
+
+def test_string_pattern_re2_syntax() -> None:
+    dated = compile_ok("string", {"pattern": r"^(?P<year>\d{4})-\d{2}$"})
+    assert dated.check("2024-05") == "2024-05"
+    rejects(dated, "2024-5", "pattern")
+    # $ is the end of the text (Python's re would also match before a final newline).
+    rejects(dated, "2024-05\n", "pattern")
+    accented = compile_ok("string", {"pattern": "^é+ü$"})
+    assert accented.check("ééü") == "ééü"  # characters, not bytes
+    rejects(accented, "eeü", "pattern")
+    assert compile_ok("string", {"pattern": "(?i)^abc"}).check("ABCd") == "ABCd"
+    assert compile_ok("string", {"pattern": r"a\z"}).check("ba") == "ba"
+
+
 # -- boolean -------------------------------------------------------------------------------
 
 

@@ -241,8 +241,8 @@ def test_columns_the_wire_cannot_carry_get_the_error_a_local_import_gives() -> N
         columns_to_message(_local_columns(created_at=[True]))
     with pytest.raises(InvalidExport, match="variable id b'var_a'"):
         columns_to_message(_local_columns(ids=[b"var_a"]))
-    # Not a variable's field, so no session check names it; still not sent:
-    with pytest.raises(InvalidExport, match="bridge can carry"):
+    # The session's own metadata gets the session's check too:
+    with pytest.raises(ValidationError, match="rule 'metadata'"):
         columns_to_message(_local_columns(metadata={"when": object()}))
 
 

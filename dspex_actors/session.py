@@ -49,7 +49,13 @@ from dspex_actors.errors import (
     VersionConflict,
 )
 from dspex_actors.exports import ExportColumns, check_shape, columns_digest, first_repeat
-from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_variable_count
+from dspex_actors.limits import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_batch_size,
+    check_metadata_size,
+    check_variable_count,
+)
 from dspex_actors.messages import Control, Deliver, ReadOperation, WriteOperation
 from dspex_actors.records import VariableRecord, name_matches, variable_not_found
 from dspex_actors.vartypes import (
@@ -59,6 +65,7 @@ from dspex_actors.vartypes import (
     check_metadata,
     describe_value,
     plain_copy,
+    sized_metadata,
 )
 
 __all__ = [
@@ -490,12 +497,14 @@ class SessionActor(pykka.ThreadingActor):
                 f"variable {name!r} already exists in session {table.session_id!r}",
                 variable=name,
             )
-        check_variable_count(table.session_id, len(table.by_id), 1, self.limits)
-        validator = vartypes.compile_type(name, type_name, constraints)
+        limits = self.limits
+        check_variable_count(table.session_id, len(table.by_id), 1, limits)
+        validator = vartypes.compile_type(name, type_name, constraints, limits)
         value = validator.check(name, initial_value)
-        meta = check_metadata(name, metadata)
+        meta = check_metadata(name, metadata, limits)
         if vartypes.check_description(name, description) is not None:
             meta["description"] = description
+            check_metadata_size(name, meta, limits)
         now = time.time()
         record = Record(_new_var_id(), name, value, 0, meta, now, now, validator)
         self._publish((record,))
@@ -531,7 +540,11 @@ class SessionActor(pykka.ThreadingActor):
                 actual=record.version,
             )
         checked = record.validator.check(record.name, value)
-        meta = check_metadata(record.name, metadata) if metadata is not None else None
+        meta = None
+        if metadata is not None:
+            meta = check_metadata(record.name, metadata, self.limits)
+            if meta and record.metadata:  # the merged map must fit as well as each part
+                check_metadata_size(record.name, {**record.metadata, **meta}, self.limits)
         updated = self._next(record, checked, meta, time.time())
         self._publish((updated,))
         return updated.version
@@ -559,13 +572,27 @@ class SessionActor(pykka.ThreadingActor):
                     staged[record.id] = (record, record.validator.check(record.name, new_value))
             except StateError as exc:
                 errors[str(identifier)] = exc
+        meta_size = 0
         if metadata is not None:
             try:
-                meta = check_metadata("<batch>", metadata)
+                meta, meta_size = sized_metadata("<batch>", metadata, self.limits)
+                if meta:
+                    for record, _ in staged.values():
+                        if record.metadata:
+                            check_metadata_size(
+                                record.name, {**record.metadata, **meta}, self.limits
+                            )
             except StateError as exc:
                 errors["<metadata>"] = exc
         if errors:
             raise PartialFailure.for_batch(errors, len(updates))
+        check_batch_size(
+            "<batch>",
+            list(updates),
+            [value for _, value in staged.values()],
+            self.limits,
+            extra_bytes=meta_size,
+        )
         now = time.time()
         self._publish([self._next(record, value, meta, now) for record, value in staged.values()])
 
@@ -580,8 +607,8 @@ class SessionActor(pykka.ThreadingActor):
             self.table.session_id, len(self.table.by_id), columns.variable_count, self.limits
         )
         with gc_paused(columns.variable_count >= BULK_ITEMS):
-            records = records_from_columns(columns, self.table)
-        session_meta = check_metadata("<session>", columns.metadata)
+            records = records_from_columns(columns, self.table, self.limits)
+        session_meta = check_metadata("<session>", columns.metadata, self.limits)
         self._publish(records, metadata={**self.table.metadata, **session_meta})
         return len(records)
 

@@ -462,3 +462,33 @@ def test_an_import_accepts_finite_timestamps_whose_sum_overflows(state: LocalSta
         record["created_at"] = record["last_updated_at"] = 1e308
     state.import_state(exported)
     assert state.get_record("v0").created_at == 1e308
+
+
+def test_a_session_enforces_the_limits_it_was_given_locally_and_bridged() -> None:
+    """Custom limits reach the actor's every check, and a server with the same limits
+    refuses the same inputs with the same class."""
+    from dspex_actors import serve
+    from dspex_actors.bridge import BridgedState
+
+    small = Limits(max_value_bytes=64, max_metadata_bytes=64, max_message_bytes=120)
+    with (
+        LocalState.init(limits=small) as local,
+        serve(limits=small) as server,
+        BridgedState.init(address=server.address) as bridged,
+    ):
+        for state in (local, bridged):
+            state.register_variable("s", "string", "ok", metadata={"k": "v"})
+            state.register_variable("t", "string", "ok")
+            before = state.list_variables()
+            for write, limit in (
+                (lambda st: st.set_variable("s", "x" * 100), "max_value_bytes"),
+                (lambda st: st.set_variable("s", "y", {"k": "v" * 80}), "max_metadata_bytes"),
+                (
+                    lambda st: st.update_variables({"s": "a" * 60, "t": "b" * 60}, {"m": "c"}),
+                    "max_message_bytes",
+                ),
+            ):
+                with pytest.raises(LimitExceeded) as info:
+                    write(state)
+                assert info.value.limit == limit, (state, info.value)
+                assert state.list_variables() == before

@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_ADDRESS = "127.0.0.1:0"
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["SessionStore"].full_name
 _START_TIMEOUT = 30.0
+_FRAMING = 64 * 1024
 _T = TypeVar("_T")
 
 
@@ -207,8 +208,10 @@ class SessionStoreServer:
         server = grpc.aio.server(
             interceptors=[_TokenCheck(self._token)] if self._token is not None else None,
             options=[
-                ("grpc.max_send_message_length", limits.max_message_bytes),
-                ("grpc.max_receive_message_length", limits.max_message_bytes),
+                # Headroom over the payload limit for protobuf's own framing: a batch
+                # of exactly max_message_bytes must still reach the store's check.
+                ("grpc.max_send_message_length", limits.max_message_bytes + _FRAMING),
+                ("grpc.max_receive_message_length", limits.max_message_bytes + _FRAMING),
                 ("grpc.max_concurrent_streams", limits.max_calls_per_connection),
                 # Without this a second server could bind the same port silently.
                 ("grpc.so_reuseport", 0),

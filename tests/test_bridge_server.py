@@ -186,7 +186,7 @@ def test_message_size_limit() -> None:
         state.register_variable("s", "string", "small")
         with pytest.raises(LimitExceeded, match="over the limit of 10000") as caught:
             state.update_variables({"s": "x" * 20_000})
-        assert caught.value.limit == "max_value_bytes"
+        assert caught.value.limit == "max_message_bytes"
         assert state.get_variable("s") == "small"
 
 

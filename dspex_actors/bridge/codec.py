@@ -203,6 +203,7 @@ def unpack(
     what: str = "payload",
     variable: str | None = None,
     rule: str = "encoding",
+    limit: str = "max_value_bytes",
 ) -> Any:
     """Decode peer-supplied msgpack within explicit limits.
 
@@ -217,7 +218,7 @@ def unpack(
         raise LimitExceeded(
             f"{_subject(what, variable)} is {len(data)} bytes, over the limit of "
             f"{max_bytes} bytes",
-            limit="max_value_bytes",
+            limit=limit,
             variable=variable,
             size=len(data),
         )
@@ -257,7 +258,12 @@ def _subject(what: str, variable: str | None) -> str:
 
 
 def unpack_map(
-    data: bytes, *, max_bytes: int, what: str, variable: str | None = None
+    data: bytes,
+    *,
+    max_bytes: int,
+    what: str,
+    variable: str | None = None,
+    limit: str = "max_value_bytes",
 ) -> dict[str, Any] | None:
     """Decode an optional msgpack map (empty bytes -> None).
 
@@ -266,7 +272,9 @@ def unpack_map(
     """
     if not data:
         return None
-    decoded = unpack(data, max_bytes=max_bytes, what=what, variable=variable, rule=what)
+    decoded = unpack(
+        data, max_bytes=max_bytes, what=what, variable=variable, rule=what, limit=limit
+    )
     if not isinstance(decoded, dict):
         raise ValidationError(
             f"{_subject(what, variable)} must be a msgpack map "

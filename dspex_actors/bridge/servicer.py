@@ -126,7 +126,11 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
 
     def _map(self, data: bytes, what: str, variable: str | None = None) -> dict[str, Any] | None:
         return codec.unpack_map(
-            data, max_bytes=self._limits.max_metadata_bytes, what=what, variable=variable
+            data,
+            max_bytes=self._limits.max_metadata_bytes,
+            what=what,
+            variable=variable,
+            limit="max_metadata_bytes",
         )
 
     def _batch(self, data: bytes, what: str) -> Any:
@@ -135,6 +139,7 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             max_bytes=self._limits.max_message_bytes,
             max_item_bytes=self._limits.max_value_bytes,
             what=what,
+            limit="max_message_bytes",
         )
 
     async def _run(

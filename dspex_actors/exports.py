@@ -73,6 +73,9 @@ class ExportColumns(NamedTuple):
     created_at: list[Any]
     last_updated_at: list[Any]
     variable_metadata: list[Any]
+    sequence: int = 0
+    """The session's next event sequence when the columns were taken (a migration
+    continues the count from it); 0 when unknown."""
 
     @property
     def variable_count(self) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self, TypeVar
 
 import pykka
@@ -41,6 +41,7 @@ from dspex_actors.messages import (
     GetRecord,
     Import,
     List,
+    OpenEvents,
     Operation,
     ReadOperation,
     Register,
@@ -60,6 +61,7 @@ from dspex_actors.session import (
     SessionTable,
     new_session_id,
 )
+from dspex_actors.streaming import Subscriber, Subscription
 from dspex_actors.vartypes import plain_copy
 
 __all__ = ["LocalState", "ask_actor"]
@@ -335,18 +337,34 @@ class LocalState(StateProvider):
     def import_columns(self, columns: ExportColumns) -> None:
         self._ask(Import(columns))
 
-    def subscribe(self, pattern: str, subscriber: Callable[[dict[str, Any]], None]) -> Any:
+    def subscribe(
+        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
+    ) -> Any:
+        """Deliver each change to variables whose names match ``pattern`` (a glob;
+        None: all) to ``subscriber``, a callable or a Pykka actor, from its own
+        thread (see :mod:`dspex_actors.streaming`); returns the Subscription.
+
+        ``start`` resumes from an event sequence (past the kept history: one
+        ``overflow`` event first). A retired handle subscribes on its successor;
+        subscriptions made before the retirement end with a ``closed`` event.
+        """
         successor = self._successor
         if successor is not None:
             return successor.subscribe(pattern, subscriber)
-        return super().subscribe(pattern, subscriber)
+        log = self._control(OpenEvents())
+        return Subscription(
+            log, pattern, subscriber, start=start, name=f"dspex-events-{self.session_id}"
+        )
 
     def unsubscribe(self, subscription: Any) -> None:
+        """Stop a subscription; no event is delivered once this returns."""
         successor = self._successor
-        if successor is not None:
+        if successor is not None and not isinstance(subscription, Subscription):
             successor.unsubscribe(subscription)
             return
-        super().unsubscribe(subscription)
+        if not isinstance(subscription, Subscription):
+            raise TypeError(f"not a subscription: {subscription!r}")
+        subscription.close()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -358,7 +376,7 @@ class LocalState(StateProvider):
     def capabilities(cls) -> dict[str, bool]:
         return {
             "atomic_updates": True,
-            "streaming": False,
+            "streaming": True,
             "persistence": False,
             "distribution": False,
         }

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from dspex_actors.exports import ExportColumns, columns_digest
 from dspex_actors.records import VariableRecord
+from dspex_actors.streaming import EventLog
 
 if TYPE_CHECKING:
     from dspex_actors.provider import StateProvider
@@ -49,6 +50,7 @@ __all__ = [
     "GetVersioned",
     "Import",
     "List",
+    "OpenEvents",
     "Operation",
     "ReadOperation",
     "Reads",
@@ -96,7 +98,8 @@ class SessionOps(Protocol):
     ) -> int: ...
     def update(self, updates: Mapping[str, Any], metadata: Any) -> None: ...
     def delete(self, identifier: str) -> None: ...
-    def import_columns(self, columns: ExportColumns) -> int: ...
+    def import_columns(self, columns: ExportColumns, continue_from: int | None) -> int: ...
+    def open_events(self) -> EventLog: ...
     def seal(self) -> ExportColumns: ...
     def unseal(self) -> None: ...
     def retire(self) -> None: ...
@@ -313,9 +316,11 @@ class Delete(WriteOperation[None]):
 @dataclass(slots=True)
 class Import(WriteOperation[None]):
     columns: ExportColumns
+    continue_from: int | None = None
+    """A migration's copy: no events, and the event count continues from this."""
 
     def apply(self, session: SessionOps) -> None:
-        session.import_columns(self.columns)
+        session.import_columns(self.columns, self.continue_from)
 
     def forward(self, provider: StateProvider) -> None:
         provider.import_columns(self.columns)
@@ -370,6 +375,14 @@ class Close(Control[None]):
 
     def apply(self, session: SessionOps) -> None:
         session.close()
+
+
+@dataclass(slots=True)
+class OpenEvents(Control[EventLog]):
+    """The session's change-event log (started at the first subscriber)."""
+
+    def apply(self, session: SessionOps) -> EventLog:
+        return session.open_events()
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ never by class:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -212,8 +212,12 @@ class StateProvider(abc.ABC):
         (epoch seconds), or None for a session that never expires (the default)."""
         return None
 
-    def subscribe(self, pattern: str, subscriber: Callable[[dict[str, Any]], None]) -> Any:
-        """Call ``subscriber`` with each change to variables matching ``pattern``.
+    def subscribe(self, pattern: str | None, subscriber: Any) -> Any:
+        """Tell ``subscriber`` (a callable or a Pykka actor) of each change to the
+        variables whose names match the glob ``pattern``, as
+        :class:`~dspex_actors.streaming.Event` objects; return a subscription (a
+        context manager). Events come in sequence order, never from the session's
+        own turn, and a subscriber that falls behind gets one ``overflow`` event.
 
         Optional: a backend without streaming raises ``NotSupported``.
         """

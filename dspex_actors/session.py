@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
@@ -58,6 +58,7 @@ from dspex_actors.limits import (
 )
 from dspex_actors.messages import Control, Deliver, ReadOperation, WriteOperation
 from dspex_actors.records import VariableRecord, name_matches, variable_not_found
+from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventKind, EventLog
 from dspex_actors.vartypes import (
     MAX_VERSION,
     Validator,
@@ -169,10 +170,12 @@ class SessionTable:
 
     The writer is the session's running actor, or, when no actor runs on it, the
     handle that owns it, which may only :meth:`close` it. ``index`` maps both names
-    and ids to records; ``by_id`` keeps creation order.
+    and ids to records; ``by_id`` keeps creation order. ``next_event`` counts the
+    session's change events (always, so sequences stay true); ``events`` is their
+    log, kept from the first subscriber on.
     """
 
-    __slots__ = ("by_id", "index", "metadata", "seq", "session_id")
+    __slots__ = ("by_id", "events", "index", "metadata", "next_event", "seq", "session_id")
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
@@ -180,6 +183,8 @@ class SessionTable:
         self.index: dict[str, Record] = {}
         self.by_id: dict[str, Record] = {}
         self.metadata: dict[str, Any] = {}
+        self.next_event = 1
+        self.events: EventLog | None = None
 
     @property
     def closed(self) -> bool:
@@ -187,8 +192,11 @@ class SessionTable:
 
     def close(self) -> None:
         """Mark the table closed for good: every fast read then takes the slow path,
-        which reports the closure (or, on a retired handle, forwards)."""
+        which reports the closure (or, on a retired handle, forwards). Its event
+        log, if any, closes too."""
         self.seq = CLOSED
+        if self.events is not None:
+            self.events.close()
 
     def read(self, message: ReadOperation[_T]) -> _T | Missed:
         """``message`` answered from the table if no write overlapped it, else
@@ -279,7 +287,7 @@ class SessionTable:
         with gc_paused(len(records) >= BULK_ITEMS):
             return _columns_of_records(
                 self.session_id, self.metadata, records, plain_copy if copies else _same
-            )
+            )._replace(sequence=self.next_event)
 
     def digest(self) -> bytes:
         """:func:`~dspex_actors.exports.columns_digest` of the current variables."""
@@ -288,6 +296,28 @@ class SessionTable:
 
 def _same(data: Any) -> Any:
     return data
+
+
+def _events(
+    session_id: str, first: int, kind: EventKind, records: Sequence[Record]
+) -> list[Event]:
+    """The events of one publish: one per record, numbered from ``first``."""
+    deleted = kind == "deleted"
+    now = time.time()
+    return [
+        Event(
+            session_id,
+            first + offset,
+            kind,
+            record.id,
+            record.name,
+            None if deleted else record.read_value(),
+            record.version,
+            record.metadata,
+            now if deleted else record.last_updated_at,
+        )
+        for offset, record in enumerate(records)
+    ]
 
 
 def _columns_of_records(
@@ -378,10 +408,12 @@ class SessionActor(pykka.ThreadingActor):
         on_exit: ExitHook | None = None,
         crashed: threading.Event | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        history: int = DEFAULT_HISTORY,
     ) -> None:
         super().__init__()
         self.table = table
         self.limits = limits
+        self.history = history
         self._on_exit = on_exit
         # Set the moment a bug is met, before the stop request is even queued, so the
         # handle's ``alive`` turns False at once and a supervisor restarts promptly.
@@ -463,11 +495,14 @@ class SessionActor(pykka.ThreadingActor):
 
     def _publish(
         self,
-        records: Iterable[Record],
-        removed: Iterable[Record] = (),
+        kind: EventKind,
+        records: Sequence[Record],
+        removed: Sequence[Record] = (),
         metadata: dict[str, Any] | None = None,
+        quiet: bool = False,
     ) -> None:
-        """Swap records (and session metadata) into the table in one seqlock window."""
+        """Swap records (and session metadata) into the table in one seqlock window,
+        and log their change events (``kind``) together, unless ``quiet``."""
         table = self.table
         index = table.index
         by_id = table.by_id
@@ -480,6 +515,13 @@ class SessionActor(pykka.ThreadingActor):
             # Replaced, never mutated: a reader may be copying the old dict.
             table.metadata = metadata
         table.seq += _SEQ_STEP
+        if quiet:
+            return
+        first = table.next_event
+        table.next_event = first + len(records) + len(removed)
+        log = table.events
+        if log is not None:
+            log.append(_events(table.session_id, first, kind, records or removed))
 
     def register(
         self,
@@ -507,7 +549,7 @@ class SessionActor(pykka.ThreadingActor):
             check_metadata_size(name, meta, limits)
         now = time.time()
         record = Record(_new_var_id(), name, value, 0, meta, now, now, validator)
-        self._publish((record,))
+        self._publish("registered", (record,))
         return record.id
 
     @staticmethod
@@ -546,7 +588,7 @@ class SessionActor(pykka.ThreadingActor):
             if meta and record.metadata:  # the merged map must fit as well as each part
                 check_metadata_size(record.name, {**record.metadata, **meta}, self.limits)
         updated = self._next(record, checked, meta, time.time())
-        self._publish((updated,))
+        self._publish("updated", (updated,))
         return updated.version
 
     def update(self, updates: Mapping[str, Any], metadata: Any) -> None:
@@ -594,14 +636,20 @@ class SessionActor(pykka.ThreadingActor):
             extra_bytes=meta_size,
         )
         now = time.time()
-        self._publish([self._next(record, value, meta, now) for record, value in staged.values()])
+        self._publish(
+            "updated", [self._next(record, value, meta, now) for record, value in staged.values()]
+        )
 
     def delete(self, identifier: str) -> None:
         record = self.table.lookup(identifier)
-        self._publish((), removed=(record,))
+        self._publish("deleted", (), removed=(record,))
 
-    def import_columns(self, columns: ExportColumns) -> int:
-        """Check a whole export, then publish it in one window; returns the count."""
+    def import_columns(self, columns: ExportColumns, continue_from: int | None = None) -> int:
+        """Check a whole export, then publish it in one window; returns the count.
+
+        With ``continue_from`` (a migration's copy of a session) the import yields no
+        events and the session's event count continues from that number.
+        """
         check_shape(columns)
         check_variable_count(
             self.table.session_id, len(self.table.by_id), columns.variable_count, self.limits
@@ -609,8 +657,23 @@ class SessionActor(pykka.ThreadingActor):
         with gc_paused(columns.variable_count >= BULK_ITEMS):
             records = records_from_columns(columns, self.table, self.limits)
         session_meta = check_metadata("<session>", columns.metadata, self.limits)
-        self._publish(records, metadata={**self.table.metadata, **session_meta})
+        quiet = continue_from is not None
+        self._publish(
+            "registered", records, metadata={**self.table.metadata, **session_meta}, quiet=quiet
+        )
+        if continue_from is not None:
+            table = self.table
+            table.next_event = max(table.next_event, continue_from)
+            if table.events is not None:
+                table.events.skip_to(table.next_event)
         return len(records)
+
+    def open_events(self) -> EventLog:
+        """The session's event log, started now if nobody subscribed before."""
+        table = self.table
+        if table.events is None:
+            table.events = EventLog(table.session_id, table.next_event, self.history)
+        return table.events
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -38,6 +38,8 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
+import pykka
+
 from dspex_actors import failpoints
 from dspex_actors.errors import SessionClosed, SessionNotFound, StateError
 from dspex_actors.exports import ExportColumns, columns_digest, columns_of
@@ -47,12 +49,13 @@ from dspex_actors.provider import Migratable, Restartable, StateProvider, valida
 from dspex_actors.records import VariableRecord
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
+from dspex_actors.streaming import Event, Subscriber
 
 if TYPE_CHECKING:
     from dspex_actors.bridge.client import BridgedState
     from dspex_actors.bridge.server import SessionStoreServer
 
-__all__ = ["Context", "Supervisor"]
+__all__ = ["Context", "ContextSubscription", "Supervisor"]
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +289,98 @@ class Supervisor:
         self.stop()
 
 
+class ContextSubscription:
+    """A Context's subscription: it follows the session from backend to backend.
+
+    At a switch the old backend's subscription delivers every event up to the cut
+    and ends (the retired backend closes its log), while the new backend's starts
+    at the cut's sequence; its events are held until the old one has ended, so the
+    subscriber sees each event once, in order. Events are handed over one at a
+    time (under the subscription's lock).
+    """
+
+    def __init__(self, backend: StateProvider, pattern: str | None, subscriber: Subscriber):
+        self.pattern = pattern
+        self.subscriber = subscriber
+        self._lock = threading.RLock()
+        self._generation = 0
+        self._held: list[Event] | None = None  # the new backend's, while the old drains
+        self._moved = threading.Event()
+        self._moved.set()
+        self._old: Any = None
+        self._inner: Any = backend.subscribe(pattern, self._relay(0))
+
+    def _relay(self, generation: int) -> Callable[[Event], None]:
+        def on(event: Event) -> None:
+            with self._lock:
+                if generation < self._generation:  # the backend the session left
+                    if event.kind == "closed":
+                        self._end_move()
+                    else:
+                        self._hand_over(event)
+                elif self._held is not None:
+                    self._held.append(event)
+                else:
+                    self._hand_over(event)
+
+        return on
+
+    def _hand_over(self, event: Event) -> None:
+        subscriber = self.subscriber
+        try:
+            if isinstance(subscriber, pykka.ActorRef):
+                subscriber.tell(event)
+            else:
+                subscriber(event)
+        except Exception:
+            logger.exception("subscriber of session %s failed; delivery goes on", event.session_id)
+
+    def move(self, backend: StateProvider, start: int | None) -> None:
+        """Subscribe on the session's new backend from ``start`` (the cut)."""
+        with self._lock:
+            self._generation += 1
+            self._held = []
+            self._moved.clear()
+            self._old = self._inner
+            if start is None:  # no cut to continue from: the old one has nothing more
+                self._end_move()
+        subscribe: Any = backend.subscribe
+        self._inner = subscribe(self.pattern, self._relay(self._generation), start=start)
+
+    def _end_move(self) -> None:
+        held, self._held = self._held or [], None
+        for event in held:
+            self._hand_over(event)
+        self._moved.set()
+
+    def finish_move(self, timeout: float) -> None:
+        """After the old backend retired: wait for its last events, then stop it."""
+        if not self._moved.wait(timeout):
+            logger.error("a subscription did not drain the old backend in %ss", timeout)
+            with self._lock:
+                self._end_move()
+        old, self._old = self._old, None
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        """Stop delivery; no event is delivered once this returns."""
+        for inner in (self._inner, self._old):
+            if inner is not None:
+                inner.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 def _failed_reader(error: StateError) -> Callable[..., Any]:
     def fail(*_args: Any, **_kwargs: Any) -> Any:
         raise error
@@ -324,6 +419,7 @@ class Context:
         self._programs: dict[str, dict[str, Any]] = {}
         self._history: list[dict[str, Any]] = []
         self._stale_copy: BridgedState | None = None  # left by a failed migration
+        self._subscriptions: list[ContextSubscription] = []
         self._bind(backend)
 
     def _bind(self, backend: StateProvider) -> None:
@@ -447,11 +543,26 @@ class Context:
     def import_columns(self, columns: ExportColumns) -> None:
         self._write(Import(columns))
 
-    def subscribe(self, pattern: str, subscriber: Callable[[dict[str, Any]], None]) -> Any:
-        return self._backend.subscribe(pattern, subscriber)
+    def subscribe(self, pattern: str | None, subscriber: Subscriber) -> ContextSubscription:
+        """Subscribe on the current backend; the subscription moves with the session
+        at a switch, every event delivered exactly once and in order."""
+        with self._gate:
+            if self._failure is not None:
+                raise self._failure
+            if self._stopped:
+                raise SessionClosed(f"context {self.session_id!r} is stopped")
+            subscription = ContextSubscription(self._backend, pattern, subscriber)
+            self._subscriptions.append(subscription)
+            return subscription
 
     def unsubscribe(self, subscription: Any) -> None:
-        self._backend.unsubscribe(subscription)
+        """Stop a subscription made by :meth:`subscribe`."""
+        if not isinstance(subscription, ContextSubscription):
+            raise TypeError(f"not a subscription of this context: {subscription!r}")
+        with self._gate:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+        subscription.close()
 
     # -- programs and the switch ---------------------------------------------------------
 
@@ -520,6 +631,10 @@ class Context:
             with self._gate:
                 self._backend = new
                 self._bind(new)
+                moving = list(self._subscriptions)
+            start = columns.sequence if columns.sequence > 0 else None
+            for subscription in moving:
+                subscription.move(new, start)
         except Exception as exc:
             raise StateError(
                 f"migration of session {self.session_id!r} to the bridge failed at step "
@@ -539,6 +654,8 @@ class Context:
         except Exception:
             # The switch has happened; the old backend is only left to its own end.
             logger.exception("session %s: retiring the old backend failed", self.session_id)
+        for subscription in moving:
+            subscription.finish_move(_CALL_TIMEOUT)
         self._record_switch(old, new, started, columns.variable_count)
 
     def _copy(self, columns: ExportColumns, step: list[str]) -> BridgedState:
@@ -548,7 +665,7 @@ class Context:
         failpoints.hit("migration.import")
         new = self._supervisor.open_bridged(self.session_id, pending=True)
         try:
-            digest = new.import_with_digest(columns)
+            digest = new.import_with_digest(columns, migrating=columns.sequence > 0)
             step[0] = "verify"
             failpoints.hit("migration.verify")
             # The server hashed what it stored: equal digests mean equal ids, names,
@@ -645,6 +762,9 @@ class Context:
             self._stopped = True
             backend = self._backend
             stale, self._stale_copy = self._stale_copy, None
+            subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            subscription.close()
         try:
             backend.cleanup()
             if stale is not None:

@@ -168,7 +168,7 @@ def test_embedded_server_runs_while_handles_use_it() -> None:
 def test_capabilities() -> None:
     assert BridgedState.capabilities() == {
         "atomic_updates": True,
-        "streaming": False,
+        "streaming": True,
         "persistence": False,
         "distribution": True,
     }

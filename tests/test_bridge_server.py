@@ -23,7 +23,6 @@ from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,
-    NotSupported,
     SessionNotFound,
     Unauthenticated,
     VariableNotFound,
@@ -65,16 +64,38 @@ def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
     assert descriptor.name == "dspex_actors/v1/session_store.proto"
 
 
-def test_watch_is_not_served_yet(server: SessionStoreServer, channel: grpc.Channel) -> None:
-    with BridgedState.init(address=server.address) as state:
-        stream = pb_grpc.SessionStoreStub(channel).Watch(
-            pb.WatchRequest(session_id=state.session_id), timeout=5
-        )
-        with pytest.raises(grpc.RpcError) as caught:
-            next(iter(stream))
+def test_watch_streams_events_from_a_sequence_and_ends_with_closed(
+    server: SessionStoreServer, channel: grpc.Channel
+) -> None:
+    """A client of the .proto alone: the events' kinds, sequences, values, and the
+    closed event when the session closes."""
+    stub = pb_grpc.SessionStoreStub(channel)
+    state = BridgedState.init(address=server.address)
+    state.register_variable("t", "float", 0.5)
+    state.register_variable("other", "integer", 1)
+    state.set_variable("t", 0.75)
+    stream = stub.Watch(
+        pb.WatchRequest(session_id=state.session_id, patterns=["t*"], start_sequence=1),
+        timeout=30,
+    )
+    state.delete_variable("t")
+    state.cleanup()  # the owner closes the session: the stream says so and ends
+    events = list(stream)
+    kinds = [pb.VariableEvent.Kind.Name(e.kind) for e in events]
+    assert kinds == ["KIND_REGISTERED", "KIND_UPDATED", "KIND_DELETED", "KIND_CLOSED"]
+    assert [e.sequence for e in events[:3]] == [1, 3, 4]  # 2 was "other"
+    assert [codec.unpack(e.value, max_bytes=99) for e in events[:2]] == [0.5, 0.75]
+    assert [e.version for e in events[:3]] == [0, 1, 1]
+
+
+def test_watch_of_an_unknown_session_is_not_found(channel: grpc.Channel) -> None:
+    stream = pb_grpc.SessionStoreStub(channel).Watch(
+        pb.WatchRequest(session_id="nobody"), timeout=5
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        next(iter(stream))
     assert isinstance(caught.value, grpc.Call)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert isinstance(codec.error_from_rpc(caught.value, server.address), NotSupported)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_list_variables_filters_by_glob(server: SessionStoreServer) -> None:

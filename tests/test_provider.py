@@ -160,7 +160,7 @@ def test_is_provider_rejects_everything_else(candidate: object) -> None:
 def test_get_capabilities_of_local_state() -> None:
     assert get_capabilities(LocalState) == {
         "atomic_updates": True,
-        "streaming": False,
+        "streaming": True,
         "persistence": False,
         "distribution": False,
     }

@@ -33,6 +33,7 @@ from dspex_actors import failpoints, vartypes
 from dspex_actors.bridge import channels, codec, embedded
 from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bridge.server import read_pem
+from dspex_actors.bridge.watch import WATCH_DEADLINE, RemoteSubscription
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
     BridgeUnavailable,
@@ -48,6 +49,7 @@ from dspex_actors.limits import check_session_id
 from dspex_actors.provider import StateProvider
 from dspex_actors.records import VariableRecord, check_pattern, variable_not_found
 from dspex_actors.session import new_session_id
+from dspex_actors.streaming import Subscriber
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 
@@ -471,15 +473,19 @@ class BridgedState(StateProvider):
     def import_columns(self, columns: ExportColumns) -> None:
         self._import(columns, want_digest=False)
 
-    def import_with_digest(self, columns: ExportColumns) -> bytes:
+    def import_with_digest(self, columns: ExportColumns, *, migrating: bool = False) -> bytes:
         """Import like :meth:`import_columns`; return the server's digest of the session.
 
         The digest is computed from what the server stored, so comparing it with
         ``exports.columns_digest(columns)`` verifies the copy without exporting it back.
+        ``migrating``: the copy continues the columns' event sequence and yields no
+        events of its own (a watcher moving with the session misses nothing).
         """
-        return self._import(columns, want_digest=True)
+        return self._import(columns, want_digest=True, migrating=migrating)
 
-    def _import(self, columns: ExportColumns, *, want_digest: bool) -> bytes:
+    def _import(
+        self, columns: ExportColumns, *, want_digest: bool, migrating: bool = False
+    ) -> bytes:
         with gc_paused(columns.variable_count >= BULK_ITEMS):
             message = columns_to_message(columns)
         response = self._call(
@@ -489,6 +495,7 @@ class BridgedState(StateProvider):
                 columns=message,
                 want_digest=want_digest,
                 request_id=_request_id(),
+                continue_sequence=columns.sequence if migrating else 0,
             ),
             write=True,
         )
@@ -507,6 +514,32 @@ class BridgedState(StateProvider):
             self._stub.Heartbeat, pb.HeartbeatRequest(session_id=self.session_id)
         )
         return float(response.expires_at)
+
+    def subscribe(
+        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
+    ) -> RemoteSubscription:
+        """Deliver each change to variables whose names match ``pattern`` (a glob;
+        None: all) to ``subscriber`` from the server's Watch stream, reopened after
+        any outage from where it stopped (:mod:`dspex_actors.bridge.watch`).
+
+        Starts at the session's current sequence (or ``start``), read in this call.
+        """
+        if start is None:
+            start = self.session_info()["next_sequence"]
+        stub, metadata = self._stub, self._metadata
+
+        def open_stream(request: pb.WatchRequest) -> Any:
+            return stub.Watch(request, timeout=WATCH_DEADLINE, metadata=metadata)
+
+        return RemoteSubscription(
+            open_stream, self.session_id, pattern, subscriber, start, self._max_bytes
+        )
+
+    def unsubscribe(self, subscription: Any) -> None:
+        """Stop a subscription; no event is delivered once this returns."""
+        if not isinstance(subscription, RemoteSubscription):
+            raise TypeError(f"not a subscription of a BridgedState: {subscription!r}")
+        subscription.close()
 
     def commit(self) -> None:
         """Make a session opened ``pending`` visible to others (idempotent)."""
@@ -527,6 +560,7 @@ class BridgedState(StateProvider):
             "ttl_seconds": info.ttl_seconds,
             "metadata": self._unpack(info.metadata, "metadata") if info.metadata else {},
             "incarnation": info.incarnation,
+            "next_sequence": info.next_sequence,
         }
 
     @classmethod
@@ -537,7 +571,7 @@ class BridgedState(StateProvider):
     def capabilities(cls) -> dict[str, bool]:
         return {
             "atomic_updates": True,  # the server applies a batch in one actor turn
-            "streaming": False,  # Watch is defined but not served yet
+            "streaming": True,  # the Watch stream, resumed after outages
             "persistence": False,
             "distribution": True,  # any process that can reach the server shares it
         }

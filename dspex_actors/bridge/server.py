@@ -257,6 +257,7 @@ class SessionStoreServer:
 
     async def _shut_down(self, grace: float | None) -> None:
         await self._health.shut_down()
+        await self.store.end_watches()  # watchers hear "closed" now, not at the grace's end
         if self._reaper is not None:
             self._reaper.cancel()
         server, self._server = self._server, None

@@ -27,7 +27,7 @@ from grpc_status import rpc_status
 from dspex_actors.bridge import codec
 from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
-from dspex_actors.errors import NotSupported, StateError, ValidationError
+from dspex_actors.errors import StateError, ValidationError
 from dspex_actors.exports import ExportColumns, columns_of
 from dspex_actors.limits import Limits
 from dspex_actors.messages import (
@@ -48,6 +48,7 @@ from dspex_actors.messages import (
 )
 from dspex_actors.records import VariableRecord, check_pattern
 from dspex_actors.stores.base import Store
+from dspex_actors.streaming import Event
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 
@@ -107,6 +108,30 @@ def variable_message(record: VariableRecord) -> pb.Variable:
         version=record.version,
         created_at=record.created_at,
         last_updated_at=record.last_updated_at,
+    )
+
+
+_KINDS = {
+    "registered": pb.VariableEvent.KIND_REGISTERED,
+    "updated": pb.VariableEvent.KIND_UPDATED,
+    "deleted": pb.VariableEvent.KIND_DELETED,
+    "overflow": pb.VariableEvent.KIND_OVERFLOW,
+    "closed": pb.VariableEvent.KIND_CLOSED,
+}
+
+
+def event_message(event: Event) -> pb.VariableEvent:
+    """One change event on the wire."""
+    return pb.VariableEvent(
+        kind=_KINDS[event.kind],
+        session_id=event.session_id,
+        var_id=event.variable_id or "",
+        name=event.name or "",
+        value=codec.pack(event.value) if event.kind in ("registered", "updated") else b"",
+        version=event.version or 0,
+        metadata=codec.pack_map(event.metadata),
+        timestamp=event.timestamp or 0.0,
+        sequence=event.sequence,
     )
 
 
@@ -200,6 +225,7 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             ttl_seconds=info.ttl_seconds,
             metadata=codec.pack_map(info.metadata),
             incarnation=info.incarnation,
+            next_sequence=info.next_sequence,
         )
 
     @_rpc
@@ -319,7 +345,8 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             if size >= BULK_ITEMS * 100
             else decode()
         )
-        await self._run(context, request.session_id, Import(imported), request.request_id)
+        operation = Import(imported, request.continue_sequence or None)
+        await self._run(context, request.session_id, operation, request.request_id)
         digest = (
             await self._run(context, request.session_id, Digest()) if request.want_digest else b""
         )
@@ -342,6 +369,15 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
     @_rpc
     async def Watch(  # noqa: N802 - the proto's RPC name
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Any:
-        await self._store.heartbeat(request.session_id)
-        raise NotSupported("this SessionStore does not stream changes yet (Watch)")
+    ) -> None:
+        """Stream the session's events; a waiting watcher is a suspended coroutine."""
+        events = self._store.watch(
+            request.session_id, list(request.patterns), request.start_sequence or None
+        )
+        async for event in events:
+            try:
+                await context.write(event_message(event))
+            except Exception:
+                if context.cancelled() or context.done():
+                    return  # the watcher went away (it unsubscribed): nothing to report
+                raise

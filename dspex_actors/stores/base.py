@@ -23,10 +23,12 @@ Rules every store keeps, beyond the StateProvider contract's:
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from dspex_actors.messages import ReadOperation, WriteOperation
+from dspex_actors.streaming import Event
 
 __all__ = ["DEDUPE_WINDOW", "PENDING_TTL", "Opened", "SessionInfo", "Store"]
 
@@ -60,6 +62,8 @@ class SessionInfo:
     last_active_at: float  # epoch seconds
     ttl_seconds: float
     metadata: dict[str, Any]
+    next_sequence: int
+    """The sequence the session's next change event gets."""
 
 
 class Store(Protocol):
@@ -117,6 +121,18 @@ class Store(Protocol):
         deadline: float | None,
     ) -> _R:
         """Run one operation on a session (counts as activity); raise its StateError."""
+        ...
+
+    def watch(
+        self, session_id: str, patterns: list[str], start: int | None
+    ) -> AsyncIterator[Event]:
+        """The session's change events whose names match any glob of ``patterns``
+        (all when empty), from sequence ``start`` (None: from now), as described in
+        :mod:`dspex_actors.streaming`; ends after a ``closed`` event."""
+        ...
+
+    async def end_watches(self) -> None:
+        """Tell every watcher the store is closing (each gets ``closed``)."""
         ...
 
     async def reap_expired(self) -> list[str]:

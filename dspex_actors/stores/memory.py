@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,10 +44,12 @@ from dspex_actors.errors import (
 )
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
 from dspex_actors.local import LocalState
-from dspex_actors.messages import Deliver, ReadOperation, WriteOperation
+from dspex_actors.messages import Control, Deliver, OpenEvents, ReadOperation, WriteOperation
+from dspex_actors.records import check_pattern, name_matches
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import MISSED, SessionTable, new_session_id
 from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL, Opened, SessionInfo
+from dspex_actors.streaming import Event, EventLog
 from dspex_actors.vartypes import check_metadata, plain_copy
 
 __all__ = ["MemoryStore"]
@@ -194,8 +196,10 @@ class MemoryStore:
                 limit="max_sessions",
             )
         table = SessionTable(sid)
-        # No actor runs on the table yet: its creator writes the session metadata.
+        # No actor runs on the table yet: its creator writes the session metadata,
+        # and starts the event log, so a watcher can resume from the first event.
         table.metadata = check_metadata("<session>", metadata)
+        table.events = EventLog(sid, table.next_event)
         state = LocalState(table, on_exit=self._restarts.exited, limits=self.limits)
         now = self._clock()
         entry = _Session(
@@ -248,10 +252,34 @@ class MemoryStore:
             last_active_at=last_active_at,
             ttl_seconds=self._ttl(entry),
             metadata=plain_copy(entry.table.metadata),
+            next_sequence=entry.table.next_event,
         )
 
     async def heartbeat(self, session_id: str) -> float:
         return time.time() + self._ttl(self._live(session_id))
+
+    async def watch(
+        self, session_id: str, patterns: list[str], start: int | None
+    ) -> AsyncIterator[Event]:
+        globs = [check_pattern(pattern) for pattern in patterns]
+        entry = self._live(session_id)
+        log = await self._deliver(entry, OpenEvents(), None)
+        cursor = log.next_sequence if start is None else start
+        while True:
+            events, cursor = log.read(cursor)
+            if not events:
+                await log.wait_async(cursor)
+                continue
+            for event in events:
+                if event.kind in ("overflow", "closed") or _matches(event.name, globs):
+                    yield event
+                if event.kind == "closed":
+                    return
+
+    async def end_watches(self) -> None:
+        for entry in list(self._sessions.values()):
+            if entry.table.events is not None:
+                entry.table.events.close()
 
     async def reap_expired(self) -> list[str]:
         now = self._clock()
@@ -333,7 +361,7 @@ class MemoryStore:
     async def _deliver(
         self,
         entry: _Session,
-        operation: ReadOperation[_R] | WriteOperation[_R],
+        operation: ReadOperation[_R] | WriteOperation[_R] | Control[_R],
         deadline: float | None,
         request_id: str | None = None,
     ) -> _R:
@@ -374,6 +402,11 @@ class MemoryStore:
                 ) from None
         outcome: _R = _outcome(result)
         return outcome
+
+
+def _matches(name: str | None, globs: list[str | None]) -> bool:
+    """Whether a variable name matches any glob (no globs: everything matches)."""
+    return not globs or any(name_matches(name or "", glob) for glob in globs)
 
 
 def _outcome(answer: Any) -> Any:

@@ -86,7 +86,7 @@ class GetSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "variable_count", "created_at", "last_active_at", "ttl_seconds", "metadata", "incarnation")
+    __slots__ = ("session_id", "variable_count", "created_at", "last_active_at", "ttl_seconds", "metadata", "incarnation", "next_sequence")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VARIABLE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class SessionInfo(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     variable_count: int
     created_at: float
@@ -101,7 +102,8 @@ class SessionInfo(_message.Message):
     ttl_seconds: float
     metadata: bytes
     incarnation: str
-    def __init__(self, session_id: _Optional[str] = ..., variable_count: _Optional[int] = ..., created_at: _Optional[float] = ..., last_active_at: _Optional[float] = ..., ttl_seconds: _Optional[float] = ..., metadata: _Optional[bytes] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    next_sequence: int
+    def __init__(self, session_id: _Optional[str] = ..., variable_count: _Optional[int] = ..., created_at: _Optional[float] = ..., last_active_at: _Optional[float] = ..., ttl_seconds: _Optional[float] = ..., metadata: _Optional[bytes] = ..., incarnation: _Optional[str] = ..., next_sequence: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -280,18 +282,20 @@ class ExportSessionResponse(_message.Message):
     def __init__(self, state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ...) -> None: ...
 
 class ImportSessionRequest(_message.Message):
-    __slots__ = ("session_id", "state", "columns", "want_digest", "request_id")
+    __slots__ = ("session_id", "state", "columns", "want_digest", "request_id", "continue_sequence")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     WANT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTINUE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: bytes
     columns: SessionColumns
     want_digest: bool
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ..., want_digest: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    continue_sequence: int
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ..., want_digest: _Optional[bool] = ..., request_id: _Optional[str] = ..., continue_sequence: _Optional[int] = ...) -> None: ...
 
 class SessionColumns(_message.Message):
     __slots__ = ("session_id", "metadata", "ids", "names", "definitions", "definition", "values", "versions", "created_at", "last_updated_at", "variable_metadata")
@@ -336,25 +340,31 @@ class ImportSessionResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("session_id", "patterns")
+    __slots__ = ("session_id", "patterns", "start_sequence")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
+    START_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     patterns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ...) -> None: ...
+    start_sequence: int
+    def __init__(self, session_id: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ..., start_sequence: _Optional[int] = ...) -> None: ...
 
 class VariableEvent(_message.Message):
-    __slots__ = ("kind", "session_id", "var_id", "name", "value", "version", "metadata", "timestamp")
+    __slots__ = ("kind", "session_id", "var_id", "name", "value", "version", "metadata", "timestamp", "sequence")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[VariableEvent.Kind]
         KIND_REGISTERED: _ClassVar[VariableEvent.Kind]
         KIND_UPDATED: _ClassVar[VariableEvent.Kind]
         KIND_DELETED: _ClassVar[VariableEvent.Kind]
+        KIND_OVERFLOW: _ClassVar[VariableEvent.Kind]
+        KIND_CLOSED: _ClassVar[VariableEvent.Kind]
     KIND_UNSPECIFIED: VariableEvent.Kind
     KIND_REGISTERED: VariableEvent.Kind
     KIND_UPDATED: VariableEvent.Kind
     KIND_DELETED: VariableEvent.Kind
+    KIND_OVERFLOW: VariableEvent.Kind
+    KIND_CLOSED: VariableEvent.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VAR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +373,7 @@ class VariableEvent(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     kind: VariableEvent.Kind
     session_id: str
     var_id: str
@@ -371,4 +382,5 @@ class VariableEvent(_message.Message):
     version: int
     metadata: bytes
     timestamp: float
-    def __init__(self, kind: _Optional[_Union[VariableEvent.Kind, str]] = ..., session_id: _Optional[str] = ..., var_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., metadata: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...
+    sequence: int
+    def __init__(self, kind: _Optional[_Union[VariableEvent.Kind, str]] = ..., session_id: _Optional[str] = ..., var_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., metadata: _Optional[bytes] = ..., timestamp: _Optional[float] = ..., sequence: _Optional[int] = ...) -> None: ...

@@ -242,8 +242,14 @@ class SessionStoreServicer:
 
     def Watch(self, request, context):
         """Stream change events of variables whose names match any of the glob patterns
-        (all variables when none is given). Defined for the streaming work; a server
-        without streaming answers UNIMPLEMENTED (NotSupported), as this version does.
+        (all variables when none is given), in the session's sequence order: one per
+        variable registered, updated or deleted (a batch or an import yields one per
+        variable, consecutively). With start_sequence the stream resumes there (a
+        client whose stream broke passes its last sequence + 1 and loses nothing);
+        past the server's kept history it first gets one KIND_OVERFLOW event
+        (sequence: the last one it could have had) and should re-read the session.
+        When the session closes, or the server shuts down, the stream ends after one
+        KIND_CLOSED event. NOT_FOUND for an unknown session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

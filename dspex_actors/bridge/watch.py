@@ -1,0 +1,191 @@
+"""A BridgedState subscription: the server's Watch stream, kept up across outages.
+
+One thread per subscription reads the stream and hands each event to the
+subscriber (a callable, or a Pykka actor it tells), as a local subscription does.
+If the stream breaks (the connection drops, the server restarts, the stream's long
+deadline ends) the thread opens it again from the sequence after the last event it
+delivered, so a brief outage loses and repeats nothing; past the server's kept
+history the server says ``overflow`` first. A subscription starts from the
+sequence the session had when ``subscribe`` was called (read in that call), so a
+write made after ``subscribe`` returns is never missed. It ends after a ``closed``
+event: the session closed, or cannot be found any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import pykka
+
+from dspex_actors.bridge import codec
+from dspex_actors.records import check_pattern
+from dspex_actors.streaming import Event, EventKind, Subscriber
+from dspex_actors.v1 import session_store_pb2 as pb
+
+__all__ = ["RemoteSubscription"]
+
+logger = logging.getLogger(__name__)
+
+WATCH_DEADLINE = 3600.0
+"""Every RPC has a deadline; a Watch stream's is long, and it is reopened after it."""
+
+_KINDS: dict[int, EventKind] = {
+    pb.VariableEvent.KIND_REGISTERED: "registered",
+    pb.VariableEvent.KIND_UPDATED: "updated",
+    pb.VariableEvent.KIND_DELETED: "deleted",
+    pb.VariableEvent.KIND_OVERFLOW: "overflow",
+    pb.VariableEvent.KIND_CLOSED: "closed",
+}
+_RETRIED = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+_FIRST_PAUSE = 0.01
+_MAX_PAUSE = 1.0
+
+
+class RemoteSubscription:
+    """A subscription to a bridged session (see the module docstring)."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[pb.WatchRequest], Any],
+        session_id: str,
+        pattern: str | None,
+        subscriber: Subscriber,
+        start: int,
+        max_bytes: int,
+    ) -> None:
+        if not (callable(subscriber) or isinstance(subscriber, pykka.ActorRef)):
+            raise TypeError(
+                f"a subscriber is a callable or a pykka.ActorRef, got {type(subscriber).__name__}"
+            )
+        self.pattern = check_pattern(pattern)
+        self.subscriber = subscriber
+        self.session_id = session_id
+        self._open = open_stream
+        self._cursor: int | None = start
+        self._max_bytes = max_bytes
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._stream: Any = None
+        self.reconnects = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"dspex-watch-{session_id}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def last_sequence(self) -> int | None:
+        """The sequence of the last event delivered (None before any)."""
+        return None if self._cursor is None else self._cursor - 1
+
+    @property
+    def active(self) -> bool:
+        return not self._stopped.is_set() and self._thread.is_alive()
+
+    def _run(self) -> None:
+        pause = _FIRST_PAUSE
+        while not self._stopped.is_set():
+            request = pb.WatchRequest(
+                session_id=self.session_id,
+                patterns=[self.pattern] if self.pattern else [],
+                start_sequence=self._cursor or 0,
+            )
+            try:
+                with self._lock:
+                    if self._stopped.is_set():
+                        return
+                    self._stream = self._open(request)
+                for message in self._stream:
+                    pause = _FIRST_PAUSE
+                    event = self._event(message)
+                    self._hand_over(event)
+                    # After an overflow the server goes on from the present.
+                    self._cursor = None if event.kind == "overflow" else event.sequence + 1
+                    if event.kind == "closed":
+                        self._stopped.set()
+                        return
+            except grpc.RpcError as exc:
+                if self._stopped.is_set():
+                    return
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                if code not in _RETRIED:
+                    # The session is gone (NOT_FOUND) or the server refuses: say so.
+                    error = codec.error_from_rpc(exc, "the SessionStore")
+                    logger.warning("watch of %s ended: %s", self.session_id, error)
+                    self._hand_over(Event(self.session_id, self.last_sequence or 0, "closed"))
+                    self._stopped.set()
+                    return
+            # The stream ended or broke: open it again from where it stopped.
+            if self._stopped.wait(pause):  # a reconnection's backoff
+                return
+            self.reconnects += 1
+            pause = min(pause * 2, _MAX_PAUSE)
+
+    def _event(self, message: pb.VariableEvent) -> Event:
+        unpack = codec.unpack
+        kind = _KINDS.get(message.kind, "updated")
+        return Event(
+            message.session_id,
+            message.sequence,
+            kind,
+            message.var_id or None,
+            message.name or None,
+            unpack(message.value, max_bytes=self._max_bytes, what="event value")
+            if message.value
+            else None,
+            message.version if kind in ("registered", "updated", "deleted") else None,
+            codec.unpack_map(message.metadata, max_bytes=self._max_bytes, what="metadata") or {}
+            if kind in ("registered", "updated")
+            else None,
+            message.timestamp or None,
+        )
+
+    def _hand_over(self, event: Event) -> None:
+        subscriber = self.subscriber
+        try:
+            if isinstance(subscriber, pykka.ActorRef):
+                subscriber.tell(event)
+            else:
+                subscriber(event)
+        except Exception:
+            logger.exception(
+                "subscriber of session %s failed on event %d; delivery goes on",
+                event.session_id,
+                event.sequence,
+            )
+
+    def close(self) -> None:
+        """Stop delivery; idempotent. Returns once no event is being delivered."""
+        with self._lock:
+            self._stopped.set()
+            stream = self._stream
+        if stream is not None:
+            stream.cancel()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "stopped"
+        return f"<RemoteSubscription {self.pattern or '*'} of {self.session_id} ({state})>"

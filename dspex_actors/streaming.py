@@ -1,0 +1,284 @@
+"""Change events: what a session tells its subscribers, in order, bounded, resumable.
+
+Every change a session actor publishes is also an :class:`Event` with the next
+number of the session's sequence: one per variable registered, updated or deleted
+(a batch or an import yields one per variable, appended together). The session's
+:class:`EventLog` keeps the most recent events (``history`` of them) in order; it
+is written in the actor's turn, together with the table, and read by anyone.
+
+A subscriber reads the log from its own cursor, outside the actor's turn (so it
+may call back into the session), and never holds a writer up: the log is bounded,
+and a subscriber that falls behind its oldest event gets one ``overflow`` event
+(carrying the last sequence it was given) and goes on from the present; it can
+resynchronise from ``list_variables()``. Resuming from a sequence works the same
+way, locally and over the bridge's ``Watch``. A log closes with the session: every
+reader then gets one ``closed`` event.
+
+:class:`Subscription` is the in-process reader: one delivery thread per
+subscription calls a callable (or tells a Pykka actor) each event whose variable
+name matches the subscription's glob. A subscriber that raises is logged and goes
+on receiving; ``unsubscribe`` (or leaving its ``with`` block) stops delivery
+before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import pykka
+
+from dspex_actors.records import check_pattern, name_matches
+
+__all__ = [
+    "DEFAULT_HISTORY",
+    "Event",
+    "EventKind",
+    "EventLog",
+    "Subscriber",
+    "Subscription",
+]
+
+logger = logging.getLogger(__name__)
+
+EventKind = Literal["registered", "updated", "deleted", "overflow", "closed"]
+
+DEFAULT_HISTORY = 10_000
+"""Events a session's log keeps for readers that fall behind or resume."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One change to one variable (or, for ``overflow`` and ``closed``, to the stream).
+
+    ``sequence`` is the session's own count of events; for ``overflow`` it is the
+    last sequence the reader was given (it should resynchronise), for ``closed`` the
+    last one the session wrote. ``value`` and ``metadata`` are shared by every
+    subscriber of the event: treat them as read-only.
+    """
+
+    session_id: str
+    sequence: int
+    kind: EventKind
+    variable_id: str | None = None
+    name: str | None = None
+    value: Any = None
+    version: int | None = None
+    metadata: dict[str, Any] | None = None
+    timestamp: float | None = None
+
+
+Subscriber = Callable[[Event], Any] | pykka.ActorRef[Any]
+"""A callable taking one event, or a Pykka actor told each event."""
+
+
+class EventLog:
+    """A session's recent events, appended in its actor's turn, read by anyone.
+
+    ``next_sequence`` is the sequence the next event will get; ``first_sequence``
+    the oldest one still kept. Readers wait on a condition (threads) or register a
+    loop callback (the SessionStore's coroutines); both are woken on every append.
+    """
+
+    def __init__(self, session_id: str, next_sequence: int, history: int = DEFAULT_HISTORY):
+        if history <= 0:
+            raise ValueError(f"history must be positive, got {history!r}")
+        self.session_id = session_id
+        self.history = history
+        self._events: deque[Event] = deque(maxlen=history)
+        self._next = next_sequence
+        self._closed = False
+        self._changed = threading.Condition()
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    @property
+    def next_sequence(self) -> int:
+        return self._next
+
+    @property
+    def first_sequence(self) -> int:
+        """The oldest sequence kept (``next_sequence`` when none is)."""
+        with self._changed:
+            return self._events[0].sequence if self._events else self._next
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append(self, events: Iterable[Event]) -> None:
+        """Add events (numbered by the caller from ``next_sequence`` on) and wake readers."""
+        with self._changed:
+            for event in events:
+                self._events.append(event)
+                self._next = event.sequence + 1
+            self._wake()
+
+    def skip_to(self, sequence: int) -> None:
+        """Continue the numbering from ``sequence`` (a migrated session keeps its count)."""
+        with self._changed:
+            self._next = max(self._next, sequence)
+            self._wake()
+
+    def close(self) -> None:
+        """No more events: every reader gets ``closed`` after what it has not read."""
+        with self._changed:
+            self._closed = True
+            self._wake()
+
+    def wake_readers(self) -> None:
+        """Wake every waiting reader without adding anything (a reader is stopping)."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def _wake(self) -> None:
+        self._changed.notify_all()
+        waiters, self._async_waiters = self._async_waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future)
+
+    def read(self, cursor: int, limit: int = 1024) -> tuple[list[Event], int]:
+        """Events from ``cursor`` on (at most ``limit``), and the cursor after them.
+
+        Past the kept history: one ``overflow`` event (sequence ``cursor - 1``) and
+        the present as the new cursor. Once closed and read to the end: one
+        ``closed`` event and a cursor past it.
+        """
+        with self._changed:
+            first = self._events[0].sequence if self._events else self._next
+            if cursor < first:
+                overflow = Event(self.session_id, cursor - 1, "overflow")
+                return [overflow], self._next
+            if cursor >= self._next:
+                if self._closed:
+                    return [Event(self.session_id, self._next - 1, "closed")], cursor + 1
+                return [], cursor
+            start = cursor - first
+            stop = min(len(self._events), start + limit)
+            events = [self._events[i] for i in range(start, stop)]
+            return events, events[-1].sequence + 1
+
+    def wait(self, cursor: int, timeout: float | None) -> bool:
+        """Block until there is something at ``cursor`` (or the log closed); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: cursor < self._next or self._closed or cursor < self._first(), timeout
+            )
+
+    def _first(self) -> int:
+        return self._events[0].sequence if self._events else self._next
+
+    async def wait_async(self, cursor: int) -> None:
+        """Await something at ``cursor`` (or the close), costing no thread."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._changed:
+            if cursor < self._next or self._closed:
+                return
+            self._async_waiters.append((loop, future))
+        await future
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Subscription:
+    """Delivery of a session's events to one subscriber (see the module docstring).
+
+    Use a backend's ``subscribe``; ``unsubscribe`` (or ``close``, or the end of a
+    ``with`` block) stops delivery before it returns (unless called by the
+    subscriber itself, from the delivery thread: then no event follows it).
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        pattern: str | None,
+        subscriber: Subscriber,
+        *,
+        start: int | None = None,
+        name: str = "dspex-subscription",
+    ) -> None:
+        if not (callable(subscriber) or isinstance(subscriber, pykka.ActorRef)):
+            raise TypeError(
+                f"a subscriber is a callable or a pykka.ActorRef, got {type(subscriber).__name__}"
+            )
+        self.pattern = check_pattern(pattern)
+        self.subscriber = subscriber
+        self._log = log
+        self._cursor = log.next_sequence if start is None else start
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._deliver, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def last_sequence(self) -> int:
+        """The sequence of the last event delivered (or skipped by the pattern)."""
+        return self._cursor - 1
+
+    @property
+    def active(self) -> bool:
+        return not self._stopped.is_set() and self._thread.is_alive()
+
+    def _deliver(self) -> None:
+        log = self._log
+        while not self._stopped.is_set():
+            events, cursor = log.read(self._cursor)
+            if not events:
+                log.wait(self._cursor, timeout=1.0)  # woken at once by an append or close
+                continue
+            for event in events:
+                if self._stopped.is_set():
+                    return
+                if event.kind in ("overflow", "closed") or name_matches(
+                    event.name or "", self.pattern
+                ):
+                    self._hand_over(event)
+            self._cursor = cursor
+            if events[-1].kind == "closed":
+                self._stopped.set()
+
+    def _hand_over(self, event: Event) -> None:
+        subscriber = self.subscriber
+        try:
+            if isinstance(subscriber, pykka.ActorRef):
+                subscriber.tell(event)
+            else:
+                subscriber(event)
+        except Exception:
+            logger.exception(
+                "subscriber of session %s failed on event %d; delivery goes on",
+                event.session_id,
+                event.sequence,
+            )
+
+    def close(self) -> None:
+        """Stop delivery; idempotent. Returns once no event is being delivered."""
+        self._stopped.set()
+        self._log.wake_readers()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "stopped"
+        return f"<Subscription {self.pattern or '*'} of {self._log.session_id} ({state})>"

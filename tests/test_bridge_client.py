@@ -87,7 +87,8 @@ def test_a_server_that_dies_mid_session_leaves_writes_unknown_then_unavailable()
 def test_init_checks_its_arguments(server: SessionStoreServer) -> None:
     with pytest.raises(TypeError, match="unknown options: colour"):
         BridgedState.init(address=server.address, colour="red")
-    for bad in ("", "s" * 257, "bad\ud800id", 42):
+    bad_ids: list[Any] = ["", "s" * 257, "bad\ud800id", 42]
+    for bad in bad_ids:
         with pytest.raises(ValidationError, match="session_id") as caught:
             BridgedState.init(address=server.address, session_id=bad)
         assert caught.value.rule == "session_id"  # the same error LocalState.init gives

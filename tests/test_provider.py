@@ -69,7 +69,7 @@ class ToyProvider(StateProvider):
     ) -> int:
         return 1
 
-    def list_variables(self) -> list[dict[str, Any]]:
+    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
         return []
 
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
@@ -262,11 +262,9 @@ def test_subscribe_and_unsubscribe_default_to_not_supported() -> None:
         toy.unsubscribe(object())
 
 
-def test_local_state_does_not_support_streaming() -> None:
+def test_local_state_unsubscribe_refuses_what_is_no_subscription() -> None:
     with LocalState.init() as state:
-        with pytest.raises(NotSupported):
-            state.subscribe("*", lambda event: None)
-        with pytest.raises(NotSupported):
+        with pytest.raises(TypeError, match="not a subscription"):
             state.unsubscribe(None)
 
 

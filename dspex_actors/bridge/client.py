@@ -31,6 +31,7 @@ import grpc
 
 from dspex_actors import failpoints, vartypes
 from dspex_actors.bridge import channels, codec, embedded
+from dspex_actors.bridge.cache import ABSENT, MISS, SCALARS, RecordCache
 from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bridge.server import read_pem
 from dspex_actors.bridge.watch import WATCH_DEADLINE, RemoteSubscription
@@ -113,6 +114,8 @@ class BridgedState(StateProvider):
         self._embedded = embedded_server
         self._closed = False
         self._lock = threading.Lock()
+        self._cache: RecordCache | None = None
+        self._cache_feed: RemoteSubscription | None = None
 
     @classmethod
     def init(
@@ -127,6 +130,7 @@ class BridgedState(StateProvider):
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
         create: bool = True,
         pending: bool = False,
+        cache: bool = False,
         **backend_opts: Any,
     ) -> Self:
         """Open ``session_id`` on a SessionStore, creating it if absent (``create``).
@@ -139,6 +143,8 @@ class BridgedState(StateProvider):
         ``existing_state`` is imported in one RPC; if that fails, a session this call
         created is closed again. ``BridgeUnavailable`` within ``timeout`` when the
         server cannot be reached; a bad ``session_id`` is a ``ValidationError``.
+        ``cache`` keeps a coherent copy of the session, fed by a Watch stream, and
+        answers reads from it (:mod:`dspex_actors.bridge.cache`).
         """
         if backend_opts:
             raise TypeError(f"BridgedState.init got unknown options: {', '.join(backend_opts)}")
@@ -185,10 +191,37 @@ class BridgedState(StateProvider):
             handle.ttl_seconds = opened.ttl_seconds or None
             if existing_state is not None:
                 handle.import_state(existing_state)
+            if cache:
+                handle._start_cache()
         except BaseException:
             handle.cleanup()
             raise
         return handle
+
+    def _start_cache(self) -> None:
+        """Follow the session with a Watch stream and keep its records here."""
+        cache = RecordCache(lambda: self._server_listing(None), self._server_record)
+        stub, metadata = self._stub, self._metadata
+
+        def open_stream(request: pb.WatchRequest) -> Any:
+            return stub.Watch(request, timeout=WATCH_DEADLINE, metadata=metadata)
+
+        self._cache = cache
+        self._cache_feed = RemoteSubscription(
+            open_stream,
+            self.session_id,
+            None,
+            cache.on_event,
+            self.session_info()["next_sequence"],
+            self._max_bytes,
+            on_connect=cache.connected,
+            on_disconnect=cache.disconnected,
+        )
+
+    @property
+    def cached(self) -> bool:
+        """Whether reads are answered from this handle's copy right now."""
+        return self._cache is not None and self._cache.live
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -263,11 +296,34 @@ class BridgedState(StateProvider):
     # -- reads ----------------------------------------------------------------------------
 
     def get_variable(self, identifier: str) -> Any:
+        cache = self._cache
+        if cache is not None:
+            if cache.serving and not cache.expected and type(identifier) is str:
+                # The hot path, inline: two dict lookups on records never changed.
+                record = cache.by_id.get(cache.ids.get(identifier, identifier))
+                if record is not None and type(record.value) in SCALARS:
+                    return record.value
+            value = cache.value(identifier)
+            if value is not MISS:
+                if value is ABSENT:
+                    raise variable_not_found(identifier, self.session_id)
+                return value
         response = self._call(self._stub.GetVariable, self._get_request(identifier, full=False))
         return self._unpack(response.value, "value")
 
     def get_record(self, identifier: str) -> VariableRecord:
-        """One variable's record in one RPC (GetVariable with ``full``)."""
+        """One variable's record (GetVariable with ``full``, or the cache)."""
+        cache = self._cache
+        if cache is not None:
+            cached = cache.record(identifier)
+            if cached is None:
+                raise variable_not_found(identifier, self.session_id)
+            if cached is not MISS:
+                record: VariableRecord = cached
+                return record
+        return self._server_record(identifier)
+
+    def _server_record(self, identifier: str) -> VariableRecord:
         response = self._call(self._stub.GetVariable, self._get_request(identifier, full=True))
         return self._record(response.record)
 
@@ -297,6 +353,11 @@ class BridgedState(StateProvider):
 
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
         wanted = [i for i in identifiers if isinstance(i, str)]  # others cannot exist
+        if self._cache is not None:
+            cached = self._cache.values(wanted)
+            if cached is not MISS:
+                found: dict[str, Any] = cached
+                return found
         try:
             request = pb.GetVariablesRequest(session_id=self.session_id, identifiers=wanted)
         except UnicodeEncodeError:  # nor can a string that is not UTF-8
@@ -309,6 +370,14 @@ class BridgedState(StateProvider):
     def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
         """Every variable's record in creation order; ``pattern`` globs names server-side."""
         glob = check_pattern(pattern)
+        if self._cache is not None:
+            cached = self._cache.listing(glob)
+            if cached is not MISS:
+                listed: list[dict[str, Any]] = cached
+                return listed
+        return self._server_listing(glob)
+
+    def _server_listing(self, glob: str | None) -> list[dict[str, Any]]:
         try:
             request = pb.ListVariablesRequest(session_id=self.session_id, pattern=glob or "")
         except UnicodeEncodeError:  # not UTF-8: no name can match it
@@ -363,6 +432,9 @@ class BridgedState(StateProvider):
             ) from exc
         request.metadata = _pack_metadata(name, metadata)
         response = self._call(self._stub.RegisterVariable, request, write=True)
+        if self._cache is not None:
+            self._cache.expect(response.var_id, 0)
+            self._cache.expect(name, 0)
         return str(response.var_id)
 
     def set_variable(
@@ -393,6 +465,8 @@ class BridgedState(StateProvider):
         except UnicodeEncodeError:  # the identifier is not UTF-8: no name can be that
             raise variable_not_found(identifier, self.session_id) from None
         response = self._call(self._stub.SetVariable, request, write=True)
+        if self._cache is not None:
+            self._cache.expect(identifier, response.version)
         return int(response.version)
 
     def update_variables(
@@ -422,12 +496,16 @@ class BridgedState(StateProvider):
             metadata=packed_metadata,
             request_id=_request_id(),
         )
+        # The versions before: the write gives each one more (it returns none itself).
+        before = self._cache.versions(batch) if self._cache is not None else {}
         try:
             self._call(self._stub.UpdateVariables, request, write=True)
         except ValidationError as exc:
             if exc.rule != "encoding":
                 raise
             raise self._batch_error(batch, metadata, exc) from exc
+        if self._cache is not None:
+            self._cache.expect_after(before)
 
     def _batch_error(self, batch: dict[Any, Any], metadata: Any, cause: Exception) -> Exception:
         """Why ``batch`` cannot be sent, entry by entry (the failure path only).
@@ -465,6 +543,8 @@ class BridgedState(StateProvider):
         except UnicodeEncodeError:  # not UTF-8: no name can be that
             raise variable_not_found(identifier, self.session_id) from None
         self._call(self._stub.DeleteVariable, request, write=True)
+        if self._cache is not None:
+            self._cache.expect_gone(identifier)
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
         """Import a whole export in one RPC; all or nothing, checked by the server."""
@@ -472,6 +552,9 @@ class BridgedState(StateProvider):
 
     def import_columns(self, columns: ExportColumns) -> None:
         self._import(columns, want_digest=False)
+        if self._cache is not None:
+            for var_id, version in zip(columns.ids, columns.versions, strict=True):
+                self._cache.expect(var_id, version)
 
     def import_with_digest(self, columns: ExportColumns, *, migrating: bool = False) -> bytes:
         """Import like :meth:`import_columns`; return the server's digest of the session.
@@ -587,6 +670,9 @@ class BridgedState(StateProvider):
         with self._lock:
             if self._closed:
                 return
+            feed, self._cache_feed, self._cache = self._cache_feed, None, None
+            if feed is not None:
+                feed.close()
             try:
                 if self.owner:
                     try:

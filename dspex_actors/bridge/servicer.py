@@ -371,9 +371,10 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """Stream the session's events; a waiting watcher is a suspended coroutine."""
-        events = self._store.watch(
+        events = await self._store.watch(
             request.session_id, list(request.patterns), request.start_sequence or None
         )
+        await context.send_initial_metadata(())  # the stream is up: a client can tell
         async for event in events:
             try:
                 await context.write(event_message(event))

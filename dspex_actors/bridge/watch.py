@@ -64,6 +64,8 @@ class RemoteSubscription:
         subscriber: Subscriber,
         start: int,
         max_bytes: int,
+        on_connect: Callable[[], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
     ) -> None:
         if not (callable(subscriber) or isinstance(subscriber, pykka.ActorRef)):
             raise TypeError(
@@ -78,6 +80,8 @@ class RemoteSubscription:
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._stream: Any = None
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
         self.reconnects = 0
         self._thread = threading.Thread(
             target=self._run, name=f"dspex-watch-{session_id}", daemon=True
@@ -106,6 +110,9 @@ class RemoteSubscription:
                     if self._stopped.is_set():
                         return
                     self._stream = self._open(request)
+                if self._on_connect is not None:
+                    self._stream.initial_metadata()  # the server answers at once: it is up
+                    self._on_connect()
                 for message in self._stream:
                     pause = _FIRST_PAUSE
                     event = self._event(message)
@@ -120,6 +127,8 @@ class RemoteSubscription:
                     return
                 code = exc.code() if isinstance(exc, grpc.Call) else None
                 if code not in _RETRIED:
+                    if self._on_disconnect is not None:
+                        self._on_disconnect()
                     # The session is gone (NOT_FOUND) or the server refuses: say so.
                     error = codec.error_from_rpc(exc, "the SessionStore")
                     logger.warning("watch of %s ended: %s", self.session_id, error)
@@ -127,6 +136,8 @@ class RemoteSubscription:
                     self._stopped.set()
                     return
             # The stream ended or broke: open it again from where it stopped.
+            if self._on_disconnect is not None:
+                self._on_disconnect()
             if self._stopped.wait(pause):  # a reconnection's backoff
                 return
             self.reconnects += 1

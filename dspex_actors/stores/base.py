@@ -123,10 +123,11 @@ class Store(Protocol):
         """Run one operation on a session (counts as activity); raise its StateError."""
         ...
 
-    def watch(
+    async def watch(
         self, session_id: str, patterns: list[str], start: int | None
     ) -> AsyncIterator[Event]:
-        """The session's change events whose names match any glob of ``patterns``
+        """Start following a session (``SessionNotFound`` at once if absent): its
+        change events whose names match any glob of ``patterns``
         (all when empty), from sequence ``start`` (None: from now), as described in
         :mod:`dspex_actors.streaming`; ends after a ``closed`` event."""
         ...

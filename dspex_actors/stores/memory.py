@@ -264,17 +264,7 @@ class MemoryStore:
         globs = [check_pattern(pattern) for pattern in patterns]
         entry = self._live(session_id)
         log = await self._deliver(entry, OpenEvents(), None)
-        cursor = log.next_sequence if start is None else start
-        while True:
-            events, cursor = log.read(cursor)
-            if not events:
-                await log.wait_async(cursor)
-                continue
-            for event in events:
-                if event.kind in ("overflow", "closed") or _matches(event.name, globs):
-                    yield event
-                if event.kind == "closed":
-                    return
+        return _follow(log, log.next_sequence if start is None else start, globs)
 
     async def end_watches(self) -> None:
         for entry in list(self._sessions.values()):
@@ -402,6 +392,20 @@ class MemoryStore:
                 ) from None
         outcome: _R = _outcome(result)
         return outcome
+
+
+async def _follow(log: EventLog, cursor: int, globs: list[str | None]) -> AsyncIterator[Event]:
+    """A log's events from ``cursor`` on, matching ``globs``, until ``closed``."""
+    while True:
+        events, cursor = log.read(cursor)
+        if not events:
+            await log.wait_async(cursor)
+            continue
+        for event in events:
+            if event.kind in ("overflow", "closed") or _matches(event.name, globs):
+                yield event
+            if event.kind == "closed":
+                return
 
 
 def _matches(name: str | None, globs: list[str | None]) -> bool:

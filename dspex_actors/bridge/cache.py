@@ -1,0 +1,335 @@
+"""A BridgedState's coherent copy of its session, fed by its own Watch stream.
+
+Opt-in (``BridgedState.init(..., cache=True)``). The handle keeps every record of
+its session and answers ``get_variable``, ``get_variables``, ``get_record`` and
+``list_variables`` from that copy, without a round trip. The consistency model:
+
+* **Read your writes.** When a write through this handle returns, a read through
+  it sees that write (or a later one): the handle notes the version it expects,
+  and a read of a variable whose copy is older goes to the server instead.
+* **Others' writes** are visible once their events arrive, in the session's order
+  (a fraction of a round trip after the write, on loopback).
+* **Never stale while disconnected.** While the stream is down (and until the copy
+  has been re-read after it came back, or after an ``overflow``), every read goes
+  to the server. After a ``closed`` event the copy is dropped for good.
+
+The copy is loaded from a listing taken after the stream started, and events that
+arrive meanwhile are applied on top by version, so nothing between the two is
+lost or applied twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dspex_actors.records import VariableRecord, name_matches
+from dspex_actors.streaming import Event
+from dspex_actors.vartypes import plain_copy
+
+__all__ = ["ABSENT", "MISS", "SCALARS", "RecordCache"]
+
+logger = logging.getLogger(__name__)
+
+MISS: Any = object()
+"""What a lookup answers when the copy cannot answer (ask the server)."""
+
+ABSENT: Any = object()
+"""What a lookup answers for a variable the copy knows does not exist."""
+
+SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
+
+_GONE = -1
+"""An expected 'version' meaning: this handle deleted the variable."""
+
+
+class RecordCache:
+    """The records of one session (see the module docstring); thread-safe.
+
+    ``by_id`` (id -> record), ``ids`` (name -> id), ``expected`` (this handle's
+    writes not yet seen) and ``serving`` are public so that the handle's hot read
+    can do its few dict lookups inline: records are replaced whole, never changed,
+    so those reads need no lock while ``serving`` and nothing is ``expected``.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], list[dict[str, Any]]],
+        fetch: Callable[[str], VariableRecord],
+    ) -> None:
+        self._load = load
+        self._fetch = fetch
+        self._lock = threading.Lock()
+        self.by_id: dict[str, VariableRecord] = {}
+        self.ids: dict[str, str] = {}  # name -> id
+        self.expected: dict[str, int] = {}  # id or identifier -> version it must reach
+        # Ids registered since the listing: an event carries no type or constraints,
+        # so their whole record comes from the server until the next listing.
+        self._partial: set[str] = set()
+        self.serving = False
+        self._ended = False
+        self._pending: list[Event] | None = None  # events met while (re)loading
+
+    @property
+    def live(self) -> bool:
+        """Whether reads are answered from the copy now."""
+        return self.serving
+
+    # -- fed by the stream (its own thread) ----------------------------------------
+
+    def connected(self) -> None:
+        """The stream is (again) up: re-read the session, then serve from the copy."""
+        with self._lock:
+            if self._ended:
+                return
+            self._pending = []
+        try:
+            listing = self._load()
+        except Exception as exc:
+            logger.warning("cache: reloading the session failed (%s); reads go to it", exc)
+            with self._lock:
+                self._pending = None
+            return
+        with self._lock:
+            self.by_id = {}
+            self.ids = {}
+            self._partial = set()
+            for raw in listing:
+                record = VariableRecord.from_dict(raw)
+                self.by_id[record.id] = record
+                self.ids[record.name] = record.id
+            pending, self._pending = self._pending or [], None
+            for event in pending:
+                self._apply(event)
+            for var_id, record in self.by_id.items():
+                self._met(var_id, record.name)
+            self.expected = {  # what a deletion of ours expected and the listing shows
+                key: wanted
+                for key, wanted in self.expected.items()
+                if not (wanted == _GONE and self.ids.get(key, key) not in self.by_id)
+            }
+            self.serving = not self._ended
+
+    def disconnected(self) -> None:
+        """The stream broke: serve nothing from the copy until it is re-read."""
+        with self._lock:
+            self.serving = False
+
+    def on_event(self, event: Event) -> None:
+        """One event of the stream."""
+        with self._lock:
+            if event.kind == "overflow":
+                self.serving = False
+            elif event.kind == "closed":
+                self.serving = False
+                self._ended = True
+            elif self._pending is not None:
+                self._pending.append(event)
+            else:
+                self._apply(event)
+        if event.kind == "overflow":
+            self.connected()  # fell behind: re-read, as after an outage
+        elif event.kind == "registered" and event.variable_id is not None:
+            self._complete(event.variable_id)
+
+    def _complete(self, var_id: str) -> None:
+        """Fetch a new variable's type and constraints (they never change after)."""
+        with self._lock:
+            if var_id not in self._partial:
+                return
+        try:
+            whole = self._fetch(var_id)
+        except Exception:  # deleted meanwhile, or the server unreachable: stays partial
+            return
+        with self._lock:
+            current = self.by_id.get(var_id)
+            if current is not None and var_id in self._partial:
+                self.by_id[var_id] = current._replace(
+                    type=whole.type, constraints=whole.constraints, created_at=whole.created_at
+                )
+                self._partial.discard(var_id)
+
+    def _apply(self, event: Event) -> None:
+        """Apply one change by version (under the lock): never go back."""
+        var_id, name = event.variable_id, event.name
+        if var_id is None or name is None or event.version is None:
+            return
+        current = self.by_id.get(var_id)
+        if event.kind == "deleted":
+            if current is not None and current.version <= event.version:
+                del self.by_id[var_id]
+                self._partial.discard(var_id)
+                if self.ids.get(current.name) == var_id:
+                    del self.ids[current.name]
+                self._met(var_id, name)
+            return
+        if current is not None and current.version >= event.version:
+            return
+        if current is None:
+            if event.kind != "registered":
+                return  # an update of a variable the copy never had: the listing has it
+            record = VariableRecord(
+                var_id,
+                name,
+                "",
+                event.value,
+                {},
+                dict(event.metadata or {}),
+                event.version,
+                event.timestamp or 0.0,
+                event.timestamp or 0.0,
+            )
+            self._partial.add(var_id)
+        else:
+            record = current._replace(
+                value=event.value,
+                version=event.version,
+                metadata=dict(event.metadata or {}),
+                last_updated_at=event.timestamp or current.last_updated_at,
+            )
+        self.by_id[var_id] = record
+        self.ids[name] = var_id
+        self._met(var_id, name)
+
+    def _met(self, var_id: str, name: str) -> None:
+        """Drop the expectations this change meets (under the lock)."""
+        record = self.by_id.get(var_id)
+        for key in (var_id, name):
+            wanted = self.expected.get(key)
+            if wanted is None:
+                continue
+            if (wanted == _GONE and record is None) or (
+                wanted != _GONE and record is not None and record.version >= wanted
+            ):
+                del self.expected[key]
+
+    # -- read by the handle ---------------------------------------------------------
+
+    def expect(self, identifier: str, version: int) -> None:
+        """This handle wrote ``identifier``: reads must see at least ``version``."""
+        with self._lock:
+            key = self.ids.get(identifier, identifier)
+            self.expected[key] = max(self.expected.get(key, version), version)
+            if key != identifier:
+                self.expected[identifier] = self.expected[key]
+            record = self.by_id.get(key)
+            if record is not None:  # its event may have come before the reply
+                self._met(key, record.name)
+
+    def versions(self, identifiers: Iterable[Any]) -> dict[str, int]:
+        """The copy's versions of these variables now (by id; -1 when unknown)."""
+        with self._lock:
+            found = {}
+            for identifier in identifiers:
+                if isinstance(identifier, str):
+                    key = self.ids.get(identifier, identifier)
+                    record = self.by_id.get(key)
+                    found[key] = -1 if record is None else record.version
+            return found
+
+    def expect_after(self, versions: dict[str, int]) -> None:
+        """This handle updated these (:meth:`versions` taken before): reads must see
+        a later version of each."""
+        with self._lock:
+            for key, version in versions.items():
+                wanted = max(version + 1, 0)
+                self.expected[key] = max(self.expected.get(key, wanted), wanted)
+                record = self.by_id.get(key)
+                if record is not None:
+                    self._met(key, record.name)
+
+    def expect_gone(self, identifier: str) -> None:
+        """This handle deleted ``identifier``: reads must not find it any more."""
+        with self._lock:
+            key = self.ids.get(identifier, identifier)
+            self.expected[key] = _GONE
+            self.expected[identifier] = _GONE
+            if key not in self.by_id:  # its event came before the reply
+                del self.expected[key]
+                self.expected.pop(identifier, None)
+
+    def _resolve(self, identifier: str) -> VariableRecord | Any | None:
+        """The record, None if the copy knows it absent, MISS if it cannot tell."""
+        var_id = self.ids.get(identifier, identifier)
+        record = self.by_id.get(var_id)
+        for key in {identifier, var_id}:
+            wanted = self.expected.get(key)
+            if wanted is None:
+                continue
+            if wanted == _GONE:
+                if record is not None:
+                    return MISS
+            elif record is None or record.version < wanted:
+                return MISS
+            del self.expected[key]  # met: the copy has caught up with this write
+        return record
+
+    def value(self, identifier: str) -> Any:
+        """The value, ABSENT when the variable does not exist, MISS when the server
+        must answer. Lock-free: records are replaced whole, never changed, and a
+        read meeting any unmet expectation of this handle takes the locked path."""
+        if not self.serving or self.expected:
+            record = self.record(identifier, whole=False)
+            if record is MISS:
+                return MISS
+            return ABSENT if record is None else record.value
+        if type(identifier) is not str:
+            return MISS
+        record = self.by_id.get(self.ids.get(identifier, identifier))
+        if record is None:
+            return ABSENT
+        value = record.value
+        return value if type(value) in SCALARS else plain_copy(value)
+
+    def record(self, identifier: str, *, whole: bool = True) -> VariableRecord | Any | None:
+        """A copy of the record, None when absent, MISS when the server must answer
+        (``whole``: the type and constraints are needed too)."""
+        if not self.serving or not isinstance(identifier, str):
+            return MISS
+        with self._lock:
+            if not self.serving:
+                return MISS
+            record = self._resolve(identifier)
+            if whole and isinstance(record, VariableRecord) and record.id in self._partial:
+                return MISS
+        if record is None or record is MISS:
+            return record
+        return _copied(record)
+
+    def values(self, identifiers: list[str]) -> dict[str, Any] | Any:
+        """Values keyed as given (absent ones left out), or MISS."""
+        if not self.serving:
+            return MISS
+        with self._lock:
+            if not self.serving:
+                return MISS
+            found = {}
+            for identifier in identifiers:
+                if not isinstance(identifier, str):
+                    continue
+                record = self._resolve(identifier)
+                if record is MISS:
+                    return MISS
+                if record is not None:
+                    found[identifier] = record.value
+        return {key: plain_copy(value) for key, value in found.items()}
+
+    def listing(self, pattern: str | None) -> list[dict[str, Any]] | Any:
+        """Every record (names matching ``pattern``) in creation order, or MISS."""
+        if not self.serving:
+            return MISS
+        with self._lock:
+            if not self.serving or self.expected or self._partial:
+                return MISS  # a write of ours not seen yet, or a record not whole
+            records = [r for r in self.by_id.values() if name_matches(r.name, pattern)]
+        return [_copied(record).to_dict() for record in records]
+
+
+def _copied(record: VariableRecord) -> VariableRecord:
+    return record._replace(
+        value=plain_copy(record.value),
+        constraints=plain_copy(record.constraints),
+        metadata=plain_copy(record.metadata),
+    )

@@ -20,6 +20,9 @@ The points, each named for where it sits:
     The memory store's handling of a write: before it is handed to the session
     actor, and after it was applied, before the answer goes back; and of a
     CloseSession, before anything is closed.
+``watch.event``
+    The SessionStore's Watch, before it sends an event (a failure breaks the stream
+    there, as a dropped connection would).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ NAMES = frozenset(
         "store.apply",
         "store.reply",
         "store.close",
+        "watch.event",
     }
 )
 

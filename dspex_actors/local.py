@@ -61,7 +61,7 @@ from dspex_actors.session import (
     SessionTable,
     new_session_id,
 )
-from dspex_actors.streaming import Subscriber, Subscription
+from dspex_actors.streaming import DEFAULT_HISTORY, Subscriber, Subscription
 from dspex_actors.vartypes import plain_copy
 
 __all__ = ["LocalState", "ask_actor"]
@@ -99,6 +99,7 @@ class LocalState(StateProvider):
     __slots__ = (
         "_call_timeout",
         "_crashed",
+        "_history",
         "_limits",
         "_lock",
         "_migration",
@@ -117,8 +118,10 @@ class LocalState(StateProvider):
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         on_exit: ExitHook | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        event_history: int = DEFAULT_HISTORY,
     ) -> None:
         self.session_id = table.session_id
+        self._history = event_history
         self._table = table
         self._call_timeout = call_timeout
         self._on_exit = on_exit
@@ -128,7 +131,7 @@ class LocalState(StateProvider):
         self._successor: StateProvider | None = None
         self._crashed = threading.Event()
         self._ref: pykka.ActorRef[SessionActor] = SessionActor.start(
-            table, on_exit, self._crashed, limits
+            table, on_exit, self._crashed, limits, event_history
         )
 
     @classmethod
@@ -140,12 +143,15 @@ class LocalState(StateProvider):
         call_timeout: float = DEFAULT_CALL_TIMEOUT,
         on_exit: ExitHook | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        event_history: int = DEFAULT_HISTORY,
         **backend_opts: Any,
     ) -> Self:
         """Start a session actor; ``on_exit`` hears when it stops unasked or crashes.
 
         ``limits`` are the ones every backend enforces (:mod:`dspex_actors.limits`);
         a session id breaking them is a ``ValidationError`` here as on the bridge.
+        ``event_history`` is how many change events the session keeps for
+        subscribers that fall behind or resume.
         """
         if backend_opts:
             raise TypeError(f"LocalState.init got unknown options: {', '.join(backend_opts)}")
@@ -156,6 +162,7 @@ class LocalState(StateProvider):
             call_timeout=call_timeout,
             on_exit=on_exit,
             limits=limits,
+            event_history=event_history,
         )
         if existing_state is not None:
             try:

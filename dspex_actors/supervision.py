@@ -86,9 +86,11 @@ class Supervisor:
         on_restart: RestartHook | None,
         on_give_up: GiveUpHook | None,
         clock: Callable[[], float],
+        cache: bool,
     ) -> None:
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be > 0")
+        self.cache = cache
         self.policy = policy
         self.token = token
         self.bridge_timeout = bridge_timeout
@@ -120,6 +122,7 @@ class Supervisor:
         on_restart: RestartHook | None = None,
         on_give_up: GiveUpHook | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cache: bool = False,
     ) -> Self:
         """Start a supervisor.
 
@@ -131,7 +134,8 @@ class Supervisor:
         ``max_restarts`` times within ``within_seconds`` (``RestartPolicy``).
         ``on_switch`` hears each switch's record, ``on_restart`` each restart,
         ``on_give_up`` each context stopped for dying too often; ``clock``
-        (monotonic seconds) measures the restart-intensity window.
+        (monotonic seconds) measures the restart-intensity window. ``cache``: bridged
+        contexts read from a coherent local copy (``BridgedState(cache=True)``).
         """
         return cls(
             bridge_address=bridge_address,
@@ -143,6 +147,7 @@ class Supervisor:
             on_restart=on_restart,
             on_give_up=on_give_up,
             clock=clock,
+            cache=cache,
         )
 
     @property
@@ -194,7 +199,8 @@ class Supervisor:
 
     def open_bridged(self, session_id: str, *, pending: bool = False) -> BridgedState:
         """A BridgedState for ``session_id`` on this supervisor's bridge (``pending``:
-        created invisible until committed, as a migration's copy is)."""
+        created invisible until committed, as a migration's copy is; its cache, if
+        the supervisor keeps one, starts once it is committed)."""
         from dspex_actors.bridge.client import BridgedState
 
         return BridgedState.init(
@@ -203,6 +209,7 @@ class Supervisor:
             token=self.token,
             timeout=self.bridge_timeout,
             pending=pending,
+            cache=self.cache and not pending,
         )
 
     def start_context(
@@ -675,6 +682,8 @@ class Context:
             step[0] = "commit"
             failpoints.hit("migration.commit")
             new.commit()
+            if self._supervisor.cache:
+                new.enable_cache()
         except BaseException:
             self._discard(new)
             raise

@@ -70,6 +70,8 @@ class RecordCache:
         self._partial: set[str] = set()
         self.serving = False
         self._ended = False
+        self._applied = 0  # the last event sequence this copy has taken in
+        self._caught_up = threading.Condition(self._lock)
         self._pending: list[Event] | None = None  # events met while (re)loading
 
     @property
@@ -111,6 +113,7 @@ class RecordCache:
                 if not (wanted == _GONE and self.ids.get(key, key) not in self.by_id)
             }
             self.serving = not self._ended
+            self._caught_up.notify_all()
 
     def disconnected(self) -> None:
         """The stream broke: serve nothing from the copy until it is re-read."""
@@ -120,6 +123,9 @@ class RecordCache:
     def on_event(self, event: Event) -> None:
         """One event of the stream."""
         with self._lock:
+            if event.kind != "overflow":
+                self._applied = max(self._applied, event.sequence)
+                self._caught_up.notify_all()
             if event.kind == "overflow":
                 self.serving = False
             elif event.kind == "closed":
@@ -265,6 +271,18 @@ class RecordCache:
                 return MISS
             del self.expected[key]  # met: the copy has caught up with this write
         return record
+
+    def wait_until(self, sequence: int, timeout: float | None) -> bool:
+        """Block until the copy serves and has taken in every event before
+        ``sequence``; False on timeout (or once the stream ended)."""
+        with self._lock:
+            return (
+                self._caught_up.wait_for(
+                    lambda: self._ended or (self.serving and self._applied >= sequence - 1),
+                    timeout,
+                )
+                and not self._ended
+            )
 
     def value(self, identifier: str) -> Any:
         """The value, ABSENT when the variable does not exist, MISS when the server

@@ -192,14 +192,17 @@ class BridgedState(StateProvider):
             if existing_state is not None:
                 handle.import_state(existing_state)
             if cache:
-                handle._start_cache()
+                handle.enable_cache()
         except BaseException:
             handle.cleanup()
             raise
         return handle
 
-    def _start_cache(self) -> None:
-        """Follow the session with a Watch stream and keep its records here."""
+    def enable_cache(self) -> None:
+        """Follow the session with a Watch stream and answer reads from a copy of
+        its records (what ``init(cache=True)`` does); idempotent."""
+        if self._cache is not None:
+            return
         cache = RecordCache(lambda: self._server_listing(None), self._server_record)
         stub, metadata = self._stub, self._metadata
 
@@ -217,6 +220,21 @@ class BridgedState(StateProvider):
             on_connect=cache.connected,
             on_disconnect=cache.disconnected,
         )
+
+    def sync_cache(self, timeout: float | None = None) -> None:
+        """Wait until the cache holds every change the server had made when this was
+        called (a barrier: after another process's write returned and it said so,
+        ``sync_cache()`` then a read sees that write). ``StateError`` after
+        ``timeout`` (default: the handle's) or when the handle keeps no cache."""
+        cache = self._cache
+        if cache is None:
+            raise StateError(f"session {self.session_id!r}: this handle keeps no cache")
+        sequence = self.session_info()["next_sequence"]
+        wait = self._timeout if timeout is None else timeout
+        if not cache.wait_until(sequence, wait):
+            raise StateError(
+                f"session {self.session_id!r}: the cache did not catch up within {wait}s"
+            )
 
     @property
     def cached(self) -> bool:

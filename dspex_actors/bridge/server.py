@@ -49,6 +49,7 @@ from dspex_actors.local import LocalState
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy
 from dspex_actors.stores.base import Store
 from dspex_actors.stores.memory import MemoryStore
+from dspex_actors.streaming import DEFAULT_HISTORY
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 
@@ -373,6 +374,7 @@ def serve(
     within_seconds: float = RestartPolicy.within_seconds,
     on_restart: RestartHook | None = None,
     on_give_up: GiveUpHook | None = None,
+    event_history: int = DEFAULT_HISTORY,
     store: Store | None = None,
 ) -> SessionStoreServer:
     """Start a SessionStore on ``address`` (loopback, ephemeral port by default).
@@ -387,8 +389,9 @@ def serve(
     actor dies is restarted unless it died ``max_restarts`` times within
     ``within_seconds`` (then it is closed); ``on_restart(session_id, error)`` hears
     each restart and ``on_give_up(session_id, failure)`` each session closed that
-    way. ``store`` replaces the default memory store (those settings then are its
-    own). Returns the running server.
+    way; each session keeps its last ``event_history`` change events for watchers
+    that fall behind or resume. ``store`` replaces the default memory store (those
+    settings then are its own). Returns the running server.
     """
     overrides = {
         name: value
@@ -412,6 +415,7 @@ def serve(
             policy=RestartPolicy(max_restarts, within_seconds),
             on_restart=on_restart,
             on_give_up=on_give_up,
+            event_history=event_history,
         )
     return SessionStoreServer(
         address,

@@ -49,7 +49,7 @@ from dspex_actors.records import check_pattern, name_matches
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import MISSED, SessionTable, new_session_id
 from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL, Opened, SessionInfo
-from dspex_actors.streaming import Event, EventLog
+from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog
 from dspex_actors.vartypes import check_metadata, plain_copy
 
 __all__ = ["MemoryStore"]
@@ -123,11 +123,13 @@ class MemoryStore:
         policy: RestartPolicy | None = None,
         on_restart: RestartHook | None = None,
         on_give_up: GiveUpHook | None = None,
+        event_history: int = DEFAULT_HISTORY,
     ) -> None:
         if not session_ttl > 0:
             raise ValueError(f"session_ttl must be positive, got {session_ttl!r}")
         self.limits = limits
         self.session_ttl = session_ttl
+        self.event_history = event_history
         self._clock = clock
         self._sessions: dict[str, _Session] = {}
         self._closing = False
@@ -199,8 +201,13 @@ class MemoryStore:
         # No actor runs on the table yet: its creator writes the session metadata,
         # and starts the event log, so a watcher can resume from the first event.
         table.metadata = check_metadata("<session>", metadata)
-        table.events = EventLog(sid, table.next_event)
-        state = LocalState(table, on_exit=self._restarts.exited, limits=self.limits)
+        table.events = EventLog(sid, table.next_event, self.event_history)
+        state = LocalState(
+            table,
+            on_exit=self._restarts.exited,
+            limits=self.limits,
+            event_history=self.event_history,
+        )
         now = self._clock()
         entry = _Session(
             state=state,

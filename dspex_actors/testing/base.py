@@ -30,6 +30,7 @@ __all__ = [
     "Opener",
     "assert_unchanged",
     "assert_validation_error",
+    "guarded_call",
     "record_of",
     "run_threads",
     "same",
@@ -127,6 +128,30 @@ def run_threads(targets: list[Callable[[], None]]) -> None:
         pytest.fail(f"worker threads did not finish within {WORKER_GUARD_SECONDS}s: {stuck}")
     if failures:
         raise failures[0]
+
+
+def guarded_call(
+    label: str, call: Callable[[], Any], guard: float
+) -> tuple[Any, BaseException | None]:
+    """Run ``call`` in a helper thread; fail if it has not returned within ``guard`` s.
+
+    Returns ``(result, None)`` or ``(None, error)``. A call that hangs leaves its
+    helper thread behind (a daemon): the test fails instead of the run hanging.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as exc:  # reported to the test thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"compliance-guard-{label}", daemon=True)
+    thread.start()
+    thread.join(guard)
+    if thread.is_alive():
+        pytest.fail(f"{label} did not return within {guard}s (it hangs)")
+    return box.get("result"), box.get("error")
 
 
 class ContractBase:

@@ -1,43 +1,25 @@
-"""Sessions: ids, capabilities, cleanup, the context manager and subscriptions."""
+"""Sessions: ids, capabilities, cleanup and the context manager.
+
+Subscriptions (and ``NotSupported`` without streaming) are :mod:`.streaming`'s.
+"""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from dspex_actors.errors import NotSupported, StateError
+from dspex_actors.errors import StateError
 from dspex_actors.provider import CAPABILITY_KEYS, StateProvider, get_capabilities
-from dspex_actors.testing.base import ContractBase, Opener
+from dspex_actors.testing.base import ContractBase, Opener, guarded_call
 
 __all__ = ["SessionContract"]
 
 
-def _guarded(
-    label: str, call: Callable[[], Any], guard: float
-) -> tuple[Any, BaseException | None]:
-    """Run ``call`` in a helper thread; fail if it has not returned within ``guard`` s."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = call()
-        except BaseException as exc:  # reported to the test thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name=f"compliance-guard-{label}", daemon=True)
-    thread.start()
-    thread.join(guard)
-    if thread.is_alive():
-        pytest.fail(f"{label} did not return within {guard}s (it hangs)")
-    return box.get("result"), box.get("error")
-
-
 class SessionContract(ContractBase):
-    """Session ids, capabilities, cleanup, the context manager and subscriptions."""
+    """Session ids, capabilities, cleanup and the context manager."""
 
     def test_session_id_given_is_kept(self, open_state: Opener) -> None:
         session_id = f"compliance-{uuid.uuid4().hex}"
@@ -65,9 +47,9 @@ class SessionContract(ContractBase):
     def test_cleanup_is_idempotent(self, open_state: Opener) -> None:
         state = open_state()
         state.register_variable("a", "integer", 1)
-        _, error = _guarded("cleanup", state.cleanup, self.hang_guard_seconds)
+        _, error = guarded_call("cleanup", state.cleanup, self.hang_guard_seconds)
         assert error is None, f"first cleanup raised {error!r}"
-        _, error = _guarded("second cleanup", state.cleanup, self.hang_guard_seconds)
+        _, error = guarded_call("second cleanup", state.cleanup, self.hang_guard_seconds)
         assert error is None, f"second cleanup raised {error!r}"
 
     def test_operations_after_cleanup_raise_promptly(
@@ -91,7 +73,7 @@ class SessionContract(ContractBase):
             "import_state": lambda: state.import_state(other_export),
         }
         for label, operation in operations.items():
-            result, error = _guarded(label, operation, self.hang_guard_seconds)
+            result, error = guarded_call(label, operation, self.hang_guard_seconds)
             assert isinstance(error, StateError), (
                 f"{label} after cleanup returned {result!r} / raised {error!r}; "
                 "expected a StateError"
@@ -103,7 +85,7 @@ class SessionContract(ContractBase):
             assert entered is state
             entered.register_variable("a", "integer", 1)
             assert entered.get_variable("a") == 1
-        _, error = _guarded(
+        _, error = guarded_call(
             "get_variable after with", lambda: state.get_variable("a"), self.hang_guard_seconds
         )
         assert isinstance(error, StateError), f"after the with block: {error!r}"
@@ -111,15 +93,7 @@ class SessionContract(ContractBase):
         failing = open_state()
         with pytest.raises(RuntimeError, match="boom"), failing:
             raise RuntimeError("boom")
-        _, error = _guarded(
+        _, error = guarded_call(
             "list_variables after with", failing.list_variables, self.hang_guard_seconds
         )
         assert isinstance(error, StateError), f"after a failing with block: {error!r}"
-
-    def test_subscribe_without_streaming_is_not_supported(self, state: StateProvider) -> None:
-        if self.provider.capabilities()["streaming"]:
-            pytest.skip("backend streams; subscriptions are covered by its own tests")
-        with pytest.raises(NotSupported):
-            state.subscribe("*", lambda event: None)
-        with pytest.raises(NotSupported):
-            state.unsubscribe(object())

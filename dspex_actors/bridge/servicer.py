@@ -18,12 +18,14 @@ import asyncio
 import functools
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 from grpc_status import rpc_status
 
+from dspex_actors import failpoints
 from dspex_actors.bridge import codec
 from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
@@ -79,7 +81,13 @@ def _rpc(method: _Handler[_Request, _Response]) -> _Handler[_Request, _Response]
         except StateError as exc:
             error: StateError = exc
         except Exception as exc:
-            logger.exception("SessionStore.%s failed", method.__name__)
+            # The traceback as text: a live one would keep the call's frames, and so
+            # the aio server, alive for as long as the log record is kept.
+            logger.error(
+                "SessionStore.%s failed:\n%s",
+                method.__name__,
+                "".join(traceback.format_exception(exc)),
+            )
             error = StateError(f"internal error in {method.__name__}: {type(exc).__name__}: {exc}")
         status = rpc_status.to_status(codec.error_status(error))
         await context.abort_with_status(status)  # type: ignore[attr-defined]  # not in the stubs
@@ -376,6 +384,7 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
         )
         await context.send_initial_metadata(())  # the stream is up: a client can tell
         async for event in events:
+            await failpoints.reached("watch.event")
             try:
                 await context.write(event_message(event))
             except Exception:

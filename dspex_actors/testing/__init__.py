@@ -24,9 +24,12 @@ versions and ``expected_version`` (including concurrent compare-and-set writers 
 must lose no update), metadata, typed records (``get_record``) and name globs
 (``list_variables(pattern)``), batches that are all or nothing, export/import
 fidelity and rejection of bad exports, capabilities, cleanup and the context manager,
-readers that never see half a batch or half an import, and exports and listings taken
+readers that never see half a batch or half an import, exports and listings taken
 while a writer registers, sets, deletes and updates that are each one consistent
-moment.
+moment, and change streaming: every write delivered to every matching subscriber,
+complete and in order, from the moment ``subscribe`` returns until ``unsubscribe``
+does, with subscribers that raise, call back into the session or are Pykka actors
+(or, for a backend without the ``streaming`` capability, ``NotSupported``).
 
 The kit is split by concern, one module and one class per group of operations
 (after fsspec's ``fsspec/tests/abstract``); :class:`StateProviderContract` is all of
@@ -35,6 +38,7 @@ them. The fixtures a backend overrides live in :mod:`~dspex_actors.testing.base`
 =====================  ===============================================================
 ``base``               ``ContractBase``: ``provider``, ``provider_options``,
                        ``open_state``, ``state``, ``hang_guard_seconds``; shared checks
+                       and ``guarded_call`` (the hang guard)
 ``seed``               ``SeedContract``: the seed's four tests
 ``values``             ``ValuesContract``: types, constraints, coercion, bad values
 ``variables``          ``VariablesContract``: register, get, set, versions, metadata,
@@ -44,17 +48,21 @@ them. The fixtures a backend overrides live in :mod:`~dspex_actors.testing.base`
 ``exports``            ``ExportContract``: ``export_state``, ``import_state``
 ``sessions``           ``SessionContract``: ids, capabilities, cleanup, ``with``
 ``concurrency``        ``ConcurrencyContract``: readers against writers
+``streaming``          ``StreamingContract``: ``subscribe``, ``unsubscribe``, events;
+                       ``NotSupported`` without the ``streaming`` capability
 =====================  ===============================================================
 
 A backend proves the contract with :class:`StateProviderContract`; a single class
 (``class TestMine(VariablesContract)``) runs one concern while working on it.
 
 The kit only uses the public contract (:mod:`dspex_actors.provider`,
-:mod:`dspex_actors.errors`, :mod:`dspex_actors.records`, :mod:`dspex_actors.exports`),
-so it runs unchanged against any backend. It is deterministic: threads meet on
-barriers, events and queues, every loop is bounded, and nothing is timed; the only
-timeout is a hang guard that turns a call that never returns into a failure instead
-of a stuck test run.
+:mod:`dspex_actors.errors`, :mod:`dspex_actors.records`, :mod:`dspex_actors.exports`
+and Pykka (an actor subscriber); events are read through their attributes only,
+:class:`~dspex_actors.testing.streaming.StreamEvent`), so it runs unchanged against
+any backend. It is deterministic: threads meet on barriers, events, conditions and
+queues, every loop is bounded, and nothing is timed; the only timeout is a hang
+guard that turns a call that never returns (or an event that never comes) into a
+failure instead of a stuck test run.
 
 Every provider the kit opens goes through the ``open_state`` factory fixture, which
 cleans each one up after the test, pass or fail. A cleanup that raises there is
@@ -76,6 +84,7 @@ from dspex_actors.testing.exports import ExportContract
 from dspex_actors.testing.records import RecordsContract
 from dspex_actors.testing.seed import SeedContract
 from dspex_actors.testing.sessions import SessionContract
+from dspex_actors.testing.streaming import StreamingContract
 from dspex_actors.testing.values import ValuesContract
 from dspex_actors.testing.variables import VariablesContract
 
@@ -89,6 +98,7 @@ __all__ = [
     "SeedContract",
     "SessionContract",
     "StateProviderContract",
+    "StreamingContract",
     "ValuesContract",
     "VariablesContract",
 ]
@@ -103,6 +113,7 @@ class StateProviderContract(
     ExportContract,
     SessionContract,
     ConcurrencyContract,
+    StreamingContract,
 ):
     """Inherit in a ``Test*`` class and set ``provider`` to run the whole contract.
 

@@ -1,0 +1,308 @@
+"""Change streaming beyond the kit: overflow, resumption, migration, the cache, processes.
+
+The compliance kit proves ordering and delivery on every backend; these tests prove
+what needs a backend's knobs or several parts: a subscriber that stops reading
+gets one overflow event while writers go on; a Watch stream broken mid-way resumes
+without a gap or a repeat; a Context's subscription crosses the switch to the
+bridge with every event once; and a cached handle in one process sees another
+process's write.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from bridge_support import python_env
+
+from dspex_actors import LocalState, Supervisor, failpoints, serve
+from dspex_actors.bridge import BridgedState
+from dspex_actors.bridge.cache import ABSENT, MISS, RecordCache
+from dspex_actors.errors import StateError
+from dspex_actors.records import VariableRecord
+from dspex_actors.streaming import Event
+
+WAIT = 30.0  # a hang guard for waits that end at once when all is well
+
+
+class Inbox:
+    """Events a subscriber received, waited on with a condition (never a sleep)."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.events: list[Event] = []
+        self._changed = threading.Condition()
+        self._hold = hold
+        self.first = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.first.set()
+        if self._hold is not None:
+            assert self._hold.wait(WAIT), "the test never released the subscriber"
+        with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    def wait_for(self, done: Callable[[list[Event]], bool]) -> list[Event]:
+        with self._changed:
+            assert self._changed.wait_for(lambda: done(self.events), WAIT), self.events[-5:]
+            return list(self.events)
+
+
+def _last_version(version: int) -> Callable[[list[Event]], bool]:
+    return lambda events: bool(events) and events[-1].version == version
+
+
+def test_a_subscriber_that_stops_reading_gets_one_overflow_and_writers_go_on() -> None:
+    hold = threading.Event()
+    inbox = Inbox(hold)
+    with LocalState.init(event_history=10) as state:
+        state.register_variable("x", "integer", 0)
+        with state.subscribe("x", inbox):
+            state.set_variable("x", 1)
+            assert inbox.first.wait(WAIT)  # the subscriber is stuck on its first event
+            for i in range(2, 61):  # six times the history, while it is stuck
+                assert state.set_variable("x", i) == i  # writers are never held
+            hold.set()
+            inbox.wait_for(lambda got: "overflow" in [e.kind for e in got])
+            state.set_variable("x", 61)  # after the overflow it goes on from the present
+            events = inbox.wait_for(_last_version(61))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "updated" and events[0].version == 1
+    assert kinds.count("overflow") == 1
+    overflow = events[kinds.index("overflow")]
+    assert overflow.sequence == events[0].sequence  # the last one it was given
+    after = events[kinds.index("overflow") + 1 :]
+    assert [e.version for e in after] == list(range(after[0].version, 62))
+    print(f"overflow after version {events[0].version}; resumed at {after[0].version}")
+
+
+def test_a_remote_subscriber_that_stops_reading_gets_overflow_from_the_server() -> None:
+    hold = threading.Event()
+    inbox = Inbox(hold)
+    chunk = "x" * 60_000  # large events fill the stream's buffers sooner
+    with (
+        serve(event_history=10) as server,
+        BridgedState.init(address=server.address) as state,
+    ):
+        state.register_variable("x", "string", "")
+        with state.subscribe(None, inbox):
+            state.set_variable("x", "0" + chunk)
+            assert inbox.first.wait(WAIT)
+            for i in range(1, 400):  # 24 MB: past every buffer, then past the history
+                state.set_variable("x", f"{i}{chunk}")
+            hold.set()
+            inbox.wait_for(lambda got: "overflow" in [e.kind for e in got])
+            state.set_variable("x", "end")
+            events = inbox.wait_for(lambda got: bool(got) and got[-1].value == "end")
+    versions = [e.version for e in events if e.kind == "updated"]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+
+
+def test_a_broken_watch_stream_resumes_without_a_gap_or_a_repeat() -> None:
+    inbox = Inbox()
+    breaks = [0]
+
+    def break_every_97th() -> None:
+        breaks[0] += 1
+        if breaks[0] % 97 == 0:
+            raise RuntimeError("the stream breaks here")
+
+    with (
+        serve() as server,
+        BridgedState.init(address=server.address) as state,
+        failpoints.enabled("watch.event", break_every_97th),
+    ):
+        state.register_variable("x", "integer", 0)
+        subscription = state.subscribe("x", inbox)
+        for i in range(1, 1001):
+            state.set_variable("x", i)
+        events = inbox.wait_for(_last_version(1000))
+        reconnects = subscription.reconnects
+        subscription.close()
+    assert [e.version for e in events] == list(range(1, 1001))
+    sequences = [e.sequence for e in events]
+    assert sequences == list(range(sequences[0], sequences[0] + 1000))
+    assert reconnects >= 9
+    print(f"1000 events through {reconnects} broken streams: lost 0, repeated 0")
+
+
+def test_watchers_hear_closed_when_the_session_closes() -> None:
+    inbox = Inbox()
+    with serve() as server:
+        state = BridgedState.init(address=server.address)
+        subscription = state.subscribe(None, inbox)
+        state.register_variable("x", "integer", 0)
+        state.cleanup()  # the owner closes the session
+        events = inbox.wait_for(lambda got: bool(got) and got[-1].kind == "closed")
+        subscription.close()
+    assert [e.kind for e in events] == ["registered", "closed"]
+
+
+def test_a_context_subscription_crosses_the_switch_with_every_event_once() -> None:
+    inbox = Inbox()
+    with Supervisor.start() as sup:
+        ctx = sup.start_context()
+        subscription = ctx.subscribe(None, inbox)
+        ctx.register_variable("t", "integer", 0)
+        halfway = threading.Event()
+
+        def writer() -> None:
+            for i in range(1, 1001):
+                ctx.set_variable("t", i)
+                if i == 300:
+                    halfway.set()
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        assert halfway.wait(WAIT)
+        ctx.ensure_bridged()  # while the writer goes on
+        thread.join()
+        assert ctx.backend_info()["type"] == "bridged"
+        events = inbox.wait_for(_last_version(1000))
+        subscription.close()
+    assert [e.version for e in events] == list(range(1001))  # registered 0, then 1..1000
+    assert [e.sequence for e in events] == list(range(1, 1002))
+    print(f"{len(events)} events across the switch: lost 0, repeated 0")
+
+
+def test_a_cached_handle_reads_locally_sees_its_own_writes_and_others() -> None:
+    with serve() as server:
+        writer = BridgedState.init(address=server.address)
+        cached = BridgedState.init(
+            session_id=writer.session_id, address=server.address, cache=True
+        )
+        try:
+            writer.register_variable("t", "float", 0.5)
+            cached.sync_cache()
+            assert cached.cached and cached.get_variable("t") == 0.5
+            for i in range(50):  # read-your-writes, every time
+                version = cached.set_variable("t", i / 100)
+                assert cached.get_variable("t") == i / 100
+                assert cached.get_record("t").version == version
+            writer.set_variable("t", 1.5)
+            cached.sync_cache()
+            assert cached.get_variable("t") == 1.5
+            assert [r["name"] for r in cached.list_variables("t*")] == ["t"]
+            cached.delete_variable("t")
+            with pytest.raises(StateError):
+                cached.get_variable("t")
+        finally:
+            cached.cleanup()
+            writer.cleanup()
+
+
+WRITER = """
+import sys
+from dspex_actors.bridge import BridgedState
+from dspex_actors.bridge.cache import ABSENT, MISS, RecordCache
+from dspex_actors.records import VariableRecord
+with BridgedState.init(session_id=sys.argv[1], create=False) as state:
+    state.set_variable("temperature", 1.25)
+"""
+
+
+def test_two_processes_one_writes_the_others_cached_handle_sees_it() -> None:
+    with serve() as server:
+        cached = BridgedState.init(address=server.address, cache=True)
+        try:
+            cached.register_variable("temperature", "float", 0.7)
+            assert cached.get_variable("temperature") == 0.7
+            subprocess.run(
+                [sys.executable, "-c", WRITER, cached.session_id],
+                env=python_env(DSPEX_BRIDGE_ADDRESS=server.address),
+                check=True,
+                timeout=60,
+            )
+            cached.sync_cache()  # the other process's write has returned
+            assert cached.cached
+            assert cached.get_variable("temperature") == 1.25
+        finally:
+            cached.cleanup()
+
+
+def test_a_cache_answers_nothing_while_its_stream_is_down() -> None:
+    """The model at its edges, on the cache itself: down (or behind after an
+    overflow) means every read goes to the server; a re-read brings it back."""
+    listing: list[dict[str, Any]] = []
+    cache = RecordCache(lambda: list(listing), lambda var_id: VariableRecord.from_dict(listing[0]))
+    listing.append(
+        {
+            "id": "var_x",
+            "name": "x",
+            "type": "integer",
+            "value": 0,
+            "constraints": {},
+            "metadata": {},
+            "version": 0,
+            "created_at": 1.0,
+            "last_updated_at": 1.0,
+        }
+    )
+    assert cache.value("x") is MISS  # not connected yet
+    cache.connected()
+    assert cache.value("x") == 0 and cache.value("y") is ABSENT
+    update = Event("s", 2, "updated", "var_x", "x", 5, 1, {}, 2.0)
+    cache.on_event(update)
+    assert cache.value("x") == 5
+    cache.disconnected()
+    assert cache.value("x") is MISS and cache.listing(None) is MISS
+    assert cache.values(["x"]) is MISS and cache.record("x") is MISS
+    listing[0] = {**listing[0], "value": 9, "version": 3}
+    cache.connected()  # re-read on reconnection: the listing wins over older events
+    cache.on_event(update)  # an old event arriving late changes nothing
+    assert cache.value("x") == 9
+    cache.expect("x", 4)  # this handle wrote version 4: until its event, the server
+    assert cache.value("x") is MISS
+    cache.on_event(Event("s", 5, "updated", "var_x", "x", 11, 4, {}, 3.0))
+    assert cache.value("x") == 11
+    cache.on_event(Event("s", 5, "overflow"))
+    assert cache.value("x") == 9  # overflow re-reads at once (the listing says 9 now)
+    cache.on_event(Event("s", 6, "closed"))
+    assert cache.value("x") is MISS
+
+
+def test_subscribers_of_two_kinds_and_one_that_raises(caplog: pytest.LogCaptureFixture) -> None:
+    import pykka
+
+    class Recorder(pykka.ThreadingActor):
+        def __init__(self, inbox: Inbox) -> None:
+            super().__init__()
+            self.inbox = inbox
+
+        def on_receive(self, message: Any) -> None:
+            self.inbox(message)
+
+    told, called = Inbox(), Inbox()
+    failures = [0]
+
+    def broken(event: Event) -> None:
+        failures[0] += 1
+        raise ValueError("a subscriber's bug")
+
+    actor = Recorder.start(told)
+    try:
+        with (
+            LocalState.init() as state,
+            state.subscribe(None, actor),
+            state.subscribe(None, broken),
+            state.subscribe(None, called),
+        ):
+            state.register_variable("x", "integer", 0)
+            for i in range(1, 11):
+                state.set_variable("x", i)
+            told.wait_for(_last_version(10))
+            called.wait_for(_last_version(10))
+    finally:
+        actor.stop()
+    assert failures[0] == 11
+    assert (
+        sum(
+            "a subscriber's bug" in r.getMessage() or r.exc_info is not None
+            for r in caplog.records
+        )
+        >= 1
+    )

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import pykka
 
@@ -74,6 +74,7 @@ __all__ = [
     "MISSED",
     "SEALED",
     "ExitHook",
+    "Journal",
     "Record",
     "Sealed",
     "SessionActor",
@@ -165,6 +166,26 @@ class Record(NamedTuple):
         }
 
 
+class Journal(Protocol):
+    """Where a durable store records each change before the session publishes it.
+
+    ``write`` runs in the session actor's turn, before the table changes: it must
+    make the change durable (one transaction) or raise a ``StateError``, and then
+    the change is not applied. ``upserts`` are whole records (their validator holds
+    the type and constraints); ``next_event`` is the session's event count after
+    the change.
+    """
+
+    def write(
+        self,
+        session_id: str,
+        upserts: Sequence[Record],
+        removed: Sequence[Record],
+        metadata: dict[str, Any] | None,
+        next_event: int,
+    ) -> None: ...
+
+
 class SessionTable:
     """A session's published variables: written by its writer only, read by anyone.
 
@@ -175,9 +196,18 @@ class SessionTable:
     log, kept from the first subscriber on.
     """
 
-    __slots__ = ("by_id", "events", "index", "metadata", "next_event", "seq", "session_id")
+    __slots__ = (
+        "by_id",
+        "events",
+        "index",
+        "journal",
+        "metadata",
+        "next_event",
+        "seq",
+        "session_id",
+    )
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, journal: Journal | None = None) -> None:
         self.session_id = session_id
         self.seq = 0 if LOCK_FREE_READS else 1
         self.index: dict[str, Record] = {}
@@ -185,6 +215,7 @@ class SessionTable:
         self.metadata: dict[str, Any] = {}
         self.next_event = 1
         self.events: EventLog | None = None
+        self.journal = journal
 
     @property
     def closed(self) -> bool:
@@ -502,8 +533,12 @@ class SessionActor(pykka.ThreadingActor):
         quiet: bool = False,
     ) -> None:
         """Swap records (and session metadata) into the table in one seqlock window,
-        and log their change events (``kind``) together, unless ``quiet``."""
+        and log their change events (``kind``) together, unless ``quiet``. A durable
+        store's journal records the change first; if it cannot, nothing changes."""
         table = self.table
+        if table.journal is not None:
+            after = table.next_event + (0 if quiet else len(records) + len(removed))
+            table.journal.write(table.session_id, records, removed, metadata, after)
         index = table.index
         by_id = table.by_id
         table.seq += _SEQ_STEP

@@ -39,11 +39,14 @@ from dspex_actors.records import check_pattern, name_matches
 
 __all__ = [
     "DEFAULT_HISTORY",
+    "Closing",
     "Event",
     "EventKind",
     "EventLog",
     "Subscriber",
     "Subscription",
+    "check_subscriber",
+    "hand_over",
 ]
 
 logger = logging.getLogger(__name__)
@@ -191,7 +194,49 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class Subscription:
+def hand_over(subscriber: Subscriber, event: Event) -> None:
+    """Give ``event`` to a subscriber (call it, or tell the actor); a subscriber's
+    failure is logged, never raised: delivery goes on."""
+    try:
+        if isinstance(subscriber, pykka.ActorRef):
+            subscriber.tell(event)
+        else:
+            subscriber(event)
+    except Exception:
+        logger.exception(
+            "subscriber of session %s failed on event %d; delivery goes on",
+            event.session_id,
+            event.sequence,
+        )
+
+
+def check_subscriber(subscriber: object) -> None:
+    """``TypeError`` unless ``subscriber`` is a callable or a Pykka actor."""
+    if not (callable(subscriber) or isinstance(subscriber, pykka.ActorRef)):
+        raise TypeError(
+            f"a subscriber is a callable or a pykka.ActorRef, got {type(subscriber).__name__}"
+        )
+
+
+class Closing:
+    """What every subscription is: closed by ``close()`` or by leaving a ``with``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Subscription(Closing):
     """Delivery of a session's events to one subscriber (see the module docstring).
 
     Use a backend's ``subscribe``; ``unsubscribe`` (or ``close``, or the end of a
@@ -208,10 +253,7 @@ class Subscription:
         start: int | None = None,
         name: str = "dspex-subscription",
     ) -> None:
-        if not (callable(subscriber) or isinstance(subscriber, pykka.ActorRef)):
-            raise TypeError(
-                f"a subscriber is a callable or a pykka.ActorRef, got {type(subscriber).__name__}"
-            )
+        check_subscriber(subscriber)
         self.pattern = check_pattern(pattern)
         self.subscriber = subscriber
         self._log = log
@@ -242,24 +284,10 @@ class Subscription:
                 if event.kind in ("overflow", "closed") or name_matches(
                     event.name or "", self.pattern
                 ):
-                    self._hand_over(event)
+                    hand_over(self.subscriber, event)
             self._cursor = cursor
             if events[-1].kind == "closed":
                 self._stopped.set()
-
-    def _hand_over(self, event: Event) -> None:
-        subscriber = self.subscriber
-        try:
-            if isinstance(subscriber, pykka.ActorRef):
-                subscriber.tell(event)
-            else:
-                subscriber(event)
-        except Exception:
-            logger.exception(
-                "subscriber of session %s failed on event %d; delivery goes on",
-                event.session_id,
-                event.sequence,
-            )
 
     def close(self) -> None:
         """Stop delivery; idempotent. Returns once no event is being delivered."""
@@ -267,17 +295,6 @@ class Subscription:
         self._log.wake_readers()
         if threading.current_thread() is not self._thread:
             self._thread.join()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "stopped"

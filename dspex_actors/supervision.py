@@ -38,8 +38,6 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-import pykka
-
 from dspex_actors import failpoints
 from dspex_actors.errors import SessionClosed, SessionNotFound, StateError
 from dspex_actors.exports import ExportColumns, columns_digest, columns_of
@@ -49,7 +47,7 @@ from dspex_actors.provider import Migratable, Restartable, StateProvider, valida
 from dspex_actors.records import VariableRecord
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
-from dspex_actors.streaming import Event, Subscriber
+from dspex_actors.streaming import Closing, Event, Subscriber, hand_over
 
 if TYPE_CHECKING:
     from dspex_actors.bridge.client import BridgedState
@@ -296,7 +294,7 @@ class Supervisor:
         self.stop()
 
 
-class ContextSubscription:
+class ContextSubscription(Closing):
     """A Context's subscription: it follows the session from backend to backend.
 
     At a switch the old backend's subscription delivers every event up to the cut
@@ -324,23 +322,13 @@ class ContextSubscription:
                     if event.kind == "closed":
                         self._end_move()
                     else:
-                        self._hand_over(event)
+                        hand_over(self.subscriber, event)
                 elif self._held is not None:
                     self._held.append(event)
                 else:
-                    self._hand_over(event)
+                    hand_over(self.subscriber, event)
 
         return on
-
-    def _hand_over(self, event: Event) -> None:
-        subscriber = self.subscriber
-        try:
-            if isinstance(subscriber, pykka.ActorRef):
-                subscriber.tell(event)
-            else:
-                subscriber(event)
-        except Exception:
-            logger.exception("subscriber of session %s failed; delivery goes on", event.session_id)
 
     def move(self, backend: StateProvider, start: int | None) -> None:
         """Subscribe on the session's new backend from ``start`` (the cut)."""
@@ -357,7 +345,7 @@ class ContextSubscription:
     def _end_move(self) -> None:
         held, self._held = self._held or [], None
         for event in held:
-            self._hand_over(event)
+            hand_over(self.subscriber, event)
         self._moved.set()
 
     def finish_move(self, timeout: float) -> None:
@@ -375,17 +363,6 @@ class ContextSubscription:
         for inner in (self._inner, self._old):
             if inner is not None:
                 inner.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _failed_reader(error: StateError) -> Callable[..., Any]:

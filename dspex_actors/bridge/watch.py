@@ -16,15 +16,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
-import pykka
 
 from dspex_actors.bridge import codec
 from dspex_actors.records import check_pattern
-from dspex_actors.streaming import Event, EventKind, Subscriber
+from dspex_actors.streaming import (
+    Closing,
+    Event,
+    EventKind,
+    Subscriber,
+    check_subscriber,
+    hand_over,
+)
 from dspex_actors.v1 import session_store_pb2 as pb
 
 __all__ = ["RemoteSubscription"]
@@ -53,7 +58,7 @@ _FIRST_PAUSE = 0.01
 _MAX_PAUSE = 1.0
 
 
-class RemoteSubscription:
+class RemoteSubscription(Closing):
     """A subscription to a bridged session (see the module docstring)."""
 
     def __init__(
@@ -67,10 +72,7 @@ class RemoteSubscription:
         on_connect: Callable[[], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
     ) -> None:
-        if not (callable(subscriber) or isinstance(subscriber, pykka.ActorRef)):
-            raise TypeError(
-                f"a subscriber is a callable or a pykka.ActorRef, got {type(subscriber).__name__}"
-            )
+        check_subscriber(subscriber)
         self.pattern = check_pattern(pattern)
         self.subscriber = subscriber
         self.session_id = session_id
@@ -116,7 +118,7 @@ class RemoteSubscription:
                 for message in self._stream:
                     pause = _FIRST_PAUSE
                     event = self._event(message)
-                    self._hand_over(event)
+                    hand_over(self.subscriber, event)
                     # After an overflow the server goes on from the present.
                     self._cursor = None if event.kind == "overflow" else event.sequence + 1
                     if event.kind == "closed":
@@ -132,7 +134,9 @@ class RemoteSubscription:
                     # The session is gone (NOT_FOUND) or the server refuses: say so.
                     error = codec.error_from_rpc(exc, "the SessionStore")
                     logger.warning("watch of %s ended: %s", self.session_id, error)
-                    self._hand_over(Event(self.session_id, self.last_sequence or 0, "closed"))
+                    hand_over(
+                        self.subscriber, Event(self.session_id, self.last_sequence or 0, "closed")
+                    )
                     self._stopped.set()
                     return
             # The stream ended or broke: open it again from where it stopped.
@@ -162,20 +166,6 @@ class RemoteSubscription:
             message.timestamp or None,
         )
 
-    def _hand_over(self, event: Event) -> None:
-        subscriber = self.subscriber
-        try:
-            if isinstance(subscriber, pykka.ActorRef):
-                subscriber.tell(event)
-            else:
-                subscriber(event)
-        except Exception:
-            logger.exception(
-                "subscriber of session %s failed on event %d; delivery goes on",
-                event.session_id,
-                event.sequence,
-            )
-
     def close(self) -> None:
         """Stop delivery; idempotent. Returns once no event is being delivered."""
         with self._lock:
@@ -185,17 +175,6 @@ class RemoteSubscription:
             stream.cancel()
         if threading.current_thread() is not self._thread:
             self._thread.join()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "stopped"

@@ -234,6 +234,7 @@ class LocalState(StateProvider):
         call timeout), then goes to the successor or back to the unsealed actor.
         """
         deadline = time.monotonic() + self._call_timeout
+        unowned = 0
         while True:
             successor = self._successor
             if successor is not None:
@@ -246,7 +247,16 @@ class LocalState(StateProvider):
                 return answer
             migration = self._migration
             left = deadline - time.monotonic()
-            if left <= 0 or (migration is not None and not migration.wait(left)):
+            if migration is None:
+                # Unsealed meanwhile (try again), or sealed by a caller other than
+                # this handle, whose outcome it cannot wait for.
+                unowned += 1
+                if unowned > 1:
+                    raise StateError(
+                        f"session {self.session_id!r} is sealed, not by this handle; "
+                        f"{type(message).__name__} was not applied"
+                    )
+            elif left <= 0 or not migration.wait(left):
                 raise StateError(
                     f"session {self.session_id!r}: a migration did not settle within "
                     f"{self._call_timeout}s; {type(message).__name__} was not applied"

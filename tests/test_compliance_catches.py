@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fnmatch
+import itertools
 import os
 import pkgutil
 import queue
@@ -30,8 +31,10 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any, NamedTuple, Self
 
+import pykka
 import pytest
 from bridge_support import python_env
 
@@ -44,7 +47,8 @@ from dspex_actors.errors import (
     ValidationError,
     VariableNotFound,
 )
-from dspex_actors.records import VariableRecord
+from dspex_actors.records import VariableRecord, name_matches
+from dspex_actors.streaming import Event, Subscriber
 from dspex_actors.testing import StateProviderContract
 
 # ------------------------------------------------------------------ broken backends
@@ -324,6 +328,128 @@ class LenientPatterns(LocalState):
         return super().list_variables(pattern if isinstance(pattern, str) else None)
 
 
+def _hand_to(subscriber: Subscriber, event: Event) -> None:
+    """Give one event to a subscriber as LocalState would: call it, or tell the actor."""
+    if isinstance(subscriber, pykka.ActorRef):
+        subscriber.tell(event)
+    else:
+        subscriber(event)
+
+
+class DropsEveryHundredth(LocalState):
+    """A subscription misses every 100th event it should deliver."""
+
+    def subscribe(
+        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
+    ) -> Any:
+        count = itertools.count(1)
+
+        def deliver(event: Event) -> None:
+            if next(count) % 100:
+                _hand_to(subscriber, event)
+
+        return super().subscribe(pattern, deliver, start=start)
+
+
+class SwapsNeighbours(LocalState):
+    """A subscription delivers each event whose sequence ends in 7 after the event
+    that follows it (and never, if none follows)."""
+
+    def subscribe(
+        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
+    ) -> Any:
+        held: list[Event] = []
+
+        def deliver(event: Event) -> None:
+            if event.sequence % 10 == 7 and event.kind not in ("overflow", "closed"):
+                held.append(event)
+                return
+            _hand_to(subscriber, event)
+            while held:
+                _hand_to(subscriber, held.pop())
+
+        return super().subscribe(pattern, deliver, start=start)
+
+
+class _Listener:
+    """NotifiesUnderWriteLock's subscription: a context manager that stops listening."""
+
+    def __init__(
+        self, pattern: str | None, subscriber: Subscriber, listeners: list[_Listener]
+    ) -> None:
+        self.pattern = pattern
+        self.subscriber = subscriber
+        self._listeners = listeners
+        listeners.append(self)
+
+    def deliver(self, event: Event) -> None:
+        if name_matches(event.name or "", self.pattern):
+            _hand_to(self.subscriber, event)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class NotifiesUnderWriteLock(LocalState):
+    """set_variable calls subscribers synchronously, in the writer's thread, while it
+    holds the handle's write lock: a subscriber that writes back deadlocks. (Only
+    set_variable notifies; this backend runs only the test aimed at that.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._write_lock = threading.Lock()
+        self._listeners: list[_Listener] = []
+        self._sequence = itertools.count(1)
+
+    def subscribe(
+        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
+    ) -> Any:
+        return _Listener(pattern, subscriber, self._listeners)
+
+    def unsubscribe(self, subscription: Any) -> None:
+        subscription.close()
+
+    def set_variable(
+        self,
+        identifier: str,
+        new_value: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        expected_version: int | None = None,
+    ) -> int:
+        with self._write_lock:
+            version = super().set_variable(
+                identifier, new_value, metadata, expected_version=expected_version
+            )
+            record = self.get_record(identifier)
+            event = Event(
+                self.session_id,
+                next(self._sequence),
+                "updated",
+                record.id,
+                record.name,
+                record.value,
+                record.version,
+                record.metadata,
+                record.last_updated_at,
+            )
+            for listener in list(self._listeners):
+                listener.deliver(event)
+            return version
+
+
 class NeedsToken(LocalState):
     """Not broken: a backend whose init requires an option, fed by provider_options."""
 
@@ -445,6 +571,24 @@ BREAKAGES = [
     Breakage(
         "LenientPatterns",
         (r"test_list_variables_rejects_a_pattern_that_is_not_a_string\[.*\]",),
+    ),
+    Breakage(
+        "DropsEveryHundredth",
+        (
+            r"test_rapid_writes_arrive_complete_and_in_order",
+            r"test_batch_yields_consecutive_events",
+        ),
+    ),
+    Breakage(
+        "SwapsNeighbours",
+        (
+            r"test_rapid_writes_arrive_complete_and_in_order",
+            r"test_batch_yields_consecutive_events",
+        ),
+        guard=5.0,
+    ),
+    Breakage(
+        "NotifiesUnderWriteLock", (r"test_subscriber_may_call_back_into_the_session",), guard=0.5
     ),
 ]
 

@@ -194,8 +194,8 @@ class StreamingContract(ContractBase):
         """Whether the backend streams; if it does not, check that it says so."""
         if self.provider.capabilities()["streaming"]:
             return True
-        with pytest.raises(NotSupported):
-            state.subscribe(None, _ignore)
+        with pytest.raises(NotSupported), contextlib.ExitStack() as stack:
+            stack.enter_context(state.subscribe(None, _ignore))  # stopped should it start
         with pytest.raises(NotSupported):
             state.unsubscribe(object())
         return False

@@ -1,0 +1,250 @@
+"""A switch to the bridge that fails at any step leaves the session whole where it was.
+
+Each migration step has a failpoint (``dspex_actors.failpoints``). Failing any step
+before the swap must leave the session on its local backend, whole (every value
+and version) and writable, with no session of that id visible on the server; the
+StateError names the step; and a second attempt without the fault succeeds and
+keeps everything. A failure at retirement comes after the swap: the switch stands
+and is recorded. A copy that could not be removed (the bridge refused the close)
+stays invisible and is removed before the next attempt. And incarnations: an owner
+whose session expired cannot close a newcomer's session with the same id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dspex_actors import LocalState, failpoints
+from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+from dspex_actors.errors import BridgeUnavailable, SessionNotFound, StateError
+from dspex_actors.supervision import Context, Supervisor
+
+SESSION = "moving"
+
+
+@pytest.fixture
+def server() -> Iterator[SessionStoreServer]:
+    with serve() as running:
+        yield running
+
+
+@pytest.fixture
+def supervisor(server: SessionStoreServer) -> Iterator[Supervisor]:
+    with Supervisor.start(bridge_address=server.address) as running:
+        yield running
+
+
+def _populate(ctx: Context) -> None:
+    ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
+    ctx.register_variable("model", "choice", "gpt", constraints={"choices": ["gpt", "llama"]})
+    ctx.register_variable("vector", "embedding", [1.0, 2.0], metadata={"unit": "m"})
+    for value in (0.8, 0.9, 1.0):
+        ctx.set_variable("temperature", value)
+    ctx.set_variable("model", "llama", {"by": "test"})
+
+
+def _snapshot(ctx: Context) -> list[dict[str, Any]]:
+    """Everything a migration must keep: ids, names, values, versions, metadata..."""
+    return ctx.list_variables()
+
+
+def _visible_on(server: SessionStoreServer, session_id: str = SESSION) -> bool:
+    """Whether another handle can attach to ``session_id`` (a pending copy cannot)."""
+    try:
+        handle = BridgedState.init(session_id=session_id, address=server.address, create=False)
+    except SessionNotFound:
+        return False
+    handle.cleanup()
+    return True
+
+
+STEPS = [
+    ("migration.export", "export"),
+    ("migration.import", "import"),
+    ("migration.import_reply", "import"),  # applied on the server, its answer lost
+    ("migration.verify", "verify"),
+    ("migration.commit", "commit"),
+    pytest.param(
+        "migration.swap",
+        "swap",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason=(
+                "supervision.py Context._migrate: a failure at the swap unseals the local "
+                "session but never discards the bridged copy, already committed and "
+                "visible; every later ensure_bridged() then fails at 'import' (session "
+                "already exists) and the copy's handle is leaked"
+            ),
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("point", "step"), STEPS)
+def test_a_failed_step_leaves_the_session_local_whole_and_writable(
+    server: SessionStoreServer, supervisor: Supervisor, point: str, step: str
+) -> None:
+    ctx = supervisor.start_context(session_id=SESSION)
+    _populate(ctx)
+    before = _snapshot(ctx)
+    with (
+        failpoints.enabled(point, failpoints.fail(StateError("injected"))),
+        pytest.raises(StateError) as failed,
+    ):
+        ctx.ensure_bridged()
+    assert failed.value.details["step"] == step
+    assert ctx.backend_info()["type"] == "local"
+    assert ctx.backend_info()["switches"] == 0
+    assert _snapshot(ctx) == before  # whole: values, versions, metadata, timestamps
+    assert not _visible_on(server)  # nothing of it is left visible on the server
+    with pytest.raises(KeyError):  # nor held there at all
+        server.session_state(SESSION)
+    assert ctx.set_variable("temperature", 1.5) == 4  # writable
+    after_write = _snapshot(ctx)
+
+    ctx.ensure_bridged()  # the same switch without the fault
+    assert ctx.backend_info()["type"] == "bridged"
+    assert _snapshot(ctx) == after_write  # every value and version kept
+    assert ctx.set_variable("temperature", 1.6) == 5
+    assert _visible_on(server)
+    print(f"fault injected at {point}: refused at step {step!r}, then switched whole")
+
+
+def test_a_failed_retirement_still_switches_and_is_recorded(
+    server: SessionStoreServer, supervisor: Supervisor
+) -> None:
+    switches: list[dict[str, Any]] = []
+    supervisor.on_switch = switches.append
+    ctx = supervisor.start_context(session_id=SESSION)
+    _populate(ctx)
+    before = _snapshot(ctx)
+    old = ctx.backend
+    try:
+        with failpoints.enabled("migration.retire", failpoints.fail(StateError("injected"))):
+            ctx.ensure_bridged()  # raises nothing: the switch has happened
+        info = ctx.backend_info()
+        assert info["type"] == "bridged"
+        assert info["switches"] == 1
+        assert [(e["from"], e["to"], e["variables"]) for e in info["history"]] == [
+            ("local", "bridged", 3)
+        ]
+        assert [(e["from"], e["to"]) for e in switches] == [("local", "bridged")]
+        assert _snapshot(ctx) == before
+        assert _visible_on(server)
+        assert ctx.set_variable("temperature", 1.5) == 4
+    finally:
+        old.cleanup()  # see the next test: the failed retirement left it running
+
+
+_RETIRE_LEAK = (
+    "supervision.py Context._migrate: when retiring the old backend fails, it is "
+    "neither retired nor cleaned up (the except branch only logs): it stays sealed, "
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=_RETIRE_LEAK + "its session actor keeps running after Supervisor.stop()",
+)
+def test_a_failed_retirement_leaves_no_actor_running(
+    server: SessionStoreServer, supervisor: Supervisor
+) -> None:
+    ctx = supervisor.start_context(session_id=SESSION)
+    _populate(ctx)
+    old = ctx.backend
+    assert isinstance(old, LocalState)
+    try:
+        with failpoints.enabled("migration.retire", failpoints.fail(StateError("injected"))):
+            ctx.ensure_bridged()
+        supervisor.stop()
+        assert not old.alive, "the old session's actor outlived its supervisor"
+    finally:
+        old.cleanup()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=_RETIRE_LEAK + "and a handle kept from before the switch reads its stale "
+    "values (its writes wait 30 s for a migration that never settles, then fail)",
+)
+def test_a_handle_kept_across_a_failed_retirement_follows_the_session(
+    server: SessionStoreServer, supervisor: Supervisor
+) -> None:
+    ctx = supervisor.start_context(session_id=SESSION)
+    _populate(ctx)
+    old = ctx.backend
+    try:
+        with failpoints.enabled("migration.retire", failpoints.fail(StateError("injected"))):
+            ctx.ensure_bridged()
+        ctx.set_variable("temperature", 1.5)
+        assert old.get_variable("temperature") == 1.5, "a kept handle reads a stale value"
+    finally:
+        old.cleanup()
+
+
+def test_a_copy_that_could_not_be_removed_stays_invisible_and_is_removed_next_time(
+    server: SessionStoreServer, supervisor: Supervisor
+) -> None:
+    ctx = supervisor.start_context(session_id=SESSION)
+    _populate(ctx)
+    before = _snapshot(ctx)
+    attach_attempts: list[str] = []
+
+    def verify_fails_after_a_peek() -> None:
+        # Another handle tries to attach while the copy exists on the server.
+        attach_attempts.append("visible" if _visible_on(server) else "not found")
+        raise StateError("injected")
+
+    with (
+        failpoints.enabled("migration.verify", verify_fails_after_a_peek),
+        failpoints.enabled("store.close", failpoints.fail(BridgeUnavailable("x"), times=1)),
+        pytest.raises(StateError) as failed,
+    ):
+        ctx.ensure_bridged()
+    assert failed.value.details["step"] == "verify"
+    assert ctx.backend_info()["type"] == "local"
+    server.session_state(SESSION)  # the copy is still held there (its close failed)...
+    assert not _visible_on(server)  # ...and invisible: pending, never committed
+    attach_attempts.append("visible" if _visible_on(server) else "not found")
+    assert attach_attempts == ["not found", "not found"]
+    assert ctx.set_variable("temperature", 1.5) == 4
+    expected = _snapshot(ctx)
+
+    ctx.ensure_bridged()  # removes the stale incarnation first, then switches
+    assert ctx.backend_info()["type"] == "bridged"
+    assert _snapshot(ctx) == expected
+    assert expected[:1] != before[:1]  # the write after the failure was kept too
+    assert _visible_on(server)
+    print("faults injected: verify failed and the copy's close failed; next switch whole")
+
+
+def test_an_expired_owner_cannot_close_a_newcomers_session() -> None:
+    now = [1000.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731 - a fake clock
+    with serve(session_ttl=10, clock=clock) as server:
+        first = BridgedState.init(session_id="reused", address=server.address)
+        try:
+            first.register_variable("mine", "integer", 1)
+            now[0] += 11
+            assert server.reap_expired() == ["reused"]
+            second = BridgedState.init(session_id="reused", address=server.address)
+            try:
+                assert second.owner
+                assert second.incarnation != first.incarnation
+                second.register_variable("theirs", "integer", 2)
+                with pytest.raises(SessionNotFound):
+                    first.close_remote()  # names the old incarnation only
+                first.cleanup()  # the old owner's cleanup leaves the newcomer alone
+                with BridgedState.init(
+                    session_id="reused", address=server.address, create=False
+                ) as third:
+                    assert [r["name"] for r in third.list_variables()] == ["theirs"]
+                    assert third.get_variable("theirs") == 2
+            finally:
+                second.cleanup()
+            assert not _visible_on(server, "reused")  # its own owner did close it
+        finally:
+            first.cleanup()

@@ -12,6 +12,7 @@ whose session expired cannot close a newcomer's session with the same id.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -247,4 +248,32 @@ def test_an_expired_owner_cannot_close_a_newcomers_session() -> None:
                 second.cleanup()
             assert not _visible_on(server, "reused")  # its own owner did close it
         finally:
+            first.cleanup()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "incarnations guard CloseSession only: every other request names the session by "
+        "id alone, so a handle whose session expired writes into (and deletes from) a "
+        "newcomer's session that reuses the id, as if it were its own"
+    ),
+)
+def test_an_expired_owner_cannot_write_into_a_newcomers_session() -> None:
+    now = [1000.0]
+    with serve(session_ttl=10, clock=lambda: now[0]) as server:
+        first = BridgedState.init(session_id="reused", address=server.address)
+        second: BridgedState | None = None
+        try:
+            first.register_variable("v", "integer", 1)
+            now[0] += 11
+            assert server.reap_expired() == ["reused"]
+            second = BridgedState.init(session_id="reused", address=server.address)
+            second.register_variable("v", "integer", 100)
+            with contextlib.suppress(SessionNotFound):  # the right answer: its session is gone
+                first.set_variable("v", 2)
+            assert second.get_variable("v") == 100, "the old owner wrote into the newcomer's"
+        finally:
+            if second is not None:
+                second.cleanup()
             first.cleanup()

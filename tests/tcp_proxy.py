@@ -134,6 +134,7 @@ class TcpProxy:
         self._on_drop = on_drop
         self._lock = threading.Lock()
         self._armed = 0
+        self._skip = 0
         self.drops = 0
         self.connections = 0
         self._dropped = threading.Condition(self._lock)
@@ -147,15 +148,20 @@ class TcpProxy:
 
     # -- control ------------------------------------------------------------------------
 
-    def drop_next_reply(self, count: int = 1) -> None:
-        """Lose the reply of the next ``count`` calls (each cuts its connection)."""
+    def drop_next_reply(self, count: int = 1, *, after: int = 0) -> None:
+        """Lose the reply of the next ``count`` calls (each cuts its connection),
+        letting the replies of the ``after`` calls before them through."""
         with self._lock:
             self._armed += count
+            self._skip = after
 
     def take_drop(self) -> bool:
         """Whether this reply is to be dropped (consumes one arming)."""
         with self._lock:
             if self._armed <= 0:
+                return False
+            if self._skip > 0:
+                self._skip -= 1
                 return False
             self._armed -= 1
             return True

@@ -33,6 +33,7 @@ from tcp_proxy import TcpProxy
 
 from dspex_actors.bridge import BridgedState, SessionStoreServer, channels, codec, serve
 from dspex_actors.errors import BridgeUnavailable, OutcomeUnknown, StateError
+from dspex_actors.supervision import Supervisor
 
 Hook = Callable[[], None]
 
@@ -189,6 +190,30 @@ def test_a_lost_open_reply_keeps_the_creator_the_owner(
         server.session_state("lost-open")
 
 
+@pytest.mark.parametrize(
+    ("after", "rpc"), [(0, "OpenSession"), (1, "ImportSession"), (2, "CommitSession")]
+)
+def test_a_migration_losing_a_reply_switches_whole_and_once(
+    server: SessionStoreServer, proxy: TcpProxy, after: int, rpc: str
+) -> None:
+    """The switch's three calls (open the pending copy, import it, commit it) each
+    survive a lost reply: the retry is answered as the first call was."""
+    with Supervisor.start(bridge_address=proxy.address) as supervisor:
+        ctx = supervisor.start_context(session_id="moving")
+        ctx.register_variable("a", "integer", 1)
+        ctx.set_variable("a", 2)
+        ctx.register_variable("b", "string", "x", metadata={"k": "v"})
+        before = ctx.list_variables()
+        proxy.drop_next_reply(after=after)
+        ctx.ensure_bridged()
+        assert proxy.drops == 1
+        assert ctx.backend_info()["type"] == "bridged"
+        assert ctx.list_variables() == before
+        assert ctx.set_variable("a", 3) == 2
+        assert server.session_state("moving").get_record("a").version == 2
+    print(f"the reply of {rpc} lost during a switch: switched whole, once")
+
+
 # -- outcome classes when the server dies ---------------------------------------------------
 
 
@@ -265,30 +290,6 @@ def test_an_applied_write_with_its_reply_lost_and_its_server_killed_is_unknown()
     assert recorder.seen == [1]  # the server had applied it when the reply was lost
 
 
-def test_an_applied_write_on_a_watched_channel_is_unknown(
-    server: SessionStoreServer, recorder: DropRecorder, proxy: TcpProxy
-) -> None:
-    """The same on a channel that already failed once (so its connectivity is
-    watched) and is connected again: the attempt began connected, so it may have
-    been applied, whatever the channel reports afterwards."""
-    state = BridgedState.init(address=proxy.address, timeout=1)
-    try:
-        state.register_variable("x", "integer", 0)
-        proxy.drop_next_reply()  # the first transport failure: the channel is watched now
-        assert state.set_variable("x", 1) == 1
-        recorder.observe = _server_version(server, state.session_id, "x")
-        recorder.then = proxy.refuse  # from now on the server is out of reach
-        proxy.drop_next_reply()
-        with pytest.raises(OutcomeUnknown):
-            state.set_variable("x", 2)
-        with pytest.raises(BridgeUnavailable):  # not applied, and known not to be
-            state.set_variable("x", 3)
-    finally:
-        state.cleanup()
-    assert recorder.seen == [2]
-    assert server.session_state(state.session_id).get_record("x").version == 2
-
-
 class SlowDelivery:
     """A connectivity subscriber that holds gRPC's delivery thread at READY while
     armed, as a busy machine delays it: the client hears of a new connection late."""
@@ -306,14 +307,47 @@ class SlowDelivery:
 
 class Seen:
     """A connectivity subscriber after the client's own: tells the test what the
-    client has been told (deliveries run the subscribers in order)."""
+    client has been told (gRPC runs a channel's subscribers in order, in one thread)."""
 
     def __init__(self) -> None:
         self.down = threading.Event()
+        self.ready = threading.Event()
 
     def __call__(self, connectivity: grpc.ChannelConnectivity) -> None:
-        if connectivity is not grpc.ChannelConnectivity.READY:
+        if connectivity is grpc.ChannelConnectivity.READY:
+            self.ready.set()
+        else:
             self.down.set()
+
+
+def test_an_applied_write_on_a_watched_channel_is_unknown(
+    server: SessionStoreServer, recorder: DropRecorder, proxy: TcpProxy
+) -> None:
+    """The same on a channel that already failed once (so its connectivity is
+    watched) and is connected again: the attempt began connected, so it may have
+    been applied, whatever the channel reports afterwards."""
+    seen = Seen()
+    shared = channels.acquire(proxy.address, None, codec.DEFAULT_MAX_MESSAGE_BYTES)
+    state = BridgedState.init(address=proxy.address, timeout=1)  # shares that channel
+    try:
+        state.register_variable("x", "integer", 0)
+        proxy.drop_next_reply()  # the first transport failure: the channel is watched now
+        assert state.set_variable("x", 1) == 1
+        shared.channel.subscribe(seen)  # after the client's own subscriber
+        assert seen.ready.wait(10)  # the client has been told it is connected again
+        recorder.observe = _server_version(server, state.session_id, "x")
+        recorder.then = proxy.refuse  # from now on the server is out of reach
+        proxy.drop_next_reply()
+        with pytest.raises(OutcomeUnknown):
+            state.set_variable("x", 2)
+        with pytest.raises(BridgeUnavailable):  # not applied, and known not to be
+            state.set_variable("x", 3)
+    finally:
+        shared.channel.unsubscribe(seen)
+        state.cleanup()
+        channels.release(shared)
+    assert recorder.seen == [2]
+    assert server.session_state(state.session_id).get_record("x").version == 2
 
 
 @pytest.mark.xfail(

@@ -384,10 +384,11 @@ def test_bridged_history_with_a_handle_per_client_is_linearizable() -> None:
     ),
 )
 def test_a_cached_handle_shared_by_threads_is_linearizable() -> None:
-    """Up to ten runs; each usually shows the defect (it is a race with the Watch
-    feed), so a fixed cache passes all ten and this test then XPASSes."""
+    """Up to fifteen runs; each shows the defect more often than not (it is a race
+    with the Watch feed: 12 of 20 runs here), so a fixed cache passes all fifteen
+    and this test then XPASSes."""
     with serve() as server:
-        for run in range(10):
+        for run in range(15):
             with BridgedState.init(address=server.address, cache=True) as cached:
                 cached.register_variable(NAME, "string", START_VALUE)
                 ops, version, value = run_clients([cached])

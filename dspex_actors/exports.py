@@ -24,7 +24,7 @@ import msgpack
 
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import InvalidExport
-from dspex_actors.vartypes import all_of_type, describe_value, plain_copy
+from dspex_actors.vartypes import all_of_type, describe_value, plain_copy, utf8_encodable
 
 __all__ = [
     "RECORD_KEYS",
@@ -144,9 +144,9 @@ def columns_of(exported: Any) -> ExportColumns:
     if missing:
         raise InvalidExport(f"export is missing {', '.join(missing)}")
     session_id = exported["session_id"]
-    if not isinstance(session_id, str):
+    if not isinstance(session_id, str) or not utf8_encodable(session_id):
         raise InvalidExport(
-            f"export session_id must be a string, got {describe_value(session_id)}"
+            f"export session_id must be a UTF-8 string, got {describe_value(session_id)}"
         )
     variables = exported["variables"]
     index = exported["variable_index"]

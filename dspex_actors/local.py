@@ -484,6 +484,7 @@ class LocalState(StateProvider):
                     self._ref.stop(block=True, timeout=self._call_timeout)
                 except pykka.Timeout:
                     logger.error("session %s: actor did not stop", self.session_id)
+        self._end_migration()  # writes waiting on a seal now hear SessionClosed
 
     def __repr__(self) -> str:
         if self._successor is not None:

@@ -51,13 +51,19 @@ class VariableRecord(NamedTuple):
         return self._asdict()
 
 
+MAX_PATTERN = 512
+"""Characters in a glob: matching compiles it, and a huge one would stall its server."""
+
+
 def check_pattern(pattern: Any) -> str | None:
-    """A ``list_variables`` pattern: None, or a glob string (``""`` means all)."""
+    """A ``list_variables`` pattern: None, or a glob string of at most
+    :data:`MAX_PATTERN` characters (``""`` means all)."""
     if pattern is None or pattern == "":
         return None
-    if not isinstance(pattern, str):
+    if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN:
         raise ValidationError(
-            f"a list_variables pattern must be a glob string "
+            f"a list_variables pattern must be a glob string of at most {MAX_PATTERN} "
+            f"characters "
             f"(rule 'pattern', value {describe_value(pattern)})",
             rule="pattern",
             value=describe_value(pattern),

@@ -344,7 +344,8 @@ def _events(
             record.name,
             None if deleted else record.read_value(),
             record.version,
-            record.metadata,
+            # A copy: a subscriber must not reach the table's own dict.
+            None if deleted else (plain_copy(record.metadata) if record.metadata else {}),
             now if deleted else record.last_updated_at,
         )
         for offset, record in enumerate(records)

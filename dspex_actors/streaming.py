@@ -35,10 +35,12 @@ from typing import Any, Literal, Self
 
 import pykka
 
+from dspex_actors.limits import size_bound
 from dspex_actors.records import check_pattern, name_matches
 
 __all__ = [
     "DEFAULT_HISTORY",
+    "DEFAULT_HISTORY_BYTES",
     "Closing",
     "Event",
     "EventKind",
@@ -55,6 +57,10 @@ EventKind = Literal["registered", "updated", "deleted", "overflow", "closed"]
 
 DEFAULT_HISTORY = 10_000
 """Events a session's log keeps for readers that fall behind or resume."""
+
+DEFAULT_HISTORY_BYTES = 64 << 20
+"""...and at most about this many bytes of their values: large values make the
+kept history shorter, never the memory larger."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +96,21 @@ class EventLog:
     loop callback (the SessionStore's coroutines); both are woken on every append.
     """
 
-    def __init__(self, session_id: str, next_sequence: int, history: int = DEFAULT_HISTORY):
-        if history <= 0:
-            raise ValueError(f"history must be positive, got {history!r}")
+    def __init__(
+        self,
+        session_id: str,
+        next_sequence: int,
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
+    ):
+        if history <= 0 or history_bytes <= 0:
+            raise ValueError(f"history must be positive, got {history!r}, {history_bytes!r}")
         self.session_id = session_id
         self.history = history
-        self._events: deque[Event] = deque(maxlen=history)
+        self.history_bytes = history_bytes
+        self._events: deque[Event] = deque()
+        self._sizes: deque[int] = deque()
+        self._bytes = 0
         self._next = next_sequence
         self._closed = False
         self._changed = threading.Condition()
@@ -119,8 +134,16 @@ class EventLog:
         """Add events (numbered by the caller from ``next_sequence`` on) and wake readers."""
         with self._changed:
             for event in events:
+                size = size_bound(event.value) if event.value is not None else 0
                 self._events.append(event)
+                self._sizes.append(size)
+                self._bytes += size
                 self._next = event.sequence + 1
+            while len(self._events) > self.history or (
+                self._bytes > self.history_bytes and len(self._events) > 1
+            ):
+                self._events.popleft()
+                self._bytes -= self._sizes.popleft()
             self._wake()
 
     def skip_to(self, sequence: int) -> None:
@@ -168,11 +191,15 @@ class EventLog:
             events = [self._events[i] for i in range(start, stop)]
             return events, events[-1].sequence + 1
 
-    def wait(self, cursor: int, timeout: float | None) -> bool:
-        """Block until there is something at ``cursor`` (or the log closed); False on timeout."""
+    def wait(
+        self, cursor: int, timeout: float | None, stopped: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Block until there is something at ``cursor``, the log closed, or ``stopped()``
+        (checked whenever :meth:`wake_readers` is called); False on timeout."""
         with self._changed:
             return self._changed.wait_for(
-                lambda: cursor < self._next or self._closed or cursor < self._first(), timeout
+                lambda: cursor < self._next or self._closed or cursor < self._first() or stopped(),
+                timeout,
             )
 
     def _first(self) -> int:
@@ -276,7 +303,8 @@ class Subscription(Closing):
         while not self._stopped.is_set():
             events, cursor = log.read(self._cursor)
             if not events:
-                log.wait(self._cursor, timeout=1.0)  # woken at once by an append or close
+                # Woken at once by an append, the close, or this subscription's close.
+                log.wait(self._cursor, timeout=1.0, stopped=self._stopped.is_set)
                 continue
             for event in events:
                 if self._stopped.is_set():

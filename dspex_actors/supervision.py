@@ -44,10 +44,10 @@ from dspex_actors.exports import ExportColumns, columns_digest, columns_of
 from dspex_actors.local import LocalState
 from dspex_actors.messages import Delete, Import, Operation, Register, SetValue, Update
 from dspex_actors.provider import Migratable, Restartable, StateProvider, validate_provider
-from dspex_actors.records import VariableRecord
+from dspex_actors.records import VariableRecord, check_pattern
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
-from dspex_actors.streaming import Closing, Event, Subscriber, hand_over
+from dspex_actors.streaming import Closing, Event, Subscriber, check_subscriber, hand_over
 
 if TYPE_CHECKING:
     from dspex_actors.bridge.client import BridgedState
@@ -305,7 +305,8 @@ class ContextSubscription(Closing):
     """
 
     def __init__(self, backend: StateProvider, pattern: str | None, subscriber: Subscriber):
-        self.pattern = pattern
+        check_subscriber(subscriber)
+        self.pattern = check_pattern(pattern)
         self.subscriber = subscriber
         self._lock = threading.RLock()
         self._generation = 0
@@ -313,6 +314,7 @@ class ContextSubscription(Closing):
         self._moved = threading.Event()
         self._moved.set()
         self._old: Any = None
+        self._last: Event | None = None  # the last event handed over
         self._inner: Any = backend.subscribe(pattern, self._relay(0))
 
     def _relay(self, generation: int) -> Callable[[Event], None]:
@@ -322,13 +324,28 @@ class ContextSubscription(Closing):
                     if event.kind == "closed":
                         self._end_move()
                     else:
-                        hand_over(self.subscriber, event)
+                        self._give(event)
                 elif self._held is not None:
                     self._held.append(event)
                 else:
-                    hand_over(self.subscriber, event)
+                    self._give(event)
 
         return on
+
+    def _give(self, event: Event) -> None:
+        if self._last is not None and self._last.kind == "closed":
+            return  # closed once is enough
+        self._last = event
+        hand_over(self.subscriber, event)
+
+    def end(self) -> None:
+        """The context stopped: stop delivery, the subscriber told ``closed`` once."""
+        self.close()
+        with self._lock:
+            last = self._last
+            if last is None or last.kind != "closed":
+                session_id = last.session_id if last is not None else ""
+                self._give(Event(session_id, last.sequence if last is not None else 0, "closed"))
 
     def move(self, backend: StateProvider, start: int | None) -> None:
         """Subscribe on the session's new backend from ``start`` (the cut)."""
@@ -345,7 +362,7 @@ class ContextSubscription(Closing):
     def _end_move(self) -> None:
         held, self._held = self._held or [], None
         for event in held:
-            hand_over(self.subscriber, event)
+            self._give(event)
         self._moved.set()
 
     def finish_move(self, timeout: float) -> None:
@@ -604,11 +621,14 @@ class Context:
             self._remove_stale_copy()
             failpoints.hit("migration.export")
             columns = sealed.seal() if sealed is not None else old.export_columns()
+            copy: BridgedState | None = None
             try:
-                new = self._copy(columns, step)
+                new = copy = self._copy(columns, step)
                 step[0] = "swap"
                 failpoints.hit("migration.swap")
             except BaseException:
+                if copy is not None:  # committed already: it must not outlive the failure
+                    self._discard(copy)
                 if sealed is not None:
                     sealed.unseal()
                 raise
@@ -629,6 +649,13 @@ class Context:
             with self._gate:
                 self._fenced = False
                 self._gate.notify_all()
+        self._retire(old, sealed, new)
+        for subscription in moving:
+            subscription.finish_move(_CALL_TIMEOUT)
+        self._record_switch(old, new, started, columns.variable_count)
+
+    def _retire(self, old: StateProvider, sealed: Migratable | None, new: StateProvider) -> None:
+        """Retire the backend the session left (or clean it up, without the protocol)."""
         try:
             failpoints.hit("migration.retire")
             if sealed is not None:
@@ -636,11 +663,13 @@ class Context:
             else:
                 old.cleanup()
         except Exception:
-            # The switch has happened; the old backend is only left to its own end.
+            # The switch has happened: the old backend must not serve stale values, so
+            # it is at least stopped (a handle kept from before then says SessionClosed).
             logger.exception("session %s: retiring the old backend failed", self.session_id)
-        for subscription in moving:
-            subscription.finish_move(_CALL_TIMEOUT)
-        self._record_switch(old, new, started, columns.variable_count)
+            try:
+                old.cleanup()
+            except Exception:
+                logger.exception("session %s: stopping the old backend failed", self.session_id)
 
     def _copy(self, columns: ExportColumns, step: list[str]) -> BridgedState:
         """Import ``columns`` into a new pending bridged session, verify and commit it
@@ -749,13 +778,13 @@ class Context:
             backend = self._backend
             stale, self._stale_copy = self._stale_copy, None
             subscriptions, self._subscriptions = self._subscriptions, []
-        for subscription in subscriptions:
-            subscription.close()
         try:
             backend.cleanup()
             if stale is not None:
                 stale.cleanup()  # one more try at removing it, then let the TTL do it
         finally:
+            for subscription in subscriptions:
+                subscription.end()
             self._supervisor._forget(self)
 
     def __enter__(self) -> Self:

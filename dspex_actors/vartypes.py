@@ -283,6 +283,10 @@ def _to_float(variable: str, value: Any) -> float:
     if type(value) is float:
         return value
     if _is_number(value):
+        if type(value) is int and not _INT_LOW <= value <= _INT_HIGH:
+            raise _fail(
+                variable, "type", value, "integer outside the 64-bit range msgpack can carry"
+            )
         try:
             return float(value)
         except OverflowError:
@@ -464,6 +468,8 @@ def _floats(variable: str, rule: str, items: Any, value: Any) -> tuple[float, ..
         if type(item) is float:
             out.append(item)
         elif _is_number(item):
+            if type(item) is int and not _INT_LOW <= item <= _INT_HIGH:
+                raise _fail(variable, rule, value, "an element is outside the 64-bit range")
             try:
                 out.append(float(item))
             except OverflowError:

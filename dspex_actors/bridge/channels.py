@@ -4,88 +4,30 @@ Handles to the same address with the same settings share one gRPC channel (and s
 one TCP connection), counted by reference: the first :func:`acquire` opens it, the
 last :func:`release` closes it, so each handle keeps an independent lifetime.
 
-From its first transport failure on, a shared channel also watches its own
-connectivity (``Channel.subscribe``: one gRPC delivery thread per such channel,
-and closing it then takes up to a poll interval, ~0.2 s). That is what lets a
-write that failed in transport be classed honestly: if the channel was known to
-be down when the attempt started and did not connect while it ran, the request
-never left this process, so it was not applied (``BridgeUnavailable``); otherwise
-it may have been (``OutcomeUnknown``). Before anything is watched (the first
-failure of a channel) and whenever a reading is uncertain, the answer is "may have
-been": the class never claims "not applied" wrongly.
+A write that fails in transport is never classed "not applied" from the channel's
+connectivity: gRPC reports that asynchronously, so a connection that came up,
+carried the write and broke could still look down (measured under load: 3 of 40
+tries). Only the server's own answer says "not applied" for a write.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
-__all__ = ["Attempt", "Shared", "acquire", "release"]
+__all__ = ["Shared", "acquire", "release"]
 
 
 @dataclass
 class Shared:
-    """A channel, its users and what it knows of its connection."""
+    """A channel and how many handles use it."""
 
     key: tuple[str, bytes | None, int]
     channel: grpc.Channel
     users: int = 0
-    ready: bool = False
-    ready_count: int = 0  # how many times it became READY
-    seen_down: bool = False  # observed a state other than READY since the last READY
-    watching: bool = False
-    first_state: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def watch(self) -> None:
-        """Start following the channel's connectivity (after its first failure), and
-        wait for gRPC's first report of it, so the next attempt is judged on it."""
-        with _lock:
-            if self.watching or self.users <= 0:
-                return
-            self.watching = True
-        self.channel.subscribe(self.on_state, try_to_connect=False)
-        self.first_state.wait(_FIRST_STATE_WAIT)
-
-    def on_state(self, state: grpc.ChannelConnectivity) -> None:
-        """gRPC's connectivity callback (in its delivery thread)."""
-        with self.lock:
-            if state is grpc.ChannelConnectivity.READY:
-                self.ready = True
-                self.ready_count += 1
-                self.seen_down = False
-            else:
-                self.ready = False
-                self.seen_down = True
-        self.first_state.set()
-
-    def attempt(self) -> Attempt:
-        """A snapshot taken as a call starts, to judge its failure by."""
-        with self.lock:
-            return Attempt(
-                self, not self.watching or self.ready or not self.seen_down, self.ready_count
-            )
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """The channel's state as one attempt began."""
-
-    shared: Shared
-    maybe_connected: bool
-    ready_count: int
-
-    def may_have_been_sent(self) -> bool:
-        """False only when the channel was known down throughout the attempt."""
-        shared = self.shared
-        with shared.lock:
-            return self.maybe_connected or shared.ready_count != self.ready_count
-
-
-_FIRST_STATE_WAIT = 1.0
-"""Seconds to wait for gRPC's first connectivity report (it comes at once)."""
 
 _lock = threading.Lock()
 _shared: dict[tuple[str, bytes | None, int], Shared] = {}
@@ -114,13 +56,10 @@ def acquire(address: str, root_cert: bytes | None, max_message_bytes: int) -> Sh
 
 
 def release(shared: Shared) -> None:
-    """One user less; the last one closes the channel (its watcher thread ends)."""
+    """One user less; the last one closes the channel."""
     with _lock:
         shared.users -= 1
         if shared.users > 0:
             return
         del _shared[shared.key]
-        watching = shared.watching
-    if watching:
-        shared.channel.unsubscribe(shared.on_state)
     shared.channel.close()

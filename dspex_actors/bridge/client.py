@@ -44,6 +44,7 @@ from dspex_actors.errors import (
     SessionNotFound,
     StateError,
     ValidationError,
+    VersionConflict,
 )
 from dspex_actors.exports import ExportColumns, check_shape, columns_of, export_of
 from dspex_actors.limits import check_session_id
@@ -264,7 +265,6 @@ class BridgedState(StateProvider):
         pause = _FIRST_PAUSE
         maybe_sent = False
         while True:
-            attempt = self._shared.attempt()
             left = deadline - time.monotonic()
             try:
                 return rpc(request, timeout=max(left, 0.001), metadata=self._metadata)
@@ -276,8 +276,7 @@ class BridgedState(StateProvider):
                 if not isinstance(error, BridgeUnavailable):
                     raise error from exc
                 if not codec.answered_by_server(exc):
-                    maybe_sent = maybe_sent or attempt.may_have_been_sent()
-                    self._shared.watch()  # from now on, know when the channel is down
+                    maybe_sent = True  # the transport cannot say it was not sent
                 left = deadline - time.monotonic()
                 if not retry or left <= pause or self._closed:
                     raise self._failed(write, maybe_sent, error) from exc
@@ -443,6 +442,7 @@ class BridgedState(StateProvider):
                 constraints=codec.pack_map(constraints),
                 description=description,
                 request_id=_request_id(),
+                incarnation=self.incarnation,
             )
         except (TypeError, ValueError, OverflowError) as exc:
             raise _register_error(
@@ -479,10 +479,16 @@ class BridgedState(StateProvider):
                 metadata=packed_metadata,
                 expected_version=expected,
                 request_id=_request_id(),
+                incarnation=self.incarnation,
             )
         except UnicodeEncodeError:  # the identifier is not UTF-8: no name can be that
             raise variable_not_found(identifier, self.session_id) from None
-        response = self._call(self._stub.SetVariable, request, write=True)
+        try:
+            response = self._call(self._stub.SetVariable, request, write=True)
+        except VersionConflict as exc:
+            if self._cache is not None and isinstance(exc.actual, int):
+                self._cache.expect(identifier, exc.actual)  # learned: never read older
+            raise
         if self._cache is not None:
             self._cache.expect(identifier, response.version)
         return int(response.version)
@@ -508,11 +514,14 @@ class BridgedState(StateProvider):
             packed_metadata = _pack_metadata("<batch>", metadata)
         except (TypeError, ValueError, OverflowError) as exc:
             raise self._batch_error(batch, metadata, exc) from exc
+        except StateError as exc:  # the metadata breaks a rule: as the actor reports it
+            raise PartialFailure.for_batch({"<metadata>": exc}, len(batch)) from exc
         request = pb.UpdateVariablesRequest(
             session_id=self.session_id,
             updates=payload,
             metadata=packed_metadata,
             request_id=_request_id(),
+            incarnation=self.incarnation,
         )
         # The versions before: the write gives each one more (it returns none itself).
         before = self._cache.versions(batch) if self._cache is not None else {}
@@ -556,7 +565,10 @@ class BridgedState(StateProvider):
             raise variable_not_found(identifier, self.session_id)
         try:
             request = pb.DeleteVariableRequest(
-                session_id=self.session_id, identifier=identifier, request_id=_request_id()
+                session_id=self.session_id,
+                identifier=identifier,
+                request_id=_request_id(),
+                incarnation=self.incarnation,
             )
         except UnicodeEncodeError:  # not UTF-8: no name can be that
             raise variable_not_found(identifier, self.session_id) from None
@@ -596,6 +608,7 @@ class BridgedState(StateProvider):
                 columns=message,
                 want_digest=want_digest,
                 request_id=_request_id(),
+                incarnation=self.incarnation,
                 continue_sequence=columns.sequence if migrating else 0,
             ),
             write=True,

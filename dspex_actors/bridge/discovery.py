@@ -51,6 +51,9 @@ REFLECTION_SERVICES: tuple[str, str] = (f"{_V1}.ServerReflection", f"{_V1ALPHA}.
 """The reflection services :func:`enable_reflection` registers (v1, then v1alpha)."""
 
 _Status = int  # health_pb2.HealthCheckResponse.ServingStatus, an enum's int value
+
+MAX_WATCHES = 64
+"""Health watches served at once (they need no token, so they are capped apart)."""
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
@@ -62,10 +65,12 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     Every method runs on that loop; :meth:`set` and :meth:`shut_down` too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_watches: int = MAX_WATCHES) -> None:
         self._statuses: dict[str, _Status] = {"": SERVING}
         self._changed = asyncio.Condition()
         self._ended = False
+        self._watches = 0
+        self._max_watches = max_watches
 
     async def set(self, service: str, status: _Status) -> None:
         """Record a service's status ("" is the server's) and tell its watchers."""
@@ -92,7 +97,20 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     async def Watch(  # noqa: N802 - the proto's RPC name
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        service = request.service
+        if self._watches >= self._max_watches:
+            # Health needs no token: without a cap, anyone could hold every call slot.
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._max_watches} health watches are open, the limit",
+            )
+        self._watches += 1
+        try:
+            async for response in self._watch(request.service):
+                yield response
+        finally:
+            self._watches -= 1
+
+    async def _watch(self, service: str) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last: list[_Status | None] = [None]  # what the watcher was last told
 
         def news() -> bool:

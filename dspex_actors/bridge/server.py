@@ -375,7 +375,7 @@ def serve(
     on_restart: RestartHook | None = None,
     on_give_up: GiveUpHook | None = None,
     event_history: int = DEFAULT_HISTORY,
-    store: Store | None = None,
+    store: Store | str | None = None,
 ) -> SessionStoreServer:
     """Start a SessionStore on ``address`` (loopback, ephemeral port by default).
 
@@ -390,8 +390,11 @@ def serve(
     ``within_seconds`` (then it is closed); ``on_restart(session_id, error)`` hears
     each restart and ``on_give_up(session_id, failure)`` each session closed that
     way; each session keeps its last ``event_history`` change events for watchers
-    that fall behind or resume. ``store`` replaces the default memory store (those
-    settings then are its own). Returns the running server.
+    that fall behind or resume. ``store`` is where sessions live: a spec for
+    :func:`~dspex_actors.stores.open_store` ("memory", the default, or
+    "sqlite:PATH", which keeps them across restarts), built with the settings
+    above, or a Store instance (whose settings then are its own). Returns the
+    running server.
     """
     overrides = {
         name: value
@@ -407,8 +410,11 @@ def serve(
     if overrides:
         limits = Limits(**{**limits.__dict__, **overrides})
     _listen_host(address, token, allow_remote_without_token)  # before a store exists
-    if store is None:
-        store = MemoryStore(
+    if store is None or isinstance(store, str):
+        from dspex_actors.stores import open_store  # the package of every store
+
+        store = open_store(
+            store or "memory",
             limits=limits,
             session_ttl=session_ttl,
             clock=clock,

@@ -181,9 +181,14 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
         session_id: str,
         operation: ReadOperation[_R] | WriteOperation[_R],
         request_id: str = "",
+        incarnation: str = "",
     ) -> _R:
         return await self._store.run(
-            session_id, operation, request_id=request_id or None, deadline=_deadline(context)
+            session_id,
+            operation,
+            request_id=request_id or None,
+            deadline=_deadline(context),
+            incarnation=incarnation or None,
         )
 
     # -- sessions ---------------------------------------------------------------------
@@ -257,7 +262,9 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             self._map(request.metadata, "metadata", name),
             request.description if request.HasField("description") else None,
         )
-        var_id = await self._run(context, request.session_id, operation, request.request_id)
+        var_id = await self._run(
+            context, request.session_id, operation, request.request_id, request.incarnation
+        )
         return pb.RegisterVariableResponse(var_id=var_id)
 
     @_rpc
@@ -287,7 +294,9 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             self._map(request.metadata, "metadata", identifier),
             request.expected_version if request.HasField("expected_version") else None,
         )
-        version = await self._run(context, request.session_id, operation, request.request_id)
+        version = await self._run(
+            context, request.session_id, operation, request.request_id, request.incarnation
+        )
         return pb.SetVariableResponse(version=version)
 
     @_rpc
@@ -309,7 +318,9 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
                 value=type(updates).__name__,
             )
         operation = Update(updates, self._map(request.metadata, "metadata", "<batch>"))
-        await self._run(context, request.session_id, operation, request.request_id)
+        await self._run(
+            context, request.session_id, operation, request.request_id, request.incarnation
+        )
         return pb.UpdateVariablesResponse()
 
     @_rpc
@@ -328,7 +339,9 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
         self, request: pb.DeleteVariableRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteVariableResponse:
         operation = Delete(request.identifier)
-        await self._run(context, request.session_id, operation, request.request_id)
+        await self._run(
+            context, request.session_id, operation, request.request_id, request.incarnation
+        )
         return pb.DeleteVariableResponse()
 
     @_rpc
@@ -354,7 +367,9 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             else decode()
         )
         operation = Import(imported, request.continue_sequence or None)
-        await self._run(context, request.session_id, operation, request.request_id)
+        await self._run(
+            context, request.session_id, operation, request.request_id, request.incarnation
+        )
         digest = (
             await self._run(context, request.session_id, Digest()) if request.want_digest else b""
         )

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from dspex_actors.bridge import codec
+from dspex_actors.errors import StateError
 from dspex_actors.records import check_pattern
 from dspex_actors.streaming import (
     Closing,
@@ -117,10 +118,16 @@ class RemoteSubscription(Closing):
                     self._on_connect()
                 for message in self._stream:
                     pause = _FIRST_PAUSE
-                    event = self._event(message)
+                    try:
+                        event = self._event(message)
+                    except StateError as exc:  # a value this client cannot decode
+                        logger.error("watch of %s ended: %s", self.session_id, exc)
+                        self._end()
+                        return
                     hand_over(self.subscriber, event)
-                    # After an overflow the server goes on from the present.
-                    self._cursor = None if event.kind == "overflow" else event.sequence + 1
+                    # After an overflow the server goes on from the present; a stream
+                    # reopened before the next event says overflow again, not nothing.
+                    self._cursor = event.sequence + 1
                     if event.kind == "closed":
                         self._stopped.set()
                         return
@@ -146,6 +153,11 @@ class RemoteSubscription(Closing):
                 return
             self.reconnects += 1
             pause = min(pause * 2, _MAX_PAUSE)
+
+    def _end(self) -> None:
+        """Tell the subscriber ``closed`` and stop."""
+        hand_over(self.subscriber, Event(self.session_id, self.last_sequence or 0, "closed"))
+        self._stopped.set()
 
     def _event(self, message: pb.VariableEvent) -> Event:
         unpack = codec.unpack

@@ -119,8 +119,12 @@ class Store(Protocol):
         *,
         request_id: str | None,
         deadline: float | None,
+        incarnation: str | None = None,
     ) -> _R:
-        """Run one operation on a session (counts as activity); raise its StateError."""
+        """Run one operation on a session (counts as activity); raise its StateError.
+
+        With ``incarnation``, only on that incarnation (``SessionNotFound`` otherwise).
+        """
         ...
 
     async def watch(

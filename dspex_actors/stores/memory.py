@@ -197,11 +197,32 @@ class MemoryStore:
                 f"{sid!r} (rule 'max_sessions')",
                 limit="max_sessions",
             )
-        table = SessionTable(sid)
-        # No actor runs on the table yet: its creator writes the session metadata,
-        # and starts the event log, so a watcher can resume from the first event.
+        incarnation = uuid.uuid4().hex
+        table = self._new_table(sid, incarnation)
+        # No actor runs on the table yet: its creator writes the session metadata.
         table.metadata = check_metadata("<session>", metadata)
-        table.events = EventLog(sid, table.next_event, self.event_history)
+        entry = self._hold(table, incarnation, time.time(), pending=pending, creator=request_id)
+        return Opened(sid, True, entry.incarnation, self._ttl(entry))
+
+    def _new_table(self, session_id: str, incarnation: str) -> SessionTable:
+        """A new session's table (a durable store gives it a journal)."""
+        return SessionTable(session_id)
+
+    def _hold(
+        self,
+        table: SessionTable,
+        incarnation: str,
+        created_at: float,
+        *,
+        pending: bool,
+        creator: str | None,
+        age: float = 0.0,
+    ) -> _Session:
+        """Start an actor on ``table`` and hold the session (new, or reloaded by a
+        durable store: then ``age`` is the seconds since ``created_at``); its event
+        log starts at the table's next event, so a watcher can resume from the first
+        event."""
+        table.events = EventLog(table.session_id, table.next_event, self.event_history)
         state = LocalState(
             table,
             on_exit=self._restarts.exited,
@@ -212,17 +233,17 @@ class MemoryStore:
         entry = _Session(
             state=state,
             table=table,
-            incarnation=uuid.uuid4().hex,
-            created_at=time.time(),
-            opened=now,
+            incarnation=incarnation,
+            created_at=created_at,
+            opened=now - age,  # the store's clock at created_at
             last_active=now,
             give_up_hook=self._give_up,
             pending=pending,
-            creator=request_id,
+            creator=creator,
         )
-        self._sessions[sid] = entry
+        self._sessions[table.session_id] = entry
         self._restarts.watch(entry)
-        return Opened(sid, True, entry.incarnation, self._ttl(entry))
+        return entry
 
     def _ttl(self, entry: _Session) -> float:
         return min(self.session_ttl, PENDING_TTL) if entry.pending else self.session_ttl
@@ -337,8 +358,11 @@ class MemoryStore:
         *,
         request_id: str | None,
         deadline: float | None,
+        incarnation: str | None = None,
     ) -> _R:
         entry = self._live(session_id)
+        if incarnation and incarnation != entry.incarnation:
+            raise not_found(session_id)  # that incarnation is gone; this id names another
         if isinstance(operation, ReadOperation):
             answer = entry.table.read(operation)
             if answer is not MISSED:

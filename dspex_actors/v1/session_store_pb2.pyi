@@ -118,7 +118,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, expires_at: _Optional[float] = ...) -> None: ...
 
 class RegisterVariableRequest(_message.Message):
-    __slots__ = ("session_id", "name", "type", "initial_value", "constraints", "metadata", "description", "request_id")
+    __slots__ = ("session_id", "name", "type", "initial_value", "constraints", "metadata", "description", "request_id", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class RegisterVariableRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     name: str
     type: str
@@ -135,7 +136,8 @@ class RegisterVariableRequest(_message.Message):
     metadata: bytes
     description: str
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., initial_value: _Optional[bytes] = ..., constraints: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., initial_value: _Optional[bytes] = ..., constraints: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., description: _Optional[str] = ..., request_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class RegisterVariableResponse(_message.Message):
     __slots__ = ("var_id",)
@@ -164,20 +166,22 @@ class GetVariableResponse(_message.Message):
     def __init__(self, value: _Optional[bytes] = ..., version: _Optional[int] = ..., record: _Optional[_Union[Variable, _Mapping]] = ...) -> None: ...
 
 class SetVariableRequest(_message.Message):
-    __slots__ = ("session_id", "identifier", "value", "metadata", "expected_version", "request_id")
+    __slots__ = ("session_id", "identifier", "value", "metadata", "expected_version", "request_id", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     identifier: str
     value: bytes
     metadata: bytes
     expected_version: int
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., value: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., value: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., expected_version: _Optional[int] = ..., request_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class SetVariableResponse(_message.Message):
     __slots__ = ("version",)
@@ -200,16 +204,18 @@ class GetVariablesResponse(_message.Message):
     def __init__(self, values: _Optional[bytes] = ...) -> None: ...
 
 class UpdateVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "updates", "metadata", "request_id")
+    __slots__ = ("session_id", "updates", "metadata", "request_id", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     updates: bytes
     metadata: bytes
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., request_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class UpdateVariablesResponse(_message.Message):
     __slots__ = ()
@@ -252,14 +258,16 @@ class ListVariablesResponse(_message.Message):
     def __init__(self, variables: _Optional[_Iterable[_Union[Variable, _Mapping]]] = ...) -> None: ...
 
 class DeleteVariableRequest(_message.Message):
-    __slots__ = ("session_id", "identifier", "request_id")
+    __slots__ = ("session_id", "identifier", "request_id", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     identifier: str
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., request_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class DeleteVariableResponse(_message.Message):
     __slots__ = ()
@@ -282,20 +290,22 @@ class ExportSessionResponse(_message.Message):
     def __init__(self, state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ...) -> None: ...
 
 class ImportSessionRequest(_message.Message):
-    __slots__ = ("session_id", "state", "columns", "want_digest", "request_id", "continue_sequence")
+    __slots__ = ("session_id", "state", "columns", "want_digest", "request_id", "continue_sequence", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     WANT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONTINUE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: bytes
     columns: SessionColumns
     want_digest: bool
     request_id: str
     continue_sequence: int
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ..., want_digest: _Optional[bool] = ..., request_id: _Optional[str] = ..., continue_sequence: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[bytes] = ..., columns: _Optional[_Union[SessionColumns, _Mapping]] = ..., want_digest: _Optional[bool] = ..., request_id: _Optional[str] = ..., continue_sequence: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class SessionColumns(_message.Message):
     __slots__ = ("session_id", "metadata", "ids", "names", "definitions", "definition", "values", "versions", "created_at", "last_updated_at", "variable_metadata")

@@ -2,7 +2,9 @@
 
 ``demo`` walks a session from local to shared (the README's first command).
 ``serve`` runs a SessionStore until SIGTERM or SIGINT, then stops gracefully (calls in
-flight get ``--grace`` seconds) and exits 0. It prints one line,
+flight get ``--grace`` seconds) and exits 0. ``--store`` says where its sessions live:
+``memory`` (the default; they end with the server) or ``sqlite:PATH`` (kept in that
+file across restarts). It prints one line,
 ``dspex_actors SessionStore listening on HOST:PORT``, once it accepts calls, so a
 parent process that asked for port 0 can read the real port.
 """
@@ -20,6 +22,7 @@ from types import FrameType
 
 from dspex_actors.bridge.client import TOKEN_ENV
 from dspex_actors.bridge.server import Limits, serve
+from dspex_actors.errors import StateError
 
 __all__ = ["main"]
 
@@ -47,7 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             server = serve(
                 args.listen,
-                token=args.token or os.environ.get(TOKEN_ENV) or None,
+                # An explicit --token "" is refused by serve(), not taken for "none".
+                token=args.token if args.token is not None else os.environ.get(TOKEN_ENV),
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
                 session_ttl=args.ttl,
@@ -57,8 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
                 max_message_bytes=args.max_message_bytes,
                 max_concurrent_calls=args.max_concurrent_calls,
                 allow_remote_without_token=args.allow_remote_without_token,
+                store=args.store,
             )
-        except (OSError, RuntimeError, ValueError) as exc:
+        except (OSError, RuntimeError, ValueError, StateError) as exc:
             print(f"dspex_actors serve: {exc}", file=sys.stderr)
             return 1
         print(f"dspex_actors SessionStore listening on {server.address}", flush=True)
@@ -104,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_command.add_argument(
         "--tls-key", metavar="FILE", help="PEM private key (with --tls-cert)"
+    )
+    serve_command.add_argument(
+        "--store",
+        default="memory",
+        metavar="SPEC",
+        help="where sessions live: 'memory' (default; they end with the server) or "
+        "'sqlite:PATH' (kept in that file across restarts; add '?synchronous=full' to "
+        "fsync every write)",
     )
     serve_command.add_argument(
         "--ttl", type=float, default=3600.0, metavar="SECONDS", help="idle session lifetime"

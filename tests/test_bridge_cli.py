@@ -54,3 +54,17 @@ def test_refuses_all_interfaces_without_a_token() -> None:
     assert result.returncode == 1
     assert "without a token" in result.stderr
     assert result.stdout == ""
+
+
+def test_an_empty_token_is_an_error_not_no_token() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0", "--token", ""],
+        env=python_env(),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "empty token" in result.stderr
+    assert result.stdout == ""

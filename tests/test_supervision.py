@@ -495,3 +495,30 @@ def test_migration_never_imports_into_someone_elses_session() -> None:
             assert [r["name"] for r in squatter.list_variables()] == ["theirs"]
         finally:
             squatter.cleanup()
+
+
+def test_a_session_holding_a_2_mib_value_migrates_whole() -> None:
+    """The same limits on both sides: what a local session accepted, the bridge takes."""
+    document = "d" * (2 << 20)
+    with Supervisor.start() as sup:
+        ctx = sup.start_context()
+        ctx.register_variable("document", "string", document)
+        ctx.register_variable("embedding", "embedding", [0.5] * 200_000)
+        ctx.register_program("qa", {"type": "dspy"})
+        assert ctx.backend_info()["type"] == "bridged"
+        assert ctx.get_variable("document") == document
+        assert len(ctx.get_variable("embedding")) == 200_000
+
+
+def test_heartbeats_come_more_often_than_the_ttl_the_server_reported() -> None:
+    """A 60 s heartbeat no longer lets a session with a shorter TTL expire."""
+    from dspex_actors import serve
+
+    with (
+        serve(session_ttl=9.0) as server,
+        Supervisor.start(bridge_address=server.address, heartbeat_interval=60.0) as sup,
+    ):
+        assert sup._heartbeat_period() == 60.0  # no bridged context yet
+        ctx = sup.start_context(backend="bridged")
+        assert ctx.backend.heartbeat() > 0
+        assert sup._heartbeat_period() == 3.0  # a third of the server's 9 s

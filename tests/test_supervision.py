@@ -520,5 +520,5 @@ def test_heartbeats_come_more_often_than_the_ttl_the_server_reported() -> None:
     ):
         assert sup._heartbeat_period() == 60.0  # no bridged context yet
         ctx = sup.start_context(backend="bridged")
-        assert ctx.backend.heartbeat() > 0
+        assert (ctx.backend.heartbeat() or 0) > 0
         assert sup._heartbeat_period() == 3.0  # a third of the server's 9 s

@@ -117,6 +117,7 @@ class BridgedState(StateProvider):
         self._lock = threading.Lock()
         self._cache: RecordCache | None = None
         self._cache_feed: RemoteSubscription | None = None
+        self._subscriptions: list[RemoteSubscription] = []  # closed with the handle
 
     @classmethod
     def init(
@@ -645,9 +646,13 @@ class BridgedState(StateProvider):
         def open_stream(request: pb.WatchRequest) -> Any:
             return stub.Watch(request, timeout=WATCH_DEADLINE, metadata=metadata)
 
-        return RemoteSubscription(
+        subscription = RemoteSubscription(
             open_stream, self.session_id, pattern, subscriber, start, self._max_bytes
         )
+        with self._lock:
+            self._subscriptions = [s for s in self._subscriptions if s.active]
+            self._subscriptions.append(subscription)
+        return subscription
 
     def unsubscribe(self, subscription: Any) -> None:
         """Stop a subscription; no event is delivered once this returns."""
@@ -704,6 +709,7 @@ class BridgedState(StateProvider):
             feed, self._cache_feed, self._cache = self._cache_feed, None, None
             if feed is not None:
                 feed.close()
+            subscriptions, self._subscriptions = self._subscriptions, []
             try:
                 if self.owner:
                     try:
@@ -713,6 +719,8 @@ class BridgedState(StateProvider):
                     except StateError as exc:
                         logger.warning("closing session %s failed: %s", self.session_id, exc)
             finally:
+                for subscription in subscriptions:
+                    subscription.end()  # after the close: its own closed may come first
                 self._closed = True
                 channels.release(self._shared)
                 if self._embedded:

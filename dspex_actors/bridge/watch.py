@@ -83,6 +83,7 @@ class RemoteSubscription(Closing):
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._stream: Any = None
+        self._said_closed = False
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self.reconnects = 0
@@ -112,7 +113,11 @@ class RemoteSubscription(Closing):
                 with self._lock:
                     if self._stopped.is_set():
                         return
-                    self._stream = self._open(request)
+                    try:
+                        self._stream = self._open(request)
+                    except ValueError:  # the handle's channel is closed: nothing more comes
+                        self._end()
+                        return
                 if self._on_connect is not None:
                     self._stream.initial_metadata()  # the server answers at once: it is up
                     self._on_connect()
@@ -129,6 +134,7 @@ class RemoteSubscription(Closing):
                     # reopened before the next event says overflow again, not nothing.
                     self._cursor = event.sequence + 1
                     if event.kind == "closed":
+                        self._said_closed = True
                         self._stopped.set()
                         return
             except grpc.RpcError as exc:
@@ -156,8 +162,15 @@ class RemoteSubscription(Closing):
 
     def _end(self) -> None:
         """Tell the subscriber ``closed`` and stop."""
+        self._said_closed = True
         hand_over(self.subscriber, Event(self.session_id, self.last_sequence or 0, "closed"))
         self._stopped.set()
+
+    def end(self) -> None:
+        """The handle is going away: stop, the subscriber told ``closed`` once."""
+        self.close()
+        if not self._said_closed:
+            self._end()
 
     def _event(self, message: pb.VariableEvent) -> Event:
         unpack = codec.unpack

@@ -224,33 +224,51 @@ def unpack(
         )
     item = max_bytes if max_item_bytes is None else max_item_bytes
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_str_len=item,
-            max_bin_len=item,
-            max_array_len=item,
-            max_map_len=item,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as exc:
-        # msgpack words a length limit as "<n> exceeds max_<kind>_len(<limit>)"; an
-        # extension type (max_ext_len is 0) is malformed input, not a size problem.
-        text = str(exc)
-        if "exceeds max_" in text and "max_ext_len" not in text:
-            raise LimitExceeded(
-                f"{_subject(what, variable)} holds an item over the limit of {item} bytes ({exc})",
-                limit="max_value_bytes",
+        return _decode(data, item)
+    except Exception as exc:
+        # Past an item limit, or malformed? Not by msgpack's wording: decode again
+        # with every item allowed up to the payload's own size (so no more memory
+        # than the payload allows): what then decodes was only too large. The
+        # failure path only.
+        try:
+            _decode(data, len(data))
+        except Exception:
+            raise ValidationError(
+                f"{_subject(what, variable)} is not valid msgpack: {exc} (rule {rule!r})",
                 variable=variable,
+                rule=rule,
+                value=None,
             ) from exc
-        raise ValidationError(
-            f"{_subject(what, variable)} is not valid msgpack: {exc} (rule {rule!r})",
+        raise LimitExceeded(
+            f"{_subject(what, variable)} holds an item over the limit of {item} bytes",
+            limit="max_value_bytes",
             variable=variable,
-            rule=rule,
-            value=None,
         ) from exc
+
+
+class _ExtensionType(Exception):
+    """msgpack extension types are not plain data: refused as malformed."""
+
+
+def _no_extensions(code: int, data: bytes) -> Any:
+    raise _ExtensionType(f"extension type {code} is not plain data")
+
+
+def _decode(data: bytes, item: int) -> Any:
+    """msgpack of plain data with every string, binary, array and map at most
+    ``item`` long, string map keys, and no extension types."""
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=True,
+        use_list=True,
+        max_str_len=item,
+        max_bin_len=item,
+        max_array_len=item,
+        max_map_len=item,
+        max_ext_len=item,
+        ext_hook=_no_extensions,
+    )
 
 
 def _subject(what: str, variable: str | None) -> str:

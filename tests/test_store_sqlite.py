@@ -1,0 +1,597 @@
+"""The SQLite store: the compliance kit over it, restarts, SIGKILL, refused writes.
+
+Every test runs a real server on a real file under ``tmp_path``; the SIGKILL test
+runs the server as a separate process (``python -m dspex_actors serve --store``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bridge_support import LISTENING, REPO_ROOT, python_env, server_process
+
+from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+from dspex_actors.errors import (
+    BridgeUnavailable,
+    InvalidExport,
+    NotSupported,
+    OutcomeUnknown,
+    SessionNotFound,
+    StateError,
+    VersionConflict,
+)
+from dspex_actors.exports import columns_of
+from dspex_actors.limits import Limits
+from dspex_actors.messages import (
+    Delete,
+    GetVersioned,
+    Import,
+    Register,
+    SetValue,
+    Update,
+    WriteOperation,
+)
+from dspex_actors.stores import MemoryStore, SqliteStore, Store, open_store
+from dspex_actors.supervision import Supervisor
+from dspex_actors.testing import StateProviderContract
+
+# -- the compliance kit -------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[SessionStoreServer]:
+    with serve(store=f"sqlite:{tmp_path / 's.db'}") as server:
+        yield server
+
+
+class TestBridgedSqliteStore(StateProviderContract):
+    """The whole contract, through BridgedState, against a server on a SQLite file."""
+
+    provider = BridgedState
+
+    @pytest.fixture
+    def provider_options(self, sqlite_server: SessionStoreServer) -> dict[str, Any]:
+        return {"address": sqlite_server.address}
+
+
+# -- restarts -------------------------------------------------------------------------
+
+VARIABLES: list[tuple[str, str, Any, dict[str, Any] | None]] = [
+    ("temperature", "float", 0.7, {"min": 0.0, "max": 2.0}),
+    ("max_tokens", "integer", 256, {"min": 1, "max": 4096}),
+    ("style", "choice", "concise", {"choices": ["concise", "verbose"]}),
+    ("module", "module", "ChainOfThought", {"allowed_modules": ["ChainOfThought", "Predict"]}),
+    ("prompt", "string", "Answer briefly.", {"max_length": 100, "pattern": "^[A-Z]"}),
+    ("enabled", "boolean", True, None),
+    ("shots", "embedding", [0.25, -1.5, 3.0], {"dimensions": 3}),
+    ("weights", "tensor", {"shape": [2, 2], "data": [1.0, 2.0, 3.0, 4.0]}, {"shape": [2, 2]}),
+]
+
+
+def _populate(state: BridgedState) -> None:
+    """Every type, with constraints, metadata, updates, a batch and a deletion."""
+    for name, type_name, value, constraints in VARIABLES:
+        state.register_variable(
+            name, type_name, value, constraints=constraints, metadata={"owner": name}
+        )
+    state.set_variable("temperature", 1.25, metadata={"tuned": True})
+    state.set_variable("shots", [1, 2, 3])  # ints become floats, frozen as a tuple
+    state.update_variables({"max_tokens": 512, "style": "verbose"}, metadata={"batch": 1})
+    state.register_variable("scratch", "string", "gone soon")
+    state.delete_variable("scratch")
+
+
+def test_a_restart_keeps_every_session_as_it_was(tmp_path: Path) -> None:
+    spec = f"sqlite:{tmp_path / 's.db'}"
+    with serve(store=spec) as server:
+        tuned = BridgedState.init(address=server.address, session_id="tuned")
+        _populate(tuned)
+        imported = BridgedState.init(
+            address=server.address,
+            existing_state={**tuned.export_state(), "metadata": {"program": "rag"}},
+        )
+        imported.set_variable("temperature", 0.5)
+        empty = BridgedState.init(
+            address=server.address,
+            existing_state={
+                "session_id": "empty",
+                "variables": {},
+                "variable_index": {},
+                "metadata": {"note": "no variables"},
+            },
+        )
+        closed = BridgedState.init(address=server.address)
+        closed.register_variable("x", "integer", 1)
+        closed.cleanup()  # the owner closes it: it must not come back
+        handles = (tuned, imported, empty)
+        before = {h.session_id: (h.export_state(), h.session_info()) for h in handles}
+    # The server stopped first: the owners' handles are still open, their sessions kept.
+    with serve(store=spec) as server:
+        for handle in handles:
+            with BridgedState.init(
+                address=server.address, session_id=handle.session_id, create=False
+            ) as again:
+                exported, info = before[handle.session_id]
+                assert again.export_state() == exported
+                now = again.session_info()
+                for key in ("incarnation", "created_at", "metadata", "next_sequence"):
+                    assert now[key] == info[key], key
+                assert now["variable_count"] == info["variable_count"]
+        with pytest.raises(SessionNotFound):
+            BridgedState.init(address=server.address, session_id=closed.session_id, create=False)
+        # Versions go on where they were; each incarnation closes as it was.
+        for handle in handles:
+            with BridgedState.init(
+                address=server.address, session_id=handle.session_id, create=False
+            ) as again:
+                if handle is tuned:
+                    assert again.set_variable("temperature", 0.1) == 2
+                assert again.incarnation == handle.incarnation
+                again.close_remote()
+    for handle in (*handles, closed):
+        handle.cleanup()  # their server is gone: only their channels are released
+    with serve(store=spec) as server:
+        for handle in handles:
+            with pytest.raises(SessionNotFound):
+                BridgedState.init(
+                    address=server.address, session_id=handle.session_id, create=False
+                )
+
+
+def test_a_pending_session_is_loaded_pending_and_can_be_committed(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+
+    async def create() -> str:
+        store = SqliteStore(path)
+        try:
+            opened = await store.open("copy", create=True, metadata=None, pending=True)
+            return opened.incarnation
+        finally:
+            await store.aclose()
+
+    async def commit(incarnation: str) -> None:
+        store = SqliteStore(path)
+        try:
+            with pytest.raises(SessionNotFound):  # pending: invisible to others
+                await store.open("copy", create=False, metadata=None)
+            await store.commit("copy", incarnation)
+            await store.open("copy", create=False, metadata=None)
+        finally:
+            await store.aclose()
+
+    async def visible() -> None:
+        store = SqliteStore(path)
+        try:
+            assert (await store.info("copy")).incarnation == incarnation
+        finally:
+            await store.aclose()
+
+    incarnation = asyncio.run(create())
+    asyncio.run(commit(incarnation))
+    asyncio.run(visible())
+
+
+def test_a_session_migrated_into_the_store_survives_a_restart(tmp_path: Path) -> None:
+    """The Supervisor's switch (a pending copy, imported, verified, committed) lands
+    in the file with the event count it continued from."""
+    spec = f"sqlite:{tmp_path / 's.db'}"
+    with serve(store=spec) as server, Supervisor.start(bridge_address=server.address) as sup:
+        ctx = sup.start_context()
+        ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
+        ctx.set_variable("temperature", 0.9, {"source": "tuner"})
+        ctx.ensure_bridged()
+        before = ctx.export_state()
+        with BridgedState.init(
+            address=server.address, session_id=ctx.session_id, create=False
+        ) as peer:
+            info = peer.session_info()
+        assert info["next_sequence"] == 3  # registered, updated: the count went on
+        session_id = ctx.session_id
+        server.stop()  # before the context closes its session
+    with (
+        serve(store=spec) as server,
+        BridgedState.init(address=server.address, session_id=session_id, create=False) as again,
+    ):
+        assert again.export_state() == before
+        assert again.session_info()["next_sequence"] == info["next_sequence"]
+
+
+def test_a_session_the_limits_no_longer_admit_stops_the_start(tmp_path: Path) -> None:
+    spec = f"sqlite:{tmp_path / 's.db'}"
+    with serve(store=spec) as server:
+        state = BridgedState.init(address=server.address, session_id="big")
+        state.register_variable("text", "string", "x" * 1000)
+    state.cleanup()
+    with pytest.raises(InvalidExport, match="'big' cannot be loaded"):
+        open_store(spec, limits=Limits(max_value_bytes=100))
+    with (  # the file was left as it was
+        serve(store=spec) as server,
+        BridgedState.init(address=server.address, session_id="big", create=False) as again,
+    ):
+        assert again.get_variable("text") == "x" * 1000
+
+
+def test_expired_sessions_are_gone_after_a_restart(tmp_path: Path) -> None:
+    spec = f"sqlite:{tmp_path / 's.db'}"
+    now = [0.0]
+    with serve(store=spec, session_ttl=10.0, clock=lambda: now[0]) as server:
+        idle = BridgedState.init(address=server.address, session_id="idle")
+        idle.register_variable("a", "integer", 1)
+        now[0] = 20.0
+        assert server.reap_expired() == ["idle"]
+    idle.cleanup()
+    with serve(store=spec) as server, pytest.raises(SessionNotFound):
+        BridgedState.init(address=server.address, session_id="idle", create=False)
+
+
+def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    spec = f"sqlite:{tmp_path / 's.db'}"
+    with serve(store=spec), pytest.raises(OSError, match="in use by another store"):
+        serve(store=spec)
+    with serve(store=spec):  # the first let go of it
+        pass
+
+
+# -- SIGKILL under load -------------------------------------------------------------
+
+WRITERS = 4
+VARIABLES_PER_WRITER = 2
+KILL_AFTER = 300  # acknowledged writes
+
+
+@contextlib.contextmanager
+def _killable_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """A ``serve`` child the test kills itself; killed at the end if it still runs."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=python_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith(LISTENING), f"server did not start: {line!r}"
+        yield process, line[len(LISTENING) :].strip()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+class _Writers:
+    """Threads that compare-and-set integer counters to their next version (so a
+    counter's value always equals its version) and record every version the server
+    acknowledged, until the server is gone."""
+
+    def __init__(self, address: str, names: list[str]) -> None:
+        self.acknowledged: dict[str, int] = {}  # counter -> highest acknowledged version
+        self.count = 0
+        self.in_flight: list[OutcomeUnknown] = []  # writes cut off by the kill
+        self.failures: list[BaseException] = []
+        self.enough = threading.Event()  # KILL_AFTER writes acknowledged (or a failure)
+        self._lock = threading.Lock()
+        # Two writers per counter, so compare-and-set really races.
+        self._threads = [
+            threading.Thread(
+                target=self._write, args=(address, names[i % WRITERS :: WRITERS]), name=f"w{i}"
+            )
+            for i in range(WRITERS * 2)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join(60)
+
+    def _write(self, address: str, names: list[str]) -> None:
+        try:
+            with BridgedState.init(
+                address=address, session_id="load", create=False, timeout=2.0
+            ) as state:
+                while True:
+                    for name in names:
+                        self._bump(state, name)
+        except OutcomeUnknown as exc:
+            self.in_flight.append(exc)  # the server is gone, maybe after applying it
+        except BridgeUnavailable:
+            pass  # the server is gone
+        except BaseException as exc:
+            self.failures.append(exc)
+            self.enough.set()
+
+    def _bump(self, state: BridgedState, name: str) -> None:
+        record = state.get_record(name)
+        assert record.value == record.version
+        try:
+            done = state.set_variable(name, record.version + 1, expected_version=record.version)
+        except VersionConflict:
+            return
+        with self._lock:
+            self.acknowledged[name] = max(self.acknowledged.get(name, 0), done)
+            self.count += 1
+            if self.count >= KILL_AFTER:
+                self.enough.set()
+
+
+def test_sigkill_under_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    """The server is killed with SIGKILL while writers compare-and-set counters,
+    started again on the file, and must hold every version it acknowledged."""
+    spec = f"sqlite:{tmp_path / 's.db'}"
+    names = [f"counter_{i}" for i in range(WRITERS * VARIABLES_PER_WRITER)]
+    with _killable_server("--store", spec) as (process, address):
+        owner = BridgedState.init(address=address, session_id="load", timeout=2.0)
+        for name in names:
+            owner.register_variable(name, "integer", 0)
+        writers = _Writers(address, names)
+        writers.start()
+        writers.enough.wait(60)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        writers.join()
+    owner.cleanup()  # the server is gone: only the channel is released
+    assert not writers.failures, writers.failures
+    print(
+        f"\n{writers.count} writes acknowledged before SIGKILL on {len(writers.acknowledged)} "
+        f"counters; {len(writers.in_flight)} in flight when it came"
+    )
+    assert writers.count >= KILL_AFTER
+    with (
+        server_process("--store", spec) as server,
+        BridgedState.init(address=server.address, session_id="load", create=False) as state,
+    ):
+        for name in names:
+            record = state.get_record(name)
+            assert record.version >= writers.acknowledged.get(name, 0), name
+            assert record.value == record.version, name  # each value is its own write's
+
+
+# -- writes the file refuses ------------------------------------------------------------
+
+
+def test_a_write_the_file_refuses_changes_nothing(tmp_path: Path) -> None:
+    """Another connection holds the file's write lock: every write is refused (the
+    server answers BridgeUnavailable, not applied; a client whose deadline passed
+    while it retried may only know OutcomeUnknown) and nothing changes, here or
+    after a restart."""
+    path = tmp_path / "s.db"
+    state: BridgedState | None = None
+    try:
+        # busy_timeout 0: refused at once, so each try ends well within the deadline.
+        with serve(store=SqliteStore(str(path), busy_timeout=0.0)) as server:
+            state = BridgedState.init(address=server.address, session_id="s", timeout=0.3)
+            state.register_variable("a", "integer", 1)
+            state.register_variable("b", "string", "keep")
+            before = state.export_state()
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")  # held: the server's journal cannot write
+            try:
+                for write in (
+                    lambda: state.set_variable("a", 2),
+                    lambda: state.update_variables({"a": 3, "b": "lost"}),
+                    lambda: state.register_variable("c", "integer", 0),
+                    lambda: state.delete_variable("b"),
+                    lambda: state.import_state(
+                        {"session_id": "s", "variables": {}, "variable_index": {}, "metadata": {}}
+                    ),
+                ):
+                    # The server answers "not applied"; a client whose deadline passed
+                    # during its last retry can only say OutcomeUnknown.
+                    with pytest.raises((BridgeUnavailable, OutcomeUnknown)) as refused:
+                        write()
+                    if isinstance(refused.value, BridgeUnavailable):
+                        assert "could not record it" in str(refused.value)
+                    assert state.export_state() == before
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            assert state.set_variable("a", 4) == 1  # the file takes writes again
+            after = state.export_state()
+        with (
+            serve(store=f"sqlite:{path}") as server,
+            BridgedState.init(address=server.address, session_id="s", create=False) as again,
+        ):
+            assert again.export_state() == after
+            assert again.get_variable("b") == "keep"
+    finally:
+        if state is not None:
+            state.cleanup()
+
+
+def test_every_kind_of_write_the_file_refuses_changes_nothing(tmp_path: Path) -> None:
+    """Straight to the store (no client retries): each write is answered
+    BridgeUnavailable, naming the file, and the session is as it was."""
+    path = tmp_path / "s.db"
+    exported = {
+        "session_id": "s",
+        "variables": {},
+        "variable_index": {},
+        "metadata": {"from": "import"},
+    }
+    writes: list[WriteOperation[Any]] = [
+        Register("c", "integer", 0, None, None, None),
+        SetValue("a", 2, None, None),
+        SetValue("a", 2, {"tag": 1}, 0),
+        Update({"a": 3, "b": "lost"}, None),
+        Delete("b"),
+        Import(columns_of(exported)),
+    ]
+
+    async def scenario() -> None:
+        store = SqliteStore(str(path), busy_timeout=0.0)
+        try:
+            await store.open("s", create=True, metadata={"kept": True})
+            state = store.session_state("s")
+            state.register_variable("a", "integer", 1)
+            state.register_variable("b", "string", "keep")
+            before = state.export_state()
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")  # held: the journal cannot write
+            try:
+                for write in writes:
+                    with pytest.raises(BridgeUnavailable, match=r"s\.db.*could not record it"):
+                        await store.run("s", write, request_id=None, deadline=None)
+                    assert state.export_state() == before, write
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+        finally:
+            await store.aclose()
+        reopened = SqliteStore(str(path))
+        try:
+            await reopened.open("s", create=False, metadata=None)
+            assert reopened.session_state("s").export_state() == before
+        finally:
+            await reopened.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_write_retried_with_its_request_id_is_applied_once(tmp_path: Path) -> None:
+    """A refusal is "not applied", so it is not remembered as the request's answer."""
+    path = tmp_path / "s.db"
+
+    async def scenario() -> None:
+        store = SqliteStore(str(path), busy_timeout=0.0)
+        try:
+            await store.open("s", create=True, metadata=None)
+            store.session_state("s").register_variable("a", "integer", 1)
+            write = SetValue("a", 2, None, None)
+            blocker = sqlite3.connect(path, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                with pytest.raises(BridgeUnavailable):
+                    await store.run("s", write, request_id="r1", deadline=None)
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            assert await store.run("s", write, request_id="r1", deadline=None) == 1
+            assert await store.run("s", write, request_id="r1", deadline=None) == 1  # deduped
+            assert await store.run("s", GetVersioned("a"), request_id=None, deadline=None) == (
+                2,
+                1,
+            )
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_closed_file_refuses_writes_as_not_applied(tmp_path: Path) -> None:
+    """Writes that reach a session after its store closed the file are refused
+    with a StateError (the journal's answer), and the table keeps its value."""
+    path = str(tmp_path / "s.db")
+
+    async def scenario() -> None:
+        store = SqliteStore(path)
+        await store.open("s", create=True, metadata=None)
+        state = store.session_state("s")
+        state.register_variable("a", "integer", 1)
+        store._db.close()  # what a failed disk leaves: no connection to write on
+        try:
+            with pytest.raises(StateError, match="could not record it"):
+                state.set_variable("a", 2)
+            assert await store.run("s", GetVersioned("a"), request_id=None, deadline=None) == (
+                1,
+                0,
+            )
+            with pytest.raises(BridgeUnavailable):
+                await store.run("s", SetValue("a", 3, None, None), request_id="r", deadline=None)
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+# -- specs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("sqlite:", ValueError),
+        ("sqlite:x.db?synchronous=off", ValueError),
+        ("mongodb://localhost", ValueError),
+        ("redis://localhost:6379/0", NotSupported),
+    ],
+)
+def test_open_store_refuses_what_it_cannot_open(spec: str, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        open_store(spec)
+
+
+def test_open_store_builds_each_kind(tmp_path: Path) -> None:
+    async def kinds() -> list[str]:
+        stores: list[Store] = [
+            open_store("memory"),
+            open_store(f"sqlite:{tmp_path / 'a.db'}"),
+            open_store(f"sqlite:{tmp_path / 'b.db'}?synchronous=full"),
+        ]
+        for store in stores:
+            await store.aclose()
+        return [store.kind for store in stores]
+
+    assert asyncio.run(kinds()) == ["memory", "sqlite", "sqlite"]
+
+
+def test_the_command_line_refuses_an_unknown_store() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0", "--store", "x"],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=python_env(),
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "unknown store 'x'" in done.stderr
+
+
+# -- a figure, not an assert ------------------------------------------------------------
+
+
+def test_prints_set_variable_cost_on_each_store(tmp_path: Path) -> None:
+    """set_variable through each store's ``run`` (no gRPC), for the record."""
+    rounds = 500
+
+    async def cost(store: MemoryStore) -> float:
+        try:
+            await store.open("s", create=True, metadata=None)
+            store.session_state("s").register_variable("t", "float", 0.0)
+            started = time.perf_counter()
+            for i in range(rounds):
+                await store.run(
+                    "s", SetValue("t", i / rounds, None, None), request_id=None, deadline=None
+                )
+            return (time.perf_counter() - started) / rounds
+        finally:
+            await store.aclose()
+
+    figures = {
+        "memory": asyncio.run(cost(MemoryStore())),
+        "sqlite (normal)": asyncio.run(cost(SqliteStore(str(tmp_path / "n.db")))),
+        "sqlite (full)": asyncio.run(
+            cost(SqliteStore(str(tmp_path / "f.db"), synchronous="full"))
+        ),
+    }
+    print()
+    for name, seconds in figures.items():
+        print(f"set_variable on {name}: {seconds * 1e6:.1f} us")

@@ -3,7 +3,8 @@
 The public API is this short list; the implementation lives in modules named for
 one concept each (see the README for the architecture). The gRPC bridge
 (``BridgedState``, ``SessionStoreServer``, ``serve``) is imported on first use, so
-a program that stays in-process never loads grpc.
+a program that stays in-process never loads grpc; ``RedisState`` likewise, and it
+loads redis-py (the ``redis`` extra) only when a session is opened.
 """
 
 import logging
@@ -39,6 +40,7 @@ from dspex_actors.vartypes import TYPE_NAMES
 
 if TYPE_CHECKING:
     from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+    from dspex_actors.redis_state import RedisState
 
 _BRIDGE_NAMES = frozenset({"BridgedState", "SessionStoreServer", "serve"})
 
@@ -53,6 +55,7 @@ __all__ = [
     "NotSupported",
     "OutcomeUnknown",
     "PartialFailure",
+    "RedisState",
     "SessionClosed",
     "SessionNotFound",
     "SessionStoreServer",
@@ -76,13 +79,18 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    """Load the bridge (and grpc) the first time one of its names is used."""
+    """Load the bridge (and grpc), or RedisState, the first time one of their names is used."""
     if name in _BRIDGE_NAMES:
         from dspex_actors import bridge
 
         value = getattr(bridge, name)
         globals()[name] = value
         return value
+    if name == "RedisState":
+        from dspex_actors.redis_state import RedisState
+
+        globals()[name] = RedisState
+        return RedisState
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -21,6 +21,7 @@ EXPECTED_PUBLIC_NAMES = {
     "NotSupported",
     "OutcomeUnknown",
     "PartialFailure",
+    "RedisState",
     "SessionClosed",
     "SessionNotFound",
     "SessionStoreServer",

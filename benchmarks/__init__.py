@@ -7,9 +7,10 @@ as a ratio to them: on a small noisy machine an absolute time from one run is no
 a fact, a ratio in one run is closer.
 
 Modules: one per suite (``local``, ``memory``, ``bridge``, ``throughput``,
-``migration``, ``scale``); ``servers`` starts every server alike and explains how
-the suite pins to cores and why; ``affinity`` is the launcher that does it;
-``peers`` holds the Redis and etcd clients; ``timing`` samples; ``results``,
+``migration``, ``scale``, ``streaming``, ``watchers``); ``servers`` starts every
+server alike and explains how the suite pins to cores and why; ``affinity`` is the
+launcher that does it; ``peers`` holds the Redis and etcd clients; ``load`` is a
+throughput client and ``watchers`` also a load helper; ``timing`` samples; ``results``,
 ``report``, ``targets`` (with ``targets.toml``, the one list of targets) and
 ``plot`` turn samples into tables, Markdown, JSON, a verdict and a picture.
 """

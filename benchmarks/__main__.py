@@ -1,7 +1,7 @@
 """``python -m benchmarks``: the latency suite, ours beside raw baselines and peers.
 
 Suites (all by default, in this order): local, memory, bridge, throughput,
-migration, scale. Every figure is reported as a ratio to something measured in
+migration, scale, streaming, watchers. Every figure is reported as a ratio to something measured in
 the same run; ``--check`` holds the run to ``benchmarks/targets.toml`` (with
 ``--quick``: only the targets marked quick) and exits 1 naming each miss.
 """
@@ -25,7 +25,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchmarks import bridge, local, memory, migration, plot, scale, throughput
+from benchmarks import (
+    bridge,
+    local,
+    memory,
+    migration,
+    plot,
+    scale,
+    streaming,
+    throughput,
+    watchers,
+)
 from benchmarks.affinity import can_pin, format_cores, pin_benchmark, server_cores, suite_cores
 from benchmarks.progress import progress, say
 from benchmarks.report import markdown, print_suite, print_targets
@@ -46,6 +56,14 @@ SUITES: dict[str, tuple[Callable[[Run], None], str]] = {
     "throughput": (throughput.run, "throughput: 1, 4 and 8 client processes"),
     "migration": (migration.run, "migration: local -> bridged while a writer writes"),
     "scale": (scale.run, "scale: as sessions grow in size and in number, beside Redis"),
+    "streaming": (
+        streaming.run,
+        "streaming: change events beside a bare Pykka ask and grpcio echo; the cached read",
+    ),
+    "watchers": (
+        watchers.run,
+        "watchers: ordinary calls on an idle SessionStore, then beside 100 waiting streams",
+    ),
 }
 
 LIBRARIES = (

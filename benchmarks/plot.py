@@ -59,7 +59,13 @@ def _distributions(ax: Any, results: Results) -> None:
         patch.set_facecolor(COLOURS[m.backend])
         patch.set_alpha(0.7)
     ax.scatter([m.summary.max / 1000 for m in rows], positions, s=8, color="black", zorder=3)
-    ax.set_yticks(positions, [_row_label(m) for m in rows], fontsize=8)
+    labels = [_row_label(m) for m in rows]
+    # A baseline sampled by two suites (each beside its own ops) shows up twice: say whose.
+    labels = [
+        f"{label} [{m.suite}]" if labels.count(label) > 1 else label
+        for label, m in zip(labels, rows, strict=True)
+    ]
+    ax.set_yticks(positions, labels, fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("microseconds per call (log scale)")
     ax.set_title("Latency per operation and backend, one run, sampled round-robin")

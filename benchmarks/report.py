@@ -43,6 +43,11 @@ def _rate(ops: float) -> str:
     return f"{ops:,.0f}/s" if ops >= 10 else f"{ops:.2f}/s"
 
 
+def _ops(m: Measurement) -> str:
+    """The ops/s cell: none for a lag, which times no call."""
+    return "-" if m.kind == "lag" else _rate(m.summary.ops_per_s)
+
+
 def _vs(results: Results, m: Measurement) -> tuple[str, str]:
     """(p50 over the baseline, p50 over each peer), as table cells."""
     ratios = results.ratios_of(m)
@@ -71,7 +76,7 @@ def print_suite(results: Results, suite: str, title: str) -> None:
         base, peers = _vs(results, m)
         line = (
             f"  {m.label:<{width}} {human(s.p50)} {human(s.p90)} {human(s.p99)} {human(s.max)}"
-            f" {_rate(s.ops_per_s):>12}  {base}"
+            f" {_ops(m):>12}  {base}"
         )
         say(line + (f"; {peers}" if peers else ""))
     curves = {m.curve for m in results.of_suite(suite, curves=True)}
@@ -188,13 +193,17 @@ def markdown(results: Results, verdicts: list[Verdict], heading: str) -> str:
             if f"{m.id}/{other}" in covered:
                 continue
             label = f"`{m.label}` / {results.measurements[other].label}"
-            lines.append(_md_row([label, "\N{EM DASH}", _ratio(ratios["p50"], TIMES), ""]))
+            figure = "ops_per_s" if m.kind == "throughput" else "p50"
+            if figure != "p50":
+                label += " (ops/s)"
+            if figure in ratios:
+                lines.append(_md_row([label, "\N{EM DASH}", _ratio(ratios[figure], TIMES), ""]))
     lines += ["", _md_row(["operation", "p50", "p90", "p99", "max", "ops/s"]), "|---" * 6 + "|"]
     for m in results.measurements.values():
         if m.curve is None:
             s = m.summary
             figures = [human(f).strip() for f in (s.p50, s.p90, s.p99, s.max)]
-            lines.append(_md_row([f"`{m.label}`", *figures, _rate(s.ops_per_s)]))
+            lines.append(_md_row([f"`{m.label}`", *figures, _ops(m)]))
     for curve in (c for c in CURVES if any(m.curve == c for m in results.measurements.values())):
         xs, rows, what = curve_rows(results, curve, TIMES)
         lines += ["", f"{what.capitalize()} by {CURVES[curve]}:", ""]

@@ -19,7 +19,10 @@ from benchmarks.timing import Summary, summarize
 __all__ = ["Backend", "Measurement", "Results", "Value"]
 
 Backend = Literal["baseline", "local", "bridged", "context", "redis", "etcd"]
-Kind = Literal["latency", "duration", "throughput"]
+Kind = Literal["latency", "lag", "duration", "throughput"]
+"""What the samples are: ns per call (latency); ns from one event to another, no call's
+duration, so no ops/s (lag: a change event's arrival after its write returned); ns per
+whole run (duration); ns per call under load, with the run's own ops/s (throughput)."""
 
 
 @dataclass
@@ -100,11 +103,12 @@ class Results:
         for other in (m.baseline, *m.peers):
             if other is None or other not in self.measurements or other == m.id:
                 continue
+            lag = "lag" in (m.kind, self.measurements[other].kind)  # a lag has no ops/s
             theirs = self.measurements[other].summary
             out[other] = {
                 f: m.summary.figure(f) / theirs.figure(f)
                 for f in Summary.FIGURES
-                if theirs.figure(f)
+                if theirs.figure(f) and not (lag and f == "ops_per_s")
             }
         return out
 
@@ -126,7 +130,7 @@ class Results:
                     "samples": s.samples,
                     "calls_per_sample": s.calls_per_sample,
                     "ns": {"p50": s.p50, "p90": s.p90, "p99": s.p99, "max": s.max, "mean": s.mean},
-                    "ops_per_s": s.ops_per_s,
+                    "ops_per_s": None if m.kind == "lag" else s.ops_per_s,
                     "baseline": m.baseline,
                     "vs_baseline": ratios.get(m.baseline) if m.baseline else None,
                     "peers": list(m.peers),

@@ -253,7 +253,7 @@ class Servers:
     def _start(self, name: str) -> ServerProcess:
         if name not in self._running:
             progress.stage(f"starting the {name} server")
-            if name == "store":
+            if name.startswith("store"):
                 server = ServerProcess(
                     name, _store_command, _grpc_probe("/grpc.health.v1.Health/Check", b"")
                 )
@@ -268,8 +268,18 @@ class Servers:
             self._running[name] = server
         return self._running[name]
 
-    def store(self) -> ServerProcess:
-        return self._start("store")
+    def store(self, name: str = "store") -> ServerProcess:
+        """The run's SessionStore, or with another ``name`` (``store.*``) one of its own:
+        for a suite that loads its server and wants nobody else's sessions beside it."""
+        if not name.startswith("store"):
+            raise ValueError(f"a SessionStore's name starts with 'store', got {name!r}")
+        return self._start(name)
+
+    def stop(self, name: str) -> None:
+        """Stop one server now (a suite's own), rather than at :meth:`close`."""
+        server = self._running.pop(name, None)
+        if server is not None:
+            server.stop()
 
     def echo(self) -> ServerProcess:
         return self._start("echo")

@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.results import Backend, Kind, Measurement, Results
 from benchmarks.servers import Servers
-from benchmarks.timing import measure
+from benchmarks.timing import Timed, measure
 
 __all__ = ["Op", "Run", "add_duration", "export_of_floats", "sample_ops"]
 
@@ -37,6 +37,8 @@ class Op:
     op: str
     fn: Callable[[], object]
     calls: int = 1  # calls per sample: >1 only for sub-microsecond reads
+    timed: bool = False  # fn times itself and returns ns (see timing.Timed); calls is 1
+    kind: Kind = "latency"  # "lag": a timed op whose ns are no call's duration
     baseline: str | None = None
     peers: tuple[str, ...] = ()
     curve: str | None = None
@@ -45,7 +47,9 @@ class Op:
 
 def sample_ops(run: Run, suite: str, label: str, ops: Sequence[Op], rounds: int) -> None:
     """Sample ``ops`` round-robin for ``rounds`` rounds and add them to the results."""
-    samples = measure(label, {op.id: (op.fn, op.calls) for op in ops}, rounds)
+    plain = {op.id: (op.fn, op.calls) for op in ops if not op.timed}
+    timed = {op.id: _timed(op.fn) for op in ops if op.timed}
+    samples = measure(label, plain, rounds, timed=timed)
     for op in ops:
         run.results.add(
             Measurement(
@@ -54,7 +58,7 @@ def sample_ops(run: Run, suite: str, label: str, ops: Sequence[Op], rounds: int)
                 suite=suite,
                 backend=op.backend,
                 op=op.op,
-                kind="latency",
+                kind=op.kind,
                 samples=samples[op.id],
                 calls=op.calls,
                 baseline=op.baseline,
@@ -63,6 +67,16 @@ def sample_ops(run: Run, suite: str, label: str, ops: Sequence[Op], rounds: int)
                 x=op.x,
             )
         )
+
+
+def _timed(fn: Callable[[], object]) -> Timed:
+    def probe() -> float:
+        ns = fn()
+        if not isinstance(ns, int | float):
+            raise TypeError(f"a timed op returns ns, got {ns!r}")
+        return float(ns)
+
+    return probe
 
 
 def add_duration(

@@ -11,6 +11,7 @@ falls on all of them alike.
 
 from __future__ import annotations
 
+import functools
 import gc
 import random
 import time
@@ -19,10 +20,14 @@ from dataclasses import dataclass
 
 from benchmarks.progress import progress
 
-__all__ = ["Summary", "human", "measure", "sample", "summarize", "time_runs"]
+__all__ = ["Summary", "Timed", "human", "measure", "sample", "summarize", "time_runs"]
 
 Op = tuple[Callable[[], object], int]
 """An operation to sample: the function, and how many calls make one sample."""
+
+Timed = Callable[[], float]
+"""An operation that times itself and returns ns: one whose latency ends in another
+thread (a change event reaching its subscriber), which no timer around the call sees."""
 
 
 @dataclass(frozen=True)
@@ -80,19 +85,28 @@ def sample(fn: Callable[[], object], calls: int) -> float:
 
 
 def measure(
-    label: str, ops: dict[str, Op], rounds: int, warmup: int = 20
+    label: str,
+    ops: dict[str, Op],
+    rounds: int,
+    warmup: int = 20,
+    timed: dict[str, Timed] | None = None,
 ) -> dict[str, list[float]]:
     """Round-robin sampling: each round samples every op once, in a shuffled order, so
     machine noise falls on all of them alike. ``ops`` maps a name to (fn, calls per
-    sample); returns each name's samples in ns per call."""
-    samples: dict[str, list[float]] = {name: [] for name in ops}
-    what = f"{len(ops)} operation{'s' if len(ops) != 1 else ''}"
+    sample), ``timed`` a name to an op that times itself (one call per sample);
+    returns each name's samples in ns per call."""
+    every: dict[str, Timed] = {
+        name: functools.partial(sample, fn, calls) for name, (fn, calls) in ops.items()
+    }
+    every.update(timed or {})
+    samples: dict[str, list[float]] = {name: [] for name in every}
+    what = f"{len(every)} operation{'s' if len(every) != 1 else ''}"
     progress.stage(f"{label}: warming up {what}")
-    for fn, calls in ops.values():
+    for probe in every.values():
         for _ in range(warmup):
-            sample(fn, calls)
+            probe()
     progress.stage(f"{label}: {what} round-robin, round", total=rounds)
-    order = list(ops.items())
+    order = list(every.items())
     shuffle = random.Random(rounds).shuffle
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -101,8 +115,8 @@ def measure(
             # A new order each round: an op that follows a call to another server (or a
             # cold cache) does so as often as every other op.
             shuffle(order)
-            for name, (fn, calls) in order:
-                samples[name].append(sample(fn, calls))
+            for name, probe in order:
+                samples[name].append(probe())
             progress.step(done + 1)
     finally:
         if gc_was_enabled:

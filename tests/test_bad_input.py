@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from dspex_actors import LocalState
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
-from dspex_actors.errors import StateError
+from dspex_actors.errors import PartialFailure, StateError
 from dspex_actors.limits import DEFAULT_LIMITS
 from dspex_actors.provider import StateProvider
 from dspex_actors.v1 import session_store_pb2 as pb
@@ -498,6 +498,76 @@ def test_session_ids_are_refused_alike(server: SessionStoreServer) -> None:
         bridged.register_variable("ok", "boolean", True)
 
 
+# -- once divergent, now alike ------------------------------------------------------------
+
+
+def test_an_export_with_a_lone_surrogate_session_id_is_treated_alike(
+    backends: tuple[LocalState, BridgedState],
+) -> None:
+    """An export whose session_id is not UTF-8 (a lone surrogate) cannot be carried
+    to the bridge: InvalidExport there, and locally too, nothing changed."""
+    local, bridged = backends
+    exported = {"session_id": "bad\ud800", "variables": {}, "variable_index": {}}
+    outcomes = [_outcome(state, _call("import_state", exported)) for state in (local, bridged)]
+    assert outcomes == [("InvalidExport", True)] * 2
+
+
+def test_a_batch_with_metadata_over_the_limit_is_refused_alike(
+    backends: tuple[LocalState, BridgedState],
+) -> None:
+    """update_variables with metadata over max_metadata_bytes names it in a
+    PartialFailure ({'<metadata>': LimitExceeded}) on both backends, nothing changed."""
+    local, bridged = backends
+    oversize = {"big": "y" * MAX_METADATA}
+    named = []
+    for state in (local, bridged):
+        before = state.list_variables()
+        with pytest.raises(PartialFailure) as failed:
+            state.update_variables({"i": 2}, oversize)
+        named.append({key: type(error).__name__ for key, error in failed.value.errors.items()})
+        assert state.list_variables() == before
+    assert named == [{"<metadata>": "LimitExceeded"}] * 2
+
+
+def _wide_outcome(
+    state: StateProvider, type_name: str, value: Any, constraints: dict[str, Any] | None
+) -> tuple[tuple[str, Any], bool]:
+    """Registering ``value``: "ok", or the error's class and rule; and whether the
+    session is unchanged."""
+    before = repr(state.list_variables())
+    try:
+        state.register_variable("wide", type_name, value, constraints=constraints)
+    except StateError as exc:
+        outcome: tuple[str, Any] = (type(exc).__name__, exc.details.get("rule"))
+    else:
+        outcome = ("ok", None)
+    return outcome, repr(state.list_variables()) == before
+
+
+@pytest.mark.parametrize(
+    ("type_name", "value", "constraints"),
+    [
+        ("float", 2**64, None),
+        ("float", -(2**63) - 1, None),
+        ("embedding", [2**64, 1.0], None),
+        ("tensor", {"shape": [1], "data": [2**64]}, None),
+    ],
+    ids=["float", "negative float", "embedding", "tensor"],
+)
+def test_integers_past_64_bits_are_refused_alike(
+    backends: tuple[LocalState, BridgedState],
+    type_name: str,
+    value: Any,
+    constraints: dict[str, Any] | None,
+) -> None:
+    """An integer past msgpack's 64 bits cannot be carried to the bridge: for a
+    float, an embedding element or a tensor element it is a ValidationError (rule
+    "type") locally too, nothing changed."""
+    local, bridged = backends
+    outcomes = [_wide_outcome(state, type_name, value, constraints) for state in (local, bridged)]
+    assert outcomes == [(("ValidationError", "type"), True)] * 2
+
+
 # -- known divergences --------------------------------------------------------------------
 
 MULTI_FAULT: list[tuple[str, Case]] = [
@@ -561,78 +631,21 @@ def test_calls_with_two_faults_are_refused_alike(
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "an export whose session_id is not UTF-8 (a lone surrogate) imports locally "
-        "(the id is not checked: an import keeps the session's own), but BridgedState "
-        "refuses it with InvalidExport when it cannot encode the columns"
+        "vartypes._choice_check accepts an integer past 64 bits that equals a listed "
+        "float choice (2**64 == float(2**64)) and stores the listed float, so "
+        "LocalState registers it, while BridgedState packs the value as given before "
+        "sending and refuses it (ValidationError rule 'type', 'not plain data msgpack "
+        "can carry: Integer value out of range'): the 64-bit check covers float, "
+        "embedding and tensor elements, not choice values"
     ),
 )
-def test_an_export_with_a_lone_surrogate_session_id_is_treated_alike(
+def test_an_integer_past_64_bits_for_a_float_choice_is_treated_alike(
     backends: tuple[LocalState, BridgedState],
 ) -> None:
     local, bridged = backends
-    exported = {"session_id": "bad\ud800", "variables": {}, "variable_index": {}}
-    assert _outcome(local, _call("import_state", exported)) == _outcome(
-        bridged, _call("import_state", exported)
-    )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bridge/client.py update_variables catches (TypeError, ValueError, OverflowError) "
-        "from packing the batch's metadata to name it in a PartialFailure; a "
-        "ValidationError is a ValueError and is caught, but LimitExceeded (metadata over "
-        "max_metadata_bytes) is not and escapes bare, where LocalState raises "
-        "PartialFailure({'<metadata>': LimitExceeded})"
-    ),
-)
-def test_a_batch_with_metadata_over_the_limit_is_refused_alike(
-    backends: tuple[LocalState, BridgedState],
-) -> None:
-    local, bridged = backends
-    oversize = {"big": "y" * MAX_METADATA}
-    outcomes = [
-        _outcome(state, _call("update_variables", {"i": 2}, oversize))
-        for state in (local, bridged)
-    ]
-    assert outcomes[0] == ("PartialFailure", True)
-    assert outcomes[1] == outcomes[0]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "an integer past msgpack's 64 bits is a valid float, embedding element, tensor "
-        "element or float choice locally (stored as a float), but BridgedState cannot "
-        "encode it and refuses it (ValidationError 'not plain data msgpack can carry'): "
-        "the same call succeeds locally and fails bridged"
-    ),
-)
-@pytest.mark.parametrize(
-    ("type_name", "value", "constraints"),
-    [
-        ("float", 2**64, None),
-        ("float", -(2**63) - 1, None),
-        ("embedding", [2**64, 1.0], None),
-        ("tensor", {"shape": [1], "data": [2**64]}, None),
-        ("choice", 2**64, {"choices": [float(2**64)]}),
-    ],
-    ids=["float", "negative float", "embedding", "tensor", "choice"],
-)
-def test_integers_past_64_bits_are_treated_alike(
-    backends: tuple[LocalState, BridgedState],
-    type_name: str,
-    value: Any,
-    constraints: dict[str, Any] | None,
-) -> None:
-    local, bridged = backends
-    outcomes = [
-        _outcome(
-            state,
-            _call("register_variable", "wide", type_name, value, constraints=constraints),
-        )[0]
-        for state in (local, bridged)
-    ]
+    constraints = {"choices": [float(2**64)]}
+    outcomes = [_wide_outcome(state, "choice", 2**64, constraints) for state in (local, bridged)]
+    print(f"2**64 for the choice float(2**64): local {outcomes[0]}, bridged {outcomes[1]}")
     assert outcomes[0] == outcomes[1]
 
 

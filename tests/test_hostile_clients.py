@@ -3,10 +3,16 @@
 * A pathological pattern (``^(a+)+$`` on ``"a" * 26 + "!"``, exponential for a
   backtracking matcher) is refused with ``ValidationError`` (rule "pattern") at
   once, while another session on the same server keeps answering.
+* A glob longer than ``MAX_PATTERN`` (a 100 KB one) is refused with
+  ``ValidationError`` (rule "pattern") before any matching, by the client and by
+  the server, while another session keeps answering.
 * Calls that send their headers and never a body: with a token, the unauthenticated
   ones are refused (UNAUTHENTICATED) from their headers alone, the body never sent;
   authenticated ones merely wait, costing no worker (the server has no pool to
   exhaust), and other clients keep working beside 64 of them.
+* Health watches need no token: at most ``MAX_WATCHES`` are held at once (the rest
+  RESOURCE_EXHAUSTED), so they cannot take every call slot from authenticated
+  clients.
 
 Evidence tests print their figures (run with ``-s``); they assert outcomes only.
 """
@@ -17,14 +23,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
 
-from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
+from dspex_actors.bridge.discovery import MAX_WATCHES
 from dspex_actors.errors import ValidationError
+from dspex_actors.limits import DEFAULT_LIMITS
+from dspex_actors.records import MAX_PATTERN
+from dspex_actors.v1 import session_store_pb2 as pb
 
 SET_VARIABLE = "/dspex_actors.v1.SessionStore/SetVariable"
+LIST_VARIABLES = "/dspex_actors.v1.SessionStore/ListVariables"
 TOKEN = "t"
 
 
@@ -97,43 +109,63 @@ def test_a_pathological_pattern_stalls_nobody(server: SessionStoreServer) -> Non
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "records.name_matches runs fnmatch on the server's event loop (a lock-free table "
-        "read) with a pattern of any length: fnmatch translates and compiles it with "
-        "Python re (and caches up to 32,768 of them), ~20 us per '*a', so one "
-        "ListVariables with a 100 KB glob stalls every session of the server for seconds "
-        "(64 MiB allowed: minutes); the other session's calls miss their deadline"
-    ),
-)
-def test_a_huge_glob_pattern_stalls_nobody(server: SessionStoreServer) -> None:
+def test_a_huge_glob_pattern_is_refused_and_stalls_nobody(server: SessionStoreServer) -> None:
+    """Matching a glob compiles it (fnmatch, ~20 us per '*a') on the server's event
+    loop: uncapped, one ListVariables with a 100 KB glob stalled every session of the
+    server for seconds. Patterns are capped at MAX_PATTERN characters: a longer one
+    is a ValidationError (rule "pattern") before any matching, from the client before
+    it sends and from the server for a client that sends it anyway, while another
+    session keeps answering within its 0.5 s deadline. The longest allowed glob
+    still works."""
     bad = BridgedState.init(address=server.address, timeout=60)
     other = BridgedState.init(address=server.address, timeout=0.5)
     load = Load()
     worker = threading.Thread(target=load.run, args=(other,))
+    huge = "*a" * 50_000
+    channel = grpc.insecure_channel(server.address)
+    list_raw = channel.unary_unary(
+        LIST_VARIABLES, request_serializer=None, response_deserializer=None
+    )
     try:
-        bad.register_variable("aaa", "integer", 1)  # a name to match the glob against
+        bad.register_variable("aaa", "integer", 1)  # a name to match the globs against
         worker.start()
         assert load.started.wait(10)
         start = time.perf_counter()
-        try:
-            listed: object = bad.list_variables("*a" * 50_000)
-        except ValidationError as refused:  # refusing such a pattern is a fine answer too
-            listed = refused
+        with pytest.raises(ValidationError) as local:
+            bad.list_variables(huge)
+        raw = pb.ListVariablesRequest(session_id=bad.session_id, pattern=huge)
+        with pytest.raises(grpc.RpcError) as sent:  # what a client without the check gets
+            list_raw(raw.SerializeToString(), timeout=5)
         end = time.perf_counter()
+        worst = "*a" * (MAX_PATTERN // 2)  # the costliest shape, as long as allowed
+        longest_start = time.perf_counter()
+        matched_worst = bad.list_variables(worst)
+        longest_seconds = time.perf_counter() - longest_start
+        matched = bad.list_variables("aaa" + "*" * (MAX_PATTERN - 3))
+        with pytest.raises(ValidationError) as one_over:
+            bad.list_variables("a" * (MAX_PATTERN + 1))
     finally:
         load.stop.set()
         if worker.is_alive():
             worker.join()
+        channel.close()
         bad.cleanup()
         other.cleanup()
-    print(
-        f"a 100 KB glob answered {type(listed).__name__} in {end - start:.2f} s; the other "
-        f"session's max latency meanwhile {load.max_latency_within(start, end) * 1000:.1f} ms, "
-        f"errors {[type(e).__name__ for e in load.errors]}"
-    )
+    assert isinstance(sent.value, grpc.Call)
+    assert sent.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    from_server = codec.error_from_rpc(sent.value, server.address)
+    assert isinstance(from_server, ValidationError)
+    assert [local.value.rule, from_server.rule, one_over.value.rule] == ["pattern"] * 3
+    assert matched_worst == []
+    assert [record["name"] for record in matched] == ["aaa"]
     assert load.errors == []
+    print(
+        f"a 100 KB glob refused (rule 'pattern') by the client and by the server, both in "
+        f"{(end - start) * 1000:.1f} ms; the other session's max latency meanwhile "
+        f"{load.max_latency_within(start, end) * 1000:.1f} ms, no errors; the longest "
+        f"allowed glob ({MAX_PATTERN} chars of '*a') answered in "
+        f"{longest_seconds * 1000:.1f} ms"
+    )
 
 
 # -- calls that never send their body ------------------------------------------------------
@@ -259,38 +291,57 @@ def test_a_cancelled_stalled_call_leaves_the_connection_usable() -> None:
             channel.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the health service is exempt from the token and its Watch is a long-lived "
-        "stream that counts toward max_concurrent_calls (grpc's maximum_concurrent_rpcs): "
-        "a client without the token can hold every admission slot, and authenticated "
-        "clients are then refused with RESOURCE_EXHAUSTED (shown with the limit at 16; "
-        "the default 1024 takes 8 connections of 128 streams)"
-    ),
-)
 def test_unauthenticated_health_watches_cannot_lock_out_clients() -> None:
+    """The health service is exempt from the token and its Watch is a long-lived
+    stream that counts toward max_concurrent_calls: uncapped, a client without the
+    token could hold every call slot and authenticated clients were then refused
+    (RESOURCE_EXHAUSTED). Watches are capped at MAX_WATCHES, far below the default
+    max_concurrent_calls: the ones beyond are refused RESOURCE_EXHAUSTED, an
+    authenticated client keeps working while the rest are held, and a slot freed
+    by a cancelled watch can be taken again."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    limit = 16
-    with serve(token=TOKEN, max_concurrent_calls=limit) as server:
-        channel = grpc.insecure_channel(server.address)  # no token
-        watches = []
+    assert DEFAULT_LIMITS.max_concurrent_calls > MAX_WATCHES
+    attempts_per_channel, channel_count = MAX_WATCHES, 3  # three times the cap in all
+    request = health_pb2.HealthCheckRequest(service="")
+    with serve(token=TOKEN) as server:  # the default max_concurrent_calls
+        channels = [grpc.insecure_channel(server.address) for _ in range(channel_count)]
+        held: list[Any] = []
+        refused: list[grpc.StatusCode] = []
         try:
-            for _ in range(limit):  # until the server holds no more (or the limit)
-                watch = health_pb2_grpc.HealthStub(channel).Watch(
-                    health_pb2.HealthCheckRequest(service="")
-                )
-                watches.append(watch)
-                try:
-                    next(watch)  # its first status arrived: the stream is open and held
-                except grpc.RpcError:  # RESOURCE_EXHAUSTED: every slot is held already
-                    break
-            served = _busy_client(server.address, 5)
+            for channel in channels:  # no token
+                stub = health_pb2_grpc.HealthStub(channel)
+                for _ in range(attempts_per_channel):
+                    watch = stub.Watch(request)
+                    try:
+                        next(watch)  # its first status arrived: the stream is open and held
+                    except grpc.RpcError as exc:
+                        assert isinstance(exc, grpc.Call)
+                        refused.append(exc.code())
+                    else:
+                        held.append(watch)
+            start = time.perf_counter()
+            served = _busy_client(server.address, 25)  # while every watch slot is held
+            elapsed = time.perf_counter() - start
+            held.pop().cancel()
+            again = health_pb2_grpc.HealthStub(channels[0]).Watch(request)
+            try:
+                reopened = next(again).status == health_pb2.HealthCheckResponse.SERVING
+            finally:
+                again.cancel()
         finally:
-            for watch in watches:
+            for watch in held:
                 watch.cancel()
-            channel.close()
+            for channel in channels:
+                channel.close()
+    assert len(held) == MAX_WATCHES - 1  # one was cancelled to free its slot
+    assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * (
+        attempts_per_channel * channel_count - MAX_WATCHES
+    )
+    assert reopened
     print(
-        f"{limit} unauthenticated health watches held; an authenticated client made {served} calls"
+        f"{attempts_per_channel * channel_count} unauthenticated health watches tried: "
+        f"{MAX_WATCHES} held, {len(refused)} refused RESOURCE_EXHAUSTED; an authenticated "
+        f"client made {served} calls meanwhile in {elapsed:.3f} s (max_concurrent_calls "
+        f"{DEFAULT_LIMITS.max_concurrent_calls})"
     )

@@ -4,15 +4,19 @@ Each migration step has a failpoint (``dspex_actors.failpoints``). Failing any s
 before the swap must leave the session on its local backend, whole (every value
 and version) and writable, with no session of that id visible on the server; the
 StateError names the step; and a second attempt without the fault succeeds and
-keeps everything. A failure at retirement comes after the swap: the switch stands
-and is recorded. A copy that could not be removed (the bridge refused the close)
-stays invisible and is removed before the next attempt. And incarnations: an owner
-whose session expired cannot close a newcomer's session with the same id.
+keeps everything (a failure at the swap, after the copy was committed, discards
+that copy too). A failure at retirement comes after the swap: the switch stands and
+is recorded, and the old backend is stopped all the same (no actor outlives the
+supervisor; a handle kept from before says SessionClosed instead of reading stale
+values). A copy that could not be removed (the bridge refused the close) stays
+invisible and is removed before the next attempt. And incarnations: an owner whose
+session expired can neither close nor write into a newcomer's session with the same
+id.
 """
 
 from __future__ import annotations
 
-import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +24,7 @@ import pytest
 
 from dspex_actors import LocalState, failpoints
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
-from dspex_actors.errors import BridgeUnavailable, SessionNotFound, StateError
+from dspex_actors.errors import BridgeUnavailable, SessionClosed, SessionNotFound, StateError
 from dspex_actors.supervision import Context, Supervisor
 
 SESSION = "moving"
@@ -68,19 +72,9 @@ STEPS = [
     ("migration.import_reply", "import"),  # applied on the server, its answer lost
     ("migration.verify", "verify"),
     ("migration.commit", "commit"),
-    pytest.param(
-        "migration.swap",
-        "swap",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=(
-                "supervision.py Context._migrate: a failure at the swap unseals the local "
-                "session but never discards the bridged copy, already committed and "
-                "visible; every later ensure_bridged() then fails at 'import' (session "
-                "already exists) and the copy's handle is leaked"
-            ),
-        ),
-    ),
+    # After the commit: the copy is visible already, so the failure must discard it
+    # (else every later switch fails at 'import', the session existing already).
+    ("migration.swap", "swap"),
 ]
 
 
@@ -137,22 +131,14 @@ def test_a_failed_retirement_still_switches_and_is_recorded(
         assert _visible_on(server)
         assert ctx.set_variable("temperature", 1.5) == 4
     finally:
-        old.cleanup()  # see the next test: the failed retirement left it running
+        old.cleanup()  # idempotent: the failed retirement stopped it already
 
 
-_RETIRE_LEAK = (
-    "supervision.py Context._migrate: when retiring the old backend fails, it is "
-    "neither retired nor cleaned up (the except branch only logs): it stays sealed, "
-)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason=_RETIRE_LEAK + "its session actor keeps running after Supervisor.stop()",
-)
 def test_a_failed_retirement_leaves_no_actor_running(
     server: SessionStoreServer, supervisor: Supervisor
 ) -> None:
+    """When retiring the old backend fails, it is stopped all the same: its session
+    actor does not outlive the supervisor."""
     ctx = supervisor.start_context(session_id=SESSION)
     _populate(ctx)
     old = ctx.backend
@@ -166,24 +152,30 @@ def test_a_failed_retirement_leaves_no_actor_running(
         old.cleanup()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=_RETIRE_LEAK + "and a handle kept from before the switch reads its stale "
-    "values (its writes wait 30 s for a migration that never settles, then fail)",
-)
-def test_a_handle_kept_across_a_failed_retirement_follows_the_session(
+def test_a_handle_kept_across_a_failed_retirement_is_closed(
     server: SessionStoreServer, supervisor: Supervisor
 ) -> None:
+    """A handle kept from before the switch cannot follow the session; after a failed
+    retirement it says SessionClosed at once (not applied), instead of reading the
+    stale values or waiting 30 s for a migration that never settles."""
     ctx = supervisor.start_context(session_id=SESSION)
     _populate(ctx)
     old = ctx.backend
     try:
         with failpoints.enabled("migration.retire", failpoints.fail(StateError("injected"))):
             ctx.ensure_bridged()
-        ctx.set_variable("temperature", 1.5)
-        assert old.get_variable("temperature") == 1.5, "a kept handle reads a stale value"
+        assert ctx.set_variable("temperature", 1.5) == 4
+        start = time.perf_counter()
+        with pytest.raises(SessionClosed):
+            old.get_variable("temperature")  # never the stale 1.0
+        with pytest.raises(SessionClosed):
+            old.set_variable("temperature", 0.1)
+        elapsed = time.perf_counter() - start
+        assert elapsed < 5, f"the kept handle took {elapsed:.1f} s to answer"
+        assert ctx.get_variable("temperature") == 1.5  # its write went nowhere
     finally:
         old.cleanup()
+    print(f"a handle kept across a failed retirement: SessionClosed in {elapsed * 1000:.1f} ms")
 
 
 def test_a_copy_that_could_not_be_removed_stays_invisible_and_is_removed_next_time(
@@ -251,29 +243,37 @@ def test_an_expired_owner_cannot_close_a_newcomers_session() -> None:
             first.cleanup()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "incarnations guard CloseSession only: every other request names the session by "
-        "id alone, so a handle whose session expired writes into (and deletes from) a "
-        "newcomer's session that reuses the id, as if it were its own"
-    ),
-)
 def test_an_expired_owner_cannot_write_into_a_newcomers_session() -> None:
+    """Every write carries the handle's incarnation and is applied to that
+    incarnation only: a handle whose session expired gets SessionNotFound, and the
+    newcomer's session reusing the id is left alone."""
     now = [1000.0]
     with serve(session_ttl=10, clock=lambda: now[0]) as server:
         first = BridgedState.init(session_id="reused", address=server.address)
         second: BridgedState | None = None
+        writes: list[Callable[[], object]] = [
+            lambda: first.set_variable("v", 2),
+            lambda: first.update_variables({"v": 3, "w": 4}),
+            lambda: first.delete_variable("w"),
+            lambda: first.register_variable("x", "integer", 5),
+        ]
         try:
             first.register_variable("v", "integer", 1)
             now[0] += 11
             assert server.reap_expired() == ["reused"]
             second = BridgedState.init(session_id="reused", address=server.address)
             second.register_variable("v", "integer", 100)
-            with contextlib.suppress(SessionNotFound):  # the right answer: its session is gone
-                first.set_variable("v", 2)
-            assert second.get_variable("v") == 100, "the old owner wrote into the newcomer's"
+            second.register_variable("w", "integer", 200)
+            for write in writes:
+                with pytest.raises(SessionNotFound):  # its session is gone
+                    write()
+            assert second.get_variables(["v", "w"]) == {"v": 100, "w": 200}
+            assert [(r["name"], r["version"]) for r in second.list_variables()] == [
+                ("v", 0),
+                ("w", 0),
+            ]
         finally:
             if second is not None:
                 second.cleanup()
             first.cleanup()
+    print(f"an expired owner's {len(writes)} writes: each SessionNotFound, the newcomer's intact")

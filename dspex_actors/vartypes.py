@@ -432,6 +432,10 @@ def _choice_check(constraints: dict[str, Any], max_bytes: int) -> Check:
 
     def check(variable: str, value: Any) -> Any:
         kind = _CHOICE_KINDS.get(type(value)) or _choice_kind(value)  # exact type first
+        if type(value) is int and not _INT_LOW <= value <= _INT_HIGH:
+            raise _fail(
+                variable, "type", value, "integer outside the 64-bit range msgpack can carry"
+            )
         if kind is not None:
             found = listed.get((kind, value), _MISSING)
             if found is not _MISSING:

@@ -628,17 +628,6 @@ def test_calls_with_two_faults_are_refused_alike(
     assert differ == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "vartypes._choice_check accepts an integer past 64 bits that equals a listed "
-        "float choice (2**64 == float(2**64)) and stores the listed float, so "
-        "LocalState registers it, while BridgedState packs the value as given before "
-        "sending and refuses it (ValidationError rule 'type', 'not plain data msgpack "
-        "can carry: Integer value out of range'): the 64-bit check covers float, "
-        "embedding and tensor elements, not choice values"
-    ),
-)
 def test_an_integer_past_64_bits_for_a_float_choice_is_treated_alike(
     backends: tuple[LocalState, BridgedState],
 ) -> None:

@@ -424,7 +424,6 @@ class HeldEvents:
             self._changed.notify_all()
 
 
-@pytest.mark.xfail(strict=True, reason=CACHED_READS_GO_BACKWARDS)
 def test_a_cached_handle_never_reads_older_than_it_has_answered() -> None:
     """The race of the run below, made deterministic by holding the Watch feed: the
     handle writes version 1 (its event held back), another handle writes version 2,
@@ -454,7 +453,6 @@ def test_a_cached_handle_never_reads_older_than_it_has_answered() -> None:
     assert second.version >= first.version, "a read went backwards"
 
 
-@pytest.mark.xfail(strict=True, reason=CACHED_READS_GO_BACKWARDS)
 def test_a_cached_handle_shared_by_threads_is_linearizable() -> None:
     """Up to eighty runs, stopping at the first violation. The defect is a race with
     the Watch feed (see the test above) that shows in about one run in twelve here

@@ -327,6 +327,8 @@ class BridgedState(StateProvider):
                     raise variable_not_found(identifier, self.session_id)
                 return value
         response = self._call(self._stub.GetVariable, self._get_request(identifier, full=False))
+        if cache is not None:  # the server was newer than the copy: never read older again
+            cache.expect(identifier, response.version)
         return self._unpack(response.value, "value")
 
     def get_record(self, identifier: str) -> VariableRecord:
@@ -343,6 +345,8 @@ class BridgedState(StateProvider):
 
     def _server_record(self, identifier: str) -> VariableRecord:
         response = self._call(self._stub.GetVariable, self._get_request(identifier, full=True))
+        if self._cache is not None:  # never read older than the server said, again
+            self._cache.expect(identifier, response.version)
         return self._record(response.record)
 
     def _get_request(self, identifier: str, *, full: bool) -> pb.GetVariableRequest:

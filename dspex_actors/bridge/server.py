@@ -163,7 +163,11 @@ class SessionStoreServer:
         self._stopping = threading.Event()  # stop() began
         self._stopped = threading.Event()  # stop() finished
         self._loop = asyncio.new_event_loop()
-        self._health = discovery.HealthServicer()
+        # Health needs no token: its watches may take at most a quarter of the call
+        # slots, so unauthenticated probes can never lock authenticated clients out.
+        self._health = discovery.HealthServicer(
+            min(discovery.MAX_WATCHES, max(1, limits.max_concurrent_calls // 4))
+        )
         self._server: grpc.aio.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
         started: concurrent.futures.Future[int] = concurrent.futures.Future()

@@ -332,24 +332,34 @@ def _same(data: Any) -> Any:
 def _events(
     session_id: str, first: int, kind: EventKind, records: Sequence[Record]
 ) -> list[Event]:
-    """The events of one publish: one per record, numbered from ``first``."""
-    deleted = kind == "deleted"
-    now = time.time()
+    """The events of one publish: one per record, numbered from ``first`` (built
+    from tuples in C: an import makes one per variable in the actor's turn)."""
+    if kind == "deleted":
+        now = time.time()
+        return [
+            _new_event((session_id, first + n, kind, r.id, r.name, None, r.version, None, now))
+            for n, r in enumerate(records)
+        ]
     return [
-        Event(
-            session_id,
-            first + offset,
-            kind,
-            record.id,
-            record.name,
-            None if deleted else record.read_value(),
-            record.version,
-            # A copy: a subscriber must not reach the table's own dict.
-            None if deleted else (plain_copy(record.metadata) if record.metadata else {}),
-            now if deleted else record.last_updated_at,
+        _new_event(
+            (
+                session_id,
+                first + n,
+                kind,
+                r.id,
+                r.name,
+                r.value if r.validator.thaw is None else r.validator.thaw(r.value),
+                r.version,
+                # A copy: a subscriber must not reach the table's own dict.
+                plain_copy(r.metadata) if r.metadata else {},
+                r.last_updated_at,
+            )
         )
-        for offset, record in enumerate(records)
+        for n, r in enumerate(records)
     ]
+
+
+_new_event: Callable[[tuple[Any, ...]], Event] = partial(tuple.__new__, Event)
 
 
 def _columns_of_records(
@@ -628,28 +638,38 @@ class SessionActor(pykka.ThreadingActor):
         return updated.version
 
     def update(self, updates: Mapping[str, Any], metadata: Any) -> None:
-        """All or nothing: validate every entry, then publish all in one window."""
-        lookup = self.table.index.get
+        """All or nothing: validate every entry, then publish all in one window.
+
+        The loop is the batch's whole cost, so it is kept lean: one dict lookup and
+        one check per entry, the error paths only on failure.
+        """
+        table = self.table
+        lookup = table.index.get
         errors: dict[str, StateError] = {}
         staged: dict[str, tuple[Record, Any]] = {}
-        meta = None
         for identifier, new_value in updates.items():
-            record = lookup(identifier) if isinstance(identifier, str) else None
             try:
-                if record is None:
-                    self.table.lookup(identifier)  # raises VariableNotFound
-                elif record.id in staged:
-                    raise ValidationError(
-                        f"variable {record.name!r} appears twice in one batch "
-                        f"(rule 'unique', value {describe_value(identifier)})",
-                        variable=record.name,
-                        rule="unique",
-                        value=identifier,
-                    )
-                else:
-                    staged[record.id] = (record, record.validator.check(record.name, new_value))
+                record = lookup(identifier)
+            except TypeError:  # unhashable: no such variable
+                record = None
+            if record is None or type(identifier) is not str:
+                errors[str(identifier)] = table.missing(identifier)
+                continue
+            var_id = record.id
+            if var_id in staged:
+                errors[str(identifier)] = ValidationError(
+                    f"variable {record.name!r} appears twice in one batch "
+                    f"(rule 'unique', value {describe_value(identifier)})",
+                    variable=record.name,
+                    rule="unique",
+                    value=identifier,
+                )
+                continue
+            try:
+                staged[var_id] = (record, record.validator.check(record.name, new_value))
             except StateError as exc:
-                errors[str(identifier)] = exc
+                errors[identifier] = exc
+        meta = None
         meta_size = 0
         if metadata is not None:
             try:
@@ -672,9 +692,15 @@ class SessionActor(pykka.ThreadingActor):
             extra_bytes=meta_size,
         )
         now = time.time()
-        self._publish(
-            "updated", [self._next(record, value, meta, now) for record, value in staged.values()]
-        )
+        if meta:
+            changed = [self._next(record, value, meta, now) for record, value in staged.values()]
+        else:  # the common batch: the records' next versions, built inline
+            new = _new_record
+            changed = [
+                new((r.id, r.name, v, r.version + 1, r.metadata, r.created_at, now, r.validator))
+                for r, v in staged.values()
+            ]
+        self._publish("updated", changed)
 
     def delete(self, identifier: str) -> None:
         record = self.table.lookup(identifier)

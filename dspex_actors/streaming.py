@@ -29,9 +29,8 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, NamedTuple, Self
 
 import pykka
 
@@ -63,14 +62,14 @@ DEFAULT_HISTORY_BYTES = 64 << 20
 kept history shorter, never the memory larger."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One change to one variable (or, for ``overflow`` and ``closed``, to the stream).
 
     ``sequence`` is the session's own count of events; for ``overflow`` it is the
     last sequence the reader was given (it should resynchronise), for ``closed`` the
     last one the session wrote. ``value`` and ``metadata`` are shared by every
-    subscriber of the event: treat them as read-only.
+    subscriber of the event: treat them as read-only. A NamedTuple (immutable, built
+    in C): an import of 10,000 variables makes 10,000 of them in the actor's turn.
     """
 
     session_id: str

@@ -652,7 +652,7 @@ class SessionActor(pykka.ThreadingActor):
                 record = lookup(identifier)
             except TypeError:  # unhashable: no such variable
                 record = None
-            if record is None or type(identifier) is not str:
+            if record is None or not isinstance(identifier, str):
                 errors[str(identifier)] = table.missing(identifier)
                 continue
             var_id = record.id

@@ -598,7 +598,7 @@ def test_choice_compares_numbers_exactly() -> None:
     same(big.check(2.0**53), 2**53)
     rejects(big, 2**53 + 1, "choices")
     rejects(big, 2.0**53 + 2, "choices")
-    rejects(big, HUGE, "choices")
+    rejects(big, HUGE, "type")  # past 64 bits: no backend could carry it
 
 
 def test_choice_nan_never_matches() -> None:

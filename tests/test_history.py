@@ -454,13 +454,12 @@ def test_a_cached_handle_never_reads_older_than_it_has_answered() -> None:
 
 
 def test_a_cached_handle_shared_by_threads_is_linearizable() -> None:
-    """Up to eighty runs, stopping at the first violation. The defect is a race with
-    the Watch feed (see the test above) that shows in about one run in twelve here
-    (8 of 100 runs, 0.4 s each), so the defect escapes all eighty runs about once in
-    a thousand; a fixed cache passes all eighty and this test then XPASSes. (A
-    VersionConflict's actual is noted already: before that fix 12 of 20 runs broke.)"""
+    """Twenty runs, stopping at the first violation. The race this guards against
+    (the handle's copy behind a version the server already answered) showed in about
+    one run in twelve before the fix, so twenty runs catch a regression most of the
+    time; the test above makes that race deterministic."""
     with serve() as server:
-        for run in range(80):
+        for run in range(20):
             with BridgedState.init(address=server.address, cache=True) as cached:
                 cached.register_variable(NAME, "string", START_VALUE)
                 ops, version, value = run_clients([cached])

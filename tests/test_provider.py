@@ -263,9 +263,8 @@ def test_subscribe_and_unsubscribe_default_to_not_supported() -> None:
 
 
 def test_local_state_unsubscribe_refuses_what_is_no_subscription() -> None:
-    with LocalState.init() as state:
-        with pytest.raises(TypeError, match="not a subscription"):
-            state.unsubscribe(None)
+    with LocalState.init() as state, pytest.raises(TypeError, match="not a subscription"):
+        state.unsubscribe(None)
 
 
 def test_context_manager_returns_the_provider_and_cleans_up() -> None:

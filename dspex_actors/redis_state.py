@@ -80,11 +80,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 import msgpack
-import pykka
 
 from dspex_actors import redis_scripts as scripts
 from dspex_actors import vartypes
@@ -119,7 +117,15 @@ from dspex_actors.session import (
     new_session_id,
     records_from_columns,
 )
-from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventKind, Subscriber
+from dspex_actors.streaming import (
+    DEFAULT_HISTORY,
+    Closing,
+    Event,
+    EventKind,
+    Subscriber,
+    check_subscriber,
+    hand_over,
+)
 from dspex_actors.vartypes import (
     Validator,
     check_expected_version,
@@ -1161,10 +1167,7 @@ class RedisState(StateProvider):
         """
         self._check_open()
         glob = check_pattern(pattern)
-        if not (callable(subscriber) or isinstance(subscriber, pykka.ActorRef)):
-            raise TypeError(
-                f"a subscriber is a callable or a pykka.ActorRef, got {type(subscriber).__name__}"
-            )
+        check_subscriber(subscriber)
         if start is None:
             start = int(self._read(scripts.INFO, "0")[0])
         subscription = RedisSubscription(
@@ -1245,7 +1248,7 @@ class RedisState(StateProvider):
 # -- subscriptions --------------------------------------------------------------------
 
 
-class RedisSubscription:
+class RedisSubscription(Closing):
     """Delivery of a session's stream to one subscriber, from its own thread.
 
     The thread reads the stream with ``XREAD BLOCK`` on a connection of its own,
@@ -1338,7 +1341,7 @@ class RedisSubscription:
                 if self._stopped.is_set():
                     return
                 if finishing or not self._live(reader):
-                    self._hand_over(Event(self.session_id, self._cursor - 1, "closed"))
+                    hand_over(self.subscriber, Event(self.session_id, self._cursor - 1, "closed"))
                     return
                 continue
             entries = reply[0][1]
@@ -1346,7 +1349,7 @@ class RedisSubscription:
                 # The present is taken first: a write made after the subscriber got
                 # its overflow event is always delivered.
                 present = self._present(reader)
-                self._hand_over(Event(self.session_id, self._cursor - 1, "overflow"))
+                hand_over(self.subscriber, Event(self.session_id, self._cursor - 1, "overflow"))
                 self._cursor = present
                 continue
             for entry_id, raw in entries:
@@ -1355,10 +1358,10 @@ class RedisSubscription:
                 sequence = _sequence(entry_id)
                 fields = dict(zip(raw[::2], raw[1::2], strict=True))
                 if fields[b"k"] == b"closed":
-                    self._hand_over(Event(self.session_id, sequence - 1, "closed"))
+                    hand_over(self.subscriber, Event(self.session_id, sequence - 1, "closed"))
                     return
                 if name_matches(_text(fields[b"n"]), self.pattern):
-                    self._hand_over(self._event(sequence, fields))
+                    hand_over(self.subscriber, self._event(sequence, fields))
                 self._cursor = sequence + 1
 
     def _event(self, sequence: int, fields: dict[bytes, bytes]) -> Event:
@@ -1391,20 +1394,6 @@ class RedisSubscription:
         sequence = _sequence(entry_id)
         closed = dict(zip(raw[::2], raw[1::2], strict=True)).get(b"k") == b"closed"
         return sequence if closed else sequence + 1
-
-    def _hand_over(self, event: Event) -> None:
-        subscriber = self.subscriber
-        try:
-            if isinstance(subscriber, pykka.ActorRef):
-                subscriber.tell(event)
-            else:
-                subscriber(event)
-        except Exception:
-            logger.exception(
-                "subscriber of session %s failed on event %d; delivery goes on",
-                event.session_id,
-                event.sequence,
-            )
 
     def _wake(self) -> None:
         """Make a blocked ``XREAD`` return now (``CLIENT UNBLOCK`` on another connection)."""
@@ -1440,17 +1429,6 @@ class RedisSubscription:
         while self._thread.is_alive():
             self._wake()
             self._thread.join(0.05)  # until the thread sees the flag (woken at once)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "stopped"

@@ -403,3 +403,20 @@ def test_non_utf8_strings_are_errors_of_the_contract(
         bridged.register_variable("z", "string", "a", constraints={"enum": [lone, "a"]})
     assert constraints.value.rule == "constraints"
     assert [r["name"] for r in bridged.list_variables()] == ["t", "n", "s"]
+
+
+def test_a_fresh_handle_right_after_a_server_restart_waits_for_it_within_its_deadline() -> None:
+    """The shared channel is in its reconnection backoff when the server comes back;
+    a new handle retries its open within its deadline instead of failing at once."""
+    first = serve()
+    address = first.address
+    with BridgedState.init(address=address, timeout=1) as warm:
+        warm.register_variable("a", "integer", 1)
+        first.stop()
+        with pytest.raises(BridgeUnavailable):
+            warm.get_variable("a")  # the channel has seen the server go
+        with serve(address) as second, BridgedState.init(address=address, timeout=10) as fresh:
+            assert fresh.owner
+            fresh.register_variable("b", "integer", 2)
+            assert fresh.get_variable("b") == 2
+            assert second.address == address

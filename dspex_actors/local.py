@@ -222,7 +222,9 @@ class LocalState(StateProvider):
             except pykka.Timeout:
                 logger.error("session %s: the crashed actor did not stop", self.session_id)
             self._crashed = threading.Event()
-            self._ref = SessionActor.start(self._table, self._on_exit, self._crashed, self._limits)
+            self._ref = SessionActor.start(
+                self._table, self._on_exit, self._crashed, self._limits, self._history
+            )
 
     def _closed(self) -> SessionClosed:
         return SessionClosed(f"session {self.session_id!r} is closed")

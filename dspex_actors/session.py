@@ -472,6 +472,8 @@ class SessionActor(pykka.ThreadingActor):
     # -- pykka hooks -------------------------------------------------------------
 
     def on_receive(self, message: Message) -> Any:
+        if isinstance(message, Deliver):  # first: its answer goes to its reply, even
+            return self._deliver(message)  # when that answer is that the session closed
         if self._closed_error is not None:
             return self._closed_error()  # a fresh error each time: callers raise it
         try:
@@ -485,8 +487,6 @@ class SessionActor(pykka.ThreadingActor):
             return exc
         except Exception as exc:
             return self._fail(message, exc)
-        if isinstance(message, Deliver):
-            return self._deliver(message)
         # Not a dspex_actors message: the sender's bug, not ours.
         return StateError(f"session actor got {type(message).__name__}, not a message")
 

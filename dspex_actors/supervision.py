@@ -314,6 +314,7 @@ class ContextSubscription(Closing):
         self._moved = threading.Event()
         self._moved.set()
         self._old: Any = None
+        self._closed = False
         self._last: Event | None = None  # the last event handed over
         self._inner: Any = backend.subscribe(pattern, self._relay(0))
 
@@ -357,7 +358,13 @@ class ContextSubscription(Closing):
             if start is None:  # no cut to continue from: the old one has nothing more
                 self._end_move()
         subscribe: Any = backend.subscribe
-        self._inner = subscribe(self.pattern, self._relay(self._generation), start=start)
+        inner = subscribe(self.pattern, self._relay(self._generation), start=start)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._inner = inner
+        if closed:  # unsubscribed while it moved: the new one must not live on
+            inner.close()
 
     def _end_move(self) -> None:
         held, self._held = self._held or [], None
@@ -377,7 +384,10 @@ class ContextSubscription(Closing):
 
     def close(self) -> None:
         """Stop delivery; no event is delivered once this returns."""
-        for inner in (self._inner, self._old):
+        with self._lock:
+            self._closed = True
+            inners = (self._inner, self._old)
+        for inner in inners:
             if inner is not None:
                 inner.close()
 
@@ -636,9 +646,6 @@ class Context:
                 self._backend = new
                 self._bind(new)
                 moving = list(self._subscriptions)
-            start = columns.sequence if columns.sequence > 0 else None
-            for subscription in moving:
-                subscription.move(new, start)
         except Exception as exc:
             raise StateError(
                 f"migration of session {self.session_id!r} to the bridge failed at step "
@@ -649,6 +656,13 @@ class Context:
             with self._gate:
                 self._fenced = False
                 self._gate.notify_all()
+        # The switch has happened: what follows can only be logged, never undo it.
+        start = columns.sequence if columns.sequence > 0 else None
+        for subscription in moving:
+            try:
+                subscription.move(new, start)
+            except Exception:
+                logger.exception("session %s: a subscription could not move", self.session_id)
         self._retire(old, sealed, new)
         for subscription in moving:
             subscription.finish_move(_CALL_TIMEOUT)

@@ -879,3 +879,28 @@ def test_without_the_gil_every_read_takes_the_actor_path(
         assert {"Get", "GetMany", "GetRecord", "List", "Export"} <= set(asked)
     finally:
         state.cleanup()
+
+
+def test_a_delivered_message_behind_close_is_answered_not_dropped() -> None:
+    """A Deliver (told, with a reply callback) queued behind the close still gets
+    its answer: SessionClosed, so the sender knows at once it was not applied."""
+    from dspex_actors.messages import Deliver
+
+    table = SessionTable("delivered")
+    ref = SessionActor.start(table)
+    answers: list[Any] = []
+    answered = threading.Event()
+
+    def reply(answer: Any) -> None:
+        answers.append(answer)
+        answered.set()
+
+    try:
+        ref.ask(Register("x", "integer", 0, None, None, None))
+        ref.tell(Close())
+        ref.tell(Deliver(SetValue("x", 1, None, None), reply, [True]))
+        assert answered.wait(WAIT)
+        assert isinstance(answers[0], SessionClosed)
+        assert table.lookup("x").version == 0
+    finally:
+        ref.stop()

@@ -44,6 +44,10 @@ SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
 _GONE = -1
 """An expected 'version' meaning: this handle deleted the variable."""
 
+_WAITING = "\x00waiting"
+"""A key of ``expected`` (no identifier can be it) held while any identifier waits
+on a sequence (see ``expect_sequence``)."""
+
 
 class RecordCache:
     """The records of one session (see the module docstring); thread-safe.
@@ -58,6 +62,7 @@ class RecordCache:
         self,
         load: Callable[[], list[dict[str, Any]]],
         fetch: Callable[[str], VariableRecord],
+        start: int = 1,
     ) -> None:
         self._load = load
         self._fetch = fetch
@@ -65,12 +70,15 @@ class RecordCache:
         self.by_id: dict[str, VariableRecord] = {}
         self.ids: dict[str, str] = {}  # name -> id
         self.expected: dict[str, int] = {}  # id or identifier -> version it must reach
+        self._behind: dict[str, int] = {}  # id or identifier -> sequence it waits for
         # Ids registered since the listing: an event carries no type or constraints,
         # so their whole record comes from the server until the next listing.
         self._partial: set[str] = set()
         self.serving = False
         self._ended = False
-        self._applied = 0  # the last event sequence this copy has taken in
+        # The last event sequence this copy has taken in: the feed starts at
+        # ``start``, and the listing taken once it is up covers what came before.
+        self._applied = start - 1
         self._caught_up = threading.Condition(self._lock)
         self._pending: list[Event] | None = None  # events met while (re)loading
 
@@ -125,6 +133,9 @@ class RecordCache:
         with self._lock:
             if event.kind != "overflow":
                 self._applied = max(self._applied, event.sequence)
+                if self._behind:
+                    self._behind = {k: q for k, q in self._behind.items() if q - 1 > self._applied}
+                    self._sync_flag()
                 self._caught_up.notify_all()
             if event.kind == "overflow":
                 self.serving = False
@@ -224,27 +235,28 @@ class RecordCache:
             if record is not None:  # its event may have come before the reply
                 self._met(key, record.name)
 
-    def versions(self, identifiers: Iterable[Any]) -> dict[str, int]:
-        """The copy's versions of these variables now (by id; -1 when unknown)."""
+    def expect_sequence(self, identifiers: Iterable[Any], sequence: int) -> None:
+        """This handle's batch returned when the session's next event was
+        ``sequence``: until the copy has taken in every event before it, reads of
+        these identifiers go to the server (a batch answers no versions)."""
         with self._lock:
-            found = {}
+            if self._applied >= sequence - 1:
+                return
             for identifier in identifiers:
                 if isinstance(identifier, str):
                     key = self.ids.get(identifier, identifier)
-                    record = self.by_id.get(key)
-                    found[key] = -1 if record is None else record.version
-            return found
+                    self._behind[key] = max(self._behind.get(key, 0), sequence)
+                    self._behind[identifier] = self._behind[key]
+            self.expected = self.expected or {}  # keep the fast path off meanwhile
+            self._sync_flag()
 
-    def expect_after(self, versions: dict[str, int]) -> None:
-        """This handle updated these (:meth:`versions` taken before): reads must see
-        a later version of each."""
-        with self._lock:
-            for key, version in versions.items():
-                wanted = max(version + 1, 0)
-                self.expected[key] = max(self.expected.get(key, wanted), wanted)
-                record = self.by_id.get(key)
-                if record is not None:
-                    self._met(key, record.name)
+    def _sync_flag(self) -> None:
+        """Keep ``expected`` non-empty while any identifier waits on a sequence (the
+        hot read checks ``expected`` alone)."""
+        if self._behind:
+            self.expected.setdefault(_WAITING, 0)
+        else:
+            self.expected.pop(_WAITING, None)
 
     def expect_gone(self, identifier: str) -> None:
         """This handle deleted ``identifier``: reads must not find it any more."""

@@ -205,7 +205,8 @@ class BridgedState(StateProvider):
         its records (what ``init(cache=True)`` does); idempotent."""
         if self._cache is not None:
             return
-        cache = RecordCache(lambda: self._server_listing(None), self._server_record)
+        start = self.session_info()["next_sequence"]
+        cache = RecordCache(lambda: self._server_listing(None), self._server_record, start)
         stub, metadata = self._stub, self._metadata
 
         def open_stream(request: pb.WatchRequest) -> Any:
@@ -217,7 +218,7 @@ class BridgedState(StateProvider):
             self.session_id,
             None,
             cache.on_event,
-            self.session_info()["next_sequence"],
+            start,
             self._max_bytes,
             on_connect=cache.connected,
             on_disconnect=cache.disconnected,
@@ -345,8 +346,9 @@ class BridgedState(StateProvider):
 
     def _server_record(self, identifier: str) -> VariableRecord:
         response = self._call(self._stub.GetVariable, self._get_request(identifier, full=True))
-        if self._cache is not None:  # never read older than the server said, again
-            self._cache.expect(identifier, response.version)
+        cache = self._cache
+        if cache is not None:  # never read older than the server said, again
+            cache.expect(identifier, response.version)
         return self._record(response.record)
 
     def _get_request(self, identifier: str, *, full: bool) -> pb.GetVariableRequest:
@@ -375,8 +377,9 @@ class BridgedState(StateProvider):
 
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
         wanted = [i for i in identifiers if isinstance(i, str)]  # others cannot exist
-        if self._cache is not None:
-            cached = self._cache.values(wanted)
+        cache = self._cache
+        if cache is not None:
+            cached = cache.values(wanted)
             if cached is not MISS:
                 found: dict[str, Any] = cached
                 return found
@@ -392,8 +395,9 @@ class BridgedState(StateProvider):
     def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
         """Every variable's record in creation order; ``pattern`` globs names server-side."""
         glob = check_pattern(pattern)
-        if self._cache is not None:
-            cached = self._cache.listing(glob)
+        cache = self._cache
+        if cache is not None:
+            cached = cache.listing(glob)
             if cached is not MISS:
                 listed: list[dict[str, Any]] = cached
                 return listed
@@ -455,9 +459,10 @@ class BridgedState(StateProvider):
             ) from exc
         request.metadata = _pack_metadata(name, metadata)
         response = self._call(self._stub.RegisterVariable, request, write=True)
-        if self._cache is not None:
-            self._cache.expect(response.var_id, 0)
-            self._cache.expect(name, 0)
+        cache = self._cache
+        if cache is not None:
+            cache.expect(response.var_id, 0)
+            cache.expect(name, 0)
         return str(response.var_id)
 
     def set_variable(
@@ -488,14 +493,15 @@ class BridgedState(StateProvider):
             )
         except UnicodeEncodeError:  # the identifier is not UTF-8: no name can be that
             raise variable_not_found(identifier, self.session_id) from None
+        cache = self._cache
         try:
             response = self._call(self._stub.SetVariable, request, write=True)
         except VersionConflict as exc:
-            if self._cache is not None and isinstance(exc.actual, int):
-                self._cache.expect(identifier, exc.actual)  # learned: never read older
+            if cache is not None and isinstance(exc.actual, int):
+                cache.expect(identifier, exc.actual)  # learned: never read older
             raise
-        if self._cache is not None:
-            self._cache.expect(identifier, response.version)
+        if cache is not None:
+            cache.expect(identifier, response.version)
         return int(response.version)
 
     def update_variables(
@@ -528,16 +534,17 @@ class BridgedState(StateProvider):
             request_id=_request_id(),
             incarnation=self.incarnation,
         )
-        # The versions before: the write gives each one more (it returns none itself).
-        before = self._cache.versions(batch) if self._cache is not None else {}
         try:
             self._call(self._stub.UpdateVariables, request, write=True)
         except ValidationError as exc:
             if exc.rule != "encoding":
                 raise
             raise self._batch_error(batch, metadata, exc) from exc
-        if self._cache is not None:
-            self._cache.expect_after(before)
+        cache = self._cache
+        if cache is not None:
+            # A batch answers no versions: until the copy holds every event the
+            # session had when the batch returned, these are read from the server.
+            cache.expect_sequence(batch, self.session_info()["next_sequence"])
 
     def _batch_error(self, batch: dict[Any, Any], metadata: Any, cause: Exception) -> Exception:
         """Why ``batch`` cannot be sent, entry by entry (the failure path only).
@@ -578,8 +585,9 @@ class BridgedState(StateProvider):
         except UnicodeEncodeError:  # not UTF-8: no name can be that
             raise variable_not_found(identifier, self.session_id) from None
         self._call(self._stub.DeleteVariable, request, write=True)
-        if self._cache is not None:
-            self._cache.expect_gone(identifier)
+        cache = self._cache
+        if cache is not None:
+            cache.expect_gone(identifier)
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
         """Import a whole export in one RPC; all or nothing, checked by the server."""
@@ -587,9 +595,10 @@ class BridgedState(StateProvider):
 
     def import_columns(self, columns: ExportColumns) -> None:
         self._import(columns, want_digest=False)
-        if self._cache is not None:
+        cache = self._cache
+        if cache is not None:
             for var_id, version in zip(columns.ids, columns.versions, strict=True):
-                self._cache.expect(var_id, version)
+                cache.expect(var_id, version)
 
     def import_with_digest(self, columns: ExportColumns, *, migrating: bool = False) -> bytes:
         """Import like :meth:`import_columns`; return the server's digest of the session.

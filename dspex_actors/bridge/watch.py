@@ -147,10 +147,7 @@ class RemoteSubscription(Closing):
                     # The session is gone (NOT_FOUND) or the server refuses: say so.
                     error = codec.error_from_rpc(exc, "the SessionStore")
                     logger.warning("watch of %s ended: %s", self.session_id, error)
-                    hand_over(
-                        self.subscriber, Event(self.session_id, self.last_sequence or 0, "closed")
-                    )
-                    self._stopped.set()
+                    self._end()
                     return
             # The stream ended or broke: open it again from where it stopped.
             if self._on_disconnect is not None:

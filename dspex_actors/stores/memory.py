@@ -417,10 +417,12 @@ class MemoryStore:
             else:
                 if request_id:
                     entry.results.pop(request_id, None)
-                raise BridgeUnavailable(
+                refused = BridgeUnavailable(
                     f"session {entry.session_id!r} was busy: {type(operation).__name__} "
                     "did not start before the deadline and was not applied"
-                ) from None
+                )
+                _settle(answer, refused)  # a retry already waiting on it hears it too
+                raise refused from None
         outcome: _R = _outcome(result)
         return outcome
 

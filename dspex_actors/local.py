@@ -369,7 +369,10 @@ class LocalState(StateProvider):
         """
         successor = self._successor
         if successor is not None:
-            return successor.subscribe(pattern, subscriber)
+            forward: Any = successor.subscribe
+            if start is None:
+                return forward(pattern, subscriber)
+            return forward(pattern, subscriber, start=start)
         log = self._control(OpenEvents())
         return Subscription(
             log, pattern, subscriber, start=start, name=f"dspex-events-{self.session_id}"

@@ -212,7 +212,11 @@ class EventLog:
             if cursor < self._next or self._closed:
                 return
             self._async_waiters.append((loop, future))
-        await future
+        try:
+            await future
+        finally:  # a watcher that went away leaves no waiter behind
+            with self._changed, contextlib.suppress(ValueError):
+                self._async_waiters.remove((loop, future))
 
 
 def _settle(future: asyncio.Future[None]) -> None:

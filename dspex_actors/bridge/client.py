@@ -185,7 +185,7 @@ class BridgedState(StateProvider):
                     session_id=handle.session_id,
                     create_if_missing=create,
                     pending=pending,
-                    request_id=uuid.uuid4().hex,
+                    request_id=_request_id(),
                 ),
             )
             handle.owner = opened.created

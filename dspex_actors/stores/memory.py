@@ -49,7 +49,7 @@ from dspex_actors.records import check_pattern, name_matches
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import MISSED, SessionTable, new_session_id
 from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL, Opened, SessionInfo
-from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog
+from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, settle
 from dspex_actors.vartypes import check_metadata, plain_copy
 
 __all__ = ["MemoryStore"]
@@ -102,11 +102,6 @@ class _Session:
         self.results[request_id] = answer
         while len(self.results) > DEDUPE_WINDOW:
             self.results.popitem(last=False)
-
-
-def _settle(future: asyncio.Future[Any], answer: Any) -> None:
-    if not future.done():
-        future.set_result(answer)
 
 
 class MemoryStore:
@@ -392,7 +387,7 @@ class MemoryStore:
 
         def reply(result: Any) -> None:  # in the actor's thread
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits now
-                loop.call_soon_threadsafe(_settle, answer, result)
+                loop.call_soon_threadsafe(settle, answer, result)
 
         claim = [True]
         try:
@@ -421,7 +416,7 @@ class MemoryStore:
                     f"session {entry.session_id!r} was busy: {type(operation).__name__} "
                     "did not start before the deadline and was not applied"
                 )
-                _settle(answer, refused)  # a retry already waiting on it hears it too
+                settle(answer, refused)  # a retry already waiting on it hears it too
                 raise refused from None
         outcome: _R = _outcome(result)
         return outcome

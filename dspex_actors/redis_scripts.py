@@ -5,7 +5,10 @@ A fixed set of keys per session, all under one hash tag (``{<session id>}``, wit
 them on one slot, where one script may touch them all)::
 
     dspex:{S}:session           hash   incarnation, ttl_ms, created_at, next_seq,
-                                       next_ord; the session's metadata as m:<key>
+                                       next_ord, creator (the request id that made
+                                       it); pending and final_ttl_ms while a
+                                       migration's copy is uncommitted; the
+                                       session's metadata as m:<key>
     dspex:{S}:names             hash   name -> variable id
     dspex:{S}:order             zset   variable id scored by its ordinal (creation order)
     dspex:{S}:vars              hash   per variable id: n:<id> name, d:<id> definition
@@ -49,6 +52,7 @@ from dspex_actors.vartypes import MAX_VERSION
 
 __all__ = [
     "CLOSE",
+    "COMMIT",
     "DELETE",
     "DESCRIBE",
     "DUMP",
@@ -179,16 +183,51 @@ end
 )
 
 _OPEN_LUA = """
-local s = redis.call('HMGET', K_SESSION, 'incarnation', 'ttl_ms')
+-- ARGV: incarnation, create, ttl_ms, pending, creator request id, pending ttl_ms,
+-- then the new session's metadata as key, msgpack value pairs.
+-- An attach naming the session's own incarnation (its creator's) reaches it pending too.
+local s = redis.call('HMGET', K_SESSION, 'incarnation', 'ttl_ms', 'pending', 'creator')
 if s[1] then
+  if s[1] == ARGV[1] then
+    refresh(tonumber(s[2]))
+    return {0, s[1], s[2]}
+  end
+  if ARGV[5] ~= '' and s[4] == ARGV[5] then  -- the creator's retry: still its creation
+    refresh(tonumber(s[2]))
+    return {1, s[1], s[2]}
+  end
+  if ARGV[4] == '1' or s[3] == '1' then
+    if ARGV[2] ~= '1' and s[3] == '1' then return {-1} end
+    return {-2, s[3] or '0'}
+  end
   refresh(tonumber(s[2]))
   return {0, s[1], s[2]}
 end
 if ARGV[2] ~= '1' then return {-1} end
-redis.call('HSET', K_SESSION, 'incarnation', ARGV[1], 'ttl_ms', ARGV[3], 'created_at', now(),
-  'next_seq', 1, 'next_ord', 0)
-refresh(tonumber(ARGV[3]))
-return {1, ARGV[1], ARGV[3]}
+local ttl = ARGV[3]
+redis.call('HSET', K_SESSION, 'incarnation', ARGV[1], 'ttl_ms', ttl, 'created_at', now(),
+  'next_seq', 1, 'next_ord', 0, 'creator', ARGV[5])
+if ARGV[4] == '1' then  -- a migration's copy: short-lived and invisible until committed
+  local short = tonumber(ARGV[6])
+  if tonumber(ttl) == 0 or tonumber(ttl) > short then ttl = ARGV[6] end
+  redis.call('HSET', K_SESSION, 'pending', '1', 'ttl_ms', ttl, 'final_ttl_ms', ARGV[3])
+end
+for i = 7, #ARGV, 2 do redis.call('HSET', K_SESSION, 'm:' .. ARGV[i], ARGV[i + 1]) end
+refresh(tonumber(ttl))
+return {1, ARGV[1], ttl}
+"""
+
+_COMMIT_LUA = """
+if not live() then return gone() end
+local final = redis.call('HGET', K_SESSION, 'final_ttl_ms')
+if not final then return redis.call('HGET', K_SESSION, 'ttl_ms') end  -- committed already
+redis.call('HSET', K_SESSION, 'ttl_ms', final)
+redis.call('HDEL', K_SESSION, 'pending', 'final_ttl_ms')
+for i = 1, #KEYS do
+  if tonumber(final) > 0 then redis.call('PEXPIRE', KEYS[i], final)
+  else redis.call('PERSIST', KEYS[i]) end
+end
+return final
 """
 
 _GET_LUA = """
@@ -275,7 +314,17 @@ else
   touch(ttl)
 end
 local s = redis.call('HMGET', K_SESSION, 'next_seq', 'created_at')
-return {s[1], redis.call('ZCARD', K_ORDER), s[2], ttl, redis.call('PTTL', K_SESSION)}
+local out = {s[1], redis.call('ZCARD', K_ORDER), s[2], ttl, redis.call('PTTL', K_SESSION)}
+if ARGV[3] == '1' then  -- and the session's metadata, as key, msgpack value pairs
+  local fields = redis.call('HGETALL', K_SESSION)
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'm:' then
+      out[#out + 1] = string.sub(fields[i], 3)
+      out[#out + 1] = fields[i + 1]
+    end
+  end
+end
+return out
 """
 
 _REGISTER_LUA = """
@@ -386,10 +435,13 @@ _IMPORT_LUA = """
 if not TTL then return gone() end
 local seen = replayed()
 if seen then return seen end
-local count, pairs_ = tonumber(ARGV[6]), tonumber(ARGV[7])
-local base = 8 + pairs_ * 2
+-- ARGV[5]: a migration's copy continues the event sequence from it and yields no
+-- events ('' otherwise); ARGV[6]: the variable limit.
+local quiet = ARGV[5] ~= ''
+local count, pairs_ = tonumber(ARGV[7]), tonumber(ARGV[8])
+local base = 9 + pairs_ * 2
 local held = redis.call('ZCARD', K_ORDER)
-if held + count > tonumber(ARGV[5]) then return answer({'limit', held}) end
+if held + count > tonumber(ARGV[6]) then return answer({'limit', held}) end
 local function clash(key)
   if redis.call('HEXISTS', K_NAMES, key) == 1 then return {'exists', key, 'name', key} end
   local owner = redis.call('HGET', K_VARS, 'n:' .. key)
@@ -403,9 +455,15 @@ for offset = 1, 0, -1 do  -- names first, then ids, as the session actor checks 
   end
 end
 for i = 0, pairs_ - 1 do
-  redis.call('HSET', K_SESSION, 'm:' .. ARGV[8 + i * 2], ARGV[9 + i * 2])
+  redis.call('HSET', K_SESSION, 'm:' .. ARGV[9 + i * 2], ARGV[10 + i * 2])
 end
-local first = reserve(count)
+local first = 0
+if quiet then
+  local next_seq = tonumber(redis.call('HGET', K_SESSION, 'next_seq'))
+  if tonumber(ARGV[5]) > next_seq then redis.call('HSET', K_SESSION, 'next_seq', ARGV[5]) end
+else
+  first = reserve(count)
+end
 local ordinal = redis.call('HINCRBY', K_SESSION, 'next_ord', count) - count
 -- Fields go in batches: one HSET or ZADD per few hundred variables, not per variable
 -- (unpack stays under Lua's limit of 8000 values).
@@ -431,7 +489,9 @@ for i = 0, count - 1 do
   fields[f + 13], fields[f + 14] = 'u:' .. id, ARGV[a + 7]
   names[#names + 1], names[#names + 2] = name, id
   order[#order + 1], order[#order + 2] = ordinal + i + 1, id
-  event(first + i, 'registered', id, name, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 7])
+  if not quiet then
+    event(first + i, 'registered', id, name, ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 7])
+  end
   if #fields >= 7000 then flush() end
 end
 flush()
@@ -462,7 +522,10 @@ def _script(body: str, name: str, *, write: bool = False) -> Script:
 
 
 OPEN = _script(_OPEN_LUA, "open")
-"""Attach to a session or create it: ``{1|0, incarnation, ttl_ms}``, or ``{-1}``."""
+"""Attach to a session or create it: ``{1|0, incarnation, ttl_ms}``; ``{-1}`` absent (or
+pending, to an attach); ``{-2, pending}`` taken, to a pending open or by a pending one."""
+COMMIT = _script(_COMMIT_LUA, "commit")
+"""Make a pending session visible, with its whole TTL; idempotent. Answers its TTL (ms)."""
 GET = _script(_GET_LUA, "get")
 GET_MANY = _script(_GET_MANY_LUA, "get_many")
 RECORD = _script(_RECORD_LUA, "record")
@@ -470,7 +533,8 @@ DESCRIBE = _script(_DESCRIBE_LUA, "describe")
 DUMP = _script(_DUMP_LUA, "dump")
 NAMES = _script(_NAMES_LUA, "names")
 INFO = _script(_INFO_LUA, "info")
-"""The session's counters; with ``ARGV[2] == '1'`` (a heartbeat) every key's TTL is reset."""
+"""The session's counters; with ``ARGV[2] == '1'`` (a heartbeat) every key's TTL is reset;
+with ``ARGV[3] == '1'`` its metadata follows."""
 REGISTER = _script(_REGISTER_LUA, "register", write=True)
 SET = _script(_SET_LUA, "set", write=True)
 UPDATE = _script(_UPDATE_LUA, "update", write=True)

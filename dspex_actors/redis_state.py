@@ -74,12 +74,15 @@ neither RDB snapshots nor AOF a restart loses it; with ``appendonly yes`` and
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
 
 import msgpack
@@ -99,7 +102,7 @@ from dspex_actors.errors import (
     VariableExists,
     VersionConflict,
 )
-from dspex_actors.exports import ExportColumns, check_shape, columns_of
+from dspex_actors.exports import ExportColumns, check_shape, columns_digest, columns_of
 from dspex_actors.limits import (
     DEFAULT_LIMITS,
     Limits,
@@ -145,6 +148,8 @@ __all__ = [
     "URL_ENV",
     "RedisState",
     "RedisSubscription",
+    "call_scope",
+    "redis_module",
 ]
 
 logger = logging.getLogger(__name__)
@@ -166,6 +171,8 @@ _FIRST_PAUSE = 0.01
 _MAX_PAUSE = 0.25
 _MAX_IDLE_CONNECTIONS = 32
 _MAX_VERSION = str(vartypes.MAX_VERSION)
+PENDING_TTL = 60.0
+"""Seconds a migration's uncommitted copy lives (the SessionStore's, too)."""
 _MISSING_EXTRA = (
     "RedisState needs redis-py, which comes with the extra: pip install 'dspex_actors[redis]'"
 )
@@ -192,7 +199,7 @@ def _stamp(seconds: float) -> str:
 # -- connections ----------------------------------------------------------------------
 
 
-def _redis_module() -> Any:
+def redis_module() -> Any:
     """redis-py, or the ImportError that names the extra bringing it."""
     try:
         import redis
@@ -216,7 +223,7 @@ class _Connections:
     """
 
     def __init__(self, key: tuple[str, float], url: str, timeout: float) -> None:
-        redis = _redis_module()
+        redis = redis_module()
         self.key = key
         options: dict[str, Any] = {
             "socket_timeout": timeout,
@@ -374,6 +381,38 @@ def _evaluate(
     return reply
 
 
+@dataclass(slots=True)
+class _CallScope:
+    """What a caller from outside (a SessionStore server) fixes for one call."""
+
+    request_id: str | None
+    deadline: float | None  # monotonic seconds
+    retain: int  # seconds Redis remembers each reply
+    attempts: int = 0
+
+
+_SCOPE: ContextVar[_CallScope | None] = ContextVar("dspex_redis_call", default=None)
+
+
+@contextlib.contextmanager
+def call_scope(request_id: str | None, deadline: float | None, retain: int) -> Iterator[None]:
+    """Run the calls made in this block (in this thread) with the caller's request id
+    and deadline.
+
+    A SessionStore server relays a client's write with the client's request id, so
+    a retry reaching any server sharing the Redis is answered with the first reply.
+    One call may send several scripts (a write planned on a cached definition that
+    turned out stale is planned again): the n-th sends ``<request id>.<n>``, so a
+    retry replays the same chain and applies at most one of them. ``retain``: how
+    long (seconds) Redis remembers each reply.
+    """
+    token = _SCOPE.set(_CallScope(request_id, deadline, retain))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
 # -- the provider ---------------------------------------------------------------------
 
 
@@ -442,6 +481,7 @@ class RedisState(StateProvider):
         create: bool = True,
         limits: Limits = DEFAULT_LIMITS,
         event_history: int = DEFAULT_HISTORY,
+        pending: bool = False,
         **backend_opts: Any,
     ) -> Self:
         """Open ``session_id`` in the Redis at ``url``, creating it if absent (``create``).
@@ -452,11 +492,53 @@ class RedisState(StateProvider):
         ``create=False`` a missing session is ``SessionNotFound``. ``existing_state``
         is imported before returning (if that fails, a session this call created is
         deleted again). ``event_history`` is how many events the stream keeps at
-        least. ``BridgeUnavailable`` when Redis cannot be reached within ``timeout``;
-        ``ImportError`` without redis-py (the ``redis`` extra).
+        least. ``pending`` creates a migration's copy: no other handle can open it
+        until :meth:`commit`, and it expires after :data:`PENDING_TTL` seconds unless
+        committed (``SessionClosed`` if the id is taken). ``BridgeUnavailable`` when
+        Redis cannot be reached within ``timeout``; ``ImportError`` without redis-py
+        (the ``redis`` extra).
         """
         if backend_opts:
             raise TypeError(f"RedisState.init got unknown options: {', '.join(backend_opts)}")
+        handle = cls.open(
+            session_id=session_id,
+            url=url,
+            ttl=ttl,
+            timeout=timeout,
+            create=create,
+            limits=limits,
+            event_history=event_history,
+            pending=pending,
+        )
+        if existing_state is not None:
+            try:
+                handle.import_state(existing_state)
+            except BaseException:
+                handle.cleanup()
+                raise
+        return handle
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        session_id: str | None,
+        url: str | None,
+        ttl: float | None,
+        timeout: float,
+        create: bool,
+        limits: Limits,
+        event_history: int,
+        pending: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        incarnation: str | None = None,
+    ) -> Self:
+        """:meth:`init` without the import, with what a SessionStore server also
+        needs: the new session's ``metadata``; the ``request_id`` of the open (a
+        retry of the open that created the session is told it created it); and
+        ``incarnation``, to attach to exactly that one, even pending
+        (``SessionNotFound`` if the session is another one now)."""
         if session_id is not None:
             check_session_id(session_id, limits)
         if not timeout > 0:
@@ -476,23 +558,48 @@ class RedisState(StateProvider):
             event_history=event_history,
         )
         try:
-            handle._open(create, ttl)
-            if existing_state is not None:
-                handle.import_state(existing_state)
+            meta = check_metadata("<session>", metadata, limits) if create else {}
+            handle._open(create, ttl, pending, meta, request_id or "", incarnation)
+            if incarnation is not None and handle.incarnation != incarnation:
+                raise handle._gone()
         except BaseException:
             handle.cleanup()
             raise
         return handle
 
-    def _open(self, create: bool, ttl: float | None) -> None:
-        incarnation = uuid.uuid4().hex
+    def _open(
+        self,
+        create: bool,
+        ttl: float | None,
+        pending: bool,
+        metadata: dict[str, Any],
+        request_id: str,
+        incarnation: str | None = None,
+    ) -> None:
+        incarnation = incarnation or uuid.uuid4().hex
         ttl_ms = 0 if ttl is None else max(1, round(ttl * 1000))
         keys = session_keys(self.session_id, incarnation)
-        reply = self._run(scripts.OPEN, keys[:-1], [incarnation, "1" if create else "0", ttl_ms])
+        args: list[Any] = [
+            incarnation,
+            "1" if create else "0",
+            ttl_ms,
+            "1" if pending else "0",
+            request_id,
+            round(PENDING_TTL * 1000),
+        ]
+        for key, value in metadata.items():
+            args += [key, _pack(value)]
+        reply = self._run(scripts.OPEN, keys[:-1], args)
         if reply[0] == -1:
             raise SessionNotFound(
                 f"session {self.session_id!r} not found in Redis at {self.url} "
                 "(never opened, closed or expired)",
+                session_id=self.session_id,
+            )
+        if reply[0] == -2:
+            raise SessionClosed(
+                f"session {self.session_id!r} already exists in Redis at {self.url}"
+                + (" (being created by a migration; retry later)" if reply[1] == b"1" else ""),
                 session_id=self.session_id,
             )
         self.owner = reply[0] == 1
@@ -522,6 +629,9 @@ class RedisState(StateProvider):
         """
         errors = self._connections.errors
         deadline = time.monotonic() + self._timeout + extra_time
+        scope = _SCOPE.get()
+        if scope is not None and scope.deadline is not None:
+            deadline = min(deadline, scope.deadline)
         read_timeout = self._timeout + extra_time if extra_time else None
         pause = _FIRST_PAUSE
         maybe_sent = False
@@ -593,7 +703,14 @@ class RedisState(StateProvider):
         """Run a write script with a fresh request id; its reply, decoded."""
         self._check_open()
         retain = max(10, int(2 * (self._timeout + extra_time)) + 1)
-        request = [self.incarnation, uuid.uuid4().hex, self._history, retain]
+        scope = _SCOPE.get()
+        if scope is not None and scope.request_id:
+            request_id = f"{scope.request_id}.{scope.attempts}"
+            scope.attempts += 1
+            retain = max(retain, scope.retain)
+        else:
+            request_id = uuid.uuid4().hex
+        request = [self.incarnation, request_id, self._history, retain]
         packed = self._run(
             script, self._keys, [*request, *args], write=True, extra_time=extra_time
         )
@@ -782,10 +899,10 @@ class RedisState(StateProvider):
 
     def session_info(self, *, heartbeat: bool = False) -> dict[str, Any]:
         """The session as Redis holds it: variable count, creation, TTL, when it
-        expires, next event sequence. ``heartbeat`` resets every key's TTL first."""
-        next_seq, count, created, ttl_ms, pttl = self._read(
-            scripts.INFO, "1" if heartbeat else "0"
-        )
+        expires, next event sequence, metadata. ``heartbeat`` resets every key's TTL
+        first."""
+        reply = self._read(scripts.INFO, "1" if heartbeat else "0", "1")
+        next_seq, count, created, ttl_ms, pttl = reply[:5]
         return {
             "session_id": self.session_id,
             "incarnation": self.incarnation,
@@ -794,6 +911,9 @@ class RedisState(StateProvider):
             "ttl_seconds": int(ttl_ms) / 1000 or None,
             "expires_at": time.time() + int(pttl) / 1000 if int(pttl) >= 0 else None,
             "next_sequence": int(next_seq),
+            "metadata": {
+                _text(reply[at]): _unpack(reply[at + 1]) for at in range(5, len(reply), 2)
+            },
         }
 
     # -- writes ---------------------------------------------------------------------------
@@ -1089,10 +1209,12 @@ class RedisState(StateProvider):
     def import_state(self, exported: Mapping[str, Any]) -> None:
         self.import_columns(columns_of(exported))
 
-    def import_columns(self, columns: ExportColumns) -> None:
+    def import_columns(self, columns: ExportColumns, *, continue_from: int | None = None) -> None:
         """Import every variable or none: checked here as the session actor checks an
         import, then added (names and ids new to the session, the variable limit
-        kept) with their change events in one script."""
+        kept) with their change events in one script. With ``continue_from`` (a
+        migration's copy) it yields no events and the session's event sequence
+        continues from that number, as the session actor's does."""
         self._check_open()
         check_shape(columns)
         limits = self._limits
@@ -1103,7 +1225,12 @@ class RedisState(StateProvider):
             self._import_preconditions(columns)  # the session actor's order of checks
             raise
         pairs = list(session_meta.items())
-        args: list[Any] = [limits.max_variables_per_session, len(records), len(pairs)]
+        args: list[Any] = [
+            "" if continue_from is None else str(continue_from),
+            limits.max_variables_per_session,
+            len(records),
+            len(pairs),
+        ]
         for key, value in pairs:
             args += [key, _pack(value)]
         for record in records:
@@ -1131,6 +1258,28 @@ class RedisState(StateProvider):
         for record in records:
             self._forget(record.id)
             self._forget(record.name)
+
+    def import_with_digest(self, columns: ExportColumns, *, migrating: bool = False) -> bytes:
+        """Import like :meth:`import_columns`, then return the digest of what Redis
+        holds (read back), to compare with ``exports.columns_digest(columns)``.
+        ``migrating``: the copy continues the columns' event sequence and yields no
+        events of its own (a subscriber moving with the session misses nothing)."""
+        self.import_columns(columns, continue_from=columns.sequence if migrating else None)
+        return columns_digest(self.export_columns())
+
+    def commit(self) -> None:
+        """Make a session opened ``pending`` visible to others, with its whole TTL
+        (idempotent)."""
+        self._check_open()
+        ttl_ms = int(self._run(scripts.COMMIT, self._keys, [self.incarnation]))
+        self.ttl_seconds = ttl_ms / 1000 or None
+
+    def close_remote(self) -> None:
+        """Delete the session in Redis whoever created it (a migration removing its
+        half-made copy); ``SessionNotFound`` if it is gone already. The handle stays
+        open: :meth:`cleanup` it after."""
+        self._check_open()
+        self._run(scripts.CLOSE, self._keys, [self.incarnation, round(TOMBSTONE_SECONDS * 1000)])
 
     def _import_preconditions(self, columns: ExportColumns) -> None:
         """Check ``columns`` as the session actor would, against the session's names

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self
 
@@ -47,6 +47,7 @@ __all__ = [
     "Subscriber",
     "Subscription",
     "check_subscriber",
+    "follow",
     "hand_over",
 ]
 
@@ -151,6 +152,16 @@ class EventLog:
             self._next = max(self._next, sequence)
             self._wake()
 
+    def restart_at(self, sequence: int) -> None:
+        """Drop what is kept and continue from ``sequence``: the events between were
+        lost to this log (its feed fell behind), so a reader behind gets ``overflow``."""
+        with self._changed:
+            self._events.clear()
+            self._sizes.clear()
+            self._bytes = 0
+            self._next = max(self._next, sequence)
+            self._wake()
+
     def close(self) -> None:
         """No more events: every reader gets ``closed`` after what it has not read."""
         with self._changed:
@@ -224,6 +235,28 @@ def settle(future: asyncio.Future[Any], value: Any = None) -> None:
     away cancelled it); run on the future's own loop."""
     if not future.done():
         future.set_result(value)
+
+
+async def follow(
+    log: EventLog, cursor: int, globs: list[str | None]
+) -> AsyncGenerator[Event, None]:
+    """A log's events from ``cursor`` on, matching ``globs`` (all when empty), until
+    ``closed``: a SessionStore watcher, costing no thread while it waits."""
+    while True:
+        events, cursor = log.read(cursor)
+        if not events:
+            await log.wait_async(cursor)
+            continue
+        for event in events:
+            if event.kind in ("overflow", "closed") or _matches(event.name, globs):
+                yield event
+            if event.kind == "closed":
+                return
+
+
+def _matches(name: str | None, globs: list[str | None]) -> bool:
+    """Whether a variable name matches any glob (no globs: everything matches)."""
+    return not globs or any(name_matches(name or "", glob) for glob in globs)
 
 
 def hand_over(subscriber: Subscriber, event: Event) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pykka
 import pytest
+from redis_support import redis_server
 
 # The compliance kit's asserts should show their values, as the tests' own do.
 pytest.register_assert_rewrite("dspex_actors.testing")
@@ -38,3 +39,10 @@ def no_leftovers() -> Iterator[None]:
             f"test left running: {len(actors)} actor(s) {actors!r}, "
             f"thread(s) {[t.name for t in leftover]!r}"
         )
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """One ``redis-server`` for the whole run (no persistence); skips without one."""
+    with redis_server() as server:
+        yield server.url

@@ -1,35 +1,30 @@
-"""The SQLite store: the compliance kit over it, restarts, SIGKILL, refused writes.
+"""The SQLite store: the compliance kit over it, restarts, refused writes.
 
-Every test runs a real server on a real file under ``tmp_path``; the SIGKILL test
-runs the server as a separate process (``python -m dspex_actors serve --store``).
+Every test runs a real server on a real file under ``tmp_path`` (the SIGKILL test,
+for every durable store, is in ``test_store_restarts.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_support import LISTENING, REPO_ROOT, python_env, server_process
+from bridge_support import REPO_ROOT, python_env
 
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.errors import (
     BridgeUnavailable,
     InvalidExport,
-    NotSupported,
     OutcomeUnknown,
     SessionNotFound,
     StateError,
-    VersionConflict,
 )
 from dspex_actors.exports import columns_of
 from dspex_actors.limits import Limits
@@ -243,126 +238,6 @@ def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
         pass
 
 
-# -- SIGKILL under load -------------------------------------------------------------
-
-WRITERS = 4
-VARIABLES_PER_WRITER = 2
-KILL_AFTER = 300  # acknowledged writes
-
-
-@contextlib.contextmanager
-def _killable_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A ``serve`` child the test kills itself; killed at the end if it still runs."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=python_env(),
-        cwd=REPO_ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith(LISTENING), f"server did not start: {line!r}"
-        yield process, line[len(LISTENING) :].strip()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-class _Writers:
-    """Threads that compare-and-set integer counters to their next version (so a
-    counter's value always equals its version) and record every version the server
-    acknowledged, until the server is gone."""
-
-    def __init__(self, address: str, names: list[str]) -> None:
-        self.acknowledged: dict[str, int] = {}  # counter -> highest acknowledged version
-        self.count = 0
-        self.in_flight: list[OutcomeUnknown] = []  # writes cut off by the kill
-        self.failures: list[BaseException] = []
-        self.enough = threading.Event()  # KILL_AFTER writes acknowledged (or a failure)
-        self._lock = threading.Lock()
-        # Two writers per counter, so compare-and-set really races.
-        self._threads = [
-            threading.Thread(
-                target=self._write, args=(address, names[i % WRITERS :: WRITERS]), name=f"w{i}"
-            )
-            for i in range(WRITERS * 2)
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def join(self) -> None:
-        for thread in self._threads:
-            thread.join(60)
-
-    def _write(self, address: str, names: list[str]) -> None:
-        try:
-            with BridgedState.init(
-                address=address, session_id="load", create=False, timeout=2.0
-            ) as state:
-                while True:
-                    for name in names:
-                        self._bump(state, name)
-        except OutcomeUnknown as exc:
-            self.in_flight.append(exc)  # the server is gone, maybe after applying it
-        except BridgeUnavailable:
-            pass  # the server is gone
-        except BaseException as exc:
-            self.failures.append(exc)
-            self.enough.set()
-
-    def _bump(self, state: BridgedState, name: str) -> None:
-        record = state.get_record(name)
-        assert record.value == record.version
-        try:
-            done = state.set_variable(name, record.version + 1, expected_version=record.version)
-        except VersionConflict:
-            return
-        with self._lock:
-            self.acknowledged[name] = max(self.acknowledged.get(name, 0), done)
-            self.count += 1
-            if self.count >= KILL_AFTER:
-                self.enough.set()
-
-
-def test_sigkill_under_load_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    """The server is killed with SIGKILL while writers compare-and-set counters,
-    started again on the file, and must hold every version it acknowledged."""
-    spec = f"sqlite:{tmp_path / 's.db'}"
-    names = [f"counter_{i}" for i in range(WRITERS * VARIABLES_PER_WRITER)]
-    with _killable_server("--store", spec) as (process, address):
-        owner = BridgedState.init(address=address, session_id="load", timeout=2.0)
-        for name in names:
-            owner.register_variable(name, "integer", 0)
-        writers = _Writers(address, names)
-        writers.start()
-        writers.enough.wait(60)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        writers.join()
-    owner.cleanup()  # the server is gone: only the channel is released
-    assert not writers.failures, writers.failures
-    print(
-        f"\n{writers.count} writes acknowledged before SIGKILL on {len(writers.acknowledged)} "
-        f"counters; {len(writers.in_flight)} in flight when it came"
-    )
-    assert writers.count >= KILL_AFTER
-    with (
-        server_process("--store", spec) as server,
-        BridgedState.init(address=server.address, session_id="load", create=False) as state,
-    ):
-        for name in names:
-            record = state.get_record(name)
-            assert record.version >= writers.acknowledged.get(name, 0), name
-            assert record.value == record.version, name  # each value is its own write's
-
-
 # -- writes the file refuses ------------------------------------------------------------
 
 
@@ -529,7 +404,6 @@ def test_a_closed_file_refuses_writes_as_not_applied(tmp_path: Path) -> None:
         ("sqlite:", ValueError),
         ("sqlite:x.db?synchronous=off", ValueError),
         ("mongodb://localhost", ValueError),
-        ("redis://localhost:6379/0", NotSupported),
     ],
 )
 def test_open_store_refuses_what_it_cannot_open(spec: str, error: type[Exception]) -> None:

@@ -15,6 +15,7 @@ applied" reaches the client before its own deadline turns the outcome unknown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -397,12 +398,14 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
         events = await self._store.watch(
             request.session_id, list(request.patterns), request.start_sequence or None
         )
-        await context.send_initial_metadata(())  # the stream is up: a client can tell
-        async for event in events:
-            await failpoints.reached("watch.event")
-            try:
-                await context.write(event_message(event))
-            except Exception:
-                if context.cancelled() or context.done():
-                    return  # the watcher went away (it unsubscribed): nothing to report
-                raise
+        # aclosing: the store's watch ends now, not when it is collected.
+        async with contextlib.aclosing(events):
+            await context.send_initial_metadata(())  # the stream is up: a client can tell
+            async for event in events:
+                await failpoints.reached("watch.event")
+                try:
+                    await context.write(event_message(event))
+                except Exception:
+                    if context.cancelled() or context.done():
+                        return  # the watcher went away (it unsubscribed): nothing to report
+                    raise

@@ -6,7 +6,10 @@
   store with every change journaled to a SQLite file first; a server started again
   on the file holds every session again. ``sqlite:PATH?synchronous=full`` fsyncs
   each write (see the module).
-* ``redis://...``: not available yet.
+* ``redis://HOST:PORT/DB`` (or ``rediss://``; :class:`~dspex_actors.stores.redis.
+  RedisStore`): the sessions live in Redis, as ``RedisState`` keeps them; any number
+  of servers (and ``RedisState`` handles) on the same Redis serve the same sessions,
+  and a server restart loses nothing Redis kept. Needs the ``redis`` extra.
 
 ``base.py`` states the contract every store keeps; :func:`open_store` turns one of
 the specs above (``--store``) into a store.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-from dspex_actors.errors import NotSupported
 from dspex_actors.stores.base import DEDUPE_WINDOW, Opened, SessionInfo, Store
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.stores.sqlite import SqliteStore, Synchronous
@@ -31,16 +33,20 @@ __all__ = [
     "open_store",
 ]
 
-_SPECS = "'memory', 'sqlite:PATH' or 'sqlite:PATH?synchronous=normal|full'"
+_SPECS = "'memory', 'sqlite:PATH[?synchronous=normal|full]' or 'redis://HOST:PORT/DB'"
+_REDIS_SETTINGS = ("limits", "session_ttl", "event_history")
 
 
 def open_store(spec: str, **settings: Any) -> Store:
     """The store a spec names, built with ``settings`` (the memory store's keywords:
     limits, session_ttl, clock, policy, on_restart, on_give_up, event_history; a
-    SQLite store also takes ``synchronous`` and ``busy_timeout``).
+    SQLite store also takes ``synchronous`` and ``busy_timeout``). A Redis store
+    takes limits, session_ttl and event_history, and leaves the others aside: Redis
+    expires sessions by its own clock, and no session actor runs here to restart.
 
-    ``ValueError`` for a spec of no known form, ``NotSupported`` for ``redis://``
-    (not available yet), ``OSError`` for a SQLite file that cannot be opened.
+    ``ValueError`` for a spec of no known form, ``OSError`` for a SQLite file that
+    cannot be opened, ``ImportError`` naming the extra for ``redis://`` without
+    redis-py.
     """
     if spec == "memory":
         return MemoryStore(**settings)
@@ -55,6 +61,10 @@ def open_store(spec: str, **settings: Any) -> Store:
                 raise ValueError(f"store {spec!r}: unknown option {query!r} (expected {_SPECS})")
             settings = {**settings, "synchronous": value.lower()}
         return SqliteStore(path, **settings)
-    if kind in ("redis", "rediss"):
-        raise NotSupported(f"store {spec!r}: the Redis store is not available yet")
+    if kind in ("redis", "rediss", "unix"):
+        from dspex_actors.redis_state import redis_module
+        from dspex_actors.stores.redis import RedisStore  # redis-py only when asked for
+
+        redis_module()  # the extra's ImportError now, not at the first call
+        return RedisStore(spec, **{k: v for k, v in settings.items() if k in _REDIS_SETTINGS})
     raise ValueError(f"unknown store {spec!r}: expected {_SPECS}")

@@ -23,7 +23,7 @@ Rules every store keeps, beyond the StateProvider contract's:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -129,7 +129,7 @@ class Store(Protocol):
 
     async def watch(
         self, session_id: str, patterns: list[str], start: int | None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Start following a session (``SessionNotFound`` at once if absent): its
         change events whose names match any glob of ``patterns``
         (all when empty), from sequence ``start`` (None: from now), as described in

@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -45,11 +45,11 @@ from dspex_actors.errors import (
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
 from dspex_actors.local import LocalState
 from dspex_actors.messages import Control, Deliver, OpenEvents, ReadOperation, WriteOperation
-from dspex_actors.records import check_pattern, name_matches
+from dspex_actors.records import check_pattern
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import MISSED, SessionTable, new_session_id
 from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL, Opened, SessionInfo
-from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, settle
+from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow, settle
 from dspex_actors.vartypes import check_metadata, plain_copy
 
 __all__ = ["MemoryStore"]
@@ -283,11 +283,11 @@ class MemoryStore:
 
     async def watch(
         self, session_id: str, patterns: list[str], start: int | None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         globs = [check_pattern(pattern) for pattern in patterns]
         entry = self._live(session_id)
         log = await self._deliver(entry, OpenEvents(), None)
-        return _follow(log, log.next_sequence if start is None else start, globs)
+        return follow(log, log.next_sequence if start is None else start, globs)
 
     async def end_watches(self) -> None:
         for entry in list(self._sessions.values()):
@@ -420,25 +420,6 @@ class MemoryStore:
                 raise refused from None
         outcome: _R = _outcome(result)
         return outcome
-
-
-async def _follow(log: EventLog, cursor: int, globs: list[str | None]) -> AsyncIterator[Event]:
-    """A log's events from ``cursor`` on, matching ``globs``, until ``closed``."""
-    while True:
-        events, cursor = log.read(cursor)
-        if not events:
-            await log.wait_async(cursor)
-            continue
-        for event in events:
-            if event.kind in ("overflow", "closed") or _matches(event.name, globs):
-                yield event
-            if event.kind == "closed":
-                return
-
-
-def _matches(name: str | None, globs: list[str | None]) -> bool:
-    """Whether a variable name matches any glob (no globs: everything matches)."""
-    return not globs or any(name_matches(name or "", glob) for glob in globs)
 
 
 def _outcome(answer: Any) -> Any:

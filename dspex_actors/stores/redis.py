@@ -1,0 +1,484 @@
+"""The Redis store: a SessionStore server's sessions live in Redis (``--store redis://``).
+
+Each session is a :class:`~dspex_actors.redis_state.RedisState` session: the same
+keys and Lua scripts, so a server, any other server on the same Redis, and any
+process using ``RedisState`` directly all see one session, decided by Redis. What a
+client sees when two servers write one variable is what it sees with two
+``RedisState`` handles: each write is one script, applied whole in the order Redis
+runs them; versions grow by one per write whichever server sent it, and a
+compare-and-set made against a version another server's write moved is refused
+with ``VersionConflict``. A server restart loses nothing Redis kept (as durable as
+the Redis server is configured: ``appendonly yes`` for a crash).
+
+How it serves without blocking the event loop: redis-py is blocking, so each call
+runs on one of this store's ``workers`` threads, taken from a queue bounded at 4,096
+calls (a server's ``max_concurrent_calls`` keeps it far below). A call whose
+deadline passed while it waited for a thread is never sent (``BridgeUnavailable``:
+not applied).
+The store keeps one attached handle per session it served lately (at most
+``max_handles``; handles share one connection pool per Redis), so a variable's
+definition is read from Redis once, not per call.
+
+Exactly once across servers: a write's request id travels to Redis with it
+(:func:`~dspex_actors.redis_state.call_scope`), and Redis remembers the reply for
+``dedupe_seconds``; a client's retry with the same id, through this server or
+another, is answered with the first reply.
+
+Watching: one reader per watched session on this server follows the session's
+Redis Stream (a thread and a connection, shared by every watcher of that session
+here) into an :class:`~dspex_actors.streaming.EventLog`; each watcher reads the log
+from its own cursor as a coroutine, so a slow watcher gets ``overflow`` and never
+holds the reader. A watcher resuming from before the shared reader's start gets a
+reader of its own from Redis's history.
+
+Sessions expire by Redis's own clock (each key's TTL); ``reap_expired`` has
+nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dspex_actors.errors import BridgeUnavailable, SessionNotFound
+from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
+from dspex_actors.messages import Import, ReadOperation, WriteOperation
+from dspex_actors.records import check_pattern
+from dspex_actors.redis_state import DEFAULT_TIMEOUT, RedisState, RedisSubscription, call_scope
+from dspex_actors.session import new_session_id
+from dspex_actors.stores.base import Opened, SessionInfo
+from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow
+
+__all__ = ["DEDUPE_SECONDS", "RedisStore"]
+
+_R = TypeVar("_R")
+_T = TypeVar("_T")
+
+DEDUPE_SECONDS = 120
+"""Seconds Redis remembers a relayed write's reply (a client retries within its
+deadline, far less)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Feed:
+    """One watched session's stream, read from Redis into a log for this server's
+    watchers (or for one resuming watcher), through a handle of its own (a held
+    handle let go would end its subscriptions)."""
+
+    key: tuple[str, str]  # session id, incarnation
+    start: int
+    log: EventLog
+    handle: RedisState
+    watchers: int = 1
+    subscription: RedisSubscription | None = None
+
+    def take(self, event: Event) -> None:
+        """The reader's callback (its thread): append, or end the log at ``closed``."""
+        log = self.log
+        if event.kind == "closed":
+            log.close()
+        elif event.kind != "overflow":  # the reader's own overflow shows as a gap
+            if event.sequence != log.next_sequence:
+                log.restart_at(event.sequence)
+            log.append((event,))
+
+
+class _Workers:
+    """A fixed set of threads, started at once, taking calls from a bounded queue
+    (a server's calls are bounded by its limits well below ``QUEUE``)."""
+
+    QUEUE = 4096
+
+    def __init__(self, count: int) -> None:
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._calls: queue.Queue[tuple[Callable[[], Any], Future[Any]] | None] = queue.Queue(
+            self.QUEUE
+        )
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"dspex-redis-store-{n}", daemon=True)
+            for n in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            work, future = call
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(work())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    async def run(self, work: Callable[[], _T]) -> _T:
+        """``work``'s result, computed on a worker; ``BridgeUnavailable`` (not run)
+        when the queue is full or the workers are stopping."""
+        future: Future[_T] = Future()
+        with self._lock:
+            if self._stopping:
+                raise BridgeUnavailable("the Redis store is closing; not applied")
+            try:
+                self._calls.put_nowait((work, future))
+            except queue.Full:
+                raise BridgeUnavailable(
+                    f"the Redis store has {self.QUEUE} calls waiting; not applied"
+                ) from None
+        return await asyncio.wrap_future(future)
+
+    def stop(self) -> None:
+        """Finish the calls queued, then end every thread."""
+        with self._lock:
+            self._stopping = True
+        for _ in self._threads:
+            self._calls.put(None)  # blocks only while the queue is full: it drains
+        for thread in self._threads:
+            thread.join()
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """A handle the store holds for a session, and how many calls use it now."""
+
+    handle: RedisState
+    users: int = 0
+    dropped: bool = False  # no longer held: let go once unused
+
+
+class RedisStore:
+    """Sessions in Redis, served by any number of servers (see the module docstring)."""
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        session_ttl: float = 3600.0,
+        event_history: int = DEFAULT_HISTORY,
+        timeout: float = DEFAULT_TIMEOUT,
+        workers: int = 16,
+        max_handles: int = 4096,
+        dedupe_seconds: int = DEDUPE_SECONDS,
+    ) -> None:
+        if not session_ttl > 0:
+            raise ValueError(f"session_ttl must be positive, got {session_ttl!r}")
+        if workers <= 0 or max_handles <= 0 or dedupe_seconds <= 0:
+            raise ValueError("workers, max_handles and dedupe_seconds must be positive")
+        self.url = url
+        self.limits = limits
+        self.session_ttl = session_ttl
+        self.event_history = event_history
+        self.timeout = timeout
+        self.max_handles = max_handles
+        self.dedupe_seconds = dedupe_seconds
+        self._workers = _Workers(workers)
+        self._lock = threading.Lock()
+        self._handles: OrderedDict[str, _Held] = OrderedDict()
+        self._feeds: dict[tuple[str, str], _Feed] = {}
+        self._private_feeds: set[_Feed] = set()
+        self._closing = False
+
+    async def _blocking(self, work: Callable[[], _T]) -> _T:
+        """Run ``work`` in the store's threads; the loop only awaits it."""
+        if self._closing:
+            raise BridgeUnavailable("the store is closing; not applied")
+        return await self._workers.run(work)
+
+    # -- handles ------------------------------------------------------------------------
+
+    def _attach(self, session_id: str, **options: Any) -> RedisState:
+        """A new handle on the session (blocking); ``options`` go to ``RedisState.open``."""
+        return RedisState.open(
+            session_id=session_id,
+            url=self.url,
+            ttl=self.session_ttl,
+            timeout=self.timeout,
+            limits=self.limits,
+            event_history=self.event_history,
+            **{"create": False, **options},
+        )
+
+    @contextlib.contextmanager
+    def _using(self, session_id: str, incarnation: str | None) -> Iterator[RedisState]:
+        """The held handle on the session (that incarnation, when one is given),
+        attached now if there is none; it is not let go while in use."""
+        with self._lock:
+            held = self._handles.get(session_id)
+            if held is not None and incarnation in (None, held.handle.incarnation):
+                held.users += 1
+                self._handles.move_to_end(session_id)
+            else:
+                held = None
+        if held is None:
+            held = self._hold(self._attach(session_id, incarnation=incarnation), users=1)
+        try:
+            yield held.handle
+        finally:
+            with self._lock:
+                held.users -= 1
+                done = held.dropped and held.users == 0
+            if done:
+                _detach(held.handle)
+
+    def _hold(self, handle: RedisState, users: int = 0) -> _Held:
+        """Hold ``handle`` as the session's, unless one on the same incarnation is held
+        already (then that one is used); the handle replaced, and the least recently
+        used past ``max_handles``, are let go once unused. It never deletes the
+        session when it is let go: only :meth:`close` does."""
+        handle.owner = False
+        dropped: list[_Held] = []
+        with self._lock:
+            current = self._handles.get(handle.session_id)
+            if current is not None and current.handle.incarnation == handle.incarnation:
+                current.users += users
+                held, spare = current, handle
+            else:
+                held, spare = _Held(handle, users), None
+                if current is not None:
+                    dropped.append(current)
+                self._handles[handle.session_id] = held
+                while len(self._handles) > self.max_handles:
+                    dropped.append(self._handles.popitem(last=False)[1])
+            idle = []
+            for old in dropped:
+                old.dropped = True
+                if old.users == 0:
+                    idle.append(old.handle)
+        if spare is not None:
+            idle.append(spare)
+        for gone in idle:
+            _detach(gone)
+        return held
+
+    def _forget(self, session_id: str, handle: RedisState) -> None:
+        """Stop holding ``handle`` (its incarnation ended)."""
+        with self._lock:
+            held = self._handles.get(session_id)
+            if held is None or held.handle is not handle:
+                return
+            del self._handles[session_id]
+            held.dropped = True
+            idle = held.users == 0
+        if idle:
+            _detach(handle)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    async def open(
+        self,
+        session_id: str | None,
+        *,
+        create: bool,
+        metadata: dict[str, Any] | None,
+        pending: bool = False,
+        request_id: str | None = None,
+    ) -> Opened:
+        if session_id is not None:
+            check_session_id(session_id, self.limits)
+        sid = session_id or new_session_id()
+
+        def work() -> Opened:
+            handle = self._attach(
+                sid, create=create, pending=pending, metadata=metadata, request_id=request_id
+            )
+            opened = Opened(sid, handle.owner, handle.incarnation, handle.ttl_seconds or 0.0)
+            self._hold(handle)
+            return opened
+
+        return await self._blocking(work)
+
+    async def commit(self, session_id: str, incarnation: str) -> None:
+        def work() -> None:
+            with self._using(session_id, incarnation) as handle:
+                handle.commit()
+
+        await self._blocking(work)
+
+    async def close(self, session_id: str, incarnation: str | None) -> None:
+        def work() -> None:
+            with self._using(session_id, incarnation) as handle:
+                try:
+                    handle.close_remote()
+                finally:
+                    self._forget(session_id, handle)
+
+        await self._blocking(work)
+
+    async def info(self, session_id: str) -> SessionInfo:
+        def work() -> SessionInfo:
+            info = self._current(session_id, lambda handle: handle.session_info())
+            ttl = info["ttl_seconds"] or 0.0
+            expires = info["expires_at"]
+            # Redis keeps no "last used": the TTL left tells it, to a hundredth of the TTL.
+            last = expires - ttl if expires is not None and ttl else time.time()
+            return SessionInfo(
+                session_id=session_id,
+                incarnation=info["incarnation"],
+                variable_count=info["variable_count"],
+                created_at=info["created_at"],
+                last_active_at=last,
+                ttl_seconds=ttl,
+                metadata=info["metadata"],
+                next_sequence=info["next_sequence"],
+            )
+
+        return await self._blocking(work)
+
+    async def heartbeat(self, session_id: str) -> float:
+        def work() -> float:
+            expires = self._current(session_id, lambda handle: handle.heartbeat())
+            return expires if expires is not None else float("inf")
+
+        return await self._blocking(work)
+
+    def _current(self, session_id: str, call: Callable[[RedisState], _T]) -> _T:
+        """``call`` on the session as it is now: a held handle whose incarnation has
+        ended is replaced by one on the current incarnation, once."""
+        with self._using(session_id, None) as handle:
+            try:
+                return call(handle)
+            except SessionNotFound:
+                self._forget(session_id, handle)
+        with self._using(session_id, None) as handle:
+            return call(handle)
+
+    async def run(
+        self,
+        session_id: str,
+        operation: ReadOperation[_R] | WriteOperation[_R],
+        *,
+        request_id: str | None,
+        deadline: float | None,
+        incarnation: str | None = None,
+    ) -> _R:
+        def work() -> _R:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise BridgeUnavailable(
+                    f"session {session_id!r}: {type(operation).__name__} did not start "
+                    "before the deadline and was not applied"
+                )
+            with call_scope(request_id, deadline, self.dedupe_seconds):
+                if incarnation is None:
+                    return self._current(session_id, lambda handle: _apply(handle, operation))
+                with self._using(session_id, incarnation) as handle:
+                    return _apply(handle, operation)
+
+        return await self._blocking(work)
+
+    # -- watching -----------------------------------------------------------------------
+
+    async def watch(
+        self, session_id: str, patterns: list[str], start: int | None
+    ) -> AsyncGenerator[Event, None]:
+        globs = [check_pattern(pattern) for pattern in patterns]
+        feed, cursor = await self._blocking(lambda: self._join(session_id, start))
+        return self._follow(feed, cursor, globs)
+
+    def _join(self, session_id: str, start: int | None) -> tuple[_Feed, int]:
+        """A feed of the session's events for a new watcher, and its cursor (blocking)."""
+        info = self._current(session_id, lambda handle: handle.session_info())
+        cursor = info["next_sequence"] if start is None else start
+        key = (session_id, info["incarnation"])
+        with self._lock:
+            feed = self._feeds.get(key)
+            if feed is not None and not feed.log.closed and cursor >= feed.start:
+                feed.watchers += 1
+                return feed, cursor
+        # A reader from ``cursor``: shared, unless one already is (that one started
+        # later than this watcher wants).
+        handle = self._attach(session_id, incarnation=info["incarnation"])
+        fresh = _Feed(key, cursor, EventLog(session_id, cursor, self.event_history), handle)
+        try:
+            fresh.subscription = handle.subscribe(None, fresh.take, start=cursor)
+        except BaseException:
+            _detach(handle)
+            raise
+        with self._lock:
+            current = self._feeds.get(key)
+            if current is None or current.log.closed:
+                self._feeds[key] = fresh
+            else:
+                self._private_feeds.add(fresh)
+        return fresh, cursor
+
+    async def _follow(
+        self, feed: _Feed, cursor: int, globs: list[str | None]
+    ) -> AsyncGenerator[Event, None]:
+        try:
+            async for event in follow(feed.log, cursor, globs):
+                yield event
+        finally:
+            with self._lock:
+                feed.watchers -= 1
+                last = feed.watchers == 0
+                if last:
+                    if self._feeds.get(feed.key) is feed:
+                        del self._feeds[feed.key]
+                    self._private_feeds.discard(feed)
+            if last:
+                try:
+                    await self._workers.run(lambda: _stop(feed))
+                except BridgeUnavailable:  # the store is closing and its threads are gone
+                    _stop(feed)  # brief (its reader is woken at once), and only at shutdown
+
+    async def end_watches(self) -> None:
+        with self._lock:
+            feeds = [*self._feeds.values(), *self._private_feeds]
+        for feed in feeds:
+            feed.log.close()
+
+    async def reap_expired(self) -> list[str]:
+        return []  # Redis expires each session's keys by itself
+
+    async def aclose(self) -> None:
+        """Let go of every handle and reader; the sessions stay in Redis."""
+        self._closing = True
+        with self._lock:
+            feeds = [*self._feeds.values(), *self._private_feeds]
+            self._feeds.clear()
+            self._private_feeds.clear()
+            handles = [held.handle for held in self._handles.values()]
+            self._handles.clear()
+
+        def release() -> None:
+            for feed in feeds:
+                feed.log.close()
+                _stop(feed)
+            for handle in handles:
+                _detach(handle)
+            self._workers.stop()
+
+        await asyncio.get_running_loop().run_in_executor(None, release)
+
+
+def _apply(handle: RedisState, operation: ReadOperation[_R] | WriteOperation[_R]) -> _R:
+    """Run one operation on a handle. A migration's import keeps its event count,
+    which the public ``import_columns`` has no word for."""
+    if isinstance(operation, Import) and operation.continue_from is not None:
+        handle.import_columns(operation.columns, continue_from=operation.continue_from)
+        return None  # type: ignore[return-value]  # Import answers None
+    return operation.forward(handle)
+
+
+def _detach(handle: RedisState) -> None:
+    """Let go of a handle; never delete its session (other servers serve it too)."""
+    handle.owner = False
+    with contextlib.suppress(Exception):
+        handle.cleanup()
+
+
+def _stop(feed: _Feed) -> None:
+    """End a feed's reader, then let go of its handle."""
+    if feed.subscription is not None:
+        feed.subscription.close()
+    _detach(feed.handle)

@@ -1,0 +1,392 @@
+"""The Redis store: SessionStore servers whose sessions live in a real ``redis-server``.
+
+The compliance kit through BridgedState against a server on Redis; two servers on
+one Redis with a client on each (writes, compare-and-set conflicts, watch events,
+closes, exactly-once retries crossing between them); the history checker over
+handles split between the two servers; a Context migrating into a Redis-backed
+server and read back by ``RedisState``; the store's own rules (pending copies,
+incarnations, deadlines, resumed watches). The SIGKILL test for this store is in
+``test_store_restarts.py``. Waits are on events and conditions, never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from test_history import CLIENTS, NAME, START_VALUE, check_history, run_clients
+
+from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+from dspex_actors.errors import (
+    BridgeUnavailable,
+    SessionClosed,
+    SessionNotFound,
+    ValidationError,
+    VersionConflict,
+)
+from dspex_actors.messages import GetVersioned, SetValue
+from dspex_actors.redis_state import RedisState
+from dspex_actors.stores import open_store
+from dspex_actors.stores.redis import RedisStore
+from dspex_actors.streaming import Event
+from dspex_actors.supervision import Supervisor
+from dspex_actors.testing import StateProviderContract
+from dspex_actors.testing.streaming import EventRecorder, change
+
+pytest.importorskip("redis", reason="redis-py is not installed (pip install -e '.[dev]')")
+
+WAIT = 30.0  # a hang guard for waits that end at once when all is well
+
+
+@pytest.fixture(scope="module")
+def server(redis_url: str) -> Iterator[SessionStoreServer]:
+    with serve(store=redis_url) as running:
+        yield running
+
+
+@pytest.fixture
+def two_servers(redis_url: str) -> Iterator[tuple[SessionStoreServer, SessionStoreServer]]:
+    with serve(store=redis_url) as first, serve(store=redis_url) as second:
+        yield first, second
+
+
+def fresh_id() -> str:
+    return f"s-{uuid.uuid4().hex}"
+
+
+# -- the contract ---------------------------------------------------------------------
+
+
+class TestBridgedRedisStore(StateProviderContract):
+    """The whole contract, through BridgedState, against a server on Redis."""
+
+    provider = BridgedState
+
+    @pytest.fixture
+    def provider_options(self, server: SessionStoreServer) -> dict[str, Any]:
+        return {"address": server.address}
+
+
+# -- two servers, one Redis ----------------------------------------------------------------
+
+
+def test_two_servers_share_writes_conflicts_events_and_closes(
+    two_servers: tuple[SessionStoreServer, SessionStoreServer],
+) -> None:
+    first, second = two_servers
+    sid = fresh_id()
+    a = BridgedState.init(session_id=sid, address=first.address)
+    b = BridgedState.init(session_id=sid, address=second.address, create=False)
+    recorder = EventRecorder(WAIT, "watcher on the second server")
+    try:
+        subscription = b.subscribe("t*", recorder)
+        a.register_variable("temperature", "float", 0.5, constraints={"min": 0, "max": 2})
+        assert b.get_variable("temperature") == 0.5
+        assert b.set_variable("temperature", 1.0) == 1
+        # Validated by the definition stored in Redis, whichever server the write reaches.
+        with pytest.raises(ValidationError):
+            b.set_variable("temperature", 3.0)
+        assert a.get_record("temperature").version == 1
+        # A compare-and-set against a version the other server's write moved is refused.
+        assert a.set_variable("temperature", 1.5, expected_version=1) == 2
+        with pytest.raises(VersionConflict) as conflict:
+            b.set_variable("temperature", 0.1, expected_version=1)
+        assert (conflict.value.expected, conflict.value.actual) == (1, 2)
+        events = recorder.wait_for("version 2", change("temperature", 2))
+        assert [(e.kind, e.name, e.value, e.version) for e in events] == [
+            ("registered", "temperature", 0.5, 0),
+            ("updated", "temperature", 1.0, 1),
+            ("updated", "temperature", 1.5, 2),
+        ]
+        # The owner closes through its server: the other server's watcher hears it.
+        a.cleanup()
+        recorder.wait_for("closed", lambda event: event.kind == "closed")
+        with pytest.raises(SessionNotFound):
+            b.get_variable("temperature")
+        b.unsubscribe(subscription)
+    finally:
+        a.cleanup()
+        b.cleanup()
+
+
+def test_a_retry_through_another_server_is_answered_not_applied_again(redis_url: str) -> None:
+    """The same request id reaching two stores on one Redis: applied once, one answer."""
+    sid = fresh_id()
+
+    async def scenario() -> tuple[int, int, tuple[Any, int]]:
+        first, second = RedisStore(redis_url), RedisStore(redis_url)
+        try:
+            opened = await first.open(sid, create=True, metadata=None)
+            await first.run(sid, _register_counter(), request_id=None, deadline=None)
+            write = SetValue("n", 7, None, 0)
+            one = await first.run(sid, write, request_id="r-1", deadline=None)
+            again = await second.run(
+                sid, write, request_id="r-1", deadline=None, incarnation=opened.incarnation
+            )
+            now = await second.run(sid, GetVersioned("n"), request_id=None, deadline=None)
+            await first.close(sid, opened.incarnation)
+            return one, again, now
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    one, again, now = asyncio.run(scenario())
+    assert (one, again) == (1, 1)
+    assert now == (7, 1)
+
+
+def _register_counter() -> Any:
+    from dspex_actors.messages import Register
+
+    return Register("n", "integer", 0, None, None, None)
+
+
+def test_history_across_two_servers_is_linearizable(
+    two_servers: tuple[SessionStoreServer, SessionStoreServer],
+) -> None:
+    """Eight handles, half on each server, run the history checker's workload."""
+    first, second = two_servers
+    sid = fresh_id()
+    handles = [BridgedState.init(session_id=sid, address=first.address)]
+    try:
+        handles += [
+            BridgedState.init(session_id=sid, address=(first, second)[n % 2].address, create=False)
+            for n in range(1, CLIENTS)
+        ]
+        handles[0].register_variable(NAME, "string", START_VALUE)
+        ops, version, value = run_clients(handles)
+    finally:
+        for handle in reversed(handles):
+            handle.cleanup()
+    print(f"two servers on one Redis: {len(ops)} operations checked")
+    assert check_history(ops, version, value) == []
+
+
+# -- a migration into Redis -------------------------------------------------------------------
+
+
+def test_a_context_migrates_into_a_redis_server_and_redis_state_reads_it(
+    server: SessionStoreServer, redis_url: str
+) -> None:
+    with Supervisor.start(bridge_address=server.address) as supervisor:
+        context = supervisor.start_context()
+        context.register_variable(
+            "style", "choice", "short", constraints={"choices": ["short", "long"]}
+        )
+        context.set_variable("style", "long")
+        recorder = EventRecorder(WAIT, "the context's subscriber")
+        context.subscribe(None, recorder)
+        context.ensure_bridged()
+        assert context.backend_info()["type"] == "bridged"
+        context.set_variable("style", "short")
+        events = recorder.wait_for("version 2", change("style", 2))
+        assert [e.sequence for e in events] == [3]  # the count went on across the switch
+        direct = RedisState.init(url=redis_url, session_id=context.session_id, create=False)
+        try:
+            record = direct.get_record("style")
+            assert (record.value, record.version) == ("short", 2)
+        finally:
+            direct.cleanup()
+
+
+# -- the store's own rules ------------------------------------------------------------------
+
+
+def test_a_pending_copy_is_invisible_until_committed(redis_url: str) -> None:
+    sid = fresh_id()
+
+    async def scenario() -> None:
+        store, other = RedisStore(redis_url), RedisStore(redis_url)
+        try:
+            opened = await store.open(
+                sid, create=True, metadata={"m": 1}, pending=True, request_id="copy-1"
+            )
+            assert opened.created and opened.ttl_seconds <= 60.0
+            with pytest.raises(SessionNotFound):
+                await other.open(sid, create=False, metadata=None)
+            with pytest.raises(SessionClosed, match="migration"):
+                await other.open(sid, create=True, metadata=None)
+            # A retry of the creating open is still the creation.
+            again = await store.open(
+                sid, create=True, metadata=None, pending=True, request_id="copy-1"
+            )
+            assert (again.created, again.incarnation) == (True, opened.incarnation)
+            with pytest.raises(SessionClosed):  # any other pending open is refused
+                await other.open(sid, create=True, metadata=None, pending=True)
+            await other.commit(sid, opened.incarnation)  # any server, knowing the incarnation
+            attached = await other.open(sid, create=False, metadata=None)
+            assert (attached.incarnation, attached.ttl_seconds) == (opened.incarnation, 3600.0)
+            assert (await other.info(sid)).metadata == {"m": 1}
+            await store.close(sid, opened.incarnation)
+        finally:
+            await store.aclose()
+            await other.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_creators_retried_open_is_told_it_created_the_session(redis_url: str) -> None:
+    sid = fresh_id()
+
+    async def scenario() -> None:
+        store = RedisStore(redis_url)
+        try:
+            first = await store.open(sid, create=True, metadata=None, request_id="open-1")
+            retry = await store.open(sid, create=True, metadata=None, request_id="open-1")
+            other = await store.open(sid, create=True, metadata=None, request_id="open-2")
+            assert (first.created, retry.created, other.created) == (True, True, False)
+            await store.close(sid, first.incarnation)
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_stale_incarnation_cannot_write_or_close_a_newer_session(redis_url: str) -> None:
+    sid = fresh_id()
+
+    async def scenario() -> None:
+        store = RedisStore(redis_url)
+        try:
+            old = await store.open(sid, create=True, metadata=None)
+            await store.close(sid, old.incarnation)
+            new = await store.open(sid, create=True, metadata=None)
+            await store.run(sid, _register_counter(), request_id=None, deadline=None)
+            with pytest.raises(SessionNotFound):
+                await store.run(
+                    sid,
+                    SetValue("n", 1, None, None),
+                    request_id=None,
+                    deadline=None,
+                    incarnation=old.incarnation,
+                )
+            with pytest.raises(SessionNotFound):
+                await store.close(sid, old.incarnation)
+            assert await store.run(sid, GetVersioned("n"), request_id=None, deadline=None) == (
+                0,
+                0,
+            )
+            await store.close(sid, new.incarnation)
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_whose_deadline_passed_before_it_started_is_not_applied(redis_url: str) -> None:
+    sid = fresh_id()
+
+    async def scenario() -> tuple[Any, int]:
+        store = RedisStore(redis_url)
+        try:
+            opened = await store.open(sid, create=True, metadata=None)
+            await store.run(sid, _register_counter(), request_id=None, deadline=None)
+            with pytest.raises(BridgeUnavailable, match="not applied"):
+                await store.run(
+                    sid,
+                    SetValue("n", 5, None, None),
+                    request_id="late",
+                    deadline=time.monotonic() - 1.0,
+                )
+            now = await store.run(sid, GetVersioned("n"), request_id=None, deadline=None)
+            await store.close(sid, opened.incarnation)
+            return now
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(scenario()) == (0, 0)
+
+
+def test_a_watcher_resuming_before_the_shared_reader_gets_the_history(redis_url: str) -> None:
+    """A second watcher asking for sequence 1 while a shared reader started later
+    gets every event from 1 (Redis's history), then the live ones, in order."""
+    sid = fresh_id()
+
+    async def take(events: Any, count: int) -> list[Event]:
+        taken: list[Event] = []
+        async for event in events:
+            taken.append(event)
+            if len(taken) == count:
+                break
+        return taken
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        store = RedisStore(redis_url)
+        try:
+            opened = await store.open(sid, create=True, metadata=None)
+            await store.run(sid, _register_counter(), request_id=None, deadline=None)
+            for value in (1, 2):
+                await store.run(
+                    sid, SetValue("n", value, None, None), request_id=None, deadline=None
+                )
+            live = await store.watch(sid, [], None)  # the shared reader starts at 4
+            resumed = await store.watch(sid, ["n"], 1)
+            await store.run(sid, SetValue("n", 3, None, None), request_id=None, deadline=None)
+            got_live = await asyncio.wait_for(take(live, 1), WAIT)
+            got_resumed = await asyncio.wait_for(take(resumed, 4), WAIT)
+            await live.aclose()
+            await resumed.aclose()
+            await store.close(sid, opened.incarnation)
+            return [e.sequence for e in got_live], [e.sequence for e in got_resumed]
+        finally:
+            await store.aclose()
+
+    live, resumed = asyncio.run(scenario())
+    assert live == [4]
+    assert resumed == [1, 2, 3, 4]
+
+
+def test_open_store_builds_a_redis_store_from_a_url(redis_url: str) -> None:
+    store = open_store(redis_url, session_ttl=5.0, clock=time.monotonic)
+    assert isinstance(store, RedisStore)
+    assert (store.kind, store.url, store.session_ttl) == ("redis", redis_url, 5.0)
+    asyncio.run(store.aclose())
+
+
+def test_stopping_a_server_leaves_its_sessions_in_redis(redis_url: str) -> None:
+    sid = fresh_id()
+    with serve(store=redis_url) as first:
+        owner = BridgedState.init(session_id=sid, address=first.address)
+        owner.register_variable("kept", "integer", 41)
+        owner.set_variable("kept", 42)
+    owner.cleanup()  # its server is gone; the session is Redis's
+    with serve(store=redis_url) as second:
+        again = BridgedState.init(session_id=sid, address=second.address, create=False)
+        try:
+            record = again.get_record("kept")
+            assert (record.value, record.version) == (42, 1)
+        finally:
+            again.close_remote()
+            again.cleanup()
+
+
+def test_concurrent_first_calls_share_one_handle(server: SessionStoreServer) -> None:
+    """Many threads' first calls on a session through one server all succeed (each
+    may attach a handle; the spare ones are let go only once unused)."""
+    sid = fresh_id()
+    owner = BridgedState.init(session_id=sid, address=server.address)
+    owner.register_variable("n", "integer", 0)
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def worker() -> None:
+        try:
+            with BridgedState.init(session_id=sid, address=server.address, create=False) as h:
+                start.wait(WAIT)
+                for _ in range(20):
+                    h.get_variable("n")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    owner.cleanup()
+    assert errors == []

@@ -3,8 +3,9 @@
 ``demo`` walks a session from local to shared (the README's first command).
 ``serve`` runs a SessionStore until SIGTERM or SIGINT, then stops gracefully (calls in
 flight get ``--grace`` seconds) and exits 0. ``--store`` says where its sessions live:
-``memory`` (the default; they end with the server) or ``sqlite:PATH`` (kept in that
-file across restarts). It prints one line,
+``memory`` (the default; they end with the server), ``sqlite:PATH`` (kept in that
+file across restarts) or ``redis://HOST:PORT/DB`` (kept in Redis, where every server
+on it serves them). It prints one line,
 ``dspex_actors SessionStore listening on HOST:PORT``, once it accepts calls, so a
 parent process that asked for port 0 can read the real port.
 """
@@ -114,9 +115,10 @@ def _parser() -> argparse.ArgumentParser:
         "--store",
         default="memory",
         metavar="SPEC",
-        help="where sessions live: 'memory' (default; they end with the server) or "
+        help="where sessions live: 'memory' (default; they end with the server), "
         "'sqlite:PATH' (kept in that file across restarts; add '?synchronous=full' to "
-        "fsync every write)",
+        "fsync every write) or 'redis://HOST:PORT/DB' (kept in Redis, shared by every "
+        "server on it; needs the redis extra)",
     )
     serve_command.add_argument(
         "--ttl", type=float, default=3600.0, metavar="SECONDS", help="idle session lifetime"

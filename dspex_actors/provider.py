@@ -14,7 +14,7 @@ backend keeps:
   all-or-nothing);
 * after ``cleanup()`` (idempotent) every operation raises a ``StateError`` promptly.
 
-Two optional protocols let a supervisor do more with a backend, checked by shape,
+Optional protocols let a supervisor do more with a backend, checked by shape,
 never by class:
 
 * :class:`Migratable` (seal for export, unseal, retire to a successor): a migration
@@ -24,6 +24,8 @@ never by class:
   during the switch is then lost.
 * :class:`Restartable` (``alive``, ``restart()``): a supervisor restarts a dead
   session in place, its variables kept.
+* :class:`MigrationTarget` (a pending copy: import with a digest, commit, remove):
+  what a migration copies a session into.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "CAPABILITY_KEYS",
     "REQUIRED_METHODS",
     "Migratable",
+    "MigrationTarget",
     "Restartable",
     "StateProvider",
     "get_capabilities",
@@ -260,6 +263,28 @@ class Migratable(Protocol):
     def retire(self, successor: StateProvider) -> None:
         """The migration succeeded: release the session and forward every call,
         waiting writes included, to ``successor``."""
+        ...
+
+
+class MigrationTarget(Protocol):
+    """Where a migration copies a session: a backend opened ``pending`` (invisible to
+    others until committed), as BridgedState and RedisState are."""
+
+    def import_with_digest(self, columns: ExportColumns, *, migrating: bool = False) -> bytes:
+        """Import ``columns`` (``migrating``: continuing their event sequence, quietly);
+        answer the digest of what was stored, to compare with the export's."""
+        ...
+
+    def commit(self) -> None:
+        """Make the copy visible: it is the session from now on."""
+        ...
+
+    def close_remote(self) -> None:
+        """Delete the half-made copy where it lives (a failed migration)."""
+        ...
+
+    def cleanup(self) -> None:
+        """Let go of the handle."""
         ...
 
 

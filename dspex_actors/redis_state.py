@@ -84,11 +84,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import msgpack
 
+from dspex_actors import failpoints, vartypes
 from dspex_actors import redis_scripts as scripts
-from dspex_actors import vartypes
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,
@@ -149,6 +150,8 @@ __all__ = [
     "RedisState",
     "RedisSubscription",
     "call_scope",
+    "is_redis",
+    "redacted",
     "redis_module",
 ]
 
@@ -197,6 +200,22 @@ def _stamp(seconds: float) -> str:
 
 
 # -- connections ----------------------------------------------------------------------
+
+
+def is_redis(spec: str) -> bool:
+    """Whether a store spec is a Redis URL (``redis://``, ``rediss://``, ``unix://``)."""
+    return spec.partition(":")[0] in ("redis", "rediss", "unix")
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: fit for messages and logs."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 def redis_module() -> Any:
@@ -453,6 +472,7 @@ class RedisState(StateProvider):
         """Wrap shared connections; use :meth:`init`, which opens the session."""
         self.session_id = session_id
         self.url = url
+        self.where = redacted(url)  # the URL for messages: no password
         self.owner = False
         self.incarnation = ""
         self.ttl_seconds: float | None = None
@@ -592,13 +612,13 @@ class RedisState(StateProvider):
         reply = self._run(scripts.OPEN, keys[:-1], args)
         if reply[0] == -1:
             raise SessionNotFound(
-                f"session {self.session_id!r} not found in Redis at {self.url} "
+                f"session {self.session_id!r} not found in Redis at {self.where} "
                 "(never opened, closed or expired)",
                 session_id=self.session_id,
             )
         if reply[0] == -2:
             raise SessionClosed(
-                f"session {self.session_id!r} already exists in Redis at {self.url}"
+                f"session {self.session_id!r} already exists in Redis at {self.where}"
                 + (" (being created by a migration; retry later)" if reply[1] == b"1" else ""),
                 session_id=self.session_id,
             )
@@ -644,7 +664,7 @@ class RedisState(StateProvider):
                 failure = exc.cause
             except (errors.AuthenticationError, errors.AuthorizationError) as exc:
                 raise Unauthenticated(
-                    f"Redis at {self.url} refused the credentials: {exc}"
+                    f"Redis at {self.where} refused the credentials: {exc}"
                 ) from exc
             except errors.ResponseError as exc:
                 if not str(exc).startswith("BUSY"):  # BUSY: another script runs; not run
@@ -658,13 +678,13 @@ class RedisState(StateProvider):
     def _failed(self, write: bool, maybe_sent: bool, error: Exception) -> StateError:
         if write and maybe_sent:
             return OutcomeUnknown(
-                f"Redis at {self.url} did not answer within {self._timeout}s; the write to "
+                f"Redis at {self.where} did not answer within {self._timeout}s; the write to "
                 f"session {self.session_id!r} may or may not have been applied (last "
                 f"failure: {error})",
                 session_id=self.session_id,
             )
         return BridgeUnavailable(
-            f"Redis at {self.url} could not be reached within {self._timeout}s "
+            f"Redis at {self.where} could not be reached within {self._timeout}s "
             f"(not applied): {error}",
             session_id=self.session_id,
         )
@@ -676,17 +696,17 @@ class RedisState(StateProvider):
         if "DSPEX_GONE" in text:
             return self._gone()
         if isinstance(exc, errors.NoPermissionError) or text.startswith(("NOAUTH", "NOPERM")):
-            return Unauthenticated(f"Redis at {self.url} refused {script.name}: {text}")
+            return Unauthenticated(f"Redis at {self.where} refused {script.name}: {text}")
         if text.startswith("OOM"):
             return LimitExceeded(
-                f"Redis at {self.url} is out of memory (its maxmemory): {text}",
+                f"Redis at {self.where} is out of memory (its maxmemory): {text}",
                 limit="redis_maxmemory",
             )
-        return StateError(f"Redis at {self.url} refused {script.name}: {text}")
+        return StateError(f"Redis at {self.where} refused {script.name}: {text}")
 
     def _gone(self) -> SessionNotFound:
         return SessionNotFound(
-            f"session {self.session_id!r} not found in Redis at {self.url} "
+            f"session {self.session_id!r} not found in Redis at {self.where} "
             "(closed, expired, or opened again since)",
             session_id=self.session_id,
         )
@@ -1265,6 +1285,7 @@ class RedisState(StateProvider):
         ``migrating``: the copy continues the columns' event sequence and yields no
         events of its own (a subscriber moving with the session misses nothing)."""
         self.import_columns(columns, continue_from=columns.sequence if migrating else None)
+        failpoints.hit("migration.import_reply")
         return columns_digest(self.export_columns())
 
     def commit(self) -> None:
@@ -1391,7 +1412,7 @@ class RedisState(StateProvider):
     def __repr__(self) -> str:
         role = "owner" if self.owner else "attached"
         state = "closed" if self._closed else role
-        return f"<RedisState {self.session_id} at {self.url} ({state})>"
+        return f"<RedisState {self.session_id} at {self.where} ({state})>"
 
 
 # -- subscriptions --------------------------------------------------------------------

@@ -43,8 +43,15 @@ from dspex_actors.errors import SessionClosed, SessionNotFound, StateError
 from dspex_actors.exports import ExportColumns, columns_digest, columns_of
 from dspex_actors.local import LocalState
 from dspex_actors.messages import Delete, Import, Operation, Register, SetValue, Update
-from dspex_actors.provider import Migratable, Restartable, StateProvider, validate_provider
+from dspex_actors.provider import (
+    Migratable,
+    MigrationTarget,
+    Restartable,
+    StateProvider,
+    validate_provider,
+)
 from dspex_actors.records import VariableRecord, check_pattern
+from dspex_actors.redis_state import is_redis, redacted
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
 from dspex_actors.streaming import Closing, Event, Subscriber, check_subscriber, hand_over
@@ -53,7 +60,7 @@ if TYPE_CHECKING:
     from dspex_actors.bridge.client import BridgedState
     from dspex_actors.bridge.server import SessionStoreServer
 
-__all__ = ["Context", "ContextSubscription", "Supervisor"]
+__all__ = ["Context", "ContextSubscription", "Supervisor", "check_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +70,14 @@ SwitchHook = Callable[[dict[str, Any]], None]
 _BRIDGE_PROGRAM_TYPES = frozenset({"dspy", "python"})
 _CALL_TIMEOUT = 60.0
 _T = TypeVar("_T")
+
+
+def check_store(store: str | None) -> None:
+    """``ValueError`` unless ``store`` is None or a spec ``serve(store=...)`` takes."""
+    if store is not None and not is_redis(store):
+        from dspex_actors.stores import store_kind
+
+        store_kind(store)
 
 
 class Supervisor:
@@ -85,10 +100,13 @@ class Supervisor:
         on_give_up: GiveUpHook | None,
         clock: Callable[[], float],
         cache: bool,
+        store: str | None,
     ) -> None:
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be > 0")
+        check_store(store)
         self.cache = cache
+        self.store = store
         self.policy = policy
         self.token = token
         self.bridge_timeout = bridge_timeout
@@ -121,6 +139,7 @@ class Supervisor:
         on_give_up: GiveUpHook | None = None,
         clock: Callable[[], float] = time.monotonic,
         cache: bool = False,
+        store: str | None = None,
     ) -> Self:
         """Start a supervisor.
 
@@ -134,6 +153,12 @@ class Supervisor:
         ``on_give_up`` each context stopped for dying too often; ``clock``
         (monotonic seconds) measures the restart-intensity window. ``cache``: bridged
         contexts read from a coherent local copy (``BridgedState(cache=True)``).
+        ``store`` is where a session goes when it needs sharing (``ensure_bridged``):
+        None, the SessionStore bridge; ``"redis://HOST:PORT/DB"``, straight into that
+        Redis as a :class:`~dspex_actors.redis_state.RedisState` session, which other
+        processes open by its id (and SessionStore servers on that Redis serve); or
+        ``"sqlite:PATH"``/``"memory"``, the bridge on a private server with that
+        store (a file: the sessions outlive this process).
         """
         return cls(
             bridge_address=bridge_address,
@@ -146,6 +171,7 @@ class Supervisor:
             on_give_up=on_give_up,
             clock=clock,
             cache=cache,
+            store=store,
         )
 
     @property
@@ -162,19 +188,23 @@ class Supervisor:
             if self._stopped:
                 raise SessionClosed("the supervisor is stopped")
             if self._bridge_address is None:
-                if self.token is None:
+                if self.token is None and self.store is None:
                     self._bridge_address = embedded.acquire()
                     self._uses_shared_server = True
                 else:
-                    self._private_server = serve(token=self.token)
+                    self._private_server = serve(token=self.token, store=self.store)
                     self._bridge_address = self._private_server.address
                 logger.info("using embedded SessionStore at %s", self._bridge_address)
-            if self._heartbeats is None:
-                self._heartbeats = threading.Thread(
-                    target=self._send_heartbeats, name="dspex-heartbeats", daemon=True
-                )
-                self._heartbeats.start()
+            self._start_heartbeats()
             return self._bridge_address
+
+    def _start_heartbeats(self) -> None:
+        """Start the heartbeat thread once a session lives somewhere with a TTL."""
+        if self._heartbeats is None:
+            self._heartbeats = threading.Thread(
+                target=self._send_heartbeats, name="dspex-heartbeats", daemon=True
+            )
+            self._heartbeats.start()
 
     def _send_heartbeats(self) -> None:
         """Keep remote sessions of idle contexts from expiring: every
@@ -210,10 +240,42 @@ class Supervisor:
             cache=self.cache and not pending,
         )
 
+    def open_copy(
+        self, session_id: str, store: str | None = None
+    ) -> tuple[Any, Callable[[], None]]:
+        """A new pending session to migrate ``session_id`` into, on ``store`` (a
+        ``redis://`` URL: in that Redis) or else on this supervisor's bridge; and
+        what to do once it is committed (a bridged copy starts its cache, if this
+        supervisor keeps one). The copy is a StateProvider and a MigrationTarget."""
+        if store is not None and is_redis(store):
+            from dspex_actors.redis_state import RedisState
+
+            with self._lock:
+                if self._stopped:
+                    raise SessionClosed("the supervisor is stopped")
+                self._start_heartbeats()
+            copy = RedisState.init(
+                session_id=session_id, url=store, timeout=self.bridge_timeout, pending=True
+            )
+            return copy, lambda: None
+        bridged = self.open_bridged(session_id, pending=True)
+        return bridged, bridged.enable_cache if self.cache else lambda: None
+
     def start_context(
-        self, *, session_id: str | None = None, backend: BackendSpec = "local"
+        self,
+        *,
+        session_id: str | None = None,
+        backend: BackendSpec = "local",
+        store: str | None = None,
     ) -> Context:
-        """Start a supervised session; ``backend`` is "local", "bridged" or a provider class."""
+        """Start a supervised session; ``backend`` is "local", "bridged" or a provider
+        class. ``store``: where this session goes when it needs sharing, instead of
+        the supervisor's (a ``redis://`` URL; see :meth:`start`)."""
+        if store is not None and not is_redis(store):
+            raise ValueError(
+                f"a context's store is a redis:// URL, got {store!r} (a supervisor's "
+                "store may also be 'sqlite:PATH' or 'memory')"
+            )
         if backend not in ("local", "bridged") and not isinstance(backend, type):
             raise TypeError(
                 f"backend must be 'local', 'bridged' or a StateProvider class: {backend!r}"
@@ -240,7 +302,7 @@ class Supervisor:
             with self._lock:
                 self._children.pop(session_id, None)
             raise
-        context = Context(self, session_id, provider)
+        context = Context(self, session_id, provider, store or self.store)
         self.restarts.watch(context)
         with self._lock:
             stopped = self._stopped
@@ -417,9 +479,16 @@ class Context:
     export_state: Callable[[], dict[str, Any]]
     export_columns: Callable[[], ExportColumns]
 
-    def __init__(self, supervisor: Supervisor, session_id: str, backend: StateProvider) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        session_id: str,
+        backend: StateProvider,
+        store: str | None = None,
+    ) -> None:
         self.session_id = session_id
         self._supervisor = supervisor
+        self._store = store  # where a migration goes: a redis:// URL, or None: the bridge
         self._backend = backend
         self._gate = threading.Condition()
         self._migration_lock = threading.Lock()
@@ -429,7 +498,7 @@ class Context:
         self._failure: StateError | None = None
         self._programs: dict[str, dict[str, Any]] = {}
         self._history: list[dict[str, Any]] = []
-        self._stale_copy: BridgedState | None = None  # left by a failed migration
+        self._stale_copy: MigrationTarget | None = None  # left by a failed migration
         self._subscriptions: list[ContextSubscription] = []
         self._bind(backend)
 
@@ -595,8 +664,9 @@ class Context:
         self._programs[program_id] = dict(spec)
 
     def ensure_bridged(self) -> None:
-        """Move the session to the bridge now, unless its backend is already shared
-        with other processes (``capabilities()["distribution"]``); idempotent.
+        """Move the session to the bridge (or to the context's Redis store) now,
+        unless its backend is already shared with other processes
+        (``capabilities()["distribution"]``); idempotent.
 
         Raises a StateError naming the failed step; the session then stays where it
         was, whole and writable.
@@ -631,7 +701,7 @@ class Context:
             self._remove_stale_copy()
             failpoints.hit("migration.export")
             columns = sealed.seal() if sealed is not None else old.export_columns()
-            copy: BridgedState | None = None
+            copy: MigrationTarget | None = None
             try:
                 new = copy = self._copy(columns, step)
                 step[0] = "swap"
@@ -648,8 +718,8 @@ class Context:
                 moving = list(self._subscriptions)
         except Exception as exc:
             raise StateError(
-                f"migration of session {self.session_id!r} to the bridge failed at step "
-                f"{step[0]!r}; it stays on {type(old).__name__}: {exc}",
+                f"migration of session {self.session_id!r} to {self._destination()} failed "
+                f"at step {step[0]!r}; it stays on {type(old).__name__}: {exc}",
                 step=step[0],
             ) from exc
         finally:
@@ -685,40 +755,44 @@ class Context:
             except Exception:
                 logger.exception("session %s: stopping the old backend failed", self.session_id)
 
-    def _copy(self, columns: ExportColumns, step: list[str]) -> BridgedState:
-        """Import ``columns`` into a new pending bridged session, verify and commit it
-        (``step[0]`` names the step under way); a failure removes the half-made copy."""
+    def _destination(self) -> str:
+        return "the bridge" if self._store is None else redacted(self._store)
+
+    def _copy(self, columns: ExportColumns, step: list[str]) -> Any:
+        """Import ``columns`` into a new pending session (on the bridge, or in the
+        context's store), verify and commit it (``step[0]`` names the step under
+        way); a failure removes the half-made copy. Answers the copy: a
+        StateProvider and a MigrationTarget."""
         step[0] = "import"
         failpoints.hit("migration.import")
-        new = self._supervisor.open_bridged(self.session_id, pending=True)
+        new, on_commit = self._supervisor.open_copy(self.session_id, self._store)
         try:
             digest = new.import_with_digest(columns, migrating=columns.sequence > 0)
             step[0] = "verify"
             failpoints.hit("migration.verify")
-            # The server hashed what it stored: equal digests mean equal ids, names,
-            # types, values, versions, constraints, metadata and timestamps.
+            # The copy's digest is of what was stored: equal digests mean equal ids,
+            # names, types, values, versions, constraints, metadata and timestamps.
             if digest != columns_digest(columns):
-                raise StateError("verification failed: the bridged copy differs from the export")
+                raise StateError("verification failed: the copy differs from the export")
             step[0] = "commit"
             failpoints.hit("migration.commit")
             new.commit()
-            if self._supervisor.cache:
-                new.enable_cache()
+            on_commit()
         except BaseException:
             self._discard(new)
             raise
         return new
 
-    def _discard(self, copy: BridgedState) -> None:
-        """Remove a half-made bridged copy; if the bridge cannot be told, keep the
-        handle so the next migration removes that incarnation first."""
+    def _discard(self, copy: MigrationTarget) -> None:
+        """Remove a half-made copy; if where it lives cannot be told, keep the handle
+        so the next migration removes that incarnation first."""
         try:
             copy.close_remote()
         except SessionNotFound:
             pass  # gone already (expired, or never committed and reaped)
         except StateError as exc:
             logger.warning(
-                "session %s: the half-made bridged copy could not be removed now (%s); "
+                "session %s: the half-made copy could not be removed now (%s); "
                 "the next migration removes it first",
                 self.session_id,
                 exc,
@@ -735,7 +809,7 @@ class Context:
             if self._stale_copy is not None:
                 raise StateError(
                     f"a copy of session {self.session_id!r} from an earlier failed migration "
-                    "is still on the bridge and could not be removed"
+                    f"is still on {self._destination()} and could not be removed"
                 )
 
     def _record_switch(
@@ -775,11 +849,21 @@ class Context:
             "type": backend.kind,
             "module": f"{cls.__module__}.{cls.__qualname__}",
             "requires_bridge": cls.requires_bridge(),
-            "capabilities": cls.capabilities(),
+            "capabilities": self._capabilities(backend),
             "switches": len(self._history),
             "history": [dict(event) for event in self._history],
             "last_switch_ms": self._history[-1]["duration_ms"] if self._history else None,
         }
+
+    @staticmethod
+    def _capabilities(backend: StateProvider) -> dict[str, bool]:
+        """The backend class's capabilities, with ``persistence`` from the handle when
+        it knows better (a bridged session: whether its server's store is durable)."""
+        capabilities = type(backend).capabilities()
+        persistent = getattr(backend, "persistent", None)
+        if isinstance(persistent, bool):
+            capabilities = {**capabilities, "persistence": persistent}
+        return capabilities
 
     def stop(self) -> None:
         """Stop the session: clean up its backend and leave the supervisor; idempotent."""

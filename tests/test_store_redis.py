@@ -390,3 +390,19 @@ def test_concurrent_first_calls_share_one_handle(server: SessionStoreServer) -> 
         thread.join(WAIT)
     owner.cleanup()
     assert errors == []
+
+
+def test_a_bridged_session_knows_its_store_is_durable(
+    server: SessionStoreServer, tmp_path: Any
+) -> None:
+    with BridgedState.init(address=server.address) as on_redis:
+        assert (on_redis.store, on_redis.persistent) == ("redis", True)
+    with serve() as memory, BridgedState.init(address=memory.address) as in_memory:
+        assert (in_memory.store, in_memory.persistent) == ("memory", False)
+    with (
+        serve(store=f"sqlite:{tmp_path / 's.db'}") as sqlite,
+        Supervisor.start(bridge_address=sqlite.address) as supervisor,
+    ):
+        context = supervisor.start_context(backend="bridged")
+        assert context.backend_info()["capabilities"]["persistence"] is True
+    assert BridgedState.capabilities()["persistence"] is False  # not for every server

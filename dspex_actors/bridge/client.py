@@ -107,6 +107,9 @@ class BridgedState(StateProvider):
         self.owner = False
         self.incarnation = ""
         self.ttl_seconds: float | None = None
+        self.store = ""
+        """Where the server keeps the session ("memory", "sqlite", "redis"; "" from a
+        server too old to say)."""
         self._shared = shared
         self._stub = pb_grpc.SessionStoreStub(shared.channel)
         self._timeout = timeout
@@ -191,6 +194,7 @@ class BridgedState(StateProvider):
             handle.owner = opened.created
             handle.incarnation = opened.incarnation
             handle.ttl_seconds = opened.ttl_seconds or None
+            handle.store = opened.store
             if existing_state is not None:
                 handle.import_state(existing_state)
             if cache:
@@ -701,12 +705,20 @@ class BridgedState(StateProvider):
 
     @classmethod
     def capabilities(cls) -> dict[str, bool]:
+        """What every bridged session has; ``persistence`` is False because it depends
+        on the server's store: :attr:`persistent` answers it for this session."""
         return {
             "atomic_updates": True,  # the server applies a batch in one actor turn
             "streaming": True,  # the Watch stream, resumed after outages
-            "persistence": False,
+            "persistence": False,  # not for every server: see `persistent`
             "distribution": True,  # any process that can reach the server shares it
         }
+
+    @property
+    def persistent(self) -> bool:
+        """Whether the session outlives its server: its store is a SQLite file or Redis
+        (the server told it when the session was opened)."""
+        return self.store in ("sqlite", "redis")
 
     def cleanup(self) -> None:
         """Close the session if this handle owns it, else detach; idempotent.
@@ -716,6 +728,7 @@ class BridgedState(StateProvider):
         (and the embedded server reference) is released even when the server cannot
         be reached; that failure is logged, not raised.
         """
+        closed = False
         with self._lock:
             if self._closed:
                 return
@@ -727,17 +740,24 @@ class BridgedState(StateProvider):
                 if self.owner:
                     try:
                         self.close_remote()
+                        closed = True
                     except SessionNotFound:
                         pass  # expired (or closed) already: nothing of ours to close
                     except StateError as exc:
                         logger.warning("closing session %s failed: %s", self.session_id, exc)
             finally:
-                for subscription in subscriptions:
-                    subscription.end()  # after the close: its own closed may come first
                 self._closed = True
-                channels.release(self._shared)
-                if self._embedded:
-                    embedded.release()
+        try:
+            # Outside the lock: a subscriber may call back into the handle meanwhile.
+            for subscription in subscriptions:
+                if closed:  # the server ends each stream: events before the close first
+                    subscription.finish(self._timeout)
+                else:
+                    subscription.end()
+        finally:
+            channels.release(self._shared)
+            if self._embedded:
+                embedded.release()
 
     def close_remote(self) -> None:
         """Close this handle's incarnation of the session on the server now.

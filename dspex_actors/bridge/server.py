@@ -5,7 +5,7 @@ own (``dspex-bridge-loop``): the RPCs (``servicer.py``) are coroutines, so a cal
 waiting for its request body, its session's actor, or (later) a change to watch
 costs no thread, and a stalled client cannot exhaust a worker pool — there is
 none. The sessions live in a :class:`~dspex_actors.stores.Store` (the memory store,
-one SessionActor per session, by default).
+one SessionActor per session, by default; a SQLite file; or Redis).
 
 Admission: at most ``Limits.max_concurrent_calls`` calls run at once (more are
 refused with RESOURCE_EXHAUSTED at once) and each connection may open at most
@@ -395,10 +395,10 @@ def serve(
     each restart and ``on_give_up(session_id, failure)`` each session closed that
     way; each session keeps its last ``event_history`` change events for watchers
     that fall behind or resume. ``store`` is where sessions live: a spec for
-    :func:`~dspex_actors.stores.open_store` ("memory", the default, or
-    "sqlite:PATH", which keeps them across restarts), built with the settings
-    above, or a Store instance (whose settings then are its own). Returns the
-    running server.
+    :func:`~dspex_actors.stores.open_store` ("memory", the default; "sqlite:PATH",
+    which keeps them across restarts; "redis://HOST:PORT/DB", which keeps them in
+    Redis for every server on it), built with the settings above, or a Store
+    instance (whose settings then are its own). Returns the running server.
     """
     overrides = {
         name: value

@@ -210,6 +210,7 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             created=opened.created,
             incarnation=opened.incarnation,
             ttl_seconds=opened.ttl_seconds,
+            store=self._store.kind,
         )
 
     @_rpc

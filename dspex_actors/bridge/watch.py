@@ -163,6 +163,13 @@ class RemoteSubscription(Closing):
         hand_over(self.subscriber, Event(self.session_id, self.last_sequence or 0, "closed"))
         self._stopped.set()
 
+    def finish(self, timeout: float) -> None:
+        """The session was closed: deliver what the server still sends, up to its
+        ``closed`` (within ``timeout`` seconds), then end as :meth:`end` does."""
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self.end()
+
     def end(self) -> None:
         """The handle is going away: stop, the subscriber told ``closed`` once."""
         self.close()

@@ -17,8 +17,9 @@ the specs above (``--store``) into a store.
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
+from dspex_actors.redis_state import is_redis
 from dspex_actors.stores.base import DEDUPE_WINDOW, Opened, SessionInfo, Store
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.stores.sqlite import SqliteStore, Synchronous
@@ -31,10 +32,25 @@ __all__ = [
     "SqliteStore",
     "Store",
     "open_store",
+    "store_kind",
 ]
 
 _SPECS = "'memory', 'sqlite:PATH[?synchronous=normal|full]' or 'redis://HOST:PORT/DB'"
 _REDIS_SETTINGS = ("limits", "session_ttl", "event_history")
+
+
+def store_kind(spec: str) -> Literal["memory", "sqlite", "redis"]:
+    """Which store a spec names (``ValueError`` for a spec of no known form)."""
+    if spec == "memory":
+        return "memory"
+    kind, _, rest = spec.partition(":")
+    if kind == "sqlite":
+        if not rest.partition("?")[0]:
+            raise ValueError(f"store {spec!r}: give a file, as in 'sqlite:sessions.db'")
+        return "sqlite"
+    if is_redis(spec):
+        return "redis"
+    raise ValueError(f"unknown store {spec!r}: expected {_SPECS}")
 
 
 def open_store(spec: str, **settings: Any) -> Store:
@@ -48,23 +64,19 @@ def open_store(spec: str, **settings: Any) -> Store:
     cannot be opened, ``ImportError`` naming the extra for ``redis://`` without
     redis-py.
     """
-    if spec == "memory":
+    kind = store_kind(spec)
+    if kind == "memory":
         return MemoryStore(**settings)
-    kind, _, rest = spec.partition(":")
     if kind == "sqlite":
-        path, _, query = rest.partition("?")
-        if not path:
-            raise ValueError(f"store {spec!r}: give a file, as in 'sqlite:sessions.db'")
+        path, _, query = spec.partition(":")[2].partition("?")
         if query:
             key, _, value = query.partition("=")
             if key != "synchronous" or value.lower() not in get_args(Synchronous):
                 raise ValueError(f"store {spec!r}: unknown option {query!r} (expected {_SPECS})")
             settings = {**settings, "synchronous": value.lower()}
         return SqliteStore(path, **settings)
-    if kind in ("redis", "rediss", "unix"):
-        from dspex_actors.redis_state import redis_module
-        from dspex_actors.stores.redis import RedisStore  # redis-py only when asked for
+    from dspex_actors.redis_state import redis_module
+    from dspex_actors.stores.redis import RedisStore  # redis-py only when asked for
 
-        redis_module()  # the extra's ImportError now, not at the first call
-        return RedisStore(spec, **{k: v for k, v in settings.items() if k in _REDIS_SETTINGS})
-    raise ValueError(f"unknown store {spec!r}: expected {_SPECS}")
+    redis_module()  # the extra's ImportError now, not at the first call
+    return RedisStore(spec, **{k: v for k, v in settings.items() if k in _REDIS_SETTINGS})

@@ -56,6 +56,7 @@ __all__ = [
     "DELETE",
     "DESCRIBE",
     "DUMP",
+    "FIRST_EVENT",
     "GET",
     "GET_MANY",
     "IMPORT",
@@ -64,6 +65,7 @@ __all__ = [
     "OPEN",
     "RECORD",
     "REGISTER",
+    "REPLIES",
     "SET",
     "UPDATE",
     "Script",
@@ -184,14 +186,16 @@ end
 
 _OPEN_LUA = """
 -- ARGV: incarnation, create, ttl_ms, pending, creator request id, pending ttl_ms,
--- then the new session's metadata as key, msgpack value pairs.
--- An attach naming the session's own incarnation (its creator's) reaches it pending too.
+-- exact, then the new session's metadata as key, msgpack value pairs.
+-- An attach naming the session's own incarnation (its creator's) reaches it pending
+-- too; with `exact` ('1') it reaches only that incarnation, touching no other.
 local s = redis.call('HMGET', K_SESSION, 'incarnation', 'ttl_ms', 'pending', 'creator')
 if s[1] then
   if s[1] == ARGV[1] then
     refresh(tonumber(s[2]))
     return {0, s[1], s[2]}
   end
+  if ARGV[7] == '1' then return {-1} end
   if ARGV[5] ~= '' and s[4] == ARGV[5] then  -- the creator's retry: still its creation
     refresh(tonumber(s[2]))
     return {1, s[1], s[2]}
@@ -212,7 +216,7 @@ if ARGV[4] == '1' then  -- a migration's copy: short-lived and invisible until c
   if tonumber(ttl) == 0 or tonumber(ttl) > short then ttl = ARGV[6] end
   redis.call('HSET', K_SESSION, 'pending', '1', 'ttl_ms', ttl, 'final_ttl_ms', ARGV[3])
 end
-for i = 7, #ARGV, 2 do redis.call('HSET', K_SESSION, 'm:' .. ARGV[i], ARGV[i + 1]) end
+for i = 8, #ARGV, 2 do redis.call('HSET', K_SESSION, 'm:' .. ARGV[i], ARGV[i + 1]) end
 refresh(tonumber(ttl))
 return {1, ARGV[1], ttl}
 """
@@ -299,6 +303,13 @@ for i = 1, #ids do row(out, ids[i]) end
 return out
 """
 
+_FIRST_EVENT_LUA = """
+if not live() then return gone() end
+local first = redis.call('XRANGE', K_EVENTS, '-', '+', 'COUNT', 1)
+if #first == 0 then return redis.call('HGET', K_SESSION, 'next_seq') end
+return string.match(first[1][1], '^(%d+)')
+"""
+
 _NAMES_LUA = """
 local ttl = live()
 if not ttl then return gone() end
@@ -327,6 +338,11 @@ end
 return out
 """
 
+_REPLIES_LUA = """
+if not live() then return gone() end
+return redis.call('HMGET', K_REQUESTS, unpack(ARGV, 2))
+"""
+
 _REGISTER_LUA = """
 if not TTL then return gone() end
 local seen = replayed()
@@ -347,7 +363,7 @@ redis.call('HSET', K_NAMES, name, id)
 redis.call('HSET', K_VARS, 'n:' .. id, name, 'd:' .. id, ARGV[7], 'v:' .. id, ARGV[8],
   'r:' .. id, '0', 'm:' .. id, ARGV[9], 'c:' .. id, t, 'u:' .. id, t)
 event(reserve(1), 'registered', id, name, ARGV[8], '0', ARGV[9], t)
-return answer({'ok', ordinal, t})
+return answer({'ok', ordinal, t, id})
 """
 
 _SET_LUA = """
@@ -532,9 +548,13 @@ RECORD = _script(_RECORD_LUA, "record")
 DESCRIBE = _script(_DESCRIBE_LUA, "describe")
 DUMP = _script(_DUMP_LUA, "dump")
 NAMES = _script(_NAMES_LUA, "names")
+FIRST_EVENT = _script(_FIRST_EVENT_LUA, "first_event")
+"""The sequence of the oldest event the session's stream holds (its next one if none)."""
 INFO = _script(_INFO_LUA, "info")
 """The session's counters; with ``ARGV[2] == '1'`` (a heartbeat) every key's TTL is reset;
 with ``ARGV[3] == '1'`` its metadata follows."""
+REPLIES = _script(_REPLIES_LUA, "replies")
+"""The remembered replies of the request ids given (nil where none is)."""
 REGISTER = _script(_REGISTER_LUA, "register", write=True)
 SET = _script(_SET_LUA, "set", write=True)
 UPDATE = _script(_UPDATE_LUA, "update", write=True)

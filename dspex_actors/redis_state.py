@@ -208,14 +208,20 @@ def is_redis(spec: str) -> bool:
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: fit for messages and logs."""
+    """``url`` with any password (in its user part or its query) replaced by ``***``:
+    fit for messages, which reach clients."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        if ":" in user:
+            netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = "&".join(
+        f"{key}=***" if key.lower() == "password" else f"{key}={value}" if sep else key
+        for key, sep, value in (item.partition("=") for item in parts.query.split("&"))
+        if key
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def redis_module() -> Any:
@@ -596,6 +602,7 @@ class RedisState(StateProvider):
         request_id: str,
         incarnation: str | None = None,
     ) -> None:
+        exact = incarnation is not None
         incarnation = incarnation or uuid.uuid4().hex
         ttl_ms = 0 if ttl is None else max(1, round(ttl * 1000))
         keys = session_keys(self.session_id, incarnation)
@@ -606,6 +613,7 @@ class RedisState(StateProvider):
             "1" if pending else "0",
             request_id,
             round(PENDING_TTL * 1000),
+            "1" if exact else "0",
         ]
         for key, value in metadata.items():
             args += [key, _pack(value)]
@@ -651,6 +659,12 @@ class RedisState(StateProvider):
         deadline = time.monotonic() + self._timeout + extra_time
         scope = _SCOPE.get()
         if scope is not None and scope.deadline is not None:
+            if time.monotonic() >= scope.deadline:  # not one attempt after the deadline
+                raise BridgeUnavailable(
+                    f"session {self.session_id!r}: the caller's deadline passed before "
+                    f"{script.name} was sent; not applied",
+                    session_id=self.session_id,
+                )
             deadline = min(deadline, scope.deadline)
         read_timeout = self._timeout + extra_time if extra_time else None
         pause = _FIRST_PAUSE
@@ -729,11 +743,17 @@ class RedisState(StateProvider):
             scope.attempts += 1
             retain = max(retain, scope.retain)
         else:
+            scope = None
             request_id = uuid.uuid4().hex
         request = [self.incarnation, request_id, self._history, retain]
-        packed = self._run(
-            script, self._keys, [*request, *args], write=True, extra_time=extra_time
-        )
+        try:
+            packed = self._run(
+                script, self._keys, [*request, *args], write=True, extra_time=extra_time
+            )
+        except SessionNotFound:
+            if scope is not None:  # "gone" is not remembered: the number is unused
+                scope.attempts -= 1
+            raise
         reply: list[Any] = _unpack(packed)
         return reply
 
@@ -980,6 +1000,7 @@ class RedisState(StateProvider):
             raise self._exists(name)
         if reply[0] == "limit":
             check_variable_count(self.session_id, int(reply[1]), 1, limits)
+        var_id = str(reply[3])  # a retry's reply names the first attempt's id
         self._remember(_Definition(var_id, name, int(reply[1]), validator))
         self._metadata[var_id] = (0, meta)
         return var_id
@@ -1302,6 +1323,25 @@ class RedisState(StateProvider):
         self._check_open()
         self._run(scripts.CLOSE, self._keys, [self.incarnation, round(TOMBSTONE_SECONDS * 1000)])
 
+    def replies(self, request_id: str, count: int = 16) -> list[list[Any]]:
+        """The remembered replies of a relayed write's scripts (``call_scope``), in
+        the order they were sent: what a retry of that write was answered with."""
+        self._check_open()
+        ids = [f"{request_id}.{n}" for n in range(count)]
+        found = self._read(scripts.REPLIES, *ids)
+        replies: list[list[Any]] = []
+        for packed in found:
+            if packed is None:
+                break
+            replies.append(_unpack(packed))
+        return replies
+
+    def history_start(self) -> int:
+        """The oldest event sequence the session's stream still holds (its next
+        sequence when it holds none)."""
+        self._check_open()
+        return int(self._read(scripts.FIRST_EVENT))  # one script: no write between
+
     def _import_preconditions(self, columns: ExportColumns) -> None:
         """Check ``columns`` as the session actor would, against the session's names
         and ids (read now): raises the error it would raise first."""
@@ -1519,8 +1559,8 @@ class RedisSubscription(Closing):
                 # The present is taken first: a write made after the subscriber got
                 # its overflow event is always delivered.
                 present = self._present(reader)
-                hand_over(self.subscriber, Event(self.session_id, self._cursor - 1, "overflow"))
-                self._cursor = present
+                missed, self._cursor = self._cursor - 1, present
+                hand_over(self.subscriber, Event(self.session_id, missed, "overflow"))
                 continue
             for entry_id, raw in entries:
                 if self._stopped.is_set():

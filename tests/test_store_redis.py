@@ -12,6 +12,7 @@ incarnations, deadlines, resumed watches). The SIGKILL test for this store is in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from dspex_actors.errors import (
     ValidationError,
     VersionConflict,
 )
-from dspex_actors.messages import GetVersioned, SetValue
+from dspex_actors.messages import Delete, GetVersioned, SetValue
 from dspex_actors.redis_state import RedisState
 from dspex_actors.stores import open_store
 from dspex_actors.stores.redis import RedisStore
@@ -406,3 +407,156 @@ def test_a_bridged_session_knows_its_store_is_durable(
         context = supervisor.start_context(backend="bridged")
         assert context.backend_info()["capabilities"]["persistence"] is True
     assert BridgedState.capabilities()["persistence"] is False  # not for every server
+
+
+# -- found by trying to break it ----------------------------------------------------------
+
+
+def _reader_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("dspex-redis-events")]
+
+
+def test_a_retried_register_answers_the_id_it_created(redis_url: str) -> None:
+    sid = fresh_id()
+
+    async def scenario() -> tuple[str, str, Any]:
+        first, second = RedisStore(redis_url), RedisStore(redis_url)
+        try:
+            opened = await first.open(sid, create=True, metadata=None)
+            register = _register_counter()
+            one = await first.run(sid, register, request_id="reg-1", deadline=None)
+            again = await second.run(sid, register, request_id="reg-1", deadline=None)
+            record = await second.run(sid, GetVersioned(again), request_id=None, deadline=None)
+            await first.close(sid, opened.incarnation)
+            return one, again, record
+        finally:
+            await first.aclose()
+            await second.aclose()
+
+    one, again, record = asyncio.run(scenario())
+    assert one == again
+    assert record == (0, 0)
+
+
+def test_a_retry_after_the_variable_changed_gets_the_first_answer(redis_url: str) -> None:
+    """The write was applied and its reply lost; the variable is deleted before the
+    retry comes: the retry is answered with the version, not VariableNotFound."""
+    sid = fresh_id()
+
+    async def scenario() -> int:
+        store = RedisStore(redis_url)
+        try:
+            opened = await store.open(sid, create=True, metadata=None)
+            await store.run(sid, _register_counter(), request_id=None, deadline=None)
+            write = SetValue("n", 5, None, 0)
+            await store.run(sid, write, request_id="w-1", deadline=None)
+            await store.run(sid, Delete("n"), request_id=None, deadline=None)
+            again: int = await store.run(sid, write, request_id="w-1", deadline=None)
+            await store.close(sid, opened.incarnation)
+            return again
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_a_server_holding_an_ended_incarnation_applies_a_retry_once(redis_url: str) -> None:
+    """Server A still holds a handle on a closed incarnation; a write without an
+    incarnation reaches the new one, and its retry is answered, not applied again."""
+    sid = fresh_id()
+
+    async def scenario() -> tuple[int, int, tuple[Any, int]]:
+        a, b = RedisStore(redis_url), RedisStore(redis_url)
+        try:
+            old = await a.open(sid, create=True, metadata=None)
+            await b.close(sid, old.incarnation)
+            new = await b.open(sid, create=True, metadata=None)
+            await b.run(sid, _register_counter(), request_id=None, deadline=None)
+            write = SetValue("n", 9, None, None)
+            one = await a.run(sid, write, request_id="r-1", deadline=None)
+            two = await a.run(sid, write, request_id="r-1", deadline=None)
+            now = await b.run(sid, GetVersioned("n"), request_id=None, deadline=None)
+            await a.close(sid, None)  # the current incarnation, through the stale holder
+            with pytest.raises(SessionNotFound):
+                await b.info(sid)
+            assert new.incarnation != old.incarnation
+            return one, two, now
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    one, two, now = asyncio.run(scenario())
+    assert (one, two, now) == (1, 1, (9, 1))
+
+
+def test_watches_closed_unread_or_cancelled_leave_no_reader(redis_url: str) -> None:
+    sid = fresh_id()
+
+    async def scenario() -> list[str]:
+        store = RedisStore(redis_url)
+        try:
+            opened = await store.open(sid, create=True, metadata=None)
+            unread = await store.watch(sid, [], None)
+            await unread.aclose()
+            joining = asyncio.ensure_future(store.watch(sid, [], None))
+            await asyncio.sleep(0)  # a yield: it has started (or not); either way
+            joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await joining
+            read = await store.watch(sid, [], None)
+            await store.run(sid, _register_counter(), request_id=None, deadline=None)
+            assert (await read.__anext__()).kind == "registered"
+            await read.aclose()
+            await store.close(sid, opened.incarnation)
+            return _reader_threads()
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(scenario()) == []  # each reader stopped with its last watcher
+    assert _reader_threads() == []
+
+
+def test_stopping_a_server_with_watchers_leaves_no_reader(redis_url: str) -> None:
+    sids = [fresh_id() for _ in range(6)]
+    recorders = []
+    handles = []
+    with serve(store=redis_url) as server:
+        for sid in sids:
+            handle = BridgedState.init(session_id=sid, address=server.address)
+            recorder = EventRecorder(WAIT, sid)
+            handle.subscribe(None, recorder)
+            handles.append(handle)
+            recorders.append(recorder)
+        for handle in handles:
+            handle.register_variable("n", "integer", 0)  # every reader is up: it got this
+        for recorder in recorders:
+            recorder.wait_for("n", change("n", 0))
+        server.stop(grace=None)  # streams are cut, not ended: clients would reconnect
+        assert _reader_threads() == []
+    for handle in handles:
+        handle.cleanup()
+
+
+def test_a_watcher_resuming_past_the_history_of_an_idle_session_gets_overflow(
+    redis_url: str,
+) -> None:
+    sid = fresh_id()
+
+    async def scenario() -> list[tuple[str, int]]:
+        store = RedisStore(redis_url, event_history=2)
+        try:
+            opened = await store.open(sid, create=True, metadata=None)
+            await store.run(sid, _register_counter(), request_id=None, deadline=None)
+            for value in range(1, 300):  # Redis trims whole stream nodes: write plenty
+                await store.run(
+                    sid, SetValue("n", value, None, None), request_id=None, deadline=None
+                )
+            watch = await store.watch(sid, [], 1)
+            first = await asyncio.wait_for(watch.__anext__(), WAIT)
+            await watch.aclose()
+            await store.close(sid, opened.incarnation)
+            return [(first.kind, first.sequence)]
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(scenario()) == [("overflow", 0)]

@@ -23,14 +23,14 @@ Rules every store keeps, beyond the StateProvider contract's:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from dspex_actors.messages import ReadOperation, WriteOperation
 from dspex_actors.streaming import Event
 
-__all__ = ["DEDUPE_WINDOW", "PENDING_TTL", "Opened", "SessionInfo", "Store"]
+__all__ = ["DEDUPE_WINDOW", "PENDING_TTL", "EventStream", "Opened", "SessionInfo", "Store"]
 
 _R = TypeVar("_R")
 
@@ -64,6 +64,17 @@ class SessionInfo:
     metadata: dict[str, Any]
     next_sequence: int
     """The sequence the session's next change event gets."""
+
+
+class EventStream(Protocol):
+    """A watcher's events (an async generator is one); ``aclose`` ends the watch and
+    releases what it holds, whether or not it was read."""
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    async def __anext__(self) -> Event: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Store(Protocol):
@@ -127,13 +138,12 @@ class Store(Protocol):
         """
         ...
 
-    async def watch(
-        self, session_id: str, patterns: list[str], start: int | None
-    ) -> AsyncGenerator[Event, None]:
+    async def watch(self, session_id: str, patterns: list[str], start: int | None) -> EventStream:
         """Start following a session (``SessionNotFound`` at once if absent): its
         change events whose names match any glob of ``patterns``
         (all when empty), from sequence ``start`` (None: from now), as described in
-        :mod:`dspex_actors.streaming`; ends after a ``closed`` event."""
+        :mod:`dspex_actors.streaming`; ends after a ``closed`` event. The caller
+        closes it (``aclose``) when done."""
         ...
 
     async def end_watches(self) -> None:

@@ -48,13 +48,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dspex_actors.errors import BridgeUnavailable, SessionNotFound
+from dspex_actors.errors import BridgeUnavailable, SessionNotFound, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
-from dspex_actors.messages import Import, ReadOperation, WriteOperation
+from dspex_actors.messages import Import, ReadOperation, Register, SetValue, WriteOperation
 from dspex_actors.records import check_pattern
 from dspex_actors.redis_state import DEFAULT_TIMEOUT, RedisState, RedisSubscription, call_scope
 from dspex_actors.session import new_session_id
-from dspex_actors.stores.base import Opened, SessionInfo
+from dspex_actors.stores.base import EventStream, Opened, SessionInfo
 from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow
 
 __all__ = ["DEDUPE_SECONDS", "RedisStore"]
@@ -69,23 +69,26 @@ deadline, far less)."""
 
 @dataclass(slots=True, eq=False)
 class _Feed:
-    """One watched session's stream, read from Redis into a log for this server's
-    watchers (or for one resuming watcher), through a handle of its own (a held
-    handle let go would end its subscriptions)."""
+    """One session's stream, read from Redis into a log for this server's watchers,
+    through a handle of its own (a held handle let go would end its readers)."""
 
     key: tuple[str, str]  # session id, incarnation
-    start: int
     log: EventLog
     handle: RedisState
     watchers: int = 1
     subscription: RedisSubscription | None = None
 
     def take(self, event: Event) -> None:
-        """The reader's callback (its thread): append, or end the log at ``closed``."""
+        """The reader's callback (its thread): append, or end the log at ``closed``;
+        after the reader's own overflow, the log goes on from where the reader does."""
         log = self.log
         if event.kind == "closed":
             log.close()
-        elif event.kind != "overflow":  # the reader's own overflow shows as a gap
+        elif event.kind == "overflow":
+            subscription = self.subscription
+            if subscription is not None:  # else the next event's gap tells it
+                log.restart_at(subscription.last_sequence + 1)
+        else:
             if event.sequence != log.next_sequence:
                 log.restart_at(event.sequence)
             log.append((event,))
@@ -184,8 +187,9 @@ class RedisStore:
         self._workers = _Workers(workers)
         self._lock = threading.Lock()
         self._handles: OrderedDict[str, _Held] = OrderedDict()
-        self._feeds: dict[tuple[str, str], _Feed] = {}
-        self._private_feeds: set[_Feed] = set()
+        self._feeds: dict[tuple[str, str], _Feed] = {}  # the shared reader of each
+        self._all_feeds: set[_Feed] = set()  # every reader not yet stopped
+        self._leaving: set[asyncio.Task[None]] = set()
         self._closing = False
 
     async def _blocking(self, work: Callable[[], _T]) -> _T:
@@ -305,12 +309,18 @@ class RedisStore:
         await self._blocking(work)
 
     async def close(self, session_id: str, incarnation: str | None) -> None:
+        def close(handle: RedisState) -> None:
+            try:
+                handle.close_remote()
+            finally:
+                self._forget(session_id, handle)
+
         def work() -> None:
-            with self._using(session_id, incarnation) as handle:
-                try:
-                    handle.close_remote()
-                finally:
-                    self._forget(session_id, handle)
+            if incarnation is None:
+                self._current(session_id, close)
+            else:
+                with self._using(session_id, incarnation) as handle:
+                    close(handle)
 
         await self._blocking(work)
 
@@ -369,71 +379,100 @@ class RedisStore:
                 )
             with call_scope(request_id, deadline, self.dedupe_seconds):
                 if incarnation is None:
-                    return self._current(session_id, lambda handle: _apply(handle, operation))
+                    return self._current(
+                        session_id, lambda handle: _apply(handle, operation, request_id)
+                    )
                 with self._using(session_id, incarnation) as handle:
-                    return _apply(handle, operation)
+                    return _apply(handle, operation, request_id)
 
         return await self._blocking(work)
 
     # -- watching -----------------------------------------------------------------------
 
-    async def watch(
-        self, session_id: str, patterns: list[str], start: int | None
-    ) -> AsyncGenerator[Event, None]:
+    async def watch(self, session_id: str, patterns: list[str], start: int | None) -> EventStream:
         globs = [check_pattern(pattern) for pattern in patterns]
-        feed, cursor = await self._blocking(lambda: self._join(session_id, start))
-        return self._follow(feed, cursor, globs)
-
-    def _join(self, session_id: str, start: int | None) -> tuple[_Feed, int]:
-        """A feed of the session's events for a new watcher, and its cursor (blocking)."""
-        info = self._current(session_id, lambda handle: handle.session_info())
+        info = await self._blocking(
+            lambda: self._current(session_id, lambda handle: handle.session_info())
+        )
         cursor = info["next_sequence"] if start is None else start
-        key = (session_id, info["incarnation"])
+        # Joined now, before the caller says the stream is up: the session may close
+        # right after, and its events up to the close are still read.
+        feed = await self._enter(session_id, info["incarnation"], cursor)
+        return _Watch(self, feed, follow(feed.log, cursor, globs))
+
+    async def _enter(self, session_id: str, incarnation: str, cursor: int) -> _Feed:
+        """Join a reader of the session; a reader joined for a caller cancelled
+        meanwhile is left again once the join completes."""
+        joining = asyncio.ensure_future(
+            self._workers.run(lambda: self._join(session_id, incarnation, cursor))
+        )
+        try:
+            return await asyncio.shield(joining)
+        except asyncio.CancelledError:
+            loop = asyncio.get_running_loop()
+
+            def leave(done: asyncio.Future[_Feed]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    task = loop.create_task(self.leave(done.result()))
+                    self._leaving.add(task)  # held until done (the loop keeps weak refs)
+                    task.add_done_callback(self._leaving.discard)
+
+            joining.add_done_callback(leave)
+            raise
+
+    def _join(self, session_id: str, incarnation: str, cursor: int) -> _Feed:
+        """The reader a watcher from ``cursor`` shares (blocking): this server's reader
+        of that incarnation if its log still holds ``cursor``, else a new one."""
+        key = (session_id, incarnation)
         with self._lock:
             feed = self._feeds.get(key)
-            if feed is not None and not feed.log.closed and cursor >= feed.start:
+            if feed is not None and not feed.log.closed and cursor >= feed.log.first_sequence:
                 feed.watchers += 1
-                return feed, cursor
-        # A reader from ``cursor``: shared, unless one already is (that one started
-        # later than this watcher wants).
-        handle = self._attach(session_id, incarnation=info["incarnation"])
-        fresh = _Feed(key, cursor, EventLog(session_id, cursor, self.event_history), handle)
+                return feed
+        handle = self._attach(session_id, incarnation=incarnation)
         try:
-            fresh.subscription = handle.subscribe(None, fresh.take, start=cursor)
+            if cursor < handle.history_start():  # trimmed: overflow, then the present
+                begin = handle.session_info()["next_sequence"]
+            else:
+                begin = cursor
+            fresh = _Feed(key, EventLog(session_id, begin, self.event_history), handle)
+            fresh.subscription = handle.subscribe(None, fresh.take, start=begin)
         except BaseException:
             _detach(handle)
             raise
         with self._lock:
-            current = self._feeds.get(key)
-            if current is None or current.log.closed:
-                self._feeds[key] = fresh
-            else:
-                self._private_feeds.add(fresh)
-        return fresh, cursor
+            closing = self._closing
+            if not closing:
+                self._all_feeds.add(fresh)
+                current = self._feeds.get(key)
+                if current is None or current.log.closed:
+                    self._feeds[key] = fresh
+        if closing:
+            _stop(fresh)
+            raise BridgeUnavailable("the store is closing; the watch was not started")
+        return fresh
 
-    async def _follow(
-        self, feed: _Feed, cursor: int, globs: list[str | None]
-    ) -> AsyncGenerator[Event, None]:
-        try:
-            async for event in follow(feed.log, cursor, globs):
-                yield event
-        finally:
+    async def leave(self, feed: _Feed) -> None:
+        """A watcher is done; the last one stops the reader (which stays counted in
+        ``_all_feeds`` until it has stopped, so closing the store stops it otherwise)."""
+        with self._lock:
+            feed.watchers -= 1
+            if feed.watchers > 0:
+                return
+            if self._feeds.get(feed.key) is feed:
+                del self._feeds[feed.key]
+
+        def stop() -> None:
+            _stop(feed)
             with self._lock:
-                feed.watchers -= 1
-                last = feed.watchers == 0
-                if last:
-                    if self._feeds.get(feed.key) is feed:
-                        del self._feeds[feed.key]
-                    self._private_feeds.discard(feed)
-            if last:
-                try:
-                    await self._workers.run(lambda: _stop(feed))
-                except BridgeUnavailable:  # the store is closing and its threads are gone
-                    _stop(feed)  # brief (its reader is woken at once), and only at shutdown
+                self._all_feeds.discard(feed)
+
+        with contextlib.suppress(BridgeUnavailable):  # closing: aclose stops it
+            await asyncio.shield(self._workers.run(stop))
 
     async def end_watches(self) -> None:
         with self._lock:
-            feeds = [*self._feeds.values(), *self._private_feeds]
+            feeds = list(self._all_feeds)
         for feed in feeds:
             feed.log.close()
 
@@ -442,32 +481,85 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Let go of every handle and reader; the sessions stay in Redis."""
-        self._closing = True
         with self._lock:
-            feeds = [*self._feeds.values(), *self._private_feeds]
-            self._feeds.clear()
-            self._private_feeds.clear()
-            handles = [held.handle for held in self._handles.values()]
-            self._handles.clear()
+            self._closing = True
 
         def release() -> None:
+            self._workers.stop()  # the calls queued finish first; none is taken after
+            with self._lock:
+                feeds = list(self._all_feeds)
+                self._all_feeds.clear()
+                self._feeds.clear()
+                handles = [held.handle for held in self._handles.values()]
+                self._handles.clear()
             for feed in feeds:
                 feed.log.close()
                 _stop(feed)
             for handle in handles:
                 _detach(handle)
-            self._workers.stop()
 
         await asyncio.get_running_loop().run_in_executor(None, release)
 
 
-def _apply(handle: RedisState, operation: ReadOperation[_R] | WriteOperation[_R]) -> _R:
-    """Run one operation on a handle. A migration's import keeps its event count,
-    which the public ``import_columns`` has no word for."""
-    if isinstance(operation, Import) and operation.continue_from is not None:
-        handle.import_columns(operation.columns, continue_from=operation.continue_from)
-        return None  # type: ignore[return-value]  # Import answers None
-    return operation.forward(handle)
+class _Watch:
+    """One watcher's events; closing it (read or not) leaves its reader."""
+
+    def __init__(self, store: RedisStore, feed: _Feed, events: AsyncGenerator[Event, None]):
+        self._store = store
+        self._feed: _Feed | None = feed
+        self._events = events
+
+    def __aiter__(self) -> _Watch:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self._events.__anext__()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await self._events.aclose()
+            await self._store.leave(feed)
+
+
+def _apply(
+    handle: RedisState,
+    operation: ReadOperation[_R] | WriteOperation[_R],
+    request_id: str | None,
+) -> _R:
+    """Run one operation on a handle (in a ``call_scope``).
+
+    A migration's import keeps its event count, which the public ``import_columns``
+    has no word for. A relayed write is checked here against what Redis holds now,
+    before it is sent; if that check fails but Redis remembers this request id
+    applied (a retry of a write whose reply was lost, the session changed since),
+    the caller gets the first answer, not the error the check would give.
+    """
+    try:
+        if isinstance(operation, Import) and operation.continue_from is not None:
+            handle.import_columns(operation.columns, continue_from=operation.continue_from)
+            return None  # type: ignore[return-value]  # Import answers None
+        return operation.forward(handle)
+    except StateError:
+        if not (operation.write and request_id):
+            raise
+        replies = handle.replies(request_id)
+        if not replies or replies[-1][0] != "ok":
+            raise  # never applied: this error is the answer
+        return _first_answer(operation, replies[-1])
+
+
+def _first_answer(operation: ReadOperation[_R] | WriteOperation[_R], reply: list[Any]) -> _R:
+    """What a write answered when its script replied ``ok`` (the scripts' replies)."""
+    if isinstance(operation, Register):
+        return str(reply[3])  # type: ignore[return-value]  # Register answers the id
+    if isinstance(operation, SetValue):
+        return int(reply[1])  # type: ignore[return-value]  # SetValue answers the version
+    return None  # type: ignore[return-value]  # Update, Delete and Import answer None
 
 
 def _detach(handle: RedisState) -> None:

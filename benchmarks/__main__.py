@@ -1,9 +1,10 @@
 """``python -m benchmarks``: the latency suite, ours beside raw baselines and peers.
 
 Suites (all by default, in this order): local, memory, bridge, throughput,
-migration, scale, streaming, watchers. Every figure is reported as a ratio to something measured in
-the same run; ``--check`` holds the run to ``benchmarks/targets.toml`` (with
-``--quick``: only the targets marked quick) and exits 1 naming each miss.
+migration, scale, streaming, watchers, stores. Every figure is reported as a ratio
+to something measured in the same run; ``--check`` holds the run to
+``benchmarks/targets.toml`` (with ``--quick``: only the targets marked quick) and
+exits 1 naming each miss.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from benchmarks import (
     migration,
     plot,
     scale,
+    stores,
     streaming,
     throughput,
     watchers,
@@ -63,6 +65,11 @@ SUITES: dict[str, tuple[Callable[[Run], None], str]] = {
     "watchers": (
         watchers.run,
         "watchers: ordinary calls on an idle SessionStore, then beside 100 waiting streams",
+    ),
+    "stores": (
+        stores.run,
+        "stores: RedisState and BridgedState on the memory, sqlite and redis stores, "
+        "beside redis-py (round-robin; 8 client processes)",
     ),
 }
 
@@ -180,6 +187,8 @@ def _run_suites(run: Run, suites: list[str]) -> None:
         print_suite(run.results, suite, title)
         if suite in run.results.failed:
             say(f"  FAILED: {run.results.failed[suite]}")
+        if suite in run.results.skipped:
+            say(f"  skipped: {run.results.skipped[suite]}")
         for peer, reason in run.servers.unavailable.items():
             if peer not in reported:
                 reported.add(peer)

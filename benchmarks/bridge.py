@@ -15,9 +15,17 @@ from typing import Any
 
 import grpc
 
-from benchmarks.peers import EtcdPeer, RedisPeer
+from benchmarks.peers import EtcdPeer, RedisPeer, redis_ops
 from benchmarks.servers import echo_stub
-from benchmarks.suite import Op, Run, add_duration, export_of_floats, sample_ops
+from benchmarks.suite import (
+    Op,
+    Run,
+    add_duration,
+    alternating,
+    export_of_floats,
+    sample_ops,
+    versioned_set,
+)
 from benchmarks.timing import time_runs
 from dspex_actors import BridgedState, Context, Supervisor
 
@@ -25,63 +33,11 @@ SUITE = "bridge"
 ECHO = "grpc.echo"
 
 
-def _alternating() -> Callable[[], float]:
-    """0.5, 1.0, 0.5, ...: every write changes the value."""
-    flip = iter(range(10**12))
-    return lambda: 1.0 if next(flip) & 1 else 0.5
-
-
-def _versioned_set(setter: Callable[[float, int], int], start: int) -> Callable[[], object]:
-    """A call that sets with the version the previous call returned (compare-and-set)."""
-    version = start
-    value = _alternating()
-
-    def call() -> object:
-        nonlocal version
-        version = setter(value(), version)
-        return version
-
-    return call
-
-
-def _redis_ops(peer: RedisPeer) -> list[Op]:
-    peer.flush()
-    peer.put("bench:get", 0.7)
-    peer.new_variable("bench:var", 0.7)
-    value = _alternating()
-    return [
-        Op(
-            "redis.get",
-            "redis-py GET",
-            "redis",
-            "get",
-            lambda: peer.get("bench:get"),
-            baseline=ECHO,
-        ),
-        Op(
-            "redis.set",
-            "redis-py SET",
-            "redis",
-            "put",
-            lambda: peer.put("bench:get", value()),
-            baseline=ECHO,
-        ),
-        Op(
-            "redis.cas",
-            "redis-py Lua compare-and-set (EVALSHA)",
-            "redis",
-            "set",
-            _versioned_set(lambda v, n: peer.cas("bench:var", n, v), 0),
-            baseline=ECHO,
-        ),
-    ]
-
-
 def _etcd_ops(peer: EtcdPeer) -> list[Op]:
     key, var = b"bench:get", b"bench:var"
     peer.put(key, 0.7)
     revision = peer.put(var, 0.7)
-    value = _alternating()
+    value = alternating()
     return [
         Op(
             "etcd.range",
@@ -104,7 +60,7 @@ def _etcd_ops(peer: EtcdPeer) -> list[Op]:
             "etcd Txn compare-and-set (grpcio)",
             "etcd",
             "set",
-            _versioned_set(lambda v, n: peer.cas(var, n, v), revision),
+            versioned_set(lambda v, n: peer.cas(var, n, v), revision),
             baseline=ECHO,
         ),
     ]
@@ -156,7 +112,7 @@ def run(run: Run) -> None:
                 new: int = target.set_variable("temperature", value, expected_version=version)
                 return new
 
-            return _versioned_set(setter, 0)
+            return versioned_set(setter, 0)
 
         get_peers, set_peers = ("redis.get", "etcd.range"), ("redis.cas", "etcd.txn")
         ops = [
@@ -222,7 +178,8 @@ def run(run: Run) -> None:
         if redis_server is not None:
             redis_peer = RedisPeer(redis_server.port)
             cleanup.callback(redis_peer.close)
-            ops += _redis_ops(redis_peer)
+            redis_peer.flush()
+            ops += redis_ops(redis_peer, "redis", ECHO)
         if etcd_server is not None:
             etcd_peer = EtcdPeer(etcd_server.address)
             cleanup.callback(etcd_peer.close)

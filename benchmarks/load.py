@@ -1,22 +1,27 @@
 """A load client process: ``python -m benchmarks.load CONFIG_JSON``.
 
 CONFIG names the targets: ``{"echo": ADDRESS, "store": ADDRESS, "session": ID,
-"redis": PORT, "etcd": ADDRESS}`` (any may be null). The client connects to each,
-warms each up, prints ``ready``, then obeys lines on stdin:
+"redis": PORT, "etcd": ADDRESS, "redis_url": URL, "redis_session": ID, "writes":
+BOOL}`` (any may be null or absent). The client connects to each, warms each up,
+prints ``ready``, then obeys lines on stdin:
 
 - ``run MODE COUNT``: make COUNT calls of MODE (``grpc.echo``, ``bridged.get``,
-  ``redis.get``, ``etcd.range``) back to back, print ``done``, then one JSON line
-  with each call's latency in ns;
+  ``redis.get``, ``etcd.range``, ``redis_state.get``; with ``writes``, also the
+  compare-and-sets ``bridged.set``, ``redis_state.set`` and ``redis.cas``) back to
+  back, print ``done``, then one JSON line with each call's latency in ns;
 - ``quit``: close everything and exit.
 
 The parent starts clients once per run (through :mod:`benchmarks.affinity`, on the
 servers' cores), times each run from its ``run`` lines to the last ``done``, and
-uses the first 1, 4 or 8 clients for the 1-, 4- and 8-client runs.
+uses the first 1, 4 or 8 clients for the 1-, 4- and 8-client runs. Reads are of
+one shared variable (``temperature``, Redis's :data:`KEY`); each client's writes go to
+a variable of its own, created at connect, so they measure throughput, not conflicts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +30,8 @@ import grpc
 
 from benchmarks.peers import EtcdPeer, RedisPeer
 from benchmarks.servers import echo_stub
-from dspex_actors import BridgedState
+from benchmarks.suite import versioned_set
+from dspex_actors import BridgedState, RedisState, StateProvider
 
 Call = Callable[[], object]
 
@@ -33,9 +39,17 @@ KEY = "bench:get"
 """The key the Redis and etcd clients read (the throughput suite writes it first)."""
 
 
+def _own_variable(state: StateProvider, name: str) -> Call:
+    """Register ``name`` (this client's alone) and return its compare-and-set."""
+    state.register_variable(name, "float", 0.5)
+    return versioned_set(lambda v, n: state.set_variable(name, v, expected_version=n), 0)
+
+
 def _connect(config: dict[str, object]) -> tuple[dict[str, Call], list[Callable[[], None]]]:
     calls: dict[str, Call] = {}
     closers: list[Callable[[], None]] = []
+    writes = config.get("writes") is True
+    own = f"w{os.getpid()}"
     if isinstance(echo := config.get("echo"), str):
         channel = grpc.insecure_channel(echo)
         stub = echo_stub(channel)
@@ -45,10 +59,24 @@ def _connect(config: dict[str, object]) -> tuple[dict[str, Call], list[Callable[
         state = BridgedState.init(session_id=str(config["session"]), address=store, timeout=10)
         calls["bridged.get"] = lambda: state.get_variable("temperature")
         closers.append(state.cleanup)
+        if writes:
+            calls["bridged.set"] = _own_variable(state, own)
+    if isinstance(url := config.get("redis_url"), str):
+        redis_state = RedisState.init(
+            session_id=str(config["redis_session"]), url=url, create=False, timeout=10
+        )
+        calls["redis_state.get"] = lambda: redis_state.get_variable("temperature")
+        closers.append(redis_state.cleanup)
+        if writes:
+            calls["redis_state.set"] = _own_variable(redis_state, own)
     if isinstance(port := config.get("redis"), int):
         redis_peer = RedisPeer(port)
         calls["redis.get"] = lambda: redis_peer.get(KEY)
         closers.append(redis_peer.close)
+        if writes:
+            variable = f"bench:{own}"
+            redis_peer.new_variable(variable, 0.5)
+            calls["redis.cas"] = versioned_set(lambda v, n: redis_peer.cas(variable, n, v), 0)
     if isinstance(etcd := config.get("etcd"), str):
         etcd_peer = EtcdPeer(etcd)
         key = KEY.encode()

@@ -7,7 +7,9 @@ no less: values cross as msgpack (packed and unpacked in the timed call, as
 - Redis (redis-py, its default connection pool): ``GET`` of a key, ``SET``, and
   :data:`CAS_LUA` run with ``EVALSHA``: a variable is a hash holding value and
   version, the script checks the expected version and writes value and version+1
-  atomically, as our ``set_variable(..., expected_version=v)`` does.
+  atomically, as our ``set_variable(..., expected_version=v)`` does; and
+  :data:`BATCH_LUA`, many such variables written (value and version+1 each) in one
+  atomic step, as our ``update_variables`` does.
 - etcd (its v3 gRPC API over grpcio, the transport BridgedState uses): ``Range``
   (linearizable, etcd's default), ``Put``, and a ``Txn`` that puts only if the key's
   ``mod_revision`` is the one last seen: etcd's compare-and-set. The messages come
@@ -27,7 +29,9 @@ from typing import Any
 import grpc
 import msgpack
 
-__all__ = ["CAS_LUA", "EtcdPeer", "RedisPeer", "etcd_messages"]
+from benchmarks.suite import Op, alternating, versioned_set
+
+__all__ = ["BATCH_LUA", "CAS_LUA", "EtcdPeer", "RedisPeer", "etcd_messages", "redis_ops"]
 
 CAS_LUA = """
 -- KEYS[1]: a variable, a hash {value, version}; ARGV[1]: the expected version;
@@ -39,6 +43,16 @@ end
 local new = tonumber(version) + 1
 redis.call('HSET', KEYS[1], 'value', ARGV[2], 'version', new)
 return new
+"""
+
+BATCH_LUA = """
+-- KEYS: variables, hashes {value, version}; ARGV: their new values, in KEYS' order.
+-- Writes every value and version + 1 in one atomic step, as a batch update does.
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, 'value', ARGV[i])
+  redis.call('HINCRBY', key, 'version', 1)
+end
+return #KEYS
 """
 
 _PROTO = Path(__file__).resolve().parent / "etcd_kv.proto"
@@ -53,6 +67,7 @@ class RedisPeer:
 
         self.client: Any = redis.Redis(host="127.0.0.1", port=port)
         self._cas: Any = self.client.register_script(CAS_LUA)
+        self._batch: Any = self.client.register_script(BATCH_LUA)
 
     def put(self, key: str, value: Any) -> None:
         """``SET``: a plain write, no version."""
@@ -80,6 +95,10 @@ class RedisPeer:
         version: int = self._cas(keys=[key], args=[expected_version, msgpack.packb(value)])
         return version
 
+    def write_many(self, keys: list[str], values: list[Any]) -> None:
+        """Write each variable's value and version + 1, all in one script (:data:`BATCH_LUA`)."""
+        self._batch(keys=keys, args=[msgpack.packb(value) for value in values])
+
     def import_session(self, key: str, records: dict[str, dict[str, Any]]) -> None:
         """A whole session as one hash of msgpack records, replaced in one transaction."""
         packed = {name: msgpack.packb(record) for name, record in records.items()}
@@ -99,6 +118,40 @@ class RedisPeer:
 
     def close(self) -> None:
         self.client.close()
+
+
+def redis_ops(peer: RedisPeer, prefix: str, baseline: str | None) -> list[Op]:
+    """``GET``, ``SET`` and the Lua compare-and-set as ops ``PREFIX.get``, ``.set`` and
+    ``.cas``, judged against ``baseline``: the Redis peer a suite samples beside its own."""
+    peer.put("bench:get", 0.7)
+    peer.new_variable("bench:var", 0.7)
+    value = alternating()
+    return [
+        Op(
+            f"{prefix}.get",
+            "redis-py GET",
+            "redis",
+            "get",
+            lambda: peer.get("bench:get"),
+            baseline=baseline,
+        ),
+        Op(
+            f"{prefix}.set",
+            "redis-py SET",
+            "redis",
+            "put",
+            lambda: peer.put("bench:get", value()),
+            baseline=baseline,
+        ),
+        Op(
+            f"{prefix}.cas",
+            "redis-py Lua compare-and-set (EVALSHA)",
+            "redis",
+            "set",
+            versioned_set(lambda v, n: peer.cas("bench:var", n, v), 0),
+            baseline=baseline,
+        ),
+    ]
 
 
 def etcd_messages() -> ModuleType:

@@ -13,7 +13,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import CURVES
+from benchmarks.report import CURVES, distinct
 from benchmarks.results import Measurement, Results
 
 __all__ = ["missing", "render"]
@@ -23,6 +23,7 @@ COLOURS = {
     "local": "#1f77b4",
     "context": "#9467bd",
     "bridged": "#ff7f0e",
+    "redis_state": "#8c564b",
     "redis": "#d62728",
     "etcd": "#2ca02c",
 }
@@ -59,12 +60,7 @@ def _distributions(ax: Any, results: Results) -> None:
         patch.set_facecolor(COLOURS[m.backend])
         patch.set_alpha(0.7)
     ax.scatter([m.summary.max / 1000 for m in rows], positions, s=8, color="black", zorder=3)
-    labels = [_row_label(m) for m in rows]
-    # A baseline sampled by two suites (each beside its own ops) shows up twice: say whose.
-    labels = [
-        f"{label} [{m.suite}]" if labels.count(label) > 1 else label
-        for label, m in zip(labels, rows, strict=True)
-    ]
+    labels = distinct([_row_label(m) for m in rows], rows)
     ax.set_yticks(positions, labels, fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("microseconds per call (log scale)")

@@ -15,7 +15,7 @@ from benchmarks.results import Measurement, Results
 from benchmarks.targets import Verdict
 from benchmarks.timing import human
 
-__all__ = ["CURVES", "curve_rows", "markdown", "print_suite", "print_targets"]
+__all__ = ["CURVES", "curve_rows", "distinct", "markdown", "print_suite", "print_targets"]
 
 CURVES = {
     "variables": "variables per session",
@@ -163,6 +163,15 @@ def print_targets(verdicts: Iterable[Verdict], quick: bool) -> list[Verdict]:
     return misses
 
 
+def distinct(labels: list[str], rows: list[Measurement]) -> list[str]:
+    """``labels`` of ``rows``, each with its suite where two would read alike: a peer's
+    op sampled by two suites, each beside its own ops, shows up twice."""
+    return [
+        f"{label} [{m.suite}]" if labels.count(label) > 1 else label
+        for label, m in zip(labels, rows, strict=True)
+    ]
+
+
 def _md_row(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -199,11 +208,11 @@ def markdown(results: Results, verdicts: list[Verdict], heading: str) -> str:
             if figure in ratios:
                 lines.append(_md_row([label, "\N{EM DASH}", _ratio(ratios[figure], TIMES), ""]))
     lines += ["", _md_row(["operation", "p50", "p90", "p99", "max", "ops/s"]), "|---" * 6 + "|"]
-    for m in results.measurements.values():
-        if m.curve is None:
-            s = m.summary
-            figures = [human(f).strip() for f in (s.p50, s.p90, s.p99, s.max)]
-            lines.append(_md_row([f"`{m.label}`", *figures, _ops(m)]))
+    plain = [m for m in results.measurements.values() if m.curve is None]
+    for m, label in zip(plain, distinct([m.label for m in plain], plain), strict=True):
+        s = m.summary
+        figures = [human(f).strip() for f in (s.p50, s.p90, s.p99, s.max)]
+        lines.append(_md_row([f"`{label}`", *figures, _ops(m)]))
     for curve in (c for c in CURVES if any(m.curve == c for m in results.measurements.values())):
         xs, rows, what = curve_rows(results, curve, TIMES)
         lines += ["", f"{what.capitalize()} by {CURVES[curve]}:", ""]

@@ -18,7 +18,7 @@ from benchmarks.timing import Summary, summarize
 
 __all__ = ["Backend", "Measurement", "Results", "Value"]
 
-Backend = Literal["baseline", "local", "bridged", "context", "redis", "etcd"]
+Backend = Literal["baseline", "local", "bridged", "context", "redis_state", "redis", "etcd"]
 Kind = Literal["latency", "lag", "duration", "throughput"]
 """What the samples are: ns per call (latency); ns from one event to another, no call's
 duration, so no ops/s (lag: a change event's arrival after its write returned); ns per

@@ -2,7 +2,8 @@
 
 Which servers
 -------------
-- the SessionStore: ``python -m dspex_actors serve``, the command users run;
+- the SessionStore: ``python -m dspex_actors serve``, the command users run, on the
+  memory store unless a suite names another (``--store``);
 - the baseline, a bare grpcio unary echo of raw bytes (no protobuf, no actor) with
   the same transport and executor size as the SessionStore, so the ratio isolates
   what dspex_actors adds: ``python -m benchmarks.servers echo PORT``;
@@ -53,6 +54,7 @@ and removes the directory: a run leaves no files behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import shutil
@@ -187,13 +189,14 @@ class ServerProcess:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _store_command(port: int, workdir: Path) -> list[str]:
+def _store_command(spec: str, port: int, workdir: Path) -> list[str]:
     # Limits above the defaults (10,000 sessions, 100,000 variables) so the scale
     # curves reach their ends beside the probe sessions; limits cost nothing per call.
+    # A relative sqlite: file lands in the server's workdir, removed with it.
     return [
         *(sys.executable, "-m", "dspex_actors", "serve"),
         *("--listen", f"127.0.0.1:{port}", "--log-level", "WARNING"),
-        *("--max-sessions", "20000", "--max-variables", "200000"),
+        *("--max-sessions", "20000", "--max-variables", "200000", "--store", spec),
     ]
 
 
@@ -250,12 +253,14 @@ class Servers:
         self._running: dict[str, ServerProcess] = {}
         self.unavailable: dict[str, str] = {}
 
-    def _start(self, name: str) -> ServerProcess:
+    def _start(self, name: str, spec: str = "memory") -> ServerProcess:
         if name not in self._running:
             progress.stage(f"starting the {name} server")
             if name.startswith("store"):
                 server = ServerProcess(
-                    name, _store_command, _grpc_probe("/grpc.health.v1.Health/Check", b"")
+                    name,
+                    functools.partial(_store_command, spec),
+                    _grpc_probe("/grpc.health.v1.Health/Check", b""),
                 )
             elif name == "echo":
                 server = ServerProcess(name, _echo_command, _grpc_probe(ECHO_METHOD, b""))
@@ -268,12 +273,13 @@ class Servers:
             self._running[name] = server
         return self._running[name]
 
-    def store(self, name: str = "store") -> ServerProcess:
+    def store(self, name: str = "store", spec: str = "memory") -> ServerProcess:
         """The run's SessionStore, or with another ``name`` (``store.*``) one of its own:
-        for a suite that loads its server and wants nobody else's sessions beside it."""
+        for a suite that loads its server and wants nobody else's sessions beside it, or
+        that serves another ``spec`` (``--store``: ``sqlite:FILE``, ``redis://...``)."""
         if not name.startswith("store"):
             raise ValueError(f"a SessionStore's name starts with 'store', got {name!r}")
-        return self._start(name)
+        return self._start(name, spec)
 
     def stop(self, name: str) -> None:
         """Stop one server now (a suite's own), rather than at :meth:`close`."""

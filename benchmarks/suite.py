@@ -11,7 +11,15 @@ from benchmarks.results import Backend, Kind, Measurement, Results
 from benchmarks.servers import Servers
 from benchmarks.timing import Timed, measure
 
-__all__ = ["Op", "Run", "add_duration", "export_of_floats", "sample_ops"]
+__all__ = [
+    "Op",
+    "Run",
+    "add_duration",
+    "alternating",
+    "export_of_floats",
+    "sample_ops",
+    "versioned_set",
+]
 
 
 @dataclass
@@ -77,6 +85,25 @@ def _timed(fn: Callable[[], object]) -> Timed:
         return float(ns)
 
     return probe
+
+
+def alternating() -> Callable[[], float]:
+    """0.5, 1.0, 0.5, ...: every write changes the value."""
+    flip = iter(range(10**12))
+    return lambda: 1.0 if next(flip) & 1 else 0.5
+
+
+def versioned_set(setter: Callable[[float, int], int], start: int) -> Callable[[], object]:
+    """A call that sets with the version the previous call returned (compare-and-set)."""
+    version = start
+    value = alternating()
+
+    def call() -> object:
+        nonlocal version
+        version = setter(value(), version)
+        return version
+
+    return call
 
 
 def add_duration(

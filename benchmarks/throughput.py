@@ -41,24 +41,28 @@ MODES: dict[str, tuple[str, Backend, str]] = {
 class LoadClients:
     """Load client processes, started together and reused for every run."""
 
-    def __init__(self, count: int, config: dict[str, Any]) -> None:
+    def __init__(self, count: int, config: dict[str, Any], suite: str = SUITE) -> None:
         self.processes: list[subprocess.Popen[str]] = []
         argv = launcher(
             [sys.executable, "-m", "benchmarks.load", json.dumps(config)], suite_cores()
         )
-        progress.stage(f"throughput: starting {count} load client processes")
-        for _ in range(count):
-            self.processes.append(
-                subprocess.Popen(
-                    argv,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                    env=child_env(),
+        progress.stage(f"{suite}: starting {count} load client processes")
+        try:
+            for _ in range(count):
+                self.processes.append(
+                    subprocess.Popen(
+                        argv,
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        env=child_env(),
+                    )
                 )
-            )
-        for p in self.processes:
-            self._expect(p, "ready")
+            for p in self.processes:
+                self._expect(p, "ready")
+        except BaseException:
+            self.close()  # the ones started, ready or not
+            raise
 
     @staticmethod
     def _expect(p: subprocess.Popen[str], word: str) -> None:
@@ -93,6 +97,36 @@ class LoadClients:
                 p.communicate()
 
 
+Rates = dict[tuple[str, int], tuple[float, list[float]]]
+"""(mode, clients) -> (the median round's calls/s, every call's ns in every round)."""
+
+
+def sweep(
+    clients: LoadClients,
+    modes: list[str],
+    counts: tuple[int, ...],
+    total: int,
+    rounds: int,
+    suite: str = SUITE,
+) -> Rates:
+    """Run every mode with each number of clients, ``total`` calls a run shared among
+    them, modes alternating within each round so noise falls on all of them alike."""
+    rates: dict[tuple[str, int], list[float]] = {}
+    latencies: dict[tuple[str, int], list[float]] = {}
+    runs = rounds * len(counts) * len(modes)
+    progress.stage(f"{suite}: {total:,} calls per run, run", runs)
+    done = 0
+    for _ in range(rounds):
+        for n in counts:
+            for mode in modes:
+                rate, samples = clients.run(mode, n, total // n)
+                rates.setdefault((mode, n), []).append(rate)
+                latencies.setdefault((mode, n), []).extend(samples)
+                done += 1
+                progress.step(done)
+    return {key: (statistics.median(rates[key]), latencies[key]) for key in rates}
+
+
 def run(run: Run) -> None:
     counts: tuple[int, ...] = (1, 4, 8)
     total: int = run.pick(3000, 400)  # calls per run, shared among its clients
@@ -124,17 +158,7 @@ def run(run: Run) -> None:
         ]
         clients = LoadClients(max(counts), config)
         cleanup.callback(clients.close)
-        rates: dict[tuple[str, int], list[float]] = {}
-        latencies: dict[tuple[str, int], list[float]] = {}
-        runs = rounds * len(counts) * len(modes)
-        progress.stage(f"throughput: {total:,} calls per run, run", runs)
-        for r in range(rounds):
-            for i, n in enumerate(counts):
-                for j, mode in enumerate(modes):
-                    rate, samples = clients.run(mode, n, total // n)
-                    rates.setdefault((mode, n), []).append(rate)
-                    latencies.setdefault((mode, n), []).extend(samples)
-                    progress.step((r * len(counts) + i) * len(modes) + j + 1)
+        measured = sweep(clients, modes, counts, total, rounds)
     for n in counts:
         for mode in modes:
             label, backend, op = MODES[mode]
@@ -150,11 +174,11 @@ def run(run: Run) -> None:
                 label,
                 backend,
                 op,
-                latencies[(mode, n)],
+                measured[mode, n][1],
                 kind="throughput",
                 baseline=None if mode == "grpc.echo" else f"throughput.grpc.echo@{n}",
                 peers=peers,
                 curve="clients",
                 x=n,
-                rate=statistics.median(rates[(mode, n)]),
+                rate=measured[mode, n][0],
             )

@@ -93,12 +93,23 @@ def run(run: Run) -> None:
         echo = echo_stub(channel)
         state = BridgedState.init(address=store.address, timeout=30)
         cleanup.callback(state.cleanup)
+        # The same session through unary RPCs only (stream=False): what the Calls
+        # stream saves, measured beside it.
+        unary = BridgedState.init(
+            address=store.address,
+            session_id=state.session_id,
+            create=False,
+            timeout=30,
+            stream=False,
+        )
+        cleanup.callback(unary.cleanup)
         supervisor = Supervisor.start(bridge_address=store.address, bridge_timeout=30)
         cleanup.callback(supervisor.stop)
         ctx = supervisor.start_context(backend="bridged")
         names = [f"v{i}" for i in range(100)]
         state.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
         ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
+        state.register_variable("unary", "float", 0.7, constraints={"min": 0, "max": 2})
         for name in names:
             state.register_variable(name, "integer", 0, constraints={"min": 0})
         counter = iter(range(10**9))
@@ -107,9 +118,11 @@ def run(run: Run) -> None:
             i = next(counter)
             state.update_variables({name: i for name in names})
 
-        def set_with(target: BridgedState | Context) -> Callable[[], object]:
+        def set_with(
+            target: BridgedState | Context, name: str = "temperature"
+        ) -> Callable[[], object]:
             def setter(value: float, version: int) -> int:
-                new: int = target.set_variable("temperature", value, expected_version=version)
+                new: int = target.set_variable(name, value, expected_version=version)
                 return new
 
             return versioned_set(setter, 0)
@@ -140,6 +153,24 @@ def run(run: Run) -> None:
                 set_with(state),
                 baseline=ECHO,
                 peers=set_peers,
+            ),
+            Op(
+                "bridged.unary.get",
+                "BridgedState.get_variable, unary RPC (stream=False)",
+                "bridged",
+                "get",
+                lambda: unary.get_variable("unary"),
+                baseline=ECHO,
+                peers=("bridged.get",),
+            ),
+            Op(
+                "bridged.unary.set",
+                "BridgedState.set_variable (compare-and-set), unary RPC (stream=False)",
+                "bridged",
+                "set",
+                set_with(unary, "unary"),
+                baseline=ECHO,
+                peers=("bridged.set",),
             ),
             Op(
                 "bridged.get100",

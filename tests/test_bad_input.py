@@ -661,8 +661,12 @@ def _raw_call(channel: grpc.Channel, method: Any, request: bytes) -> grpc.Status
             stream = channel.unary_stream(
                 path, request_serializer=None, response_deserializer=None
             )
-            for _ in stream(request, timeout=5):
-                break  # an answer is an answer; the stream is cancelled on exit
+            call = stream(request, timeout=5)
+            try:
+                for _ in call:
+                    break  # an answer is an answer
+            finally:
+                call.cancel()  # now, not when the call is collected
         else:
             channel.unary_unary(path, request_serializer=None, response_deserializer=None)(
                 request, timeout=5

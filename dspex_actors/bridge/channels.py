@@ -13,20 +13,32 @@ tries). Only the server's own answer says "not applied" for a write.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+
+from dspex_actors.bridge.calls import CallStream
 
 __all__ = ["Shared", "acquire", "release"]
 
 
 @dataclass
 class Shared:
-    """A channel and how many handles use it."""
+    """A channel, how many handles use it, and its Calls streams (one per token)."""
 
     key: tuple[str, bytes | None, int]
     channel: grpc.Channel
     users: int = 0
+    streams: dict[Any, CallStream] = field(default_factory=dict)
+
+    def calls(self, metadata: Any) -> CallStream:
+        """The channel's Calls stream for handles sending ``metadata`` (their token)."""
+        with _lock:
+            stream = self.streams.get(metadata)
+            if stream is None:
+                stream = self.streams[metadata] = CallStream(self.channel, metadata)
+            return stream
 
 
 _lock = threading.Lock()
@@ -62,4 +74,7 @@ def release(shared: Shared) -> None:
         if shared.users > 0:
             return
         del _shared[shared.key]
+        streams = list(shared.streams.values())
+    for stream in streams:
+        stream.close()
     shared.channel.close()

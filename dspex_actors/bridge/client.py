@@ -32,6 +32,7 @@ import grpc
 from dspex_actors import failpoints, vartypes
 from dspex_actors.bridge import channels, codec, embedded
 from dspex_actors.bridge.cache import ABSENT, MISS, SCALARS, RecordCache
+from dspex_actors.bridge.calls import StreamedStub
 from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bridge.server import read_pem
 from dspex_actors.bridge.watch import WATCH_DEADLINE, RemoteSubscription
@@ -100,6 +101,7 @@ class BridgedState(StateProvider):
         token: str | None,
         max_message_bytes: int,
         embedded_server: bool,
+        stream: bool = True,
     ) -> None:
         """Wrap a channel; use :meth:`init`, which opens the session."""
         self.session_id = session_id
@@ -111,9 +113,10 @@ class BridgedState(StateProvider):
         """Where the server keeps the session ("memory", "sqlite", "redis"; "" from a
         server too old to say)."""
         self._shared = shared
-        self._stub = pb_grpc.SessionStoreStub(shared.channel)
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
+        stub = pb_grpc.SessionStoreStub(shared.channel)
+        self._stub = StreamedStub(stub, shared.calls(self._metadata)) if stream else stub
         self._max_bytes = max_message_bytes
         self._embedded = embedded_server
         self._closed = False
@@ -136,6 +139,7 @@ class BridgedState(StateProvider):
         create: bool = True,
         pending: bool = False,
         cache: bool = False,
+        stream: bool = True,
         **backend_opts: Any,
     ) -> Self:
         """Open ``session_id`` on a SessionStore, creating it if absent (``create``).
@@ -149,7 +153,11 @@ class BridgedState(StateProvider):
         created is closed again. ``BridgeUnavailable`` within ``timeout`` when the
         server cannot be reached; a bad ``session_id`` is a ``ValidationError``.
         ``cache`` keeps a coherent copy of the session, fed by a Watch stream, and
-        answers reads from it (:mod:`dspex_actors.bridge.cache`).
+        answers reads from it (:mod:`dspex_actors.bridge.cache`). ``stream`` sends the
+        frequent calls (get, set, batches, register, delete, list, heartbeat) on one
+        long-lived stream the handles of a channel share, about half a unary call's
+        cost (:mod:`dspex_actors.bridge.calls`); ``stream=False`` makes every call a
+        unary RPC.
         """
         if backend_opts:
             raise TypeError(f"BridgedState.init got unknown options: {', '.join(backend_opts)}")
@@ -180,6 +188,7 @@ class BridgedState(StateProvider):
             token=token,
             max_message_bytes=max_message_bytes,
             embedded_server=use_embedded,
+            stream=stream,
         )
         try:
             opened = handle._call(
@@ -654,7 +663,8 @@ class BridgedState(StateProvider):
         None: all) to ``subscriber`` from the server's Watch stream, reopened after
         any outage from where it stopped (:mod:`dspex_actors.bridge.watch`).
 
-        Starts at the session's current sequence (or ``start``), read in this call.
+        Starts at the session's current sequence (or ``start``), read in this call,
+        and returns once the server holds the watch (within the handle's timeout).
         """
         if start is None:
             start = self.session_info()["next_sequence"]
@@ -669,6 +679,7 @@ class BridgedState(StateProvider):
         with self._lock:
             self._subscriptions = [s for s in self._subscriptions if s.active]
             self._subscriptions.append(subscription)
+        subscription.wait_up(self._timeout)
         return subscription
 
     def unsubscribe(self, subscription: Any) -> None:

@@ -169,6 +169,7 @@ class SessionStoreServer:
             min(discovery.MAX_WATCHES, max(1, limits.max_concurrent_calls // 4))
         )
         self._server: grpc.aio.Server | None = None
+        self._servicer: SessionStoreServicer | None = None
         self._reaper: asyncio.Task[None] | None = None
         started: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._thread = threading.Thread(
@@ -223,9 +224,8 @@ class SessionStoreServer:
             ],
             maximum_concurrent_rpcs=limits.max_concurrent_calls,
         )
-        pb_grpc.add_SessionStoreServicer_to_server(
-            SessionStoreServicer(self.store, limits), server
-        )
+        self._servicer = SessionStoreServicer(self.store, limits)
+        pb_grpc.add_SessionStoreServicer_to_server(self._servicer, server)
         from grpc_health.v1 import health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -263,6 +263,8 @@ class SessionStoreServer:
     async def _shut_down(self, grace: float | None) -> None:
         await self._health.shut_down()
         await self.store.end_watches()  # watchers hear "closed" now, not at the grace's end
+        if self._servicer is not None:  # Calls streams end once their calls are answered
+            await self._servicer.end_calls(grace)
         if self._reaper is not None:
             self._reaper.cancel()
         server, self._server = self._server, None

@@ -20,17 +20,24 @@ import functools
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
 from dspex_actors import failpoints
 from dspex_actors.bridge import codec
 from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
-from dspex_actors.errors import StateError, ValidationError
+from dspex_actors.errors import (
+    BridgeUnavailable,
+    LimitExceeded,
+    NotSupported,
+    StateError,
+    ValidationError,
+)
 from dspex_actors.exports import ExportColumns, columns_of
 from dspex_actors.limits import Limits
 from dspex_actors.messages import (
@@ -105,6 +112,90 @@ def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return time.monotonic() + left - min(left * _DEADLINE_MARGIN, _MAX_MARGIN)
 
 
+_STREAMED = {
+    "get_variable": "GetVariable",
+    "set_variable": "SetVariable",
+    "get_variables": "GetVariables",
+    "update_variables": "UpdateVariables",
+    "register_variable": "RegisterVariable",
+    "delete_variable": "DeleteVariable",
+    "list_variables": "ListVariables",
+    "heartbeat": "Heartbeat",
+    "get_session": "GetSession",
+}
+"""A Calls request's body field -> the unary RPC that runs it."""
+
+
+class _Aborted(Exception):
+    """A streamed call's handler failed: ``status`` is its serialized google.rpc.Status."""
+
+    def __init__(self, status: bytes) -> None:
+        super().__init__("aborted")
+        self.status = status
+
+
+class _CallContext:
+    """What a unary handler asks of its context, for one call of a Calls stream: its
+    own deadline (the request's timeout, within the stream's), and an abort that
+    hands the status back instead of ending the stream."""
+
+    def __init__(self, request: pb.CallRequest, stream: grpc.aio.ServicerContext[Any, Any]):
+        self._stream = stream
+        self._deadline = (
+            time.monotonic() + request.timeout_seconds if request.timeout_seconds > 0 else None
+        )
+
+    def time_remaining(self) -> float | None:
+        left = self._stream.time_remaining()
+        if self._deadline is not None:
+            own = max(self._deadline - time.monotonic(), 0.0)
+            left = own if left is None else min(left, own)
+        return left
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        for key, value in status.trailing_metadata:
+            if key == codec.STATUS_DETAILS_KEY:
+                raise _Aborted(value if isinstance(value, bytes) else value.encode())
+        raise _Aborted(b"")  # not ours: _rpc always sends the details
+
+
+_END = object()
+"""The last item of a Calls stream's inbox: its requests end (or the server stops)."""
+
+
+async def _read_into(
+    requests: AsyncIterator[pb.CallRequest], inbox: asyncio.Queue[pb.CallRequest | object | None]
+) -> None:
+    """Put a Calls stream's requests in its inbox (None for one that is not protobuf),
+    then _END, also when cancelled."""
+    try:
+        async for request in requests:
+            await inbox.put(request)
+    except DecodeError:
+        await inbox.put(None)
+    finally:
+        while True:  # room for _END, even in a full inbox (its handler is stuck
+            try:  # writing to a client that reads nothing; that call goes unanswered)
+                inbox.put_nowait(_END)
+                break
+            except asyncio.QueueFull:
+                inbox.get_nowait()
+
+
+def _failure(call: int, error: StateError) -> pb.CallReply:
+    """The reply refusing a streamed call with ``error``."""
+    status = codec.error_status(error)
+    return pb.CallReply(call=call, error=status.SerializeToString())
+
+
+async def _send(
+    context: grpc.aio.ServicerContext[Any, Any], writing: asyncio.Lock, reply: pb.CallReply
+) -> None:
+    """Write one reply on a Calls stream (one write at a time: gRPC requires it)."""
+    async with writing:
+        await context.write(reply)
+
+
 def variable_message(record: VariableRecord) -> pb.Variable:
     """One record on the wire (ListVariables, GetVariable with ``full``)."""
     return pb.Variable(
@@ -150,6 +241,10 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
     def __init__(self, store: Store, limits: Limits) -> None:
         self._store = store
         self._limits = limits
+        self._streamed_calls = 0  # calls running on Calls streams (the loop's only)
+        # Each open Calls stream's handler task -> its calls running now.
+        self._streams: dict[asyncio.Task[Any], set[asyncio.Task[None]]] = {}
+        self._draining = False  # the server is stopping: no new streamed call runs
 
     # -- decoding within the limits --------------------------------------------------
 
@@ -390,6 +485,100 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
         with gc_paused(len(request.state) >= BULK_ITEMS * 1000):
             exported = self._batch(request.state, "exported state")
         return columns_of(exported)
+
+    async def Calls(  # noqa: N802 - the proto's RPC name
+        self,
+        requests: AsyncIterator[pb.CallRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
+        """Many calls on one stream, each run as its unary RPC and answered when done
+        (in any order). Bounded: per stream by ``max_calls_per_connection``, in all by
+        ``max_concurrent_calls``; a call past either is answered LimitExceeded, not run."""
+        writing = asyncio.Lock()
+        running: set[asyncio.Task[None]] = set()
+        limits = self._limits
+        # The requests are read by a task of ours into a bounded inbox, so that a
+        # stopping server can end the stream (by stopping the reader, which then
+        # puts _END) instead of waiting for the client's next message.
+        inbox: asyncio.Queue[pb.CallRequest | object | None] = asyncio.Queue(
+            limits.max_calls_per_connection
+        )
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(_read_into(requests, inbox))
+        self._streams[reader] = running
+        try:
+            while (request := await inbox.get()) is not _END:
+                if not isinstance(request, pb.CallRequest):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "Calls: a message that is not a CallRequest ends the stream",
+                    )
+                    return
+                refused: StateError | None = None
+                if self._draining:
+                    refused = BridgeUnavailable("the SessionStore is stopping; not run")
+                elif (
+                    len(running) >= limits.max_calls_per_connection
+                    or self._streamed_calls >= limits.max_concurrent_calls
+                ):
+                    refused = LimitExceeded(
+                        f"{len(running)} calls run on this stream and {self._streamed_calls} "
+                        "on all: not run (rule 'max_concurrent_calls')",
+                        limit="max_concurrent_calls",
+                    )
+                if refused is not None:
+                    await _send(context, writing, _failure(request.call, refused))
+                    continue
+                task = loop.create_task(self._streamed(request, context, writing))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:  # the client closed its side, or the server stops: answer them
+                await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            self._streams.pop(reader, None)
+            reader.cancel()
+            for task in running:
+                task.cancel()
+
+    async def end_calls(self, grace: float | None) -> None:
+        """The server is stopping: refuse new streamed calls (not run), let those
+        running finish within ``grace`` seconds (None: none), then end each stream,
+        so a graceful stop does not wait the whole grace for idle streams."""
+        self._draining = True
+        running = [task for calls in self._streams.values() for task in calls]
+        if running and grace:
+            await asyncio.wait(running, timeout=grace)
+        for reader in list(self._streams):
+            reader.cancel()  # it puts _END: its stream's handler returns
+
+    async def _streamed(
+        self,
+        request: pb.CallRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        writing: asyncio.Lock,
+    ) -> None:
+        """One call of a Calls stream: its unary handler, its answer written back."""
+        self._streamed_calls += 1
+        try:
+            kind = request.WhichOneof("body")
+            handler = getattr(self, _STREAMED.get(kind or "", ""), None)
+            if kind is None or handler is None:
+                reply = _failure(
+                    request.call,
+                    NotSupported(f"Calls: no call {kind!r} (a newer client?); not run"),
+                )
+            else:
+                try:
+                    body = await handler(getattr(request, kind), _CallContext(request, context))
+                    reply = pb.CallReply(call=request.call, **{kind: body})
+                except _Aborted as aborted:
+                    reply = pb.CallReply(call=request.call, error=aborted.status)
+            await _send(context, writing, reply)
+        except Exception:  # the stream went away: nobody waits for the answer
+            if not (context.cancelled() or context.done()):
+                logger.exception("SessionStore.Calls: a call could not be answered")
+        finally:
+            self._streamed_calls -= 1
 
     @_rpc
     async def Watch(  # noqa: N802 - the proto's RPC name

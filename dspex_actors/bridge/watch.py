@@ -86,6 +86,7 @@ class RemoteSubscription(Closing):
         self._said_closed = False
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._up = threading.Event()  # the server has the watch (or it ended)
         self.reconnects = 0
         self._thread = threading.Thread(
             target=self._run, name=f"dspex-watch-{session_id}", daemon=True
@@ -102,6 +103,12 @@ class RemoteSubscription(Closing):
         return not self._stopped.is_set() and self._thread.is_alive()
 
     def _run(self) -> None:
+        try:
+            self._follow()
+        finally:
+            self._up.set()  # nobody waits for a watch that ended
+
+    def _follow(self) -> None:
         pause = _FIRST_PAUSE
         while not self._stopped.is_set():
             request = pb.WatchRequest(
@@ -118,8 +125,9 @@ class RemoteSubscription(Closing):
                     except ValueError:  # the handle's channel is closed: nothing more comes
                         self._end()
                         return
+                self._stream.initial_metadata()  # the server answers once it holds the watch
+                self._up.set()
                 if self._on_connect is not None:
-                    self._stream.initial_metadata()  # the server answers at once: it is up
                     self._on_connect()
                 for message in self._stream:
                     pause = _FIRST_PAUSE
@@ -156,6 +164,11 @@ class RemoteSubscription(Closing):
                 return
             self.reconnects += 1
             pause = min(pause * 2, _MAX_PAUSE)
+
+    def wait_up(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) until the server holds the watch, so events of a
+        session that closes right after are still delivered, up to its ``closed``."""
+        self._up.wait(timeout)
 
     def _end(self) -> None:
         """Tell the subscriber ``closed`` and stop."""

@@ -7,6 +7,58 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CallRequest(_message.Message):
+    __slots__ = ("call", "timeout_seconds", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session")
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    SET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    GET_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    GET_SESSION_FIELD_NUMBER: _ClassVar[int]
+    call: int
+    timeout_seconds: float
+    get_variable: GetVariableRequest
+    set_variable: SetVariableRequest
+    get_variables: GetVariablesRequest
+    update_variables: UpdateVariablesRequest
+    register_variable: RegisterVariableRequest
+    delete_variable: DeleteVariableRequest
+    list_variables: ListVariablesRequest
+    heartbeat: HeartbeatRequest
+    get_session: GetSessionRequest
+    def __init__(self, call: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., get_variable: _Optional[_Union[GetVariableRequest, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableRequest, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesRequest, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesRequest, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableRequest, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableRequest, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., get_session: _Optional[_Union[GetSessionRequest, _Mapping]] = ...) -> None: ...
+
+class CallReply(_message.Message):
+    __slots__ = ("call", "error", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session")
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    GET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    SET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    GET_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    REGISTER_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    GET_SESSION_FIELD_NUMBER: _ClassVar[int]
+    call: int
+    error: bytes
+    get_variable: GetVariableResponse
+    set_variable: SetVariableResponse
+    get_variables: GetVariablesResponse
+    update_variables: UpdateVariablesResponse
+    register_variable: RegisterVariableResponse
+    delete_variable: DeleteVariableResponse
+    list_variables: ListVariablesResponse
+    heartbeat: HeartbeatResponse
+    get_session: SessionInfo
+    def __init__(self, call: _Optional[int] = ..., error: _Optional[bytes] = ..., get_variable: _Optional[_Union[GetVariableResponse, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableResponse, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesResponse, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesResponse, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableResponse, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableResponse, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., get_session: _Optional[_Union[SessionInfo, _Mapping]] = ...) -> None: ...
+
 class ErrorDetail(_message.Message):
     __slots__ = ("error_class", "reason", "message", "details", "errors")
     ERROR_CLASS_FIELD_NUMBER: _ClassVar[int]

@@ -110,6 +110,11 @@ class SessionStoreStub:
                 request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.WatchRequest.SerializeToString,
                 response_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.VariableEvent.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/dspex_actors.v1.SessionStore/Calls',
+                request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.CallRequest.SerializeToString,
+                response_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.CallReply.FromString,
+                _registered_method=True)
 
 
 class SessionStoreServicer:
@@ -255,6 +260,21 @@ class SessionStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Many calls over one long-lived stream, each answered as its unary RPC would
+        be: a client keeps one open and saves the cost of a new HTTP/2 stream per
+        call. Each CallRequest names its call (a number the client chooses) and its own
+        timeout; replies come in any order, each naming the call it answers, with the
+        unary RPC's response or, on failure, the google.rpc.Status that RPC would have
+        ended with. Calls on one stream run concurrently; past the server's limits a
+        call is answered RESOURCE_EXHAUSTED (not applied). The unary RPCs stay: a
+        client may use either, and the request ids of writes make a retry on the other
+        path safe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -332,6 +352,11 @@ def add_SessionStoreServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.WatchRequest.FromString,
                     response_serializer=dspex__actors_dot_v1_dot_session__store__pb2.VariableEvent.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.CallRequest.FromString,
+                    response_serializer=dspex__actors_dot_v1_dot_session__store__pb2.CallReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -740,6 +765,33 @@ class SessionStore:
             '/dspex_actors.v1.SessionStore/Watch',
             dspex__actors_dot_v1_dot_session__store__pb2.WatchRequest.SerializeToString,
             dspex__actors_dot_v1_dot_session__store__pb2.VariableEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dspex_actors.v1.SessionStore/Calls',
+            dspex__actors_dot_v1_dot_session__store__pb2.CallRequest.SerializeToString,
+            dspex__actors_dot_v1_dot_session__store__pb2.CallReply.FromString,
             options,
             channel_credentials,
             insecure,

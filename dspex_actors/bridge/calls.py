@@ -1,0 +1,267 @@
+"""Many calls over one stream: the client's side of the SessionStore's ``Calls`` RPC.
+
+A unary gRPC call in Python costs a new HTTP/2 stream, its setup and teardown, on
+both sides; a request and its reply on a stream that stays open cost about half
+(measured on the same machine, see the README). :class:`CallStream` keeps one
+``Calls`` stream per channel and token, shared by every handle on it: a call puts
+its request (numbered) in the stream's bounded outbox and waits for the reply with
+its number, which the stream's reader thread hands over; calls from many threads
+share the stream and are answered in any order.
+
+:class:`StreamedStub` puts it behind the generated stub's own shape, so the client's
+one call path (``BridgedState._call``: deadline, retries with the same request,
+error translation) is unchanged: a streamed call either returns the unary RPC's
+response or raises a ``grpc.RpcError`` that is also a ``grpc.Call``, carrying the
+status the unary RPC would have ended with. A broken stream fails its calls as
+UNAVAILABLE without the server's answer (a write may have been applied: the retry
+carries the same request id, so the server applies it once); the next call opens a
+new stream. A server without ``Calls`` (UNIMPLEMENTED) is remembered, and every call
+goes unary from then on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from google.rpc.status_pb2 import Status
+
+from dspex_actors.bridge import codec
+from dspex_actors.v1 import session_store_pb2 as pb
+
+__all__ = ["CALLS_METHOD", "STREAMED", "CallStream", "StreamedStub"]
+
+logger = logging.getLogger(__name__)
+
+CALLS_METHOD = "/dspex_actors.v1.SessionStore/Calls"
+
+STREAMED = {
+    "GetVariable": "get_variable",
+    "SetVariable": "set_variable",
+    "GetVariables": "get_variables",
+    "UpdateVariables": "update_variables",
+    "RegisterVariable": "register_variable",
+    "DeleteVariable": "delete_variable",
+    "ListVariables": "list_variables",
+    "Heartbeat": "heartbeat",
+    "GetSession": "get_session",
+}
+"""The RPCs a :class:`StreamedStub` sends on the stream -> their CallRequest field."""
+
+_OUTBOX = 1024
+"""Requests waiting to be written on one stream; a call finding it full goes unary."""
+
+
+class StreamFailed(grpc.RpcError, grpc.Call):
+    """A streamed call that failed: what a unary call would have raised."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, status: bytes = b"") -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+        self._trailers = ((codec.STATUS_DETAILS_KEY, status),) if status else ()
+
+    @classmethod
+    def answered(cls, status: bytes) -> StreamFailed:
+        """The server's own failure answer (a serialized google.rpc.Status)."""
+        parsed = Status.FromString(status)
+        return cls(_CODES.get(parsed.code, grpc.StatusCode.UNKNOWN), parsed.message, status)
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> Any:
+        return self._trailers
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return 0.0
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Any) -> bool:
+        return False
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class _Unsupported(Exception):
+    """The server has no Calls RPC: go unary."""
+
+
+class _Waiter:
+    """One call waiting for its reply."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: pb.CallReply | None = None
+        self.error: Exception | None = None
+
+
+class CallStream:
+    """One ``Calls`` stream on a channel, opened on first use and again after a break."""
+
+    def __init__(self, channel: grpc.Channel, metadata: Any) -> None:
+        self._open_stream = channel.stream_stream(
+            CALLS_METHOD,
+            request_serializer=pb.CallRequest.SerializeToString,
+            response_deserializer=pb.CallReply.FromString,
+        )
+        self._metadata = metadata
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Waiter] = {}
+        self._outbox: queue.Queue[pb.CallRequest | None] | None = None
+        self._replies: Any = None  # the open stream's call object
+        self._reader: threading.Thread | None = None
+        self.unsupported = False
+        self._closed = False
+
+    def call(self, field: str, request: Any, timeout: float) -> Any:
+        """Send one call and wait up to ``timeout`` for its answer: the unary RPC's
+        response, or :class:`StreamFailed`; :class:`_Unsupported` for a server
+        without the RPC."""
+        waiter = _Waiter()
+        with self._lock:
+            if self._closed:
+                raise StreamFailed(grpc.StatusCode.CANCELLED, "the channel is closed")
+            outbox = self._outbox if self._outbox is not None else self._open()
+            number = next(self._ids)
+            self._waiting[number] = waiter
+        try:
+            outbox.put_nowait(
+                pb.CallRequest(call=number, timeout_seconds=timeout, **{field: request})
+            )
+        except queue.Full:
+            with self._lock:
+                self._waiting.pop(number, None)
+            raise _Unsupported from None  # this once: a unary call takes it
+        if not waiter.done.wait(timeout):
+            with self._lock:
+                self._waiting.pop(number, None)
+            raise StreamFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "no reply within the deadline")
+        if waiter.error is not None:
+            raise waiter.error
+        reply = waiter.reply
+        assert reply is not None
+        if reply.error:
+            raise StreamFailed.answered(reply.error)
+        return getattr(reply, field)
+
+    def _open(self) -> queue.Queue[pb.CallRequest | None]:
+        """Open the stream and its reader (with the lock held)."""
+        outbox: queue.Queue[pb.CallRequest | None] = queue.Queue(_OUTBOX)
+
+        def requests() -> Iterator[pb.CallRequest]:
+            while (request := outbox.get()) is not None:
+                yield request
+
+        replies = self._open_stream(requests(), metadata=self._metadata)
+        self._outbox, self._replies = outbox, replies
+        self._reader = threading.Thread(
+            target=self._read, args=(outbox, replies), name="dspex-calls", daemon=True
+        )
+        self._reader.start()
+        return outbox
+
+    def _read(self, outbox: queue.Queue[pb.CallRequest | None], replies: Any) -> None:
+        """Hand each reply to its caller until the stream ends; then fail the rest."""
+        failure: Exception = StreamFailed(grpc.StatusCode.UNAVAILABLE, "the Calls stream ended")
+        try:
+            for reply in replies:
+                with self._lock:
+                    waiter = self._waiting.pop(reply.call, None)
+                if waiter is not None:
+                    waiter.reply = reply
+                    waiter.done.set()
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.unsupported = True
+                failure = _Unsupported()
+            else:
+                failure = exc  # its status, as a unary call's (a refused token, say)
+        except Exception as exc:  # any end of the stream fails its calls
+            logger.warning("the Calls stream ended: %r", exc)
+        with self._lock:
+            if self._outbox is outbox:
+                self._outbox = self._replies = None
+            waiting = list(self._waiting.values())
+            self._waiting.clear()
+        _end(outbox)
+        for waiter in waiting:
+            waiter.error = failure
+            waiter.done.set()
+
+    def close(self) -> None:
+        """End the stream and its reader; idempotent."""
+        with self._lock:
+            self._closed = True
+            replies, reader = self._replies, self._reader
+        if replies is not None:
+            replies.cancel()
+        if reader is not None and reader is not threading.current_thread():
+            reader.join()
+
+
+def _end(outbox: queue.Queue[pb.CallRequest | None]) -> None:
+    """End a finished stream's request iterator (what it still holds is dropped:
+    those calls were failed already)."""
+    while True:
+        try:
+            outbox.get_nowait()
+        except queue.Empty:
+            break
+    with contextlib.suppress(queue.Full):
+        outbox.put_nowait(None)
+
+
+class StreamedStub:
+    """The generated stub, with the RPCs of :data:`STREAMED` sent on a CallStream."""
+
+    def __init__(self, stub: Any, stream: CallStream) -> None:
+        self._stub = stub
+        self._stream = stream
+        for rpc, field in STREAMED.items():
+            setattr(self, rpc, _StreamedMethod(stream, field, getattr(stub, rpc)))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+
+class _StreamedMethod:
+    """Called as a unary multicallable is: on the stream, or unary when the server
+    has no stream (or the stream's outbox is full)."""
+
+    __slots__ = ("_field", "_stream", "_unary")
+
+    def __init__(self, stream: CallStream, field: str, unary: Any) -> None:
+        self._stream = stream
+        self._field = field
+        self._unary = unary
+
+    def __call__(self, request: Any, *, timeout: float, metadata: Any = None) -> Any:
+        stream = self._stream
+        if not stream.unsupported:
+            try:
+                return stream.call(self._field, request, timeout)
+            except _Unsupported:
+                pass
+        return self._unary(request, timeout=timeout, metadata=metadata)

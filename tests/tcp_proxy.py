@@ -3,12 +3,13 @@
 The proxy sits between a gRPC client and a SessionStore. It forwards bytes both
 ways unchanged until it is armed with :meth:`TcpProxy.drop_next_reply`; then it
 reads the server's bytes as HTTP/2 frames (a 9-byte header: 24-bit length, type,
-flags, 31-bit stream id) and, at the first HEADERS or DATA frame of a stream (the
-start of a call's response: a unary SessionStore call sends it only once its
-handler has finished, i.e. after the write was applied; on the Calls stream each
-reply is DATA, written once its call was applied), it forwards what came before
-that frame and closes both sockets of that connection instead of forwarding the
-reply.
+flags, 31-bit stream id) and, at the first frame that carries an answer — a DATA
+frame of a call, or a HEADERS frame ending its stream (an error's trailers-only
+reply) — it forwards what came before that frame and closes both sockets of that
+connection instead of forwarding the reply. A unary SessionStore call sends its
+answer only once its handler has finished, i.e. after the write was applied; on
+the Calls stream each reply is one DATA frame, written once its call was applied
+(the stream's opening HEADERS, sent before any call, are passed on).
 The client sees the connection drop with its call unanswered: a lost reply.
 
 Everything is plain sockets and threads: one thread accepts, two pump bytes per
@@ -32,6 +33,7 @@ __all__ = ["TcpProxy"]
 _FRAME_HEADER = 9
 _DATA = 0x0
 _HEADERS = 0x1
+_END_STREAM = 0x1
 _CHUNK = 65536
 
 
@@ -113,15 +115,17 @@ def _whole_frames(data: bytes) -> int:
 
 
 def _split_at_response(data: bytes) -> tuple[bytes, bool]:
-    """The whole frames of ``data`` before the first response frame (HEADERS or DATA
-    of a call), and whether such a frame begins there (a partial frame at the end is
-    held back)."""
+    """The whole frames of ``data`` before the first frame carrying an answer (see the
+    module docstring), and whether such a frame begins there (a partial frame at the
+    end is held back)."""
     offset = 0
     while len(data) - offset >= _FRAME_HEADER:
         length = int.from_bytes(data[offset : offset + 3], "big")
         kind = data[offset + 3]
+        flags = data[offset + 4]
         stream = int.from_bytes(data[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
-        if kind in (_DATA, _HEADERS) and stream != 0:
+        answer = kind == _DATA or (kind == _HEADERS and flags & _END_STREAM)
+        if answer and stream != 0:
             return data[:offset], True
         if len(data) - offset < _FRAME_HEADER + length:
             break

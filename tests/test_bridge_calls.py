@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 from collections.abc import Iterator
+from typing import Any
 
+import grpc
 import pytest
+from google.rpc.status_pb2 import Status
 
 from dspex_actors import failpoints
-from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
+from dspex_actors.bridge.calls import CALLS_METHOD
 from dspex_actors.errors import LimitExceeded, ValidationError, VersionConflict
 from dspex_actors.limits import Limits
+from dspex_actors.v1 import session_store_pb2 as pb
 
 WAIT = 30.0
 
@@ -100,10 +106,9 @@ def test_threads_share_one_stream_and_each_gets_its_own_answer(
         owner.cleanup()
 
 
-def test_calls_past_a_streams_limit_are_refused_not_applied() -> None:
-    """Four calls may run on one stream: of six writes stalled in the store, two are
-    refused at once (LimitExceeded, nothing changed) and four complete once let go."""
-    limits = Limits(max_calls_per_connection=4)
+def _stalling_apply() -> tuple[concurrent.futures.Future[None], threading.Semaphore, Any]:
+    """A gate, a count of writes that reached the store, and a store.apply action
+    holding each write there until the gate opens."""
     gate: concurrent.futures.Future[None] = concurrent.futures.Future()
     stalled = threading.Semaphore(0)
 
@@ -111,31 +116,88 @@ def test_calls_past_a_streams_limit_are_refused_not_applied() -> None:
         stalled.release()
         await asyncio.wrap_future(gate)
 
-    with serve(limits=limits) as server:
+    return gate, stalled, stall
+
+
+def test_calls_past_a_streams_limit_are_refused_not_applied() -> None:
+    """Four calls may run on one stream: six writes sent on a raw stream while the
+    store holds them, two are refused at once (LimitExceeded, nothing changed) and
+    four complete once let go."""
+    gate, stalled, stall = _stalling_apply()
+    with serve(limits=Limits(max_calls_per_connection=4)) as server:
         state = BridgedState.init(address=server.address, timeout=WAIT)
+        names = [f"v{i}" for i in range(6)]
+        for name in names:
+            state.register_variable(name, "integer", 0)
+        requests = [
+            pb.CallRequest(
+                call=n,
+                timeout_seconds=WAIT,
+                set_variable=pb.SetVariableRequest(
+                    session_id=state.session_id,
+                    identifier=name,
+                    value=codec.pack(1),
+                    request_id=f"raw-{n}",
+                ),
+            )
+            for n, name in enumerate(names)
+        ]
+        outbox: queue.Queue[pb.CallRequest | None] = queue.Queue()
+        for request in requests:
+            outbox.put(request)
         try:
-            names = [f"v{i}" for i in range(6)]
-            for name in names:
-                state.register_variable(name, "integer", 0)
             with (
                 failpoints.enabled("store.apply", stall),
-                concurrent.futures.ThreadPoolExecutor(6) as pool,
+                grpc.insecure_channel(server.address) as channel,
             ):
-                calls = [pool.submit(state.set_variable, name, 1) for name in names]
-                early = []  # the stalled four cannot finish yet: these are refused
-                for call in concurrent.futures.as_completed(calls, timeout=WAIT):
-                    early.append(call)
-                    if len(early) == 2:
+                replies = channel.stream_stream(
+                    CALLS_METHOD,
+                    request_serializer=pb.CallRequest.SerializeToString,
+                    response_deserializer=pb.CallReply.FromString,
+                )(iter(outbox.get, None), timeout=WAIT)
+                answers = []
+                for reply in replies:  # the two refusals come while four are held
+                    answers.append(reply)
+                    if len(answers) == 2:
                         break
                 for _ in range(4):
                     assert stalled.acquire(timeout=WAIT)
                 gate.set_result(None)
-                outcomes = [c.exception(WAIT) or c.result() for c in calls]
-            assert all(isinstance(call.exception(), LimitExceeded) for call in early)
-            assert sum(isinstance(o, LimitExceeded) for o in outcomes) == 2
-            assert [o for o in outcomes if not isinstance(o, LimitExceeded)] == [1] * 4
+                for reply in replies:
+                    answers.append(reply)
+                    if len(answers) == 6:
+                        break
+                outbox.put(None)
+                replies.cancel()
+            refused = [Status.FromString(a.error) for a in answers[:2]]
+            assert [s.code for s in refused] == [grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]] * 2
+            assert [a.set_variable.version for a in answers[2:]] == [1] * 4
             values = state.get_variables(names)
             assert sorted(values.values()) == [0, 0, 1, 1, 1, 1]  # the refused: unchanged
+        finally:
+            state.cleanup()
+
+
+def test_more_calls_than_a_stream_runs_go_unary_and_all_complete() -> None:
+    """The server says how many calls a stream runs; a handle sends the excess as
+    unary RPCs, so a burst larger than that queues instead of being refused."""
+    gate, stalled, stall = _stalling_apply()
+    with serve(limits=Limits(max_calls_per_connection=8)) as server:
+        state = BridgedState.init(address=server.address, timeout=WAIT)
+        names = [f"v{i}" for i in range(12)]
+        try:
+            for name in names:
+                state.register_variable(name, "integer", 0)
+            with (
+                failpoints.enabled("store.apply", stall),
+                concurrent.futures.ThreadPoolExecutor(len(names)) as pool,
+            ):
+                calls = [pool.submit(state.set_variable, name, 1) for name in names]
+                for _ in range(7):  # 7 on the stream at once, and unary calls beside it
+                    assert stalled.acquire(timeout=WAIT)
+                gate.set_result(None)
+                assert [call.result(WAIT) for call in calls] == [1] * len(names)
+            assert state.get_variables(names) == dict.fromkeys(names, 1)
         finally:
             state.cleanup()
 
@@ -152,3 +214,22 @@ def test_a_graceful_stop_ends_idle_streams_instead_of_waiting_out_the_grace() ->
     finally:
         state.cleanup()
         server.stop()
+
+
+def test_an_answer_too_large_for_the_client_fails_that_call_not_the_stream(
+    server: SessionStoreServer,
+) -> None:
+    """The client says how large a reply it takes; a larger answer is that call's
+    LimitExceeded, and the stream (and the calls sharing it) go on."""
+    state = BridgedState.init(address=server.address, max_message_bytes=1 << 20)
+    try:
+        for name in ("a", "b"):
+            state.register_variable(name, "string", "x" * 700_000)
+        state.register_variable("n", "integer", 0)
+        with pytest.raises(LimitExceeded):
+            state.get_variables(["a", "b"])
+        assert state.set_variable("n", 1) == 1
+        assert len(state.get_variable("a")) == 700_000
+        assert len(_calls_threads()) == 1  # the same stream throughout
+    finally:
+        state.cleanup()

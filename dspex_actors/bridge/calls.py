@@ -56,6 +56,10 @@ STREAMED = {
 
 _OUTBOX = 1024
 """Requests waiting to be written on one stream; a call finding it full goes unary."""
+_FIRST_CAPACITY = 8
+"""Calls in flight on a stream before the server has said how many it runs at once."""
+_ENVELOPE = 64
+"""Bytes a CallRequest adds around the unary request (its number, timeout, tag)."""
 
 
 class StreamFailed(grpc.RpcError, grpc.Call):
@@ -101,8 +105,9 @@ class StreamFailed(grpc.RpcError, grpc.Call):
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
-class _Unsupported(Exception):
-    """The server has no Calls RPC: go unary."""
+class _GoUnary(Exception):
+    """Send this call unary: the server has no Calls RPC, the stream has as many
+    calls in flight as the server runs at once, or the request is too large."""
 
 
 class _Waiter:
@@ -119,13 +124,17 @@ class _Waiter:
 class CallStream:
     """One ``Calls`` stream on a channel, opened on first use and again after a break."""
 
-    def __init__(self, channel: grpc.Channel, metadata: Any) -> None:
+    def __init__(self, channel: grpc.Channel, metadata: Any, max_message_bytes: int) -> None:
         self._open_stream = channel.stream_stream(
             CALLS_METHOD,
             request_serializer=pb.CallRequest.SerializeToString,
             response_deserializer=pb.CallReply.FromString,
         )
-        self._metadata = metadata
+        # The largest reply this channel receives: the server answers a larger one as
+        # that call's LimitExceeded instead of ending the stream.
+        self._metadata = (*(metadata or ()), (codec.CALLS_MAX_REPLY_KEY, str(max_message_bytes)))
+        self.max_request = max_message_bytes - _ENVELOPE
+        self._capacity = _FIRST_CAPACITY
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
@@ -137,12 +146,14 @@ class CallStream:
 
     def call(self, field: str, request: Any, timeout: float) -> Any:
         """Send one call and wait up to ``timeout`` for its answer: the unary RPC's
-        response, or :class:`StreamFailed`; :class:`_Unsupported` for a server
+        response, or :class:`StreamFailed`; :class:`_GoUnary` for a server
         without the RPC."""
         waiter = _Waiter()
         with self._lock:
             if self._closed:
                 raise StreamFailed(grpc.StatusCode.CANCELLED, "the channel is closed")
+            if len(self._waiting) >= self._capacity:
+                raise _GoUnary  # more would be refused: gRPC queues unary calls instead
             outbox = self._outbox if self._outbox is not None else self._open()
             number = next(self._ids)
             self._waiting[number] = waiter
@@ -153,11 +164,14 @@ class CallStream:
         except queue.Full:
             with self._lock:
                 self._waiting.pop(number, None)
-            raise _Unsupported from None  # this once: a unary call takes it
+            raise _GoUnary from None  # this once: a unary call takes it
         if not waiter.done.wait(timeout):
             with self._lock:
                 self._waiting.pop(number, None)
-            raise StreamFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "no reply within the deadline")
+            if not waiter.done.is_set():  # (a reply that came meanwhile is used)
+                raise StreamFailed(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "no reply within the deadline"
+                )
         if waiter.error is not None:
             raise waiter.error
         reply = waiter.reply
@@ -183,9 +197,21 @@ class CallStream:
         return outbox
 
     def _read(self, outbox: queue.Queue[pb.CallRequest | None], replies: Any) -> None:
-        """Hand each reply to its caller until the stream ends; then fail the rest."""
+        """Hand each reply to its caller until the stream ends; then fail the rest.
+
+        A failure before the server accepted the stream (a refused token, say) is
+        what each call gets, as a unary call would; once the stream was up, a failure
+        is the stream's, not a call's: each call still waiting gets UNAVAILABLE with
+        no answer of the server's, so a write's outcome is unknown and it is retried
+        with its request id."""
         failure: Exception = StreamFailed(grpc.StatusCode.UNAVAILABLE, "the Calls stream ended")
+        up = False
         try:
+            for key, value in replies.initial_metadata() or ():
+                if key == codec.CALLS_LIMIT_KEY:
+                    with contextlib.suppress(ValueError):
+                        self._capacity = max(1, int(value))
+            up = True
             for reply in replies:
                 with self._lock:
                     waiter = self._waiting.pop(reply.call, None)
@@ -195,9 +221,13 @@ class CallStream:
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.unsupported = True
-                failure = _Unsupported()
+                failure = _GoUnary()
+            elif not up:
+                failure = exc  # the server refused the stream: its status, as unary's
             else:
-                failure = exc  # its status, as a unary call's (a refused token, say)
+                failure = StreamFailed(
+                    grpc.StatusCode.UNAVAILABLE, f"the Calls stream broke: {exc}"
+                )
         except Exception as exc:  # any end of the stream fails its calls
             logger.warning("the Calls stream ended: %r", exc)
         with self._lock:
@@ -259,9 +289,9 @@ class _StreamedMethod:
 
     def __call__(self, request: Any, *, timeout: float, metadata: Any = None) -> Any:
         stream = self._stream
-        if not stream.unsupported:
+        if not stream.unsupported and request.ByteSize() <= stream.max_request:
             try:
                 return stream.call(self._field, request, timeout)
-            except _Unsupported:
+            except _GoUnary:
                 pass
         return self._unary(request, timeout=timeout, metadata=metadata)

@@ -37,7 +37,7 @@ class Shared:
         with _lock:
             stream = self.streams.get(metadata)
             if stream is None:
-                stream = self.streams[metadata] = CallStream(self.channel, metadata)
+                stream = self.streams[metadata] = CallStream(self.channel, metadata, self.key[2])
             return stream
 
 

@@ -65,8 +65,11 @@ from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.vartypes import describe_value
 
 __all__ = [
+    "CALLS_LIMIT_KEY",
+    "CALLS_MAX_REPLY_KEY",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ERROR_DOMAIN",
+    "FRAMING_BYTES",
     "STATUS_DETAILS_KEY",
     "STATUS_FOR_ERROR",
     "abort_with_error",
@@ -89,6 +92,14 @@ ERROR_DOMAIN = "dspex_actors"
 """``google.rpc.ErrorInfo.domain`` of every error this bridge sends."""
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+FRAMING_BYTES = 64 * 1024
+"""Headroom over ``max_message_bytes`` for protobuf's own framing: the server's gRPC
+message limits are this much larger, so a batch of exactly ``max_message_bytes``
+still reaches the limit's own check (and its answer fits)."""
+CALLS_LIMIT_KEY = "dspex-calls-limit"
+"""Initial metadata of a Calls stream: how many of its calls the server runs at once."""
+CALLS_MAX_REPLY_KEY = "dspex-max-reply-bytes"
+"""Metadata a client opens a Calls stream with: the largest reply it can receive."""
 """The trailer carrying the serialized ``google.rpc.Status`` (gRPC's standard key)."""
 
 STATUS_FOR_ERROR: tuple[tuple[type[StateError], grpc.StatusCode], ...] = (

@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_ADDRESS = "127.0.0.1:0"
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["SessionStore"].full_name
 _START_TIMEOUT = 30.0
-_FRAMING = 64 * 1024
 _T = TypeVar("_T")
 
 
@@ -216,8 +215,11 @@ class SessionStoreServer:
             options=[
                 # Headroom over the payload limit for protobuf's own framing: a batch
                 # of exactly max_message_bytes must still reach the store's check.
-                ("grpc.max_send_message_length", limits.max_message_bytes + _FRAMING),
-                ("grpc.max_receive_message_length", limits.max_message_bytes + _FRAMING),
+                ("grpc.max_send_message_length", limits.max_message_bytes + codec.FRAMING_BYTES),
+                (
+                    "grpc.max_receive_message_length",
+                    limits.max_message_bytes + codec.FRAMING_BYTES,
+                ),
                 ("grpc.max_concurrent_streams", limits.max_calls_per_connection),
                 # Without this a second server could bind the same port silently.
                 ("grpc.so_reuseport", 0),
@@ -263,13 +265,17 @@ class SessionStoreServer:
     async def _shut_down(self, grace: float | None) -> None:
         await self._health.shut_down()
         await self.store.end_watches()  # watchers hear "closed" now, not at the grace's end
-        if self._servicer is not None:  # Calls streams end once their calls are answered
-            await self._servicer.end_calls(grace)
         if self._reaper is not None:
             self._reaper.cancel()
         server, self._server = self._server, None
         if server is not None:
-            await server.stop(grace)
+            # New calls are refused from now on, unary and streamed alike; within the
+            # one grace the running ones finish, and each Calls stream ends once its
+            # calls are answered rather than at the grace's end.
+            stopping = asyncio.ensure_future(server.stop(grace))
+            if self._servicer is not None:
+                await self._servicer.end_calls(grace)
+            await stopping
         del server  # see stop(): the poller thread waits for the last server object
         await self._close_store()
 

@@ -139,11 +139,16 @@ class _CallContext:
     own deadline (the request's timeout, within the stream's), and an abort that
     hands the status back instead of ending the stream."""
 
-    def __init__(self, request: pb.CallRequest, stream: grpc.aio.ServicerContext[Any, Any]):
+    def __init__(
+        self,
+        request: pb.CallRequest,
+        arrived: float,
+        stream: grpc.aio.ServicerContext[Any, Any],
+    ):
         self._stream = stream
-        self._deadline = (
-            time.monotonic() + request.timeout_seconds if request.timeout_seconds > 0 else None
-        )
+        timeout = request.timeout_seconds
+        # NaN, negative or zero: no deadline of its own (the stream's); capped at a day.
+        self._deadline = arrived + min(timeout, 86400.0) if timeout > 0 else None
 
     def time_remaining(self) -> float | None:
         left = self._stream.time_remaining()
@@ -156,7 +161,18 @@ class _CallContext:
         for key, value in status.trailing_metadata:
             if key == codec.STATUS_DETAILS_KEY:
                 raise _Aborted(value if isinstance(value, bytes) else value.encode())
-        raise _Aborted(b"")  # not ours: _rpc always sends the details
+        # Not from _rpc (which always sends the details): say so, never an empty error.
+        internal = StateError(f"internal error: a call ended {status.code} without details")
+        raise _Aborted(codec.error_status(internal).SerializeToString())
+
+
+def _client_max_reply(context: grpc.aio.ServicerContext[Any, Any]) -> int:
+    """The largest reply the client said it can receive (unbounded if it did not say)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == codec.CALLS_MAX_REPLY_KEY:
+            with contextlib.suppress(ValueError, TypeError):
+                return int(value)
+    return 1 << 62
 
 
 _END = object()
@@ -164,13 +180,14 @@ _END = object()
 
 
 async def _read_into(
-    requests: AsyncIterator[pb.CallRequest], inbox: asyncio.Queue[pb.CallRequest | object | None]
+    requests: AsyncIterator[pb.CallRequest], inbox: asyncio.Queue[object]
 ) -> None:
-    """Put a Calls stream's requests in its inbox (None for one that is not protobuf),
-    then _END, also when cancelled."""
+    """Put a Calls stream's requests in its inbox, each with when it arrived (its
+    deadline counts from then), None for one that is not protobuf, then _END, also
+    when cancelled."""
     try:
         async for request in requests:
-            await inbox.put(request)
+            await inbox.put((request, time.monotonic()))
     except DecodeError:
         await inbox.put(None)
     finally:
@@ -500,14 +517,18 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
         # The requests are read by a task of ours into a bounded inbox, so that a
         # stopping server can end the stream (by stopping the reader, which then
         # puts _END) instead of waiting for the client's next message.
-        inbox: asyncio.Queue[pb.CallRequest | object | None] = asyncio.Queue(
-            limits.max_calls_per_connection
-        )
+        inbox: asyncio.Queue[object] = asyncio.Queue(limits.max_calls_per_connection)
         loop = asyncio.get_running_loop()
+        max_reply = min(limits.max_message_bytes + codec.FRAMING_BYTES, _client_max_reply(context))
+        # Say how many calls this stream runs at once: a client sends more unary.
+        await context.send_initial_metadata(
+            ((codec.CALLS_LIMIT_KEY, str(limits.max_calls_per_connection)),)
+        )
         reader = loop.create_task(_read_into(requests, inbox))
         self._streams[reader] = running
         try:
-            while (request := await inbox.get()) is not _END:
+            while (item := await inbox.get()) is not _END:
+                request, arrived = item if isinstance(item, tuple) else (None, 0.0)
                 if not isinstance(request, pb.CallRequest):
                     await context.abort(
                         grpc.StatusCode.INVALID_ARGUMENT,
@@ -529,7 +550,10 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
                 if refused is not None:
                     await _send(context, writing, _failure(request.call, refused))
                     continue
-                task = loop.create_task(self._streamed(request, context, writing))
+                self._streamed_calls += 1  # counted from now: the task may start later
+                task = loop.create_task(
+                    self._streamed(request, arrived, context, writing, max_reply)
+                )
                 running.add(task)
                 task.add_done_callback(running.discard)
             if running:  # the client closed its side, or the server stops: answer them
@@ -543,42 +567,55 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
     async def end_calls(self, grace: float | None) -> None:
         """The server is stopping: refuse new streamed calls (not run), let those
         running finish within ``grace`` seconds (None: none), then end each stream,
-        so a graceful stop does not wait the whole grace for idle streams."""
+        so a graceful stop does not wait out the grace for idle streams."""
         self._draining = True
         running = [task for calls in self._streams.values() for task in calls]
         if running and grace:
             await asyncio.wait(running, timeout=grace)
         for reader in list(self._streams):
-            reader.cancel()  # it puts _END: its stream's handler returns
+            reader.cancel()  # it puts _END: its stream's handler answers what runs, returns
 
     async def _streamed(
         self,
         request: pb.CallRequest,
+        arrived: float,
         context: grpc.aio.ServicerContext[Any, Any],
         writing: asyncio.Lock,
+        max_reply: int,
     ) -> None:
-        """One call of a Calls stream: its unary handler, its answer written back."""
-        self._streamed_calls += 1
+        """One call of a Calls stream: its unary handler, its answer written back. The
+        call is counted against ``max_concurrent_calls`` (from its creation) until its
+        handler is done, not while its answer waits for a client that does not read."""
+        error: StateError | None = None
+        reply: pb.CallReply | None = None
         try:
             kind = request.WhichOneof("body")
             handler = getattr(self, _STREAMED.get(kind or "", ""), None)
             if kind is None or handler is None:
-                reply = _failure(
-                    request.call,
-                    NotSupported(f"Calls: no call {kind!r} (a newer client?); not run"),
-                )
+                error = NotSupported(f"Calls: no call {kind!r} (a newer client?); not run")
             else:
                 try:
-                    body = await handler(getattr(request, kind), _CallContext(request, context))
+                    call_context = _CallContext(request, arrived, context)
+                    body = await handler(getattr(request, kind), call_context)
                     reply = pb.CallReply(call=request.call, **{kind: body})
                 except _Aborted as aborted:
                     reply = pb.CallReply(call=request.call, error=aborted.status)
+        finally:
+            self._streamed_calls -= 1
+        try:
+            if reply is not None and reply.ByteSize() > max_reply:
+                error = LimitExceeded(
+                    f"Calls: the answer is {reply.ByteSize()} bytes, over the {max_reply} "
+                    "this stream carries (rule 'max_message_bytes'); ask for it unary",
+                    limit="max_message_bytes",
+                )
+            if error is not None:
+                reply = _failure(request.call, error)
+            assert reply is not None
             await _send(context, writing, reply)
         except Exception:  # the stream went away: nobody waits for the answer
             if not (context.cancelled() or context.done()):
                 logger.exception("SessionStore.Calls: a call could not be answered")
-        finally:
-            self._streamed_calls -= 1
 
     @_rpc
     async def Watch(  # noqa: N802 - the proto's RPC name

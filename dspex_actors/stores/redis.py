@@ -22,14 +22,16 @@ definition is read from Redis once, not per call.
 Exactly once across servers: a write's request id travels to Redis with it
 (:func:`~dspex_actors.redis_state.call_scope`), and Redis remembers the reply for
 ``dedupe_seconds``; a client's retry with the same id, through this server or
-another, is answered with the first reply.
+another, is answered with the first reply (also when the session changed since so
+that the retry's own checks would now refuse it).
 
 Watching: one reader per watched session on this server follows the session's
 Redis Stream (a thread and a connection, shared by every watcher of that session
 here) into an :class:`~dspex_actors.streaming.EventLog`; each watcher reads the log
 from its own cursor as a coroutine, so a slow watcher gets ``overflow`` and never
-holds the reader. A watcher resuming from before the shared reader's start gets a
-reader of its own from Redis's history.
+holds the reader. A watcher resuming from before what the shared reader's log holds
+gets a reader of its own from Redis's history (or ``overflow``, past it). A reader
+stops with its last watcher, and every reader with the store.
 
 Sessions expire by Redis's own clock (each key's TTL); ``reap_expired`` has
 nothing to do.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pykka
 import pytest
@@ -46,3 +47,12 @@ def redis_url() -> Iterator[str]:
     """One ``redis-server`` for the whole run (no persistence); skips without one."""
     with redis_server() as server:
         yield server.url
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[Any]:
+    """A plain redis-py client of the run's Redis, to look at what was written there."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()

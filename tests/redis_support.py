@@ -87,3 +87,11 @@ def redis_server(
         process.wait(WAIT)
         if own_dir:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def session_key_names(client: Any, session_id: str) -> list[bytes]:
+    """Every key of a session (of any incarnation) in the server."""
+    from dspex_actors.redis_scripts import session_keys
+
+    pattern = session_keys(session_id, "*")[0].replace(":session", "*")
+    return sorted(client.scan_iter(match=pattern))

@@ -358,20 +358,28 @@ def test_bridged_history_is_linearizable(bridged: BridgedState) -> None:
     assert bridged.get_record(NAME).version == version + sum(op.is_write for op in ops)
 
 
+def run_handles(addresses: list[str], session_id: str) -> tuple[list[Op], int, str]:
+    """The clients' workload with a handle each, round-robin over ``addresses`` (the
+    first creates the session and the register; all are cleaned up after)."""
+    handles = [BridgedState.init(session_id=session_id, address=addresses[0])]
+    try:
+        handles += [
+            BridgedState.init(
+                session_id=session_id, address=addresses[n % len(addresses)], create=False
+            )
+            for n in range(1, CLIENTS)
+        ]
+        handles[0].register_variable(NAME, "string", START_VALUE)
+        return run_clients(handles)
+    finally:
+        for handle in reversed(handles):
+            handle.cleanup()
+
+
 def test_bridged_history_with_a_handle_per_client_is_linearizable() -> None:
     """Eight handles, as eight processes would hold (here they share one channel)."""
     with serve() as server:
-        handles = [BridgedState.init(session_id="shared", address=server.address)]
-        try:
-            handles += [
-                BridgedState.init(session_id="shared", address=server.address, create=False)
-                for _ in range(CLIENTS - 1)
-            ]
-            handles[0].register_variable(NAME, "string", START_VALUE)
-            ops, version, value = run_clients(handles)
-        finally:
-            for handle in handles:
-                handle.cleanup()
+        ops, version, value = run_handles([server.address], "shared")
     print(_summary("BridgedState, a handle per client", ops))
     assert check_history(ops, version, value) == []
 

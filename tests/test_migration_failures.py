@@ -42,7 +42,7 @@ def supervisor(server: SessionStoreServer) -> Iterator[Supervisor]:
         yield running
 
 
-def _populate(ctx: Context) -> None:
+def populate(ctx: Context) -> None:
     ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
     ctx.register_variable("model", "choice", "gpt", constraints={"choices": ["gpt", "llama"]})
     ctx.register_variable("vector", "embedding", [1.0, 2.0], metadata={"unit": "m"})
@@ -83,7 +83,7 @@ def test_a_failed_step_leaves_the_session_local_whole_and_writable(
     server: SessionStoreServer, supervisor: Supervisor, point: str, step: str
 ) -> None:
     ctx = supervisor.start_context(session_id=SESSION)
-    _populate(ctx)
+    populate(ctx)
     before = _snapshot(ctx)
     with (
         failpoints.enabled(point, failpoints.fail(StateError("injected"))),
@@ -114,7 +114,7 @@ def test_a_failed_retirement_still_switches_and_is_recorded(
     switches: list[dict[str, Any]] = []
     supervisor.on_switch = switches.append
     ctx = supervisor.start_context(session_id=SESSION)
-    _populate(ctx)
+    populate(ctx)
     before = _snapshot(ctx)
     old = ctx.backend
     try:
@@ -140,7 +140,7 @@ def test_a_failed_retirement_leaves_no_actor_running(
     """When retiring the old backend fails, it is stopped all the same: its session
     actor does not outlive the supervisor."""
     ctx = supervisor.start_context(session_id=SESSION)
-    _populate(ctx)
+    populate(ctx)
     old = ctx.backend
     assert isinstance(old, LocalState)
     try:
@@ -159,7 +159,7 @@ def test_a_handle_kept_across_a_failed_retirement_is_closed(
     retirement it says SessionClosed at once (not applied), instead of reading the
     stale values or waiting 30 s for a migration that never settles."""
     ctx = supervisor.start_context(session_id=SESSION)
-    _populate(ctx)
+    populate(ctx)
     old = ctx.backend
     try:
         with failpoints.enabled("migration.retire", failpoints.fail(StateError("injected"))):
@@ -182,7 +182,7 @@ def test_a_copy_that_could_not_be_removed_stays_invisible_and_is_removed_next_ti
     server: SessionStoreServer, supervisor: Supervisor
 ) -> None:
     ctx = supervisor.start_context(session_id=SESSION)
-    _populate(ctx)
+    populate(ctx)
     before = _snapshot(ctx)
     attach_attempts: list[str] = []
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 from bridge_support import python_env
+from redis_support import session_key_names
+from test_migration_failures import populate
 
 from dspex_actors import failpoints
 from dspex_actors.errors import SessionNotFound, StateError, VersionConflict
-from dspex_actors.redis_scripts import session_keys
 from dspex_actors.redis_state import RedisState
-from dspex_actors.supervision import Context, Supervisor
+from dspex_actors.supervision import Supervisor
 from dspex_actors.testing.streaming import EventRecorder, change
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install -e '.[dev]')")
@@ -32,30 +33,9 @@ WAIT = 30.0
 
 
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[Any]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def supervisor(redis_url: str) -> Iterator[Supervisor]:
     with Supervisor.start(store=redis_url) as running:
         yield running
-
-
-def _populate(ctx: Context) -> None:
-    ctx.register_variable("temperature", "float", 0.7, constraints={"min": 0, "max": 2})
-    ctx.register_variable("model", "choice", "gpt", constraints={"choices": ["gpt", "llama"]})
-    ctx.register_variable("vector", "embedding", [1.0, 2.0], metadata={"unit": "m"})
-    for value in (0.8, 0.9, 1.0):
-        ctx.set_variable("temperature", value)
-    ctx.set_variable("model", "llama", {"by": "test"})
-
-
-def _keys(raw: Any, session_id: str) -> list[bytes]:
-    pattern = session_keys(session_id, "*")[0].replace(":session", "*")
-    return sorted(raw.scan_iter(match=pattern))
 
 
 def _visible(redis_url: str, session_id: str) -> bool:
@@ -83,7 +63,7 @@ def test_a_failed_step_leaves_the_session_local_whole_and_nothing_in_redis(
 ) -> None:
     session_id = f"moving-{request.node.callspec.id}"
     ctx = supervisor.start_context(session_id=session_id)
-    _populate(ctx)
+    populate(ctx)
     before = ctx.list_variables()
     with (
         failpoints.enabled(point, failpoints.fail(StateError("injected"))),
@@ -95,7 +75,7 @@ def test_a_failed_step_leaves_the_session_local_whole_and_nothing_in_redis(
     assert ctx.list_variables() == before
     assert not _visible(redis_url, session_id)
     # Only the removed copy's tombstone stream (its 'closed' entry) may be left.
-    assert all(b":events:" in key for key in _keys(raw, session_id))
+    assert all(b":events:" in key for key in session_key_names(raw, session_id))
     assert ctx.set_variable("temperature", 1.5) == 4
     after_write = ctx.list_variables()
 
@@ -127,7 +107,7 @@ def test_after_the_switch_another_process_shares_the_session(
     supervisor: Supervisor, redis_url: str, raw: Any
 ) -> None:
     ctx = supervisor.start_context()
-    _populate(ctx)
+    populate(ctx)
     recorder = EventRecorder(WAIT, "the context's subscriber")
     ctx.subscribe("temperature", recorder)
     ctx.ensure_bridged()
@@ -154,7 +134,7 @@ def test_after_the_switch_another_process_shares_the_session(
     assert ctx.get_variable("temperature") == 1.9
     session_id = ctx.session_id
     ctx.stop()  # the owner's stop deletes the session; its stream stays as a tombstone
-    assert all(b":events:" in key for key in _keys(raw, session_id))
+    assert all(b":events:" in key for key in session_key_names(raw, session_id))
 
 
 def test_a_context_may_name_its_own_redis_store(redis_url: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from bridge_support import python_env
-from redis_support import free_port, redis_server
+from redis_support import free_port, redis_server, session_key_names
 
 from dspex_actors.errors import (
     BridgeUnavailable,
@@ -49,14 +49,6 @@ WAIT = 30.0  # a hang guard for waits that end at once when all is well
 
 
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[Any]:
-    """A plain redis-py client of the same server, to look at what RedisState wrote."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def open_redis(redis_url: str) -> Iterator[Callable[..., RedisState]]:
     """``open_redis(**init_kwargs)``: a handle on the shared server, cleaned up after."""
     opened: list[RedisState] = []
@@ -70,12 +62,6 @@ def open_redis(redis_url: str) -> Iterator[Callable[..., RedisState]]:
     yield open_
     for state in reversed(opened):
         state.cleanup()
-
-
-def session_key_names(client: Any, session_id: str) -> list[bytes]:
-    """Every key of a session (of any incarnation) in the server."""
-    pattern = session_keys(session_id, "*")[0].replace(":session", "*")
-    return sorted(client.scan_iter(match=pattern))
 
 
 # -- the contract ---------------------------------------------------------------------

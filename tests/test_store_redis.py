@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_history import CLIENTS, NAME, START_VALUE, check_history, run_clients
+from test_history import check_history, run_handles
 
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.errors import (
@@ -151,19 +151,8 @@ def test_history_across_two_servers_is_linearizable(
     two_servers: tuple[SessionStoreServer, SessionStoreServer],
 ) -> None:
     """Eight handles, half on each server, run the history checker's workload."""
-    first, second = two_servers
-    sid = fresh_id()
-    handles = [BridgedState.init(session_id=sid, address=first.address)]
-    try:
-        handles += [
-            BridgedState.init(session_id=sid, address=(first, second)[n % 2].address, create=False)
-            for n in range(1, CLIENTS)
-        ]
-        handles[0].register_variable(NAME, "string", START_VALUE)
-        ops, version, value = run_clients(handles)
-    finally:
-        for handle in reversed(handles):
-            handle.cleanup()
+    addresses = [server.address for server in two_servers]
+    ops, version, value = run_handles(addresses, fresh_id())
     print(f"two servers on one Redis: {len(ops)} operations checked")
     assert check_history(ops, version, value) == []
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from bridge_support import REPO_ROOT, python_env
-from test_history import CLIENTS, NAME, START_VALUE, check_history, run_clients
+from test_history import check_history, run_handles
 
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.errors import (
@@ -475,16 +475,6 @@ def test_prints_set_variable_cost_on_each_store(tmp_path: Path) -> None:
 def test_history_on_a_sqlite_server_is_linearizable(tmp_path: Path) -> None:
     """The history checker's workload, eight handles on a server journaling to a file."""
     with serve(store=f"sqlite:{tmp_path / 's.db'}") as server:
-        handles = [BridgedState.init(session_id="history", address=server.address)]
-        try:
-            handles += [
-                BridgedState.init(session_id="history", address=server.address, create=False)
-                for _ in range(CLIENTS - 1)
-            ]
-            handles[0].register_variable(NAME, "string", START_VALUE)
-            ops, version, value = run_clients(handles)
-        finally:
-            for handle in reversed(handles):
-                handle.cleanup()
+        ops, version, value = run_handles([server.address], "history")
     print(f"sqlite store: {len(ops)} operations checked")
     assert check_history(ops, version, value) == []

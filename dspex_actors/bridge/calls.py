@@ -146,8 +146,8 @@ class CallStream:
 
     def call(self, field: str, request: Any, timeout: float) -> Any:
         """Send one call and wait up to ``timeout`` for its answer: the unary RPC's
-        response, or :class:`StreamFailed`; :class:`_GoUnary` for a server
-        without the RPC."""
+        response, or :class:`StreamFailed`; :class:`_GoUnary` (nothing sent) when
+        the server has no Calls RPC or the stream is full."""
         waiter = _Waiter()
         with self._lock:
             if self._closed:

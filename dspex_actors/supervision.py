@@ -488,7 +488,7 @@ class Context:
     ) -> None:
         self.session_id = session_id
         self._supervisor = supervisor
-        self._store = store  # where a migration goes: a redis:// URL, or None: the bridge
+        self._store = store  # where a migration goes: Redis for a redis:// URL, else the bridge
         self._backend = backend
         self._gate = threading.Condition()
         self._migration_lock = threading.Lock()

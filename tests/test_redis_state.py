@@ -33,12 +33,13 @@ from dspex_actors.errors import (
     PartialFailure,
     SessionClosed,
     SessionNotFound,
+    Unauthenticated,
     ValidationError,
     VariableExists,
     VersionConflict,
 )
 from dspex_actors.redis_scripts import session_keys
-from dspex_actors.redis_state import URL_ENV, RedisState
+from dspex_actors.redis_state import URL_ENV, RedisState, redacted
 from dspex_actors.supervision import Supervisor
 from dspex_actors.testing import StateProviderContract
 from dspex_actors.testing.streaming import EventRecorder, change
@@ -605,3 +606,24 @@ def test_latency_beside_raw_redis_py(
             f"  get / GET {figures['RedisState get_variable'] / figures['redis-py GET']:.2f}x, "
             f"set / SET {figures['RedisState set_variable'] / figures['redis-py SET']:.2f}x"
         )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:secret@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://user:secret@[::1]:6379/0", "redis://user:***@[::1]:6379/0"),
+        ("redis://h/0?password=secret&db=1", "redis://h/0?password=***&db=1"),
+        ("rediss://user@h/0", "rediss://user@h/0"),
+    ],
+)
+def test_a_url_in_a_message_never_shows_its_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown
+
+
+def test_errors_name_the_redis_without_its_password(redis_url: str) -> None:
+    port = redis_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0]
+    with pytest.raises(Unauthenticated) as refused:  # this Redis has no password set
+        RedisState.init(url=f"redis://:nopass@127.0.0.1:{port}/0", create=False, session_id="x")
+    assert "nopass" not in str(refused.value) and ":***@" in str(refused.value)

@@ -550,12 +550,16 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
                 if refused is not None:
                     await _send(context, writing, _failure(request.call, refused))
                     continue
-                self._streamed_calls += 1  # counted from now: the task may start later
+                # Counted from now (the task may start later) until its handler is
+                # done, or it ends unstarted (cancelled): whichever comes first.
+                self._streamed_calls += 1
+                slot = [True]
                 task = loop.create_task(
-                    self._streamed(request, arrived, context, writing, max_reply)
+                    self._streamed(request, arrived, context, writing, max_reply, slot)
                 )
                 running.add(task)
                 task.add_done_callback(running.discard)
+                task.add_done_callback(functools.partial(self._released, slot))
             if running:  # the client closed its side, or the server stops: answer them
                 await asyncio.gather(*running, return_exceptions=True)
         finally:
@@ -563,6 +567,15 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             reader.cancel()
             for task in running:
                 task.cancel()
+
+    def _release(self, slot: list[bool]) -> None:
+        """A streamed call no longer counts (once, whichever way it ended)."""
+        if slot:
+            slot.pop()
+            self._streamed_calls -= 1
+
+    def _released(self, slot: list[bool], _task: asyncio.Task[None]) -> None:
+        self._release(slot)  # its task is done: started or not
 
     async def end_calls(self, grace: float | None) -> None:
         """The server is stopping: refuse new streamed calls (not run), let those
@@ -582,10 +595,12 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
         context: grpc.aio.ServicerContext[Any, Any],
         writing: asyncio.Lock,
         max_reply: int,
+        slot: list[bool],
     ) -> None:
         """One call of a Calls stream: its unary handler, its answer written back. The
         call is counted against ``max_concurrent_calls`` (from its creation) until its
-        handler is done, not while its answer waits for a client that does not read."""
+        handler is done (``slot``), not while its answer waits for a client that does
+        not read."""
         error: StateError | None = None
         reply: pb.CallReply | None = None
         try:
@@ -601,7 +616,7 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
                 except _Aborted as aborted:
                     reply = pb.CallReply(call=request.call, error=aborted.status)
         finally:
-            self._streamed_calls -= 1
+            self._release(slot)
         try:
             if reply is not None and reply.ByteSize() > max_reply:
                 error = LimitExceeded(

@@ -66,6 +66,30 @@ def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[Se
     assert status == 0, f"server exited with {status}"
 
 
+@contextlib.contextmanager
+def killable_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``python -m dspex_actors serve ARGS`` as a child the test may SIGKILL itself;
+    killed at the end if it still runs. Yields the process and its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=python_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith(LISTENING), f"server did not start: {line!r}"
+        yield process, line[len(LISTENING) :].strip()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 WORKER = textwrap.dedent(
     """
     import sys

@@ -21,17 +21,15 @@ started, not applied") makes a write ``BridgeUnavailable``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
-from bridge_support import LISTENING, REPO_ROOT, python_env
+from bridge_support import killable_server
 from tcp_proxy import TcpProxy
 
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
@@ -218,29 +216,6 @@ def test_a_migration_losing_a_reply_switches_whole_and_once(
 
 
 # -- outcome classes when the server dies ---------------------------------------------------
-
-
-@contextlib.contextmanager
-def killable_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``python -m dspex_actors serve`` as a child the test may SIGKILL."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=python_env(),
-        cwd=REPO_ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith(LISTENING), f"server did not start: {line!r}"
-        yield process, line[len(LISTENING) :].strip()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def _kill(process: subprocess.Popen[str]) -> None:

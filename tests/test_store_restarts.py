@@ -9,17 +9,13 @@ the same store must hold every version it acknowledged.
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import subprocess
-import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bridge_support import LISTENING, REPO_ROOT, python_env, server_process
+from bridge_support import killable_server, server_process
 
 from dspex_actors.bridge import BridgedState
 from dspex_actors.errors import BridgeUnavailable, OutcomeUnknown, VersionConflict
@@ -38,29 +34,6 @@ def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 WRITERS = 4
 VARIABLES_PER_WRITER = 2
 KILL_AFTER = 300  # acknowledged writes
-
-
-@contextlib.contextmanager
-def _killable_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """A ``serve`` child the test kills itself; killed at the end if it still runs."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0", *args],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=python_env(),
-        cwd=REPO_ROOT,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith(LISTENING), f"server did not start: {line!r}"
-        yield process, line[len(LISTENING) :].strip()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 class _Writers:
@@ -128,7 +101,7 @@ def test_sigkill_under_load_loses_no_acknowledged_write(store_spec: str) -> None
     spec = store_spec
     session_id = f"load-{uuid.uuid4().hex}"
     names = [f"counter_{i}" for i in range(WRITERS * VARIABLES_PER_WRITER)]
-    with _killable_server("--store", spec) as (process, address):
+    with killable_server("--store", spec) as (process, address):
         owner = BridgedState.init(address=address, session_id=session_id, timeout=2.0)
         for name in names:
             owner.register_variable(name, "integer", 0)

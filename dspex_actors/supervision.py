@@ -74,7 +74,7 @@ _T = TypeVar("_T")
 
 def check_store(store: str | None) -> None:
     """``ValueError`` unless ``store`` is None or a spec ``serve(store=...)`` takes."""
-    if store is not None and not is_redis(store):
+    if store is not None:
         from dspex_actors.stores import store_kind
 
         store_kind(store)

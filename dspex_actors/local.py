@@ -283,7 +283,7 @@ class LocalState(StateProvider):
             return self._ask(Get(identifier))
         if record is None:
             raise table.missing(identifier)
-        thaw = record.validator.thaw
+        thaw = record.thaw
         return record.value if thaw is None else thaw(record.value)
 
     def _read(self, message: ReadOperation[_T]) -> _T:

@@ -1350,7 +1350,7 @@ class RedisState(StateProvider):
         placeholder = compile_type("<placeholder>", "integer", None)
         for at in range(0, len(flat), 2):
             name, var_id = _text(flat[at]), _text(flat[at + 1])
-            record = Record(var_id, name, 0, 0, {}, 0.0, 0.0, placeholder)
+            record = Record(var_id, name, 0, 0, {}, 0.0, 0.0, placeholder, None)
             table.index[name] = table.index[var_id] = table.by_id[var_id] = record
         check_variable_count(
             self.session_id, len(table.by_id), columns.variable_count, self._limits

@@ -131,10 +131,11 @@ class Record(NamedTuple):
     created_at: float
     last_updated_at: float
     validator: Validator
+    thaw: Callable[[Any], Any] | None  # validator.thaw, at hand: a read's one lookup
 
     def read_value(self) -> Any:
         """The value as the caller receives it: a fresh copy when it is not a scalar."""
-        thaw = self.validator.thaw
+        thaw = self.thaw
         return self.value if thaw is None else thaw(self.value)
 
     def public(self) -> VariableRecord:
@@ -348,7 +349,7 @@ def _events(
                 kind,
                 r.id,
                 r.name,
-                r.value if r.validator.thaw is None else r.validator.thaw(r.value),
+                r.value if r.thaw is None else r.thaw(r.value),
                 r.version,
                 # A copy: a subscriber must not reach the table's own dict.
                 plain_copy(r.metadata) if r.metadata else {},
@@ -594,7 +595,7 @@ class SessionActor(pykka.ThreadingActor):
             meta["description"] = description
             check_metadata_size(name, meta, limits)
         now = time.time()
-        record = Record(_new_var_id(), name, value, 0, meta, now, now, validator)
+        record = Record(_new_var_id(), name, value, 0, meta, now, now, validator, validator.thaw)
         self._publish("registered", (record,))
         return record.id
 
@@ -611,6 +612,7 @@ class SessionActor(pykka.ThreadingActor):
                 record.created_at,
                 now,
                 record.validator,
+                record.thaw,
             )
         )
 
@@ -697,7 +699,19 @@ class SessionActor(pykka.ThreadingActor):
         else:  # the common batch: the records' next versions, built inline
             new = _new_record
             changed = [
-                new((r.id, r.name, v, r.version + 1, r.metadata, r.created_at, now, r.validator))
+                new(
+                    (
+                        r.id,
+                        r.name,
+                        v,
+                        r.version + 1,
+                        r.metadata,
+                        r.created_at,
+                        now,
+                        r.validator,
+                        r.thaw,
+                    )
+                )
                 for r, v in staged.values()
             ]
         self._publish("updated", changed)
@@ -849,7 +863,11 @@ def records_from_columns(
     return list(
         map(
             _new_record,
-            zip(ids, names, values, versions, metadata, created, updated, validators, strict=True),
+            zip(
+                *(ids, names, values, versions, metadata, created, updated, validators),
+                [v.thaw for v in validators],
+                strict=True,
+            ),
         )
     )
 

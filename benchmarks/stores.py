@@ -144,7 +144,7 @@ def _throughput(run: Run, config: dict[str, Any]) -> None:
     finally:
         clients.close()
     for mode, (kind, label, backend, op, peer) in MODES.items():
-        rate, samples = measured[mode, CLIENTS]
+        outcome = measured[mode, CLIENTS]
         beside = f"stores.throughput.redis_state.{op}@{CLIENTS}"
         add_duration(
             run,
@@ -153,11 +153,11 @@ def _throughput(run: Run, config: dict[str, Any]) -> None:
             f"{label}, {CLIENTS} client processes",
             backend,
             op,
-            samples,
+            outcome.latencies,
             kind="throughput",
             baseline=f"stores.throughput.{peer}@{CLIENTS}" if peer else None,
             peers=(beside,) if backend == "bridged" else (),
-            rate=rate,
+            rate=outcome.rate,
         )
 
 

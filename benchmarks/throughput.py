@@ -6,16 +6,23 @@ N (each making an equal share of the run's calls) and times from there to the la
 ``done``. Modes alternate within each round, and a full run makes two rounds: ops/s
 is the median round's, the latency percentiles are of every call the clients made
 (latency under load).
+
+Each run also reads, from ``/proc`` where there is one, the CPU time the clients and
+the server spent (user + system, every thread): divided by the calls made, it says
+what one call costs each side, which is what bounds ops/s when clients and servers
+share the machine's cores.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.affinity import launcher, suite_cores
@@ -36,6 +43,37 @@ MODES: dict[str, tuple[str, Backend, str]] = {
     "redis.get": ("redis-py GET", "redis", "get"),
     "etcd.range": ("etcd Range", "etcd", "get"),
 }
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time process ``pid`` (all its threads) has used; None where
+    ``/proc`` cannot say (not Linux, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cpu_of(pids: list[int]) -> float | None:
+    times = [cpu_seconds(pid) for pid in pids]
+    return None if None in times else sum(t for t in times if t is not None)
+
+
+def _per_call(before: float | None, after: float | None, calls: int) -> float | None:
+    return None if before is None or after is None else (after - before) / calls
+
+
+@dataclass
+class Outcome:
+    """One run of one mode: calls/s, each call's ns, and CPU seconds per call of the
+    clients together and of the server (None where not measured)."""
+
+    rate: float
+    latencies: list[float]
+    client_cpu: float | None
+    server_cpu: float | None
 
 
 class LoadClients:
@@ -71,9 +109,13 @@ class LoadClients:
         if line != word:
             raise RuntimeError(f"load client {p.pid} said {line!r}, not {word!r}")
 
-    def run(self, mode: str, clients: int, count: int) -> tuple[float, list[float]]:
-        """``count`` calls from each of ``clients`` clients: (calls/s, every call's ns)."""
+    def run(self, mode: str, clients: int, count: int, server: int | None = None) -> Outcome:
+        """``count`` calls from each of ``clients`` clients, and what they cost the
+        clients and the ``server`` process (a pid) in CPU."""
         chosen = self.processes[:clients]
+        pids = [p.pid for p in chosen]
+        client_before = _cpu_of(pids)
+        server_before = None if server is None else cpu_seconds(server)
         started = time.perf_counter()
         for p in chosen:
             assert p.stdin is not None
@@ -82,11 +124,19 @@ class LoadClients:
         for p in chosen:
             self._expect(p, "done")
         elapsed = time.perf_counter() - started
+        client_after = _cpu_of(pids)
+        server_after = None if server is None else cpu_seconds(server)
         latencies: list[float] = []
         for p in chosen:
             assert p.stdout is not None
             latencies.extend(json.loads(p.stdout.readline()))
-        return clients * count / elapsed, latencies
+        calls = clients * count
+        return Outcome(
+            calls / elapsed,
+            latencies,
+            _per_call(client_before, client_after, calls),
+            _per_call(server_before, server_after, calls),
+        )
 
     def close(self) -> None:
         for p in self.processes:
@@ -97,8 +147,13 @@ class LoadClients:
                 p.communicate()
 
 
-Rates = dict[tuple[str, int], tuple[float, list[float]]]
-"""(mode, clients) -> (the median round's calls/s, every call's ns in every round)."""
+def _median(figures: list[float | None]) -> float | None:
+    return None if None in figures else statistics.median(f for f in figures if f is not None)
+
+
+Rates = dict[tuple[str, int], Outcome]
+"""(mode, clients) -> the median round's calls/s and CPU per call, and every call's ns
+in every round."""
 
 
 def sweep(
@@ -108,23 +163,31 @@ def sweep(
     total: int,
     rounds: int,
     suite: str = SUITE,
+    servers: dict[str, int] | None = None,
 ) -> Rates:
     """Run every mode with each number of clients, ``total`` calls a run shared among
-    them, modes alternating within each round so noise falls on all of them alike."""
-    rates: dict[tuple[str, int], list[float]] = {}
-    latencies: dict[tuple[str, int], list[float]] = {}
+    them, modes alternating within each round so noise falls on all of them alike;
+    ``servers`` names the pid each mode's server runs as, for its CPU per call."""
+    outcomes: dict[tuple[str, int], list[Outcome]] = {}
     runs = rounds * len(counts) * len(modes)
     progress.stage(f"{suite}: {total:,} calls per run, run", runs)
     done = 0
     for _ in range(rounds):
         for n in counts:
             for mode in modes:
-                rate, samples = clients.run(mode, n, total // n)
-                rates.setdefault((mode, n), []).append(rate)
-                latencies.setdefault((mode, n), []).extend(samples)
+                server = (servers or {}).get(mode)
+                outcomes.setdefault((mode, n), []).append(clients.run(mode, n, total // n, server))
                 done += 1
                 progress.step(done)
-    return {key: (statistics.median(rates[key]), latencies[key]) for key in rates}
+    return {
+        key: Outcome(
+            statistics.median(o.rate for o in runs_of),
+            [ns for o in runs_of for ns in o.latencies],
+            _median([o.client_cpu for o in runs_of]),
+            _median([o.server_cpu for o in runs_of]),
+        )
+        for key, runs_of in outcomes.items()
+    }
 
 
 def run(run: Run) -> None:
@@ -156,9 +219,14 @@ def run(run: Run) -> None:
         modes = [
             m for m in MODES if m in ("grpc.echo", "bridged.get") or m.split(".")[0] in config
         ]
+        pids = {"grpc.echo": echo.pid, "bridged.get": store.pid}
+        if redis_server is not None:
+            pids["redis.get"] = redis_server.pid
+        if etcd_server is not None:
+            pids["etcd.range"] = etcd_server.pid
         clients = LoadClients(max(counts), config)
         cleanup.callback(clients.close)
-        measured = sweep(clients, modes, counts, total, rounds)
+        measured = sweep(clients, modes, counts, total, rounds, servers=pids)
     for n in counts:
         for mode in modes:
             label, backend, op = MODES[mode]
@@ -174,11 +242,28 @@ def run(run: Run) -> None:
                 label,
                 backend,
                 op,
-                measured[mode, n][1],
+                measured[mode, n].latencies,
                 kind="throughput",
                 baseline=None if mode == "grpc.echo" else f"throughput.grpc.echo@{n}",
                 peers=peers,
                 curve="clients",
                 x=n,
-                rate=measured[mode, n][0],
+                rate=measured[mode, n].rate,
             )
+    _cpu_values(run, modes, measured, max(counts))
+
+
+def _cpu_values(run: Run, modes: list[str], measured: Rates, n: int) -> None:
+    """What one call cost the clients and the server in CPU with ``n`` clients."""
+    for mode in modes:
+        label = MODES[mode][0]
+        outcome = measured[mode, n]
+        for side, seconds in (("client", outcome.client_cpu), ("server", outcome.server_cpu)):
+            if seconds is not None:
+                run.results.value(
+                    f"throughput.{mode}@{n}.{side}_cpu_us",
+                    seconds * 1e6,
+                    "us",
+                    f"{label}, {n} client processes: CPU per call, "
+                    + ("the clients together" if side == "client" else "the server"),
+                )

@@ -166,9 +166,10 @@ DEFAULT_TTL = 3600.0
 DEFAULT_TIMEOUT = 5.0
 TOMBSTONE_SECONDS = 60.0
 """How long a closed session's stream stays, so its subscribers read ``closed``."""
-_BLOCK_MS = 1000
-"""How long a subscription waits in one ``XREAD``; then it checks the session lives."""
-_READ_COUNT = 512
+STREAM_BLOCK_MS = 1000
+"""How long a stream reader waits in one ``XREAD``; then it checks the session lives."""
+STREAM_READ_COUNT = 512
+"""Entries one ``XREAD`` takes from a stream."""
 _IMPORT_SECONDS = 300e-6
 _FIRST_PAUSE = 0.01
 _MAX_PAUSE = 0.25
@@ -236,11 +237,11 @@ def redis_module() -> Any:
     return redis
 
 
-class _Connections:
+class Connections:
     """Connections to one Redis, shared by the handles and subscriptions using it.
 
-    Counted by reference like the bridge's channels: the first :func:`_acquire`
-    makes it, the last :func:`_release` closes its idle connections. Plain redis-py
+    Counted by reference like the bridge's channels: the first :func:`acquire_connections`
+    makes it, the last :func:`release_connections` closes its idle connections. Plain redis-py
     ``Connection`` objects, taken and given back around one command: a failure to
     connect is told apart from a failure once the command may have been sent, which
     is what classes a failed write (not applied, or outcome unknown). redis-py's own
@@ -307,20 +308,22 @@ class _Connections:
 
 
 _registry_lock = threading.Lock()
-_registry: dict[tuple[str, float], _Connections] = {}
+_registry: dict[tuple[str, float], Connections] = {}
 
 
-def _acquire(url: str, timeout: float) -> _Connections:
+def acquire_connections(url: str, timeout: float) -> Connections:
+    """The shared connections to ``url`` (with ``timeout``), one more user counted."""
     key = (url, timeout)
     with _registry_lock:
         connections = _registry.get(key)
         if connections is None:
-            connections = _registry[key] = _Connections(key, url, timeout)
+            connections = _registry[key] = Connections(key, url, timeout)
         connections.users += 1
         return connections
 
 
-def _release(connections: _Connections) -> None:
+def release_connections(connections: Connections) -> None:
+    """One user less; the last one closes the idle connections."""
     with _registry_lock:
         connections.users -= 1
         if connections.users > 0:
@@ -354,7 +357,7 @@ def _command(
 
 
 def _evaluate(
-    connections: _Connections,
+    connections: Connections,
     script: Script,
     keys: Sequence[str],
     args: Sequence[Any],
@@ -468,7 +471,7 @@ class RedisState(StateProvider):
     def __init__(
         self,
         *,
-        connections: _Connections,
+        connections: Connections,
         url: str,
         session_id: str,
         timeout: float,
@@ -574,7 +577,7 @@ class RedisState(StateProvider):
         if event_history <= 0:
             raise ValueError(f"event_history must be positive, got {event_history!r}")
         url = url or os.environ.get(URL_ENV) or DEFAULT_URL
-        connections = _acquire(url, timeout)
+        connections = acquire_connections(url, timeout)
         handle = cls(
             connections=connections,
             url=url,
@@ -1447,7 +1450,7 @@ class RedisState(StateProvider):
         finally:
             self._definitions.clear()
             self._metadata.clear()
-            _release(self._connections)
+            release_connections(self._connections)
 
     def __repr__(self) -> str:
         role = "owner" if self.owner else "attached"
@@ -1469,7 +1472,7 @@ class RedisSubscription(Closing):
 
     def __init__(
         self,
-        connections: _Connections,
+        connections: Connections,
         session_id: str,
         incarnation: str,
         keys: tuple[str, ...],
@@ -1510,7 +1513,7 @@ class RedisSubscription(Closing):
         try:
             while not self._stopped.is_set():
                 reader = self._connections.new(
-                    socket_timeout=_BLOCK_MS / 1000
+                    socket_timeout=STREAM_BLOCK_MS / 1000
                     + self._connections.connection_kwargs.get("socket_timeout", DEFAULT_TIMEOUT)
                 )
                 try:
@@ -1530,17 +1533,17 @@ class RedisSubscription(Closing):
             logger.exception("session %s: event delivery failed", self.session_id)
         finally:
             self._stopped.set()
-            _release(self._connections)
+            release_connections(self._connections)
 
     def _follow(self, reader: AbstractConnection) -> None:
         """Deliver from the cursor until stopped, closed, or the connection fails."""
         while not self._stopped.is_set():
             finishing = self._finishing.is_set()
-            block: list[Any] = [] if finishing else ["BLOCK", _BLOCK_MS]
+            block: list[Any] = [] if finishing else ["BLOCK", STREAM_BLOCK_MS]
             reader.send_command(
                 "XREAD",
                 "COUNT",
-                _READ_COUNT,
+                STREAM_READ_COUNT,
                 *block,
                 "STREAMS",
                 self._events_key,
@@ -1555,75 +1558,32 @@ class RedisSubscription(Closing):
                     return
                 continue
             entries = reply[0][1]
-            if _sequence(entries[0][0]) > self._cursor:  # trimmed past the cursor
+            if stream_sequence(entries[0][0]) > self._cursor:  # trimmed past the cursor
                 # The present is taken first: a write made after the subscriber got
                 # its overflow event is always delivered.
-                present = self._present(reader)
+                present = present_cursor(reader, self._events_key, self._cursor)
                 missed, self._cursor = self._cursor - 1, present
                 hand_over(self.subscriber, Event(self.session_id, missed, "overflow"))
                 continue
             for entry_id, raw in entries:
                 if self._stopped.is_set():
                     return
-                sequence = _sequence(entry_id)
+                sequence = stream_sequence(entry_id)
                 fields = dict(zip(raw[::2], raw[1::2], strict=True))
                 if fields[b"k"] == b"closed":
                     hand_over(self.subscriber, Event(self.session_id, sequence - 1, "closed"))
                     return
                 if name_matches(_text(fields[b"n"]), self.pattern):
-                    hand_over(self.subscriber, self._event(sequence, fields))
+                    hand_over(self.subscriber, stream_event(self.session_id, sequence, fields))
                 self._cursor = sequence + 1
-
-    def _event(self, sequence: int, fields: dict[bytes, bytes]) -> Event:
-        kind: EventKind = _KINDS[fields[b"k"]]
-        value = fields.get(b"v")
-        return Event(
-            self.session_id,
-            sequence,
-            kind,
-            _text(fields[b"i"]),
-            _text(fields[b"n"]),
-            None if value is None else _unpack(value),
-            int(fields[b"r"]),
-            _unpack(fields[b"m"]),
-            float(fields[b"t"]),
-        )
 
     def _live(self, reader: AbstractConnection) -> bool:
         reader.send_command("HGET", self._session_key, "incarnation")
         return bool(reader.read_response() == self._incarnation.encode())
 
-    def _present(self, reader: AbstractConnection) -> int:
-        """The cursor after the overflow: past what the stream holds (at its closed
-        entry, if it ends with one, so that is delivered)."""
-        reader.send_command("XREVRANGE", self._events_key, "+", "-", "COUNT", 1)
-        last = reader.read_response()
-        if not last:
-            return self._cursor
-        entry_id, raw = last[0]
-        sequence = _sequence(entry_id)
-        closed = dict(zip(raw[::2], raw[1::2], strict=True)).get(b"k") == b"closed"
-        return sequence if closed else sequence + 1
-
     def _wake(self) -> None:
-        """Make a blocked ``XREAD`` return now (``CLIENT UNBLOCK`` on another connection)."""
-        reader_id = self._reader_id
-        if reader_id is None:
-            return
-        errors = self._connections.errors
-        try:
-            connection = self._connections.take()
-        except (errors.ConnectionError, errors.TimeoutError, OSError):
-            return  # the read times out by itself within a second
-        try:
-            connection.send_command("CLIENT", "UNBLOCK", reader_id)
-            connection.read_response()
-        except (errors.ConnectionError, errors.TimeoutError, OSError):
-            connection.disconnect()
-            return
-        except errors.ResponseError:
-            pass
-        self._connections.give(connection)
+        """Make a blocked ``XREAD`` return now."""
+        unblock(self._connections, self._reader_id)
 
     def finish(self) -> None:
         """Deliver what the stream holds now, then ``closed``, then stop (a handle
@@ -1652,6 +1612,57 @@ _KINDS: dict[bytes, EventKind] = {
 }
 
 
-def _sequence(entry_id: bytes) -> int:
+def unblock(connections: Connections, reader_id: int | None) -> None:
+    """Make connection ``reader_id``'s blocked ``XREAD`` return now (``CLIENT UNBLOCK``
+    on another connection); a failure is left alone: the read times out by itself."""
+    if reader_id is None:
+        return
+    errors = connections.errors
+    try:
+        connection = connections.take()
+    except (errors.ConnectionError, errors.TimeoutError, OSError):
+        return
+    try:
+        connection.send_command("CLIENT", "UNBLOCK", reader_id)
+        connection.read_response()
+    except (errors.ConnectionError, errors.TimeoutError, OSError):
+        connection.disconnect()
+        return
+    except errors.ResponseError:
+        pass
+    connections.give(connection)
+
+
+def stream_event(session_id: str, sequence: int, fields: dict[bytes, bytes]) -> Event:
+    """The change event a session's stream entry records (not ``closed``)."""
+    kind: EventKind = _KINDS[fields[b"k"]]
+    value = fields.get(b"v")
+    return Event(
+        session_id,
+        sequence,
+        kind,
+        _text(fields[b"i"]),
+        _text(fields[b"n"]),
+        None if value is None else _unpack(value),
+        int(fields[b"r"]),
+        _unpack(fields[b"m"]),
+        float(fields[b"t"]),
+    )
+
+
+def present_cursor(reader: AbstractConnection, events_key: str, cursor: int) -> int:
+    """Where a reader trimmed past ``cursor`` goes on: past what the stream holds (at
+    its closed entry, if it ends with one, so that is delivered)."""
+    reader.send_command("XREVRANGE", events_key, "+", "-", "COUNT", 1)
+    last = reader.read_response()
+    if not last:
+        return cursor
+    entry_id, raw = last[0]
+    sequence = stream_sequence(entry_id)
+    closed = dict(zip(raw[::2], raw[1::2], strict=True)).get(b"k") == b"closed"
+    return sequence if closed else sequence + 1
+
+
+def stream_sequence(entry_id: bytes) -> int:
     """The sequence of a stream entry (its id is ``<sequence>-0``)."""
     return int(entry_id.split(b"-", 1)[0])

@@ -34,6 +34,7 @@ from dspex_actors.messages import Delete, GetVersioned, SetValue
 from dspex_actors.redis_state import RedisState
 from dspex_actors.stores import open_store
 from dspex_actors.stores.redis import RedisStore
+from dspex_actors.stores.redis_feeds import READER_NAME
 from dspex_actors.streaming import Event
 from dspex_actors.supervision import Supervisor
 from dspex_actors.testing import StateProviderContract
@@ -524,6 +525,36 @@ def test_stopping_a_server_with_watchers_leaves_no_reader(redis_url: str) -> Non
         assert _reader_threads() == []
     for handle in handles:
         handle.cleanup()
+
+
+def test_many_watched_sessions_share_one_reader_thread_and_connection(
+    redis_url: str, raw: Any
+) -> None:
+    """Twenty sessions watched through one server: each watcher gets its own
+    session's events, all read by one thread on one Redis connection (not one of each
+    per session), which ends with the last watch."""
+    with serve(store=redis_url) as server:
+        handles = [BridgedState.init(address=server.address) for _ in range(20)]
+        recorders = [EventRecorder(WAIT, handle.session_id) for handle in handles]
+        try:
+            for handle, recorder in zip(handles, recorders, strict=True):
+                handle.subscribe(None, recorder)
+            for n, handle in enumerate(handles):
+                handle.register_variable("n", "integer", 0)
+                handle.set_variable("n", n + 1)
+            for n, recorder in enumerate(recorders):
+                events = recorder.wait_for("n", change("n", 1))
+                assert [(e.session_id, e.value) for e in events] == [
+                    (handles[n].session_id, 0),
+                    (handles[n].session_id, n + 1),
+                ]
+            assert _reader_threads() == [READER_NAME]
+            named = [c for c in raw.client_list() if c.get("name") == READER_NAME]
+            assert len(named) == 1
+        finally:
+            for handle in handles:
+                handle.cleanup()  # closes each session: its watch ends, then the reader
+    assert _reader_threads() == []
 
 
 def test_a_watcher_resuming_past_the_history_of_an_idle_session_gets_overflow(

@@ -25,13 +25,14 @@ Exactly once across servers: a write's request id travels to Redis with it
 another, is answered with the first reply (also when the session changed since so
 that the retry's own checks would now refuse it).
 
-Watching: one reader per watched session on this server follows the session's
-Redis Stream (a thread and a connection, shared by every watcher of that session
-here) into an :class:`~dspex_actors.streaming.EventLog`; each watcher reads the log
-from its own cursor as a coroutine, so a slow watcher gets ``overflow`` and never
-holds the reader. A watcher resuming from before what the shared reader's log holds
-gets a reader of its own from Redis's history (or ``overflow``, past it). A reader
-stops with its last watcher, and every reader with the store.
+Watching: each watched session's Redis Stream is read into an
+:class:`~dspex_actors.streaming.EventLog` shared by every watcher of that session
+here; each watcher reads the log from its own cursor as a coroutine, so a slow
+watcher gets ``overflow`` and never holds the reader. A watcher resuming from before
+what the shared log holds gets a log of its own, read from Redis's history (or
+``overflow``, past it). The store reads every such stream with one thread and one
+connection (:mod:`~dspex_actors.stores.redis_feeds`), only while one is watched; a
+log stops being fed with its last watcher, and every log with the store.
 
 Sessions expire by Redis's own clock (each key's TTL); ``reap_expired`` has
 nothing to do.
@@ -54,9 +55,10 @@ from dspex_actors.errors import BridgeUnavailable, SessionNotFound, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
 from dspex_actors.messages import Import, ReadOperation, Register, SetValue, WriteOperation
 from dspex_actors.records import check_pattern
-from dspex_actors.redis_state import DEFAULT_TIMEOUT, RedisState, RedisSubscription, call_scope
+from dspex_actors.redis_state import DEFAULT_TIMEOUT, RedisState, call_scope
 from dspex_actors.session import new_session_id
 from dspex_actors.stores.base import EventStream, Opened, SessionInfo
+from dspex_actors.stores.redis_feeds import Followed, StreamFollower
 from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow
 
 __all__ = ["DEDUPE_SECONDS", "RedisStore"]
@@ -71,25 +73,23 @@ deadline, far less)."""
 
 @dataclass(slots=True, eq=False)
 class _Feed:
-    """One session's stream, read from Redis into a log for this server's watchers,
-    through a handle of its own (a held handle let go would end its readers)."""
+    """One session's stream, read from Redis into a log for this server's watchers."""
 
     key: tuple[str, str]  # session id, incarnation
     log: EventLog
-    handle: RedisState
     watchers: int = 1
-    subscription: RedisSubscription | None = None
+    followed: Followed | None = None
 
     def take(self, event: Event) -> None:
-        """The reader's callback (its thread): append, or end the log at ``closed``;
-        after the reader's own overflow, the log goes on from where the reader does."""
+        """The follower's callback (its thread): append, or end the log at ``closed``;
+        after the follower's own overflow, the log goes on from where it does."""
         log = self.log
         if event.kind == "closed":
             log.close()
         elif event.kind == "overflow":
-            subscription = self.subscription
-            if subscription is not None:  # else the next event's gap tells it
-                log.restart_at(subscription.last_sequence + 1)
+            followed = self.followed
+            if followed is not None:  # else the next event's gap tells it
+                log.restart_at(followed.cursor)
         else:
             if event.sequence != log.next_sequence:
                 log.restart_at(event.sequence)
@@ -189,8 +189,9 @@ class RedisStore:
         self._workers = _Workers(workers)
         self._lock = threading.Lock()
         self._handles: OrderedDict[str, _Held] = OrderedDict()
-        self._feeds: dict[tuple[str, str], _Feed] = {}  # the shared reader of each
-        self._all_feeds: set[_Feed] = set()  # every reader not yet stopped
+        self._feeds: dict[tuple[str, str], _Feed] = {}  # the shared log of each
+        self._all_feeds: set[_Feed] = set()  # every log still fed
+        self._follower = StreamFollower(url, timeout)
         self._leaving: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -423,25 +424,20 @@ class RedisStore:
             raise
 
     def _join(self, session_id: str, incarnation: str, cursor: int) -> _Feed:
-        """The reader a watcher from ``cursor`` shares (blocking): this server's reader
-        of that incarnation if its log still holds ``cursor``, else a new one."""
+        """The log a watcher from ``cursor`` shares (blocking): this server's log of
+        that incarnation if it still holds ``cursor``, else a new one, followed."""
         key = (session_id, incarnation)
         with self._lock:
             feed = self._feeds.get(key)
             if feed is not None and not feed.log.closed and cursor >= feed.log.first_sequence:
                 feed.watchers += 1
                 return feed
-        handle = self._attach(session_id, incarnation=incarnation)
-        try:
+        with self._using(session_id, incarnation) as handle:
             if cursor < handle.history_start():  # trimmed: overflow, then the present
                 begin = handle.session_info()["next_sequence"]
             else:
                 begin = cursor
-            fresh = _Feed(key, EventLog(session_id, begin, self.event_history), handle)
-            fresh.subscription = handle.subscribe(None, fresh.take, start=begin)
-        except BaseException:
-            _detach(handle)
-            raise
+        fresh = _Feed(key, EventLog(session_id, begin, self.event_history))
         with self._lock:
             closing = self._closing
             if not closing:
@@ -449,14 +445,17 @@ class RedisStore:
                 current = self._feeds.get(key)
                 if current is None or current.log.closed:
                     self._feeds[key] = fresh
-        if closing:
-            _stop(fresh)
-            raise BridgeUnavailable("the store is closing; the watch was not started")
+        try:
+            if closing:
+                raise RuntimeError("closing")
+            fresh.followed = self._follower.follow(session_id, incarnation, begin, fresh.take)
+        except RuntimeError:  # the follower closed with the store
+            raise BridgeUnavailable("the store is closing; the watch was not started") from None
         return fresh
 
     async def leave(self, feed: _Feed) -> None:
-        """A watcher is done; the last one stops the reader (which stays counted in
-        ``_all_feeds`` until it has stopped, so closing the store stops it otherwise)."""
+        """A watcher is done; the last one stops its log's feed (which stays counted in
+        ``_all_feeds`` until stopped, so closing the store stops it otherwise)."""
         with self._lock:
             feed.watchers -= 1
             if feed.watchers > 0:
@@ -465,7 +464,7 @@ class RedisStore:
                 del self._feeds[feed.key]
 
         def stop() -> None:
-            _stop(feed)
+            _stop(self._follower, feed)
             with self._lock:
                 self._all_feeds.discard(feed)
 
@@ -496,7 +495,7 @@ class RedisStore:
                 self._handles.clear()
             for feed in feeds:
                 feed.log.close()
-                _stop(feed)
+            self._follower.close()
             for handle in handles:
                 _detach(handle)
 
@@ -571,8 +570,7 @@ def _detach(handle: RedisState) -> None:
         handle.cleanup()
 
 
-def _stop(feed: _Feed) -> None:
-    """End a feed's reader, then let go of its handle."""
-    if feed.subscription is not None:
-        feed.subscription.close()
-    _detach(feed.handle)
+def _stop(follower: StreamFollower, feed: _Feed) -> None:
+    """Stop feeding a log: no event reaches it once this returns."""
+    if feed.followed is not None:
+        follower.unfollow(feed.followed)

@@ -31,10 +31,11 @@ from dspex_actors.errors import (
     VersionConflict,
 )
 from dspex_actors.messages import Delete, GetVersioned, SetValue
+from dspex_actors.redis_scripts import session_keys
 from dspex_actors.redis_state import RedisState
 from dspex_actors.stores import open_store
 from dspex_actors.stores.redis import RedisStore
-from dspex_actors.stores.redis_feeds import READER_NAME
+from dspex_actors.stores.redis_feeds import READER_NAME, StreamFollower
 from dspex_actors.streaming import Event
 from dspex_actors.supervision import Supervisor
 from dspex_actors.testing import StateProviderContract
@@ -555,6 +556,77 @@ def test_many_watched_sessions_share_one_reader_thread_and_connection(
             for handle in handles:
                 handle.cleanup()  # closes each session: its watch ends, then the reader
     assert _reader_threads() == []
+
+
+def test_an_unreadable_entry_costs_its_own_watchers_an_overflow_and_no_one_else(
+    redis_url: str, raw: Any
+) -> None:
+    """A stream entry this version cannot read (a kind it does not know) in one
+    watched session: that session's watcher gets ``overflow`` (then what comes
+    after); the other sessions, read by the same reader, miss nothing."""
+    bad, goods = fresh_id(), [fresh_id() for _ in range(12)]
+
+    async def scenario() -> tuple[list[Event], list[Event]]:
+        store = RedisStore(redis_url)
+        watches = []
+        try:
+            opened = await store.open(bad, create=True, metadata=None)
+            for sid in goods:
+                await store.open(sid, create=True, metadata=None)
+            watches = [await store.watch(sid, [], None) for sid in [bad, *goods]]
+            info = await store.info(bad)
+            events_key = session_keys(bad, opened.incarnation)[-1]
+            raw.xadd(events_key, {"k": "renamed", "n": "n"}, id=f"{info.next_sequence}-0")
+            session_key = session_keys(bad, opened.incarnation)[0]
+            raw.hincrby(session_key, "next_seq", 1)  # as a writer of that entry would
+            for sid in goods:
+                await store.run(sid, _register_counter(), request_id=None, deadline=None)
+            firsts = [await asyncio.wait_for(w.__anext__(), WAIT) for w in watches[1:]]
+            mine = [await asyncio.wait_for(watches[0].__anext__(), WAIT)]
+            await store.run(bad, _register_counter(), request_id=None, deadline=None)
+            mine.append(await asyncio.wait_for(watches[0].__anext__(), WAIT))
+            return firsts, mine
+        finally:
+            for watch in watches:
+                await watch.aclose()
+            for sid in [bad, *goods]:
+                await store.close(sid, None)
+            await store.aclose()
+
+    firsts, mine = asyncio.run(scenario())
+    assert [(e.session_id, e.kind) for e in firsts] == [(sid, "registered") for sid in goods]
+    assert [(e.kind, e.sequence) for e in mine] == [("overflow", 0), ("registered", 2)]
+
+
+def test_a_follower_unfollowed_by_its_own_callback_gets_nothing_more(redis_url: str) -> None:
+    """``unfollow`` from the delivery callback: the rest of the batch being
+    delivered does not reach it (another follower of the stream gets it all)."""
+    handle = RedisState.init(url=redis_url)
+    follower = StreamFollower(redis_url, 5.0)
+    got: list[int] = []
+    mine: list[Any] = []
+    done = threading.Event()
+
+    def deliver(event: Event, _cursor: int) -> None:
+        got.append(event.sequence)
+        follower.unfollow(mine[0])
+
+    try:
+        handle.register_variable("n", "integer", 0)
+        for value in range(1, 6):
+            handle.set_variable("n", value)  # sequences 1 to 6: one batch
+        mine.append(follower.follow(handle.session_id, handle.incarnation, 1, deliver))
+        follower.follow(
+            handle.session_id,
+            handle.incarnation,
+            1,
+            lambda event, _cursor: done.set() if event.sequence == 6 else None,
+        )
+        assert done.wait(WAIT)
+    finally:
+        follower.close()
+        handle.cleanup()
+    assert got == [1]
 
 
 def test_a_watcher_resuming_past_the_history_of_an_idle_session_gets_overflow(

@@ -80,16 +80,14 @@ class _Feed:
     watchers: int = 1
     followed: Followed | None = None
 
-    def take(self, event: Event) -> None:
+    def take(self, event: Event, cursor: int) -> None:
         """The follower's callback (its thread): append, or end the log at ``closed``;
-        after the follower's own overflow, the log goes on from where it does."""
+        after the follower's overflow, the log goes on from where it does (``cursor``)."""
         log = self.log
         if event.kind == "closed":
             log.close()
         elif event.kind == "overflow":
-            followed = self.followed
-            if followed is not None:  # else the next event's gap tells it
-                log.restart_at(followed.cursor)
+            log.restart_at(cursor)
         else:
             if event.sequence != log.next_sequence:
                 log.restart_at(event.sequence)

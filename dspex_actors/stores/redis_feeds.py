@@ -65,7 +65,7 @@ class Followed:
     session_id: str
     incarnation: str
     cursor: int
-    deliver: Callable[[Event], None]
+    deliver: Callable[[Event, int], None]  # an event, and the cursor after it
     active: bool = True
 
     def __post_init__(self) -> None:
@@ -95,9 +95,14 @@ class StreamFollower:
             return len(self._followed)
 
     def follow(
-        self, session_id: str, incarnation: str, cursor: int, deliver: Callable[[Event], None]
+        self,
+        session_id: str,
+        incarnation: str,
+        cursor: int,
+        deliver: Callable[[Event, int], None],
     ) -> Followed:
-        """Deliver that incarnation's events from ``cursor`` to ``deliver``."""
+        """Deliver that incarnation's events from ``cursor`` to ``deliver``, each with
+        the cursor after it (after ``overflow``: where delivery goes on)."""
         followed = Followed(session_id, incarnation, cursor, deliver)
         with self._lock:
             if self._closed:
@@ -171,8 +176,8 @@ class StreamFollower:
                 reader.connect()
                 reader.send_command("CLIENT", "ID")
                 self._reader_id = int(reader.read_response())
+                pause = _FIRST_PAUSE  # connected: a later failure backs off afresh
                 self._read(reader)
-                pause = _FIRST_PAUSE
                 continue  # _read returns when nothing is followed: _idle decides
             except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
                 logger.info("Redis event streams interrupted: %s", exc)
@@ -231,18 +236,40 @@ class StreamFollower:
             # is always delivered.
             missed = followed.cursor - 1
             followed.cursor = present_cursor(reader, followed.events_key, followed.cursor)
-            followed.deliver(Event(followed.session_id, missed, "overflow"))
+            self._hand(followed, Event(followed.session_id, missed, "overflow"))
             return
         for entry_id, raw in entries:
+            if not followed.active:
+                return  # unfollowed by its own callback: nothing more reaches it
             sequence = stream_sequence(entry_id)
             if sequence < followed.cursor:
                 continue  # read for a follower further back
             fields = dict(zip(raw[::2], raw[1::2], strict=True))
-            if fields[b"k"] == b"closed":
+            if fields.get(b"k") == b"closed":
                 self._end(followed, sequence - 1)
                 return
-            followed.deliver(stream_event(followed.session_id, sequence, fields))
+            try:
+                event = stream_event(followed.session_id, sequence, fields)
+            except Exception:  # not an entry this version writes: skipped, and said
+                logger.exception(
+                    "session %s: stream entry %s unreadable; its watchers get overflow",
+                    followed.session_id,
+                    entry_id,
+                )
+                missed, followed.cursor = followed.cursor - 1, sequence + 1
+                self._hand(followed, Event(followed.session_id, missed, "overflow"))
+                continue
             followed.cursor = sequence + 1
+            self._hand(followed, event)
+
+    @staticmethod
+    def _hand(followed: Followed, event: Event) -> None:
+        """Deliver one event with the cursor after it; a callback's failure is logged
+        and stays its own (the other sessions read on)."""
+        try:
+            followed.deliver(event, followed.cursor)
+        except Exception:
+            logger.exception("session %s: delivering %s failed", followed.session_id, event)
 
     def _check_live(self, reader: AbstractConnection, followed: list[Followed]) -> None:
         """Tell ``closed`` to each follower whose incarnation is no longer the session's
@@ -262,4 +289,4 @@ class StreamFollower:
         with self._lock:
             followed.active = False
             self._followed.discard(followed)
-        followed.deliver(Event(followed.session_id, last, "closed"))
+        self._hand(followed, Event(followed.session_id, last, "closed"))

@@ -22,7 +22,8 @@ from bridge_support import python_env
 from dspex_actors import LocalState, Supervisor, failpoints, serve
 from dspex_actors.bridge import BridgedState
 from dspex_actors.bridge.cache import ABSENT, MISS, RecordCache
-from dspex_actors.errors import StateError
+from dspex_actors.errors import BridgeUnavailable, StateError
+from dspex_actors.limits import Limits
 from dspex_actors.records import VariableRecord
 from dspex_actors.streaming import Event
 
@@ -174,6 +175,38 @@ def test_watchers_hear_closed_when_the_session_closes() -> None:
         events = inbox.wait_for(lambda got: bool(got) and got[-1].kind == "closed")
         subscription.close()
     assert [e.kind for e in events] == ["registered", "closed"]
+
+
+def test_watches_never_take_the_stream_slots_calls_need() -> None:
+    """A server taking 3 streams per connection and a handle holding 3 watches:
+    its calls still run (watches have connections of their own); a 4th watch that
+    no connection can carry fails ``subscribe`` with BridgeUnavailable within the
+    handle's timeout (not a subscription that never starts) and leaves no thread;
+    closing one makes room again."""
+    with serve(limits=Limits(max_calls_per_connection=3)) as server:
+        state = BridgedState.init(address=server.address, timeout=1.0, stream=False)
+        try:
+            inboxes = [Inbox() for _ in range(3)]
+            subscriptions = [state.subscribe(None, inbox) for inbox in inboxes]
+            state.register_variable("x", "integer", 0)  # beside three open watches
+            before = _watch_threads()
+            with pytest.raises(BridgeUnavailable, match="did not start the watch"):
+                state.subscribe(None, Inbox())
+            assert _watch_threads() == before
+            subscriptions.pop().close()
+            inboxes[-1] = Inbox()
+            subscriptions.append(state.subscribe(None, inboxes[-1]))
+            state.set_variable("x", 1)
+            for inbox in inboxes:
+                inbox.wait_for(_last_version(1))
+            for subscription in subscriptions:
+                subscription.close()
+        finally:
+            state.cleanup()
+
+
+def _watch_threads() -> int:
+    return sum(t.name.startswith("dspex-watch-") for t in threading.enumerate())
 
 
 def test_a_context_subscription_crosses_the_switch_with_every_event_once() -> None:

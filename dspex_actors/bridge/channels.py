@@ -4,6 +4,11 @@ Handles to the same address with the same settings share one gRPC channel (and s
 one TCP connection), counted by reference: the first :func:`acquire` opens it, the
 last :func:`release` closes it, so each handle keeps an independent lifetime.
 
+Watch streams go on connections of their own (:meth:`Shared.watch_channel`), up to
+:data:`WATCHES_PER_CONNECTION` each: a server takes a bounded number of streams per
+connection (``max_calls_per_connection``, 128 by default), and watches, which stay
+open, would otherwise take every slot the channel's calls need.
+
 A write that fails in transport is never classed "not applied" from the channel's
 connectivity: gRPC reports that asynchronously, so a connection that came up,
 carried the write and broke could still look down (measured under load: 3 of 40
@@ -13,6 +18,7 @@ tries). Only the server's own answer says "not applied" for a write.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +26,10 @@ import grpc
 
 from dspex_actors.bridge.calls import CallStream
 
-__all__ = ["Shared", "acquire", "release"]
+__all__ = ["WATCHES_PER_CONNECTION", "Shared", "acquire", "release"]
+
+WATCHES_PER_CONNECTION = 100
+"""Watch streams one watch connection carries: below a default server's 128."""
 
 
 @dataclass
@@ -31,6 +40,7 @@ class Shared:
     channel: grpc.Channel
     users: int = 0
     streams: dict[Any, CallStream] = field(default_factory=dict)
+    watches: list[list[Any]] = field(default_factory=list)  # [channel, streams on it]
 
     def calls(self, metadata: Any) -> CallStream:
         """The channel's Calls stream for handles sending ``metadata`` (their token)."""
@@ -39,6 +49,41 @@ class Shared:
             if stream is None:
                 stream = self.streams[metadata] = CallStream(self.channel, metadata, self.key[2])
             return stream
+
+    def watch_channel(self) -> tuple[grpc.Channel, Callable[[], None]]:
+        """A channel for one more Watch stream, on a connection that carries only
+        watches, and the function that gives its place back (once)."""
+        with _lock:
+            slot = next((w for w in self.watches if w[1] < WATCHES_PER_CONNECTION), None)
+            if slot is None:
+                # Distinct channel arguments: gRPC gives it a connection of its own.
+                role = ("dspex_actors.watches", len(self.watches) + 1)
+                slot = [_open(*self.key, extra=[role]), 0]
+                self.watches.append(slot)
+            slot[1] += 1
+        given = [False]
+
+        def give_back() -> None:
+            with _lock:
+                if not given[0]:
+                    given[0] = True
+                    slot[1] -= 1
+
+        return slot[0], give_back
+
+
+def _open(
+    address: str, root_cert: bytes | None, max_message_bytes: int, extra: list[Any] | None = None
+) -> grpc.Channel:
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *(extra or ()),
+    ]
+    if root_cert is None:
+        return grpc.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_cert)
+    return grpc.secure_channel(address, credentials, options)
 
 
 _lock = threading.Lock()
@@ -51,18 +96,7 @@ def acquire(address: str, root_cert: bytes | None, max_message_bytes: int) -> Sh
     with _lock:
         shared = _shared.get(key)
         if shared is None:
-            options = [
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ]
-            channel = (
-                grpc.insecure_channel(address, options=options)
-                if root_cert is None
-                else grpc.secure_channel(
-                    address, grpc.ssl_channel_credentials(root_certificates=root_cert), options
-                )
-            )
-            shared = _shared[key] = Shared(key, channel)
+            shared = _shared[key] = Shared(key, _open(*key))
         shared.users += 1
         return shared
 
@@ -75,6 +109,9 @@ def release(shared: Shared) -> None:
             return
         del _shared[shared.key]
         streams = list(shared.streams.values())
+        watches = [slot[0] for slot in shared.watches]
     for stream in streams:
         stream.close()
+    for channel in watches:
+        channel.close()
     shared.channel.close()

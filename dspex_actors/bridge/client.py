@@ -24,7 +24,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Self, TypeVar
 
 import grpc
@@ -220,11 +220,7 @@ class BridgedState(StateProvider):
             return
         start = self.session_info()["next_sequence"]
         cache = RecordCache(lambda: self._server_listing(None), self._server_record, start)
-        stub, metadata = self._stub, self._metadata
-
-        def open_stream(request: pb.WatchRequest) -> Any:
-            return stub.Watch(request, timeout=WATCH_DEADLINE, metadata=metadata)
-
+        open_stream, give_back = self._watch_stream()
         self._cache = cache
         self._cache_feed = RemoteSubscription(
             open_stream,
@@ -235,7 +231,19 @@ class BridgedState(StateProvider):
             self._max_bytes,
             on_connect=cache.connected,
             on_disconnect=cache.disconnected,
+            on_end=give_back,
         )
+
+    def _watch_stream(self) -> tuple[Callable[[pb.WatchRequest], Any], Callable[[], None]]:
+        """How to open this session's Watch stream, on a connection that carries only
+        watches, and the function that gives that place back once the watch ends."""
+        channel, give_back = self._shared.watch_channel()
+        watch, metadata = pb_grpc.SessionStoreStub(channel).Watch, self._metadata
+
+        def open_stream(request: pb.WatchRequest) -> Any:
+            return watch(request, timeout=WATCH_DEADLINE, metadata=metadata)
+
+        return open_stream, give_back
 
     def sync_cache(self, timeout: float | None = None) -> None:
         """Wait until the cache holds every change the server had made when this was
@@ -664,22 +672,38 @@ class BridgedState(StateProvider):
         any outage from where it stopped (:mod:`dspex_actors.bridge.watch`).
 
         Starts at the session's current sequence (or ``start``), read in this call,
-        and returns once the server holds the watch (within the handle's timeout).
+        and returns once the server holds the watch; ``BridgeUnavailable`` if it does
+        not within the handle's timeout (the server is unreachable, or this channel
+        already carries as many streams as the server takes on one connection).
         """
         if start is None:
             start = self.session_info()["next_sequence"]
-        stub, metadata = self._stub, self._metadata
-
-        def open_stream(request: pb.WatchRequest) -> Any:
-            return stub.Watch(request, timeout=WATCH_DEADLINE, metadata=metadata)
-
-        subscription = RemoteSubscription(
-            open_stream, self.session_id, pattern, subscriber, start, self._max_bytes
-        )
+        open_stream, give_back = self._watch_stream()
+        try:
+            subscription = RemoteSubscription(
+                open_stream,
+                self.session_id,
+                pattern,
+                subscriber,
+                start,
+                self._max_bytes,
+                on_end=give_back,
+            )
+        except BaseException:  # a bad pattern or subscriber: no watch, its place back
+            give_back()
+            raise
         with self._lock:
             self._subscriptions = [s for s in self._subscriptions if s.active]
             self._subscriptions.append(subscription)
-        subscription.wait_up(self._timeout)
+        if not subscription.wait_up(self._timeout):
+            subscription.close()
+            raise BridgeUnavailable(
+                f"SessionStore at {self.address} did not start the watch of session "
+                f"{self.session_id!r} within {self._timeout}s; not subscribed (a connection "
+                "carries at most the server's max_calls_per_connection streams at once, "
+                "Watch streams included)",
+                session_id=self.session_id,
+            )
         return subscription
 
     def unsubscribe(self, subscription: Any) -> None:

@@ -72,6 +72,7 @@ class RemoteSubscription(Closing):
         max_bytes: int,
         on_connect: Callable[[], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
+        on_end: Callable[[], None] | None = None,
     ) -> None:
         check_subscriber(subscriber)
         self.pattern = check_pattern(pattern)
@@ -86,6 +87,7 @@ class RemoteSubscription(Closing):
         self._said_closed = False
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
+        self._on_end = on_end  # its thread has ended: nothing of it runs any more
         self._up = threading.Event()  # the server has the watch (or it ended)
         self.reconnects = 0
         self._thread = threading.Thread(
@@ -107,6 +109,8 @@ class RemoteSubscription(Closing):
             self._follow()
         finally:
             self._up.set()  # nobody waits for a watch that ended
+            if self._on_end is not None:
+                self._on_end()
 
     def _follow(self) -> None:
         pause = _FIRST_PAUSE
@@ -165,10 +169,11 @@ class RemoteSubscription(Closing):
             self.reconnects += 1
             pause = min(pause * 2, _MAX_PAUSE)
 
-    def wait_up(self, timeout: float) -> None:
+    def wait_up(self, timeout: float) -> bool:
         """Wait (up to ``timeout``) until the server holds the watch, so events of a
-        session that closes right after are still delivered, up to its ``closed``."""
-        self._up.wait(timeout)
+        session that closes right after are still delivered, up to its ``closed``;
+        False if it did not within ``timeout``."""
+        return self._up.wait(timeout)
 
     def _end(self) -> None:
         """Tell the subscriber ``closed`` and stop."""

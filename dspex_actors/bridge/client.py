@@ -699,9 +699,9 @@ class BridgedState(StateProvider):
             subscription.close()
             raise BridgeUnavailable(
                 f"SessionStore at {self.address} did not start the watch of session "
-                f"{self.session_id!r} within {self._timeout}s; not subscribed (a connection "
-                "carries at most the server's max_calls_per_connection streams at once, "
-                "Watch streams included)",
+                f"{self.session_id!r} within {self._timeout}s; not subscribed (it is "
+                "unreachable, or this process's watch connection already carries the "
+                "streams it takes on one: rule 'max_calls_per_connection')",
                 session_id=self.session_id,
             )
         return subscription

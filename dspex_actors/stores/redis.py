@@ -443,12 +443,13 @@ class RedisStore:
                 current = self._feeds.get(key)
                 if current is None or current.log.closed:
                     self._feeds[key] = fresh
+        closed = BridgeUnavailable("the store is closing; the watch was not started")
+        if closing:
+            raise closed
         try:
-            if closing:
-                raise RuntimeError("closing")
             fresh.followed = self._follower.follow(session_id, incarnation, begin, fresh.take)
-        except RuntimeError:  # the follower closed with the store
-            raise BridgeUnavailable("the store is closing; the watch was not started") from None
+        except RuntimeError:  # the follower closed with the store meanwhile
+            raise closed from None
         return fresh
 
     async def leave(self, feed: _Feed) -> None:

@@ -86,6 +86,7 @@ class StreamFollower:
         self._woken = False
         self._closed = False
         self._stopped = threading.Event()  # ends a backoff wait
+        self._pause = _FIRST_PAUSE  # the reader's next backoff
         self._connections = acquire_connections(url, timeout)
 
     @property
@@ -162,7 +163,7 @@ class StreamFollower:
     # -- the reader's thread --------------------------------------------------------------
 
     def _run(self) -> None:
-        pause = _FIRST_PAUSE
+        self._pause = _FIRST_PAUSE
         errors = self._connections.errors
         while True:
             if self._idle():
@@ -176,7 +177,6 @@ class StreamFollower:
                 reader.connect()
                 reader.send_command("CLIENT", "ID")
                 self._reader_id = int(reader.read_response())
-                pause = _FIRST_PAUSE  # connected: a later failure backs off afresh
                 self._read(reader)
                 continue  # _read returns when nothing is followed: _idle decides
             except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
@@ -186,8 +186,8 @@ class StreamFollower:
             finally:
                 self._reader_id = None
                 reader.disconnect()
-            self._stopped.wait(pause)
-            pause = min(pause * 2, _MAX_PAUSE)
+            self._stopped.wait(self._pause)
+            self._pause = min(self._pause * 2, _MAX_PAUSE)
 
     def _idle(self) -> bool:
         """Whether the thread ends now: nothing followed (or closed). Decided under
@@ -220,6 +220,7 @@ class StreamFollower:
                 *("STREAMS", *keys, *starts),
             )
             reply = reader.read_response() or []
+            self._pause = _FIRST_PAUSE  # a read went through: a later failure backs off afresh
             with self._delivering:
                 for key, entries in reply:
                     for followed in streams[key.decode()]:

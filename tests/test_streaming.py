@@ -22,7 +22,7 @@ from bridge_support import python_env
 from dspex_actors import LocalState, Supervisor, failpoints, serve
 from dspex_actors.bridge import BridgedState
 from dspex_actors.bridge.cache import ABSENT, MISS, RecordCache
-from dspex_actors.errors import BridgeUnavailable, StateError
+from dspex_actors.errors import BridgeUnavailable, SessionClosed, StateError
 from dspex_actors.limits import Limits
 from dspex_actors.records import VariableRecord
 from dspex_actors.streaming import Event
@@ -203,6 +203,52 @@ def test_watches_never_take_the_stream_slots_calls_need() -> None:
                 subscription.close()
         finally:
             state.cleanup()
+
+
+def test_watches_past_what_the_server_takes_on_one_connection_get_another() -> None:
+    """The server said (on the Calls stream) it takes 3 streams per connection: a
+    handle's 5 watches go on two watch connections, and all deliver."""
+    with serve(limits=Limits(max_calls_per_connection=3)) as server:
+        state = BridgedState.init(address=server.address, timeout=WAIT)
+        try:
+            state.register_variable("x", "integer", 0)  # a streamed call: the limit is said
+            inboxes = [Inbox() for _ in range(5)]
+            subscriptions = [state.subscribe(None, inbox) for inbox in inboxes]
+            state.set_variable("x", 1)
+            for inbox in inboxes:
+                inbox.wait_for(_last_version(1))
+            for subscription in subscriptions:
+                subscription.close()
+        finally:
+            state.cleanup()
+
+
+def test_subscribe_to_an_unreachable_server_raises_and_leaves_nothing() -> None:
+    """The server is gone: ``subscribe`` (from a given sequence, so it makes no
+    other call) raises BridgeUnavailable within the handle's timeout, not a
+    subscription that keeps reconnecting in the background."""
+    server = serve()
+    state = BridgedState.init(address=server.address, timeout=1.0)
+    server.stop()
+    try:
+        before = _watch_threads()
+        with pytest.raises(BridgeUnavailable, match="did not start the watch"):
+            state.subscribe(None, Inbox(), start=0)
+        assert _watch_threads() == before
+    finally:
+        state.cleanup()
+
+
+def test_a_cleaned_up_handle_opens_no_watch() -> None:
+    with serve() as server:
+        owner = BridgedState.init(address=server.address)
+        watcher = BridgedState.init(
+            session_id=owner.session_id, address=server.address, max_message_bytes=8 << 20
+        )  # settings of its own: a channel of its own, released by its cleanup
+        watcher.cleanup()
+        with pytest.raises(SessionClosed):
+            watcher.subscribe(None, Inbox(), start=0)
+        owner.cleanup()
 
 
 def _watch_threads() -> int:

@@ -5,7 +5,8 @@ one TCP connection), counted by reference: the first :func:`acquire` opens it, t
 last :func:`release` closes it, so each handle keeps an independent lifetime.
 
 Watch streams go on connections of their own (:meth:`Shared.watch_channel`), up to
-:data:`WATCHES_PER_CONNECTION` each: a server takes a bounded number of streams per
+:data:`WATCHES_PER_CONNECTION` each, or as many as the server said it takes on one
+(its Calls stream announces it): a server takes a bounded number of streams per
 connection (``max_calls_per_connection``, 128 by default), and watches, which stay
 open, would otherwise take every slot the channel's calls need.
 
@@ -41,6 +42,7 @@ class Shared:
     users: int = 0
     streams: dict[Any, CallStream] = field(default_factory=dict)
     watches: list[list[Any]] = field(default_factory=list)  # [channel, streams on it]
+    released: bool = False  # its last user is gone: it opens nothing more
 
     def calls(self, metadata: Any) -> CallStream:
         """The channel's Calls stream for handles sending ``metadata`` (their token)."""
@@ -52,9 +54,15 @@ class Shared:
 
     def watch_channel(self) -> tuple[grpc.Channel, Callable[[], None]]:
         """A channel for one more Watch stream, on a connection that carries only
-        watches, and the function that gives its place back (once)."""
+        watches (as many as the server said it takes on one, at most
+        :data:`WATCHES_PER_CONNECTION`), and the function that gives its place back
+        (once). ValueError once the channel is released, as gRPC's closed channels do."""
         with _lock:
-            slot = next((w for w in self.watches if w[1] < WATCHES_PER_CONNECTION), None)
+            if self.released:
+                raise ValueError("the channel is closed")
+            said = [s.server_limit for s in self.streams.values() if s.server_limit]
+            room = min([WATCHES_PER_CONNECTION, *said])
+            slot = next((w for w in self.watches if w[1] < room), None)
             if slot is None:
                 # Distinct channel arguments: gRPC gives it a connection of its own.
                 role = ("dspex_actors.watches", len(self.watches) + 1)
@@ -108,6 +116,7 @@ def release(shared: Shared) -> None:
         if shared.users > 0:
             return
         del _shared[shared.key]
+        shared.released = True
         streams = list(shared.streams.values())
         watches = [slot[0] for slot in shared.watches]
     for stream in streams:

@@ -237,7 +237,10 @@ class BridgedState(StateProvider):
     def _watch_stream(self) -> tuple[Callable[[pb.WatchRequest], Any], Callable[[], None]]:
         """How to open this session's Watch stream, on a connection that carries only
         watches, and the function that gives that place back once the watch ends."""
-        channel, give_back = self._shared.watch_channel()
+        try:
+            channel, give_back = self._shared.watch_channel()
+        except ValueError:  # released: this handle was cleaned up (meanwhile)
+            raise self._closed_error() from None
         watch, metadata = pb_grpc.SessionStoreStub(channel).Watch, self._metadata
 
         def open_stream(request: pb.WatchRequest) -> Any:
@@ -676,6 +679,8 @@ class BridgedState(StateProvider):
         not within the handle's timeout (the server is unreachable, or this channel
         already carries as many streams as the server takes on one connection).
         """
+        if self._closed:
+            raise self._closed_error()
         if start is None:
             start = self.session_info()["next_sequence"]
         open_stream, give_back = self._watch_stream()

@@ -130,9 +130,10 @@ class RemoteSubscription(Closing):
                         self._end()
                         return
                 self._stream.initial_metadata()  # the server answers once it holds the watch
-                self._up.set()
-                if self._on_connect is not None:
-                    self._on_connect()
+                if not self._stream.done():  # (a call that failed answers too: no metadata)
+                    self._up.set()
+                    if self._on_connect is not None:
+                        self._on_connect()
                 for message in self._stream:
                     pause = _FIRST_PAUSE
                     try:

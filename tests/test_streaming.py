@@ -196,11 +196,7 @@ def test_watches_never_take_the_stream_slots_calls_need() -> None:
             subscriptions.pop().close()
             inboxes[-1] = Inbox()
             subscriptions.append(state.subscribe(None, inboxes[-1]))
-            state.set_variable("x", 1)
-            for inbox in inboxes:
-                inbox.wait_for(_last_version(1))
-            for subscription in subscriptions:
-                subscription.close()
+            _each_hears_a_write(state, inboxes, subscriptions)
         finally:
             state.cleanup()
 
@@ -214,11 +210,7 @@ def test_watches_past_what_the_server_takes_on_one_connection_get_another() -> N
             state.register_variable("x", "integer", 0)  # a streamed call: the limit is said
             inboxes = [Inbox() for _ in range(5)]
             subscriptions = [state.subscribe(None, inbox) for inbox in inboxes]
-            state.set_variable("x", 1)
-            for inbox in inboxes:
-                inbox.wait_for(_last_version(1))
-            for subscription in subscriptions:
-                subscription.close()
+            _each_hears_a_write(state, inboxes, subscriptions)
         finally:
             state.cleanup()
 
@@ -249,6 +241,17 @@ def test_a_cleaned_up_handle_opens_no_watch() -> None:
         with pytest.raises(SessionClosed):
             watcher.subscribe(None, Inbox(), start=0)
         owner.cleanup()
+
+
+def _each_hears_a_write(
+    state: BridgedState, inboxes: list[Inbox], subscriptions: list[Any]
+) -> None:
+    """Set ``x`` to 1: every inbox hears it; then close every subscription."""
+    state.set_variable("x", 1)
+    for inbox in inboxes:
+        inbox.wait_for(_last_version(1))
+    for subscription in subscriptions:
+        subscription.close()
 
 
 def _watch_threads() -> int:

@@ -135,7 +135,6 @@ class CallStream:
         self._metadata = (*(metadata or ()), (codec.CALLS_MAX_REPLY_KEY, str(max_message_bytes)))
         self.max_request = max_message_bytes - _ENVELOPE
         self._capacity = _FIRST_CAPACITY
-        self.server_limit: int | None = None  # streams per connection, once announced
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
@@ -211,7 +210,7 @@ class CallStream:
             for key, value in replies.initial_metadata() or ():
                 if key == codec.CALLS_LIMIT_KEY:
                     with contextlib.suppress(ValueError):
-                        self._capacity = self.server_limit = max(1, int(value))
+                        self._capacity = max(1, int(value))
             up = True
             for reply in replies:
                 with self._lock:

@@ -6,7 +6,7 @@ last :func:`release` closes it, so each handle keeps an independent lifetime.
 
 Watch streams go on connections of their own (:meth:`Shared.watch_channel`), up to
 :data:`WATCHES_PER_CONNECTION` each, or as many as the server said it takes on one
-(its Calls stream announces it): a server takes a bounded number of streams per
+(its OpenSession answer says): a server takes a bounded number of streams per
 connection (``max_calls_per_connection``, 128 by default), and watches, which stay
 open, would otherwise take every slot the channel's calls need.
 
@@ -43,6 +43,7 @@ class Shared:
     streams: dict[Any, CallStream] = field(default_factory=dict)
     watches: list[list[Any]] = field(default_factory=list)  # [channel, streams on it]
     released: bool = False  # its last user is gone: it opens nothing more
+    server_limit: int = 0  # streams the server takes per connection (0: not said)
 
     def calls(self, metadata: Any) -> CallStream:
         """The channel's Calls stream for handles sending ``metadata`` (their token)."""
@@ -52,6 +53,13 @@ class Shared:
                 stream = self.streams[metadata] = CallStream(self.channel, metadata, self.key[2])
             return stream
 
+    def heard_limit(self, limit: int) -> None:
+        """The server said (opening a session) how many streams it takes on one
+        connection; 0: it did not say."""
+        if limit > 0:
+            with _lock:
+                self.server_limit = limit
+
     def watch_channel(self) -> tuple[grpc.Channel, Callable[[], None]]:
         """A channel for one more Watch stream, on a connection that carries only
         watches (as many as the server said it takes on one, at most
@@ -60,8 +68,7 @@ class Shared:
         with _lock:
             if self.released:
                 raise ValueError("the channel is closed")
-            said = [s.server_limit for s in self.streams.values() if s.server_limit]
-            room = min([WATCHES_PER_CONNECTION, *said])
+            room = min(WATCHES_PER_CONNECTION, self.server_limit or WATCHES_PER_CONNECTION)
             slot = next((w for w in self.watches if w[1] < room), None)
             if slot is None:
                 # Distinct channel arguments: gRPC gives it a connection of its own.

@@ -204,6 +204,7 @@ class BridgedState(StateProvider):
             handle.incarnation = opened.incarnation
             handle.ttl_seconds = opened.ttl_seconds or None
             handle.store = opened.store
+            shared.heard_limit(opened.max_calls_per_connection)
             if existing_state is not None:
                 handle.import_state(existing_state)
             if cache:

@@ -323,6 +323,7 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             incarnation=opened.incarnation,
             ttl_seconds=opened.ttl_seconds,
             store=self._store.kind,
+            max_calls_per_connection=self._limits.max_calls_per_connection,
         )
 
     @_rpc

@@ -96,18 +96,20 @@ class OpenSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., create_if_missing: _Optional[bool] = ..., metadata: _Optional[bytes] = ..., pending: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session_id", "created", "incarnation", "ttl_seconds", "store")
+    __slots__ = ("session_id", "created", "incarnation", "ttl_seconds", "store", "max_calls_per_connection")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALLS_PER_CONNECTION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     created: bool
     incarnation: str
     ttl_seconds: float
     store: str
-    def __init__(self, session_id: _Optional[str] = ..., created: _Optional[bool] = ..., incarnation: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., store: _Optional[str] = ...) -> None: ...
+    max_calls_per_connection: int
+    def __init__(self, session_id: _Optional[str] = ..., created: _Optional[bool] = ..., incarnation: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., store: _Optional[str] = ..., max_calls_per_connection: _Optional[int] = ...) -> None: ...
 
 class CommitSessionRequest(_message.Message):
     __slots__ = ("session_id", "incarnation")

@@ -209,11 +209,11 @@ class StreamFollower:
                 streams: dict[str, list[Followed]] = {}
                 for followed in self._followed:
                     streams.setdefault(followed.events_key, []).append(followed)
+            keys = list(streams)
+            starts = [f"{max(min(f.cursor for f in streams[k]) - 1, 0)}-0" for k in keys]
             with self._lock:
                 if self._woken:
                     continue  # followed meanwhile: take it in before blocking
-            keys = list(streams)
-            starts = [f"{max(min(f.cursor for f in streams[k]) - 1, 0)}-0" for k in keys]
             reader.send_command(
                 "XREAD",
                 *("COUNT", STREAM_READ_COUNT, "BLOCK", STREAM_BLOCK_MS),

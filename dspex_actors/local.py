@@ -164,13 +164,7 @@ class LocalState(StateProvider):
             limits=limits,
             event_history=event_history,
         )
-        if existing_state is not None:
-            try:
-                state.import_state(existing_state)
-            except BaseException:
-                state.cleanup()
-                raise
-        return state
+        return state._seeded(existing_state)
 
     # -- plumbing ------------------------------------------------------------------
 

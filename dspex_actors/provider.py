@@ -184,6 +184,17 @@ class StateProvider(abc.ABC):
         ``InvalidExport`` or ``ValidationError`` and changes nothing.
         """
 
+    def _seeded(self, existing_state: Mapping[str, Any] | None) -> Self:
+        """This fresh handle with ``existing_state`` imported (what ``init`` promises);
+        if the import fails, the handle is cleaned up and the error raised."""
+        if existing_state is not None:
+            try:
+                self.import_state(existing_state)
+            except BaseException:
+                self.cleanup()
+                raise
+        return self
+
     def export_columns(self) -> ExportColumns:
         """The export as :class:`~dspex_actors.exports.ExportColumns` (one list per
         field): the form migrations and the bridge move. Backends may build it

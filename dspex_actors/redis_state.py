@@ -539,13 +539,7 @@ class RedisState(StateProvider):
             event_history=event_history,
             pending=pending,
         )
-        if existing_state is not None:
-            try:
-                handle.import_state(existing_state)
-            except BaseException:
-                handle.cleanup()
-                raise
-        return handle
+        return handle._seeded(existing_state)
 
     @classmethod
     def open(

@@ -40,7 +40,7 @@ from dspex_actors.vartypes import TYPE_NAMES
 
 if TYPE_CHECKING:
     from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
-    from dspex_actors.redis_state import RedisState
+    from dspex_actors.redis.state import RedisState
 
 _BRIDGE_NAMES = frozenset({"BridgedState", "SessionStoreServer", "serve"})
 
@@ -87,7 +87,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     if name == "RedisState":
-        from dspex_actors.redis_state import RedisState
+        from dspex_actors.redis.state import RedisState
 
         globals()[name] = RedisState
         return RedisState

@@ -21,8 +21,8 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from dspex_actors.bridge.client import TOKEN_ENV
-from dspex_actors.bridge.server import Limits, serve
+from dspex_actors.bridge.env import TOKEN_ENV
+from dspex_actors.bridge.server.server import Limits, serve
 from dspex_actors.errors import StateError
 
 __all__ = ["main"]

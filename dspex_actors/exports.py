@@ -24,7 +24,8 @@ import msgpack
 
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import InvalidExport
-from dspex_actors.vartypes import all_of_type, describe_value, plain_copy, utf8_encodable
+from dspex_actors.text import describe_value, utf8_encodable
+from dspex_actors.vartypes import all_of_type, plain_copy
 
 __all__ = [
     "RECORD_KEYS",

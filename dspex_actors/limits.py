@@ -19,8 +19,8 @@ are never measured) and measures metadata as it copies it; :func:`check_batch_si
 and :func:`check_columns_size` bound a whole batch or import by the same arithmetic
 and encode only when that bound passes ``max_message_bytes``.
 
-At import time this module needs nothing of the package but the errors, so the
-types module can build on it.
+It needs nothing of the package but the errors and the text helpers, so the
+types module builds on it with no import cycle.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 import msgpack
 
 from dspex_actors.errors import LimitExceeded, ValidationError
+from dspex_actors.text import describe_value, utf8_encodable
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -88,9 +89,6 @@ DEFAULT_LIMITS = Limits()
 def check_session_id(session_id: Any, limits: Limits = DEFAULT_LIMITS) -> str:
     """A session id is a non-empty UTF-8 string of at most ``max_session_id_length``
     characters; ``ValidationError`` (rule ``session_id``) otherwise."""
-    # Imported here: vartypes builds on this module (its compiled types hold a limit).
-    from dspex_actors.vartypes import describe_value, utf8_encodable
-
     if (
         not isinstance(session_id, str)
         or not session_id

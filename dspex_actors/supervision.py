@@ -51,14 +51,14 @@ from dspex_actors.provider import (
     validate_provider,
 )
 from dspex_actors.records import VariableRecord, check_pattern
-from dspex_actors.redis_state import is_redis, redacted
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
 from dspex_actors.streaming import Closing, Event, Subscriber, check_subscriber, hand_over
+from dspex_actors.urls import is_redis, redacted, store_kind
 
 if TYPE_CHECKING:
-    from dspex_actors.bridge.client import BridgedState
-    from dspex_actors.bridge.server import SessionStoreServer
+    from dspex_actors.bridge.client.handle import BridgedState
+    from dspex_actors.bridge.server.server import SessionStoreServer
 
 __all__ = ["Context", "ContextSubscription", "Supervisor", "check_store"]
 
@@ -75,8 +75,6 @@ _T = TypeVar("_T")
 def check_store(store: str | None) -> None:
     """``ValueError`` unless ``store`` is None or a spec ``serve(store=...)`` takes."""
     if store is not None:
-        from dspex_actors.stores import store_kind
-
         store_kind(store)
 
 
@@ -155,7 +153,7 @@ class Supervisor:
         contexts read from a coherent local copy (``BridgedState(cache=True)``).
         ``store`` is where a session goes when it needs sharing (``ensure_bridged``):
         None, the SessionStore bridge; ``"redis://HOST:PORT/DB"``, straight into that
-        Redis as a :class:`~dspex_actors.redis_state.RedisState` session, which other
+        Redis as a :class:`~dspex_actors.redis.state.RedisState` session, which other
         processes open by its id (and SessionStore servers on that Redis serve); or
         ``"sqlite:PATH"``/``"memory"``, the bridge on a private server with that
         store (a file: the sessions outlive this process).
@@ -229,7 +227,7 @@ class Supervisor:
         """A BridgedState for ``session_id`` on this supervisor's bridge (``pending``:
         created invisible until committed, as a migration's copy is; its cache, if
         the supervisor keeps one, starts once it is committed)."""
-        from dspex_actors.bridge.client import BridgedState
+        from dspex_actors.bridge.client.handle import BridgedState
 
         return BridgedState.init(
             session_id=session_id,
@@ -248,7 +246,7 @@ class Supervisor:
         what to do once it is committed (a bridged copy starts its cache, if this
         supervisor keeps one). The copy is a StateProvider and a MigrationTarget."""
         if store is not None and is_redis(store):
-            from dspex_actors.redis_state import RedisState
+            from dspex_actors.redis.state import RedisState
 
             with self._lock:
                 if self._stopped:

@@ -53,6 +53,7 @@ from dspex_actors.limits import (
     str_size,
     too_large,
 )
+from dspex_actors.text import describe_value, utf8_encodable
 
 __all__ = [
     "MAX_VERSION",
@@ -64,16 +65,13 @@ __all__ = [
     "check_name",
     "check_names",
     "compile_type",
-    "describe_value",
     "plain_copy",
     "sized_metadata",
-    "utf8_encodable",
     "wire_safe",
 ]
 
 TYPE_NAMES = ("float", "integer", "string", "boolean", "choice", "module", "embedding", "tensor")
 
-_MAX_REPR = 200
 _MISSING: Any = object()
 _MAX_DEPTH = 32
 _MAX_NAME = 256
@@ -82,15 +80,6 @@ MAX_VERSION = 2**63 - 1
 _INT_LOW = -(2**63)
 _INT_HIGH = 2**64 - 1
 """Integers must fit msgpack (int64 or uint64), so any session can cross the bridge."""
-
-
-def describe_value(value: Any) -> str:
-    """``repr(value)``, cut to a readable length for error messages."""
-    try:
-        text = repr(value)
-    except RecursionError:
-        text = f"<{type(value).__name__} nested too deeply to show>"
-    return text if len(text) <= _MAX_REPR else text[: _MAX_REPR - 3] + "..."
 
 
 def _fail(variable: str, rule: str, value: Any, what: str) -> ValidationError:
@@ -128,17 +117,6 @@ class Validator(NamedTuple):
     constraints: dict[str, Any]
     check: Check
     thaw: Convert | None
-
-
-def utf8_encodable(text: str) -> bool:
-    """Whether a string can cross the wire (lone surrogates cannot)."""
-    if text.isascii():
-        return True
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_name(name: Any) -> str:

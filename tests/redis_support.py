@@ -91,7 +91,7 @@ def redis_server(
 
 def session_key_names(client: Any, session_id: str) -> list[bytes]:
     """Every key of a session (of any incarnation) in the server."""
-    from dspex_actors.redis_scripts import session_keys
+    from dspex_actors.redis.scripts import session_keys
 
     pattern = session_keys(session_id, "*")[0].replace(":session", "*")
     return sorted(client.scan_iter(match=pattern))

@@ -23,11 +23,12 @@ import pytest
 from google.rpc.status_pb2 import Status
 
 from dspex_actors import failpoints
-from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
-from dspex_actors.bridge.calls import CALLS_METHOD
+from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+from dspex_actors.bridge.client.calls import CALLS_METHOD
 from dspex_actors.errors import LimitExceeded, ValidationError, VersionConflict
 from dspex_actors.limits import Limits
 from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.wire import codec
 
 WAIT = 30.0
 

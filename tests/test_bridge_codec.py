@@ -15,7 +15,6 @@ from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
 from google.rpc.status_pb2 import Status
 from grpc_status import rpc_status
 
-from dspex_actors.bridge import codec
 from dspex_actors.errors import (
     ERROR_CLASSES,
     BridgeUnavailable,
@@ -34,6 +33,8 @@ from dspex_actors.errors import (
     VersionConflict,
 )
 from dspex_actors.v1.session_store_pb2 import ErrorDetail
+from dspex_actors.wire import codec
+from dspex_actors.wire import status as wire_status
 
 # -- msgpack ---------------------------------------------------------------------------
 
@@ -172,10 +173,10 @@ def raising_call() -> Iterator[Callable[[Callable[[grpc.ServicerContext], None]]
 
 def _rebuilt(call: Callable[..., None], error: StateError) -> tuple[StateError, grpc.StatusCode]:
     with pytest.raises(grpc.RpcError) as caught:
-        call(lambda context: codec.abort_with_error(context, error))
+        call(lambda context: context.abort_with_status(wire_status.grpc_status(error)))
     rpc_error = caught.value
     assert isinstance(rpc_error, grpc.Call)
-    return codec.error_from_rpc(rpc_error, "test"), rpc_error.code()
+    return wire_status.error_from_rpc(rpc_error, "test"), rpc_error.code()
 
 
 def _same(rebuilt: StateError, original: StateError) -> None:
@@ -191,7 +192,7 @@ def test_every_error_crosses_the_wire_with_class_message_and_attributes(
 ) -> None:
     rebuilt, code = _rebuilt(raising_call, error)
     _same(rebuilt, error)
-    assert code == codec.status_for(error)
+    assert code == wire_status.status_for(error)
     if isinstance(error, PartialFailure):
         assert isinstance(rebuilt, PartialFailure)
         assert list(rebuilt.errors) == list(error.errors)  # the batch's order
@@ -219,7 +220,7 @@ def test_status_codes_follow_the_table() -> None:
         StateError: grpc.StatusCode.INTERNAL,
     }
     for cls, code in expected.items():
-        assert codec.status_for(cls("m")) == code, cls
+        assert wire_status.status_for(cls("m")) == code, cls
 
 
 def test_huge_errors_stay_within_the_trailer_budget(raising_call: Callable[..., None]) -> None:
@@ -300,7 +301,7 @@ def _hostile_errors() -> dict[str, StateError]:
 
 def _trailer_bytes(error: StateError) -> int:
     """What the error's trailer takes as gRPC sends it (HPACK counts 32 per entry)."""
-    status = codec.error_status(error)
+    status = wire_status.error_status(error)
     message = status.message.encode()
     percent_encoded = sum(1 if 0x20 <= b < 0x7F and b != ord("%") else 3 for b in message)
     binary = len(base64.b64encode(status.SerializeToString()))
@@ -317,9 +318,9 @@ def test_long_and_non_ascii_errors_stay_under_the_8_kib_trailer_limit(
     # grpc-status and what proxies add need the rest of gRPC's 8 KiB.
     assert _trailer_bytes(error) <= 8192 - 512
     rebuilt, code = _rebuilt(raising_call, error)
-    assert code == codec.status_for(error)  # not RESOURCE_EXHAUSTED: the trailer arrived
+    assert code == wire_status.status_for(error)  # not RESOURCE_EXHAUSTED: the trailer arrived
     assert type(rebuilt) is type(error)
-    sent = codec.error_status(error).message
+    sent = wire_status.error_status(error).message
     assert str(rebuilt) == sent
     kept = sent.rsplit("... (", 1)[0]  # the message, cut
     assert kept and error.message.encode("utf-8", "backslashreplace").decode().startswith(kept)
@@ -361,7 +362,7 @@ def test_a_status_without_detail_maps_by_code(
     with pytest.raises(grpc.RpcError) as caught:
         raising_call(lambda context: context.abort(code, "plain status"))
     assert isinstance(caught.value, grpc.Call)
-    rebuilt = codec.error_from_rpc(caught.value, "127.0.0.1:9")
+    rebuilt = wire_status.error_from_rpc(caught.value, "127.0.0.1:9")
     assert type(rebuilt) is cls
     assert "plain status" in str(rebuilt)
     assert rebuilt.details["status"] == code.name
@@ -369,7 +370,7 @@ def test_a_status_without_detail_maps_by_code(
 
 def test_an_unknown_error_class_falls_back_by_status(raising_call: Callable[..., None]) -> None:
     def abort(context: grpc.ServicerContext) -> None:
-        status = codec.error_status(VariableNotFound("gone", variable="x"))
+        status = wire_status.error_status(VariableNotFound("gone", variable="x"))
         detail = _unpacked(status, ErrorDetail)
         detail.error_class = "SomethingNewer"
         status.details[-1].Pack(detail)
@@ -378,7 +379,7 @@ def test_an_unknown_error_class_falls_back_by_status(raising_call: Callable[...,
     with pytest.raises(grpc.RpcError) as caught:
         raising_call(abort)
     assert isinstance(caught.value, grpc.Call)
-    rebuilt = codec.error_from_rpc(caught.value, "t")
+    rebuilt = wire_status.error_from_rpc(caught.value, "t")
     assert type(rebuilt) is VariableNotFound
     assert str(rebuilt) == "gone"
     assert rebuilt.details == {"variable": "x"}
@@ -400,7 +401,7 @@ def _unpacked(status: Status, kind: type[_M]) -> _M:
 def _status_over_the_wire(call: Callable[..., None], error: StateError) -> Status:
     """The google.rpc.Status a client receives, read as any gRPC client would."""
     with pytest.raises(grpc.RpcError) as caught:
-        call(lambda context: codec.abort_with_error(context, error))
+        call(lambda context: context.abort_with_status(wire_status.grpc_status(error)))
     assert isinstance(caught.value, grpc.Call)
     status = rpc_status.from_call(caught.value)
     assert isinstance(status, Status)
@@ -426,7 +427,7 @@ def test_a_validation_error_carries_error_info_and_bad_request(
         "dspex_actors.v1.ErrorDetail",
     ]
     info = _unpacked(status, ErrorInfo)
-    assert (info.reason, info.domain) == ("invalid", codec.ERROR_DOMAIN)
+    assert (info.reason, info.domain) == ("invalid", wire_status.ERROR_DOMAIN)
     assert dict(info.metadata) == {
         "error_class": "ValidationError",
         "variable": "x",
@@ -500,7 +501,7 @@ def test_error_info_values_are_short_text(raising_call: Callable[..., None]) -> 
 @pytest.mark.parametrize("case", list(_hostile_errors()))
 def test_hostile_errors_keep_their_standard_details(case: str) -> None:
     error = _hostile_errors()[case]
-    status = codec.error_status(error)
+    status = wire_status.error_status(error)
     info = _unpacked(status, ErrorInfo)
     assert info.reason == error.reason
     assert info.metadata["error_class"] == type(error).__name__
@@ -519,7 +520,7 @@ def test_hostile_errors_keep_their_standard_details(case: str) -> None:
 
 def test_no_error_needs_the_bare_fallback(caplog: pytest.LogCaptureFixture) -> None:
     for error in [*_examples(), *_hostile_errors().values()]:
-        codec.error_status(error)
+        wire_status.error_status(error)
     assert not [r for r in caplog.records if "over its trailer budget" in r.message]
 
 
@@ -533,7 +534,7 @@ def test_a_status_without_our_detail_maps_by_code(raising_call: Callable[..., No
     with pytest.raises(grpc.RpcError) as caught:
         raising_call(abort)
     assert isinstance(caught.value, grpc.Call)
-    rebuilt = codec.error_from_rpc(caught.value, "t")
+    rebuilt = wire_status.error_from_rpc(caught.value, "t")
     assert type(rebuilt) is VariableNotFound
     assert "no such thing" in str(rebuilt)
     assert rebuilt.details == {"status": "NOT_FOUND"}
@@ -549,15 +550,17 @@ def test_an_unusable_status_trailer_maps_by_code(
 ) -> None:
     def abort(context: grpc.ServicerContext) -> None:
         if trailer is None:  # a well-formed Status that contradicts the call's code
-            data = codec.error_status(VariableExists("x exists", variable="x")).SerializeToString()
+            data = wire_status.error_status(
+                VariableExists("x exists", variable="x")
+            ).SerializeToString()
         else:
             data = trailer
-        context.set_trailing_metadata(((codec.STATUS_DETAILS_KEY, data),))
+        context.set_trailing_metadata(((wire_status.STATUS_DETAILS_KEY, data),))
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "x exists")
 
     with pytest.raises(grpc.RpcError) as caught:
         raising_call(abort)
     assert isinstance(caught.value, grpc.Call)
-    rebuilt = codec.error_from_rpc(caught.value, "t")
+    rebuilt = wire_status.error_from_rpc(caught.value, "t")
     assert type(rebuilt) is ValidationError  # INVALID_ARGUMENT's class, not VariableExists
     assert rebuilt.details == {"status": "INVALID_ARGUMENT"}

@@ -9,8 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
-from dspex_actors.bridge.columns import columns_from_message, columns_to_message
+from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.errors import (
     InvalidExport,
     LimitExceeded,
@@ -26,6 +25,9 @@ from dspex_actors.exports import (
 )
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+from dspex_actors.wire import codec
+from dspex_actors.wire import status as wire_status
+from dspex_actors.wire.columns import columns_from_message, columns_to_message
 
 MAX = 1 << 20
 
@@ -57,7 +59,7 @@ def _raise_from(server: SessionStoreServer, call: Any) -> Any:
     try:
         return call()
     except grpc.RpcError as exc:
-        raise codec.error_from_rpc(exc, server.address) from exc
+        raise wire_status.error_from_rpc(exc, server.address) from exc
 
 
 def test_both_export_forms_describe_the_same_session(

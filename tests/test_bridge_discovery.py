@@ -12,7 +12,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from dspex_actors.bridge import SessionStoreServer, discovery, serve
+from dspex_actors.bridge import SessionStoreServer, serve
+from dspex_actors.bridge.server import discovery
 from dspex_actors.v1 import session_store_pb2 as pb
 
 SESSION_STORE = "dspex_actors.v1.SessionStore"

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from dspex_actors import LocalState, failpoints
-from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
+from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,
@@ -30,6 +30,8 @@ from dspex_actors.errors import (
 from dspex_actors.messages import Crash
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+from dspex_actors.wire import codec
+from dspex_actors.wire import status as wire_status
 
 SESSION_STORE = "dspex_actors.v1.SessionStore"
 
@@ -543,7 +545,7 @@ def test_unknown_session_is_not_found(server: SessionStoreServer, channel: grpc.
         stub.GetVariable(pb.GetVariableRequest(session_id="nope", identifier="a"), timeout=5)
     assert isinstance(caught.value, grpc.Call)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-    error = codec.error_from_rpc(caught.value, server.address)
+    error = wire_status.error_from_rpc(caught.value, server.address)
     assert isinstance(error, SessionNotFound)
     assert error.session_id == "nope"
     with pytest.raises(grpc.RpcError):

@@ -28,12 +28,13 @@ from typing import Any
 import grpc
 import pytest
 
-from dspex_actors.bridge import BridgedState, SessionStoreServer, codec, serve
-from dspex_actors.bridge.discovery import MAX_WATCHES
+from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+from dspex_actors.bridge.server.discovery import MAX_WATCHES
 from dspex_actors.errors import ValidationError
 from dspex_actors.limits import DEFAULT_LIMITS
 from dspex_actors.records import MAX_PATTERN
 from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.wire import status as wire_status
 
 SET_VARIABLE = "/dspex_actors.v1.SessionStore/SetVariable"
 LIST_VARIABLES = "/dspex_actors.v1.SessionStore/ListVariables"
@@ -153,7 +154,7 @@ def test_a_huge_glob_pattern_is_refused_and_stalls_nobody(server: SessionStoreSe
         other.cleanup()
     assert isinstance(sent.value, grpc.Call)
     assert sent.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-    from_server = codec.error_from_rpc(sent.value, server.address)
+    from_server = wire_status.error_from_rpc(sent.value, server.address)
     assert isinstance(from_server, ValidationError)
     assert [local.value.rule, from_server.rule, one_over.value.rule] == ["pattern"] * 3
     assert matched_worst == []

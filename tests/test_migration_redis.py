@@ -23,7 +23,7 @@ from test_migration_failures import populate
 
 from dspex_actors import failpoints
 from dspex_actors.errors import SessionNotFound, StateError, VersionConflict
-from dspex_actors.redis_state import RedisState
+from dspex_actors.redis.state import RedisState
 from dspex_actors.supervision import Supervisor
 from dspex_actors.testing.streaming import EventRecorder, change
 

@@ -38,11 +38,12 @@ from dspex_actors.errors import (
     VariableExists,
     VersionConflict,
 )
-from dspex_actors.redis_scripts import session_keys
-from dspex_actors.redis_state import URL_ENV, RedisState, redacted
+from dspex_actors.redis.scripts import session_keys
+from dspex_actors.redis.state import URL_ENV, RedisState
 from dspex_actors.supervision import Supervisor
 from dspex_actors.testing import StateProviderContract
 from dspex_actors.testing.streaming import EventRecorder, change
+from dspex_actors.urls import redacted
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install -e '.[dev]')")
 

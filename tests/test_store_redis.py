@@ -31,11 +31,11 @@ from dspex_actors.errors import (
     VersionConflict,
 )
 from dspex_actors.messages import Delete, GetVersioned, SetValue
-from dspex_actors.redis_scripts import session_keys
-from dspex_actors.redis_state import RedisState
+from dspex_actors.redis.follower import READER_NAME, StreamFollower
+from dspex_actors.redis.scripts import session_keys
+from dspex_actors.redis.state import RedisState
+from dspex_actors.redis.store import RedisStore
 from dspex_actors.stores import open_store
-from dspex_actors.stores.redis import RedisStore
-from dspex_actors.stores.redis_feeds import READER_NAME, StreamFollower
 from dspex_actors.streaming import Event
 from dspex_actors.supervision import Supervisor
 from dspex_actors.testing import StateProviderContract

@@ -21,7 +21,7 @@ from bridge_support import python_env
 
 from dspex_actors import LocalState, Supervisor, failpoints, serve
 from dspex_actors.bridge import BridgedState
-from dspex_actors.bridge.cache import ABSENT, MISS, RecordCache
+from dspex_actors.bridge.client.cache import ABSENT, MISS, RecordCache
 from dspex_actors.errors import BridgeUnavailable, SessionClosed, StateError
 from dspex_actors.limits import Limits
 from dspex_actors.records import VariableRecord
@@ -313,7 +313,7 @@ def test_a_cache_on_a_session_with_history_syncs_and_batches_read_their_own_writ
 WRITER = """
 import sys
 from dspex_actors.bridge import BridgedState
-from dspex_actors.bridge.cache import ABSENT, MISS, RecordCache
+from dspex_actors.bridge.client.cache import ABSENT, MISS, RecordCache
 from dspex_actors.records import VariableRecord
 with BridgedState.init(session_id=sys.argv[1], create=False) as state:
     state.set_variable("temperature", 1.25)

@@ -6,13 +6,18 @@ reference counted: the first :func:`acquire` starts it, the last :func:`release`
 stops it, so a program (or a test) that cleans up its handles leaves no server or
 thread behind. Like the command-line server without a token, it listens on
 loopback only.
+
+It sits beside the client and server packages, not in either: a client uses it
+without importing the server, which is loaded the first time one is started.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-from dspex_actors.bridge.server import SessionStoreServer, serve
+if TYPE_CHECKING:
+    from dspex_actors.bridge.server.server import SessionStoreServer
 
 __all__ = ["acquire", "current_address", "release"]
 
@@ -28,6 +33,10 @@ class _SharedServer:
     def acquire(self) -> str:
         with self._lock:
             if self._server is None:
+                # Loaded here, on first use: a client that never starts the embedded
+                # server never loads the server package.
+                from dspex_actors.bridge.server.server import serve
+
                 self._server = serve()
             self._users += 1
             return self._server.address

@@ -6,7 +6,7 @@
   store with every change journaled to a SQLite file first; a server started again
   on the file holds every session again. ``sqlite:PATH?synchronous=full`` fsyncs
   each write (see the module).
-* ``redis://HOST:PORT/DB`` (or ``rediss://``; :class:`~dspex_actors.stores.redis.
+* ``redis://HOST:PORT/DB`` (or ``rediss://``; :class:`~dspex_actors.redis.store.
   RedisStore`): the sessions live in Redis, as ``RedisState`` keeps them; any number
   of servers (and ``RedisState`` handles) on the same Redis serve the same sessions,
   and a server restart loses nothing Redis kept. Needs the ``redis`` extra.
@@ -17,12 +17,12 @@ the specs above (``--store``) into a store.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
-from dspex_actors.redis_state import is_redis
 from dspex_actors.stores.base import DEDUPE_WINDOW, Opened, SessionInfo, Store
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.stores.sqlite import SqliteStore, Synchronous
+from dspex_actors.urls import STORE_SPECS, store_kind
 
 __all__ = [
     "DEDUPE_WINDOW",
@@ -35,22 +35,7 @@ __all__ = [
     "store_kind",
 ]
 
-_SPECS = "'memory', 'sqlite:PATH[?synchronous=normal|full]' or 'redis://HOST:PORT/DB'"
 _REDIS_SETTINGS = ("limits", "session_ttl", "event_history")
-
-
-def store_kind(spec: str) -> Literal["memory", "sqlite", "redis"]:
-    """Which store a spec names (``ValueError`` for a spec of no known form)."""
-    if spec == "memory":
-        return "memory"
-    kind, _, rest = spec.partition(":")
-    if kind == "sqlite":
-        if not rest.partition("?")[0]:
-            raise ValueError(f"store {spec!r}: give a file, as in 'sqlite:sessions.db'")
-        return "sqlite"
-    if is_redis(spec):
-        return "redis"
-    raise ValueError(f"unknown store {spec!r}: expected {_SPECS}")
 
 
 def open_store(spec: str, **settings: Any) -> Store:
@@ -72,11 +57,13 @@ def open_store(spec: str, **settings: Any) -> Store:
         if query:
             key, _, value = query.partition("=")
             if key != "synchronous" or value.lower() not in get_args(Synchronous):
-                raise ValueError(f"store {spec!r}: unknown option {query!r} (expected {_SPECS})")
+                raise ValueError(
+                    f"store {spec!r}: unknown option {query!r} (expected {STORE_SPECS})"
+                )
             settings = {**settings, "synchronous": value.lower()}
         return SqliteStore(path, **settings)
-    from dspex_actors.redis_state import redis_module
-    from dspex_actors.stores.redis import RedisStore  # redis-py only when asked for
+    from dspex_actors.redis.connections import redis_module
+    from dspex_actors.redis.store import RedisStore  # redis-py only when asked for
 
     redis_module()  # the extra's ImportError now, not at the first call
     return RedisStore(spec, **{k: v for k, v in settings.items() if k in _REDIS_SETTINGS})

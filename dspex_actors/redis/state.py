@@ -9,7 +9,7 @@ raises ``ImportError`` naming the extra, and ``import dspex_actors`` never needs
 **Where a session lives.** A fixed set of keys per session under one hash tag (a
 hash of names, a sorted set giving creation order, a hash of the variables' fields,
 the remembered replies of recent writes, and a Stream of change events), changed
-only by Lua scripts: :mod:`dspex_actors.redis_scripts` lays them out. Values,
+only by Lua scripts: :mod:`dspex_actors.redis.scripts` lays them out. Values,
 metadata and constraints are msgpack, never pickle.
 
 **Validation, then one atomic step.** Every value is checked in this process by the
@@ -74,22 +74,17 @@ neither RDB snapshots nor AOF a restart loses it; with ``appendonly yes`` and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
-from urllib.parse import urlsplit, urlunsplit
 
 import msgpack
 
 from dspex_actors import failpoints, vartypes
-from dspex_actors import redis_scripts as scripts
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,
@@ -114,7 +109,17 @@ from dspex_actors.limits import (
 )
 from dspex_actors.provider import StateProvider
 from dspex_actors.records import VariableRecord, check_pattern, name_matches, variable_not_found
-from dspex_actors.redis_scripts import Script, session_keys
+from dspex_actors.redis import scripts
+from dspex_actors.redis.connections import (
+    Connections,
+    Unanswered,
+    acquire_connections,
+    current_scope,
+    evaluate,
+    release_connections,
+)
+from dspex_actors.redis.events import RedisSubscription
+from dspex_actors.redis.scripts import Script, session_keys
 from dspex_actors.session import (
     Record,
     SessionTable,
@@ -123,13 +128,10 @@ from dspex_actors.session import (
 )
 from dspex_actors.streaming import (
     DEFAULT_HISTORY,
-    Closing,
-    Event,
-    EventKind,
     Subscriber,
     check_subscriber,
-    hand_over,
 )
+from dspex_actors.urls import redacted
 from dspex_actors.vartypes import (
     Validator,
     check_expected_version,
@@ -141,18 +143,13 @@ from dspex_actors.vartypes import (
 )
 
 if TYPE_CHECKING:
-    from redis.connection import AbstractConnection
+    pass
 
 __all__ = [
     "DEFAULT_TTL",
     "DEFAULT_URL",
     "URL_ENV",
     "RedisState",
-    "RedisSubscription",
-    "call_scope",
-    "is_redis",
-    "redacted",
-    "redis_module",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,247 +195,6 @@ def _text(data: bytes) -> str:
 def _stamp(seconds: float) -> str:
     """A timestamp as stored: ``repr`` reads back as the same float."""
     return repr(float(seconds))
-
-
-# -- connections ----------------------------------------------------------------------
-
-
-def is_redis(spec: str) -> bool:
-    """Whether a store spec is a Redis URL (``redis://``, ``rediss://``, ``unix://``)."""
-    return spec.partition(":")[0] in ("redis", "rediss", "unix")
-
-
-def redacted(url: str) -> str:
-    """``url`` with any password (in its user part or its query) replaced by ``***``:
-    fit for messages, which reach clients."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        if ":" in user:
-            netloc = f"{user.partition(':')[0]}:***@{host}"
-    query = "&".join(
-        f"{key}=***" if key.lower() == "password" else f"{key}={value}" if sep else key
-        for key, sep, value in (item.partition("=") for item in parts.query.split("&"))
-        if key
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def redis_module() -> Any:
-    """redis-py, or the ImportError that names the extra bringing it."""
-    try:
-        import redis
-        import redis.backoff
-        import redis.exceptions
-        import redis.retry
-    except ImportError as exc:
-        raise ImportError(_MISSING_EXTRA) from exc
-    return redis
-
-
-class Connections:
-    """Connections to one Redis, shared by the handles and subscriptions using it.
-
-    Counted by reference like the bridge's channels: the first :func:`acquire_connections`
-    makes it, the last :func:`release_connections` closes its idle connections. Plain redis-py
-    ``Connection`` objects, taken and given back around one command: a failure to
-    connect is told apart from a failure once the command may have been sent, which
-    is what classes a failed write (not applied, or outcome unknown). redis-py's own
-    retries are off: a write is only ever retried here, with its request id.
-    """
-
-    def __init__(self, key: tuple[str, float], url: str, timeout: float) -> None:
-        redis = redis_module()
-        self.key = key
-        options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-            "health_check_interval": 0,
-            "protocol": 2,  # the replies parsed here are RESP2's
-        }
-        try:  # redis-py 7+: no maintenance notifications (one command less per connect)
-            from redis.maint_notifications import MaintNotificationsConfig
-        except ImportError:
-            pass
-        else:
-            options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-        pool = redis.ConnectionPool.from_url(url, **options)
-        self.connection_class: Callable[..., AbstractConnection] = pool.connection_class
-        self.connection_kwargs: dict[str, Any] = dict(pool.connection_kwargs)
-        self.errors = redis.exceptions
-        self.users = 0
-        self._idle: list[AbstractConnection] = []
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-
-    def new(self, **overrides: Any) -> AbstractConnection:
-        """A connection of this Redis, not yet connected, owned by the caller."""
-        return self.connection_class(**{**self.connection_kwargs, **overrides})
-
-    def take(self) -> AbstractConnection:
-        """An idle connection, or a new one, connected (a failure here sent nothing)."""
-        with self._lock:
-            if self._pid != os.getpid():  # a forked child: the sockets are the parent's
-                self._idle = []
-                self._pid = os.getpid()
-            connection = self._idle.pop() if self._idle else None
-        if connection is None:
-            connection = self.new()
-            connection.connect()
-        return connection
-
-    def give(self, connection: AbstractConnection) -> None:
-        """Back to the idle list after a complete request and reply."""
-        with self._lock:
-            if self._pid == os.getpid() and len(self._idle) < _MAX_IDLE_CONNECTIONS:
-                self._idle.append(connection)
-                return
-        connection.disconnect()
-
-    def close(self) -> None:
-        """Disconnect the idle connections (those in use are given back later)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-            mine = self._pid == os.getpid()
-        if mine:
-            for connection in idle:
-                connection.disconnect()
-
-
-_registry_lock = threading.Lock()
-_registry: dict[tuple[str, float], Connections] = {}
-
-
-def acquire_connections(url: str, timeout: float) -> Connections:
-    """The shared connections to ``url`` (with ``timeout``), one more user counted."""
-    key = (url, timeout)
-    with _registry_lock:
-        connections = _registry.get(key)
-        if connections is None:
-            connections = _registry[key] = Connections(key, url, timeout)
-        connections.users += 1
-        return connections
-
-
-def release_connections(connections: Connections) -> None:
-    """One user less; the last one closes the idle connections."""
-    with _registry_lock:
-        connections.users -= 1
-        if connections.users > 0:
-            return
-        if _registry.get(connections.key) is connections:
-            del _registry[connections.key]
-    connections.close()
-
-
-class _Unanswered(Exception):
-    """One attempt got no answer; ``maybe_sent`` says whether Redis may have run it."""
-
-    def __init__(self, cause: Exception, maybe_sent: bool) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.maybe_sent = maybe_sent
-
-
-def _command(
-    verb: str, script: str, count: int, keys: Sequence[str], args: Sequence[Any]
-) -> bytes:
-    """One ``EVAL``/``EVALSHA`` in the Redis protocol. Written here, not by redis-py's
-    general encoder: an import's hundreds of thousands of arguments pack in a tenth
-    of the time."""
-    parts = [b"*%d\r\n" % (3 + len(keys) + len(args))]
-    append = parts.append
-    for item in (verb, script, count, *keys, *args):
-        data = item if type(item) is bytes else str(item).encode()
-        append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-def _evaluate(
-    connections: Connections,
-    script: Script,
-    keys: Sequence[str],
-    args: Sequence[Any],
-    read_timeout: float | None = None,
-) -> Any:
-    """One attempt of one script: its reply, a ``ResponseError`` Redis answered, or
-    :class:`_Unanswered`. With ``read_timeout`` (a long script: a large import) the
-    attempt has a connection of its own that waits that long for the reply."""
-    errors = connections.errors
-    try:
-        if read_timeout is None:
-            connection = connections.take()
-        else:
-            connection = connections.new(socket_timeout=read_timeout)
-            connection.connect()
-    except (errors.AuthenticationError, errors.AuthorizationError):
-        raise
-    except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
-        raise _Unanswered(exc, maybe_sent=False) from exc
-    try:
-        try:
-            connection.send_packed_command(
-                [_command("EVALSHA", script.sha, len(keys), keys, args)]
-            )
-            reply = connection.read_response()
-        except errors.NoScriptError:  # Redis restarted or flushed its scripts: not run
-            connection.send_packed_command([_command("EVAL", script.text, len(keys), keys, args)])
-            reply = connection.read_response()
-    except errors.BusyLoadingError as exc:  # refused while loading its data: not run
-        connection.disconnect()
-        raise _Unanswered(exc, maybe_sent=False) from exc
-    except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
-        connection.disconnect()
-        connections.close()  # the idle ones likely broke alike (a restart): reconnect
-        raise _Unanswered(exc, maybe_sent=True) from exc
-    except errors.ResponseError:
-        if read_timeout is None:  # a whole reply was read: the connection is sound
-            connections.give(connection)
-        else:
-            connection.disconnect()
-        raise
-    except BaseException:
-        connection.disconnect()
-        raise
-    if read_timeout is None:
-        connections.give(connection)
-    else:
-        connection.disconnect()
-    return reply
-
-
-@dataclass(slots=True)
-class _CallScope:
-    """What a caller from outside (a SessionStore server) fixes for one call."""
-
-    request_id: str | None
-    deadline: float | None  # monotonic seconds
-    retain: int  # seconds Redis remembers each reply
-    attempts: int = 0
-
-
-_SCOPE: ContextVar[_CallScope | None] = ContextVar("dspex_redis_call", default=None)
-
-
-@contextlib.contextmanager
-def call_scope(request_id: str | None, deadline: float | None, retain: int) -> Iterator[None]:
-    """Run the calls made in this block (in this thread) with the caller's request id
-    and deadline.
-
-    A SessionStore server relays a client's write with the client's request id, so
-    a retry reaching any server sharing the Redis is answered with the first reply.
-    One call may send several scripts (a write planned on a cached definition that
-    turned out stale is planned again): the n-th sends ``<request id>.<n>``, so a
-    retry replays the same chain and applies at most one of them. ``retain``: how
-    long (seconds) Redis remembers each reply.
-    """
-    token = _SCOPE.set(_CallScope(request_id, deadline, retain))
-    try:
-        yield
-    finally:
-        _SCOPE.reset(token)
 
 
 # -- the provider ---------------------------------------------------------------------
@@ -654,7 +410,7 @@ class RedisState(StateProvider):
         """
         errors = self._connections.errors
         deadline = time.monotonic() + self._timeout + extra_time
-        scope = _SCOPE.get()
+        scope = current_scope()
         if scope is not None and scope.deadline is not None:
             if time.monotonic() >= scope.deadline:  # not one attempt after the deadline
                 raise BridgeUnavailable(
@@ -669,8 +425,8 @@ class RedisState(StateProvider):
         failure: Exception
         while True:
             try:
-                return _evaluate(self._connections, script, keys, args, read_timeout)
-            except _Unanswered as exc:
+                return evaluate(self._connections, script, keys, args, read_timeout)
+            except Unanswered as exc:
                 maybe_sent = maybe_sent or exc.maybe_sent
                 failure = exc.cause
             except (errors.AuthenticationError, errors.AuthorizationError) as exc:
@@ -734,7 +490,7 @@ class RedisState(StateProvider):
         """Run a write script with a fresh request id; its reply, decoded."""
         self._check_open()
         retain = max(10, int(2 * (self._timeout + extra_time)) + 1)
-        scope = _SCOPE.get()
+        scope = current_scope()
         if scope is not None and scope.request_id:
             request_id = f"{scope.request_id}.{scope.attempts}"
             scope.attempts += 1
@@ -1450,213 +1206,3 @@ class RedisState(StateProvider):
         role = "owner" if self.owner else "attached"
         state = "closed" if self._closed else role
         return f"<RedisState {self.session_id} at {self.where} ({state})>"
-
-
-# -- subscriptions --------------------------------------------------------------------
-
-
-class RedisSubscription(Closing):
-    """Delivery of a session's stream to one subscriber, from its own thread.
-
-    The thread reads the stream with ``XREAD BLOCK`` on a connection of its own,
-    from the subscription's cursor (so it reconnects and resumes where it was after
-    a connection failure); ``close`` stops it before returning (unless called by the
-    subscriber itself, from that thread: then no event follows it).
-    """
-
-    def __init__(
-        self,
-        connections: Connections,
-        session_id: str,
-        incarnation: str,
-        keys: tuple[str, ...],
-        pattern: str | None,
-        subscriber: Subscriber,
-        start: int,
-    ) -> None:
-        self.pattern = pattern
-        self.subscriber = subscriber
-        self.session_id = session_id
-        self._incarnation = incarnation
-        self._session_key = keys[0]
-        self._events_key = keys[-1]
-        self._cursor = start
-        self._stopped = threading.Event()
-        self._finishing = threading.Event()
-        self._reader_id: int | None = None
-        with _registry_lock:
-            connections.users += 1  # the thread's share, released when it ends
-        self._connections = connections
-        self._thread = threading.Thread(
-            target=self._run, name=f"dspex-redis-events-{session_id}", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def last_sequence(self) -> int:
-        """The sequence of the last event delivered (or skipped by the pattern)."""
-        return self._cursor - 1
-
-    @property
-    def active(self) -> bool:
-        return not self._stopped.is_set() and self._thread.is_alive()
-
-    def _run(self) -> None:
-        errors = self._connections.errors
-        pause = _FIRST_PAUSE
-        try:
-            while not self._stopped.is_set():
-                reader = self._connections.new(
-                    socket_timeout=STREAM_BLOCK_MS / 1000
-                    + self._connections.connection_kwargs.get("socket_timeout", DEFAULT_TIMEOUT)
-                )
-                try:
-                    reader.connect()
-                    reader.send_command("CLIENT", "ID")
-                    self._reader_id = int(reader.read_response())
-                    self._follow(reader)
-                    return
-                except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
-                    logger.info("session %s: event stream interrupted: %s", self.session_id, exc)
-                finally:
-                    self._reader_id = None
-                    reader.disconnect()
-                self._stopped.wait(pause)  # reconnect with backoff; close() ends the wait
-                pause = min(pause * 2, _MAX_PAUSE)
-        except Exception:
-            logger.exception("session %s: event delivery failed", self.session_id)
-        finally:
-            self._stopped.set()
-            release_connections(self._connections)
-
-    def _follow(self, reader: AbstractConnection) -> None:
-        """Deliver from the cursor until stopped, closed, or the connection fails."""
-        while not self._stopped.is_set():
-            finishing = self._finishing.is_set()
-            block: list[Any] = [] if finishing else ["BLOCK", STREAM_BLOCK_MS]
-            reader.send_command(
-                "XREAD",
-                "COUNT",
-                STREAM_READ_COUNT,
-                *block,
-                "STREAMS",
-                self._events_key,
-                f"{max(self._cursor - 1, 0)}-0",
-            )
-            reply = reader.read_response()
-            if not reply:
-                if self._stopped.is_set():
-                    return
-                if finishing or not self._live(reader):
-                    hand_over(self.subscriber, Event(self.session_id, self._cursor - 1, "closed"))
-                    return
-                continue
-            entries = reply[0][1]
-            if stream_sequence(entries[0][0]) > self._cursor:  # trimmed past the cursor
-                # The present is taken first: a write made after the subscriber got
-                # its overflow event is always delivered.
-                present = present_cursor(reader, self._events_key, self._cursor)
-                missed, self._cursor = self._cursor - 1, present
-                hand_over(self.subscriber, Event(self.session_id, missed, "overflow"))
-                continue
-            for entry_id, raw in entries:
-                if self._stopped.is_set():
-                    return
-                sequence = stream_sequence(entry_id)
-                fields = dict(zip(raw[::2], raw[1::2], strict=True))
-                if fields[b"k"] == b"closed":
-                    hand_over(self.subscriber, Event(self.session_id, sequence - 1, "closed"))
-                    return
-                if name_matches(_text(fields[b"n"]), self.pattern):
-                    hand_over(self.subscriber, stream_event(self.session_id, sequence, fields))
-                self._cursor = sequence + 1
-
-    def _live(self, reader: AbstractConnection) -> bool:
-        reader.send_command("HGET", self._session_key, "incarnation")
-        return bool(reader.read_response() == self._incarnation.encode())
-
-    def _wake(self) -> None:
-        """Make a blocked ``XREAD`` return now."""
-        unblock(self._connections, self._reader_id)
-
-    def finish(self) -> None:
-        """Deliver what the stream holds now, then ``closed``, then stop (a handle
-        detaching, or an owner that could not close the session)."""
-        self._finishing.set()
-        self._wake()
-
-    def close(self) -> None:
-        """Stop delivery; idempotent. Returns once no event is being delivered."""
-        self._stopped.set()
-        if threading.current_thread() is self._thread:
-            return
-        while self._thread.is_alive():
-            self._wake()
-            self._thread.join(0.05)  # until the thread sees the flag (woken at once)
-
-    def __repr__(self) -> str:
-        state = "active" if self.active else "stopped"
-        return f"<RedisSubscription {self.pattern or '*'} of {self.session_id} ({state})>"
-
-
-_KINDS: dict[bytes, EventKind] = {
-    b"registered": "registered",
-    b"updated": "updated",
-    b"deleted": "deleted",
-}
-
-
-def unblock(connections: Connections, reader_id: int | None) -> None:
-    """Make connection ``reader_id``'s blocked ``XREAD`` return now (``CLIENT UNBLOCK``
-    on another connection); a failure is left alone: the read times out by itself."""
-    if reader_id is None:
-        return
-    errors = connections.errors
-    try:
-        connection = connections.take()
-    except (errors.ConnectionError, errors.TimeoutError, OSError):
-        return
-    try:
-        connection.send_command("CLIENT", "UNBLOCK", reader_id)
-        connection.read_response()
-    except (errors.ConnectionError, errors.TimeoutError, OSError):
-        connection.disconnect()
-        return
-    except errors.ResponseError:
-        pass
-    connections.give(connection)
-
-
-def stream_event(session_id: str, sequence: int, fields: dict[bytes, bytes]) -> Event:
-    """The change event a session's stream entry records (not ``closed``)."""
-    kind: EventKind = _KINDS[fields[b"k"]]
-    value = fields.get(b"v")
-    return Event(
-        session_id,
-        sequence,
-        kind,
-        _text(fields[b"i"]),
-        _text(fields[b"n"]),
-        None if value is None else _unpack(value),
-        int(fields[b"r"]),
-        _unpack(fields[b"m"]),
-        float(fields[b"t"]),
-    )
-
-
-def present_cursor(reader: AbstractConnection, events_key: str, cursor: int) -> int:
-    """Where a reader trimmed past ``cursor`` goes on: past what the stream holds (at
-    its closed entry, if it ends with one, so that is delivered)."""
-    reader.send_command("XREVRANGE", events_key, "+", "-", "COUNT", 1)
-    last = reader.read_response()
-    if not last:
-        return cursor
-    entry_id, raw = last[0]
-    sequence = stream_sequence(entry_id)
-    closed = dict(zip(raw[::2], raw[1::2], strict=True)).get(b"k") == b"closed"
-    return sequence if closed else sequence + 1
-
-
-def stream_sequence(entry_id: bytes) -> int:
-    """The sequence of a stream entry (its id is ``<sequence>-0``)."""
-    return int(entry_id.split(b"-", 1)[0])

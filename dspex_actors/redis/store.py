@@ -1,6 +1,6 @@
 """The Redis store: a SessionStore server's sessions live in Redis (``--store redis://``).
 
-Each session is a :class:`~dspex_actors.redis_state.RedisState` session: the same
+Each session is a :class:`~dspex_actors.redis.state.RedisState` session: the same
 keys and Lua scripts, so a server, any other server on the same Redis, and any
 process using ``RedisState`` directly all see one session, decided by Redis. What a
 client sees when two servers write one variable is what it sees with two
@@ -20,7 +20,7 @@ The store keeps one attached handle per session it served lately (at most
 definition is read from Redis once, not per call.
 
 Exactly once across servers: a write's request id travels to Redis with it
-(:func:`~dspex_actors.redis_state.call_scope`), and Redis remembers the reply for
+(:func:`~dspex_actors.redis.state.call_scope`), and Redis remembers the reply for
 ``dedupe_seconds``; a client's retry with the same id, through this server or
 another, is answered with the first reply (also when the session changed since so
 that the retry's own checks would now refuse it).
@@ -31,7 +31,7 @@ here; each watcher reads the log from its own cursor as a coroutine, so a slow
 watcher gets ``overflow`` and never holds the reader. A watcher resuming from before
 what the shared log holds gets a log of its own, read from Redis's history (or
 ``overflow``, past it). The store reads every such stream with one thread and one
-connection (:mod:`~dspex_actors.stores.redis_feeds`), only while one is watched; a
+connection (:mod:`~dspex_actors.redis.follower`), only while one is watched; a
 log stops being fed with its last watcher, and every log with the store.
 
 Sessions expire by Redis's own clock (each key's TTL); ``reap_expired`` has
@@ -55,10 +55,11 @@ from dspex_actors.errors import BridgeUnavailable, SessionNotFound, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
 from dspex_actors.messages import Import, ReadOperation, Register, SetValue, WriteOperation
 from dspex_actors.records import check_pattern
-from dspex_actors.redis_state import DEFAULT_TIMEOUT, RedisState, call_scope
+from dspex_actors.redis.connections import call_scope
+from dspex_actors.redis.follower import Followed, StreamFollower
+from dspex_actors.redis.state import DEFAULT_TIMEOUT, RedisState
 from dspex_actors.session import new_session_id
 from dspex_actors.stores.base import EventStream, Opened, SessionInfo
-from dspex_actors.stores.redis_feeds import Followed, StreamFollower
 from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow
 
 __all__ = ["DEDUPE_SECONDS", "RedisStore"]

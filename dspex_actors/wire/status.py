@@ -1,14 +1,9 @@
-"""The bridge's one translation layer: msgpack payloads and errors <-> gRPC status.
+"""Errors on the wire: every ``StateError`` <-> gRPC's standard rich status.
 
-Values, constraints, metadata and exports cross the wire as msgpack (never pickle):
-:func:`pack` on the way out, :func:`unpack` on the way in, the latter always with
-explicit size limits so a hostile peer cannot make the decoder allocate more than
-the payload's own size allows.
-
-Errors cross as gRPC's standard rich status (grpcio-status): a status code chosen
-from :data:`STATUS_FOR_ERROR`, the message as the status details, and a
-``google.rpc.Status`` in the ``grpc-status-details-bin`` trailer whose ``details``
-hold, in this order:
+An error crosses as a status code chosen from :data:`STATUS_FOR_ERROR`, the message
+as the status details, and a ``google.rpc.Status`` (in the
+``grpc-status-details-bin`` trailer of a unary call, or in a Calls reply's ``error``
+field) whose ``details`` hold, in this order:
 
 * ``google.rpc.ErrorInfo``: ``reason`` is the error's ``.reason`` tag ("invalid",
   "not_found", "version_conflict", ...), ``domain`` is :data:`ERROR_DOMAIN`, and
@@ -19,26 +14,26 @@ hold, in this order:
   PartialFailure (one violation per failing entry sent): ``field`` is the variable
   or identifier, ``description`` the message, ``reason`` the rule (or, for an entry
   that is not a ValidationError, its reason tag);
-* ``dspex_actors.v1.ErrorDetail``, from which :func:`error_from_rpc` rebuilds the
+* ``dspex_actors.v1.ErrorDetail``, from which :func:`error_of_status` rebuilds the
   same ``dspex_actors.errors`` class with the same message and attributes
   (PartialFailure's per-entry errors included).
 
 Any gRPC client reads the first two without our ``.proto``; the Python client reads
-only the ErrorDetail, never the text. The server calls :func:`abort_with_error`; the
-client turns every ``grpc.RpcError`` into a ``StateError`` with
-:func:`error_from_rpc` (``raise ... from exc``), so no other module sees gRPC
-errors. A status without an ErrorDetail (the transport failed, a proxy or a foreign
-server answered) maps by its code.
+only the ErrorDetail, never the text. The server builds the status with
+:func:`error_status` at its one dispatch; the client turns a status back into a
+``StateError`` with :func:`error_of_status` (a Calls reply) or :func:`error_from_rpc`
+(a failed unary call, ``raise ... from exc``), so no other module sees gRPC errors.
+A status without an ErrorDetail (the transport failed, a proxy or a foreign server
+answered) maps by its code.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
-import msgpack
 from google.protobuf.message import DecodeError
 from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
 from google.rpc.status_pb2 import Status
@@ -61,45 +56,28 @@ from dspex_actors.errors import (
     VariableNotFound,
     VersionConflict,
 )
+from dspex_actors.text import describe_value
 from dspex_actors.v1 import session_store_pb2 as pb
-from dspex_actors.vartypes import describe_value
+from dspex_actors.wire.codec import pack, unpack
 
 __all__ = [
-    "CALLS_LIMIT_KEY",
-    "CALLS_MAX_REPLY_KEY",
-    "DEFAULT_MAX_MESSAGE_BYTES",
     "ERROR_DOMAIN",
-    "FRAMING_BYTES",
     "STATUS_DETAILS_KEY",
     "STATUS_FOR_ERROR",
-    "abort_with_error",
     "answered_by_server",
     "error_from_rpc",
+    "error_of_status",
     "error_status",
-    "pack",
-    "pack_map",
+    "grpc_status",
     "status_for",
-    "unpack",
-    "unpack_map",
 ]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
-"""Largest gRPC message either side accepts unless configured otherwise."""
 
 ERROR_DOMAIN = "dspex_actors"
 """``google.rpc.ErrorInfo.domain`` of every error this bridge sends."""
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
-FRAMING_BYTES = 64 * 1024
-"""Headroom over ``max_message_bytes`` for protobuf's own framing: the server's gRPC
-message limits are this much larger, so a batch of exactly ``max_message_bytes``
-still reaches the limit's own check (and its answer fits)."""
-CALLS_LIMIT_KEY = "dspex-calls-limit"
-"""Initial metadata of a Calls stream: how many of its calls the server runs at once."""
-CALLS_MAX_REPLY_KEY = "dspex-max-reply-bytes"
-"""Metadata a client opens a Calls stream with: the largest reply it can receive."""
 """The trailer carrying the serialized ``google.rpc.Status`` (gRPC's standard key)."""
 
 STATUS_FOR_ERROR: tuple[tuple[type[StateError], grpc.StatusCode], ...] = (
@@ -172,6 +150,7 @@ _HEADER_OVERHEAD = 2 * 32 + len("grpc-message") + len(STATUS_DETAILS_KEY)
 _INFO_KEYS = ("variable", "rule", "value", "expected", "actual", "limit", "session_id")
 """Attributes copied into ErrorInfo.metadata (besides error_class) when present."""
 _CODE_NUMBERS: dict[grpc.StatusCode, int] = {code: code.value[0] for code in grpc.StatusCode}
+_CODES = {number: code for code, number in _CODE_NUMBERS.items()}
 _TYPE_URL_PREFIX = "type.googleapis.com/"
 _ERROR_DETAIL_NAME: str = pb.ErrorDetail.DESCRIPTOR.full_name
 # An Any inside Status.details: its type URL, the tags and lengths around it and its
@@ -186,133 +165,6 @@ _ANY_OVERHEAD = (
 )
 # Bytes gRPC sends as they are in grpc-message; any other byte becomes %XX.
 _UNESCAPED = bytes(b for b in range(0x20, 0x7F) if b != ord("%"))
-
-
-# -- msgpack -------------------------------------------------------------------------
-
-
-def pack(value: Any) -> bytes:
-    """msgpack of plain data; ``TypeError``/``ValueError`` for anything else."""
-    data: bytes = msgpack.packb(value, use_bin_type=True)
-    return data
-
-
-def pack_map(mapping: Mapping[str, Any] | None) -> bytes:
-    """msgpack of an optional map; ``None`` or an empty map travel as empty bytes."""
-    if mapping is None:
-        return b""
-    if not isinstance(mapping, Mapping):
-        raise TypeError(f"expected a mapping, got {type(mapping).__name__}")
-    return pack(dict(mapping)) if mapping else b""
-
-
-def unpack(
-    data: bytes,
-    *,
-    max_bytes: int,
-    max_item_bytes: int | None = None,
-    what: str = "payload",
-    variable: str | None = None,
-    rule: str = "encoding",
-    limit: str = "max_value_bytes",
-) -> Any:
-    """Decode peer-supplied msgpack within explicit limits.
-
-    ``max_bytes`` bounds the whole payload and ``max_item_bytes`` (default: the same)
-    each string, binary, array and map inside it. Extension types are refused, map
-    keys must be strings (no hash flooding with crafted int keys), and ``raw=False``
-    decodes strings as UTF-8. Over a limit: ``LimitExceeded``; malformed:
-    ``ValidationError`` with ``rule``. Errors name ``what`` and ``variable``;
-    their text is built only on failure, keeping the hot path cheap.
-    """
-    if len(data) > max_bytes:
-        raise LimitExceeded(
-            f"{_subject(what, variable)} is {len(data)} bytes, over the limit of "
-            f"{max_bytes} bytes",
-            limit=limit,
-            variable=variable,
-            size=len(data),
-        )
-    item = max_bytes if max_item_bytes is None else max_item_bytes
-    try:
-        return _decode(data, item)
-    except Exception as exc:
-        # Past an item limit, or malformed? Not by msgpack's wording: decode again
-        # with every item allowed up to the payload's own size (so no more memory
-        # than the payload allows): what then decodes was only too large. The
-        # failure path only.
-        try:
-            _decode(data, len(data))
-        except Exception:
-            raise ValidationError(
-                f"{_subject(what, variable)} is not valid msgpack: {exc} (rule {rule!r})",
-                variable=variable,
-                rule=rule,
-                value=None,
-            ) from exc
-        raise LimitExceeded(
-            f"{_subject(what, variable)} holds an item over the limit of {item} bytes",
-            limit="max_value_bytes",
-            variable=variable,
-        ) from exc
-
-
-class _ExtensionType(Exception):
-    """msgpack extension types are not plain data: refused as malformed."""
-
-
-def _no_extensions(code: int, data: bytes) -> Any:
-    raise _ExtensionType(f"extension type {code} is not plain data")
-
-
-def _decode(data: bytes, item: int) -> Any:
-    """msgpack of plain data with every string, binary, array and map at most
-    ``item`` long, string map keys, and no extension types."""
-    return msgpack.unpackb(
-        data,
-        raw=False,
-        strict_map_key=True,
-        use_list=True,
-        max_str_len=item,
-        max_bin_len=item,
-        max_array_len=item,
-        max_map_len=item,
-        max_ext_len=item,
-        ext_hook=_no_extensions,
-    )
-
-
-def _subject(what: str, variable: str | None) -> str:
-    return what if variable is None else f"{what} of variable {variable!r}"
-
-
-def unpack_map(
-    data: bytes,
-    *,
-    max_bytes: int,
-    what: str,
-    variable: str | None = None,
-    limit: str = "max_value_bytes",
-) -> dict[str, Any] | None:
-    """Decode an optional msgpack map (empty bytes -> None).
-
-    Failures carry ``what`` as their rule ("metadata", "constraints"), the name the
-    session actor uses for a bad map of that kind.
-    """
-    if not data:
-        return None
-    decoded = unpack(
-        data, max_bytes=max_bytes, what=what, variable=variable, rule=what, limit=limit
-    )
-    if not isinstance(decoded, dict):
-        raise ValidationError(
-            f"{_subject(what, variable)} must be a msgpack map "
-            f"(rule {what!r}, value {describe_value(decoded)})",
-            variable=variable,
-            rule=what,
-            value=describe_value(decoded),
-        )
-    return decoded
 
 
 # -- errors: server side --------------------------------------------------------------
@@ -578,17 +430,12 @@ def _add_entries(
     )
 
 
-def abort_with_error(context: grpc.ServicerContext, exc: StateError) -> NoReturn:
-    """End the current call with ``exc`` as gRPC's rich status (code, message, details).
-
-    For a sync ``grpc.ServicerContext``. A ``grpc.aio`` servicer needs the same status
-    awaited instead: ``await context.abort_with_status(rpc_status.to_status(
-    error_status(exc)))`` (aio's ``abort_with_status`` is a coroutine).
-    """
-    context.abort_with_status(rpc_status.to_status(error_status(exc)))
-
-
 # -- errors: client side --------------------------------------------------------------
+
+
+def grpc_status(exc: StateError) -> grpc.Status:
+    """``exc`` as the ``grpc.Status`` a servicer aborts a unary call with."""
+    return rpc_status.to_status(error_status(exc))
 
 
 def _rebuild(detail: pb.ErrorDetail, code: grpc.StatusCode) -> StateError:
@@ -610,15 +457,8 @@ def _rebuild(detail: pb.ErrorDetail, code: grpc.StatusCode) -> StateError:
         return StateError(detail.message, **attributes)
 
 
-def _error_detail_of(call: grpc.Call, target: str) -> pb.ErrorDetail | None:
-    """The ErrorDetail among a failed call's rich status details, if it has one."""
-    try:
-        status: Status | None = rpc_status.from_call(call)
-    except (ValueError, DecodeError) as exc:  # code or message differ, or not a Status
-        logger.warning("unusable %s trailer from %s: %s", STATUS_DETAILS_KEY, target, exc)
-        return None
-    if status is None:
-        return None
+def _detail_of(status: Status, target: str) -> pb.ErrorDetail | None:
+    """The ErrorDetail among a status's details, if it has one."""
     for detail in status.details:
         if detail.TypeName() == _ERROR_DETAIL_NAME:
             try:
@@ -629,14 +469,56 @@ def _error_detail_of(call: grpc.Call, target: str) -> pb.ErrorDetail | None:
     return None
 
 
+def _code_of(number: int) -> grpc.StatusCode:
+    return _CODES.get(number, grpc.StatusCode.UNKNOWN)
+
+
+def error_of_status(status: bytes | Status, target: str) -> StateError:
+    """The ``StateError`` a serialized (or parsed) ``google.rpc.Status`` stands for: the
+    answer of our server to a streamed call (see :func:`error_from_rpc` for the rest)."""
+    if isinstance(status, bytes):
+        try:
+            status = Status.FromString(status)
+        except DecodeError:
+            return StateError(f"SessionStore at {target} answered an undecodable status")
+    code = _code_of(status.code)
+    detail = _detail_of(status, target)
+    if detail is not None:
+        return _rebuild(detail, code)
+    return _bare(code, status.message, target)
+
+
+def _bare(code: grpc.StatusCode, text: str, target: str) -> StateError:
+    """A status without our ErrorDetail: a class chosen by its code."""
+    cls = _CLASS_FOR_BARE_STATUS.get(code, StateError)
+    if cls is BridgeUnavailable:
+        return BridgeUnavailable(
+            f"SessionStore at {target} is unavailable ({code.name}: {text})", status=code.name
+        )
+    return cls(f"SessionStore at {target} answered {code.name}: {text}", status=code.name)
+
+
+def _status_of_call(call: grpc.Call, target: str) -> Status | None:
+    try:
+        status: Status | None = rpc_status.from_call(call)
+    except (ValueError, DecodeError) as exc:  # code or message differ, or not a Status
+        logger.warning("unusable %s trailer from %s: %s", STATUS_DETAILS_KEY, target, exc)
+        return None
+    return status
+
+
 def answered_by_server(exc: grpc.RpcError) -> bool:
     """Whether a failed call carries our server's own answer (its ErrorDetail), as
     opposed to a failure of the transport, a proxy or a foreign server."""
-    return isinstance(exc, grpc.Call) and _error_detail_of(exc, "") is not None
+    if not isinstance(exc, grpc.Call):
+        return False
+    status = _status_of_call(exc, "")
+    return status is not None and _detail_of(status, "") is not None
 
 
 def error_from_rpc(exc: grpc.RpcError, target: str) -> StateError:
-    """The ``StateError`` a failed call stands for (the caller raises it ``from exc``).
+    """The ``StateError`` a failed unary call stands for (the caller raises it
+    ``from exc``).
 
     With an ErrorDetail in the status details: the same class, message and
     attributes the server raised. Without one (the transport failed, or a proxy or
@@ -645,14 +527,8 @@ def error_from_rpc(exc: grpc.RpcError, target: str) -> StateError:
     """
     if not isinstance(exc, grpc.Call):  # every sync-stub error is a Call too
         return BridgeUnavailable(f"SessionStore at {target} failed: {exc!r}")
-    code = exc.code()
-    detail = _error_detail_of(exc, target)
+    status = _status_of_call(exc, target)
+    detail = _detail_of(status, target) if status is not None else None
     if detail is not None:
-        return _rebuild(detail, code)
-    cls = _CLASS_FOR_BARE_STATUS.get(code, StateError)
-    text = exc.details() or ""
-    if cls is BridgeUnavailable:
-        return BridgeUnavailable(
-            f"SessionStore at {target} is unavailable ({code.name}: {text})", status=code.name
-        )
-    return cls(f"SessionStore at {target} answered {code.name}: {text}", status=code.name)
+        return _rebuild(detail, exc.code())
+    return _bare(exc.code(), exc.details() or "", target)

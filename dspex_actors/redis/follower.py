@@ -30,17 +30,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dspex_actors.redis_scripts import session_keys
-from dspex_actors.redis_state import (
+from dspex_actors.redis.connections import acquire_connections, release_connections
+from dspex_actors.redis.events import (
     STREAM_BLOCK_MS,
     STREAM_READ_COUNT,
-    acquire_connections,
     present_cursor,
-    release_connections,
     stream_event,
     stream_sequence,
     unblock,
 )
+from dspex_actors.redis.scripts import session_keys
 from dspex_actors.streaming import Event
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from dspex_actors.bridge.calls import CallStream
+from dspex_actors.bridge.client.calls import CallStream
 
 __all__ = ["WATCHES_PER_CONNECTION", "Shared", "acquire", "release"]
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 
-from dspex_actors.bridge import codec
 from dspex_actors.errors import StateError
 from dspex_actors.records import check_pattern
 from dspex_actors.streaming import (
@@ -32,6 +31,8 @@ from dspex_actors.streaming import (
     hand_over,
 )
 from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.wire import codec
+from dspex_actors.wire import status as wire_status
 
 __all__ = ["RemoteSubscription"]
 
@@ -158,7 +159,7 @@ class RemoteSubscription(Closing):
                     if self._on_disconnect is not None:
                         self._on_disconnect()
                     # The session is gone (NOT_FOUND) or the server refuses: say so.
-                    error = codec.error_from_rpc(exc, "the SessionStore")
+                    error = wire_status.error_from_rpc(exc, "the SessionStore")
                     logger.warning("watch of %s ended: %s", self.session_id, error)
                     self._end()
                     return

@@ -4,7 +4,7 @@ This module only translates. Each RPC decodes its request within the limits,
 builds the :mod:`dspex_actors.messages` operation it stands for, and awaits the
 store (:mod:`dspex_actors.stores`), which validates, versions and applies it. A
 ``StateError`` becomes gRPC's rich status in one place (:func:`_rpc`, with
-:func:`~dspex_actors.bridge.codec.error_status`).
+:func:`~dspex_actors.wire.wire_status.error_status`).
 
 Handlers are coroutines on the server's event loop (``grpc.aio``): a call waiting
 for its request body, its session's actor or a stream costs no thread. A write's
@@ -28,8 +28,6 @@ from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
 from dspex_actors import failpoints
-from dspex_actors.bridge import codec
-from dspex_actors.bridge.columns import columns_from_message, columns_to_message
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
     BridgeUnavailable,
@@ -61,6 +59,9 @@ from dspex_actors.stores.base import Store
 from dspex_actors.streaming import Event
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+from dspex_actors.wire import codec
+from dspex_actors.wire import status as wire_status
+from dspex_actors.wire.columns import columns_from_message, columns_to_message
 
 __all__ = ["SessionStoreServicer"]
 
@@ -97,7 +98,7 @@ def _rpc(method: _Handler[_Request, _Response]) -> _Handler[_Request, _Response]
                 "".join(traceback.format_exception(exc)),
             )
             error = StateError(f"internal error in {method.__name__}: {type(exc).__name__}: {exc}")
-        status = rpc_status.to_status(codec.error_status(error))
+        status = rpc_status.to_status(wire_status.error_status(error))
         await context.abort_with_status(status)  # type: ignore[attr-defined]  # not in the stubs
         raise AssertionError("abort_with_status returned")  # it always raises
 
@@ -159,11 +160,11 @@ class _CallContext:
 
     async def abort_with_status(self, status: grpc.Status) -> None:
         for key, value in status.trailing_metadata:
-            if key == codec.STATUS_DETAILS_KEY:
+            if key == wire_status.STATUS_DETAILS_KEY:
                 raise _Aborted(value if isinstance(value, bytes) else value.encode())
         # Not from _rpc (which always sends the details): say so, never an empty error.
         internal = StateError(f"internal error: a call ended {status.code} without details")
-        raise _Aborted(codec.error_status(internal).SerializeToString())
+        raise _Aborted(wire_status.error_status(internal).SerializeToString())
 
 
 def _client_max_reply(context: grpc.aio.ServicerContext[Any, Any]) -> int:
@@ -201,7 +202,7 @@ async def _read_into(
 
 def _failure(call: int, error: StateError) -> pb.CallReply:
     """The reply refusing a streamed call with ``error``."""
-    status = codec.error_status(error)
+    status = wire_status.error_status(error)
     return pb.CallReply(call=call, error=status.SerializeToString())
 
 

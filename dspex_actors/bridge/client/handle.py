@@ -30,12 +30,12 @@ from typing import Any, ClassVar, Self, TypeVar
 import grpc
 
 from dspex_actors import failpoints, vartypes
-from dspex_actors.bridge import channels, codec, embedded
-from dspex_actors.bridge.cache import ABSENT, MISS, SCALARS, RecordCache
-from dspex_actors.bridge.calls import StreamedStub
-from dspex_actors.bridge.columns import columns_from_message, columns_to_message
-from dspex_actors.bridge.server import read_pem
-from dspex_actors.bridge.watch import WATCH_DEADLINE, RemoteSubscription
+from dspex_actors.bridge import embedded
+from dspex_actors.bridge.client import channels
+from dspex_actors.bridge.client.cache import ABSENT, MISS, SCALARS, RecordCache
+from dspex_actors.bridge.client.calls import StreamedStub
+from dspex_actors.bridge.client.watch import WATCH_DEADLINE, RemoteSubscription
+from dspex_actors.bridge.env import ADDRESS_ENV, TOKEN_ENV
 from dspex_actors.bulk import BULK_ITEMS, gc_paused
 from dspex_actors.errors import (
     BridgeUnavailable,
@@ -55,16 +55,14 @@ from dspex_actors.session import new_session_id
 from dspex_actors.streaming import Subscriber
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+from dspex_actors.wire import codec
+from dspex_actors.wire import status as wire_status
+from dspex_actors.wire.columns import columns_from_message, columns_to_message
+from dspex_actors.wire.tls import read_pem
 
 __all__ = ["ADDRESS_ENV", "TOKEN_ENV", "BridgedState"]
 
 logger = logging.getLogger(__name__)
-
-ADDRESS_ENV = "DSPEX_BRIDGE_ADDRESS"
-"""Environment variable naming the SessionStore a handle uses when given no address."""
-
-TOKEN_ENV = "DSPEX_BRIDGE_TOKEN"
-"""Environment variable holding the token used with ``DSPEX_BRIDGE_ADDRESS``."""
 
 _Response = TypeVar("_Response")
 
@@ -153,10 +151,10 @@ class BridgedState(StateProvider):
         created is closed again. ``BridgeUnavailable`` within ``timeout`` when the
         server cannot be reached; a bad ``session_id`` is a ``ValidationError``.
         ``cache`` keeps a coherent copy of the session, fed by a Watch stream, and
-        answers reads from it (:mod:`dspex_actors.bridge.cache`). ``stream`` sends the
+        answers reads from it (:mod:`dspex_actors.bridge.client.cache`). ``stream`` sends the
         frequent calls (get, set, batches, register, delete, list, heartbeat) on one
         long-lived stream the handles of a channel share, about half a unary call's
-        cost (:mod:`dspex_actors.bridge.calls`); ``stream=False`` makes every call a
+        cost (:mod:`dspex_actors.bridge.client.calls`); ``stream=False`` makes every call a
         unary RPC.
         """
         if backend_opts:
@@ -296,13 +294,13 @@ class BridgedState(StateProvider):
             try:
                 return rpc(request, timeout=max(left, 0.001), metadata=self._metadata)
             except grpc.RpcError as exc:
-                error = codec.error_from_rpc(exc, self.address)
+                error = wire_status.error_from_rpc(exc, self.address)
                 # Worth another attempt: the server was not reached, or did not start
                 # the call in time (its BridgeUnavailable: not applied), or no answer
                 # came. Only a failure of the transport may hide an applied write.
                 if not isinstance(error, BridgeUnavailable):
                     raise error from exc
-                if not codec.answered_by_server(exc):
+                if not wire_status.answered_by_server(exc):
                     maybe_sent = True  # the transport cannot say it was not sent
                 left = deadline - time.monotonic()
                 if not retry or left <= pause or self._closed:
@@ -673,7 +671,7 @@ class BridgedState(StateProvider):
     ) -> RemoteSubscription:
         """Deliver each change to variables whose names match ``pattern`` (a glob;
         None: all) to ``subscriber`` from the server's Watch stream, reopened after
-        any outage from where it stopped (:mod:`dspex_actors.bridge.watch`).
+        any outage from where it stopped (:mod:`dspex_actors.bridge.client.watch`).
 
         Starts at the session's current sequence (or ``start``), read in this call,
         and returns once the server holds the watch; ``BridgeUnavailable`` if it does

@@ -41,8 +41,8 @@ from typing import Any, Self, TypeVar
 import grpc
 from grpc_status import rpc_status
 
-from dspex_actors.bridge import codec, discovery
-from dspex_actors.bridge.servicer import SessionStoreServicer
+from dspex_actors.bridge.server import discovery
+from dspex_actors.bridge.server.servicer import SessionStoreServicer
 from dspex_actors.errors import Unauthenticated
 from dspex_actors.limits import DEFAULT_LIMITS, Limits
 from dspex_actors.local import LocalState
@@ -52,8 +52,11 @@ from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.streaming import DEFAULT_HISTORY
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+from dspex_actors.wire import codec
+from dspex_actors.wire import status as wire_status
+from dspex_actors.wire.tls import read_pem
 
-__all__ = ["DEFAULT_ADDRESS", "Limits", "SessionStoreServer", "read_pem", "serve"]
+__all__ = ["DEFAULT_ADDRESS", "Limits", "SessionStoreServer", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def _refusal(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMeth
     body is refused at once, and unauthenticated bytes are never parsed.
     """
     status = rpc_status.to_status(
-        codec.error_status(
+        wire_status.error_status(
             Unauthenticated(f"{method}: missing or wrong token (authorization: Bearer <token>)")
         )
     )
@@ -115,14 +118,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def read_pem(source: bytes | str | os.PathLike[str]) -> bytes:
-    """PEM bytes given as such, or read from a path."""
-    if isinstance(source, bytes):
-        return source
-    with open(source, "rb") as file:
-        return file.read()
 
 
 class SessionStoreServer:

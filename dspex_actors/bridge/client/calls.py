@@ -32,8 +32,9 @@ from typing import Any
 import grpc
 from google.rpc.status_pb2 import Status
 
-from dspex_actors.bridge import codec
 from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.wire import codec
+from dspex_actors.wire import status as wire_status
 
 __all__ = ["CALLS_METHOD", "STREAMED", "CallStream", "StreamedStub"]
 
@@ -69,7 +70,7 @@ class StreamFailed(grpc.RpcError, grpc.Call):
         super().__init__(details)
         self._code = code
         self._details = details
-        self._trailers = ((codec.STATUS_DETAILS_KEY, status),) if status else ()
+        self._trailers = ((wire_status.STATUS_DETAILS_KEY, status),) if status else ()
 
     @classmethod
     def answered(cls, status: bytes) -> StreamFailed:

@@ -1,0 +1,1 @@
+"""The bridge's server: the SessionStore, its one dispatch, health and reflection."""

@@ -43,4 +43,6 @@ def test_supervision_never_branches_on_a_concrete_backend() -> None:
 
 
 def test_the_sources_were_read() -> None:
-    assert {"messages.py", "session.py", "supervision.py", "bridge/server/server.py"} <= set(SOURCES)
+    assert {"messages.py", "session.py", "supervision.py", "bridge/server/server.py"} <= set(
+        SOURCES
+    )

@@ -1,19 +1,20 @@
-"""LocalState: the in-process StateProvider, a handle on one SessionActor.
+"""LocalState: the in-process StateProvider, a handle on one session's actor.
 
-Writes are asks to the actor (serialized and versioned there), each one typed
-message of :mod:`dspex_actors.messages`. Reads look up the actor's published
-:class:`~dspex_actors.session.SessionTable` directly and fall back to an ask only
-when they meet a write in progress (see ``session.py``), so a ``get_variable``
-costs a few dict lookups, not a thread round trip.
+Every public method is :class:`~dspex_actors.methods.SessionMethods`'; this class
+only says how an operation runs here (:meth:`LocalState.run`): a read looks up the
+session's published :class:`~dspex_actors.session.SessionTable` directly and falls
+back to the actor only when it meets a write in progress; a write is one ask of the
+actor (:class:`~dspex_actors.actor.ActorSession`, the engine the memory store uses
+too), serialized and versioned there. ``get_variable`` answers from the table before
+building a message at all, so it costs a few dict lookups, not a thread round trip.
 
 LocalState implements the migration protocol
 (:class:`~dspex_actors.provider.Migratable`): ``seal()`` takes the exact cut (the
 actor answers writes from that turn on with ``SEALED``, not an error), ``unseal()``
-undoes it, and ``retire(successor)`` closes the table and makes this handle forward
-every message to the successor through the messages' own ``forward``. So a caller
-that kept this handle, or a bound ``get_variable`` of it, keeps working against the
-live copy; a write that met the seal waits for the migration's outcome and then
-lands exactly once.
+undoes it, and ``retire(successor)`` closes the table and makes this handle run every
+operation on the successor. So a caller that kept this handle, or a bound
+``get_variable`` of it, keeps working against the live copy; a write that met the
+seal waits for the migration's outcome and then lands exactly once.
 """
 
 from __future__ import annotations
@@ -21,118 +22,43 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Self, TypeVar
 
 import pykka
 
+from dspex_actors.actor import DEFAULT_CALL_TIMEOUT, SEALED, ActorSession, ExitHook, SessionActor
 from dspex_actors.errors import NotSupported, SessionClosed, StateError
-from dspex_actors.exports import ExportColumns, columns_of
+from dspex_actors.exports import ExportColumns
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
-from dspex_actors.messages import (
-    Close,
-    Control,
-    Delete,
-    Digest,
-    Export,
-    ExportCols,
-    Get,
-    GetMany,
-    GetRecord,
-    Import,
-    List,
-    OpenEvents,
-    Operation,
-    ReadOperation,
-    Register,
-    Retire,
-    Seal,
-    SetValue,
-    Unseal,
-    Update,
-)
+from dspex_actors.messages import GetVariable, OpenEvents, Operation, Seal, Unseal
+from dspex_actors.methods import SessionMethods, run_on
 from dspex_actors.provider import Migratable, StateProvider
-from dspex_actors.records import VariableRecord, check_pattern
-from dspex_actors.session import (
-    MISSED,
-    SEALED,
-    ExitHook,
-    SessionActor,
-    SessionTable,
-    new_session_id,
-)
+from dspex_actors.session import MISSED, SessionTable, new_session_id
 from dspex_actors.streaming import DEFAULT_HISTORY, Subscriber, Subscription
 from dspex_actors.vartypes import plain_copy
 
-__all__ = ["LocalState", "ask_actor"]
+__all__ = ["LocalState"]
 
 logger = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-
-DEFAULT_CALL_TIMEOUT = 30.0
-"""Seconds a call waits for the session actor before giving up (it never hangs)."""
+R = TypeVar("R")
 
 
-def ask_actor(ref: pykka.ActorRef[Any], message: object, timeout: float, what: str) -> Any:
-    """Ask an actor; the one place pykka's errors become dspex_actors errors.
-
-    A ``StateError`` the actor answers with is raised here, in the caller's thread.
-    A dead actor never handled the message: ``SessionClosed`` (not applied).
-    """
-    try:
-        result = ref.ask(message, timeout=timeout)
-    except pykka.ActorDeadError:
-        raise SessionClosed(f"{what}: its actor is not running") from None
-    except pykka.Timeout as exc:
-        raise StateError(
-            f"{what}: the actor did not answer {type(message).__name__} within {timeout}s"
-        ) from exc
-    if isinstance(result, StateError):
-        raise result
-    return result
-
-
-class LocalState(StateProvider):
+class LocalState(SessionMethods):
     """A session held by a SessionActor in this process."""
 
-    __slots__ = (
-        "_call_timeout",
-        "_crashed",
-        "_history",
-        "_limits",
-        "_lock",
-        "_migration",
-        "_on_exit",
-        "_ref",
-        "_successor",
-        "_table",
-        "session_id",
-    )
+    __slots__ = ("_engine", "_lock", "_migration", "_successor", "_table", "session_id")
     kind: ClassVar[str] = "local"
 
-    def __init__(
-        self,
-        table: SessionTable,
-        *,
-        call_timeout: float = DEFAULT_CALL_TIMEOUT,
-        on_exit: ExitHook | None = None,
-        limits: Limits = DEFAULT_LIMITS,
-        event_history: int = DEFAULT_HISTORY,
-    ) -> None:
-        self.session_id = table.session_id
-        self._history = event_history
-        self._table = table
-        self._call_timeout = call_timeout
-        self._on_exit = on_exit
-        self._limits = limits
+    def __init__(self, engine: ActorSession) -> None:
+        """Wrap a running engine; use :meth:`init`, which starts one."""
+        self.session_id = engine.session_id
+        self._engine = engine
+        self._table = engine.table
         self._lock = threading.Lock()
         self._migration: threading.Event | None = None  # set while sealed
         self._successor: StateProvider | None = None
-        self._crashed = threading.Event()
-        self._ref: pykka.ActorRef[SessionActor] = SessionActor.start(
-            table, on_exit, self._crashed, limits, event_history
-        )
 
     @classmethod
     def init(
@@ -157,21 +83,21 @@ class LocalState(StateProvider):
             raise TypeError(f"LocalState.init got unknown options: {', '.join(backend_opts)}")
         if session_id is not None:
             check_session_id(session_id, limits)
-        state = cls(
+        engine = ActorSession(
             SessionTable(session_id or new_session_id()),
-            call_timeout=call_timeout,
             on_exit=on_exit,
             limits=limits,
-            event_history=event_history,
+            history=event_history,
+            call_timeout=call_timeout,
         )
-        return state._seeded(existing_state)
+        return cls(engine)._seeded(existing_state)
 
     # -- plumbing ------------------------------------------------------------------
 
     @property
     def actor_ref(self) -> pykka.ActorRef[SessionActor]:
         """The session actor (for supervisors and tests that kill it on purpose)."""
-        return self._ref
+        return self._engine.ref
 
     @property
     def variable_count(self) -> int:
@@ -192,9 +118,7 @@ class LocalState(StateProvider):
     @property
     def alive(self) -> bool:
         """Whether calls are served: the actor runs (or the handle forwards)."""
-        if self._successor is not None:
-            return True
-        return not self._table.closed and self._ref.is_alive() and not self._crashed.is_set()
+        return self._successor is not None or self._engine.alive
 
     def restart(self) -> None:
         """Start a fresh actor on the same table after the old one died.
@@ -205,41 +129,39 @@ class LocalState(StateProvider):
         with self._lock:
             if self._successor is not None:
                 return
-            if self._table.closed:
-                raise self._closed()
-            if self._migration is not None:
+            if self._migration is not None and not self._table.closed:
                 raise SessionClosed(f"session {self.session_id!r} is being migrated")
-            if self._ref.is_alive() and not self._crashed.is_set():
-                return
-            try:  # a crashed actor may still be refusing what was queued behind
-                self._ref.stop(block=True, timeout=self._call_timeout)
-            except pykka.Timeout:
-                logger.error("session %s: the crashed actor did not stop", self.session_id)
-            self._crashed = threading.Event()
-            self._ref = SessionActor.start(
-                self._table, self._on_exit, self._crashed, self._limits, self._history
-            )
+            self._engine.restart()
 
-    def _closed(self) -> SessionClosed:
-        return SessionClosed(f"session {self.session_id!r} is closed")
+    def run(self, operation: Operation[R]) -> R:
+        """Run one operation: a read on the table when no write overlaps it, else by
+        the actor; on the successor once the session moved."""
+        successor = self._successor
+        if successor is not None:
+            return run_on(successor, operation)
+        if not operation.write:
+            answer = self._table.read(operation)  # type: ignore[arg-type]  # a read
+            if answer is not MISSED:
+                result: R = answer  # type: ignore[assignment]  # not MISSED: an R
+                return result
+        return self._ask(operation)
 
-    def _ask(self, message: Operation[_T]) -> _T:
+    def _ask(self, message: Operation[R]) -> R:
         """Run ``message`` on the actor, or on the successor once the session moved.
 
         A write that meets the seal waits for the migration's outcome (within the
         call timeout), then goes to the successor or back to the unsealed actor.
         """
-        deadline = time.monotonic() + self._call_timeout
+        timeout = self._engine.call_timeout
+        deadline = time.monotonic() + timeout
         unowned = 0
         while True:
             successor = self._successor
             if successor is not None:
-                return message.forward(successor)
-            result: Any = ask_actor(
-                self._ref, message, self._call_timeout, f"session {self.session_id!r}"
-            )
+                return run_on(successor, message)
+            result: Any = self._engine.ask(message)
             if result is not SEALED:
-                answer: _T = result
+                answer: R = result
                 return answer
             migration = self._migration
             left = deadline - time.monotonic()
@@ -255,18 +177,17 @@ class LocalState(StateProvider):
             elif left <= 0 or not migration.wait(left):
                 raise StateError(
                     f"session {self.session_id!r}: a migration did not settle within "
-                    f"{self._call_timeout}s; {type(message).__name__} was not applied"
+                    f"{timeout}s; {type(message).__name__} was not applied"
                 )
 
-    def _control(self, message: Control[_T]) -> _T:
-        answer: _T = ask_actor(
-            self._ref, message, self._call_timeout, f"session {self.session_id!r}"
-        )
-        return answer
-
-    # -- reads: lock-free from the table, seqlock-checked -----------------------------
+    # -- the one read answered before a message is built -----------------------------
 
     def get_variable(self, identifier: str) -> Any:
+        """The variable's current value; ``VariableNotFound`` if absent.
+
+        Answered from the table with the seqlock check inline (a message and a
+        dispatch would triple the cost of this, the hottest call of all); a read
+        that meets a write goes through :meth:`run`."""
         table = self._table
         seq = table.seq
         try:
@@ -274,81 +195,13 @@ class LocalState(StateProvider):
         except TypeError:  # unhashable: no such variable
             record = None
         if seq & 1 or table.seq != seq:
-            return self._ask(Get(identifier))
+            return self.run(GetVariable(identifier))
         if record is None:
             raise table.missing(identifier)
         thaw = record.thaw
         return record.value if thaw is None else thaw(record.value)
 
-    def _read(self, message: ReadOperation[_T]) -> _T:
-        """``message`` run on the table if no write overlapped it, else by the actor
-        (or the successor)."""
-        answer = self._table.read(message)
-        if answer is MISSED:
-            return self._ask(message)
-        result: _T = answer  # type: ignore[assignment]  # not MISSED: a _T
-        return result
-
-    def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
-        return self._read(GetMany(list(identifiers)))
-
-    def get_record(self, identifier: str) -> VariableRecord:
-        if not isinstance(identifier, str):
-            raise self._table.missing(identifier)
-        return self._read(GetRecord(identifier))
-
-    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
-        return self._read(List(check_pattern(pattern)))
-
-    def export_state(self) -> dict[str, Any]:
-        return self._read(Export())
-
-    def export_columns(self) -> ExportColumns:
-        return self._read(ExportCols())
-
-    def digest(self) -> bytes:
-        """``exports.columns_digest`` of the variables, without building an export."""
-        return self._read(Digest())
-
-    # -- writes: one actor turn each -----------------------------------------------
-
-    def register_variable(
-        self,
-        name: str,
-        type: str,  # the contract's word, shadowing the builtin here only
-        initial_value: Any,
-        *,
-        constraints: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        description: str | None = None,
-    ) -> str:
-        return self._ask(Register(name, type, initial_value, constraints, metadata, description))
-
-    def set_variable(
-        self,
-        identifier: str,
-        new_value: Any,
-        metadata: Mapping[str, Any] | None = None,
-        *,
-        expected_version: int | None = None,
-    ) -> int:
-        return self._ask(SetValue(identifier, new_value, metadata, expected_version))
-
-    def update_variables(
-        self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
-    ) -> None:
-        if not isinstance(updates, Mapping):
-            raise TypeError(f"updates must be a mapping, got {type(updates).__name__}")
-        self._ask(Update(dict(updates), metadata))
-
-    def delete_variable(self, identifier: str) -> None:
-        self._ask(Delete(identifier))
-
-    def import_state(self, exported: Mapping[str, Any]) -> None:
-        self.import_columns(columns_of(exported))  # structure checked in this thread
-
-    def import_columns(self, columns: ExportColumns) -> None:
-        self._ask(Import(columns))
+    # -- change events ---------------------------------------------------------------
 
     def subscribe(
         self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
@@ -367,7 +220,7 @@ class LocalState(StateProvider):
             if start is None:
                 return forward(pattern, subscriber)
             return forward(pattern, subscriber, start=start)
-        log = self._control(OpenEvents())
+        log = self._engine.ask(OpenEvents())
         return Subscription(
             log, pattern, subscriber, start=start, name=f"dspex-events-{self.session_id}"
         )
@@ -413,10 +266,11 @@ class LocalState(StateProvider):
                 raise StateError(f"session {self.session_id!r} is already being migrated")
             self._migration = threading.Event()
         try:
-            return self._control(Seal())
+            columns: ExportColumns = self._engine.ask(Seal())
         except BaseException:
             self._end_migration()
             raise
+        return columns
 
     def unseal(self) -> None:
         """The migration failed: accept writes again."""
@@ -425,7 +279,7 @@ class LocalState(StateProvider):
             _migratable(successor).unseal()
             return
         try:
-            self._control(Unseal())
+            self._engine.ask(Unseal())
         finally:
             self._end_migration()
 
@@ -442,20 +296,10 @@ class LocalState(StateProvider):
             return
         with self._lock:
             self._successor = successor  # before the table closes: readers forward
-            ref = self._ref
         try:
-            self._control(Retire())
-        except SessionClosed:
-            self._table.close()  # no actor runs on it: the handle is its writer now
-        except StateError as exc:
-            logger.error("session %s: retiring its actor failed: %s", self.session_id, exc)
-            self._table.close()
+            self._engine.retire()
         finally:
             self._end_migration()
-        try:
-            ref.stop(block=True, timeout=self._call_timeout)
-        except pykka.Timeout:
-            logger.error("session %s: the retired actor did not stop in time", self.session_id)
 
     def _end_migration(self) -> None:
         with self._lock:
@@ -472,17 +316,7 @@ class LocalState(StateProvider):
         with self._lock:
             if self._table.closed:
                 return
-            try:
-                self._control(Close())
-            except SessionClosed:
-                pass  # already dead (crashed or killed): the handle marks the table
-            finally:
-                # A no-op after Close; otherwise no actor writes the table any more.
-                self._table.close()
-                try:
-                    self._ref.stop(block=True, timeout=self._call_timeout)
-                except pykka.Timeout:
-                    logger.error("session %s: actor did not stop", self.session_id)
+            self._engine.close()
         self._end_migration()  # writes waiting on a seal now hear SessionClosed
 
     def __repr__(self) -> str:

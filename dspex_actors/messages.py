@@ -4,19 +4,26 @@ Pykka's own ``pykka.messages`` is the model: a message is a small typed object, 
 the receiver dispatches on it. Each :class:`Operation` here says, in one place,
 
 * its arguments (typed fields, so mypy follows a value from ``Context.set_variable``
-  to the session actor),
-* whether it writes (:attr:`Operation.write`: the seal refuses writes; the Context's
-  write gate fences them during a switch),
-* how the session actor applies it (:meth:`Operation.apply`, a call on
-  :class:`SessionOps`; a :class:`ReadOperation` needs only :class:`Reads`, which a
-  session's published table offers, so it can be answered without the actor), and
-* how it runs on any other backend (:meth:`Operation.forward`, a call on the public
-  :class:`~dspex_actors.provider.StateProvider` API) — the one generic path by which
-  a retired handle hands every call to its successor.
+  to the session actor) and its reply (the type parameter);
+* whether it writes (:attr:`Operation.write`: the seal refuses writes, the Context's
+  write gate fences them during a switch, a bridged write carries a request id);
+* how a session applies it (:meth:`~ReadOperation.apply`: one call on the session
+  engine's typed methods, :class:`SessionOps` for writes; a read needs only
+  :class:`Reads`, which a session's published table offers lock-free and a bridged
+  handle's copy offers when it can answer); and
+* how it runs on a backend that is not ours (:meth:`Operation.forward`, a call on the
+  public :class:`~dspex_actors.provider.StateProvider` API), so a Context and a
+  retired handle can hand any call to any provider.
 
-Adding an operation means one class here plus its wire mapping in the bridge.
-:class:`Control` messages (seal, unseal, retire, close, crash) only ever go to a
-session actor; they are not provider operations and cannot be forwarded.
+Everything else about an operation has one place each: its public method in
+:mod:`dspex_actors.methods`, its wire form in :mod:`dspex_actors.wire.operations`,
+its Lua script in the Redis engine's table. Every backend runs operations through one
+entry point, ``run(op)``.
+
+:class:`SessionOperation`\\ s are answered by whatever keeps sessions (a SessionStore's
+store: opening, committing, closing, describing, keeping alive) rather than by the
+session's engine. :class:`Control` messages (seal, unseal, retire, close, crash) only
+ever go to a session actor; they are not provider operations.
 
 Messages are ``slots`` dataclasses, not frozen ones: a frozen dataclass costs three
 times as much to build, and one is built per call on the hot path. Treat them as
@@ -29,38 +36,47 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
+from dspex_actors.errors import NotSupported
 from dspex_actors.exports import ExportColumns, columns_digest
-from dspex_actors.records import VariableRecord
+from dspex_actors.records import Opened, SessionInfo, VariableRecord
 from dspex_actors.streaming import EventLog
 
 if TYPE_CHECKING:
     from dspex_actors.provider import StateProvider
+    from dspex_actors.stores.base import Store
 
 __all__ = [
     "Close",
+    "CloseSession",
+    "CommitSession",
     "Control",
-    "Delete",
+    "Crash",
+    "DeleteVariable",
     "Deliver",
     "Digest",
-    "Export",
-    "ExportCols",
-    "Get",
-    "GetMany",
+    "ExportSession",
+    "ExportState",
     "GetRecord",
+    "GetSession",
+    "GetVariable",
+    "GetVariables",
     "GetVersioned",
-    "Import",
-    "List",
+    "Heartbeat",
+    "ImportState",
+    "ListVariables",
     "OpenEvents",
+    "OpenSession",
     "Operation",
     "ReadOperation",
     "Reads",
-    "Register",
+    "RegisterVariable",
     "Retire",
     "Seal",
+    "SessionOperation",
     "SessionOps",
-    "SetValue",
+    "SetVariable",
     "Unseal",
-    "Update",
+    "UpdateVariables",
     "WriteOperation",
 ]
 
@@ -68,7 +84,8 @@ R = TypeVar("R")
 
 
 class Reads(Protocol):
-    """What read operations need: a session's published table offers it."""
+    """What read operations run on: a session's published table offers all of it;
+    a bridged handle's copy answers what it can and ``MISS`` for the rest."""
 
     def get(self, identifier: str) -> Any: ...
     def get_many(self, identifiers: list[str]) -> dict[str, Any]: ...
@@ -78,11 +95,12 @@ class Reads(Protocol):
     def export(self) -> dict[str, Any]: ...
     def columns(self) -> ExportColumns: ...
     def digest(self) -> bytes: ...
+    def info(self) -> SessionInfo: ...
 
 
 class SessionOps(Protocol):
     """What a session actor offers its write and control messages (reads need only
-    :class:`Reads`): one typed method per operation."""
+    :class:`Reads`): one typed method per rule of the session."""
 
     def register(
         self,
@@ -96,9 +114,10 @@ class SessionOps(Protocol):
     def set_value(
         self, identifier: str, value: Any, metadata: Any, expected_version: int | None
     ) -> int: ...
-    def update(self, updates: Mapping[str, Any], metadata: Any) -> None: ...
+    def update(self, updates: Mapping[str, Any], metadata: Any) -> int: ...
     def delete(self, identifier: str) -> None: ...
     def import_columns(self, columns: ExportColumns, continue_from: int | None) -> int: ...
+    def digest(self) -> bytes: ...
     def open_events(self) -> EventLog: ...
     def seal(self) -> ExportColumns: ...
     def unseal(self) -> None: ...
@@ -108,18 +127,20 @@ class SessionOps(Protocol):
 
 
 class Operation(Generic[R]):
-    """A session operation: applied in a session, forwardable to any backend.
+    """A session operation: run by every backend, forwardable to any provider.
 
-    Either a :class:`ReadOperation` or a :class:`WriteOperation`.
+    Either a :class:`ReadOperation`, a :class:`WriteOperation` or a
+    :class:`SessionOperation`.
     """
 
     __slots__ = ()
     write: ClassVar[bool] = False
-    """Whether it changes the session (refused while sealed, fenced during a switch)."""
+    """Whether it changes the session (refused while sealed, fenced during a switch,
+    sent with a request id so that a retry is applied once)."""
 
     def forward(self, provider: StateProvider) -> R:
-        """Run it on a backend through the public StateProvider API."""
-        raise NotImplementedError
+        """Run it on a provider that has no ``run`` through the public API."""
+        raise NotSupported(f"{type(provider).__name__} cannot run {type(self).__name__}")
 
 
 class ReadOperation(Operation[R]):
@@ -128,7 +149,7 @@ class ReadOperation(Operation[R]):
     __slots__ = ()
 
     def apply(self, session: Reads) -> R:
-        """Run it on a table (lock-free) or in the session actor's turn."""
+        """Run it on a table (lock-free), in the session actor's turn, or on a copy."""
         raise NotImplementedError
 
 
@@ -141,6 +162,28 @@ class WriteOperation(Operation[R]):
     def apply(self, session: SessionOps) -> R:
         """Run it in the session actor's turn."""
         raise NotImplementedError
+
+
+class SessionOperation(Operation[R]):
+    """An operation on a session as a whole, answered by what keeps the session (a
+    store), not by its variables' engine. :meth:`serve` is how a store answers it;
+    a session with no store around it answers the ones that :meth:`apply` defines."""
+
+    __slots__ = ()
+
+    async def serve(
+        self,
+        store: Store,
+        session_id: str,
+        request_id: str | None,
+        incarnation: str | None,
+    ) -> R:
+        """Run it on a store."""
+        raise NotImplementedError
+
+    def apply(self, session: Reads) -> R:
+        """Run it on a session that no store keeps (a LocalState's table)."""
+        raise NotSupported(f"{type(self).__name__} needs a session kept by a store")
 
 
 class Control(Generic[R]):
@@ -157,7 +200,7 @@ class Control(Generic[R]):
 
 
 @dataclass(slots=True)
-class Get(ReadOperation[Any]):
+class GetVariable(ReadOperation[Any]):
     identifier: str
 
     def apply(self, session: Reads) -> Any:
@@ -168,7 +211,7 @@ class Get(ReadOperation[Any]):
 
 
 @dataclass(slots=True)
-class GetMany(ReadOperation[dict[str, Any]]):
+class GetVariables(ReadOperation[dict[str, Any]]):
     identifiers: list[str]
 
     def apply(self, session: Reads) -> dict[str, Any]:
@@ -191,7 +234,8 @@ class GetRecord(ReadOperation[VariableRecord]):
 
 @dataclass(slots=True)
 class GetVersioned(ReadOperation[tuple[Any, int]]):
-    """A value and its version from one moment (what a compare-and-set loop reads)."""
+    """A value and its version from one moment (what the bridge's GetVariable answers,
+    so a client's copy never reads older than the server did)."""
 
     identifier: str
 
@@ -204,7 +248,7 @@ class GetVersioned(ReadOperation[tuple[Any, int]]):
 
 
 @dataclass(slots=True)
-class List(ReadOperation[list[dict[str, Any]]]):
+class ListVariables(ReadOperation[list[dict[str, Any]]]):
     pattern: str | None
 
     def apply(self, session: Reads) -> list[dict[str, Any]]:
@@ -215,7 +259,9 @@ class List(ReadOperation[list[dict[str, Any]]]):
 
 
 @dataclass(slots=True)
-class Export(ReadOperation[dict[str, Any]]):
+class ExportState(ReadOperation[dict[str, Any]]):
+    """The whole session as an export map (see ``StateProvider.export_state``)."""
+
     def apply(self, session: Reads) -> dict[str, Any]:
         return session.export()
 
@@ -224,7 +270,9 @@ class Export(ReadOperation[dict[str, Any]]):
 
 
 @dataclass(slots=True)
-class ExportCols(ReadOperation[ExportColumns]):
+class ExportSession(ReadOperation[ExportColumns]):
+    """The whole session as columns, the form migrations and the bridge move."""
+
     def apply(self, session: Reads) -> ExportColumns:
         return session.columns()
 
@@ -234,6 +282,8 @@ class ExportCols(ReadOperation[ExportColumns]):
 
 @dataclass(slots=True)
 class Digest(ReadOperation[bytes]):
+    """``exports.columns_digest`` of the session, without building an export."""
+
     def apply(self, session: Reads) -> bytes:
         return session.digest()
 
@@ -245,7 +295,7 @@ class Digest(ReadOperation[bytes]):
 
 
 @dataclass(slots=True)
-class Register(WriteOperation[str]):
+class RegisterVariable(WriteOperation[str]):
     name: str
     type_name: str
     initial_value: Any
@@ -275,7 +325,7 @@ class Register(WriteOperation[str]):
 
 
 @dataclass(slots=True)
-class SetValue(WriteOperation[int]):
+class SetVariable(WriteOperation[int]):
     identifier: str
     value: Any
     metadata: Mapping[str, Any] | None
@@ -291,19 +341,23 @@ class SetValue(WriteOperation[int]):
 
 
 @dataclass(slots=True)
-class Update(WriteOperation[None]):
+class UpdateVariables(WriteOperation[int]):
+    """All or nothing; answers the session's next event sequence after the batch (a
+    bridged copy waits for it), which the public method does not return."""
+
     updates: Mapping[str, Any]
     metadata: Mapping[str, Any] | None
 
-    def apply(self, session: SessionOps) -> None:
-        session.update(self.updates, self.metadata)
+    def apply(self, session: SessionOps) -> int:
+        return session.update(self.updates, self.metadata)
 
-    def forward(self, provider: StateProvider) -> None:
+    def forward(self, provider: StateProvider) -> int:
         provider.update_variables(self.updates, self.metadata)
+        return 0
 
 
 @dataclass(slots=True)
-class Delete(WriteOperation[None]):
+class DeleteVariable(WriteOperation[None]):
     identifier: str
 
     def apply(self, session: SessionOps) -> None:
@@ -314,16 +368,102 @@ class Delete(WriteOperation[None]):
 
 
 @dataclass(slots=True)
-class Import(WriteOperation[None]):
+class ImportState(WriteOperation[bytes]):
+    """Add an export's variables, all or nothing; answers the digest of the session
+    after it when ``want_digest`` (in the same turn: a migration's verification)."""
+
     columns: ExportColumns
     continue_from: int | None = None
     """A migration's copy: no events, and the event count continues from this."""
+    want_digest: bool = False
 
-    def apply(self, session: SessionOps) -> None:
+    def apply(self, session: SessionOps) -> bytes:
         session.import_columns(self.columns, self.continue_from)
+        return session.digest() if self.want_digest else b""
 
-    def forward(self, provider: StateProvider) -> None:
+    def forward(self, provider: StateProvider) -> bytes:
         provider.import_columns(self.columns)
+        return columns_digest(provider.export_columns()) if self.want_digest else b""
+
+
+# -- the session as a whole -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class OpenSession(SessionOperation[Opened]):
+    """Attach to a session, or create it (see ``Store.open``)."""
+
+    create: bool
+    pending: bool = False
+    metadata: Mapping[str, Any] | None = None
+
+    async def serve(
+        self, store: Store, session_id: str, request_id: str | None, incarnation: str | None
+    ) -> Opened:
+        opened = await store.open(
+            session_id or None,
+            create=self.create,
+            metadata=dict(self.metadata) if self.metadata is not None else None,
+            pending=self.pending,
+            request_id=request_id,
+        )
+        return opened._replace(
+            store=store.kind, max_calls_per_connection=store.limits.max_calls_per_connection
+        )
+
+
+@dataclass(slots=True)
+class CommitSession(SessionOperation[None]):
+    """Make a session opened ``pending`` visible to others (idempotent)."""
+
+    write: ClassVar[bool] = True
+
+    async def serve(
+        self, store: Store, session_id: str, request_id: str | None, incarnation: str | None
+    ) -> None:
+        await store.commit(session_id, incarnation or "")
+
+
+@dataclass(slots=True)
+class CloseSession(SessionOperation[None]):
+    """Close a session (that incarnation only, when one is named)."""
+
+    write: ClassVar[bool] = True
+
+    async def serve(
+        self, store: Store, session_id: str, request_id: str | None, incarnation: str | None
+    ) -> None:
+        await store.close(session_id, incarnation)
+
+
+@dataclass(slots=True)
+class GetSession(SessionOperation[SessionInfo]):
+    """The session as what keeps it sees it (counts as activity)."""
+
+    async def serve(
+        self, store: Store, session_id: str, request_id: str | None, incarnation: str | None
+    ) -> SessionInfo:
+        return await store.info(session_id)
+
+    def apply(self, session: Reads) -> SessionInfo:
+        return session.info()
+
+
+@dataclass(slots=True)
+class Heartbeat(SessionOperation[float | None]):
+    """Keep a session that expires when idle alive: when it would expire (epoch
+    seconds), None for one that never does."""
+
+    async def serve(
+        self, store: Store, session_id: str, request_id: str | None, incarnation: str | None
+    ) -> float | None:
+        return await store.heartbeat(session_id)
+
+    def apply(self, session: Reads) -> float | None:
+        return None  # a session no store keeps never expires
+
+    def forward(self, provider: StateProvider) -> float | None:
+        return provider.heartbeat()
 
 
 # -- control --------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""VariableRecord: one variable at one version, as callers receive it.
+r"""The records callers receive: a variable at one version, a session as a whole.
 
-``get_record`` answers one of these on every backend, so a compare-and-set loop
-reads a value and its version in one call instead of listing the session. It is a
-``NamedTuple``: immutable, attribute access, cheap to build; its ``value``,
-``constraints`` and ``metadata`` are the caller's own copies.
+``get_record`` answers a :class:`VariableRecord` on every backend, so a
+compare-and-set loop reads a value and its version in one call instead of listing
+the session. ``session_info`` answers a :class:`SessionInfo`, and opening a session
+an :class:`Opened`. All are ``NamedTuple``\ s: immutable, attribute access, cheap to
+build; their maps are the caller's own copies.
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from dspex_actors.errors import ValidationError, VariableNotFound
-from dspex_actors.vartypes import describe_value
+from dspex_actors.text import describe_value
 
-__all__ = ["VariableRecord", "check_pattern", "name_matches", "variable_not_found"]
+__all__ = [
+    "Opened",
+    "SessionInfo",
+    "VariableRecord",
+    "check_pattern",
+    "name_matches",
+    "variable_not_found",
+]
 
 
 class VariableRecord(NamedTuple):
@@ -49,6 +57,37 @@ class VariableRecord(NamedTuple):
     def to_dict(self) -> dict[str, Any]:
         """The record as the plain dict ``list_variables`` lists."""
         return self._asdict()
+
+
+class SessionInfo(NamedTuple):
+    """A session as what keeps it sees it (``session_info()``, the GetSession RPC)."""
+
+    session_id: str
+    incarnation: str
+    """Which creation of this session id it is ("" for a session no store keeps)."""
+    variable_count: int
+    created_at: float  # epoch seconds
+    last_active_at: float  # epoch seconds
+    ttl_seconds: float | None
+    """Seconds it lives after its last use (None: it never expires)."""
+    metadata: dict[str, Any]
+    next_sequence: int
+    """The sequence the session's next change event gets."""
+    expires_at: float | None = None
+    """When it expires unless used again (epoch seconds), where that is known."""
+
+
+class Opened(NamedTuple):
+    """The answer to opening a session (the OpenSession RPC)."""
+
+    session_id: str
+    created: bool
+    incarnation: str
+    ttl_seconds: float | None
+    store: str = ""
+    """Where it lives ("memory", "sqlite", "redis"; "" where not said)."""
+    max_calls_per_connection: int = 0
+    """Streams the server takes on one connection (0: not said)."""
 
 
 MAX_PATTERN = 512

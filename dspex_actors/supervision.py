@@ -42,7 +42,15 @@ from dspex_actors import failpoints
 from dspex_actors.errors import SessionClosed, SessionNotFound, StateError
 from dspex_actors.exports import ExportColumns, columns_digest, columns_of
 from dspex_actors.local import LocalState
-from dspex_actors.messages import Delete, Import, Operation, Register, SetValue, Update
+from dspex_actors.messages import (
+    DeleteVariable,
+    ImportState,
+    Operation,
+    RegisterVariable,
+    SetVariable,
+    UpdateVariables,
+)
+from dspex_actors.methods import run_on
 from dspex_actors.provider import (
     Migratable,
     MigrationTarget,
@@ -57,7 +65,7 @@ from dspex_actors.streaming import Closing, Event, Subscriber, check_subscriber,
 from dspex_actors.urls import is_redis, redacted, store_kind
 
 if TYPE_CHECKING:
-    from dspex_actors.bridge.client.handle import BridgedState
+    from dspex_actors.bridge.client.bridged import BridgedState
     from dspex_actors.bridge.server.server import SessionStoreServer
 
 __all__ = ["Context", "ContextSubscription", "Supervisor", "check_store"]
@@ -227,7 +235,7 @@ class Supervisor:
         """A BridgedState for ``session_id`` on this supervisor's bridge (``pending``:
         created invisible until committed, as a migration's copy is; its cache, if
         the supervisor keeps one, starts once it is committed)."""
-        from dspex_actors.bridge.client.handle import BridgedState
+        from dspex_actors.bridge.client.bridged import BridgedState
 
         return BridgedState.init(
             session_id=session_id,
@@ -571,7 +579,7 @@ class Context:
         for attempt in (0, 1):
             backend = self._enter()
             try:
-                return operation.forward(backend)
+                return run_on(backend, operation)
             except SessionClosed:
                 if attempt or self._stopped or not isinstance(backend, Restartable):
                     raise
@@ -595,7 +603,9 @@ class Context:
         metadata: Mapping[str, Any] | None = None,
         description: str | None = None,
     ) -> str:
-        return self._write(Register(name, type, initial_value, constraints, metadata, description))
+        return self._write(
+            RegisterVariable(name, type, initial_value, constraints, metadata, description)
+        )
 
     def set_variable(
         self,
@@ -605,21 +615,21 @@ class Context:
         *,
         expected_version: int | None = None,
     ) -> int:
-        return self._write(SetValue(identifier, new_value, metadata, expected_version))
+        return self._write(SetVariable(identifier, new_value, metadata, expected_version))
 
     def update_variables(
         self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
     ) -> None:
-        self._write(Update(updates, metadata))
+        self._write(UpdateVariables(updates, metadata))
 
     def delete_variable(self, identifier: str) -> None:
-        self._write(Delete(identifier))
+        self._write(DeleteVariable(identifier))
 
     def import_state(self, exported: Mapping[str, Any]) -> None:
-        self._write(Import(columns_of(exported)))
+        self._write(ImportState(columns_of(exported)))
 
     def import_columns(self, columns: ExportColumns) -> None:
-        self._write(Import(columns))
+        self._write(ImportState(columns))
 
     def subscribe(self, pattern: str | None, subscriber: Subscriber) -> ContextSubscription:
         """Subscribe on the current backend; the subscription moves with the session

@@ -10,6 +10,9 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from dspex_actors import LocalState
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTENING = "dspex_actors SessionStore listening on "
@@ -114,3 +117,9 @@ def run_worker(address: str, session_id: str) -> None:
         check=True,
         timeout=60,
     )
+
+
+def held(server: Any, session_id: str) -> LocalState:
+    """A handle on the engine a memory or SQLite store (or a server on one) holds for
+    a session, to look at it from the side (never cleaned up: the store owns it)."""
+    return LocalState(server.session_engine(session_id))

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from bridge_support import held
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from dspex_actors import LocalState, failpoints
+from dspex_actors import failpoints
+from dspex_actors.actor import ActorSession
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.errors import (
     BridgeUnavailable,
@@ -346,26 +348,26 @@ def server_log() -> Iterator[LogWatch]:
 
 @pytest.fixture
 def cleanup_fails_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[str]]:
-    """Session ids whose LocalState.cleanup() raises (once); the test fills the set.
+    """Session ids whose engine's close() raises (once); the test fills the set.
 
-    Afterwards the real cleanup runs for them, so no actor is left behind.
+    Afterwards the real close runs for them, so no actor is left behind.
     """
     failing: set[str] = set()
-    real_cleanup = LocalState.cleanup
-    broken: list[LocalState] = []
+    real_close = ActorSession.close
+    broken: list[ActorSession] = []
 
-    def cleanup(self: LocalState) -> None:
+    def close(self: ActorSession) -> None:
         if self.session_id in failing:
             failing.discard(self.session_id)
             broken.append(self)
-            raise RuntimeError(f"cleanup of {self.session_id} failed")
-        real_cleanup(self)
+            raise RuntimeError(f"closing {self.session_id} failed")
+        real_close(self)
 
-    monkeypatch.setattr(LocalState, "cleanup", cleanup)
+    monkeypatch.setattr(ActorSession, "close", close)
     yield failing
     monkeypatch.undo()
-    for state in broken:
-        state.cleanup()
+    for engine in broken:
+        engine.close()
 
 
 def test_reaping_goes_on_past_a_session_that_fails_to_close(
@@ -374,7 +376,7 @@ def test_reaping_goes_on_past_a_session_that_fails_to_close(
     clock = FakeClock()
     with serve(session_ttl=10.0, clock=clock) as server:
         handles = [BridgedState.init(address=server.address) for _ in range(3)]
-        states = [server.session_state(h.session_id) for h in handles]
+        states = [held(server, h.session_id) for h in handles]
         cleanup_fails_for.add(handles[0].session_id)
         clock.now = 20.0
         assert sorted(server.reap_expired()) == sorted(h.session_id for h in handles)
@@ -392,7 +394,7 @@ def test_stopping_closes_every_session_even_if_one_fails(
 ) -> None:
     server = serve()
     handles = [BridgedState.init(address=server.address) for _ in range(3)]
-    states = [server.session_state(h.session_id) for h in handles]
+    states = [held(server, h.session_id) for h in handles]
     cleanup_fails_for.add(handles[1].session_id)
     server.stop()
     assert [s.alive for s in states] == [False, True, False]
@@ -406,7 +408,7 @@ def test_stopping_closes_every_session_even_if_one_fails(
 
 def _crash(server: SessionStoreServer, session_id: str) -> None:
     """Crash the server's actor for a session (a bug, as far as the server knows)."""
-    server.session_state(session_id).actor_ref.tell(Crash("boom"))
+    held(server, session_id).actor_ref.tell(Crash("boom"))
 
 
 class HookLog:
@@ -435,7 +437,7 @@ def test_a_crashed_session_actor_is_restarted_with_its_variables() -> None:
     ):
         state.register_variable("a", "integer", 1)
         state.set_variable("a", 2)
-        local = server.session_state(state.session_id)
+        local = held(server, state.session_id)
         crashed = local.actor_ref
         _crash(server, state.session_id)
         [(session_id, error)] = restarts.wait(1)
@@ -456,7 +458,7 @@ def test_an_external_stop_is_restarted_like_a_crash() -> None:
         BridgedState.init(address=server.address) as state,
     ):
         state.register_variable("a", "integer", 1)
-        server.session_state(state.session_id).actor_ref.stop()
+        held(server, state.session_id).actor_ref.stop()
         assert restarts.wait(1) == [(state.session_id, None)]
         assert state.set_variable("a", 5) == 1
 
@@ -481,7 +483,7 @@ def test_a_session_crashing_too_often_is_closed() -> None:
         with pytest.raises(SessionNotFound):
             state.get_variable("a")
         with pytest.raises(SessionNotFound):
-            server.session_state(state.session_id)
+            held(server, state.session_id)
 
 
 def test_crashes_spread_over_time_are_each_restarted() -> None:

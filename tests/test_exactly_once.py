@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 import pytest
-from bridge_support import killable_server
+from bridge_support import held, killable_server
 from tcp_proxy import TcpProxy
 
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
@@ -82,7 +82,7 @@ def state(proxy: TcpProxy) -> Iterator[BridgedState]:
 
 
 def _server_version(server: SessionStoreServer, session_id: str, name: str) -> Callable[[], int]:
-    return lambda: server.session_state(session_id).get_record(name).version
+    return lambda: held(server, session_id).get_record(name).version
 
 
 # -- a lost reply, then a retry ------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_a_lost_register_reply_is_not_variable_exists(
     server: SessionStoreServer, proxy: TcpProxy, recorder: DropRecorder, state: BridgedState
 ) -> None:
     recorder.observe = lambda: [
-        record["name"] for record in server.session_state(state.session_id).list_variables()
+        record["name"] for record in held(server, state.session_id).list_variables()
     ]
     ids = []
     for n in range(3):
@@ -158,7 +158,7 @@ def test_a_lost_delete_reply_is_not_variable_not_found(
 ) -> None:
     state.register_variable("doomed", "integer", 1)
     state.register_variable("kept", "integer", 2)
-    recorder.observe = lambda: server.session_state(state.session_id).variable_count
+    recorder.observe = lambda: held(server, state.session_id).variable_count
     proxy.drop_next_reply()
     state.delete_variable("doomed")
     assert recorder.seen == [1]
@@ -188,7 +188,7 @@ def test_a_lost_open_reply_keeps_the_creator_the_owner(
     finally:
         handle.cleanup()  # the owner closes it
     with pytest.raises(KeyError):
-        server.session_state("lost-open")
+        held(server, "lost-open")
 
 
 @pytest.mark.parametrize(
@@ -211,7 +211,7 @@ def test_a_migration_losing_a_reply_switches_whole_and_once(
         assert ctx.backend_info()["type"] == "bridged"
         assert ctx.list_variables() == before
         assert ctx.set_variable("a", 3) == 2
-        assert server.session_state("moving").get_record("a").version == 2
+        assert held(server, "moving").get_record("a").version == 2
     print(f"the reply of {rpc} lost during a switch: switched whole, once")
 
 
@@ -304,7 +304,7 @@ def test_an_applied_write_on_a_reconnecting_channel_is_unknown(
             state.get_variable("x")
     finally:
         state.cleanup()
-    assert server.session_state(state.session_id).get_record("x").version == 2
+    assert held(server, state.session_id).get_record("x").version == 2
     print(
         f"an applied write on a reconnected channel ({connections} connections), its reply "
         f"lost: OutcomeUnknown; a write that never reached the server: OutcomeUnknown; "

@@ -24,6 +24,7 @@ from dspex_actors import (
     VariableNotFound,
 )
 from dspex_actors.exports import columns_of
+from dspex_actors.imported import records_from_columns
 from dspex_actors.limits import (
     DEFAULT_LIMITS,
     NUMBER_BYTES,
@@ -37,7 +38,7 @@ from dspex_actors.limits import (
     size_bound,
     str_size,
 )
-from dspex_actors.session import SessionTable, records_from_columns
+from dspex_actors.session import SessionTable
 from dspex_actors.vartypes import check_metadata, compile_type
 
 KIB = 1 << 10

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from bridge_support import held
 
 from dspex_actors import LocalState, failpoints
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
@@ -96,7 +97,7 @@ def test_a_failed_step_leaves_the_session_local_whole_and_writable(
     assert _snapshot(ctx) == before  # whole: values, versions, metadata, timestamps
     assert not _visible_on(server)  # nothing of it is left visible on the server
     with pytest.raises(KeyError):  # nor held there at all
-        server.session_state(SESSION)
+        held(server, SESSION)
     assert ctx.set_variable("temperature", 1.5) == 4  # writable
     after_write = _snapshot(ctx)
 
@@ -199,7 +200,7 @@ def test_a_copy_that_could_not_be_removed_stays_invisible_and_is_removed_next_ti
         ctx.ensure_bridged()
     assert failed.value.details["step"] == "verify"
     assert ctx.backend_info()["type"] == "local"
-    server.session_state(SESSION)  # the copy is still held there (its close failed)...
+    held(server, SESSION)  # the copy is still held there (its close failed)...
     assert not _visible_on(server)  # ...and invisible: pending, never committed
     attach_attempts.append("visible" if _visible_on(server) else "not found")
     assert attach_attempts == ["not found", "not found"]

@@ -25,15 +25,10 @@ from dspex_actors import (
     VariableExists,
     VariableNotFound,
 )
+from dspex_actors.actor import SEALED, SessionActor
 from dspex_actors.exports import RECORD_KEYS
-from dspex_actors.messages import Close, Crash, Get, Register, SetValue
-from dspex_actors.session import (
-    CLOSED,
-    SEALED,
-    SessionActor,
-    SessionTable,
-    new_session_id,
-)
+from dspex_actors.messages import Close, Crash, GetVariable, RegisterVariable, SetVariable
+from dspex_actors.session import CLOSED, SessionTable, new_session_id
 
 WAIT = 10.0  # upper bound for waiting on an actor thread; never reached when all is well
 SESSION = "sess_test_session"
@@ -417,7 +412,15 @@ def test_reads_go_through_the_actor_while_a_batch_is_being_applied(
         assert state.export_state() == expected_export
         with pytest.raises(VariableNotFound):
             state.get_variable("missing")
-        assert asks == ["Get", "Get", "Get", "GetMany", "List", "Export", "Get"]
+        assert asks == [
+            "GetVariable",
+            "GetVariable",
+            "GetVariable",
+            "GetVariables",
+            "ListVariables",
+            "ExportState",
+            "GetVariable",
+        ]
     finally:
         table.seq = seq
     asks.clear()
@@ -684,7 +687,7 @@ def test_actor_on_a_bare_table() -> None:
     table = SessionTable("sess_direct")
     ref = SessionActor.start(table)
     try:
-        var_id = ref.ask(Register("x", "integer", 1, None, None, "about x"))
+        var_id = ref.ask(RegisterVariable("x", "integer", 1, None, None, "about x"))
         assert isinstance(var_id, str)
         assert re.fullmatch(r"var_[0-9a-f]{32}", var_id)
         record = table.lookup("x")
@@ -696,12 +699,12 @@ def test_actor_on_a_bare_table() -> None:
         assert as_dict["metadata"] == {"description": "about x"}
         assert as_dict["created_at"] == as_dict["last_updated_at"]
         # Rule breaks are answered, not raised, so the actor keeps running.
-        answer = ref.ask(SetValue("x", "one", None, None))
+        answer = ref.ask(SetVariable("x", "one", None, None))
         assert isinstance(answer, ValidationError)
-        missing = ref.ask(Get("nope"))
+        missing = ref.ask(GetVariable("nope"))
         assert isinstance(missing, VariableNotFound)
         assert ref.is_alive()
-        assert ref.ask(SetValue("x", 2, None, 0)) == 1
+        assert ref.ask(SetVariable("x", 2, None, 0)) == 1
         assert table.lookup("x").version == 1
     finally:
         ref.stop()
@@ -712,14 +715,14 @@ def test_a_new_actor_takes_over_the_table() -> None:
     table = SessionTable("sess_heir")
     first = SessionActor.start(table)
     try:
-        first.ask(Register("x", "integer", 1, None, None, None))
+        first.ask(RegisterVariable("x", "integer", 1, None, None, None))
     finally:
         first.stop()
     table.seq += 1  # as if the first actor died mid-batch
     second = SessionActor.start(table)
     try:
         assert table.seq % 2 == 0
-        assert second.ask(SetValue("x", 5, None, None)) == 1
+        assert second.ask(SetVariable("x", 5, None, None)) == 1
         assert table.lookup("x").value == 5
     finally:
         second.stop()
@@ -753,21 +756,22 @@ def test_stopped_actor_refuses_asks() -> None:
     ref = SessionActor.start(table)
     ref.stop()
     with pytest.raises(pykka.ActorDeadError):
-        ref.ask(Get("x"))
+        ref.ask(GetVariable("x"))
 
 
 # -- close and seal are cuts: nothing queued behind them slips through ---------------
 
 
 def test_a_write_queued_behind_close_is_refused_and_the_table_stays_closed() -> None:
-    from dspex_actors.session import CLOSED, SessionActor, SessionTable
+    from dspex_actors.actor import SessionActor
+    from dspex_actors.session import CLOSED, SessionTable
 
     table = SessionTable("cut")
     ref = SessionActor.start(table)
     try:
-        ref.ask(Register("x", "integer", 0, None, None, None))
+        ref.ask(RegisterVariable("x", "integer", 0, None, None, None))
         assert ref.ask(Close()) is None
-        refused = ref.ask(SetValue("x", 1, None, None))
+        refused = ref.ask(SetVariable("x", 1, None, None))
         assert isinstance(refused, SessionClosed)
         assert table.seq == CLOSED
         assert table.index["x"].version == 0
@@ -784,7 +788,7 @@ def test_a_write_that_meets_the_seal_lands_once_after_unseal() -> None:
         assert sealed.values == [0]
         # The actor itself refuses writes from the seal on (the cut is exact): it
         # answers SEALED, a plain value, not an error.
-        refused = state.actor_ref.ask(SetValue("x", 9, None, None))
+        refused = state.actor_ref.ask(SetVariable("x", 9, None, None))
         assert refused is SEALED
         result: list[int] = []
         writer = threading.Thread(target=lambda: result.append(state.set_variable("x", 5)))
@@ -853,10 +857,11 @@ def test_without_the_gil_every_read_takes_the_actor_path(
 ) -> None:
     # What a free-threaded interpreter gets: the sequence number starts odd and each
     # write adds 2, so it never looks stable and readers always ask the actor.
-    from dspex_actors import session
+    from dspex_actors import actor, session
 
-    monkeypatch.setattr(session, "LOCK_FREE_READS", False)
-    monkeypatch.setattr(session, "_SEQ_STEP", 2)
+    monkeypatch.setattr(session, "LOCK_FREE_READS", False)  # a table's start
+    monkeypatch.setattr(actor, "LOCK_FREE_READS", False)  # its actor's step
+    monkeypatch.setattr(actor, "SEQ_STEP", 2)
     state = LocalState.init()
     asked: list[str] = []
     real_ask = LocalState._ask
@@ -876,7 +881,9 @@ def test_without_the_gil_every_read_takes_the_actor_path(
         assert [r["value"] for r in state.list_variables()] == [3]
         assert state.export_state()["variables"]
         assert state.get_record("x").value == 3
-        assert {"Get", "GetMany", "GetRecord", "List", "Export"} <= set(asked)
+        assert {"GetVariable", "GetVariables", "GetRecord", "ListVariables", "ExportState"} <= set(
+            asked
+        )
     finally:
         state.cleanup()
 
@@ -896,9 +903,9 @@ def test_a_delivered_message_behind_close_is_answered_not_dropped() -> None:
         answered.set()
 
     try:
-        ref.ask(Register("x", "integer", 0, None, None, None))
+        ref.ask(RegisterVariable("x", "integer", 0, None, None, None))
         ref.tell(Close())
-        ref.tell(Deliver(SetValue("x", 1, None, None), reply, [True]))
+        ref.tell(Deliver(SetVariable("x", 1, None, None), reply, [True]))
         assert answered.wait(WAIT)
         assert isinstance(answers[0], SessionClosed)
         assert table.lookup("x").version == 0

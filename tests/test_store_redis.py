@@ -30,7 +30,7 @@ from dspex_actors.errors import (
     ValidationError,
     VersionConflict,
 )
-from dspex_actors.messages import Delete, GetVersioned, SetValue
+from dspex_actors.messages import DeleteVariable, GetVersioned, SetVariable
 from dspex_actors.redis.follower import READER_NAME, StreamFollower
 from dspex_actors.redis.scripts import session_keys
 from dspex_actors.redis.state import RedisState
@@ -126,7 +126,7 @@ def test_a_retry_through_another_server_is_answered_not_applied_again(redis_url:
         try:
             opened = await first.open(sid, create=True, metadata=None)
             await first.run(sid, _register_counter(), request_id=None, deadline=None)
-            write = SetValue("n", 7, None, 0)
+            write = SetVariable("n", 7, None, 0)
             one = await first.run(sid, write, request_id="r-1", deadline=None)
             again = await second.run(
                 sid, write, request_id="r-1", deadline=None, incarnation=opened.incarnation
@@ -144,9 +144,9 @@ def test_a_retry_through_another_server_is_answered_not_applied_again(redis_url:
 
 
 def _register_counter() -> Any:
-    from dspex_actors.messages import Register
+    from dspex_actors.messages import RegisterVariable
 
-    return Register("n", "integer", 0, None, None, None)
+    return RegisterVariable("n", "integer", 0, None, None, None)
 
 
 def test_history_across_two_servers_is_linearizable(
@@ -198,7 +198,7 @@ def test_a_pending_copy_is_invisible_until_committed(redis_url: str) -> None:
             opened = await store.open(
                 sid, create=True, metadata={"m": 1}, pending=True, request_id="copy-1"
             )
-            assert opened.created and opened.ttl_seconds <= 60.0
+            assert opened.created and opened.ttl_seconds is not None and opened.ttl_seconds <= 60.0
             with pytest.raises(SessionNotFound):
                 await other.open(sid, create=False, metadata=None)
             with pytest.raises(SessionClosed, match="migration"):
@@ -252,7 +252,7 @@ def test_a_stale_incarnation_cannot_write_or_close_a_newer_session(redis_url: st
             with pytest.raises(SessionNotFound):
                 await store.run(
                     sid,
-                    SetValue("n", 1, None, None),
+                    SetVariable("n", 1, None, None),
                     request_id=None,
                     deadline=None,
                     incarnation=old.incarnation,
@@ -281,7 +281,7 @@ def test_a_write_whose_deadline_passed_before_it_started_is_not_applied(redis_ur
             with pytest.raises(BridgeUnavailable, match="not applied"):
                 await store.run(
                     sid,
-                    SetValue("n", 5, None, None),
+                    SetVariable("n", 5, None, None),
                     request_id="late",
                     deadline=time.monotonic() - 1.0,
                 )
@@ -314,11 +314,11 @@ def test_a_watcher_resuming_before_the_shared_reader_gets_the_history(redis_url:
             await store.run(sid, _register_counter(), request_id=None, deadline=None)
             for value in (1, 2):
                 await store.run(
-                    sid, SetValue("n", value, None, None), request_id=None, deadline=None
+                    sid, SetVariable("n", value, None, None), request_id=None, deadline=None
                 )
             live = await store.watch(sid, [], None)  # the shared reader starts at 4
             resumed = await store.watch(sid, ["n"], 1)
-            await store.run(sid, SetValue("n", 3, None, None), request_id=None, deadline=None)
+            await store.run(sid, SetVariable("n", 3, None, None), request_id=None, deadline=None)
             got_live = await asyncio.wait_for(take(live, 1), WAIT)
             got_resumed = await asyncio.wait_for(take(resumed, 4), WAIT)
             await live.aclose()
@@ -439,9 +439,9 @@ def test_a_retry_after_the_variable_changed_gets_the_first_answer(redis_url: str
         try:
             opened = await store.open(sid, create=True, metadata=None)
             await store.run(sid, _register_counter(), request_id=None, deadline=None)
-            write = SetValue("n", 5, None, 0)
+            write = SetVariable("n", 5, None, 0)
             await store.run(sid, write, request_id="w-1", deadline=None)
-            await store.run(sid, Delete("n"), request_id=None, deadline=None)
+            await store.run(sid, DeleteVariable("n"), request_id=None, deadline=None)
             again: int = await store.run(sid, write, request_id="w-1", deadline=None)
             await store.close(sid, opened.incarnation)
             return again
@@ -463,7 +463,7 @@ def test_a_server_holding_an_ended_incarnation_applies_a_retry_once(redis_url: s
             await b.close(sid, old.incarnation)
             new = await b.open(sid, create=True, metadata=None)
             await b.run(sid, _register_counter(), request_id=None, deadline=None)
-            write = SetValue("n", 9, None, None)
+            write = SetVariable("n", 9, None, None)
             one = await a.run(sid, write, request_id="r-1", deadline=None)
             two = await a.run(sid, write, request_id="r-1", deadline=None)
             now = await b.run(sid, GetVersioned("n"), request_id=None, deadline=None)
@@ -641,7 +641,7 @@ def test_a_watcher_resuming_past_the_history_of_an_idle_session_gets_overflow(
             await store.run(sid, _register_counter(), request_id=None, deadline=None)
             for value in range(1, 300):  # Redis trims whole stream nodes: write plenty
                 await store.run(
-                    sid, SetValue("n", value, None, None), request_id=None, deadline=None
+                    sid, SetVariable("n", value, None, None), request_id=None, deadline=None
                 )
             watch = await store.watch(sid, [], 1)
             first = await asyncio.wait_for(watch.__anext__(), WAIT)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bridge_support import REPO_ROOT, python_env
+from bridge_support import REPO_ROOT, held, python_env
 from test_history import check_history, run_handles
 
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
@@ -30,12 +30,12 @@ from dspex_actors.errors import (
 from dspex_actors.exports import columns_of
 from dspex_actors.limits import Limits
 from dspex_actors.messages import (
-    Delete,
+    DeleteVariable,
     GetVersioned,
-    Import,
-    Register,
-    SetValue,
-    Update,
+    ImportState,
+    RegisterVariable,
+    SetVariable,
+    UpdateVariables,
     WriteOperation,
 )
 from dspex_actors.stores import MemoryStore, SqliteStore, Store, open_store
@@ -302,19 +302,19 @@ def test_every_kind_of_write_the_file_refuses_changes_nothing(tmp_path: Path) ->
         "metadata": {"from": "import"},
     }
     writes: list[WriteOperation[Any]] = [
-        Register("c", "integer", 0, None, None, None),
-        SetValue("a", 2, None, None),
-        SetValue("a", 2, {"tag": 1}, 0),
-        Update({"a": 3, "b": "lost"}, None),
-        Delete("b"),
-        Import(columns_of(exported)),
+        RegisterVariable("c", "integer", 0, None, None, None),
+        SetVariable("a", 2, None, None),
+        SetVariable("a", 2, {"tag": 1}, 0),
+        UpdateVariables({"a": 3, "b": "lost"}, None),
+        DeleteVariable("b"),
+        ImportState(columns_of(exported)),
     ]
 
     async def scenario() -> None:
         store = SqliteStore(str(path), busy_timeout=0.0)
         try:
             await store.open("s", create=True, metadata={"kept": True})
-            state = store.session_state("s")
+            state = held(store, "s")
             state.register_variable("a", "integer", 1)
             state.register_variable("b", "string", "keep")
             before = state.export_state()
@@ -333,7 +333,7 @@ def test_every_kind_of_write_the_file_refuses_changes_nothing(tmp_path: Path) ->
         reopened = SqliteStore(str(path))
         try:
             await reopened.open("s", create=False, metadata=None)
-            assert reopened.session_state("s").export_state() == before
+            assert held(reopened, "s").export_state() == before
         finally:
             await reopened.aclose()
 
@@ -348,8 +348,8 @@ def test_a_refused_write_retried_with_its_request_id_is_applied_once(tmp_path: P
         store = SqliteStore(str(path), busy_timeout=0.0)
         try:
             await store.open("s", create=True, metadata=None)
-            store.session_state("s").register_variable("a", "integer", 1)
-            write = SetValue("a", 2, None, None)
+            held(store, "s").register_variable("a", "integer", 1)
+            write = SetVariable("a", 2, None, None)
             blocker = sqlite3.connect(path, isolation_level=None)
             blocker.execute("BEGIN IMMEDIATE")
             try:
@@ -378,7 +378,7 @@ def test_a_closed_file_refuses_writes_as_not_applied(tmp_path: Path) -> None:
     async def scenario() -> None:
         store = SqliteStore(path)
         await store.open("s", create=True, metadata=None)
-        state = store.session_state("s")
+        state = held(store, "s")
         state.register_variable("a", "integer", 1)
         store._db.close()  # what a failed disk leaves: no connection to write on
         try:
@@ -389,7 +389,9 @@ def test_a_closed_file_refuses_writes_as_not_applied(tmp_path: Path) -> None:
                 0,
             )
             with pytest.raises(BridgeUnavailable):
-                await store.run("s", SetValue("a", 3, None, None), request_id="r", deadline=None)
+                await store.run(
+                    "s", SetVariable("a", 3, None, None), request_id="r", deadline=None
+                )
         finally:
             await store.aclose()
 
@@ -450,11 +452,11 @@ def test_prints_set_variable_cost_on_each_store(tmp_path: Path) -> None:
     async def cost(store: MemoryStore) -> float:
         try:
             await store.open("s", create=True, metadata=None)
-            store.session_state("s").register_variable("t", "float", 0.0)
+            held(store, "s").register_variable("t", "float", 0.0)
             started = time.perf_counter()
             for i in range(rounds):
                 await store.run(
-                    "s", SetValue("t", i / rounds, None, None), request_id=None, deadline=None
+                    "s", SetVariable("t", i / rounds, None, None), request_id=None, deadline=None
                 )
             return (time.perf_counter() - started) / rounds
         finally:

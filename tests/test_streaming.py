@@ -343,7 +343,9 @@ def test_a_cache_answers_nothing_while_its_stream_is_down() -> None:
     """The model at its edges, on the cache itself: down (or behind after an
     overflow) means every read goes to the server; a re-read brings it back."""
     listing: list[dict[str, Any]] = []
-    cache = RecordCache(lambda: list(listing), lambda var_id: VariableRecord.from_dict(listing[0]))
+    cache = RecordCache(
+        "s", lambda: list(listing), lambda var_id: VariableRecord.from_dict(listing[0])
+    )
     listing.append(
         {
             "id": "var_x",

@@ -13,8 +13,8 @@ import pytest
 
 from dspex_actors import LocalState
 from dspex_actors.errors import NotSupported, StateError, ValidationError, VariableNotFound
-from dspex_actors.exports import columns_digest
-from dspex_actors.messages import Crash
+from dspex_actors.exports import columns_digest, columns_of
+from dspex_actors.messages import Crash, GetVariable
 from dspex_actors.supervision import Context, Supervisor
 
 
@@ -321,6 +321,9 @@ def test_readers_and_handles_kept_from_before_the_switch_follow_it() -> None:
         assert old_backend.export_columns().names == ["t", "u"]
 
 
+EMPTY_EXPORT = {"session_id": "e", "variables": {}, "variable_index": {}, "metadata": {}}
+
+
 def test_every_public_method_of_a_handle_kept_from_before_the_switch_works() -> None:
     """Each public name of LocalState is called on the retired handle; a method added
     later without a line here fails the test, so none escapes the forwarding."""
@@ -341,6 +344,9 @@ def test_every_public_method_of_a_handle_kept_from_before_the_switch_works() -> 
             "export_state": old.export_state,
             "export_columns": old.export_columns,
             "digest": old.digest,
+            "session_info": old.session_info,
+            "run": lambda: old.run(GetVariable("t")),
+            "import_with_digest": lambda: old.import_with_digest(columns_of(EMPTY_EXPORT)),
             "register_variable": lambda: old.register_variable("u", "integer", 1),
             "set_variable": lambda: old.set_variable("t", 0.75, expected_version=0),
             "update_variables": lambda: old.update_variables({"u": 2}),
@@ -441,7 +447,7 @@ def test_bridged_contexts_send_heartbeats(monkeypatch: pytest.MonkeyPatch) -> No
     beat = threading.Event()
     real = BridgedState.heartbeat
 
-    def spy(self: BridgedState) -> float:
+    def spy(self: BridgedState) -> float | None:
         expires = real(self)
         beat.set()
         return expires

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 from dspex_actors.bridge.env import ADDRESS_ENV, TOKEN_ENV
 
 if TYPE_CHECKING:
-    from dspex_actors.bridge.client.handle import BridgedState
+    from dspex_actors.bridge.client.bridged import BridgedState
     from dspex_actors.bridge.server.server import SessionStoreServer, serve
     from dspex_actors.limits import Limits
 
 __all__ = ["ADDRESS_ENV", "TOKEN_ENV", "BridgedState", "Limits", "SessionStoreServer", "serve"]
 
 _WHERE = {
-    "BridgedState": "dspex_actors.bridge.client.handle",
+    "BridgedState": "dspex_actors.bridge.client.bridged",
     "SessionStoreServer": "dspex_actors.bridge.server.server",
     "serve": "dspex_actors.bridge.server.server",
     "Limits": "dspex_actors.limits",

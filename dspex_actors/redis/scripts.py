@@ -429,7 +429,7 @@ for i = 0, n - 1 do
     meta, t)
   versions[i + 1] = new
 end
-return answer({'ok', versions})
+return answer({'ok', versions, first + n})
 """
 
 _DELETE_LUA = """

@@ -1,8 +1,9 @@
 """The Redis store: a SessionStore server's sessions live in Redis (``--store redis://``).
 
-Each session is a :class:`~dspex_actors.redis.state.RedisState` session: the same
-keys and Lua scripts, so a server, any other server on the same Redis, and any
-process using ``RedisState`` directly all see one session, decided by Redis. What a
+Each session runs on the Redis engine (:class:`~dspex_actors.redis.session.
+RedisSession` and its table of operations), as ``RedisState`` does: the same keys and
+Lua scripts, so a server, any other server on the same Redis, and any process using
+``RedisState`` directly all see one session, decided by Redis. What a
 client sees when two servers write one variable is what it sees with two
 ``RedisState`` handles: each write is one script, applied whole in the order Redis
 runs them; versions grow by one per write whichever server sent it, and a
@@ -15,8 +16,8 @@ runs on one of this store's ``workers`` threads, taken from a queue bounded at 4
 calls (a server's ``max_concurrent_calls`` keeps it far below). A call whose
 deadline passed while it waited for a thread is never sent (``BridgeUnavailable``:
 not applied).
-The store keeps one attached handle per session it served lately (at most
-``max_handles``; handles share one connection pool per Redis), so a variable's
+The store keeps one attached engine per session it served lately (at most
+``max_handles``; they share one connection pool per Redis), so a variable's
 definition is read from Redis once, not per call.
 
 Exactly once across servers: a write's request id travels to Redis with it
@@ -53,13 +54,15 @@ from typing import Any, TypeVar
 
 from dspex_actors.errors import BridgeUnavailable, SessionNotFound, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
-from dspex_actors.messages import Import, ReadOperation, Register, SetValue, WriteOperation
-from dspex_actors.records import check_pattern
+from dspex_actors.messages import ReadOperation, WriteOperation
+from dspex_actors.records import Opened, SessionInfo, check_pattern
+from dspex_actors.redis import operations
 from dspex_actors.redis.connections import call_scope
 from dspex_actors.redis.follower import Followed, StreamFollower
-from dspex_actors.redis.state import DEFAULT_TIMEOUT, RedisState
+from dspex_actors.redis.session import RedisSession
+from dspex_actors.redis.state import DEFAULT_TIMEOUT
 from dspex_actors.session import new_session_id
-from dspex_actors.stores.base import EventStream, Opened, SessionInfo
+from dspex_actors.stores.base import EventStream
 from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow
 
 __all__ = ["DEDUPE_SECONDS", "RedisStore"]
@@ -150,9 +153,9 @@ class _Workers:
 
 @dataclass(slots=True, eq=False)
 class _Held:
-    """A handle the store holds for a session, and how many calls use it now."""
+    """An engine the store holds for a session, and how many calls use it now."""
 
-    handle: RedisState
+    handle: RedisSession
     users: int = 0
     dropped: bool = False  # no longer held: let go once unused
 
@@ -202,9 +205,9 @@ class RedisStore:
 
     # -- handles ------------------------------------------------------------------------
 
-    def _attach(self, session_id: str, **options: Any) -> RedisState:
-        """A new handle on the session (blocking); ``options`` go to ``RedisState.open``."""
-        return RedisState.open(
+    def _attach(self, session_id: str, **options: Any) -> RedisSession:
+        """A new engine on the session (blocking); ``options`` go to ``RedisSession.open``."""
+        return RedisSession.open(
             session_id=session_id,
             url=self.url,
             ttl=self.session_ttl,
@@ -215,7 +218,7 @@ class RedisStore:
         )
 
     @contextlib.contextmanager
-    def _using(self, session_id: str, incarnation: str | None) -> Iterator[RedisState]:
+    def _using(self, session_id: str, incarnation: str | None) -> Iterator[RedisSession]:
         """The held handle on the session (that incarnation, when one is given),
         attached now if there is none; it is not let go while in use."""
         with self._lock:
@@ -236,12 +239,11 @@ class RedisStore:
             if done:
                 _detach(held.handle)
 
-    def _hold(self, handle: RedisState, users: int = 0) -> _Held:
+    def _hold(self, handle: RedisSession, users: int = 0) -> _Held:
         """Hold ``handle`` as the session's, unless one on the same incarnation is held
         already (then that one is used); the handle replaced, and the least recently
         used past ``max_handles``, are let go once unused. It never deletes the
         session when it is let go: only :meth:`close` does."""
-        handle.owner = False
         dropped: list[_Held] = []
         with self._lock:
             current = self._handles.get(handle.session_id)
@@ -266,7 +268,7 @@ class RedisStore:
             _detach(gone)
         return held
 
-    def _forget(self, session_id: str, handle: RedisState) -> None:
+    def _forget(self, session_id: str, handle: RedisSession) -> None:
         """Stop holding ``handle`` (its incarnation ended)."""
         with self._lock:
             held = self._handles.get(session_id)
@@ -297,7 +299,7 @@ class RedisStore:
             handle = self._attach(
                 sid, create=create, pending=pending, metadata=metadata, request_id=request_id
             )
-            opened = Opened(sid, handle.owner, handle.incarnation, handle.ttl_seconds or 0.0)
+            opened = Opened(sid, handle.created, handle.incarnation, handle.ttl_seconds)
             self._hold(handle)
             return opened
 
@@ -311,9 +313,9 @@ class RedisStore:
         await self._blocking(work)
 
     async def close(self, session_id: str, incarnation: str | None) -> None:
-        def close(handle: RedisState) -> None:
+        def close(handle: RedisSession) -> None:
             try:
-                handle.close_remote()
+                handle.close(retry=True)
             finally:
                 self._forget(session_id, handle)
 
@@ -327,33 +329,16 @@ class RedisStore:
         await self._blocking(work)
 
     async def info(self, session_id: str) -> SessionInfo:
-        def work() -> SessionInfo:
-            info = self._current(session_id, lambda handle: handle.session_info())
-            ttl = info["ttl_seconds"] or 0.0
-            expires = info["expires_at"]
-            # Redis keeps no "last used": the TTL left tells it, to a hundredth of the TTL.
-            last = expires - ttl if expires is not None and ttl else time.time()
-            return SessionInfo(
-                session_id=session_id,
-                incarnation=info["incarnation"],
-                variable_count=info["variable_count"],
-                created_at=info["created_at"],
-                last_active_at=last,
-                ttl_seconds=ttl,
-                metadata=info["metadata"],
-                next_sequence=info["next_sequence"],
-            )
-
-        return await self._blocking(work)
+        return await self._blocking(lambda: self._current(session_id, lambda s: s.info()))
 
     async def heartbeat(self, session_id: str) -> float:
         def work() -> float:
-            expires = self._current(session_id, lambda handle: handle.heartbeat())
+            expires = self._current(session_id, lambda s: s.info(heartbeat=True).expires_at)
             return expires if expires is not None else float("inf")
 
         return await self._blocking(work)
 
-    def _current(self, session_id: str, call: Callable[[RedisState], _T]) -> _T:
+    def _current(self, session_id: str, call: Callable[[RedisSession], _T]) -> _T:
         """``call`` on the session as it is now: a held handle whose incarnation has
         ended is replaced by one on the current incarnation, once."""
         with self._using(session_id, None) as handle:
@@ -393,13 +378,11 @@ class RedisStore:
 
     async def watch(self, session_id: str, patterns: list[str], start: int | None) -> EventStream:
         globs = [check_pattern(pattern) for pattern in patterns]
-        info = await self._blocking(
-            lambda: self._current(session_id, lambda handle: handle.session_info())
-        )
-        cursor = info["next_sequence"] if start is None else start
+        info = await self._blocking(lambda: self._current(session_id, lambda s: s.info()))
+        cursor = info.next_sequence if start is None else start
         # Joined now, before the caller says the stream is up: the session may close
         # right after, and its events up to the close are still read.
-        feed = await self._enter(session_id, info["incarnation"], cursor)
+        feed = await self._enter(session_id, info.incarnation, cursor)
         return _Watch(self, feed, follow(feed.log, cursor, globs))
 
     async def _enter(self, session_id: str, incarnation: str, cursor: int) -> _Feed:
@@ -432,10 +415,8 @@ class RedisStore:
                 feed.watchers += 1
                 return feed
         with self._using(session_id, incarnation) as handle:
-            if cursor < handle.history_start():  # trimmed: overflow, then the present
-                begin = handle.session_info()["next_sequence"]
-            else:
-                begin = cursor
+            trimmed = cursor < handle.history_start()  # then overflow, and the present
+            begin = handle.info().next_sequence if trimmed else cursor
         fresh = _Feed(key, EventLog(session_id, begin, self.event_history))
         with self._lock:
             closing = self._closing
@@ -528,46 +509,32 @@ class _Watch:
 
 
 def _apply(
-    handle: RedisState,
+    session: RedisSession,
     operation: ReadOperation[_R] | WriteOperation[_R],
     request_id: str | None,
 ) -> _R:
-    """Run one operation on a handle (in a ``call_scope``).
+    """Run one operation on an engine (in a ``call_scope``).
 
-    A migration's import keeps its event count, which the public ``import_columns``
-    has no word for. A relayed write is checked here against what Redis holds now,
-    before it is sent; if that check fails but Redis remembers this request id
-    applied (a retry of a write whose reply was lost, the session changed since),
-    the caller gets the first answer, not the error the check would give.
+    A relayed write is checked here against what Redis holds now, before it is
+    sent; if that check fails but Redis remembers this request id applied (a retry
+    of a write whose reply was lost, the session changed since), the caller gets
+    the first answer, not the error the check would give.
     """
     try:
-        if isinstance(operation, Import) and operation.continue_from is not None:
-            handle.import_columns(operation.columns, continue_from=operation.continue_from)
-            return None  # type: ignore[return-value]  # Import answers None
-        return operation.forward(handle)
+        return operations.run(session, operation)
     except StateError:
         if not (operation.write and request_id):
             raise
-        replies = handle.replies(request_id)
+        replies = session.replies(request_id)
         if not replies or replies[-1][0] != "ok":
             raise  # never applied: this error is the answer
-        return _first_answer(operation, replies[-1])
+        return operations.replayed(session, operation, replies[-1])
 
 
-def _first_answer(operation: ReadOperation[_R] | WriteOperation[_R], reply: list[Any]) -> _R:
-    """What a write answered when its script replied ``ok`` (the scripts' replies)."""
-    if isinstance(operation, Register):
-        return str(reply[3])  # type: ignore[return-value]  # Register answers the id
-    if isinstance(operation, SetValue):
-        return int(reply[1])  # type: ignore[return-value]  # SetValue answers the version
-    return None  # type: ignore[return-value]  # Update, Delete and Import answer None
-
-
-def _detach(handle: RedisState) -> None:
-    """Let go of a handle; never delete its session (other servers serve it too)."""
-    handle.owner = False
+def _detach(session: RedisSession) -> None:
+    """Let go of an engine; never delete its session (other servers serve it too)."""
     with contextlib.suppress(Exception):
-        handle.cleanup()
+        session.release()
 
 
 def _stop(follower: StreamFollower, feed: _Feed) -> None:

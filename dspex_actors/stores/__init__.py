@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-from dspex_actors.stores.base import DEDUPE_WINDOW, Opened, SessionInfo, Store
+from dspex_actors.records import Opened, SessionInfo
+from dspex_actors.stores.base import DEDUPE_WINDOW, Store
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.stores.sqlite import SqliteStore, Synchronous
 from dspex_actors.urls import STORE_SPECS, store_kind

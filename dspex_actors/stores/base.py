@@ -24,10 +24,11 @@ Rules every store keeps, beyond the StateProvider contract's:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from dspex_actors.limits import Limits
 from dspex_actors.messages import ReadOperation, WriteOperation
+from dspex_actors.records import Opened, SessionInfo
 from dspex_actors.streaming import Event
 
 __all__ = ["DEDUPE_WINDOW", "PENDING_TTL", "EventStream", "Opened", "SessionInfo", "Store"]
@@ -39,31 +40,6 @@ DEDUPE_WINDOW = 4096
 
 PENDING_TTL = 60.0
 """Seconds an uncommitted (pending) session lives without activity."""
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """The answer to opening a session."""
-
-    session_id: str
-    created: bool
-    incarnation: str
-    ttl_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """A store's view of one session."""
-
-    session_id: str
-    incarnation: str
-    variable_count: int
-    created_at: float  # epoch seconds
-    last_active_at: float  # epoch seconds
-    ttl_seconds: float
-    metadata: dict[str, Any]
-    next_sequence: int
-    """The sequence the session's next change event gets."""
 
 
 class EventStream(Protocol):
@@ -82,6 +58,8 @@ class Store(Protocol):
 
     kind: str
     """Its name in ``--store``: "memory", "sqlite", "redis"."""
+    limits: Limits
+    """What its sessions accept (and what its server announces)."""
 
     async def open(
         self,

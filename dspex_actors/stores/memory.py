@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import pykka
 
 from dspex_actors import failpoints
+from dspex_actors.actor import ActorSession
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,
@@ -43,12 +44,11 @@ from dspex_actors.errors import (
     StateError,
 )
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
-from dspex_actors.local import LocalState
 from dspex_actors.messages import Control, Deliver, OpenEvents, ReadOperation, WriteOperation
-from dspex_actors.records import check_pattern
+from dspex_actors.records import Opened, SessionInfo, check_pattern
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import MISSED, SessionTable, new_session_id
-from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL, Opened, SessionInfo
+from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL
 from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow, settle
 from dspex_actors.vartypes import check_metadata, plain_copy
 
@@ -74,7 +74,7 @@ def not_found(session_id: str) -> SessionNotFound:
 class _Session:
     """A session held by the store; also the restart supervisor's child."""
 
-    state: LocalState
+    engine: ActorSession
     table: SessionTable
     incarnation: str
     created_at: float  # epoch seconds
@@ -90,10 +90,10 @@ class _Session:
         return self.table.session_id
 
     def needs_restart(self) -> bool:
-        return not self.state.alive
+        return not self.engine.alive
 
     def restart(self) -> None:
-        self.state.restart()
+        self.engine.restart()
 
     def give_up(self, error: StateError) -> None:
         self.give_up_hook(self.session_id, error)
@@ -147,12 +147,12 @@ class MemoryStore:
         entry.last_active = self._clock()
         return entry
 
-    def session_state(self, session_id: str) -> LocalState:
-        """The LocalState holding a session (for supervision tools and tests)."""
+    def session_engine(self, session_id: str) -> ActorSession:
+        """The engine holding a session (for supervision tools and tests)."""
         entry = self._sessions.get(session_id)
         if entry is None:
             raise not_found(session_id)
-        return entry.state
+        return entry.engine
 
     async def open(
         self,
@@ -218,15 +218,12 @@ class MemoryStore:
         log starts at the table's next event, so a watcher can resume from the first
         event."""
         table.events = EventLog(table.session_id, table.next_event, self.event_history)
-        state = LocalState(
-            table,
-            on_exit=self._restarts.exited,
-            limits=self.limits,
-            event_history=self.event_history,
+        engine = ActorSession(
+            table, on_exit=self._restarts.exited, limits=self.limits, history=self.event_history
         )
         now = self._clock()
         entry = _Session(
-            state=state,
+            engine=engine,
             table=table,
             incarnation=incarnation,
             created_at=created_at,
@@ -276,6 +273,7 @@ class MemoryStore:
             ttl_seconds=self._ttl(entry),
             metadata=plain_copy(entry.table.metadata),
             next_sequence=entry.table.next_event,
+            expires_at=time.time() + self._ttl(entry),
         )
 
     async def heartbeat(self, session_id: str) -> float:
@@ -391,7 +389,7 @@ class MemoryStore:
 
         claim = [True]
         try:
-            entry.state.actor_ref.tell(Deliver(operation, reply, claim))
+            entry.engine.tell(Deliver(operation, reply, claim))
         except pykka.ActorDeadError:
             raise BridgeUnavailable(
                 f"session {entry.session_id!r}: its actor is restarting; "
@@ -432,7 +430,7 @@ def _outcome(answer: Any) -> Any:
 def _close(entry: _Session, why: str) -> bool:
     """Stop a session's actor; a failure is logged, not raised (others still close)."""
     try:
-        entry.state.cleanup()
+        entry.engine.close()
     except Exception:
         logger.exception("session %s (%s): closing its actor failed", entry.session_id, why)
         return False

@@ -93,9 +93,10 @@ from dspex_actors.errors import (
     ValidationError,
 )
 from dspex_actors.exports import ExportColumns
+from dspex_actors.imported import records_from_columns
 from dspex_actors.messages import ReadOperation, WriteOperation
-from dspex_actors.session import Record, SessionTable, records_from_columns
-from dspex_actors.stores.base import Opened
+from dspex_actors.records import Opened
+from dspex_actors.session import Record, SessionTable
 from dspex_actors.stores.memory import MemoryStore, not_found
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore", "Synchronous"]
@@ -575,7 +576,7 @@ class SqliteStore(MemoryStore):
         """Undo a start that failed: stop the sessions held so far and the file."""
         for entry in list(self._sessions.values()):
             with contextlib.suppress(Exception):
-                entry.state.cleanup()
+                entry.engine.close()
         self._sessions.clear()
         self._restarts.stop(60.0)
         self._db.close()

@@ -274,8 +274,10 @@ class UpdateVariablesRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., updates: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., request_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class UpdateVariablesResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("next_sequence",)
+    NEXT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    next_sequence: int
+    def __init__(self, next_sequence: _Optional[int] = ...) -> None: ...
 
 class ListVariablesRequest(_message.Message):
     __slots__ = ("session_id", "pattern")

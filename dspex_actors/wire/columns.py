@@ -14,7 +14,8 @@ from typing import Any
 
 from dspex_actors.errors import InvalidExport, StateError
 from dspex_actors.exports import ExportColumns, check_lengths, check_shape
-from dspex_actors.session import SessionTable, records_from_columns
+from dspex_actors.imported import records_from_columns
+from dspex_actors.session import SessionTable
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.vartypes import all_of_type
 from dspex_actors.wire import codec

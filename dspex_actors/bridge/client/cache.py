@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from dspex_actors.records import VariableRecord, name_matches
+from dspex_actors.records import VariableRecord, name_matches, variable_not_found
 from dspex_actors.streaming import Event
 from dspex_actors.vartypes import plain_copy
 
@@ -60,10 +60,12 @@ class RecordCache:
 
     def __init__(
         self,
+        session_id: str,
         load: Callable[[], list[dict[str, Any]]],
         fetch: Callable[[str], VariableRecord],
         start: int = 1,
     ) -> None:
+        self.session_id = session_id
         self._load = load
         self._fetch = fetch
         self._lock = threading.Lock()
@@ -327,6 +329,38 @@ class RecordCache:
         if record is None or record is MISS:
             return record
         return _copied(record)
+
+    # -- what read operations run on (messages.Reads): MISS where the copy cannot tell
+
+    def get(self, identifier: str) -> Any:
+        value = self.value(identifier)
+        if value is ABSENT:
+            raise variable_not_found(identifier, self.session_id)
+        return value
+
+    def get_many(self, identifiers: list[str]) -> dict[str, Any] | Any:
+        return self.values(identifiers)
+
+    def get_record(self, identifier: str) -> VariableRecord | Any:
+        record = self.record(identifier)
+        if record is None:
+            raise variable_not_found(identifier, self.session_id)
+        return record
+
+    def get_versioned(self, identifier: str) -> Any:
+        return MISS  # the server's answer carries what the copy must learn
+
+    def export(self) -> Any:
+        return MISS
+
+    def columns(self) -> Any:
+        return MISS
+
+    def digest(self) -> Any:
+        return MISS
+
+    def info(self) -> Any:
+        return MISS
 
     def values(self, identifiers: list[str]) -> dict[str, Any] | Any:
         """Values keyed as given (absent ones left out), or MISS."""

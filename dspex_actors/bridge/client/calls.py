@@ -8,15 +8,15 @@ its request (numbered) in the stream's bounded outbox and waits for the reply wi
 its number, which the stream's reader thread hands over; calls from many threads
 share the stream and are answered in any order.
 
-:class:`StreamedStub` puts it behind the generated stub's own shape, so the client's
-one call path (``BridgedState._call``: deadline, retries with the same request,
-error translation) is unchanged: a streamed call either returns the unary RPC's
-response or raises a ``grpc.RpcError`` that is also a ``grpc.Call``, carrying the
-status the unary RPC would have ended with. A broken stream fails its calls as
-UNAVAILABLE without the server's answer (a write may have been applied: the retry
-carries the same request id, so the server applies it once); the next call opens a
-new stream. A server without ``Calls`` (UNIMPLEMENTED) is remembered, and every call
-goes unary from then on.
+A streamed call returns its reply's body, the unary RPC's response; the server's
+error answer is raised as the ``StateError`` it stands for
+(:func:`~dspex_actors.wire.status.error_of_status`), exactly as a unary call's
+status would be. A stream that breaks leaves its calls :class:`Unanswered` (a write
+may have been applied: the retry carries the same request id, so the server
+applies it once); the next call opens a new stream. :class:`GoUnary` says a call
+was not sent at all: the server has no ``Calls`` (remembered: every call goes unary
+from then on), the stream has as many calls in flight as the server runs at once,
+or the request is too large for it.
 """
 
 from __future__ import annotations
@@ -30,30 +30,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from google.rpc.status_pb2 import Status
 
+from dspex_actors.errors import BridgeUnavailable, StateError
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
+from dspex_actors.wire.forms import SERVICE
 
-__all__ = ["CALLS_METHOD", "STREAMED", "CallStream", "StreamedStub"]
+__all__ = ["CALLS_METHOD", "CallStream", "GoUnary", "Unanswered"]
 
 logger = logging.getLogger(__name__)
 
-CALLS_METHOD = "/dspex_actors.v1.SessionStore/Calls"
-
-STREAMED = {
-    "GetVariable": "get_variable",
-    "SetVariable": "set_variable",
-    "GetVariables": "get_variables",
-    "UpdateVariables": "update_variables",
-    "RegisterVariable": "register_variable",
-    "DeleteVariable": "delete_variable",
-    "ListVariables": "list_variables",
-    "Heartbeat": "heartbeat",
-    "GetSession": "get_session",
-}
-"""The RPCs a :class:`StreamedStub` sends on the stream -> their CallRequest field."""
+CALLS_METHOD = f"/{SERVICE}/Calls"
 
 _OUTBOX = 1024
 """Requests waiting to be written on one stream; a call finding it full goes unary."""
@@ -63,50 +51,17 @@ _ENVELOPE = 64
 """Bytes a CallRequest adds around the unary request (its number, timeout, tag)."""
 
 
-class StreamFailed(grpc.RpcError, grpc.Call):
-    """A streamed call that failed: what a unary call would have raised."""
+class Unanswered(Exception):
+    """An attempt that got no answer: ``error`` says why (a ``BridgeUnavailable``),
+    ``maybe_sent`` whether the server may have run it."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, status: bytes = b"") -> None:
-        super().__init__(details)
-        self._code = code
-        self._details = details
-        self._trailers = ((wire_status.STATUS_DETAILS_KEY, status),) if status else ()
-
-    @classmethod
-    def answered(cls, status: bytes) -> StreamFailed:
-        """The server's own failure answer (a serialized google.rpc.Status)."""
-        parsed = Status.FromString(status)
-        return cls(_CODES.get(parsed.code, grpc.StatusCode.UNKNOWN), parsed.message, status)
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-    def trailing_metadata(self) -> Any:
-        return self._trailers
-
-    def initial_metadata(self) -> tuple[()]:
-        return ()
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float:
-        return 0.0
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Any) -> bool:
-        return False
+    def __init__(self, error: StateError, *, maybe_sent: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.maybe_sent = maybe_sent
 
 
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-class _GoUnary(Exception):
+class GoUnary(Exception):
     """Send this call unary: the server has no Calls RPC, the stream has as many
     calls in flight as the server runs at once, or the request is too large."""
 
@@ -125,7 +80,10 @@ class _Waiter:
 class CallStream:
     """One ``Calls`` stream on a channel, opened on first use and again after a break."""
 
-    def __init__(self, channel: grpc.Channel, metadata: Any, max_message_bytes: int) -> None:
+    def __init__(
+        self, channel: grpc.Channel, metadata: Any, max_message_bytes: int, target: str
+    ) -> None:
+        self._target = target
         self._open_stream = channel.stream_stream(
             CALLS_METHOD,
             request_serializer=pb.CallRequest.SerializeToString,
@@ -147,14 +105,15 @@ class CallStream:
 
     def call(self, field: str, request: Any, timeout: float) -> Any:
         """Send one call and wait up to ``timeout`` for its answer: the unary RPC's
-        response, or :class:`StreamFailed`; :class:`_GoUnary` (nothing sent) when
-        the server has no Calls RPC or the stream is full."""
+        response, or the server's ``StateError``; :class:`Unanswered` when no answer
+        came, :class:`GoUnary` (nothing sent) when the server has no Calls RPC or the
+        stream is full."""
         waiter = _Waiter()
         with self._lock:
             if self._closed:
-                raise StreamFailed(grpc.StatusCode.CANCELLED, "the channel is closed")
+                raise Unanswered(self._unavailable("the channel is closed"), maybe_sent=False)
             if len(self._waiting) >= self._capacity:
-                raise _GoUnary  # more would be refused: gRPC queues unary calls instead
+                raise GoUnary  # more would be refused: gRPC queues unary calls instead
             outbox = self._outbox if self._outbox is not None else self._open()
             number = next(self._ids)
             self._waiting[number] = waiter
@@ -165,21 +124,23 @@ class CallStream:
         except queue.Full:
             with self._lock:
                 self._waiting.pop(number, None)
-            raise _GoUnary from None  # this once: a unary call takes it
+            raise GoUnary from None  # this once: a unary call takes it
         if not waiter.done.wait(timeout):
             with self._lock:
                 self._waiting.pop(number, None)
             if not waiter.done.is_set():  # (a reply that came meanwhile is used)
-                raise StreamFailed(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, "no reply within the deadline"
-                )
+                error = self._unavailable(f"no reply within the deadline ({timeout:.3g}s)")
+                raise Unanswered(error, maybe_sent=True)
         if waiter.error is not None:
             raise waiter.error
         reply = waiter.reply
         assert reply is not None
         if reply.error:
-            raise StreamFailed.answered(reply.error)
+            raise wire_status.error_of_status(reply.error, self._target)
         return getattr(reply, field)
+
+    def _unavailable(self, why: str) -> BridgeUnavailable:
+        return BridgeUnavailable(f"SessionStore at {self._target}: {why} (the Calls stream)")
 
     def _open(self) -> queue.Queue[pb.CallRequest | None]:
         """Open the stream and its reader (with the lock held)."""
@@ -205,7 +166,9 @@ class CallStream:
         is the stream's, not a call's: each call still waiting gets UNAVAILABLE with
         no answer of the server's, so a write's outcome is unknown and it is retried
         with its request id."""
-        failure: Exception = StreamFailed(grpc.StatusCode.UNAVAILABLE, "the Calls stream ended")
+        failure: Exception = Unanswered(
+            self._unavailable("the stream ended before its reply"), maybe_sent=True
+        )
         up = False
         try:
             for key, value in replies.initial_metadata() or ():
@@ -222,12 +185,19 @@ class CallStream:
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.unsupported = True
-                failure = _GoUnary()
-            elif not up:
-                failure = exc  # the server refused the stream: its status, as unary's
+                failure = GoUnary()
+            elif not up:  # the server refused the stream: its status, as a unary call's
+                error = wire_status.error_from_rpc(exc, self._target)
+                if isinstance(error, BridgeUnavailable) and not wire_status.answered_by_server(
+                    exc
+                ):
+                    failure = Unanswered(error, maybe_sent=True)
+                else:
+                    failure = error
             else:
-                failure = StreamFailed(
-                    grpc.StatusCode.UNAVAILABLE, f"the Calls stream broke: {exc}"
+                code = exc.code().name if isinstance(exc, grpc.Call) else "failed"
+                failure = Unanswered(
+                    self._unavailable(f"the stream broke ({code})"), maybe_sent=True
                 )
         except Exception as exc:  # any end of the stream fails its calls
             logger.warning("the Calls stream ended: %r", exc)
@@ -262,37 +232,3 @@ def _end(outbox: queue.Queue[pb.CallRequest | None]) -> None:
             break
     with contextlib.suppress(queue.Full):
         outbox.put_nowait(None)
-
-
-class StreamedStub:
-    """The generated stub, with the RPCs of :data:`STREAMED` sent on a CallStream."""
-
-    def __init__(self, stub: Any, stream: CallStream) -> None:
-        self._stub = stub
-        self._stream = stream
-        for rpc, field in STREAMED.items():
-            setattr(self, rpc, _StreamedMethod(stream, field, getattr(stub, rpc)))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stub, name)
-
-
-class _StreamedMethod:
-    """Called as a unary multicallable is: on the stream, or unary when the server
-    has no stream (or the stream's outbox is full)."""
-
-    __slots__ = ("_field", "_stream", "_unary")
-
-    def __init__(self, stream: CallStream, field: str, unary: Any) -> None:
-        self._stream = stream
-        self._field = field
-        self._unary = unary
-
-    def __call__(self, request: Any, *, timeout: float, metadata: Any = None) -> Any:
-        stream = self._stream
-        if not stream.unsupported and request.ByteSize() <= stream.max_request:
-            try:
-                return stream.call(self._field, request, timeout)
-            except _GoUnary:
-                pass
-        return self._unary(request, timeout=timeout, metadata=metadata)

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from dspex_actors.bridge.client.calls import CallStream
+from dspex_actors.wire.forms import Rpc
 
 __all__ = ["WATCHES_PER_CONNECTION", "Shared", "acquire", "release"]
 
@@ -44,13 +45,27 @@ class Shared:
     watches: list[list[Any]] = field(default_factory=list)  # [channel, streams on it]
     released: bool = False  # its last user is gone: it opens nothing more
     server_limit: int = 0  # streams the server takes per connection (0: not said)
+    unaries: dict[str, Any] = field(default_factory=dict)  # RPC name -> multicallable
+
+    def unary(self, rpc: Rpc) -> Any:
+        """The channel's unary multicallable for ``rpc`` (made once, then shared)."""
+        method = self.unaries.get(rpc.name)
+        if method is None:
+            method = self.unaries[rpc.name] = self.channel.unary_unary(
+                rpc.path,
+                request_serializer=rpc.request.SerializeToString,
+                response_deserializer=rpc.response.FromString,
+            )
+        return method
 
     def calls(self, metadata: Any) -> CallStream:
         """The channel's Calls stream for handles sending ``metadata`` (their token)."""
         with _lock:
             stream = self.streams.get(metadata)
             if stream is None:
-                stream = self.streams[metadata] = CallStream(self.channel, metadata, self.key[2])
+                stream = self.streams[metadata] = CallStream(
+                    self.channel, metadata, self.key[2], self.key[0]
+                )
             return stream
 
     def heard_limit(self, limit: int) -> None:

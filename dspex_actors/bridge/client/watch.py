@@ -31,8 +31,8 @@ from dspex_actors.streaming import (
     hand_over,
 )
 from dspex_actors.v1 import session_store_pb2 as pb
-from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
+from dspex_actors.wire.events import event_of
 
 __all__ = ["RemoteSubscription"]
 
@@ -197,23 +197,7 @@ class RemoteSubscription(Closing):
             self._end()
 
     def _event(self, message: pb.VariableEvent) -> Event:
-        unpack = codec.unpack
-        kind = _KINDS.get(message.kind, "updated")
-        return Event(
-            message.session_id,
-            message.sequence,
-            kind,
-            message.var_id or None,
-            message.name or None,
-            unpack(message.value, max_bytes=self._max_bytes, what="event value")
-            if message.value
-            else None,
-            message.version if kind in ("registered", "updated", "deleted") else None,
-            codec.unpack_map(message.metadata, max_bytes=self._max_bytes, what="metadata") or {}
-            if kind in ("registered", "updated")
-            else None,
-            message.timestamp or None,
-        )
+        return event_of(message, self._max_bytes)
 
     def close(self) -> None:
         """Stop delivery; idempotent. Returns once no event is being delivered."""

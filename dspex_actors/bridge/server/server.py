@@ -41,17 +41,16 @@ from typing import Any, Self, TypeVar
 import grpc
 from grpc_status import rpc_status
 
+from dspex_actors.actor import ActorSession
 from dspex_actors.bridge.server import discovery
 from dspex_actors.bridge.server.servicer import SessionStoreServicer
 from dspex_actors.errors import Unauthenticated
 from dspex_actors.limits import DEFAULT_LIMITS, Limits
-from dspex_actors.local import LocalState
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy
 from dspex_actors.stores.base import Store
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.streaming import DEFAULT_HISTORY
 from dspex_actors.v1 import session_store_pb2 as pb
-from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.tls import read_pem
@@ -222,7 +221,7 @@ class SessionStoreServer:
             maximum_concurrent_rpcs=limits.max_concurrent_calls,
         )
         self._servicer = SessionStoreServicer(self.store, limits)
-        pb_grpc.add_SessionStoreServicer_to_server(self._servicer, server)
+        server.add_generic_rpc_handlers((self._servicer.handler(),))
         from grpc_health.v1 import health_pb2_grpc
 
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -284,12 +283,12 @@ class SessionStoreServer:
         """Close the sessions idle for the TTL now; the reaper task also does this."""
         return self._on_loop(self.store.reap_expired)
 
-    def session_state(self, session_id: str) -> LocalState:
-        """The LocalState holding a session here (memory store only; for supervision
+    def session_engine(self, session_id: str) -> ActorSession:
+        """The engine holding a session here (memory and SQLite stores; for supervision
         tools and tests). ``SessionNotFound`` when the server holds no such session."""
         if not isinstance(self.store, MemoryStore):
-            raise TypeError(f"a {self.store.kind} store holds no LocalState")
-        return self.store.session_state(session_id)
+            raise TypeError(f"a {self.store.kind} store holds no session actor")
+        return self.store.session_engine(session_id)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop serving; idempotent.

@@ -1,13 +1,16 @@
-"""The SessionStore RPCs: protobuf + msgpack in, one typed operation on a store, out.
+"""The SessionStore's RPCs: one dispatch from a request to an operation on a store.
 
-This module only translates. Each RPC decodes its request within the limits,
-builds the :mod:`dspex_actors.messages` operation it stands for, and awaits the
-store (:mod:`dspex_actors.stores`), which validates, versions and applies it. A
-``StateError`` becomes gRPC's rich status in one place (:func:`_rpc`, with
-:func:`~dspex_actors.wire.wire_status.error_status`).
+Every RPC but the two streams is an entry of :data:`~dspex_actors.wire.operations.
+RPCS`, and every one runs through :meth:`SessionStoreServicer.dispatch`: decode the
+request into its :mod:`dspex_actors.messages` operation within the limits, run it
+on the store (:mod:`dspex_actors.stores`; a session operation on the store itself),
+and answer its result. There are no per-operation handlers. The Calls stream runs
+each of its calls through the same dispatch; a ``StateError`` becomes gRPC's rich
+status in one place, :func:`~dspex_actors.wire.status.error_status`, sent as the
+unary call's status or in the streamed call's reply.
 
 Handlers are coroutines on the server's event loop (``grpc.aio``): a call waiting
-for its request body, its session's actor or a stream costs no thread. A write's
+for its request body, its session's actor or a stream costs no thread. A call's
 deadline travels to the store, shortened by a margin so that "not started, not
 applied" reaches the client before its own deadline turns the outcome unknown.
 """
@@ -21,150 +24,54 @@ import logging
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
-from grpc_status import rpc_status
+from google.protobuf.message import DecodeError, Message
 
 from dspex_actors import failpoints
-from dspex_actors.bulk import BULK_ITEMS, gc_paused
-from dspex_actors.errors import (
-    BridgeUnavailable,
-    LimitExceeded,
-    NotSupported,
-    StateError,
-    ValidationError,
-)
-from dspex_actors.exports import ExportColumns, columns_of
+from dspex_actors.bulk import BULK_ITEMS
+from dspex_actors.errors import BridgeUnavailable, LimitExceeded, NotSupported, StateError
 from dspex_actors.limits import Limits
-from dspex_actors.messages import (
-    Delete,
-    Digest,
-    Export,
-    ExportCols,
-    GetMany,
-    GetRecord,
-    GetVersioned,
-    Import,
-    List,
-    ReadOperation,
-    Register,
-    SetValue,
-    Update,
-    WriteOperation,
-)
-from dspex_actors.records import VariableRecord, check_pattern
+from dspex_actors.messages import SessionOperation
 from dspex_actors.stores.base import Store
-from dspex_actors.streaming import Event
 from dspex_actors.v1 import session_store_pb2 as pb
-from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
-from dspex_actors.wire.columns import columns_from_message, columns_to_message
+from dspex_actors.wire.events import event_message
+from dspex_actors.wire.forms import SERVICE, Limited, Rpc
+from dspex_actors.wire.operations import CALL_FIELDS, RPCS
 
 __all__ = ["SessionStoreServicer"]
 
 logger = logging.getLogger(__name__)
 
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
-_R = TypeVar("_R")
-_Handler = Callable[[Any, _Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[_Response]]
-
 _DEADLINE_MARGIN = 0.2
 """At most this share of the time left (and at most _MAX_MARGIN seconds) is kept
 back, so the store's "not applied" beats the client's own deadline."""
 _MAX_MARGIN = 0.25
+_DECODE_APART = BULK_ITEMS * 100
+"""A request this many bytes long (a large import) is decoded in the loop's
+executor, so the loop keeps serving others meanwhile."""
+_END = object()
+"""The last item of a Calls stream's inbox: its requests end (or the server stops)."""
 
 
-def _rpc(method: _Handler[_Request, _Response]) -> _Handler[_Request, _Response]:
-    """Turn a StateError raised by a handler into its rich gRPC status."""
-
-    @functools.wraps(method)
-    async def call(
-        self: Any, request: _Request, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> _Response:
-        try:
-            return await method(self, request, context)
-        except StateError as exc:
-            error: StateError = exc
-        except Exception as exc:
-            # The traceback as text: a live one would keep the call's frames, and so
-            # the aio server, alive for as long as the log record is kept.
-            logger.error(
-                "SessionStore.%s failed:\n%s",
-                method.__name__,
-                "".join(traceback.format_exception(exc)),
-            )
-            error = StateError(f"internal error in {method.__name__}: {type(exc).__name__}: {exc}")
-        status = rpc_status.to_status(wire_status.error_status(error))
-        await context.abort_with_status(status)  # type: ignore[attr-defined]  # not in the stubs
-        raise AssertionError("abort_with_status returned")  # it always raises
-
-    return call
-
-
-def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    """The caller's deadline on the monotonic clock, less the margin (None: none set)."""
-    left = context.time_remaining()
+def _deadline(left: float | None) -> float | None:
+    """A call's deadline on the monotonic clock, less the margin (None: none set)."""
     if left is None:
         return None
     return time.monotonic() + left - min(left * _DEADLINE_MARGIN, _MAX_MARGIN)
 
 
-_STREAMED = {
-    "get_variable": "GetVariable",
-    "set_variable": "SetVariable",
-    "get_variables": "GetVariables",
-    "update_variables": "UpdateVariables",
-    "register_variable": "RegisterVariable",
-    "delete_variable": "DeleteVariable",
-    "list_variables": "ListVariables",
-    "heartbeat": "Heartbeat",
-    "get_session": "GetSession",
-}
-"""A Calls request's body field -> the unary RPC that runs it."""
-
-
-class _Aborted(Exception):
-    """A streamed call's handler failed: ``status`` is its serialized google.rpc.Status."""
-
-    def __init__(self, status: bytes) -> None:
-        super().__init__("aborted")
-        self.status = status
-
-
-class _CallContext:
-    """What a unary handler asks of its context, for one call of a Calls stream: its
-    own deadline (the request's timeout, within the stream's), and an abort that
-    hands the status back instead of ending the stream."""
-
-    def __init__(
-        self,
-        request: pb.CallRequest,
-        arrived: float,
-        stream: grpc.aio.ServicerContext[Any, Any],
-    ):
-        self._stream = stream
-        timeout = request.timeout_seconds
-        # NaN, negative or zero: no deadline of its own (the stream's); capped at a day.
-        self._deadline = arrived + min(timeout, 86400.0) if timeout > 0 else None
-
-    def time_remaining(self) -> float | None:
-        left = self._stream.time_remaining()
-        if self._deadline is not None:
-            own = max(self._deadline - time.monotonic(), 0.0)
-            left = own if left is None else min(left, own)
-        return left
-
-    async def abort_with_status(self, status: grpc.Status) -> None:
-        for key, value in status.trailing_metadata:
-            if key == wire_status.STATUS_DETAILS_KEY:
-                raise _Aborted(value if isinstance(value, bytes) else value.encode())
-        # Not from _rpc (which always sends the details): say so, never an empty error.
-        internal = StateError(f"internal error: a call ended {status.code} without details")
-        raise _Aborted(wire_status.error_status(internal).SerializeToString())
+def _as_state_error(rpc: str, exc: Exception) -> StateError:
+    """What a call that failed answers: its StateError, or an internal error for a bug
+    (logged with its traceback as text: a live one would keep the call's frames, and
+    so the aio server, alive for as long as the log record is kept)."""
+    if isinstance(exc, StateError):
+        return exc
+    logger.error("SessionStore.%s failed:\n%s", rpc, "".join(traceback.format_exception(exc)))
+    return StateError(f"internal error in {rpc}: {type(exc).__name__}: {exc}")
 
 
 def _client_max_reply(context: grpc.aio.ServicerContext[Any, Any]) -> int:
@@ -174,10 +81,6 @@ def _client_max_reply(context: grpc.aio.ServicerContext[Any, Any]) -> int:
             with contextlib.suppress(ValueError, TypeError):
                 return int(value)
     return 1 << 62
-
-
-_END = object()
-"""The last item of a Calls stream's inbox: its requests end (or the server stops)."""
 
 
 async def _read_into(
@@ -202,8 +105,7 @@ async def _read_into(
 
 def _failure(call: int, error: StateError) -> pb.CallReply:
     """The reply refusing a streamed call with ``error``."""
-    status = wire_status.error_status(error)
-    return pb.CallReply(call=call, error=status.SerializeToString())
+    return pb.CallReply(call=call, error=wire_status.error_status(error).SerializeToString())
 
 
 async def _send(
@@ -214,305 +116,89 @@ async def _send(
         await context.write(reply)
 
 
-def variable_message(record: VariableRecord) -> pb.Variable:
-    """One record on the wire (ListVariables, GetVariable with ``full``)."""
-    return pb.Variable(
-        id=record.id,
-        name=record.name,
-        type=record.type,
-        value=codec.pack(record.value),
-        constraints=codec.pack(record.constraints),
-        metadata=codec.pack(record.metadata),
-        version=record.version,
-        created_at=record.created_at,
-        last_updated_at=record.last_updated_at,
-    )
-
-
-_KINDS = {
-    "registered": pb.VariableEvent.KIND_REGISTERED,
-    "updated": pb.VariableEvent.KIND_UPDATED,
-    "deleted": pb.VariableEvent.KIND_DELETED,
-    "overflow": pb.VariableEvent.KIND_OVERFLOW,
-    "closed": pb.VariableEvent.KIND_CLOSED,
-}
-
-
-def event_message(event: Event) -> pb.VariableEvent:
-    """One change event on the wire."""
-    return pb.VariableEvent(
-        kind=_KINDS[event.kind],
-        session_id=event.session_id,
-        var_id=event.variable_id or "",
-        name=event.name or "",
-        value=codec.pack(event.value) if event.kind in ("registered", "updated") else b"",
-        version=event.version or 0,
-        metadata=codec.pack_map(event.metadata),
-        timestamp=event.timestamp or 0.0,
-        sequence=event.sequence,
-    )
-
-
-class SessionStoreServicer(pb_grpc.SessionStoreServicer):
+class SessionStoreServicer:
     """The SessionStore RPCs; see proto/dspex_actors/v1/session_store.proto."""
 
     def __init__(self, store: Store, limits: Limits) -> None:
         self._store = store
         self._limits = limits
+        self._limited = Limited(limits)
         self._streamed_calls = 0  # calls running on Calls streams (the loop's only)
         # Each open Calls stream's handler task -> its calls running now.
         self._streams: dict[asyncio.Task[Any], set[asyncio.Task[None]]] = {}
         self._draining = False  # the server is stopping: no new streamed call runs
 
-    # -- decoding within the limits --------------------------------------------------
-
-    def _value(self, data: bytes, variable: str) -> Any:
-        return codec.unpack(
-            data, max_bytes=self._limits.max_value_bytes, what="value", variable=variable
-        )
-
-    def _map(self, data: bytes, what: str, variable: str | None = None) -> dict[str, Any] | None:
-        return codec.unpack_map(
-            data,
-            max_bytes=self._limits.max_metadata_bytes,
-            what=what,
-            variable=variable,
-            limit="max_metadata_bytes",
-        )
-
-    def _batch(self, data: bytes, what: str) -> Any:
-        return codec.unpack(
-            data,
-            max_bytes=self._limits.max_message_bytes,
-            max_item_bytes=self._limits.max_value_bytes,
-            what=what,
-            limit="max_message_bytes",
-        )
-
-    async def _run(
-        self,
-        context: grpc.aio.ServicerContext[Any, Any],
-        session_id: str,
-        operation: ReadOperation[_R] | WriteOperation[_R],
-        request_id: str = "",
-        incarnation: str = "",
-    ) -> _R:
-        return await self._store.run(
-            session_id,
-            operation,
-            request_id=request_id or None,
-            deadline=_deadline(context),
-            incarnation=incarnation or None,
-        )
-
-    # -- sessions ---------------------------------------------------------------------
-
-    @_rpc
-    async def OpenSession(  # noqa: N802 - the proto's RPC name
-        self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.OpenSessionResponse:
-        opened = await self._store.open(
-            request.session_id or None,
-            create=request.create_if_missing,
-            metadata=self._map(request.metadata, "metadata", "<session>"),
-            pending=request.pending,
-            request_id=request.request_id or None,
-        )
-        return pb.OpenSessionResponse(
-            session_id=opened.session_id,
-            created=opened.created,
-            incarnation=opened.incarnation,
-            ttl_seconds=opened.ttl_seconds,
-            store=self._store.kind,
-            max_calls_per_connection=self._limits.max_calls_per_connection,
-        )
-
-    @_rpc
-    async def CommitSession(  # noqa: N802 - the proto's RPC name
-        self, request: pb.CommitSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.CommitSessionResponse:
-        await self._store.commit(request.session_id, request.incarnation)
-        return pb.CommitSessionResponse()
-
-    @_rpc
-    async def CloseSession(  # noqa: N802 - the proto's RPC name
-        self, request: pb.CloseSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.CloseSessionResponse:
-        await self._store.close(request.session_id, request.incarnation or None)
-        return pb.CloseSessionResponse()
-
-    @_rpc
-    async def GetSession(  # noqa: N802 - the proto's RPC name
-        self, request: pb.GetSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.SessionInfo:
-        info = await self._store.info(request.session_id)
-        return pb.SessionInfo(
-            session_id=info.session_id,
-            variable_count=info.variable_count,
-            created_at=info.created_at,
-            last_active_at=info.last_active_at,
-            ttl_seconds=info.ttl_seconds,
-            metadata=codec.pack_map(info.metadata),
-            incarnation=info.incarnation,
-            next_sequence=info.next_sequence,
-        )
-
-    @_rpc
-    async def Heartbeat(  # noqa: N802 - the proto's RPC name
-        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.HeartbeatResponse:
-        return pb.HeartbeatResponse(expires_at=await self._store.heartbeat(request.session_id))
-
-    # -- variables ----------------------------------------------------------------------
-
-    @_rpc
-    async def RegisterVariable(  # noqa: N802 - the proto's RPC name
-        self, request: pb.RegisterVariableRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.RegisterVariableResponse:
-        name = request.name
-        operation = Register(
-            name,
-            request.type,
-            self._value(request.initial_value, name),
-            self._map(request.constraints, "constraints", name),
-            self._map(request.metadata, "metadata", name),
-            request.description if request.HasField("description") else None,
-        )
-        var_id = await self._run(
-            context, request.session_id, operation, request.request_id, request.incarnation
-        )
-        return pb.RegisterVariableResponse(var_id=var_id)
-
-    @_rpc
-    async def GetVariable(  # noqa: N802 - the proto's RPC name
-        self, request: pb.GetVariableRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.GetVariableResponse:
-        if request.full:
-            record = await self._run(context, request.session_id, GetRecord(request.identifier))
-            return pb.GetVariableResponse(
-                value=codec.pack(record.value),
-                version=record.version,
-                record=variable_message(record),
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's handlers: one per entry of the wire table, Watch and Calls."""
+        methods: dict[str, grpc.RpcMethodHandler] = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._unary(rpc),
+                request_deserializer=rpc.request.FromString,
+                response_serializer=rpc.response.SerializeToString,
             )
-        value, version = await self._run(
-            context, request.session_id, GetVersioned(request.identifier)
+            for name, rpc in RPCS.items()
+        }
+        methods["Watch"] = grpc.unary_stream_rpc_method_handler(
+            self.watch,
+            request_deserializer=pb.WatchRequest.FromString,
+            response_serializer=pb.VariableEvent.SerializeToString,
         )
-        return pb.GetVariableResponse(value=codec.pack(value), version=version)
-
-    @_rpc
-    async def SetVariable(  # noqa: N802 - the proto's RPC name
-        self, request: pb.SetVariableRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.SetVariableResponse:
-        identifier = request.identifier
-        operation = SetValue(
-            identifier,
-            self._value(request.value, identifier),
-            self._map(request.metadata, "metadata", identifier),
-            request.expected_version if request.HasField("expected_version") else None,
+        methods["Calls"] = grpc.stream_stream_rpc_method_handler(
+            self.calls,
+            request_deserializer=pb.CallRequest.FromString,
+            response_serializer=pb.CallReply.SerializeToString,
         )
-        version = await self._run(
-            context, request.session_id, operation, request.request_id, request.incarnation
-        )
-        return pb.SetVariableResponse(version=version)
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
 
-    @_rpc
-    async def GetVariables(  # noqa: N802 - the proto's RPC name
-        self, request: pb.GetVariablesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.GetVariablesResponse:
-        values = await self._run(context, request.session_id, GetMany(list(request.identifiers)))
-        return pb.GetVariablesResponse(values=codec.pack(values))
+    # -- the one dispatch ---------------------------------------------------------------
 
-    @_rpc
-    async def UpdateVariables(  # noqa: N802 - the proto's RPC name
-        self, request: pb.UpdateVariablesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.UpdateVariablesResponse:
-        updates = self._batch(request.updates, "updates")
-        if not isinstance(updates, dict):
-            raise ValidationError(
-                f"updates must be a msgpack map (rule 'type', value {type(updates).__name__})",
-                rule="type",
-                value=type(updates).__name__,
+    async def dispatch(self, rpc: Rpc, request: Any, deadline: float | None) -> Message:
+        """Run one call: its request decoded into an operation, run on the store, its
+        result answered; a ``StateError`` raised as it is."""
+        if request.ByteSize() >= _DECODE_APART:
+            decode = functools.partial(rpc.decode, request, self._limited)
+            operation = await asyncio.get_running_loop().run_in_executor(None, decode)
+        else:
+            operation = rpc.decode(request, self._limited)
+        session_id: str = request.session_id
+        request_id = (request.request_id if rpc.has_request_id else "") or None
+        incarnation = (request.incarnation if rpc.has_incarnation else "") or None
+        if isinstance(operation, SessionOperation):
+            result = await operation.serve(self._store, session_id, request_id, incarnation)
+        else:
+            result = await self._store.run(
+                session_id,
+                operation,  # type: ignore[arg-type]  # a read or a write
+                request_id=request_id,
+                deadline=deadline,
+                incarnation=incarnation,
             )
-        operation = Update(updates, self._map(request.metadata, "metadata", "<batch>"))
-        await self._run(
-            context, request.session_id, operation, request.request_id, request.incarnation
-        )
-        return pb.UpdateVariablesResponse()
+        return rpc.answer(operation, result)
 
-    @_rpc
-    async def ListVariables(  # noqa: N802 - the proto's RPC name
-        self, request: pb.ListVariablesRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ListVariablesResponse:
-        records = await self._run(
-            context, request.session_id, List(check_pattern(request.pattern))
-        )
-        return pb.ListVariablesResponse(
-            variables=[variable_message(VariableRecord.from_dict(r)) for r in records]
-        )
+    def _unary(
+        self, rpc: Rpc
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+            try:
+                return await self.dispatch(rpc, request, _deadline(context.time_remaining()))
+            except Exception as exc:
+                error = _as_state_error(rpc.name, exc)
+            await context.abort_with_status(wire_status.grpc_status(error))  # type: ignore[attr-defined]  # not in the stubs
+            raise AssertionError("abort_with_status returned")  # it always raises
 
-    @_rpc
-    async def DeleteVariable(  # noqa: N802 - the proto's RPC name
-        self, request: pb.DeleteVariableRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.DeleteVariableResponse:
-        operation = Delete(request.identifier)
-        await self._run(
-            context, request.session_id, operation, request.request_id, request.incarnation
-        )
-        return pb.DeleteVariableResponse()
+        return unary
 
-    @_rpc
-    async def ExportSession(  # noqa: N802 - the proto's RPC name
-        self, request: pb.ExportSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ExportSessionResponse:
-        if request.columnar:
-            columns = await self._run(context, request.session_id, ExportCols())
-            return pb.ExportSessionResponse(columns=columns_to_message(columns))
-        exported = await self._run(context, request.session_id, Export())
-        return pb.ExportSessionResponse(state=codec.pack(exported))
+    # -- the Calls stream ---------------------------------------------------------------
 
-    @_rpc
-    async def ImportSession(  # noqa: N802 - the proto's RPC name
-        self, request: pb.ImportSessionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.ImportSessionResponse:
-        # A large import decodes in the executor, so the loop keeps serving others.
-        size = request.ByteSize()
-        decode = functools.partial(self._imported, request)
-        imported = (
-            await asyncio.get_running_loop().run_in_executor(None, decode)
-            if size >= BULK_ITEMS * 100
-            else decode()
-        )
-        operation = Import(imported, request.continue_sequence or None)
-        await self._run(
-            context, request.session_id, operation, request.request_id, request.incarnation
-        )
-        digest = (
-            await self._run(context, request.session_id, Digest()) if request.want_digest else b""
-        )
-        return pb.ImportSessionResponse(count=imported.variable_count, digest=digest)
-
-    def _imported(self, request: pb.ImportSessionRequest) -> ExportColumns:
-        """The columns an ImportSession carries, decoded within the limits."""
-        if request.WhichOneof("form") == "columns":
-            count = len(request.columns.ids)
-            with gc_paused(count >= BULK_ITEMS):
-                return columns_from_message(
-                    request.columns,
-                    max_bytes=self._limits.max_message_bytes,
-                    max_item_bytes=self._limits.max_value_bytes,
-                )
-        with gc_paused(len(request.state) >= BULK_ITEMS * 1000):
-            exported = self._batch(request.state, "exported state")
-        return columns_of(exported)
-
-    async def Calls(  # noqa: N802 - the proto's RPC name
+    async def calls(
         self,
         requests: AsyncIterator[pb.CallRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        """Many calls on one stream, each run as its unary RPC and answered when done
-        (in any order). Bounded: per stream by ``max_calls_per_connection``, in all by
-        ``max_concurrent_calls``; a call past either is answered LimitExceeded, not run."""
+        """Many calls on one stream, each run through :meth:`dispatch` and answered
+        when done (in any order). Bounded: per stream by ``max_calls_per_connection``,
+        in all by ``max_concurrent_calls``; a call past either is answered
+        LimitExceeded, not run."""
         writing = asyncio.Lock()
         running: set[asyncio.Task[None]] = set()
         limits = self._limits
@@ -552,7 +238,7 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
                 if refused is not None:
                     await _send(context, writing, _failure(request.call, refused))
                     continue
-                # Counted from now (the task may start later) until its handler is
+                # Counted from now (the task may start later) until its dispatch is
                 # done, or it ends unstarted (cancelled): whichever comes first.
                 self._streamed_calls += 1
                 slot = [True]
@@ -599,46 +285,67 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
         max_reply: int,
         slot: list[bool],
     ) -> None:
-        """One call of a Calls stream: its unary handler, its answer written back. The
-        call is counted against ``max_concurrent_calls`` (from its creation) until its
-        handler is done (``slot``), not while its answer waits for a client that does
-        not read."""
-        error: StateError | None = None
-        reply: pb.CallReply | None = None
+        """One call of a Calls stream, through the one dispatch, its answer written
+        back. It counts against ``max_concurrent_calls`` (from its creation) until its
+        dispatch is done (``slot``), not while its answer waits for a client that does
+        not read. Its deadline is its own (counted from its arrival), within the
+        stream's."""
+        call = request.call
+        field = request.WhichOneof("body")
+        rpc = CALL_FIELDS.get(field or "")
+        reply: pb.CallReply
         try:
-            kind = request.WhichOneof("body")
-            handler = getattr(self, _STREAMED.get(kind or "", ""), None)
-            if kind is None or handler is None:
-                error = NotSupported(f"Calls: no call {kind!r} (a newer client?); not run")
+            if rpc is None:
+                error = NotSupported(f"Calls: no call {field!r} (a newer client?); not run")
+                reply = _failure(call, error)
             else:
+                left = context.time_remaining()
+                timeout = request.timeout_seconds
+                if timeout > 0:  # NaN, negative or zero: the stream's; capped at a day
+                    own = max(arrived + min(timeout, 86400.0) - time.monotonic(), 0.0)
+                    left = own if left is None else min(left, own)
                 try:
-                    call_context = _CallContext(request, arrived, context)
-                    body = await handler(getattr(request, kind), call_context)
-                    reply = pb.CallReply(call=request.call, **{kind: body})
-                except _Aborted as aborted:
-                    reply = pb.CallReply(call=request.call, error=aborted.status)
+                    response = await self.dispatch(rpc, getattr(request, field), _deadline(left))
+                    body: dict[str, Any] = {field: response}
+                    reply = pb.CallReply(call=call, **body)
+                except Exception as exc:
+                    reply = _failure(call, _as_state_error(rpc.name, exc))
         finally:
             self._release(slot)
         try:
-            if reply is not None and reply.ByteSize() > max_reply:
-                error = LimitExceeded(
-                    f"Calls: the answer is {reply.ByteSize()} bytes, over the {max_reply} "
-                    "this stream carries (rule 'max_message_bytes'); ask for it unary",
-                    limit="max_message_bytes",
+            if reply.ByteSize() > max_reply:
+                reply = _failure(
+                    call,
+                    LimitExceeded(
+                        f"Calls: the answer is {reply.ByteSize()} bytes, over the {max_reply} "
+                        "this stream carries (rule 'max_message_bytes'); ask for it unary",
+                        limit="max_message_bytes",
+                    ),
                 )
-            if error is not None:
-                reply = _failure(request.call, error)
-            assert reply is not None
             await _send(context, writing, reply)
         except Exception:  # the stream went away: nobody waits for the answer
             if not (context.cancelled() or context.done()):
                 logger.exception("SessionStore.Calls: a call could not be answered")
 
-    @_rpc
-    async def Watch(  # noqa: N802 - the proto's RPC name
+    # -- the Watch stream -----------------------------------------------------------------
+
+    async def watch(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
-        """Stream the session's events; a waiting watcher is a suspended coroutine."""
+        """Stream the session's events; a waiting watcher is a suspended coroutine. A
+        failure ends the stream with its status (a client resumes after one that is
+        not the session's end)."""
+        try:
+            await self._watch(request, context)
+        except Exception as exc:
+            if context.cancelled() or context.done():
+                return  # the watcher went away (it unsubscribed): nothing to report
+            error = _as_state_error("Watch", exc)
+            await context.abort_with_status(wire_status.grpc_status(error))  # type: ignore[attr-defined]  # not in the stubs
+
+    async def _watch(
+        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         events = await self._store.watch(
             request.session_id, list(request.patterns), request.start_sequence or None
         )
@@ -647,9 +354,4 @@ class SessionStoreServicer(pb_grpc.SessionStoreServicer):
             await context.send_initial_metadata(())  # the stream is up: a client can tell
             async for event in events:
                 await failpoints.reached("watch.event")
-                try:
-                    await context.write(event_message(event))
-                except Exception:
-                    if context.cancelled() or context.done():
-                        return  # the watcher went away (it unsubscribed): nothing to report
-                    raise
+                await context.write(event_message(event))

@@ -1,0 +1,525 @@
+"""BridgedState: a StateProvider whose session lives in a SessionStore server.
+
+Every public method is :class:`~dspex_actors.methods.SessionMethods`'; this class
+only says how an operation runs here (:meth:`BridgedState.run`): it is sent as its
+wire form (:mod:`dspex_actors.wire.operations`), on the Calls stream the handles of
+a channel share or as a unary RPC, with a deadline (``timeout``, default 5 s). A
+server that is unreachable, dead or too slow raises ``BridgeUnavailable`` within it,
+never hangs. The server's errors arrive as the ``dspex_actors.errors`` class it
+raised, with its message and attributes (:mod:`dspex_actors.wire.status`), so
+callers handle bridged and local errors alike. gRPC caps trailers at 8 KiB, so a
+very long message is cut and an attribute over 256 bytes (a rejected embedding's
+``.value``, say) arrives as its shortened repr.
+
+Connections: handles to the same target with the same settings share one channel
+(``channels.py``, counted by reference), so they share one TCP connection and each
+keeps an independent lifetime; the channel closes with the last of them.
+
+No readiness probe at init (``channel_ready_future`` would start a polling thread
+that outlives the call): the first RPC, OpenSession, runs with
+``wait_for_ready=False`` and the deadline, which fails just as fast and proves more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Self, TypeVar
+
+import grpc
+
+from dspex_actors.bridge import embedded
+from dspex_actors.bridge.client import channels
+from dspex_actors.bridge.client.cache import MISS, SCALARS, RecordCache
+from dspex_actors.bridge.client.calls import CallStream, GoUnary, Unanswered
+from dspex_actors.bridge.client.watch import WATCH_DEADLINE, RemoteSubscription
+from dspex_actors.bridge.env import ADDRESS_ENV, TOKEN_ENV
+from dspex_actors.errors import (
+    BridgeUnavailable,
+    OutcomeUnknown,
+    SessionClosed,
+    SessionNotFound,
+    StateError,
+    VersionConflict,
+)
+from dspex_actors.limits import check_session_id
+from dspex_actors.messages import (
+    GetRecord,
+    GetVariable,
+    ListVariables,
+    OpenSession,
+    Operation,
+    ReadOperation,
+)
+from dspex_actors.methods import RemoteSessionMethods
+from dspex_actors.session import new_session_id
+from dspex_actors.streaming import Subscriber
+from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+from dspex_actors.wire import codec
+from dspex_actors.wire import status as wire_status
+from dspex_actors.wire.forms import Ids, Rpc, Send, Settled
+from dspex_actors.wire.operations import SENDS
+from dspex_actors.wire.tls import read_pem
+
+__all__ = ["ADDRESS_ENV", "TOKEN_ENV", "BridgedState"]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+_FIRST_PAUSE = 0.01
+_MAX_PAUSE = 0.25
+"""Backoff between retries of a call (seconds), doubling from the first to the max."""
+
+
+class BridgedState(RemoteSessionMethods):
+    """A session held by a SessionStore (another process, or the embedded server).
+
+    The handle that created the session owns it: its :meth:`cleanup` closes the
+    session on the server (that incarnation only). A handle that attached to an
+    existing session only detaches. After cleanup every call raises
+    ``SessionClosed`` without a round trip.
+
+    Failures a caller can act on: every write carries a request id, and a write
+    whose attempt failed in transport is sent again with the same id within the
+    call's deadline, so the server applies it once. When no attempt could have
+    reached the server the call raises ``BridgeUnavailable`` (not applied); when
+    one could have and none answered, ``OutcomeUnknown``. Reads retry likewise and
+    raise ``BridgeUnavailable``.
+    """
+
+    kind: ClassVar[str] = "bridged"
+
+    def __init__(
+        self,
+        *,
+        shared: channels.Shared,
+        address: str,
+        session_id: str,
+        timeout: float,
+        token: str | None,
+        max_message_bytes: int,
+        embedded_server: bool,
+        stream: bool = True,
+    ) -> None:
+        """Wrap a channel; use :meth:`init`, which opens the session."""
+        self.session_id = session_id
+        self.address = address
+        self.owner = False
+        self.incarnation = ""
+        self.ttl_seconds: float | None = None
+        self.store = ""
+        """Where the server keeps the session ("memory", "sqlite", "redis"; "" from a
+        server too old to say)."""
+        self._shared = shared
+        self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
+        self._calls: CallStream | None = shared.calls(self._metadata) if stream else None
+        self._max_bytes = max_message_bytes
+        self._embedded = embedded_server
+        self._closed = False
+        self._lock = threading.Lock()
+        self._cache: RecordCache | None = None
+        self._cache_feed: RemoteSubscription | None = None
+        self._subscriptions: list[RemoteSubscription] = []  # closed with the handle
+
+    @classmethod
+    def init(
+        cls,
+        *,
+        session_id: str | None = None,
+        existing_state: Mapping[str, Any] | None = None,
+        address: str | None = None,
+        token: str | None = None,
+        timeout: float = 5.0,
+        tls_root_cert: bytes | str | os.PathLike[str] | None = None,
+        max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+        create: bool = True,
+        pending: bool = False,
+        cache: bool = False,
+        stream: bool = True,
+        **backend_opts: Any,
+    ) -> Self:
+        """Open ``session_id`` on a SessionStore, creating it if absent (``create``).
+
+        Creating makes this handle the owner; with ``create=False`` it only attaches
+        (``SessionNotFound`` if absent). ``pending`` creates the session invisible to
+        others until :meth:`commit` (a migration's copy). ``address`` defaults to
+        ``$DSPEX_BRIDGE_ADDRESS`` (with ``$DSPEX_BRIDGE_TOKEN``), else the embedded
+        in-process server. ``tls_root_cert`` (PEM bytes or a path) switches on TLS.
+        ``existing_state`` is imported in one RPC; if that fails, a session this call
+        created is closed again. ``BridgeUnavailable`` within ``timeout`` when the
+        server cannot be reached; a bad ``session_id`` is a ``ValidationError``.
+        ``cache`` keeps a coherent copy of the session, fed by a Watch stream, and
+        answers reads from it (:mod:`dspex_actors.bridge.client.cache`). ``stream`` sends the
+        frequent calls (get, set, batches, register, delete, list, heartbeat) on one
+        long-lived stream the handles of a channel share, about half a unary call's
+        cost (:mod:`dspex_actors.bridge.client.calls`); ``stream=False`` makes every call a
+        unary RPC.
+        """
+        if backend_opts:
+            raise TypeError(f"BridgedState.init got unknown options: {', '.join(backend_opts)}")
+        if session_id is not None:
+            check_session_id(session_id)
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if address is None and os.environ.get(ADDRESS_ENV):
+            address = os.environ[ADDRESS_ENV]
+            token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        root_cert = read_pem(tls_root_cert) if tls_root_cert is not None else None
+        use_embedded = address is None
+        if address is None:
+            address = embedded.acquire()
+        try:
+            shared = channels.acquire(address, root_cert, max_message_bytes)
+        except BaseException:
+            if use_embedded:
+                embedded.release()
+            raise
+        # The id is chosen here, not by the server, so that a retried open names
+        # the same session (and, by its request id, learns it created it).
+        handle = cls(
+            shared=shared,
+            address=address,
+            session_id=session_id or new_session_id(),
+            timeout=timeout,
+            token=token,
+            max_message_bytes=max_message_bytes,
+            embedded_server=use_embedded,
+            stream=stream,
+        )
+        try:
+            opened = handle.run(OpenSession(create, pending))
+            handle.owner = opened.created
+            handle.incarnation = opened.incarnation
+            handle.ttl_seconds = opened.ttl_seconds
+            handle.store = opened.store
+            shared.heard_limit(opened.max_calls_per_connection)
+            if existing_state is not None:
+                handle.import_state(existing_state)
+            if cache:
+                handle.enable_cache()
+        except BaseException:
+            handle.cleanup()
+            raise
+        return handle
+
+    def enable_cache(self) -> None:
+        """Follow the session with a Watch stream and answer reads from a copy of
+        its records (what ``init(cache=True)`` does); idempotent."""
+        if self._cache is not None:
+            return
+        start = self.session_info()["next_sequence"]
+        cache = RecordCache(
+            self.session_id,
+            lambda: self._send(ListVariables(None)),
+            lambda identifier: self._send(GetRecord(identifier)),
+            start,
+        )
+        open_stream, give_back = self._watch_stream()
+        self._cache = cache
+        self._cache_feed = RemoteSubscription(
+            open_stream,
+            self.session_id,
+            None,
+            cache.on_event,
+            start,
+            self._max_bytes,
+            on_connect=cache.connected,
+            on_disconnect=cache.disconnected,
+            on_end=give_back,
+        )
+
+    def _watch_stream(self) -> tuple[Callable[[pb.WatchRequest], Any], Callable[[], None]]:
+        """How to open this session's Watch stream, on a connection that carries only
+        watches, and the function that gives that place back once the watch ends."""
+        try:
+            channel, give_back = self._shared.watch_channel()
+        except ValueError:  # released: this handle was cleaned up (meanwhile)
+            raise self._closed_error() from None
+        watch, metadata = pb_grpc.SessionStoreStub(channel).Watch, self._metadata
+
+        def open_stream(request: pb.WatchRequest) -> Any:
+            return watch(request, timeout=WATCH_DEADLINE, metadata=metadata)
+
+        return open_stream, give_back
+
+    def sync_cache(self, timeout: float | None = None) -> None:
+        """Wait until the cache holds every change the server had made when this was
+        called (a barrier: after another process's write returned and it said so,
+        ``sync_cache()`` then a read sees that write). ``StateError`` after
+        ``timeout`` (default: the handle's) or when the handle keeps no cache."""
+        cache = self._cache
+        if cache is None:
+            raise StateError(f"session {self.session_id!r}: this handle keeps no cache")
+        sequence = self.session_info()["next_sequence"]
+        wait = self._timeout if timeout is None else timeout
+        if not cache.wait_until(sequence, wait):
+            raise StateError(
+                f"session {self.session_id!r}: the cache did not catch up within {wait}s"
+            )
+
+    @property
+    def cached(self) -> bool:
+        """Whether reads are answered from this handle's copy right now."""
+        return self._cache is not None and self._cache.live
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    # -- running an operation: its wire form, sent with a deadline ---------------------
+
+    def run(self, operation: Operation[R]) -> R:
+        """Run one operation: from the copy when the handle keeps one and it can
+        answer, else sent as its wire form (:mod:`dspex_actors.wire.operations`)."""
+        cache = self._cache
+        if cache is not None and isinstance(operation, ReadOperation):
+            if self._closed:
+                raise self._closed_error()
+            answer = operation.apply(cache)
+            if answer is not MISS:
+                copied: R = answer
+                return copied
+        return self._send(operation)
+
+    def _send(self, operation: Operation[R]) -> R:
+        """Send ``operation`` and read its reply; what the reply proved goes to the copy."""
+        if self._closed:
+            raise self._closed_error()
+        send: Send[Any, R] | None = SENDS.get(type(operation))
+        if send is None:  # no wire form of its own: it runs on the public methods
+            return operation.forward(self)
+        request_id = uuid.uuid4().hex if send.rpc.has_request_id else ""
+        try:
+            request = send.encode(operation, Ids(self.session_id, self.incarnation, request_id))
+        except Settled as settled:
+            answered: R = settled.answer
+            return answered
+        cache = self._cache
+        try:
+            response = self._call(send, request, write=operation.write)
+        except VersionConflict as exc:
+            if cache is not None and isinstance(exc.variable, str) and isinstance(exc.actual, int):
+                cache.expect(exc.variable, exc.actual)  # learned: never read older
+            raise
+        result = send.result(operation, response, self._max_bytes)
+        if cache is not None and send.seen is not None:
+            send.seen(operation, response, result, cache)
+        return result
+
+    def _call(self, send: Send[Any, Any], request: Any, *, write: bool) -> Any:
+        """Send one request within the deadline; the one place failures are classed.
+
+        An attempt that got no answer (the transport failed, or the server said it
+        did not start the call in time) is sent again with the same request until
+        the deadline, unless the operation forbids it; a write's request carries its
+        request id, so the server applies it once.
+        """
+        deadline = time.monotonic() + self._timeout
+        pause = _FIRST_PAUSE
+        maybe_sent = False
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return self._attempt(send.rpc, request, max(left, 0.001))
+            except Unanswered as exc:
+                maybe_sent = maybe_sent or exc.maybe_sent
+                error = exc.error
+            left = deadline - time.monotonic()
+            if not send.retry or left <= pause or self._closed:
+                raise self._failed(write, maybe_sent, error) from error
+            time.sleep(pause)  # a retry's backoff, bounded by the call's deadline
+            pause = min(pause * 2, _MAX_PAUSE)
+
+    def _attempt(self, rpc: Rpc, request: Any, timeout: float) -> Any:
+        """One attempt: on the Calls stream when the RPC may travel there, else unary.
+        Answers the response; raises the server's ``StateError``, or
+        :class:`~dspex_actors.bridge.client.calls.Unanswered`."""
+        stream = self._calls
+        field = rpc.field
+        if (
+            stream is not None
+            and field is not None
+            and not stream.unsupported
+            and request.ByteSize() <= stream.max_request
+        ):
+            try:
+                return stream.call(field, request, timeout)
+            except GoUnary:
+                pass
+        try:
+            return self._shared.unary(rpc)(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            error = wire_status.error_from_rpc(exc, self.address)
+            # Worth another attempt: the server was not reached, or did not start the
+            # call in time (its BridgeUnavailable: not applied), or no answer came.
+            # Only a failure of the transport may hide an applied write.
+            if not isinstance(error, BridgeUnavailable):
+                raise error from exc
+            sent = not wire_status.answered_by_server(exc)
+            raise Unanswered(error, maybe_sent=sent) from exc
+        except ValueError as exc:
+            # grpcio refuses calls on a channel closed meanwhile with a ValueError;
+            # our own flag, not its text, tells that this is what happened.
+            if self._closed:
+                raise self._closed_error() from exc
+            raise
+
+    def _failed(self, write: bool, maybe_sent: bool, error: StateError) -> StateError:
+        """What a call that never got an answer raises."""
+        if self._closed:
+            return self._closed_error()
+        if write and maybe_sent:
+            return OutcomeUnknown(
+                f"SessionStore at {self.address} did not answer within {self._timeout}s; the "
+                f"write to session {self.session_id!r} may or may not have been applied "
+                f"(last failure: {error})",
+                session_id=self.session_id,
+            )
+        if isinstance(error, BridgeUnavailable):
+            return error
+        return BridgeUnavailable(f"{error} (not applied)", session_id=self.session_id)
+
+    def _closed_error(self) -> SessionClosed:
+        return SessionClosed(f"session {self.session_id!r}: this handle is cleaned up")
+
+    def get_variable(self, identifier: str) -> Any:
+        """The variable's current value; ``VariableNotFound`` if absent.
+
+        With a cache, answered from the copy with its two dict lookups inline when
+        nothing this handle wrote is still unseen (a message and a dispatch would
+        double the cost of a cached read); everything else goes through :meth:`run`.
+        """
+        cache = self._cache
+        if (
+            cache is not None
+            and cache.serving
+            and not cache.expected
+            and type(identifier) is str
+            and not self._closed
+        ):
+            record = cache.by_id.get(cache.ids.get(identifier, identifier))
+            if record is not None and type(record.value) in SCALARS:
+                return record.value
+        return self.run(GetVariable(identifier))
+
+    # -- change events ----------------------------------------------------------------
+
+    def subscribe(
+        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
+    ) -> RemoteSubscription:
+        """Deliver each change to variables whose names match ``pattern`` (a glob;
+        None: all) to ``subscriber`` from the server's Watch stream, reopened after
+        any outage from where it stopped (:mod:`dspex_actors.bridge.client.watch`).
+
+        Starts at the session's current sequence (or ``start``), read in this call,
+        and returns once the server holds the watch; ``BridgeUnavailable`` if it does
+        not within the handle's timeout (the server is unreachable, or this channel
+        already carries as many streams as the server takes on one connection).
+        """
+        if self._closed:
+            raise self._closed_error()
+        if start is None:
+            start = self.session_info()["next_sequence"]
+        open_stream, give_back = self._watch_stream()
+        try:
+            subscription = RemoteSubscription(
+                open_stream,
+                self.session_id,
+                pattern,
+                subscriber,
+                start,
+                self._max_bytes,
+                on_end=give_back,
+            )
+        except BaseException:  # a bad pattern or subscriber: no watch, its place back
+            give_back()
+            raise
+        with self._lock:
+            self._subscriptions = [s for s in self._subscriptions if s.active]
+            self._subscriptions.append(subscription)
+        if not subscription.wait_up(self._timeout):
+            subscription.close()
+            raise BridgeUnavailable(
+                f"SessionStore at {self.address} did not start the watch of session "
+                f"{self.session_id!r} within {self._timeout}s; not subscribed (it is "
+                "unreachable, or this process's watch connection already carries the "
+                "streams it takes on one: rule 'max_calls_per_connection')",
+                session_id=self.session_id,
+            )
+        return subscription
+
+    def unsubscribe(self, subscription: Any) -> None:
+        """Stop a subscription; no event is delivered once this returns."""
+        if not isinstance(subscription, RemoteSubscription):
+            raise TypeError(f"not a subscription of a BridgedState: {subscription!r}")
+        subscription.close()
+
+    @classmethod
+    def requires_bridge(cls) -> bool:
+        return True
+
+    @classmethod
+    def capabilities(cls) -> dict[str, bool]:
+        """What every bridged session has; ``persistence`` is False because it depends
+        on the server's store: :attr:`persistent` answers it for this session."""
+        return {
+            "atomic_updates": True,  # the server applies a batch in one actor turn
+            "streaming": True,  # the Watch stream, resumed after outages
+            "persistence": False,  # not for every server: see `persistent`
+            "distribution": True,  # any process that can reach the server shares it
+        }
+
+    @property
+    def persistent(self) -> bool:
+        """Whether the session outlives its server: its store is a SQLite file or Redis
+        (the server told it when the session was opened)."""
+        return self.store in ("sqlite", "redis")
+
+    def cleanup(self) -> None:
+        """Close the session if this handle owns it, else detach; idempotent.
+
+        The owner closes only its own incarnation: if its session expired and the
+        id was opened again since, the newcomer's session is left alone. The channel
+        (and the embedded server reference) is released even when the server cannot
+        be reached; that failure is logged, not raised.
+        """
+        closed = False
+        with self._lock:
+            if self._closed:
+                return
+            feed, self._cache_feed, self._cache = self._cache_feed, None, None
+            if feed is not None:
+                feed.close()
+            subscriptions, self._subscriptions = self._subscriptions, []
+            try:
+                if self.owner:
+                    try:
+                        self.close_remote()
+                        closed = True
+                    except SessionNotFound:
+                        pass  # expired (or closed) already: nothing of ours to close
+                    except StateError as exc:
+                        logger.warning("closing session %s failed: %s", self.session_id, exc)
+            finally:
+                self._closed = True
+        try:
+            # Outside the lock: a subscriber may call back into the handle meanwhile.
+            for subscription in subscriptions:
+                if closed:  # the server ends each stream: events before the close first
+                    subscription.finish(self._timeout)
+                else:
+                    subscription.end()
+        finally:
+            channels.release(self._shared)
+            if self._embedded:
+                embedded.release()
+
+    def __repr__(self) -> str:
+        role = "owner" if self.owner else "attached"
+        state = "closed" if self._closed else role
+        return f"<BridgedState {self.session_id} at {self.address} ({state})>"

@@ -1,0 +1,180 @@
+"""The public methods of every session handle, written once over ``run(op)``.
+
+redis-py writes each command once (a method that builds its arguments and calls
+``execute_command``), shared by its sync and async clients; httpx shares one client
+base between ``Client`` and ``AsyncClient``. :class:`SessionMethods` is that layer
+here: each method checks its arguments, builds the operation's message
+(:mod:`dspex_actors.messages`) and hands it to ``run``, the one thing a backend
+implements. ``LocalState`` asks its actor, ``BridgedState`` sends the operation's wire
+form, ``RedisState`` runs its Lua script, and a ``Context`` sends writes through its
+write gate to whichever backend holds the session now — so none of them can drift
+from the contract, and a new operation is one method here.
+
+A backend may answer a read before building a message when it can from memory of its
+own (a LocalState's table, a bridged handle's copy): it overrides that one method
+with the fast path and calls ``run`` on the slow path. Such overrides are listed,
+with their measured reason, in ``tests/test_structure.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+from dspex_actors import failpoints
+from dspex_actors.exports import ExportColumns, check_shape, columns_of
+from dspex_actors.messages import (
+    CloseSession,
+    CommitSession,
+    DeleteVariable,
+    Digest,
+    ExportSession,
+    ExportState,
+    GetRecord,
+    GetSession,
+    GetVariable,
+    GetVariables,
+    Heartbeat,
+    ImportState,
+    ListVariables,
+    Operation,
+    RegisterVariable,
+    SetVariable,
+    UpdateVariables,
+)
+from dspex_actors.provider import StateProvider
+from dspex_actors.records import VariableRecord, check_pattern
+
+__all__ = ["RemoteSessionMethods", "SessionMethods", "run_on"]
+
+R = TypeVar("R")
+
+
+def run_on(provider: StateProvider, operation: Operation[R]) -> R:
+    """Run ``operation`` on any provider: through its ``run`` when it has one (every
+    handle of this package), else through its public methods."""
+    if isinstance(provider, SessionMethods):
+        return provider.run(operation)
+    return operation.forward(provider)
+
+
+class SessionMethods(StateProvider):
+    """Every StateProvider method, over one abstract :meth:`run`."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def run(self, operation: Operation[R]) -> R:
+        """Run one operation on the session; raise its ``StateError``."""
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get_variable(self, identifier: str) -> Any:
+        return self.run(GetVariable(identifier))
+
+    def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:
+        return self.run(GetVariables(list(identifiers)))
+
+    def get_record(self, identifier: str) -> VariableRecord:
+        return self.run(GetRecord(identifier))
+
+    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
+        return self.run(ListVariables(check_pattern(pattern)))
+
+    def export_state(self) -> dict[str, Any]:
+        return self.run(ExportState())
+
+    def export_columns(self) -> ExportColumns:
+        """The export as columns (one list per field): the form migrations and the
+        bridge move; ``sequence`` is the session's next event sequence."""
+        columns = self.run(ExportSession())
+        check_shape(columns)  # the caller gets columns it can index safely
+        return columns
+
+    def digest(self) -> bytes:
+        """``exports.columns_digest`` of the session, without building an export."""
+        return self.run(Digest())
+
+    def session_info(self) -> dict[str, Any]:
+        """The session as what keeps it sees it: ``session_id``, ``incarnation``,
+        ``variable_count``, ``created_at``, ``last_active_at``, ``ttl_seconds``
+        (None: never expires), ``metadata``, ``next_sequence``, ``expires_at``."""
+        return self.run(GetSession())._asdict()
+
+    # -- writes -----------------------------------------------------------------------
+
+    def register_variable(
+        self,
+        name: str,
+        type: str,  # the contract's word, shadowing the builtin here only
+        initial_value: Any,
+        *,
+        constraints: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        description: str | None = None,
+    ) -> str:
+        return self.run(
+            RegisterVariable(name, type, initial_value, constraints, metadata, description)
+        )
+
+    def set_variable(
+        self,
+        identifier: str,
+        new_value: Any,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        expected_version: int | None = None,
+    ) -> int:
+        return self.run(SetVariable(identifier, new_value, metadata, expected_version))
+
+    def update_variables(
+        self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
+    ) -> None:
+        if not isinstance(updates, Mapping):
+            raise TypeError(f"updates must be a mapping, got {type(updates).__name__}")
+        self.run(UpdateVariables(dict(updates), metadata))
+
+    def delete_variable(self, identifier: str) -> None:
+        self.run(DeleteVariable(identifier))
+
+    def import_state(self, exported: Mapping[str, Any]) -> None:
+        self.run(ImportState(columns_of(exported)))  # its structure checked here
+
+    def import_columns(self, columns: ExportColumns) -> None:
+        self.run(ImportState(columns))
+
+    def import_with_digest(self, columns: ExportColumns, *, migrating: bool = False) -> bytes:
+        """Import like :meth:`import_columns`; answer the digest of what the session
+        then holds, computed where it is stored (to compare with
+        ``exports.columns_digest(columns)``: a copy verified without exporting it
+        back). ``migrating``: the copy continues the columns' event sequence and
+        yields no events of its own, so a watcher moving with the session misses
+        nothing."""
+        continue_from = columns.sequence if migrating else None
+        digest = self.run(ImportState(columns, continue_from, want_digest=True))
+        failpoints.hit("migration.import_reply")  # tests lose this reply on purpose
+        return digest
+
+    # -- the session ------------------------------------------------------------------
+
+    def heartbeat(self) -> float | None:
+        """Keep a session that expires when idle alive; when it would expire (epoch
+        seconds), None for one that never does."""
+        return self.run(Heartbeat())
+
+
+class RemoteSessionMethods(SessionMethods):
+    """The methods of a handle on a session a store keeps (a migration's target)."""
+
+    __slots__ = ()
+
+    def commit(self) -> None:
+        """Make a session opened ``pending`` visible to others (idempotent)."""
+        self.run(CommitSession())
+
+    def close_remote(self) -> None:
+        """Close this handle's incarnation of the session where it is kept, now.
+
+        ``SessionNotFound`` if it is gone (or the id names a later incarnation)."""
+        self.run(CloseSession())

@@ -1,0 +1,578 @@
+"""The Redis engine: one session's keys in one Redis, and the calls of its scripts.
+
+:class:`RedisSession` is the bottom layer both Redis front ends stand on:
+:class:`~dspex_actors.redis.state.RedisState` (a handle in any process) and the
+SessionStore's Redis store (:mod:`dspex_actors.redis.store`). It opens a session
+(each creation of an id is a new incarnation, and an engine only ever works on its
+own), calls the session's Lua scripts (:mod:`dspex_actors.redis.scripts`) within a
+deadline, classes every failure, and keeps what a writer needs to check a value in
+this process: each variable's compiled type, cached per (id, ordinal), which the
+scripts check again. What each operation runs is its table,
+:mod:`dspex_actors.redis.operations`.
+
+**Failures.** A call is bounded by ``timeout``. Redis not reachable:
+``BridgeUnavailable`` (never applied; the engine retries with backoff within the
+deadline). A write carries a request id, and the script remembers each reply for
+a while (twice the timeout, at least 10 s): a write whose reply was lost is sent
+again with the same id and answered with the first reply, so it is applied once.
+Only when no attempt was answered within the deadline and one of them may have
+reached Redis does a write raise ``OutcomeUnknown``. A caller from outside (a
+SessionStore server) fixes the request id and deadline with
+:func:`~dspex_actors.redis.connections.call_scope`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import msgpack
+
+from dspex_actors.errors import (
+    BridgeUnavailable,
+    LimitExceeded,
+    OutcomeUnknown,
+    SessionClosed,
+    SessionNotFound,
+    StateError,
+    Unauthenticated,
+    VariableExists,
+    VersionConflict,
+)
+from dspex_actors.exports import ExportColumns
+from dspex_actors.limits import Limits, check_session_id
+from dspex_actors.records import SessionInfo, variable_not_found
+from dspex_actors.redis import scripts
+from dspex_actors.redis.connections import (
+    Connections,
+    Unanswered,
+    acquire_connections,
+    current_scope,
+    evaluate,
+    release_connections,
+)
+from dspex_actors.redis.scripts import Script, session_keys
+from dspex_actors.session import new_session_id
+from dspex_actors.urls import redacted
+from dspex_actors.vartypes import (
+    MAX_VERSION,
+    Validator,
+    check_metadata,
+    compile_type,
+    utf8_encodable,
+)
+
+__all__ = [
+    "PENDING_TTL",
+    "TOMBSTONE_SECONDS",
+    "Definition",
+    "RedisSession",
+    "Retry",
+    "pack",
+    "text",
+    "unpack",
+]
+
+PENDING_TTL = 60.0
+"""Seconds a migration's uncommitted copy lives (the SessionStore's, too)."""
+TOMBSTONE_SECONDS = 60.0
+"""How long a closed session's stream stays, so its subscribers read ``closed``."""
+_FIRST_PAUSE = 0.01
+_MAX_PAUSE = 0.25
+_MAX_VERSION = str(MAX_VERSION)
+
+
+def pack(data: Any) -> bytes:
+    packed: bytes = msgpack.packb(data, use_bin_type=True)
+    return packed
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def text(data: bytes) -> str:
+    return data.decode()
+
+
+class Definition(NamedTuple):
+    """What a writer keeps of a variable to validate its writes: it never changes
+    for one (id, ordinal), so it may be cached; the scripts check both."""
+
+    id: str
+    name: str
+    ordinal: int
+    validator: Validator
+
+
+class Retry(Exception):
+    """The write met a change its plan did not know of: plan it again from Redis."""
+
+
+class RedisSession:
+    """One incarnation of one session in one Redis (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        connections: Connections,
+        url: str,
+        session_id: str,
+        timeout: float,
+        limits: Limits,
+        event_history: int,
+    ) -> None:
+        """Wrap shared connections; use :meth:`open`, which opens the session."""
+        self.session_id = session_id
+        self.url = url
+        self.where = redacted(url)  # the URL for messages: no password
+        self.created = False
+        self.incarnation = ""
+        self.ttl_seconds: float | None = None
+        self.connections = connections
+        self.timeout = timeout
+        self.limits = limits
+        self.history = str(event_history)
+        self.keys: tuple[str, ...] = ()
+        self.definitions: dict[str, Definition] = {}
+        self.metadata: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._validators: dict[bytes, Validator] = {}
+        self._packed_definitions: dict[int, tuple[Validator, bytes]] = {}
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        session_id: str | None,
+        url: str,
+        ttl: float | None,
+        timeout: float,
+        create: bool,
+        limits: Limits,
+        event_history: int,
+        pending: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        incarnation: str | None = None,
+    ) -> RedisSession:
+        """Open ``session_id`` (a fresh one when None), creating it if absent and
+        ``create`` (the creator's ``ttl``, None: no expiry), ``pending`` (a
+        migration's copy, invisible until committed), with the new session's
+        ``metadata``; ``request_id`` tells a retry of the open that created the
+        session that it did; ``incarnation`` attaches to exactly that one, even
+        pending (``SessionNotFound`` if the session is another one now)."""
+        if session_id is not None:
+            check_session_id(session_id, limits)
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl must be positive or None, got {ttl!r}")
+        if event_history <= 0:
+            raise ValueError(f"event_history must be positive, got {event_history!r}")
+        session = cls(
+            connections=acquire_connections(url, timeout),
+            url=url,
+            session_id=session_id or new_session_id(),
+            timeout=timeout,
+            limits=limits,
+            event_history=event_history,
+        )
+        try:
+            meta = check_metadata("<session>", metadata, limits) if create else {}
+            session._open(create, ttl, pending, meta, request_id or "", incarnation)
+            if incarnation is not None and session.incarnation != incarnation:
+                raise session.gone()
+        except BaseException:
+            session.release()
+            raise
+        return session
+
+    def release(self) -> None:
+        """Let go of the connections; later calls raise ``SessionClosed``; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.definitions.clear()
+        self.metadata.clear()
+        release_connections(self.connections)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _open(
+        self,
+        create: bool,
+        ttl: float | None,
+        pending: bool,
+        metadata: dict[str, Any],
+        request_id: str,
+        incarnation: str | None = None,
+    ) -> None:
+        exact = incarnation is not None
+        incarnation = incarnation or uuid.uuid4().hex
+        ttl_ms = 0 if ttl is None else max(1, round(ttl * 1000))
+        keys = session_keys(self.session_id, incarnation)
+        args: list[Any] = [
+            incarnation,
+            "1" if create else "0",
+            ttl_ms,
+            "1" if pending else "0",
+            request_id,
+            round(PENDING_TTL * 1000),
+            "1" if exact else "0",
+        ]
+        for key, value in metadata.items():
+            args += [key, pack(value)]
+        reply = self.call(scripts.OPEN, keys[:-1], args)
+        if reply[0] == -1:
+            raise SessionNotFound(
+                f"session {self.session_id!r} not found in Redis at {self.where} "
+                "(never opened, closed or expired)",
+                session_id=self.session_id,
+            )
+        if reply[0] == -2:
+            raise SessionClosed(
+                f"session {self.session_id!r} already exists in Redis at {self.where}"
+                + (" (being created by a migration; retry later)" if reply[1] == b"1" else ""),
+                session_id=self.session_id,
+            )
+        self.created = reply[0] == 1
+        self.incarnation = text(reply[1])
+        self.ttl_seconds = int(reply[2]) / 1000 or None
+        self.keys = session_keys(self.session_id, self.incarnation)
+
+    def call(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        write: bool = False,
+        retry: bool = True,
+        extra_time: float = 0.0,
+    ) -> Any:
+        """Run one script within the deadline; the one place Redis errors are translated.
+
+        An attempt that got no answer is retried with backoff until the deadline (a
+        write with the same request id, so Redis applies it once); then
+        ``OutcomeUnknown`` for a write some attempt may have delivered, else
+        ``BridgeUnavailable``. ``extra_time`` lengthens the deadline, and each
+        attempt's wait for its reply, for a script that runs long.
+        """
+        errors = self.connections.errors
+        deadline = time.monotonic() + self.timeout + extra_time
+        scope = current_scope()
+        if scope is not None and scope.deadline is not None:
+            if time.monotonic() >= scope.deadline:  # not one attempt after the deadline
+                raise BridgeUnavailable(
+                    f"session {self.session_id!r}: the caller's deadline passed before "
+                    f"{script.name} was sent; not applied",
+                    session_id=self.session_id,
+                )
+            deadline = min(deadline, scope.deadline)
+        read_timeout = self.timeout + extra_time if extra_time else None
+        pause = _FIRST_PAUSE
+        maybe_sent = False
+        failure: Exception
+        while True:
+            try:
+                return evaluate(self.connections, script, keys, args, read_timeout)
+            except Unanswered as exc:
+                maybe_sent = maybe_sent or exc.maybe_sent
+                failure = exc.cause
+            except (errors.AuthenticationError, errors.AuthorizationError) as exc:
+                raise Unauthenticated(
+                    f"Redis at {self.where} refused the credentials: {exc}"
+                ) from exc
+            except errors.ResponseError as exc:
+                if not str(exc).startswith("BUSY"):  # BUSY: another script runs; not run
+                    raise self._refused(script, exc) from exc
+                failure = exc
+            if not retry or deadline - time.monotonic() <= pause:
+                raise self._failed(write, maybe_sent, failure) from failure
+            time.sleep(pause)  # a retry's backoff, bounded by the call's deadline
+            pause = min(pause * 2, _MAX_PAUSE)
+
+    def _failed(self, write: bool, maybe_sent: bool, error: Exception) -> StateError:
+        if write and maybe_sent:
+            return OutcomeUnknown(
+                f"Redis at {self.where} did not answer within {self.timeout}s; the write to "
+                f"session {self.session_id!r} may or may not have been applied (last "
+                f"failure: {error})",
+                session_id=self.session_id,
+            )
+        return BridgeUnavailable(
+            f"Redis at {self.where} could not be reached within {self.timeout}s "
+            f"(not applied): {error}",
+            session_id=self.session_id,
+        )
+
+    def _refused(self, script: Script, exc: Exception) -> StateError:
+        """What a Redis error reply means to the caller (nothing was applied)."""
+        text = str(exc)
+        errors = self.connections.errors
+        if "DSPEX_GONE" in text:
+            return self.gone()
+        if isinstance(exc, errors.NoPermissionError) or text.startswith(("NOAUTH", "NOPERM")):
+            return Unauthenticated(f"Redis at {self.where} refused {script.name}: {text}")
+        if text.startswith("OOM"):
+            return LimitExceeded(
+                f"Redis at {self.where} is out of memory (its maxmemory): {text}",
+                limit="redis_maxmemory",
+            )
+        return StateError(f"Redis at {self.where} refused {script.name}: {text}")
+
+    def gone(self) -> SessionNotFound:
+        return SessionNotFound(
+            f"session {self.session_id!r} not found in Redis at {self.where} "
+            "(closed, expired, or opened again since)",
+            session_id=self.session_id,
+        )
+
+    def check_open(self) -> None:
+        if self._closed:
+            raise SessionClosed(f"session {self.session_id!r}: this handle is cleaned up")
+
+    def read(self, script: Script, *args: Any) -> Any:
+        self.check_open()
+        return self.call(script, self.keys, [self.incarnation, *args])
+
+    def write(self, script: Script, args: Sequence[Any], extra_time: float = 0.0) -> list[Any]:
+        """Run a write script with a fresh request id; its reply, decoded."""
+        self.check_open()
+        retain = max(10, int(2 * (self.timeout + extra_time)) + 1)
+        scope = current_scope()
+        if scope is not None and scope.request_id:
+            request_id = f"{scope.request_id}.{scope.attempts}"
+            scope.attempts += 1
+            retain = max(retain, scope.retain)
+        else:
+            scope = None
+            request_id = uuid.uuid4().hex
+        request = [self.incarnation, request_id, self.history, retain]
+        try:
+            packed = self.call(
+                script, self.keys, [*request, *args], write=True, extra_time=extra_time
+            )
+        except SessionNotFound:
+            if scope is not None:  # "gone" is not remembered: the number is unused
+                scope.attempts -= 1
+            raise
+        reply: list[Any] = unpack(packed)
+        return reply
+
+    def missing(self, identifier: Any) -> StateError:
+        return variable_not_found(identifier, self.session_id)
+
+    def validator(self, name: str, definition: bytes) -> Validator:
+        """The compiled type of a stored definition (cached by its bytes)."""
+        validator = self._validators.get(definition)
+        if validator is None:
+            type_name, constraints = unpack(definition)
+            validator = compile_type(name, type_name, constraints, self.limits)
+            if len(self._validators) >= 1024:
+                self._validators.clear()
+            self._validators[definition] = validator
+        return validator
+
+    def definition_bytes(self, validator: Validator) -> bytes:
+        entry = self._packed_definitions.get(id(validator))
+        if entry is not None and entry[0] is validator:
+            return entry[1]
+        packed = pack([validator.type, validator.constraints])
+        if len(self._packed_definitions) >= 1024:
+            self._packed_definitions.clear()
+        self._packed_definitions[id(validator)] = (validator, packed)
+        return packed
+
+    def remember(self, definition: Definition) -> None:
+        if len(self.definitions) >= 4 * self.limits.max_variables_per_session:
+            self.definitions.clear()
+            self.metadata.clear()
+        self.definitions[definition.id] = self.definitions[definition.name] = definition
+
+    def forget(self, identifier: str) -> None:
+        definition = self.definitions.pop(identifier, None)
+        if definition is not None:
+            self.definitions.pop(definition.id, None)
+            self.definitions.pop(definition.name, None)
+            self.metadata.pop(definition.id, None)
+
+    def describe(self, identifiers: list[str]) -> dict[str, Definition]:
+        """Definitions (and current metadata) of the identifiers present, from Redis."""
+        reply = self.read(scripts.DESCRIBE, *identifiers)
+        found: dict[str, Definition] = {}
+        for n, identifier in enumerate(identifiers):
+            var_id, ordinal, name, definition, version, metadata = reply[6 * n : 6 * n + 6]
+            self.forget(identifier)
+            if var_id is None:
+                continue
+            named = text(name)
+            found[identifier] = entry = Definition(
+                text(var_id), named, int(float(ordinal)), self.validator(named, definition)
+            )
+            self.remember(entry)
+            self.metadata[entry.id] = (int(version), unpack(metadata))
+        return found
+
+    def definitions_for(
+        self, identifiers: Iterable[str], fresh: bool, with_metadata: bool
+    ) -> dict[str, Definition]:
+        """Definitions of the identifiers present: cached ones unless ``fresh``, the
+        rest (and those whose metadata is needed and not known) read in one call."""
+        found: dict[str, Definition] = {}
+        wanted: list[str] = []
+        for identifier in dict.fromkeys(identifiers):
+            cached = None if fresh else self.definitions.get(identifier)
+            if cached is not None and (not with_metadata or cached.id in self.metadata):
+                found[identifier] = cached
+            else:
+                wanted.append(identifier)
+        if wanted:
+            found.update(self.describe(wanted))
+        return found
+
+    @staticmethod
+    def identifies(identifier: Any) -> bool:
+        """Whether ``identifier`` could name a variable at all (and can be sent)."""
+        return isinstance(identifier, str) and utf8_encodable(identifier)
+
+    @staticmethod
+    def record_of(row: list[Any], at: int) -> dict[str, Any]:
+        """The record of the 8 fields ``row`` holds from ``at`` (the scripts' ``row``)."""
+        var_id, name, definition, value, version, metadata, created, updated = row[at : at + 8]
+        type_name, constraints = unpack(definition)
+        return {
+            "id": text(var_id),
+            "name": text(name),
+            "type": type_name,
+            "value": unpack(value),
+            "constraints": constraints,
+            "metadata": unpack(metadata),
+            "version": int(version),
+            "created_at": float(created),
+            "last_updated_at": float(updated),
+        }
+
+    def dump(self) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+        """The session at one moment: next sequence, metadata, records in order."""
+        reply = self.read(scripts.DUMP)
+        pairs = int(reply[1])
+        metadata = {text(reply[2 + 2 * i]): unpack(reply[3 + 2 * i]) for i in range(pairs)}
+        start = 2 + 2 * pairs
+        records = [self.record_of(reply, at) for at in range(start, len(reply), 8)]
+        return int(reply[0]), metadata, records
+
+    def columns(self) -> ExportColumns:
+        """The export as columns, built from one read; ``sequence`` is the session's
+        next event sequence."""
+        sequence, metadata, records = self.dump()
+        slots: dict[tuple[str, bytes], int] = {}
+        definitions: list[tuple[Any, Any]] = []
+        definition: list[int] = []
+        for record in records:
+            key = (record["type"], pack(record["constraints"]))
+            slot = slots.get(key)
+            if slot is None:
+                slot = slots[key] = len(definitions)
+                definitions.append((record["type"], record["constraints"]))
+            definition.append(slot)
+        return ExportColumns(
+            self.session_id,
+            metadata,
+            [r["id"] for r in records],
+            [r["name"] for r in records],
+            definitions,
+            definition,
+            [r["value"] for r in records],
+            [r["version"] for r in records],
+            [r["created_at"] for r in records],
+            [r["last_updated_at"] for r in records],
+            [r["metadata"] for r in records],
+            sequence,
+        )
+
+    def commit(self) -> None:
+        """Make a session opened ``pending`` visible to others, with its whole TTL."""
+        ttl_ms = int(self.call(scripts.COMMIT, self.keys, [self.incarnation]))
+        self.ttl_seconds = ttl_ms / 1000 or None
+
+    def close(self, *, retry: bool = False) -> None:
+        """Delete the session in Redis whoever created it, leaving a ``closed`` entry
+        for its watchers; ``SessionNotFound`` if it is gone already. One attempt
+        unless ``retry``: a session left by a lost reply expires with its TTL."""
+        self.call(
+            scripts.CLOSE,
+            self.keys,
+            [self.incarnation, round(TOMBSTONE_SECONDS * 1000)],
+            retry=retry,
+        )
+
+    def info(self, *, heartbeat: bool = False) -> SessionInfo:
+        """The session as Redis holds it (``heartbeat``: every key's TTL reset first).
+
+        Redis keeps no "last used": the TTL left tells it, to a hundredth of the TTL.
+        """
+        reply = self.read(scripts.INFO, "1" if heartbeat else "0", "1")
+        next_seq, count, created, ttl_ms, pttl = reply[:5]
+        now = time.time()
+        ttl = int(ttl_ms) / 1000 or None
+        expires = now + int(pttl) / 1000 if int(pttl) >= 0 else None
+        return SessionInfo(
+            self.session_id,
+            self.incarnation,
+            int(count),
+            float(created),
+            expires - ttl if expires is not None and ttl else now,
+            ttl,
+            {text(reply[at]): unpack(reply[at + 1]) for at in range(5, len(reply), 2)},
+            int(next_seq),
+            expires,
+        )
+
+    def replies(self, request_id: str, count: int = 16) -> list[list[Any]]:
+        """The remembered replies of a relayed write's scripts (``call_scope``), in
+        the order they were sent: what a retry of that write was answered with."""
+        self.check_open()
+        ids = [f"{request_id}.{n}" for n in range(count)]
+        found = self.read(scripts.REPLIES, *ids)
+        replies: list[list[Any]] = []
+        for packed in found:
+            if packed is None:
+                break
+            replies.append(unpack(packed))
+        return replies
+
+    def history_start(self) -> int:
+        """The oldest event sequence the session's stream still holds (its next
+        sequence when it holds none)."""
+        self.check_open()
+        return int(self.read(scripts.FIRST_EVENT))  # one script: no write between
+
+    def exists_error(self, name: str) -> VariableExists:
+        return VariableExists(
+            f"variable {name!r} already exists in session {self.session_id!r}", variable=name
+        )
+
+    def conflict(self, name: str, expected: int | None, actual: int) -> VersionConflict:
+        return VersionConflict(
+            f"variable {name!r}: expected version {expected!r} but it is at version {actual}",
+            variable=name,
+            expected=expected,
+            actual=actual,
+        )
+
+    def overflow(self, name: str) -> LimitExceeded:
+        return LimitExceeded(
+            f"variable {name!r} is at version {_MAX_VERSION}, the largest there is: "
+            "it cannot be written again",
+            limit="max_version",
+            variable=name,
+        )

@@ -46,9 +46,21 @@ from dspex_actors.messages import (
 from dspex_actors.provider import StateProvider
 from dspex_actors.records import VariableRecord, check_pattern
 
-__all__ = ["RemoteSessionMethods", "SessionMethods", "run_on"]
+__all__ = ["READ_METHODS", "RemoteSessionMethods", "SessionMethods", "run_on"]
 
 R = TypeVar("R")
+
+READ_METHODS = (
+    "get_variable",
+    "get_variables",
+    "get_record",
+    "list_variables",
+    "export_state",
+    "export_columns",
+    "digest",
+    "session_info",
+)
+"""The methods that only read: a Context binds its backend's own as its own."""
 
 
 def run_on(provider: StateProvider, operation: Operation[R]) -> R:

@@ -1,32 +1,18 @@
-"""Supervisor, Context and the migration of a session to a shared backend.
+"""The Supervisor and its children, the Contexts: sessions that restart and move.
 
 A :class:`Supervisor` starts contexts and restarts a session that dies, through the
 one supervision policy (:mod:`dspex_actors.restarts`: one-for-one, Erlang-style
 restart intensity) the SessionStore server uses too. A :class:`Context` is the
-user's handle on one session; it keeps the same identity and API while its backend
-changes underneath.
+user's handle on one session: a StateProvider like every other, whose backend can
+change underneath while its identity and API stay the same. Moving a session to a
+shared backend is :mod:`dspex_actors.migration`; where it goes, and the heartbeats
+that keep it there, :mod:`dspex_actors.sharing`.
 
-Migration (``Context.ensure_bridged``) is seal+export -> import (one RPC, with the
-server's digest of what it stored) -> verify -> swap -> retire the old backend. It
-runs in the calling thread under the context's own lock, so one slow bridge never
-delays another session's restart. Writes through the Context are fenced while it
-runs: they wait, then go to whichever backend is current, each applied exactly
-once. A backend that implements the migration protocol
-(:class:`~dspex_actors.provider.Migratable`, as LocalState does) is sealed, so a
-write made on the old backend directly cannot slip past the export either (it waits
-and is then forwarded); one without it is exported as it stands and cleaned up after
-the swap, so only writes through the Context are fenced. Reads keep answering from
-the last committed values. Nothing is cleaned up before the new backend holds a
-verified copy, and any failure leaves the session on its old backend, whole and
-writable, with the half-made remote session removed.
-
-Reads cost no more than the backend's own: the Context binds the backend's read
-methods onto itself (rebound at each switch) instead of wrapping them, so a local
-``get_variable`` stays a table lookup. Writes are the same typed messages
-(:mod:`dspex_actors.messages`) the session actor applies, run through the write
-gate on whichever backend is current.
-
-gRPC is loaded only when a session first needs the bridge.
+Every public method of a Context is :class:`~dspex_actors.methods.SessionMethods`'
+over :meth:`Context.run`: writes go through the context's write gate (fenced while a
+switch runs) to whichever backend is current; reads go straight to it. Reads cost no
+more than the backend's own: the Context binds the backend's read methods onto
+itself (rebound at each switch), so a local ``get_variable`` stays a table lookup.
 """
 
 from __future__ import annotations
@@ -34,56 +20,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
-from dspex_actors import failpoints
-from dspex_actors.errors import SessionClosed, SessionNotFound, StateError
-from dspex_actors.exports import ExportColumns, columns_digest, columns_of
+from dspex_actors.errors import SessionClosed, StateError
+from dspex_actors.limits import check_session_id
 from dspex_actors.local import LocalState
-from dspex_actors.messages import (
-    DeleteVariable,
-    ImportState,
-    Operation,
-    RegisterVariable,
-    SetVariable,
-    UpdateVariables,
-)
-from dspex_actors.methods import run_on
-from dspex_actors.provider import (
-    Migratable,
-    MigrationTarget,
-    Restartable,
-    StateProvider,
-    validate_provider,
-)
-from dspex_actors.records import VariableRecord, check_pattern
+from dspex_actors.messages import Operation
+from dspex_actors.methods import READ_METHODS, SessionMethods, run_on
+from dspex_actors.migration import CALL_TIMEOUT, Moving, Switcher, SwitchHook
+from dspex_actors.provider import Restartable, StateProvider, validate_provider
+from dspex_actors.records import check_pattern
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
+from dspex_actors.sharing import Sharing, check_store
 from dspex_actors.streaming import Closing, Event, Subscriber, check_subscriber, hand_over
-from dspex_actors.urls import is_redis, redacted, store_kind
-
-if TYPE_CHECKING:
-    from dspex_actors.bridge.client.bridged import BridgedState
-    from dspex_actors.bridge.server.server import SessionStoreServer
+from dspex_actors.urls import is_redis
 
 __all__ = ["Context", "ContextSubscription", "Supervisor", "check_store"]
 
 logger = logging.getLogger(__name__)
 
 BackendSpec = Literal["local", "bridged"] | type[StateProvider]
-SwitchHook = Callable[[dict[str, Any]], None]
 
 _BRIDGE_PROGRAM_TYPES = frozenset({"dspy", "python"})
-_CALL_TIMEOUT = 60.0
-_T = TypeVar("_T")
-
-
-def check_store(store: str | None) -> None:
-    """``ValueError`` unless ``store`` is None or a spec ``serve(store=...)`` takes."""
-    if store is not None:
-        store_kind(store)
+R = TypeVar("R")
 
 
 class Supervisor:
@@ -108,21 +69,19 @@ class Supervisor:
         cache: bool,
         store: str | None,
     ) -> None:
-        if heartbeat_interval <= 0:
-            raise ValueError("heartbeat_interval must be > 0")
-        check_store(store)
-        self.cache = cache
+        """Use :meth:`start`."""
+        self.sharing = Sharing(
+            bridge_address=bridge_address,
+            token=token,
+            store=store,
+            timeout=bridge_timeout,
+            cache=cache,
+            heartbeat_interval=heartbeat_interval,
+            held=self.contexts,
+        )
         self.store = store
         self.policy = policy
-        self.token = token
-        self.bridge_timeout = bridge_timeout
-        self.heartbeat_interval = heartbeat_interval
         self.on_switch = on_switch
-        self._bridge_address = bridge_address
-        self._private_server: SessionStoreServer | None = None
-        self._uses_shared_server = False
-        self._heartbeats: threading.Thread | None = None
-        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._children: dict[str, Context | None] = {}  # None: being started
         self._stopped = False
@@ -183,89 +142,10 @@ class Supervisor:
     @property
     def bridge_address(self) -> str | None:
         """The SessionStore address in use once the bridge is up (None before)."""
-        with self._lock:
-            return self._bridge_address
-
-    def _ensure_bridge(self) -> str:
-        """The bridge address, starting the embedded server and heartbeats on first need."""
-        from dspex_actors.bridge import embedded, serve
-
-        with self._lock:
-            if self._stopped:
-                raise SessionClosed("the supervisor is stopped")
-            if self._bridge_address is None:
-                if self.token is None and self.store is None:
-                    self._bridge_address = embedded.acquire()
-                    self._uses_shared_server = True
-                else:
-                    self._private_server = serve(token=self.token, store=self.store)
-                    self._bridge_address = self._private_server.address
-                logger.info("using embedded SessionStore at %s", self._bridge_address)
-            self._start_heartbeats()
-            return self._bridge_address
-
-    def _start_heartbeats(self) -> None:
-        """Start the heartbeat thread once a session lives somewhere with a TTL."""
-        if self._heartbeats is None:
-            self._heartbeats = threading.Thread(
-                target=self._send_heartbeats, name="dspex-heartbeats", daemon=True
-            )
-            self._heartbeats.start()
-
-    def _send_heartbeats(self) -> None:
-        """Keep remote sessions of idle contexts from expiring: every
-        ``heartbeat_interval`` seconds, or a third of the shortest TTL a server
-        reported, whichever is sooner."""
-        while not self._stopping.wait(self._heartbeat_period()):
-            for context in self.contexts():
-                try:
-                    context.backend.heartbeat()
-                except StateError as exc:
-                    logger.warning("heartbeat of %s failed: %s", context.session_id, exc)
+        return self.sharing.bridge_address
 
     def _heartbeat_period(self) -> float:
-        ttls: list[float] = [
-            ttl
-            for context in self.contexts()
-            if (ttl := getattr(context.backend, "ttl_seconds", None)) is not None
-        ]
-        return min([self.heartbeat_interval, *(ttl / 3 for ttl in ttls)])
-
-    def open_bridged(self, session_id: str, *, pending: bool = False) -> BridgedState:
-        """A BridgedState for ``session_id`` on this supervisor's bridge (``pending``:
-        created invisible until committed, as a migration's copy is; its cache, if
-        the supervisor keeps one, starts once it is committed)."""
-        from dspex_actors.bridge.client.bridged import BridgedState
-
-        return BridgedState.init(
-            session_id=session_id,
-            address=self._ensure_bridge(),
-            token=self.token,
-            timeout=self.bridge_timeout,
-            pending=pending,
-            cache=self.cache and not pending,
-        )
-
-    def open_copy(
-        self, session_id: str, store: str | None = None
-    ) -> tuple[Any, Callable[[], None]]:
-        """A new pending session to migrate ``session_id`` into, on ``store`` (a
-        ``redis://`` URL: in that Redis) or else on this supervisor's bridge; and
-        what to do once it is committed (a bridged copy starts its cache, if this
-        supervisor keeps one). The copy is a StateProvider and a MigrationTarget."""
-        if store is not None and is_redis(store):
-            from dspex_actors.redis.state import RedisState
-
-            with self._lock:
-                if self._stopped:
-                    raise SessionClosed("the supervisor is stopped")
-                self._start_heartbeats()
-            copy = RedisState.init(
-                session_id=session_id, url=store, timeout=self.bridge_timeout, pending=True
-            )
-            return copy, lambda: None
-        bridged = self.open_bridged(session_id, pending=True)
-        return bridged, bridged.enable_cache if self.cache else lambda: None
+        return self.sharing.heartbeat_period()
 
     def start_context(
         self,
@@ -288,6 +168,8 @@ class Supervisor:
             )
         if isinstance(backend, type):
             validate_provider(backend)
+        if session_id is not None:
+            check_session_id(session_id)
         session_id = session_id or new_session_id()
         with self._lock:
             if self._stopped:
@@ -300,7 +182,7 @@ class Supervisor:
             if backend == "local":
                 provider = LocalState.init(session_id=session_id, on_exit=self.restarts.exited)
             elif backend == "bridged":
-                provider = self.open_bridged(session_id)
+                provider = self.sharing.open_bridged(session_id)
             else:
                 assert isinstance(backend, type)
                 provider = backend.init(session_id=session_id)
@@ -339,26 +221,13 @@ class Supervisor:
             contexts = [c for c in self._children.values() if c is not None]
         for context in contexts:
             context.stop()
-        self._stopping.set()
-        if self._heartbeats is not None:
-            self._heartbeats.join(_CALL_TIMEOUT)
-        self.restarts.stop(_CALL_TIMEOUT)
-        if self._private_server is not None:
-            self._private_server.stop(grace=None)
-        if self._uses_shared_server:
-            from dspex_actors.bridge import embedded
-
-            embedded.release()
+        self.restarts.stop(CALL_TIMEOUT)
+        self.sharing.close()
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -467,23 +336,19 @@ def _failed_reader(error: StateError) -> Callable[..., Any]:
     return fail
 
 
-class Context:
-    """A session handle whose API stays the same while its backend changes.
+class Context(SessionMethods):
+    """A session whose backend can change underneath, its identity and API kept.
 
-    Every StateProvider operation is here and returns plain values, raising
-    ``dspex_actors.errors``. ``get_variable``, ``get_variables``, ``get_record``,
-    ``list_variables``, ``export_state`` and ``export_columns`` are the current
+    Made by :meth:`Supervisor.start_context`, or on its own by :meth:`init` (with a
+    supervisor of its own, stopped by :meth:`cleanup`). Every StateProvider method is
+    here and returns plain values, raising ``dspex_actors.errors``. The read methods
+    (``get_variable``, ``get_record``, ``list_variables``...) are the current
     backend's own bound methods (rebound at each switch), so they cost what the
-    backend's do. A Context is also the supervisor's child
+    backend's do. A Context is also its supervisor's child
     (:class:`~dspex_actors.restarts.Child`).
     """
 
-    get_variable: Callable[[str], Any]
-    get_variables: Callable[[Iterable[str]], dict[str, Any]]
-    get_record: Callable[[str], VariableRecord]
-    list_variables: Callable[..., list[dict[str, Any]]]
-    export_state: Callable[[], dict[str, Any]]
-    export_columns: Callable[[], ExportColumns]
+    kind: ClassVar[str] = "context"
 
     def __init__(
         self,
@@ -492,29 +357,59 @@ class Context:
         backend: StateProvider,
         store: str | None = None,
     ) -> None:
+        """A supervisor's child; use :meth:`Supervisor.start_context` or :meth:`init`."""
         self.session_id = session_id
         self._supervisor = supervisor
-        self._store = store  # where a migration goes: Redis for a redis:// URL, else the bridge
         self._backend = backend
         self._gate = threading.Condition()
         self._migration_lock = threading.Lock()
         self._fenced = False
         self._writers = 0
         self._stopped = False
+        self._owns_supervisor = False
         self._failure: StateError | None = None
         self._programs: dict[str, dict[str, Any]] = {}
-        self._history: list[dict[str, Any]] = []
-        self._stale_copy: MigrationTarget | None = None  # left by a failed migration
+        self._switcher = Switcher(
+            session_id, store, supervisor.sharing.open_copy, supervisor.on_switch
+        )
         self._subscriptions: list[ContextSubscription] = []
         self._bind(backend)
 
+    @classmethod
+    def init(
+        cls,
+        *,
+        session_id: str | None = None,
+        existing_state: Mapping[str, Any] | None = None,
+        backend: BackendSpec = "local",
+        store: str | None = None,
+        supervisor: Supervisor | None = None,
+        **supervisor_options: Any,
+    ) -> Self:
+        """A context on ``supervisor``, or on a supervisor of its own (started with
+        ``supervisor_options``, the keywords of :meth:`Supervisor.start`, and stopped
+        by :meth:`cleanup`). ``backend`` and ``store`` are
+        :meth:`Supervisor.start_context`'s; ``existing_state`` is imported first."""
+        own = supervisor is None
+        keeper = Supervisor.start(**supervisor_options) if supervisor is None else supervisor
+        try:
+            context = keeper.start_context(session_id=session_id, backend=backend, store=store)
+        except BaseException:
+            if own:
+                keeper.stop()
+            raise
+        context._owns_supervisor = own
+        assert isinstance(context, cls)
+        return context._seeded(existing_state)
+
     def _bind(self, backend: StateProvider) -> None:
-        self.get_variable = backend.get_variable
-        self.get_variables = backend.get_variables
-        self.get_record = backend.get_record
-        self.list_variables = backend.list_variables
-        self.export_state = backend.export_state
-        self.export_columns = backend.export_columns
+        """Take the backend's read methods as this context's own (those it has)."""
+        for name in READ_METHODS:
+            method = getattr(backend, name, None)
+            if method is not None:
+                setattr(self, name, method)
+            else:
+                self.__dict__.pop(name, None)  # the shared method: run -> forward
 
     @property
     def backend(self) -> StateProvider:
@@ -548,12 +443,22 @@ class Context:
         with self._gate:
             self._failure = error
             fail = _failed_reader(error)
-            self.get_variable = self.get_variables = self.get_record = fail
-            self.list_variables = self.export_state = self.export_columns = fail
+            for name in READ_METHODS:
+                setattr(self, name, fail)
             backend = self._backend
         backend.cleanup()
 
-    # -- the write gate ----------------------------------------------------------------
+    # -- running an operation: writes through the gate --------------------------------
+
+    def run(self, operation: Operation[R]) -> R:
+        """Run one operation on the current backend: a write through the write gate
+        (it waits while a switch runs), a read straight away."""
+        if operation.write:
+            return self._write(operation)
+        failure = self._failure
+        if failure is not None:
+            raise failure
+        return run_on(self._backend, operation)
 
     def _enter(self) -> StateProvider:
         with self._gate:
@@ -572,7 +477,7 @@ class Context:
             if not self._writers:
                 self._gate.notify_all()
 
-    def _write(self, operation: Operation[_T]) -> _T:
+    def _write(self, operation: Operation[R]) -> R:
         """Run a write on the current backend. A backend whose session died refused
         it (SessionClosed: not applied), so after the supervisor's restart it is
         sent once more."""
@@ -586,50 +491,36 @@ class Context:
             finally:
                 self._leave()
             # Outside the gate: a migration may be waiting for writers to drain.
-            failure = self._supervisor.restarts.ensure_running(self.session_id, _CALL_TIMEOUT)
+            failure = self._supervisor.restarts.ensure_running(self.session_id, CALL_TIMEOUT)
             if failure is not None:
                 raise failure
         raise AssertionError("unreachable")
 
-    # -- the provider API --------------------------------------------------------------
+    # -- what a switch asks of the context (migration.Switching) ---------------------
 
-    def register_variable(
-        self,
-        name: str,
-        type: str,  # the contract's word, shadowing the builtin here only
-        initial_value: Any,
-        *,
-        constraints: Mapping[str, Any] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        description: str | None = None,
-    ) -> str:
-        return self._write(
-            RegisterVariable(name, type, initial_value, constraints, metadata, description)
-        )
+    def _fence(self) -> StateProvider:
+        with self._gate:
+            if self._failure is not None:
+                raise self._failure
+            if self._stopped:
+                raise SessionClosed(f"context {self.session_id!r} is stopped")
+            self._fenced = True
+            while self._writers:
+                self._gate.wait()
+            return self._backend
 
-    def set_variable(
-        self,
-        identifier: str,
-        new_value: Any,
-        metadata: Mapping[str, Any] | None = None,
-        *,
-        expected_version: int | None = None,
-    ) -> int:
-        return self._write(SetVariable(identifier, new_value, metadata, expected_version))
+    def _swap(self, new: StateProvider) -> list[Moving]:
+        with self._gate:
+            self._backend = new
+            self._bind(new)
+            return list(self._subscriptions)
 
-    def update_variables(
-        self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
-    ) -> None:
-        self._write(UpdateVariables(updates, metadata))
+    def _unfence(self) -> None:
+        with self._gate:
+            self._fenced = False
+            self._gate.notify_all()
 
-    def delete_variable(self, identifier: str) -> None:
-        self._write(DeleteVariable(identifier))
-
-    def import_state(self, exported: Mapping[str, Any]) -> None:
-        self._write(ImportState(columns_of(exported)))
-
-    def import_columns(self, columns: ExportColumns) -> None:
-        self._write(ImportState(columns))
+    # -- change events ------------------------------------------------------------------
 
     def subscribe(self, pattern: str | None, subscriber: Subscriber) -> ContextSubscription:
         """Subscribe on the current backend; the subscription moves with the session
@@ -677,190 +568,25 @@ class Context:
         (``capabilities()["distribution"]``); idempotent.
 
         Raises a StateError naming the failed step; the session then stays where it
-        was, whole and writable.
+        was, whole and writable (see :mod:`dspex_actors.migration`).
         """
         with self._migration_lock:
             if not type(self._backend).capabilities().get("distribution"):
-                self._migrate()
-
-    def _migrate(self) -> None:
-        """seal+export -> import -> verify -> commit -> swap -> retire the old backend.
-
-        Every step before the swap can fail and leave the session wholly on its old
-        backend, unsealed and writable: the bridged copy is created pending
-        (invisible to other processes) and removed again; a copy that could not be
-        removed (the bridge unreachable) is remembered by its incarnation and
-        removed before the next attempt, so it never blocks one. After the swap the
-        bridged copy is the session: retiring the old backend cannot undo that.
-        """
-        old = self._backend
-        started = time.perf_counter()
-        with self._gate:
-            if self._failure is not None:
-                raise self._failure
-            if self._stopped:
-                raise SessionClosed(f"context {self.session_id!r} is stopped")
-            self._fenced = True
-            while self._writers:
-                self._gate.wait()
-        sealed = old if isinstance(old, Migratable) else None
-        step = ["export"]
-        try:
-            self._remove_stale_copy()
-            failpoints.hit("migration.export")
-            columns = sealed.seal() if sealed is not None else old.export_columns()
-            copy: MigrationTarget | None = None
-            try:
-                new = copy = self._copy(columns, step)
-                step[0] = "swap"
-                failpoints.hit("migration.swap")
-            except BaseException:
-                if copy is not None:  # committed already: it must not outlive the failure
-                    self._discard(copy)
-                if sealed is not None:
-                    sealed.unseal()
-                raise
-            with self._gate:
-                self._backend = new
-                self._bind(new)
-                moving = list(self._subscriptions)
-        except Exception as exc:
-            raise StateError(
-                f"migration of session {self.session_id!r} to {self._destination()} failed "
-                f"at step {step[0]!r}; it stays on {type(old).__name__}: {exc}",
-                step=step[0],
-            ) from exc
-        finally:
-            with self._gate:
-                self._fenced = False
-                self._gate.notify_all()
-        # The switch has happened: what follows can only be logged, never undo it.
-        start = columns.sequence if columns.sequence > 0 else None
-        for subscription in moving:
-            try:
-                subscription.move(new, start)
-            except Exception:
-                logger.exception("session %s: a subscription could not move", self.session_id)
-        self._retire(old, sealed, new)
-        for subscription in moving:
-            subscription.finish_move(_CALL_TIMEOUT)
-        self._record_switch(old, new, started, columns.variable_count)
-
-    def _retire(self, old: StateProvider, sealed: Migratable | None, new: StateProvider) -> None:
-        """Retire the backend the session left (or clean it up, without the protocol)."""
-        try:
-            failpoints.hit("migration.retire")
-            if sealed is not None:
-                sealed.retire(successor=new)
-            else:
-                old.cleanup()
-        except Exception:
-            # The switch has happened: the old backend must not serve stale values, so
-            # it is at least stopped (a handle kept from before then says SessionClosed).
-            logger.exception("session %s: retiring the old backend failed", self.session_id)
-            try:
-                old.cleanup()
-            except Exception:
-                logger.exception("session %s: stopping the old backend failed", self.session_id)
-
-    def _destination(self) -> str:
-        return "the bridge" if self._store is None else redacted(self._store)
-
-    def _copy(self, columns: ExportColumns, step: list[str]) -> Any:
-        """Import ``columns`` into a new pending session (on the bridge, or in the
-        context's store), verify and commit it (``step[0]`` names the step under
-        way); a failure removes the half-made copy. Answers the copy: a
-        StateProvider and a MigrationTarget."""
-        step[0] = "import"
-        failpoints.hit("migration.import")
-        new, on_commit = self._supervisor.open_copy(self.session_id, self._store)
-        try:
-            digest = new.import_with_digest(columns, migrating=columns.sequence > 0)
-            step[0] = "verify"
-            failpoints.hit("migration.verify")
-            # The copy's digest is of what was stored: equal digests mean equal ids,
-            # names, types, values, versions, constraints, metadata and timestamps.
-            if digest != columns_digest(columns):
-                raise StateError("verification failed: the copy differs from the export")
-            step[0] = "commit"
-            failpoints.hit("migration.commit")
-            new.commit()
-            on_commit()
-        except BaseException:
-            self._discard(new)
-            raise
-        return new
-
-    def _discard(self, copy: MigrationTarget) -> None:
-        """Remove a half-made copy; if where it lives cannot be told, keep the handle
-        so the next migration removes that incarnation first."""
-        try:
-            copy.close_remote()
-        except SessionNotFound:
-            pass  # gone already (expired, or never committed and reaped)
-        except StateError as exc:
-            logger.warning(
-                "session %s: the half-made copy could not be removed now (%s); "
-                "the next migration removes it first",
-                self.session_id,
-                exc,
-            )
-            self._stale_copy = copy
-            return
-        copy.cleanup()
-
-    def _remove_stale_copy(self) -> None:
-        """Remove the copy an earlier failed migration left on the bridge, if any."""
-        stale, self._stale_copy = self._stale_copy, None
-        if stale is not None:
-            self._discard(stale)
-            if self._stale_copy is not None:
-                raise StateError(
-                    f"a copy of session {self.session_id!r} from an earlier failed migration "
-                    f"is still on {self._destination()} and could not be removed"
-                )
-
-    def _record_switch(
-        self, old: StateProvider, new: StateProvider, started: float, variables: int
-    ) -> None:
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        event = {
-            "session_id": self.session_id,
-            "from": old.kind,
-            "to": new.kind,
-            "duration_ms": elapsed_ms,
-            "variables": variables,
-            "at": time.time(),
-        }
-        self._history.append(event)
-        logger.info(
-            "session %s switched %s -> %s in %.2f ms (%d variables)",
-            self.session_id,
-            event["from"],
-            event["to"],
-            elapsed_ms,
-            variables,
-            extra={"dspex_switch": event},
-        )
-        hook = self._supervisor.on_switch
-        if hook is not None:
-            try:
-                hook(dict(event))
-            except Exception:
-                logger.exception("on_switch hook failed")
+                self._switcher.switch(self)
 
     def backend_info(self) -> dict[str, Any]:
         """Which backend holds the session, and the history of its switches."""
         backend = self._backend
         cls = type(backend)
+        history = self._switcher.history
         return {
             "type": backend.kind,
             "module": f"{cls.__module__}.{cls.__qualname__}",
             "requires_bridge": cls.requires_bridge(),
             "capabilities": self._capabilities(backend),
-            "switches": len(self._history),
-            "history": [dict(event) for event in self._history],
-            "last_switch_ms": self._history[-1]["duration_ms"] if self._history else None,
+            "switches": len(history),
+            "history": [dict(event) for event in history],
+            "last_switch_ms": history[-1]["duration_ms"] if history else None,
         }
 
     @staticmethod
@@ -873,6 +599,26 @@ class Context:
             capabilities = {**capabilities, "persistence": persistent}
         return capabilities
 
+    @classmethod
+    def requires_bridge(cls) -> bool:
+        """A context starts wherever its supervisor puts it; it needs no bridge."""
+        return False
+
+    @classmethod
+    def capabilities(cls) -> dict[str, bool]:
+        """What a context on this package's backends (local, bridged, Redis) keeps
+        whatever its backend: atomic batches and streaming. ``persistence`` and
+        ``distribution`` are the current backend's: see ``backend_info()``; a
+        context on a backend class of your own has that class's flags."""
+        return {
+            "atomic_updates": True,
+            "streaming": True,
+            "persistence": False,
+            "distribution": False,
+        }
+
+    # -- the end ---------------------------------------------------------------------------
+
     def stop(self) -> None:
         """Stop the session: clean up its backend and leave the supervisor; idempotent."""
         with self._gate:
@@ -882,7 +628,7 @@ class Context:
                 return
             self._stopped = True
             backend = self._backend
-            stale, self._stale_copy = self._stale_copy, None
+            stale, self._switcher.stale_copy = self._switcher.stale_copy, None
             subscriptions, self._subscriptions = self._subscriptions, []
         try:
             backend.cleanup()
@@ -893,16 +639,12 @@ class Context:
                 subscription.end()
             self._supervisor._forget(self)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def cleanup(self) -> None:
+        """Stop the session (:meth:`stop`), and the supervisor too if the context has
+        one of its own (:meth:`init`); idempotent."""
         self.stop()
+        if self._owns_supervisor:
+            self._supervisor.stop()
 
     def __repr__(self) -> str:
         return f"<Context {self.session_id} on {type(self._backend).__name__}>"

@@ -423,10 +423,10 @@ def test_migration_rejected_by_the_bridge_leaves_no_remote_session() -> None:
 def test_migration_whose_copy_fails_verification_stays_local(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from dspex_actors import supervision
+    from dspex_actors import migration
     from dspex_actors.bridge import BridgedState
 
-    monkeypatch.setattr(supervision, "columns_digest", lambda columns: b"not the digest")
+    monkeypatch.setattr(migration, "columns_digest", lambda columns: b"not the digest")
     with Supervisor.start() as sup:
         ctx = sup.start_context(session_id="unverified")
         ctx.register_variable("x", "integer", 1)

@@ -167,6 +167,11 @@ class ContractBase:
         """Extra keyword arguments for every ``provider.init``; override per backend."""
         return {}
 
+    def opened(self, state: StateProvider) -> None:
+        """Called on every provider the kit opens, before a test uses it: override it
+        to bring the provider into the state under test (a Context moved to the
+        bridge, say). Does nothing by default."""
+
     @pytest.fixture
     def open_state(self, provider_options: dict[str, Any]) -> Iterator[Opener]:
         """A factory: ``open_state(**init_kwargs)`` opens a provider, cleaned up after.
@@ -184,6 +189,7 @@ class ContractBase:
             options.setdefault("session_id", f"compliance-{uuid.uuid4().hex}")
             state: StateProvider = provider.init(**options)
             opened.append(state)
+            self.opened(state)
             return state
 
         yield open_

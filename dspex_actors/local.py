@@ -28,14 +28,15 @@ from typing import Any, ClassVar, Self, TypeVar
 import pykka
 
 from dspex_actors.actor import DEFAULT_CALL_TIMEOUT, SEALED, ActorSession, ExitHook, SessionActor
+from dspex_actors.delivery import Source
 from dspex_actors.errors import NotSupported, SessionClosed, StateError
 from dspex_actors.exports import ExportColumns
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
 from dspex_actors.messages import GetVariable, OpenEvents, Operation, Seal, Unseal
-from dspex_actors.methods import SessionMethods, run_on
+from dspex_actors.methods import SessionMethods, events_of, run_on
 from dspex_actors.provider import Migratable, StateProvider
 from dspex_actors.session import MISSED, SessionTable, new_session_id
-from dspex_actors.streaming import DEFAULT_HISTORY, Subscriber, Subscription
+from dspex_actors.streaming import DEFAULT_HISTORY, Event, LogSource
 from dspex_actors.vartypes import plain_copy
 
 __all__ = ["LocalState"]
@@ -203,37 +204,14 @@ class LocalState(SessionMethods):
 
     # -- change events ---------------------------------------------------------------
 
-    def subscribe(
-        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
-    ) -> Any:
-        """Deliver each change to variables whose names match ``pattern`` (a glob;
-        None: all) to ``subscriber``, a callable or a Pykka actor, from its own
-        thread (see :mod:`dspex_actors.streaming`); returns the Subscription.
-
-        ``start`` resumes from an event sequence (past the kept history: one
-        ``overflow`` event first). A retired handle subscribes on its successor;
-        subscriptions made before the retirement end with a ``closed`` event.
-        """
+    def events(self, pattern: str | None, start: int | None = None) -> Source[Event]:
+        """The session's event log read from ``start`` (None: from now): it yields
+        ``closed`` once the session closes. A retired handle's comes from the
+        successor; a subscription made before the retirement ends with ``closed``."""
         successor = self._successor
         if successor is not None:
-            forward: Any = successor.subscribe
-            if start is None:
-                return forward(pattern, subscriber)
-            return forward(pattern, subscriber, start=start)
-        log = self._engine.ask(OpenEvents())
-        return Subscription(
-            log, pattern, subscriber, start=start, name=f"dspex-events-{self.session_id}"
-        )
-
-    def unsubscribe(self, subscription: Any) -> None:
-        """Stop a subscription; no event is delivered once this returns."""
-        successor = self._successor
-        if successor is not None and not isinstance(subscription, Subscription):
-            successor.unsubscribe(subscription)
-            return
-        if not isinstance(subscription, Subscription):
-            raise TypeError(f"not a subscription: {subscription!r}")
-        subscription.close()
+            return events_of(successor, pattern, start)
+        return LogSource(self._engine.ask(OpenEvents()), start)
 
     # -- lifecycle -------------------------------------------------------------------
 

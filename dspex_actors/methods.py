@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from dspex_actors import failpoints
+from dspex_actors.delivery import QueueSource, Source, Subscription
+from dspex_actors.errors import NotSupported
 from dspex_actors.exports import ExportColumns, check_shape, columns_of
 from dspex_actors.messages import (
     CloseSession,
@@ -45,8 +47,9 @@ from dspex_actors.messages import (
 )
 from dspex_actors.provider import StateProvider
 from dspex_actors.records import VariableRecord, check_pattern
+from dspex_actors.streaming import Event, Subscriber, check_subscriber
 
-__all__ = ["READ_METHODS", "RemoteSessionMethods", "SessionMethods", "run_on"]
+__all__ = ["READ_METHODS", "RemoteSessionMethods", "SessionMethods", "events_of", "run_on"]
 
 R = TypeVar("R")
 
@@ -69,6 +72,14 @@ def run_on(provider: StateProvider, operation: Operation[R]) -> R:
     if isinstance(provider, SessionMethods):
         return provider.run(operation)
     return operation.forward(provider)
+
+
+def events_of(provider: StateProvider, pattern: str | None, start: int | None) -> Source[Event]:
+    """``provider``'s change events as a source: its own when it is one of this
+    package's handles, else its ``subscribe`` feeding a bounded queue."""
+    if isinstance(provider, SessionMethods):
+        return provider.events(pattern, start)
+    return QueueSource(provider, pattern, start)
 
 
 class SessionMethods(StateProvider):
@@ -167,6 +178,52 @@ class SessionMethods(StateProvider):
         digest = self.run(ImportState(columns, continue_from, want_digest=True))
         failpoints.hit("migration.import_reply")  # tests lose this reply on purpose
         return digest
+
+    # -- change events ----------------------------------------------------------------
+
+    def events(self, pattern: str | None, start: int | None = None) -> Source[Event]:
+        """The session's change events whose names match the glob ``pattern`` (None:
+        all), from sequence ``start`` (None: from now), as a
+        :class:`~dspex_actors.delivery.Source`; what :meth:`subscribe` delivers.
+        ``NotSupported`` on a backend without streaming."""
+        raise NotSupported(f"{type(self).__name__} does not support streaming")
+
+    def subscribe(
+        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
+    ) -> Subscription:
+        """Deliver each change to variables whose names match ``pattern`` (a glob;
+        None: all) to ``subscriber``, a callable or a Pykka actor, from a thread of
+        its own (see :mod:`dspex_actors.delivery`); returns the Subscription, which
+        ``unsubscribe`` (or leaving its ``with`` block) stops.
+
+        ``start`` resumes from an event sequence (past the kept history: one
+        ``overflow`` event first). A write made after this returns is never missed.
+        """
+        glob = check_pattern(pattern)
+        check_subscriber(subscriber)
+        subscription = Subscription(
+            self.events(glob, start),
+            self.session_id,
+            glob,
+            subscriber,
+            name=f"dspex-events-{self.session_id}",
+        )
+        try:
+            self._subscribed(subscription)
+        except BaseException:
+            subscription.close()
+            raise
+        return subscription
+
+    def _subscribed(self, subscription: Subscription) -> None:
+        """A subscription was made: a backend that keeps track of them (to end them
+        with the handle, or to wait for its stream) does so here."""
+
+    def unsubscribe(self, subscription: Any) -> None:
+        """Stop a subscription; no event is delivered once this returns."""
+        if not isinstance(subscription, Subscription):
+            raise TypeError(f"not a subscription: {subscription!r}")
+        subscription.close()
 
     # -- the session ------------------------------------------------------------------
 

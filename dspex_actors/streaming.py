@@ -6,20 +6,18 @@ number of the session's sequence: one per variable registered, updated or delete
 :class:`EventLog` keeps the most recent events (``history`` of them) in order; it
 is written in the actor's turn, together with the table, and read by anyone.
 
-A subscriber reads the log from its own cursor, outside the actor's turn (so it
-may call back into the session), and never holds a writer up: the log is bounded,
-and a subscriber that falls behind its oldest event gets one ``overflow`` event
+A reader reads the log from its own cursor, outside the actor's turn (so a
+subscriber may call back into the session), and never holds a writer up: the log is
+bounded, and a reader that falls behind its oldest event gets one ``overflow`` event
 (carrying the last sequence it was given) and goes on from the present; it can
 resynchronise from ``list_variables()``. Resuming from a sequence works the same
 way, locally and over the bridge's ``Watch``. A log closes with the session: every
 reader then gets one ``closed`` event.
 
-:class:`Subscription` is the in-process reader: one delivery thread per
-subscription calls a callable (or tells a Pykka actor) each event whose variable
-name matches the subscription's glob. A subscriber that raises is logged and goes
-on receiving; ``unsubscribe`` (or leaving its ``with`` block) stops delivery
-before it returns.
-"""
+In this process a reader is a :class:`LogSource`, delivered to a subscriber by
+:mod:`dspex_actors.delivery` (the one delivery path every backend shares); on a
+SessionStore server, a watcher is the coroutine :func:`follow`, which costs no thread
+while it waits."""
 
 from __future__ import annotations
 
@@ -29,23 +27,21 @@ import logging
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Iterable
-from types import TracebackType
-from typing import Any, Literal, NamedTuple, Self
+from typing import Any, Literal, NamedTuple
 
 import pykka
 
 from dspex_actors.limits import size_bound
-from dspex_actors.records import check_pattern, name_matches
+from dspex_actors.records import name_matches
 
 __all__ = [
     "DEFAULT_HISTORY",
     "DEFAULT_HISTORY_BYTES",
-    "Closing",
     "Event",
     "EventKind",
     "EventLog",
+    "LogSource",
     "Subscriber",
-    "Subscription",
     "check_subscriber",
     "follow",
     "hand_over",
@@ -283,85 +279,35 @@ def check_subscriber(subscriber: object) -> None:
         )
 
 
-class Closing:
-    """What every subscription is: closed by ``close()`` or by leaving a ``with``."""
+class LogSource:
+    """A session's in-process log read from a cursor: a local subscription's source
+    (:class:`~dspex_actors.delivery.Source`). Past the kept history it gives one
+    ``overflow`` and goes on from the present; once the log closed and was read to
+    its end, one ``closed``."""
 
-    def close(self) -> None:
-        raise NotImplementedError
+    __slots__ = ("_cursor", "_log", "_woken")
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class Subscription(Closing):
-    """Delivery of a session's events to one subscriber (see the module docstring).
-
-    Use a backend's ``subscribe``; ``unsubscribe`` (or ``close``, or the end of a
-    ``with`` block) stops delivery before it returns (unless called by the
-    subscriber itself, from the delivery thread: then no event follows it).
-    """
-
-    def __init__(
-        self,
-        log: EventLog,
-        pattern: str | None,
-        subscriber: Subscriber,
-        *,
-        start: int | None = None,
-        name: str = "dspex-subscription",
-    ) -> None:
-        check_subscriber(subscriber)
-        self.pattern = check_pattern(pattern)
-        self.subscriber = subscriber
+    def __init__(self, log: EventLog, start: int | None = None) -> None:
         self._log = log
         self._cursor = log.next_sequence if start is None else start
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._deliver, name=name, daemon=True)
-        self._thread.start()
+        self._woken = False
 
-    @property
-    def last_sequence(self) -> int:
-        """The sequence of the last event delivered (or skipped by the pattern)."""
-        return self._cursor - 1
-
-    @property
-    def active(self) -> bool:
-        return not self._stopped.is_set() and self._thread.is_alive()
-
-    def _deliver(self) -> None:
+    def read(self, timeout: float) -> list[Event]:
         log = self._log
-        while not self._stopped.is_set():
+        events, cursor = log.read(self._cursor)
+        if not events and not self._woken:
+            # Woken at once by an append, the close, or wake().
+            log.wait(self._cursor, timeout, stopped=lambda: self._woken)
             events, cursor = log.read(self._cursor)
-            if not events:
-                # Woken at once by an append, the close, or this subscription's close.
-                log.wait(self._cursor, timeout=1.0, stopped=self._stopped.is_set)
-                continue
-            for event in events:
-                if self._stopped.is_set():
-                    return
-                if event.kind in ("overflow", "closed") or name_matches(
-                    event.name or "", self.pattern
-                ):
-                    hand_over(self.subscriber, event)
-            self._cursor = cursor
-            if events[-1].kind == "closed":
-                self._stopped.set()
+        self._cursor = cursor
+        return events
+
+    def ready(self) -> None:
+        """The cursor was fixed when the source was made: nothing to wait for."""
+
+    def wake(self) -> None:
+        self._woken = True
+        self._log.wake_readers()
 
     def close(self) -> None:
-        """Stop delivery; idempotent. Returns once no event is being delivered."""
-        self._stopped.set()
-        self._log.wake_readers()
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
-
-    def __repr__(self) -> str:
-        state = "active" if self.active else "stopped"
-        return f"<Subscription {self.pattern or '*'} of {self._log.session_id} ({state})>"
+        """Nothing to release: the log belongs to the session."""

@@ -23,21 +23,21 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
+from dspex_actors.delivery import Source, Subscription
 from dspex_actors.errors import SessionClosed, StateError
 from dspex_actors.limits import check_session_id
 from dspex_actors.local import LocalState
 from dspex_actors.messages import Operation
-from dspex_actors.methods import READ_METHODS, SessionMethods, run_on
+from dspex_actors.methods import READ_METHODS, SessionMethods, events_of, run_on
 from dspex_actors.migration import CALL_TIMEOUT, Moving, Switcher, SwitchHook
 from dspex_actors.provider import Restartable, StateProvider, validate_provider
-from dspex_actors.records import check_pattern
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
 from dspex_actors.sharing import Sharing, check_store
-from dspex_actors.streaming import Closing, Event, Subscriber, check_subscriber, hand_over
+from dspex_actors.streaming import Event
 from dspex_actors.urls import is_redis
 
-__all__ = ["Context", "ContextSubscription", "Supervisor", "check_store"]
+__all__ = ["Context", "ContextSource", "Supervisor", "check_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -231,102 +231,90 @@ class Supervisor:
         self.stop()
 
 
-class ContextSubscription(Closing):
-    """A Context's subscription: it follows the session from backend to backend.
+class ContextSource:
+    """A context's events across its switches (a :class:`~dspex_actors.delivery.
+    Source`): its backend's source, then, once that one gave its last event (the
+    retired backend's ``closed``), the new backend's, started at the switch's cut —
+    so its subscriber sees each event once, in order."""
 
-    At a switch the old backend's subscription delivers every event up to the cut
-    and ends (the retired backend closes its log), while the new backend's starts
-    at the cut's sequence; its events are held until the old one has ended, so the
-    subscriber sees each event once, in order. Events are handed over one at a
-    time (under the subscription's lock).
-    """
-
-    def __init__(self, backend: StateProvider, pattern: str | None, subscriber: Subscriber):
-        check_subscriber(subscriber)
-        self.pattern = check_pattern(pattern)
-        self.subscriber = subscriber
-        self._lock = threading.RLock()
-        self._generation = 0
-        self._held: list[Event] | None = None  # the new backend's, while the old drains
+    def __init__(
+        self, source: Source[Event], pattern: str | None, on_close: Callable[[], None]
+    ) -> None:
+        self._current = source
+        self._pattern = pattern
+        self._next: Source[Event] | None = None  # the new backend's, while the old drains
+        self._retired: list[Source[Event]] = []  # to close, in the delivery's thread
+        self._on_close = on_close
+        self._lock = threading.Lock()
         self._moved = threading.Event()
         self._moved.set()
-        self._old: Any = None
-        self._closed = False
-        self._last: Event | None = None  # the last event handed over
-        self._inner: Any = backend.subscribe(pattern, self._relay(0))
-
-    def _relay(self, generation: int) -> Callable[[Event], None]:
-        def on(event: Event) -> None:
-            with self._lock:
-                if generation < self._generation:  # the backend the session left
-                    if event.kind == "closed":
-                        self._end_move()
-                    else:
-                        self._give(event)
-                elif self._held is not None:
-                    self._held.append(event)
-                else:
-                    self._give(event)
-
-        return on
-
-    def _give(self, event: Event) -> None:
-        if self._last is not None and self._last.kind == "closed":
-            return  # closed once is enough
-        self._last = event
-        hand_over(self.subscriber, event)
-
-    def end(self) -> None:
-        """The context stopped: stop delivery, the subscriber told ``closed`` once."""
-        self.close()
-        with self._lock:
-            last = self._last
-            if last is None or last.kind != "closed":
-                session_id = last.session_id if last is not None else ""
-                self._give(Event(session_id, last.sequence if last is not None else 0, "closed"))
 
     def move(self, backend: StateProvider, start: int | None) -> None:
-        """Subscribe on the session's new backend from ``start`` (the cut)."""
+        """Go on from ``start`` (the cut) on the session's new backend."""
+        new = events_of(backend, self._pattern, start)
         with self._lock:
-            self._generation += 1
-            self._held = []
-            self._moved.clear()
-            self._old = self._inner
             if start is None:  # no cut to continue from: the old one has nothing more
-                self._end_move()
-        subscribe: Any = backend.subscribe
-        inner = subscribe(self.pattern, self._relay(self._generation), start=start)
-        with self._lock:
-            closed = self._closed
-            if not closed:
-                self._inner = inner
-        if closed:  # unsubscribed while it moved: the new one must not live on
-            inner.close()
-
-    def _end_move(self) -> None:
-        held, self._held = self._held or [], None
-        for event in held:
-            self._give(event)
-        self._moved.set()
+                self._retired.append(self._current)
+                self._current = new
+            else:
+                self._next = new
+                self._moved.clear()
 
     def finish_move(self, timeout: float) -> None:
-        """After the old backend retired: wait for its last events, then stop it."""
-        if not self._moved.wait(timeout):
-            logger.error("a subscription did not drain the old backend in %ss", timeout)
-            with self._lock:
-                self._end_move()
-        old, self._old = self._old, None
-        if old is not None:
-            old.close()
+        """After the old backend retired: wait until its last events were read, else
+        (a backend that never says ``closed``) go on from the new one now."""
+        if self._moved.wait(timeout):
+            return
+        logger.error("a subscription did not drain the old backend in %ss", timeout)
+        with self._lock:
+            old, pending = self._current, self._next
+            if pending is not None:
+                self._retired.append(old)
+                self._current, self._next = pending, None
+        old.wake()
+        self._moved.set()
+
+    def read(self, timeout: float) -> list[Event]:
+        with self._lock:
+            retired, self._retired = self._retired, []
+            current = self._current
+        for source in retired:
+            source.close()
+        events = current.read(timeout)
+        with self._lock:  # after the read: a move made while it waited counts
+            pending = self._next if self._current is current else None
+        if pending is None:
+            return events
+        for at, event in enumerate(events):
+            if event.kind == "closed":  # the old backend is done: the new one follows
+                with self._lock:
+                    if self._current is current:
+                        self._current, self._next = pending, None
+                current.close()
+                self._moved.set()
+                return events[:at]
+        return events
+
+    def ready(self) -> None:
+        with self._lock:
+            current = self._current
+        current.ready()
+
+    def wake(self) -> None:
+        with self._lock:
+            sources = [self._current, *([self._next] if self._next is not None else [])]
+        for source in sources:
+            source.wake()
 
     def close(self) -> None:
-        """Stop delivery; no event is delivered once this returns."""
         with self._lock:
-            self._closed = True
-            inners = (self._inner, self._old)
-        for inner in inners:
-            if inner is not None:
-                inner.close()
+            sources = [self._current, *self._retired]
+            if self._next is not None:
+                sources.append(self._next)
+            self._retired, self._next = [], None
+        for source in sources:
+            source.close()
+        self._on_close()
 
 
 def _failed_reader(error: StateError) -> Callable[..., Any]:
@@ -372,7 +360,8 @@ class Context(SessionMethods):
         self._switcher = Switcher(
             session_id, store, supervisor.sharing.open_copy, supervisor.on_switch
         )
-        self._subscriptions: list[ContextSubscription] = []
+        self._subscriptions: list[Subscription] = []
+        self._sources: list[ContextSource] = []  # moved at a switch
         self._bind(backend)
 
     @classmethod
@@ -513,7 +502,7 @@ class Context(SessionMethods):
         with self._gate:
             self._backend = new
             self._bind(new)
-            return list(self._subscriptions)
+            return list(self._sources)
 
     def _unfence(self) -> None:
         with self._gate:
@@ -522,26 +511,34 @@ class Context(SessionMethods):
 
     # -- change events ------------------------------------------------------------------
 
-    def subscribe(self, pattern: str | None, subscriber: Subscriber) -> ContextSubscription:
-        """Subscribe on the current backend; the subscription moves with the session
-        at a switch, every event delivered exactly once and in order."""
+    def events(self, pattern: str | None, start: int | None = None) -> ContextSource:
+        """The session's events on the current backend, following the session to the
+        next one at a switch, every event delivered exactly once and in order."""
         with self._gate:
             if self._failure is not None:
                 raise self._failure
             if self._stopped:
                 raise SessionClosed(f"context {self.session_id!r} is stopped")
-            subscription = ContextSubscription(self._backend, pattern, subscriber)
-            self._subscriptions.append(subscription)
-            return subscription
+            holder: list[ContextSource] = []
+            source = ContextSource(
+                events_of(self._backend, pattern, start),
+                pattern,
+                lambda: self._forget_source(holder[0]),
+            )
+            holder.append(source)
+            self._sources.append(source)  # under the gate: no switch can miss it
+            return source
 
-    def unsubscribe(self, subscription: Any) -> None:
-        """Stop a subscription made by :meth:`subscribe`."""
-        if not isinstance(subscription, ContextSubscription):
-            raise TypeError(f"not a subscription of this context: {subscription!r}")
+    def _forget_source(self, source: ContextSource) -> None:
         with self._gate:
-            if subscription in self._subscriptions:
-                self._subscriptions.remove(subscription)
-        subscription.close()
+            if source in self._sources:
+                self._sources.remove(source)
+
+    def _subscribed(self, subscription: Subscription) -> None:
+        """Kept, to be ended (``closed``) when the context stops."""
+        with self._gate:
+            self._subscriptions = [s for s in self._subscriptions if s.active]
+            self._subscriptions.append(subscription)
 
     # -- programs and the switch ---------------------------------------------------------
 

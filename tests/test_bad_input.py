@@ -607,7 +607,8 @@ MULTI_FAULT: list[tuple[str, Case]] = [
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "bridge/client.py checks what it must encode (value, metadata, expected_version, "
+        "a wire form (wire/operations.py) checks what it must encode (value, metadata, "
+        "expected_version, "
         "description, export shape, sizes) before sending, so a call with two faults "
         "raises the client-side check's class (ValidationError/LimitExceeded/"
         "InvalidExport) bridged, while the session actor reports VariableNotFound/"

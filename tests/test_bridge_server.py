@@ -71,8 +71,9 @@ def test_reflection_lists_the_services(channel: grpc.Channel) -> None:
 def test_watch_streams_events_from_a_sequence_and_ends_with_closed(
     server: SessionStoreServer, channel: grpc.Channel
 ) -> None:
-    """A client of the .proto alone: the events' kinds, sequences, values, and the
-    closed event when the session closes."""
+    """A client of the .proto alone: the first message (where the stream starts, and
+    the session's incarnation), the events' kinds, sequences, values, and the closed
+    event when the session closes."""
     stub = pb_grpc.SessionStoreStub(channel)
     state = BridgedState.init(address=server.address)
     state.register_variable("t", "float", 0.5)
@@ -83,13 +84,43 @@ def test_watch_streams_events_from_a_sequence_and_ends_with_closed(
         timeout=30,
     )
     state.delete_variable("t")
+    incarnation = state.incarnation
     state.cleanup()  # the owner closes the session: the stream says so and ends
-    events = list(stream)
+    first, *events = list(stream)
+    assert pb.VariableEvent.Kind.Name(first.kind) == "KIND_STARTED"
+    assert (first.sequence, first.incarnation) == (1, incarnation)
     kinds = [pb.VariableEvent.Kind.Name(e.kind) for e in events]
     assert kinds == ["KIND_REGISTERED", "KIND_UPDATED", "KIND_DELETED", "KIND_CLOSED"]
     assert [e.sequence for e in events[:3]] == [1, 3, 4]  # 2 was "other"
     assert [codec.unpack(e.value, max_bytes=99) for e in events[:2]] == [0.5, 0.75]
     assert [e.version for e in events[:3]] == [0, 1, 1]
+
+
+def test_watch_from_now_says_where_it_starts_and_refuses_another_incarnation(
+    server: SessionStoreServer, channel: grpc.Channel
+) -> None:
+    """Without a start sequence the first message says where "now" is, so a client
+    needs no GetSession first; naming another incarnation is NOT_FOUND, so a stream
+    opened again never crosses into a later session of the same id."""
+    stub = pb_grpc.SessionStoreStub(channel)
+    with BridgedState.init(address=server.address) as state:
+        state.register_variable("t", "float", 0.5)
+        state.set_variable("t", 0.75)
+        stream = stub.Watch(
+            pb.WatchRequest(session_id=state.session_id, incarnation=state.incarnation),
+            timeout=30,
+        )
+        first = next(iter(stream))
+        assert (first.kind, first.sequence) == (pb.VariableEvent.KIND_STARTED, 3)
+        stream.cancel()
+        other = stub.Watch(
+            pb.WatchRequest(session_id=state.session_id, incarnation="not-this-one"),
+            timeout=30,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            next(iter(other))
+        assert isinstance(caught.value, grpc.Call)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_watch_of_an_unknown_session_is_not_found(channel: grpc.Channel) -> None:

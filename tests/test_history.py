@@ -385,7 +385,7 @@ def test_bridged_history_with_a_handle_per_client_is_linearizable() -> None:
 
 
 CACHED_READS_GO_BACKWARDS = (
-    "bridge/client.py get_record on a cached handle: while the copy is behind a "
+    "bridge/client/bridged.py get_record on a cached handle: while the copy is behind a "
     "version this handle expects (its own write N, or a VersionConflict's actual N) "
     "the read goes to the server, which may answer a newer N+1 (another writer's), "
     "and that version is not noted (no cache.expect); when the Watch event of N "

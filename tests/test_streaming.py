@@ -10,6 +10,7 @@ process's write.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -289,6 +290,30 @@ def test_a_cached_handle_reads_locally_sees_its_own_writes_and_others() -> None:
         finally:
             cached.cleanup()
             writer.cleanup()
+
+
+def test_a_cached_batch_reads_its_own_write_while_its_event_is_held() -> None:
+    """A batch answers the session's next sequence, not versions: until the copy has
+    taken in the events before it, reads of its entries go to the server. Held here
+    (the server's Watch waits before each event), so the copy is surely behind."""
+    release = threading.Event()
+
+    async def hold() -> None:
+        await asyncio.get_running_loop().run_in_executor(None, release.wait)
+
+    with serve() as server, BridgedState.init(address=server.address, cache=True) as cached:
+        cached.register_variable("x", "integer", 0)
+        cached.sync_cache()
+        try:
+            with failpoints.enabled("watch.event", hold):
+                cached.update_variables({"x": 1})
+                assert cached.get_variable("x") == 1  # from the server: the copy is behind
+                assert cached.get_variables(["x"]) == {"x": 1}
+                assert [r["value"] for r in cached.list_variables()] == [1]
+        finally:
+            release.set()
+        cached.sync_cache()
+        assert cached.get_variable("x") == 1 and cached.cached
 
 
 def test_a_cache_on_a_session_with_history_syncs_and_batches_read_their_own_writes() -> None:

@@ -345,6 +345,7 @@ def test_every_public_method_of_a_handle_kept_from_before_the_switch_works() -> 
             "export_columns": old.export_columns,
             "digest": old.digest,
             "session_info": old.session_info,
+            "events": lambda: old.events(None).close(),
             "run": lambda: old.run(GetVariable("t")),
             "import_with_digest": lambda: old.import_with_digest(columns_of(EMPTY_EXPORT)),
             "register_variable": lambda: old.register_variable("u", "integer", 1),

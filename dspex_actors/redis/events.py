@@ -4,7 +4,7 @@ The write scripts append each change to the session's stream with the session's
 sequence as the entry id (``<sequence>-0``); readers ``XREAD`` from a cursor, and a
 stream trimmed past a cursor means ``overflow``. A closed session's stream ends with
 a ``closed`` entry. These helpers decode entries and wake a blocked reader; the
-subscription (:class:`RedisSubscription`) and the server's follower read with them.
+source (:class:`StreamSource`) and the server's follower read with them.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from dspex_actors.delivery import Interrupted
 from dspex_actors.records import name_matches
 from dspex_actors.redis.connections import Connections, release_connections, share_connections
-from dspex_actors.streaming import Closing, Event, EventKind, Subscriber, hand_over
+from dspex_actors.streaming import Event, EventKind
 
 if TYPE_CHECKING:
     from redis.connection import AbstractConnection
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STREAM_BLOCK_MS",
     "STREAM_READ_COUNT",
-    "RedisSubscription",
+    "StreamSource",
     "present_cursor",
     "stream_event",
     "stream_sequence",
@@ -37,8 +38,6 @@ STREAM_BLOCK_MS = 1000
 STREAM_READ_COUNT = 512
 """Entries one ``XREAD`` takes from a stream."""
 DEFAULT_TIMEOUT = 5.0
-_FIRST_PAUSE = 0.01
-_MAX_PAUSE = 0.25
 
 
 def _text(data: bytes) -> str:
@@ -51,13 +50,15 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
-class RedisSubscription(Closing):
-    """Delivery of a session's stream to one subscriber, from its own thread.
+class StreamSource:
+    """A session's Redis Stream read from a cursor: a RedisState subscription's
+    source (:class:`~dspex_actors.delivery.Source`).
 
-    The thread reads the stream with ``XREAD BLOCK`` on a connection of its own,
-    from the subscription's cursor (so it reconnects and resumes where it was after
-    a connection failure); ``close`` stops it before returning (unless called by the
-    subscriber itself, from that thread: then no event follows it).
+    It reads with ``XREAD BLOCK`` on a connection of its own, from its cursor, so a
+    read after a connection failure resumes where it was; past the stream's history
+    it gives ``overflow`` and goes on from the present. It gives ``closed`` at the
+    stream's closed entry, or once the session's incarnation is gone (checked each
+    time a read waited a whole block period for nothing).
     """
 
     def __init__(
@@ -67,65 +68,24 @@ class RedisSubscription(Closing):
         incarnation: str,
         keys: tuple[str, ...],
         pattern: str | None,
-        subscriber: Subscriber,
         start: int,
     ) -> None:
-        self.pattern = pattern
-        self.subscriber = subscriber
         self.session_id = session_id
+        self._pattern = pattern
         self._incarnation = incarnation
         self._session_key = keys[0]
         self._events_key = keys[-1]
         self._cursor = start
-        self._stopped = threading.Event()
         self._finishing = threading.Event()
+        self._stopped = False
+        self._reader: AbstractConnection | None = None
         self._reader_id: int | None = None
-        self._connections = share_connections(connections)  # the thread's, released at its end
-        self._thread = threading.Thread(
-            target=self._run, name=f"dspex-redis-events-{session_id}", daemon=True
-        )
-        self._thread.start()
+        self._connections = share_connections(connections)  # released by close()
 
-    @property
-    def last_sequence(self) -> int:
-        """The sequence of the last event delivered (or skipped by the pattern)."""
-        return self._cursor - 1
-
-    @property
-    def active(self) -> bool:
-        return not self._stopped.is_set() and self._thread.is_alive()
-
-    def _run(self) -> None:
+    def read(self, timeout: float) -> list[Event]:
         errors = self._connections.errors
-        pause = _FIRST_PAUSE
         try:
-            while not self._stopped.is_set():
-                reader = self._connections.new(
-                    socket_timeout=STREAM_BLOCK_MS / 1000
-                    + self._connections.connection_kwargs.get("socket_timeout", DEFAULT_TIMEOUT)
-                )
-                try:
-                    reader.connect()
-                    reader.send_command("CLIENT", "ID")
-                    self._reader_id = int(reader.read_response())
-                    self._follow(reader)
-                    return
-                except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
-                    logger.info("session %s: event stream interrupted: %s", self.session_id, exc)
-                finally:
-                    self._reader_id = None
-                    reader.disconnect()
-                self._stopped.wait(pause)  # reconnect with backoff; close() ends the wait
-                pause = min(pause * 2, _MAX_PAUSE)
-        except Exception:
-            logger.exception("session %s: event delivery failed", self.session_id)
-        finally:
-            self._stopped.set()
-            release_connections(self._connections)
-
-    def _follow(self, reader: AbstractConnection) -> None:
-        """Deliver from the cursor until stopped, closed, or the connection fails."""
-        while not self._stopped.is_set():
+            reader = self._reader or self._connect()
             finishing = self._finishing.is_set()
             block: list[Any] = [] if finishing else ["BLOCK", STREAM_BLOCK_MS]
             reader.send_command(
@@ -139,58 +99,74 @@ class RedisSubscription(Closing):
             )
             reply = reader.read_response()
             if not reply:
-                if self._stopped.is_set():
-                    return
+                if self._stopped:
+                    return []
                 if finishing or not self._live(reader):
-                    hand_over(self.subscriber, Event(self.session_id, self._cursor - 1, "closed"))
-                    return
-                continue
-            entries = reply[0][1]
-            if stream_sequence(entries[0][0]) > self._cursor:  # trimmed past the cursor
-                # The present is taken first: a write made after the subscriber got
-                # its overflow event is always delivered.
-                present = present_cursor(reader, self._events_key, self._cursor)
-                missed, self._cursor = self._cursor - 1, present
-                hand_over(self.subscriber, Event(self.session_id, missed, "overflow"))
-                continue
-            for entry_id, raw in entries:
-                if self._stopped.is_set():
-                    return
-                sequence = stream_sequence(entry_id)
-                fields = dict(zip(raw[::2], raw[1::2], strict=True))
-                if fields[b"k"] == b"closed":
-                    hand_over(self.subscriber, Event(self.session_id, sequence - 1, "closed"))
-                    return
-                if name_matches(_text(fields[b"n"]), self.pattern):
-                    hand_over(self.subscriber, stream_event(self.session_id, sequence, fields))
-                self._cursor = sequence + 1
+                    return [Event(self.session_id, self._cursor - 1, "closed")]
+                return []
+            return self._events(reader, reply[0][1])
+        except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
+            self._disconnect()
+            raise Interrupted(f"session {self.session_id}: stream interrupted: {exc}") from exc
+
+    def _connect(self) -> AbstractConnection:
+        connections = self._connections
+        reader = connections.new(
+            socket_timeout=STREAM_BLOCK_MS / 1000
+            + connections.connection_kwargs.get("socket_timeout", DEFAULT_TIMEOUT)
+        )
+        self._reader = reader
+        reader.connect()
+        reader.send_command("CLIENT", "ID")
+        self._reader_id = int(reader.read_response())
+        return reader
+
+    def _disconnect(self) -> None:
+        reader, self._reader, self._reader_id = self._reader, None, None
+        if reader is not None:
+            reader.disconnect()
+
+    def _events(self, reader: AbstractConnection, entries: Any) -> list[Event]:
+        """The events of what one read took, from the cursor on (those whose names
+        match the pattern, each decoded once)."""
+        if stream_sequence(entries[0][0]) > self._cursor:  # trimmed past the cursor
+            # The present is taken first: a write made after the subscriber got its
+            # overflow event is always delivered.
+            missed = self._cursor - 1
+            self._cursor = present_cursor(reader, self._events_key, self._cursor)
+            return [Event(self.session_id, missed, "overflow")]
+        events: list[Event] = []
+        for entry_id, raw in entries:
+            sequence = stream_sequence(entry_id)
+            fields = dict(zip(raw[::2], raw[1::2], strict=True))
+            if fields[b"k"] == b"closed":
+                events.append(Event(self.session_id, sequence - 1, "closed"))
+                break
+            if name_matches(_text(fields[b"n"]), self._pattern):
+                events.append(stream_event(self.session_id, sequence, fields))
+            self._cursor = sequence + 1
+        return events
 
     def _live(self, reader: AbstractConnection) -> bool:
         reader.send_command("HGET", self._session_key, "incarnation")
         return bool(reader.read_response() == self._incarnation.encode())
 
-    def _wake(self) -> None:
-        """Make a blocked ``XREAD`` return now."""
-        unblock(self._connections, self._reader_id)
+    def ready(self) -> None:
+        """The cursor was fixed when the source was made: nothing to wait for."""
 
     def finish(self) -> None:
-        """Deliver what the stream holds now, then ``closed``, then stop (a handle
-        detaching, or an owner that could not close the session)."""
+        """Give what the stream holds now, then ``closed`` (a handle detaching, or an
+        owner that could not close the session)."""
         self._finishing.set()
-        self._wake()
+        unblock(self._connections, self._reader_id)
+
+    def wake(self) -> None:
+        self._stopped = True
+        unblock(self._connections, self._reader_id)
 
     def close(self) -> None:
-        """Stop delivery; idempotent. Returns once no event is being delivered."""
-        self._stopped.set()
-        if threading.current_thread() is self._thread:
-            return
-        while self._thread.is_alive():
-            self._wake()
-            self._thread.join(0.05)  # until the thread sees the flag (woken at once)
-
-    def __repr__(self) -> str:
-        state = "active" if self.active else "stopped"
-        return f"<RedisSubscription {self.pattern or '*'} of {self.session_id} ({state})>"
+        self._disconnect()
+        release_connections(self._connections)
 
 
 _KINDS: dict[bytes, EventKind] = {

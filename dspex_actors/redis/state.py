@@ -83,15 +83,15 @@ import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self, TypeVar
 
+from dspex_actors.delivery import Subscription
 from dspex_actors.errors import SessionClosed, SessionNotFound, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits
 from dspex_actors.messages import Operation
 from dspex_actors.methods import RemoteSessionMethods
-from dspex_actors.records import check_pattern
 from dspex_actors.redis import operations, scripts
-from dspex_actors.redis.events import RedisSubscription
+from dspex_actors.redis.events import StreamSource
 from dspex_actors.redis.session import PENDING_TTL, RedisSession
-from dspex_actors.streaming import DEFAULT_HISTORY, Subscriber, check_subscriber
+from dspex_actors.streaming import DEFAULT_HISTORY
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_TTL", "DEFAULT_URL", "PENDING_TTL", "URL_ENV", "RedisState"]
 
@@ -125,7 +125,7 @@ class RedisState(RemoteSessionMethods):
         self._session = session
         self._closed = False
         self._lock = threading.Lock()
-        self._subscriptions: list[RedisSubscription] = []
+        self._subscriptions: list[Subscription] = []
 
     @classmethod
     def init(
@@ -202,41 +202,23 @@ class RedisState(RemoteSessionMethods):
         """The oldest event sequence the session's stream still holds."""
         return self._session.history_start()
 
-    def subscribe(
-        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
-    ) -> RedisSubscription:
-        """Deliver each change to variables whose names match ``pattern`` (a glob;
-        None: all) to ``subscriber``, a callable or a Pykka actor, from the session's
-        stream, whichever process wrote it; returns the subscription.
-
-        Starts at the session's next sequence, read in this call (or at ``start``:
-        past the stream's history, one ``overflow`` event first).
-        """
+    def events(self, pattern: str | None, start: int | None = None) -> StreamSource:
+        """The session's stream from ``start`` (None: its next sequence, read now),
+        whichever process wrote it (:class:`~dspex_actors.redis.events.StreamSource`)."""
         if self._closed:
             raise SessionClosed(f"session {self.session_id!r}: this handle is cleaned up")
-        glob = check_pattern(pattern)
-        check_subscriber(subscriber)
+        session = self._session
         if start is None:
-            start = int(self._session.read(scripts.INFO, "0")[0])
-        subscription = RedisSubscription(
-            self._session.connections,
-            self.session_id,
-            self.incarnation,
-            self._session.keys,
-            glob,
-            subscriber,
-            start,
+            start = int(session.read(scripts.INFO, "0")[0])
+        return StreamSource(
+            session.connections, self.session_id, self.incarnation, session.keys, pattern, start
         )
+
+    def _subscribed(self, subscription: Subscription) -> None:
+        """Kept, to be finished (or ended) with the handle."""
         with self._lock:
             self._subscriptions = [s for s in self._subscriptions if s.active]
             self._subscriptions.append(subscription)
-        return subscription
-
-    def unsubscribe(self, subscription: Any) -> None:
-        """Stop a subscription; no event is delivered once this returns."""
-        if not isinstance(subscription, RedisSubscription):
-            raise TypeError(f"not a subscription of a RedisState: {subscription!r}")
-        subscription.close()
 
     @classmethod
     def requires_bridge(cls) -> bool:
@@ -276,7 +258,7 @@ class RedisState(RemoteSessionMethods):
                     logger.warning("closing session %s failed: %s", self.session_id, exc)
             if not closed:
                 for subscription in subscriptions:
-                    subscription.finish()
+                    subscription.finish(self._session.timeout)
         finally:
             self._session.release()
 

@@ -376,14 +376,25 @@ class RedisStore:
 
     # -- watching -----------------------------------------------------------------------
 
-    async def watch(self, session_id: str, patterns: list[str], start: int | None) -> EventStream:
+    async def watch(
+        self,
+        session_id: str,
+        patterns: list[str],
+        start: int | None,
+        incarnation: str | None = None,
+    ) -> EventStream:
         globs = [check_pattern(pattern) for pattern in patterns]
         info = await self._blocking(lambda: self._current(session_id, lambda s: s.info()))
+        if incarnation and incarnation != info.incarnation:
+            raise SessionNotFound(
+                f"session {session_id!r} not found (that incarnation is gone)",
+                session_id=session_id,
+            )
         cursor = info.next_sequence if start is None else start
         # Joined now, before the caller says the stream is up: the session may close
         # right after, and its events up to the close are still read.
         feed = await self._enter(session_id, info.incarnation, cursor)
-        return _Watch(self, feed, follow(feed.log, cursor, globs))
+        return _Watch(self, feed, follow(feed.log, cursor, globs), cursor, info.incarnation)
 
     async def _enter(self, session_id: str, incarnation: str, cursor: int) -> _Feed:
         """Join a reader of the session; a reader joined for a caller cancelled
@@ -486,7 +497,16 @@ class RedisStore:
 class _Watch:
     """One watcher's events; closing it (read or not) leaves its reader."""
 
-    def __init__(self, store: RedisStore, feed: _Feed, events: AsyncGenerator[Event, None]):
+    def __init__(
+        self,
+        store: RedisStore,
+        feed: _Feed,
+        events: AsyncGenerator[Event, None],
+        start: int,
+        incarnation: str,
+    ):
+        self.start = start
+        self.incarnation = incarnation
         self._store = store
         self._feed: _Feed | None = feed
         self._events = events

@@ -23,7 +23,7 @@ Rules every store keeps, beyond the StateProvider contract's:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol, TypeVar
 
 from dspex_actors.limits import Limits
@@ -31,7 +31,15 @@ from dspex_actors.messages import ReadOperation, WriteOperation
 from dspex_actors.records import Opened, SessionInfo
 from dspex_actors.streaming import Event
 
-__all__ = ["DEDUPE_WINDOW", "PENDING_TTL", "EventStream", "Opened", "SessionInfo", "Store"]
+__all__ = [
+    "DEDUPE_WINDOW",
+    "PENDING_TTL",
+    "EventStream",
+    "Opened",
+    "SessionInfo",
+    "Store",
+    "Watching",
+]
 
 _R = TypeVar("_R")
 
@@ -43,14 +51,36 @@ PENDING_TTL = 60.0
 
 
 class EventStream(Protocol):
-    """A watcher's events (an async generator is one); ``aclose`` ends the watch and
-    releases what it holds, whether or not it was read."""
+    """A watcher's events; ``aclose`` ends the watch and releases what it holds,
+    whether or not it was read. ``start`` is the sequence it starts at and
+    ``incarnation`` the session's (what the Watch stream's first message says)."""
+
+    start: int
+    incarnation: str
 
     def __aiter__(self) -> AsyncIterator[Event]: ...
 
     async def __anext__(self) -> Event: ...
 
     async def aclose(self) -> None: ...
+
+
+class Watching:
+    """An :class:`EventStream` over an async generator of events."""
+
+    def __init__(self, events: AsyncGenerator[Event, None], start: int, incarnation: str) -> None:
+        self.start = start
+        self.incarnation = incarnation
+        self._events = events
+
+    def __aiter__(self) -> Watching:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
 
 
 class Store(Protocol):
@@ -116,12 +146,18 @@ class Store(Protocol):
         """
         ...
 
-    async def watch(self, session_id: str, patterns: list[str], start: int | None) -> EventStream:
-        """Start following a session (``SessionNotFound`` at once if absent): its
-        change events whose names match any glob of ``patterns``
-        (all when empty), from sequence ``start`` (None: from now), as described in
-        :mod:`dspex_actors.streaming`; ends after a ``closed`` event. The caller
-        closes it (``aclose``) when done."""
+    async def watch(
+        self,
+        session_id: str,
+        patterns: list[str],
+        start: int | None,
+        incarnation: str | None = None,
+    ) -> EventStream:
+        """Start following a session (``SessionNotFound`` at once if absent, or if
+        ``incarnation`` names another one): its change events whose names match any
+        glob of ``patterns`` (all when empty), from sequence ``start`` (None: from
+        now), as described in :mod:`dspex_actors.streaming`; ends after a ``closed``
+        event. The caller closes it (``aclose``) when done."""
         ...
 
     async def end_watches(self) -> None:

@@ -28,7 +28,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -48,8 +48,8 @@ from dspex_actors.messages import Control, Deliver, OpenEvents, ReadOperation, W
 from dspex_actors.records import Opened, SessionInfo, check_pattern
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import MISSED, SessionTable, new_session_id
-from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL
-from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow, settle
+from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL, Watching
+from dspex_actors.streaming import DEFAULT_HISTORY, EventLog, follow, settle
 from dspex_actors.vartypes import check_metadata, plain_copy
 
 __all__ = ["MemoryStore"]
@@ -280,12 +280,19 @@ class MemoryStore:
         return time.time() + self._ttl(self._live(session_id))
 
     async def watch(
-        self, session_id: str, patterns: list[str], start: int | None
-    ) -> AsyncGenerator[Event, None]:
+        self,
+        session_id: str,
+        patterns: list[str],
+        start: int | None,
+        incarnation: str | None = None,
+    ) -> Watching:
         globs = [check_pattern(pattern) for pattern in patterns]
         entry = self._live(session_id)
+        if incarnation and incarnation != entry.incarnation:
+            raise not_found(session_id)  # that incarnation is gone; this id names another
         log = await self._deliver(entry, OpenEvents(), None)
-        return follow(log, log.next_sequence if start is None else start, globs)
+        begin = log.next_sequence if start is None else start
+        return Watching(follow(log, begin, globs), begin, entry.incarnation)
 
     async def end_watches(self) -> None:
         for entry in list(self._sessions.values()):

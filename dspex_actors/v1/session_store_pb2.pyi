@@ -408,17 +408,19 @@ class ImportSessionResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("session_id", "patterns", "start_sequence")
+    __slots__ = ("session_id", "patterns", "start_sequence", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
     START_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     patterns: _containers.RepeatedScalarFieldContainer[str]
     start_sequence: int
-    def __init__(self, session_id: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ..., start_sequence: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ..., start_sequence: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class VariableEvent(_message.Message):
-    __slots__ = ("kind", "session_id", "var_id", "name", "value", "version", "metadata", "timestamp", "sequence")
+    __slots__ = ("kind", "session_id", "var_id", "name", "value", "version", "metadata", "timestamp", "sequence", "incarnation")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[VariableEvent.Kind]
@@ -427,12 +429,14 @@ class VariableEvent(_message.Message):
         KIND_DELETED: _ClassVar[VariableEvent.Kind]
         KIND_OVERFLOW: _ClassVar[VariableEvent.Kind]
         KIND_CLOSED: _ClassVar[VariableEvent.Kind]
+        KIND_STARTED: _ClassVar[VariableEvent.Kind]
     KIND_UNSPECIFIED: VariableEvent.Kind
     KIND_REGISTERED: VariableEvent.Kind
     KIND_UPDATED: VariableEvent.Kind
     KIND_DELETED: VariableEvent.Kind
     KIND_OVERFLOW: VariableEvent.Kind
     KIND_CLOSED: VariableEvent.Kind
+    KIND_STARTED: VariableEvent.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VAR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -442,6 +446,7 @@ class VariableEvent(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     kind: VariableEvent.Kind
     session_id: str
     var_id: str
@@ -451,4 +456,5 @@ class VariableEvent(_message.Message):
     metadata: bytes
     timestamp: float
     sequence: int
-    def __init__(self, kind: _Optional[_Union[VariableEvent.Kind, str]] = ..., session_id: _Optional[str] = ..., var_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., metadata: _Optional[bytes] = ..., timestamp: _Optional[float] = ..., sequence: _Optional[int] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, kind: _Optional[_Union[VariableEvent.Kind, str]] = ..., session_id: _Optional[str] = ..., var_id: _Optional[str] = ..., name: _Optional[str] = ..., value: _Optional[bytes] = ..., version: _Optional[int] = ..., metadata: _Optional[bytes] = ..., timestamp: _Optional[float] = ..., sequence: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...

@@ -247,14 +247,18 @@ class SessionStoreServicer:
 
     def Watch(self, request, context):
         """Stream change events of variables whose names match any of the glob patterns
-        (all variables when none is given), in the session's sequence order: one per
+        (all variables when none is given). The first message is KIND_STARTED: the
+        sequence the stream starts at (the session's next one, when start_sequence is
+        0) and the session's incarnation, so a client learns both without another
+        call. Then, in the session's sequence order, one event per
         variable registered, updated or deleted (a batch or an import yields one per
         variable, consecutively). With start_sequence the stream resumes there (a
         client whose stream broke passes its last sequence + 1 and loses nothing);
         past the server's kept history it first gets one KIND_OVERFLOW event
         (sequence: the last one it could have had) and should re-read the session.
         When the session closes, or the server shuts down, the stream ends after one
-        KIND_CLOSED event. NOT_FOUND for an unknown session.
+        KIND_CLOSED event. NOT_FOUND for an unknown session, or when `incarnation`
+        names another one: a stream never crosses into a later session of the same id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

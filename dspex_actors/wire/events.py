@@ -9,7 +9,7 @@ from dspex_actors.streaming import Event, EventKind
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
 
-__all__ = ["event_message", "event_of"]
+__all__ = ["event_message", "event_of", "started", "started_message"]
 
 _KINDS: dict[EventKind, Any] = {
     "registered": pb.VariableEvent.KIND_REGISTERED,
@@ -58,3 +58,20 @@ def event_of(message: pb.VariableEvent, max_bytes: int) -> Event:
         else None,
         message.timestamp or None,
     )
+
+
+def started_message(session_id: str, start: int, incarnation: str) -> pb.VariableEvent:
+    """A Watch stream's first message: where it starts, and the session's incarnation."""
+    return pb.VariableEvent(
+        kind=pb.VariableEvent.KIND_STARTED,
+        session_id=session_id,
+        sequence=start,
+        incarnation=incarnation,
+    )
+
+
+def started(message: pb.VariableEvent) -> tuple[int, str] | None:
+    """(start, incarnation) of a stream's first message; None for any other message."""
+    if message.kind != pb.VariableEvent.KIND_STARTED:
+        return None
+    return message.sequence, message.incarnation

@@ -36,8 +36,9 @@ from dspex_actors.bridge import embedded
 from dspex_actors.bridge.client import channels
 from dspex_actors.bridge.client.cache import MISS, SCALARS, RecordCache
 from dspex_actors.bridge.client.calls import CallStream, GoUnary, Unanswered
-from dspex_actors.bridge.client.watch import WATCH_DEADLINE, RemoteSubscription
+from dspex_actors.bridge.client.watch import WATCH_DEADLINE, WatchSource
 from dspex_actors.bridge.env import ADDRESS_ENV, TOKEN_ENV
+from dspex_actors.delivery import Subscription
 from dspex_actors.errors import (
     BridgeUnavailable,
     OutcomeUnknown,
@@ -57,7 +58,6 @@ from dspex_actors.messages import (
 )
 from dspex_actors.methods import RemoteSessionMethods
 from dspex_actors.session import new_session_id
-from dspex_actors.streaming import Subscriber
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 from dspex_actors.wire import codec
@@ -125,8 +125,8 @@ class BridgedState(RemoteSessionMethods):
         self._closed = False
         self._lock = threading.Lock()
         self._cache: RecordCache | None = None
-        self._cache_feed: RemoteSubscription | None = None
-        self._subscriptions: list[RemoteSubscription] = []  # closed with the handle
+        self._cache_feed: Subscription | None = None
+        self._subscriptions: list[Subscription] = []  # ended with the handle
 
     @classmethod
     def init(
@@ -214,30 +214,31 @@ class BridgedState(RemoteSessionMethods):
         its records (what ``init(cache=True)`` does); idempotent."""
         if self._cache is not None:
             return
-        start = self.session_info()["next_sequence"]
         cache = RecordCache(
             self.session_id,
             lambda: self._send(ListVariables(None)),
             lambda identifier: self._send(GetRecord(identifier)),
-            start,
         )
-        open_stream, give_back = self._watch_stream()
         self._cache = cache
-        self._cache_feed = RemoteSubscription(
-            open_stream,
-            self.session_id,
-            None,
-            cache.on_event,
-            start,
-            self._max_bytes,
-            on_connect=cache.connected,
-            on_disconnect=cache.disconnected,
-            on_end=give_back,
+        source = self._watch(
+            None, None, on_connect=cache.connected, on_disconnect=cache.disconnected
+        )
+        self._cache_feed = Subscription(
+            source, self.session_id, None, cache.on_event, name=f"dspex-cache-{self.session_id}"
         )
 
-    def _watch_stream(self) -> tuple[Callable[[pb.WatchRequest], Any], Callable[[], None]]:
-        """How to open this session's Watch stream, on a connection that carries only
-        watches, and the function that gives that place back once the watch ends."""
+    def _watch(
+        self,
+        pattern: str | None,
+        start: int | None,
+        *,
+        on_connect: Callable[[int], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> WatchSource:
+        """The session's Watch stream as a source, on a connection that carries only
+        watches; its place there is given back when the source is released."""
+        if self._closed:
+            raise self._closed_error()
         try:
             channel, give_back = self._shared.watch_channel()
         except ValueError:  # released: this handle was cleaned up (meanwhile)
@@ -247,7 +248,19 @@ class BridgedState(RemoteSessionMethods):
         def open_stream(request: pb.WatchRequest) -> Any:
             return watch(request, timeout=WATCH_DEADLINE, metadata=metadata)
 
-        return open_stream, give_back
+        return WatchSource(
+            open_stream,
+            self.session_id,
+            pattern,
+            start,
+            self.incarnation,
+            self._max_bytes,
+            timeout=self._timeout,
+            address=self.address,
+            on_connect=on_connect,
+            on_disconnect=on_disconnect,
+            on_close=give_back,
+        )
 
     def sync_cache(self, timeout: float | None = None) -> None:
         """Wait until the cache holds every change the server had made when this was
@@ -409,55 +422,20 @@ class BridgedState(RemoteSessionMethods):
 
     # -- change events ----------------------------------------------------------------
 
-    def subscribe(
-        self, pattern: str | None, subscriber: Subscriber, *, start: int | None = None
-    ) -> RemoteSubscription:
-        """Deliver each change to variables whose names match ``pattern`` (a glob;
-        None: all) to ``subscriber`` from the server's Watch stream, reopened after
-        any outage from where it stopped (:mod:`dspex_actors.bridge.client.watch`).
+    def events(self, pattern: str | None, start: int | None = None) -> WatchSource:
+        """The server's Watch stream from ``start`` (None: from where the session is
+        when the server takes the watch), opened again after any outage from where
+        it stopped (:mod:`dspex_actors.bridge.client.watch`); ``subscribe`` returns
+        once the server holds it, or raises ``BridgeUnavailable`` after the handle's
+        timeout."""
+        return self._watch(pattern, start)
 
-        Starts at the session's current sequence (or ``start``), read in this call,
-        and returns once the server holds the watch; ``BridgeUnavailable`` if it does
-        not within the handle's timeout (the server is unreachable, or this channel
-        already carries as many streams as the server takes on one connection).
-        """
-        if self._closed:
-            raise self._closed_error()
-        if start is None:
-            start = self.session_info()["next_sequence"]
-        open_stream, give_back = self._watch_stream()
-        try:
-            subscription = RemoteSubscription(
-                open_stream,
-                self.session_id,
-                pattern,
-                subscriber,
-                start,
-                self._max_bytes,
-                on_end=give_back,
-            )
-        except BaseException:  # a bad pattern or subscriber: no watch, its place back
-            give_back()
-            raise
+    def _subscribed(self, subscription: Subscription) -> None:
+        """Kept, to be ended with the handle (after the session's last events, when
+        this handle closes it)."""
         with self._lock:
             self._subscriptions = [s for s in self._subscriptions if s.active]
             self._subscriptions.append(subscription)
-        if not subscription.wait_up(self._timeout):
-            subscription.close()
-            raise BridgeUnavailable(
-                f"SessionStore at {self.address} did not start the watch of session "
-                f"{self.session_id!r} within {self._timeout}s; not subscribed (it is "
-                "unreachable, or this process's watch connection already carries the "
-                "streams it takes on one: rule 'max_calls_per_connection')",
-                session_id=self.session_id,
-            )
-        return subscription
-
-    def unsubscribe(self, subscription: Any) -> None:
-        """Stop a subscription; no event is delivered once this returns."""
-        if not isinstance(subscription, RemoteSubscription):
-            raise TypeError(f"not a subscription of a BridgedState: {subscription!r}")
-        subscription.close()
 
     @classmethod
     def requires_bridge(cls) -> bool:

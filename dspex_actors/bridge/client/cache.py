@@ -63,7 +63,6 @@ class RecordCache:
         session_id: str,
         load: Callable[[], list[dict[str, Any]]],
         fetch: Callable[[str], VariableRecord],
-        start: int = 1,
     ) -> None:
         self.session_id = session_id
         self._load = load
@@ -78,9 +77,9 @@ class RecordCache:
         self._partial: set[str] = set()
         self.serving = False
         self._ended = False
-        # The last event sequence this copy has taken in: the feed starts at
-        # ``start``, and the listing taken once it is up covers what came before.
-        self._applied = start - 1
+        # The last event sequence this copy has taken in: the feed's first start
+        # sets it (the listing taken once the feed is up covers what came before).
+        self._applied = -1
         self._caught_up = threading.Condition(self._lock)
         self._pending: list[Event] | None = None  # events met while (re)loading
 
@@ -91,11 +90,14 @@ class RecordCache:
 
     # -- fed by the stream (its own thread) ----------------------------------------
 
-    def connected(self) -> None:
-        """The stream is (again) up: re-read the session, then serve from the copy."""
+    def connected(self, start: int | None = None) -> None:
+        """The stream is (again) up, from sequence ``start``: re-read the session,
+        then serve from the copy."""
         with self._lock:
             if self._ended:
                 return
+            if start is not None and self._applied < 0:  # the first start
+                self._applied = start - 1
             self._pending = []
         try:
             listing = self._load()
@@ -274,6 +276,9 @@ class RecordCache:
         """The record, None if the copy knows it absent, MISS if it cannot tell."""
         var_id = self.ids.get(identifier, identifier)
         record = self.by_id.get(var_id)
+        behind = self._behind
+        if behind and (identifier in behind or var_id in behind):
+            return MISS  # a batch of this handle's that the copy has not taken in yet
         for key in {identifier, var_id}:
             wanted = self.expected.get(key)
             if wanted is None:

@@ -38,7 +38,7 @@ from dspex_actors.stores.base import Store
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
-from dspex_actors.wire.events import event_message
+from dspex_actors.wire.events import event_message, started_message
 from dspex_actors.wire.forms import SERVICE, Limited, Rpc
 from dspex_actors.wire.operations import CALL_FIELDS, RPCS
 
@@ -347,11 +347,17 @@ class SessionStoreServicer:
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         events = await self._store.watch(
-            request.session_id, list(request.patterns), request.start_sequence or None
+            request.session_id,
+            list(request.patterns),
+            request.start_sequence or None,
+            request.incarnation or None,
         )
         # aclosing: the store's watch ends now, not when it is collected.
         async with contextlib.aclosing(events):
             await context.send_initial_metadata(())  # the stream is up: a client can tell
+            await context.write(
+                started_message(request.session_id, events.start, events.incarnation)
+            )
             async for event in events:
                 await failpoints.reached("watch.event")
                 await context.write(event_message(event))

@@ -4,7 +4,8 @@ A :class:`Source` reads a session's events from a cursor it keeps: a session's
 in-process log (:class:`~dspex_actors.streaming.LogSource`), the bridge's Watch
 stream, a Redis Stream, or a Context's current backend across a switch. A
 :class:`Delivery` is one thread that reads a source and hands each item on, and
-when a read fails it waits by the one :class:`Backoff` policy and reads again (the
+when a read fails it waits by the one :class:`~dspex_actors.backoff.Backoff` policy
+and reads again (the
 source resumes from its cursor, so nothing is lost or repeated). A
 :class:`Subscription` is a delivery of events to a subscriber (a callable or a Pykka
 actor), filtered by a glob over names: what every backend's ``subscribe`` returns.
@@ -26,12 +27,12 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
+from dspex_actors.backoff import Backoff
 from dspex_actors.records import check_pattern, name_matches
 from dspex_actors.streaming import Event, Subscriber, check_subscriber, hand_over
 
 __all__ = [
     "READ_PERIOD",
-    "Backoff",
     "Delivery",
     "Ended",
     "Interrupted",
@@ -79,35 +80,6 @@ class Source(Protocol[T]):
     def close(self) -> None:
         """Release what reading holds; called once, by the delivery's thread, last."""
         ...
-
-
-class Backoff:
-    """The one retry pause policy: from :attr:`FIRST`, doubling up to a maximum, and
-    starting over once a try goes through.
-
-    Followers of a stream wait up to :attr:`RECONNECT` seconds between tries; a call
-    retried within its own deadline up to :attr:`RETRY` (the deadline bounds it).
-    """
-
-    FIRST = 0.01
-    RETRY = 0.25
-    RECONNECT = 1.0
-
-    __slots__ = ("_maximum", "_pause")
-
-    def __init__(self, maximum: float = RECONNECT) -> None:
-        self._maximum = maximum
-        self._pause = self.FIRST
-
-    def next(self) -> float:
-        """The pause before the next try (each one longer, up to the maximum)."""
-        pause = self._pause
-        self._pause = min(pause * 2, self._maximum)
-        return pause
-
-    def reset(self) -> None:
-        """A try went through: the next failure waits :attr:`FIRST` again."""
-        self._pause = self.FIRST
 
 
 class Delivery(Generic[T]):

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from dspex_actors.backoff import Backoff
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,
@@ -80,8 +81,6 @@ PENDING_TTL = 60.0
 """Seconds a migration's uncommitted copy lives (the SessionStore's, too)."""
 TOMBSTONE_SECONDS = 60.0
 """How long a closed session's stream stays, so its subscribers read ``closed``."""
-_FIRST_PAUSE = 0.01
-_MAX_PAUSE = 0.25
 _MAX_VERSION = str(MAX_VERSION)
 
 
@@ -278,7 +277,7 @@ class RedisSession:
                 )
             deadline = min(deadline, scope.deadline)
         read_timeout = self.timeout + extra_time if extra_time else None
-        pause = _FIRST_PAUSE
+        backoff = Backoff(Backoff.RETRY)
         maybe_sent = False
         failure: Exception
         while True:
@@ -295,10 +294,10 @@ class RedisSession:
                 if not str(exc).startswith("BUSY"):  # BUSY: another script runs; not run
                     raise self._refused(script, exc) from exc
                 failure = exc
+            pause = backoff.next()
             if not retry or deadline - time.monotonic() <= pause:
                 raise self._failed(write, maybe_sent, failure) from failure
             time.sleep(pause)  # a retry's backoff, bounded by the call's deadline
-            pause = min(pause * 2, _MAX_PAUSE)
 
     def _failed(self, write: bool, maybe_sent: bool, error: Exception) -> StateError:
         if write and maybe_sent:

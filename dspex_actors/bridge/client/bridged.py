@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 import grpc
 
+from dspex_actors.backoff import Backoff
 from dspex_actors.bridge import embedded
 from dspex_actors.bridge.client import channels
 from dspex_actors.bridge.client.cache import MISS, SCALARS, RecordCache
@@ -71,10 +72,6 @@ __all__ = ["ADDRESS_ENV", "TOKEN_ENV", "BridgedState"]
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
-
-_FIRST_PAUSE = 0.01
-_MAX_PAUSE = 0.25
-"""Backoff between retries of a call (seconds), doubling from the first to the max."""
 
 
 class BridgedState(RemoteSessionMethods):
@@ -333,7 +330,7 @@ class BridgedState(RemoteSessionMethods):
         request id, so the server applies it once.
         """
         deadline = time.monotonic() + self._timeout
-        pause = _FIRST_PAUSE
+        backoff = Backoff(Backoff.RETRY)
         maybe_sent = False
         while True:
             left = deadline - time.monotonic()
@@ -342,11 +339,10 @@ class BridgedState(RemoteSessionMethods):
             except Unanswered as exc:
                 maybe_sent = maybe_sent or exc.maybe_sent
                 error = exc.error
-            left = deadline - time.monotonic()
-            if not send.retry or left <= pause or self._closed:
+            pause = backoff.next()
+            if not send.retry or deadline - time.monotonic() <= pause or self._closed:
                 raise self._failed(write, maybe_sent, error) from error
             time.sleep(pause)  # a retry's backoff, bounded by the call's deadline
-            pause = min(pause * 2, _MAX_PAUSE)
 
     def _attempt(self, rpc: Rpc, request: Any, timeout: float) -> Any:
         """One attempt: on the Calls stream when the RPC may travel there, else unary.

@@ -61,6 +61,7 @@ __all__ = [
     "GetVariable",
     "GetVariables",
     "GetVersioned",
+    "HasVariable",
     "Heartbeat",
     "ImportState",
     "ListVariables",
@@ -245,6 +246,24 @@ class GetVersioned(ReadOperation[tuple[Any, int]]):
     def forward(self, provider: StateProvider) -> tuple[Any, int]:
         record = provider.get_record(self.identifier)
         return record.value, record.version
+
+
+@dataclass(slots=True)
+class HasVariable(ReadOperation[bool]):
+    """Whether a variable exists, by name or id. A copy that cannot tell answers
+    its ``MISS`` as it is (the caller then asks the session)."""
+
+    identifier: str
+
+    def apply(self, session: Reads) -> bool:
+        identifier = self.identifier
+        found = session.get_many([identifier])
+        if not isinstance(found, dict):
+            return found  # a copy's MISS, passed on
+        return isinstance(identifier, str) and identifier in found
+
+    def forward(self, provider: StateProvider) -> bool:
+        return self.identifier in provider.get_variables([self.identifier])
 
 
 @dataclass(slots=True)

@@ -37,6 +37,7 @@ from dspex_actors.messages import (
     GetSession,
     GetVariable,
     GetVariables,
+    HasVariable,
     Heartbeat,
     ImportState,
     ListVariables,
@@ -57,6 +58,7 @@ READ_METHODS = (
     "get_variable",
     "get_variables",
     "get_record",
+    "has_variable",
     "list_variables",
     "export_state",
     "export_columns",
@@ -101,6 +103,10 @@ class SessionMethods(StateProvider):
 
     def get_record(self, identifier: str) -> VariableRecord:
         return self.run(GetRecord(identifier))
+
+    def has_variable(self, identifier: str) -> bool:
+        """Whether a variable exists, by name or id."""
+        return self.run(HasVariable(identifier))
 
     def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
         return self.run(ListVariables(check_pattern(pattern)))

@@ -27,6 +27,7 @@ from dspex_actors.messages import (
     GetVariable,
     GetVariables,
     GetVersioned,
+    HasVariable,
     Heartbeat,
     ImportState,
     ListVariables,
@@ -96,8 +97,9 @@ def _versioned(session: RedisSession, op: GetVersioned) -> tuple[Any, int]:
     return record.value, record.version
 
 
-def _get_many(session: RedisSession, op: GetVariables) -> dict[str, Any]:
-    wanted = list(dict.fromkeys(i for i in op.identifiers if session.identifies(i)))
+def _get_many(session: RedisSession, op: GetVariables | HasVariable) -> dict[str, Any]:
+    identifiers = op.identifiers if isinstance(op, GetVariables) else [op.identifier]
+    wanted = list(dict.fromkeys(i for i in identifiers if session.identifies(i)))
     if not wanted:
         return {}
     values = session.read(scripts.GET_MANY, *wanted)
@@ -141,6 +143,11 @@ SCRIPTS: dict[type[Operation[Any]], Step] = {
     GetRecord: Step(_record),
     GetVersioned: Step(_versioned),
     GetVariables: Step(_get_many),
+    HasVariable: Step(
+        lambda session, op: (
+            session.identifies(op.identifier) and op.identifier in _get_many(session, op)
+        )
+    ),
     ListVariables: Step(_list),
     ExportState: Step(lambda session, op: export_of(session.columns())),
     ExportSession: Step(lambda session, op: session.columns()),

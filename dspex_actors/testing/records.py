@@ -107,6 +107,24 @@ class RecordsContract(ContractBase):
             _assert_record_matches(state.get_record(listed["name"]), listed, repr(listed["name"]))
             _assert_record_matches(state.get_record(listed["id"]), listed, repr(listed["id"]))
 
+    def test_has_variable_by_name_and_id(self, state: StateProvider) -> None:
+        has = getattr(state, "has_variable", None)
+        if has is None:
+            pytest.skip(f"{type(state).__name__} has no has_variable (optional)")
+        var_id = state.register_variable("temperature", "float", 0.7)
+        state.register_variable("vector", "embedding", [1.0, 2.0])
+        assert has("temperature") is True
+        assert has(var_id) is True
+        assert has("vector") is True
+        assert has("nope") is False
+        assert has("temp*") is False  # a name, not a glob
+        for strange in ("", "\ud800", 7, None, ["temperature"]):
+            assert has(strange) is False, strange  # no error: it names no variable
+        state.delete_variable("temperature")
+        assert has("temperature") is False
+        assert has(var_id) is False
+        assert [r["name"] for r in state.list_variables()] == ["vector"]  # nothing changed
+
     def test_get_record_missing_raises_variable_not_found(self, state: StateProvider) -> None:
         state.register_variable("a", "integer", 1)
         var_id = state.register_variable("b", "integer", 2)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CallRequest(_message.Message):
-    __slots__ = ("call", "timeout_seconds", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session")
+    __slots__ = ("call", "timeout_seconds", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable")
     CALL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     GET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class CallRequest(_message.Message):
     LIST_VARIABLES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     GET_SESSION_FIELD_NUMBER: _ClassVar[int]
+    HAS_VARIABLE_FIELD_NUMBER: _ClassVar[int]
     call: int
     timeout_seconds: float
     get_variable: GetVariableRequest
@@ -31,10 +32,11 @@ class CallRequest(_message.Message):
     list_variables: ListVariablesRequest
     heartbeat: HeartbeatRequest
     get_session: GetSessionRequest
-    def __init__(self, call: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., get_variable: _Optional[_Union[GetVariableRequest, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableRequest, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesRequest, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesRequest, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableRequest, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableRequest, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., get_session: _Optional[_Union[GetSessionRequest, _Mapping]] = ...) -> None: ...
+    has_variable: HasVariableRequest
+    def __init__(self, call: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., get_variable: _Optional[_Union[GetVariableRequest, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableRequest, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesRequest, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesRequest, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableRequest, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableRequest, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., get_session: _Optional[_Union[GetSessionRequest, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableRequest, _Mapping]] = ...) -> None: ...
 
 class CallReply(_message.Message):
-    __slots__ = ("call", "error", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session")
+    __slots__ = ("call", "error", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable")
     CALL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     GET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +48,7 @@ class CallReply(_message.Message):
     LIST_VARIABLES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     GET_SESSION_FIELD_NUMBER: _ClassVar[int]
+    HAS_VARIABLE_FIELD_NUMBER: _ClassVar[int]
     call: int
     error: bytes
     get_variable: GetVariableResponse
@@ -57,7 +60,8 @@ class CallReply(_message.Message):
     list_variables: ListVariablesResponse
     heartbeat: HeartbeatResponse
     get_session: SessionInfo
-    def __init__(self, call: _Optional[int] = ..., error: _Optional[bytes] = ..., get_variable: _Optional[_Union[GetVariableResponse, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableResponse, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesResponse, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesResponse, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableResponse, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableResponse, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., get_session: _Optional[_Union[SessionInfo, _Mapping]] = ...) -> None: ...
+    has_variable: HasVariableResponse
+    def __init__(self, call: _Optional[int] = ..., error: _Optional[bytes] = ..., get_variable: _Optional[_Union[GetVariableResponse, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableResponse, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesResponse, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesResponse, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableResponse, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableResponse, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., get_session: _Optional[_Union[SessionInfo, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableResponse, _Mapping]] = ...) -> None: ...
 
 class ErrorDetail(_message.Message):
     __slots__ = ("error_class", "reason", "message", "details", "errors")
@@ -258,6 +262,20 @@ class GetVariablesResponse(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     values: bytes
     def __init__(self, values: _Optional[bytes] = ...) -> None: ...
+
+class HasVariableRequest(_message.Message):
+    __slots__ = ("session_id", "identifier")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    identifier: str
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ...) -> None: ...
+
+class HasVariableResponse(_message.Message):
+    __slots__ = ("exists",)
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    exists: bool
+    def __init__(self, exists: _Optional[bool] = ...) -> None: ...
 
 class UpdateVariablesRequest(_message.Message):
     __slots__ = ("session_id", "updates", "metadata", "request_id", "incarnation")

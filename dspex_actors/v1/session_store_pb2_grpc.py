@@ -80,6 +80,11 @@ class SessionStoreStub:
                 request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.GetVariablesRequest.SerializeToString,
                 response_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.GetVariablesResponse.FromString,
                 _registered_method=True)
+        self.HasVariable = channel.unary_unary(
+                '/dspex_actors.v1.SessionStore/HasVariable',
+                request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.HasVariableRequest.SerializeToString,
+                response_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.HasVariableResponse.FromString,
+                _registered_method=True)
         self.UpdateVariables = channel.unary_unary(
                 '/dspex_actors.v1.SessionStore/UpdateVariables',
                 request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.UpdateVariablesRequest.SerializeToString,
@@ -194,6 +199,13 @@ class SessionStoreServicer:
     def GetVariables(self, request, context):
         """Several values from one consistent moment, keyed by identifier as given;
         unknown identifiers are left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HasVariable(self, request, context):
+        """Whether a variable exists, by name or id (never NOT_FOUND: that is the answer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -326,6 +338,11 @@ def add_SessionStoreServicer_to_server(servicer, server):
                     servicer.GetVariables,
                     request_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.GetVariablesRequest.FromString,
                     response_serializer=dspex__actors_dot_v1_dot_session__store__pb2.GetVariablesResponse.SerializeToString,
+            ),
+            'HasVariable': grpc.unary_unary_rpc_method_handler(
+                    servicer.HasVariable,
+                    request_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.HasVariableRequest.FromString,
+                    response_serializer=dspex__actors_dot_v1_dot_session__store__pb2.HasVariableResponse.SerializeToString,
             ),
             'UpdateVariables': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateVariables,
@@ -607,6 +624,33 @@ class SessionStore:
             '/dspex_actors.v1.SessionStore/GetVariables',
             dspex__actors_dot_v1_dot_session__store__pb2.GetVariablesRequest.SerializeToString,
             dspex__actors_dot_v1_dot_session__store__pb2.GetVariablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HasVariable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_actors.v1.SessionStore/HasVariable',
+            dspex__actors_dot_v1_dot_session__store__pb2.HasVariableRequest.SerializeToString,
+            dspex__actors_dot_v1_dot_session__store__pb2.HasVariableResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,7 @@ from dspex_actors.messages import (
     GetVariable,
     GetVariables,
     GetVersioned,
+    HasVariable,
     Heartbeat,
     ImportState,
     ListVariables,
@@ -130,6 +131,28 @@ SENDS[GetVariables] = Send(
     ),
     _get_many_request,
     lambda op, r, max_bytes: unpack_within(r.values, max_bytes, "values"),
+)
+
+
+def _has_request(op: HasVariable, ids: Ids) -> pb.HasVariableRequest:
+    identifier = op.identifier
+    if not isinstance(identifier, str) or not utf8_encodable(identifier):
+        raise Settled(False)  # no name or id can be that
+    return pb.HasVariableRequest(session_id=ids.session_id, identifier=identifier)
+
+
+SENDS[HasVariable] = Send(
+    serve(
+        Rpc(
+            "HasVariable",
+            pb.HasVariableRequest,
+            pb.HasVariableResponse,
+            lambda r, _: HasVariable(r.identifier),
+            lambda op, exists: pb.HasVariableResponse(exists=exists),
+        )
+    ),
+    _has_request,
+    lambda op, r, max_bytes: bool(r.exists),
 )
 
 

@@ -3,9 +3,8 @@
 The actor (a Pykka ``ThreadingActor``, the Elixir Agent's counterpart) applies every
 write in its own thread, one message at a time, so writes are serialized and
 versioned in one place; it publishes them in its :class:`~dspex_actors.session.
-SessionTable`, which readers read without a round trip. :class:`ActorSession` is the
-engine the two front ends share: LocalState (a handle in this process) and the
-memory store (sessions behind a SessionStore server) each hold one per session.
+SessionTable`, which readers read without a round trip. The engine the two front ends
+share, LocalState and the memory store, is :class:`~dspex_actors.engine.ActorSession`.
 """
 
 from __future__ import annotations
@@ -40,19 +39,15 @@ from dspex_actors.limits import (
     check_variable_count,
 )
 from dspex_actors.messages import (
-    Close,
     Control,
     Deliver,
-    Operation,
     ReadOperation,
-    Retire,
     SessionOperation,
     WriteOperation,
 )
 from dspex_actors.session import (
     CLOSED,
     LOCK_FREE_READS,
-    MISSED,
     SEQ_STEP,
     Record,
     SessionTable,
@@ -62,20 +57,9 @@ from dspex_actors.session import (
 from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventKind, EventLog
 from dspex_actors.vartypes import check_metadata, describe_value, plain_copy, sized_metadata
 
-__all__ = [
-    "DEFAULT_CALL_TIMEOUT",
-    "SEALED",
-    "ActorSession",
-    "ExitHook",
-    "Sealed",
-    "SessionActor",
-    "ask_actor",
-]
+__all__ = ["SEALED", "ExitHook", "Sealed", "SessionActor"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_CALL_TIMEOUT = 30.0
-"""Seconds a call waits for the session actor before giving up (it never hangs)."""
 
 
 def _events(
@@ -445,7 +429,7 @@ class SessionActor(pykka.ThreadingActor):
         record = self.table.lookup(identifier)
         self._publish("deleted", (), removed=(record,))
 
-    def import_columns(self, columns: ExportColumns, continue_from: int | None = None) -> int:
+    def add_columns(self, columns: ExportColumns, continue_from: int | None = None) -> int:
         """Check a whole export, then publish it in one window; returns the count.
 
         With ``continue_from`` (a migration's copy of a session) the import yields no
@@ -469,9 +453,9 @@ class SessionActor(pykka.ThreadingActor):
                 table.events.skip_to(table.next_event)
         return len(records)
 
-    def digest(self) -> bytes:
+    def content_digest(self) -> bytes:
         """The digest of the session as it is in this turn (an import's verification)."""
-        return self.table.digest()
+        return self.table.content_digest()
 
     def open_events(self) -> EventLog:
         """The session's event log, started now if nobody subscribed before."""
@@ -513,136 +497,3 @@ class SessionActor(pykka.ThreadingActor):
     def crash(self, reason: str) -> None:
         """Fail on purpose (tests and supervisors exercise restarts with it)."""
         raise RuntimeError(reason)
-
-
-def ask_actor(ref: pykka.ActorRef[Any], message: object, timeout: float, what: str) -> Any:
-    """Ask an actor; the one place pykka's errors become dspex_actors errors.
-
-    A ``StateError`` the actor answers with is raised here, in the caller's thread.
-    A dead actor never handled the message: ``SessionClosed`` (not applied).
-    """
-    try:
-        result = ref.ask(message, timeout=timeout)
-    except pykka.ActorDeadError:
-        raise SessionClosed(f"{what}: its actor is not running") from None
-    except pykka.Timeout as exc:
-        raise StateError(
-            f"{what}: the actor did not answer {type(message).__name__} within {timeout}s"
-        ) from exc
-    if isinstance(result, StateError):
-        raise result
-    return result
-
-
-class ActorSession:
-    """The in-memory engine of one session: its table and the actor that writes it.
-
-    It starts the actor, asks it, hands it deliveries, starts a fresh one on the same
-    table after a crash, and closes or retires it. What a caller waits for, and what
-    a sealed write does, is the front end's business (LocalState waits for the
-    migration; the memory store answers the client).
-    """
-
-    __slots__ = ("_crashed", "_on_exit", "_ref", "call_timeout", "history", "limits", "table")
-
-    def __init__(
-        self,
-        table: SessionTable,
-        *,
-        on_exit: ExitHook | None = None,
-        limits: Limits = DEFAULT_LIMITS,
-        history: int = DEFAULT_HISTORY,
-        call_timeout: float = DEFAULT_CALL_TIMEOUT,
-    ) -> None:
-        self.table = table
-        self.limits = limits
-        self.history = history
-        self.call_timeout = call_timeout
-        self._on_exit = on_exit
-        self._crashed = threading.Event()
-        self._ref: pykka.ActorRef[SessionActor] = SessionActor.start(
-            table, on_exit, self._crashed, limits, history
-        )
-
-    @property
-    def session_id(self) -> str:
-        return self.table.session_id
-
-    @property
-    def ref(self) -> pykka.ActorRef[SessionActor]:
-        """The session actor (for supervisors and tests that kill it on purpose)."""
-        return self._ref
-
-    @property
-    def alive(self) -> bool:
-        """Whether the actor serves calls: it runs, did not crash, the table is open."""
-        return not self.table.closed and self._ref.is_alive() and not self._crashed.is_set()
-
-    def ask(self, message: Operation[Any] | Control[Any]) -> Any:
-        """The actor's answer to ``message`` (:data:`SEALED` included); its
-        ``StateError`` raised."""
-        return ask_actor(self._ref, message, self.call_timeout, f"session {self.session_id!r}")
-
-    def run(self, operation: Operation[Any]) -> Any:
-        """One operation: a read from the table when no write overlaps it, else (and
-        every write) by the actor. For tools and tests; front ends run their own."""
-        if not operation.write:
-            answer = self.table.read(operation)  # type: ignore[arg-type]  # reads only
-            if answer is not MISSED:
-                return answer
-        result = self.ask(operation)
-        if result is SEALED:
-            raise StateError(f"session {self.session_id!r} is sealed; not applied")
-        return result
-
-    def tell(self, delivery: Deliver[Any]) -> None:
-        """Hand the actor a delivery (``pykka.ActorDeadError`` if it is not running)."""
-        self._ref.tell(delivery)
-
-    def restart(self) -> None:
-        """Start a fresh actor on the same table after the old one died (a no-op
-        while it runs); the variables survive: they live in the table, not in the
-        dead actor. ``SessionClosed`` for a closed session."""
-        if self.table.closed:
-            raise SessionClosed(f"session {self.session_id!r} is closed")
-        if self.alive:
-            return
-        try:  # a crashed actor may still be refusing what was queued behind
-            self._ref.stop(block=True, timeout=self.call_timeout)
-        except pykka.Timeout:
-            logger.error("session %s: the crashed actor did not stop", self.session_id)
-        self._crashed = threading.Event()
-        self._ref = SessionActor.start(
-            self.table, self._on_exit, self._crashed, self.limits, self.history
-        )
-
-    def close(self) -> None:
-        """Close the table after every write queued before it, then stop the actor.
-
-        A dead actor's table is closed by this call (nothing else writes it); a stop
-        that outlasts the call timeout is logged, never raised."""
-        try:
-            self.ask(Close())
-        except SessionClosed:
-            pass  # already dead (crashed or killed): this call marks the table
-        finally:
-            self.table.close()  # a no-op after Close
-            self._stop()
-
-    def retire(self) -> None:
-        """The session moved on: the actor closes its table in its own turn (a dead
-        actor's is closed here), then stops; failures are logged, never raised."""
-        try:
-            self.ask(Retire())
-        except SessionClosed:
-            self.table.close()
-        except StateError as exc:
-            logger.error("session %s: retiring its actor failed: %s", self.session_id, exc)
-            self.table.close()
-        self._stop()
-
-    def _stop(self) -> None:
-        try:
-            self._ref.stop(block=True, timeout=self.call_timeout)
-        except pykka.Timeout:
-            logger.error("session %s: the actor did not stop in time", self.session_id)

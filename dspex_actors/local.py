@@ -27,8 +27,9 @@ from typing import Any, ClassVar, Self, TypeVar
 
 import pykka
 
-from dspex_actors.actor import DEFAULT_CALL_TIMEOUT, SEALED, ActorSession, ExitHook, SessionActor
+from dspex_actors.actor import SEALED, ExitHook, SessionActor
 from dspex_actors.delivery import Source
+from dspex_actors.engine import DEFAULT_CALL_TIMEOUT, ActorSession
 from dspex_actors.errors import NotSupported, SessionClosed, StateError
 from dspex_actors.exports import ExportColumns
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id

@@ -41,13 +41,14 @@ from dspex_actors.messages import (
     Heartbeat,
     ImportState,
     ListVariables,
+    OpenSession,
     Operation,
     RegisterVariable,
     SetVariable,
     UpdateVariables,
 )
 from dspex_actors.provider import StateProvider
-from dspex_actors.records import VariableRecord, check_pattern
+from dspex_actors.records import Opened, VariableRecord, check_pattern
 from dspex_actors.streaming import Event, Subscriber, check_subscriber
 
 __all__ = ["READ_METHODS", "RemoteSessionMethods", "SessionMethods", "events_of", "run_on"]
@@ -243,6 +244,11 @@ class RemoteSessionMethods(SessionMethods):
     """The methods of a handle on a session a store keeps (a migration's target)."""
 
     __slots__ = ()
+
+    def _open_session(self, *, create: bool, pending: bool) -> Opened:
+        """Attach to the handle's session, or create it (``pending``: invisible to
+        others until committed): what opening a handle does first."""
+        return self.run(OpenSession(create, pending))
 
     def commit(self) -> None:
         """Make a session opened ``pending`` visible to others (idempotent)."""

@@ -221,7 +221,7 @@ class SessionTable:
     def get_many(self, identifiers: list[str]) -> dict[str, Any]:
         return self.values(identifiers)
 
-    def get_record(self, identifier: str) -> VariableRecord:
+    def whole_record(self, identifier: str) -> VariableRecord:
         return self.lookup(identifier).public()
 
     def get_versioned(self, identifier: str) -> tuple[Any, int]:
@@ -301,7 +301,7 @@ class SessionTable:
                 self.session_id, self.metadata, records, plain_copy if copies else _same
             )._replace(sequence=self.next_event)
 
-    def digest(self) -> bytes:
+    def content_digest(self) -> bytes:
         """:func:`~dspex_actors.exports.columns_digest` of the current variables."""
         return columns_digest(self.columns(copies=False))
 

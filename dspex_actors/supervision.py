@@ -23,21 +23,20 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
-from dspex_actors.delivery import Source, Subscription
+from dspex_actors.delivery import Subscription
 from dspex_actors.errors import SessionClosed, StateError
 from dspex_actors.limits import check_session_id
 from dspex_actors.local import LocalState
 from dspex_actors.messages import Operation
 from dspex_actors.methods import READ_METHODS, SessionMethods, events_of, run_on
-from dspex_actors.migration import CALL_TIMEOUT, Moving, Switcher, SwitchHook
+from dspex_actors.migration import CALL_TIMEOUT, ContextSource, Moving, Switcher, SwitchHook
 from dspex_actors.provider import Restartable, StateProvider, validate_provider
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
 from dspex_actors.sharing import Sharing, check_store
-from dspex_actors.streaming import Event
 from dspex_actors.urls import is_redis
 
-__all__ = ["Context", "ContextSource", "Supervisor", "check_store"]
+__all__ = ["Context", "Supervisor", "check_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,92 +228,6 @@ class Supervisor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-class ContextSource:
-    """A context's events across its switches (a :class:`~dspex_actors.delivery.
-    Source`): its backend's source, then, once that one gave its last event (the
-    retired backend's ``closed``), the new backend's, started at the switch's cut —
-    so its subscriber sees each event once, in order."""
-
-    def __init__(
-        self, source: Source[Event], pattern: str | None, on_close: Callable[[], None]
-    ) -> None:
-        self._current = source
-        self._pattern = pattern
-        self._next: Source[Event] | None = None  # the new backend's, while the old drains
-        self._retired: list[Source[Event]] = []  # to close, in the delivery's thread
-        self._on_close = on_close
-        self._lock = threading.Lock()
-        self._moved = threading.Event()
-        self._moved.set()
-
-    def move(self, backend: StateProvider, start: int | None) -> None:
-        """Go on from ``start`` (the cut) on the session's new backend."""
-        new = events_of(backend, self._pattern, start)
-        with self._lock:
-            if start is None:  # no cut to continue from: the old one has nothing more
-                self._retired.append(self._current)
-                self._current = new
-            else:
-                self._next = new
-                self._moved.clear()
-
-    def finish_move(self, timeout: float) -> None:
-        """After the old backend retired: wait until its last events were read, else
-        (a backend that never says ``closed``) go on from the new one now."""
-        if self._moved.wait(timeout):
-            return
-        logger.error("a subscription did not drain the old backend in %ss", timeout)
-        with self._lock:
-            old, pending = self._current, self._next
-            if pending is not None:
-                self._retired.append(old)
-                self._current, self._next = pending, None
-        old.wake()
-        self._moved.set()
-
-    def read(self, timeout: float) -> list[Event]:
-        with self._lock:
-            retired, self._retired = self._retired, []
-            current = self._current
-        for source in retired:
-            source.close()
-        events = current.read(timeout)
-        with self._lock:  # after the read: a move made while it waited counts
-            pending = self._next if self._current is current else None
-        if pending is None:
-            return events
-        for at, event in enumerate(events):
-            if event.kind == "closed":  # the old backend is done: the new one follows
-                with self._lock:
-                    if self._current is current:
-                        self._current, self._next = pending, None
-                current.close()
-                self._moved.set()
-                return events[:at]
-        return events
-
-    def ready(self) -> None:
-        with self._lock:
-            current = self._current
-        current.ready()
-
-    def wake(self) -> None:
-        with self._lock:
-            sources = [self._current, *([self._next] if self._next is not None else [])]
-        for source in sources:
-            source.wake()
-
-    def close(self) -> None:
-        with self._lock:
-            sources = [self._current, *self._retired]
-            if self._next is not None:
-                sources.append(self._next)
-            self._retired, self._next = [], None
-        for source in sources:
-            source.close()
-        self._on_close()
 
 
 def _failed_reader(error: StateError) -> Callable[..., Any]:

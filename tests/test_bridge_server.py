@@ -20,8 +20,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from dspex_actors import failpoints
-from dspex_actors.actor import ActorSession
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
+from dspex_actors.engine import ActorSession
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,

@@ -340,6 +340,7 @@ def test_every_public_method_of_a_handle_kept_from_before_the_switch_works() -> 
             "get_variable": lambda: old.get_variable("t"),
             "get_variables": lambda: old.get_variables(["t"]),
             "get_record": lambda: old.get_record(var_id),
+            "has_variable": lambda: old.has_variable("t"),
             "list_variables": lambda: old.list_variables("t*"),
             "export_state": old.export_state,
             "export_columns": old.export_columns,
@@ -391,6 +392,7 @@ def test_every_public_method_of_a_handle_kept_from_before_the_switch_works() -> 
                 answers[name] = NotSupported
         assert answers["get_variable"] == 0.5
         assert answers["get_record"].version == 0
+        assert answers["has_variable"] is True
         assert answers["set_variable"] == 1
         assert answers["variable_count"] == 3  # t, w and v (u came and went)
         assert answers["alive"] is True

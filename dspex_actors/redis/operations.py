@@ -153,13 +153,13 @@ SCRIPTS: dict[type[Operation[Any]], Step] = {
     ExportSession: Step(lambda session, op: session.columns()),
     Digest: Step(_digest_now),
     RegisterVariable: Step(writes.register, lambda session, op, reply: str(reply[3])),
-    SetVariable: Step(writes.set_variable, lambda session, op, reply: int(reply[1])),
+    SetVariable: Step(writes.set_value, lambda session, op, reply: int(reply[1])),
     UpdateVariables: Step(writes.update, lambda session, op, reply: int(reply[2])),
     DeleteVariable: Step(writes.delete, lambda session, op, reply: None),
-    ImportState: Step(writes.import_state, _replayed_import),
+    ImportState: Step(writes.add, _replayed_import),
     GetSession: Step(_info),
     Heartbeat: Step(_heartbeat),
-    CommitSession: Step(lambda session, op: session.commit()),
+    CommitSession: Step(lambda session, op: session.commit_pending()),
     CloseSession: Step(lambda session, op: session.close()),
 }
 """Every operation a Redis session runs, and the step that runs it."""

@@ -67,6 +67,7 @@ from dspex_actors.vartypes import (
 )
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "PENDING_TTL",
     "TOMBSTONE_SECONDS",
     "Definition",
@@ -77,6 +78,8 @@ __all__ = [
     "unpack",
 ]
 
+DEFAULT_TIMEOUT = 5.0
+"""Seconds a call may take, retries included, unless said otherwise."""
 PENDING_TTL = 60.0
 """Seconds a migration's uncommitted copy lives (the SessionStore's, too)."""
 TOMBSTONE_SECONDS = 60.0
@@ -498,7 +501,7 @@ class RedisSession:
             sequence,
         )
 
-    def commit(self) -> None:
+    def commit_pending(self) -> None:
         """Make a session opened ``pending`` visible to others, with its whole TTL."""
         ttl_ms = int(self.call(scripts.COMMIT, self.keys, [self.incarnation]))
         self.ttl_seconds = ttl_ms / 1000 or None

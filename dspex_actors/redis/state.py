@@ -90,7 +90,7 @@ from dspex_actors.messages import Operation
 from dspex_actors.methods import RemoteSessionMethods
 from dspex_actors.redis import operations, scripts
 from dspex_actors.redis.events import StreamSource
-from dspex_actors.redis.session import PENDING_TTL, RedisSession
+from dspex_actors.redis.session import DEFAULT_TIMEOUT, PENDING_TTL, RedisSession
 from dspex_actors.streaming import DEFAULT_HISTORY
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_TTL", "DEFAULT_URL", "PENDING_TTL", "URL_ENV", "RedisState"]
@@ -105,7 +105,6 @@ URL_ENV = "DSPEX_REDIS_URL"
 DEFAULT_URL = "redis://localhost:6379/0"
 DEFAULT_TTL = 3600.0
 """Seconds an unused session lives (the SessionStore's default)."""
-DEFAULT_TIMEOUT = 5.0
 
 
 class RedisState(RemoteSessionMethods):

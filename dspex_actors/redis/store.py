@@ -59,8 +59,7 @@ from dspex_actors.records import Opened, SessionInfo, check_pattern
 from dspex_actors.redis import operations
 from dspex_actors.redis.connections import call_scope
 from dspex_actors.redis.follower import Followed, StreamFollower
-from dspex_actors.redis.session import RedisSession
-from dspex_actors.redis.state import DEFAULT_TIMEOUT
+from dspex_actors.redis.session import DEFAULT_TIMEOUT, RedisSession
 from dspex_actors.session import new_session_id
 from dspex_actors.stores.base import EventStream
 from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow
@@ -308,7 +307,7 @@ class RedisStore:
     async def commit(self, session_id: str, incarnation: str) -> None:
         def work() -> None:
             with self._using(session_id, incarnation) as handle:
-                handle.commit()
+                handle.commit_pending()
 
         await self._blocking(work)
 

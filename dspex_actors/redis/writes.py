@@ -48,7 +48,7 @@ from dspex_actors.vartypes import (
     sized_metadata,
 )
 
-__all__ = ["delete", "import_state", "register", "set_variable", "update"]
+__all__ = ["add", "delete", "register", "set_value", "update"]
 
 _IMPORT_SECONDS = 300e-6
 """An import runs in Redis for about 30 us a variable; its deadline allows ten times that."""
@@ -110,7 +110,7 @@ def _register_preconditions(session: RedisSession, name: str) -> None:
     check_variable_count(session.session_id, held, 1, session.limits)
 
 
-def set_variable(session: RedisSession, op: SetVariable) -> int:
+def set_value(session: RedisSession, op: SetVariable) -> int:
     """Check the value against the variable's cached definition here, then write it
     in one script that checks the definition, the version and the incarnation; a
     plan that met a change is made again from what Redis holds."""
@@ -324,15 +324,15 @@ def delete(session: RedisSession, op: DeleteVariable) -> None:
         raise session.missing(identifier)
 
 
-def import_state(session: RedisSession, op: ImportState) -> bytes:
+def add(session: RedisSession, op: ImportState) -> bytes:
     """Import, then (``want_digest``) the digest of what Redis then holds, read back."""
-    import_columns(session, op.columns, op.continue_from)
+    _add_columns(session, op.columns, op.continue_from)
     if not op.want_digest:
         return b""
     return columns_digest(session.columns())
 
 
-def import_columns(
+def _add_columns(
     session: RedisSession, columns: ExportColumns, continue_from: int | None = None
 ) -> None:
     """Import every variable or none: checked here as the session actor checks an

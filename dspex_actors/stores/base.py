@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol, TypeVar
 
+from dspex_actors.errors import SessionNotFound
 from dspex_actors.limits import Limits
 from dspex_actors.messages import ReadOperation, WriteOperation
 from dspex_actors.records import Opened, SessionInfo
@@ -39,6 +40,7 @@ __all__ = [
     "SessionInfo",
     "Store",
     "Watching",
+    "not_found",
 ]
 
 _R = TypeVar("_R")
@@ -63,6 +65,14 @@ class EventStream(Protocol):
     async def __anext__(self) -> Event: ...
 
     async def aclose(self) -> None: ...
+
+
+def not_found(session_id: str) -> SessionNotFound:
+    """The error for a session id the store does not hold (every store's wording)."""
+    return SessionNotFound(
+        f"session {session_id!r} not found (never opened, closed or expired)",
+        session_id=session_id,
+    )
 
 
 class Watching:

@@ -35,12 +35,11 @@ from typing import Any, TypeVar
 import pykka
 
 from dspex_actors import failpoints
-from dspex_actors.actor import ActorSession
+from dspex_actors.engine import ActorSession
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,
     SessionClosed,
-    SessionNotFound,
     StateError,
 )
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
@@ -48,7 +47,7 @@ from dspex_actors.messages import Control, Deliver, OpenEvents, ReadOperation, W
 from dspex_actors.records import Opened, SessionInfo, check_pattern
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import MISSED, SessionTable, new_session_id
-from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL, Watching
+from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL, Watching, not_found
 from dspex_actors.streaming import DEFAULT_HISTORY, EventLog, follow, settle
 from dspex_actors.vartypes import check_metadata, plain_copy
 
@@ -60,14 +59,6 @@ _R = TypeVar("_R")
 
 DEFAULT_DEADLINE = 60.0
 """Seconds a write may wait for its actor when the caller set no deadline."""
-
-
-def not_found(session_id: str) -> SessionNotFound:
-    """The error for a session id the store does not hold (every store's wording)."""
-    return SessionNotFound(
-        f"session {session_id!r} not found (never opened, closed or expired)",
-        session_id=session_id,
-    )
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from dspex_actors import vartypes
 from dspex_actors.errors import PartialFailure, StateError, ValidationError
 from dspex_actors.limits import Limits
-from dspex_actors.messages import Operation, RegisterVariable
+from dspex_actors.messages import Operation
 from dspex_actors.records import VariableRecord, variable_not_found
 from dspex_actors.text import describe_value, utf8_encodable
 from dspex_actors.v1 import session_store_pb2 as pb
@@ -44,7 +44,6 @@ __all__ = [
     "metadata_of",
     "record_message",
     "record_of",
-    "register_error",
     "serve",
     "unencodable",
     "unpack_within",
@@ -216,27 +215,6 @@ def metadata_of(variable: str, metadata: Any) -> bytes:
         return codec.pack_map(checked)
     except (TypeError, ValueError, OverflowError) as exc:  # e.g. a string that is not UTF-8
         raise unencodable(variable, "metadata", metadata, exc, rule="metadata") from exc
-
-
-def register_error(op: RegisterVariable, exc: Exception) -> ValidationError:
-    """The error the session would raise for a registration that cannot be sent.
-
-    The checks are those of ``vartypes``, so a local and a bridged session reject
-    the same input with the same error (a name that is not UTF-8 fails check_name);
-    what passes them but still cannot be sent is named here.
-    """
-    name = op.name
-    vartypes.check_name(name)
-    validator = vartypes.compile_type(name, op.type_name, op.constraints)
-    validator.check(name, op.initial_value)
-    vartypes.check_description(name, op.description)
-    try:
-        codec.pack_map(op.constraints)
-    except (TypeError, ValueError, OverflowError) as error:
-        return unencodable(name, "constraints", op.constraints, error, rule="constraints")
-    if op.description is not None and not utf8_encodable(op.description):
-        return unencodable(name, "description", op.description, exc, rule="description")
-    return unencodable(name, "value", op.initial_value, exc)
 
 
 def batch_error(batch: Mapping[Any, Any], metadata: Any, session_id: str) -> Exception | None:

@@ -60,7 +60,6 @@ from dspex_actors.wire.forms import (
     metadata_of,
     record_message,
     record_of,
-    register_error,
     serve,
     unencodable,
     unpack_within,
@@ -218,6 +217,27 @@ SENDS[ExportState] = Send(
 # -- writes -------------------------------------------------------------------------------
 
 
+def _register_error(op: RegisterVariable, exc: Exception) -> ValidationError:
+    """The error the session would raise for a registration that cannot be sent.
+
+    The checks are those of ``vartypes``, so a local and a bridged session reject
+    the same input with the same error (a name that is not UTF-8 fails check_name);
+    what passes them but still cannot be sent is named here.
+    """
+    name = op.name
+    vartypes.check_name(name)
+    validator = vartypes.compile_type(name, op.type_name, op.constraints)
+    validator.check(name, op.initial_value)
+    vartypes.check_description(name, op.description)
+    try:
+        codec.pack_map(op.constraints)
+    except (TypeError, ValueError, OverflowError) as error:
+        return unencodable(name, "constraints", op.constraints, error, rule="constraints")
+    if op.description is not None and not utf8_encodable(op.description):
+        return unencodable(name, "description", op.description, exc, rule="description")
+    return unencodable(name, "value", op.initial_value, exc)
+
+
 def _register_request(op: RegisterVariable, ids: Ids) -> pb.RegisterVariableRequest:
     try:
         request = pb.RegisterVariableRequest(
@@ -231,7 +251,7 @@ def _register_request(op: RegisterVariable, ids: Ids) -> pb.RegisterVariableRequ
             incarnation=ids.incarnation,
         )
     except (TypeError, ValueError, OverflowError) as exc:
-        raise register_error(op, exc) from exc
+        raise _register_error(op, exc) from exc
     request.metadata = metadata_of(op.name, op.metadata)
     return request
 

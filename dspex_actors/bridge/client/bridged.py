@@ -50,10 +50,7 @@ from dspex_actors.errors import (
 )
 from dspex_actors.limits import check_session_id
 from dspex_actors.messages import (
-    GetRecord,
     GetVariable,
-    ListVariables,
-    OpenSession,
     Operation,
     ReadOperation,
 )
@@ -191,7 +188,7 @@ class BridgedState(RemoteSessionMethods):
             stream=stream,
         )
         try:
-            opened = handle.run(OpenSession(create, pending))
+            opened = handle._open_session(create=create, pending=pending)
             handle.owner = opened.created
             handle.incarnation = opened.incarnation
             handle.ttl_seconds = opened.ttl_seconds
@@ -211,11 +208,9 @@ class BridgedState(RemoteSessionMethods):
         its records (what ``init(cache=True)`` does); idempotent."""
         if self._cache is not None:
             return
-        cache = RecordCache(
-            self.session_id,
-            lambda: self._send(ListVariables(None)),
-            lambda identifier: self._send(GetRecord(identifier)),
-        )
+        # The copy loads itself while it serves nothing (and fetches what it holds
+        # only partly), so these reads go to the server.
+        cache = RecordCache(self.session_id, self.list_variables, self.get_record)
         self._cache = cache
         source = self._watch(
             None, None, on_connect=cache.connected, on_disconnect=cache.disconnected

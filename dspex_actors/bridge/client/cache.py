@@ -346,7 +346,7 @@ class RecordCache:
     def get_many(self, identifiers: list[str]) -> dict[str, Any] | Any:
         return self.values(identifiers)
 
-    def get_record(self, identifier: str) -> VariableRecord | Any:
+    def whole_record(self, identifier: str) -> VariableRecord | Any:
         record = self.record(identifier)
         if record is None:
             raise variable_not_found(identifier, self.session_id)
@@ -361,7 +361,7 @@ class RecordCache:
     def columns(self) -> Any:
         return MISS
 
-    def digest(self) -> Any:
+    def content_digest(self) -> Any:
         return MISS
 
     def info(self) -> Any:

@@ -41,9 +41,9 @@ from typing import Any, Self, TypeVar
 import grpc
 from grpc_status import rpc_status
 
-from dspex_actors.actor import ActorSession
 from dspex_actors.bridge.server import discovery
 from dspex_actors.bridge.server.servicer import SessionStoreServicer
+from dspex_actors.engine import ActorSession
 from dspex_actors.errors import Unauthenticated
 from dspex_actors.limits import DEFAULT_LIMITS, Limits
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy

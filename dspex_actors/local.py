@@ -4,7 +4,7 @@ Every public method is :class:`~dspex_actors.methods.SessionMethods`'; this clas
 only says how an operation runs here (:meth:`LocalState.run`): a read looks up the
 session's published :class:`~dspex_actors.session.SessionTable` directly and falls
 back to the actor only when it meets a write in progress; a write is one ask of the
-actor (:class:`~dspex_actors.actor.ActorSession`, the engine the memory store uses
+actor (:class:`~dspex_actors.engine.ActorSession`, the engine the memory store uses
 too), serialized and versioned there. ``get_variable`` answers from the table before
 building a message at all, so it costs a few dict lookups, not a thread round trip.
 

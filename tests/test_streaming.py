@@ -178,6 +178,41 @@ def test_watchers_hear_closed_when_the_session_closes() -> None:
     assert [e.kind for e in events] == ["registered", "closed"]
 
 
+def test_a_watch_never_crosses_into_a_new_session_of_the_same_id() -> None:
+    """A memory-store server is killed (its sessions gone, no closed sent) and started
+    again on its port; another client opens the same session id and writes. The old
+    subscriber, reopening its watch, names the incarnation it follows: it gets
+    ``closed``, never an event of the newcomer's session. Ten runs, whichever comes
+    first, the reopened watch or the newcomer."""
+    from bridge_support import killable_server
+
+    crossed = 0
+    for _ in range(10):
+        inbox = Inbox()
+        with killable_server() as (first, address):
+            state = BridgedState.init(address=address, timeout=WAIT)
+            state.register_variable("x", "integer", 0)
+            subscription = state.subscribe(None, inbox)
+            state.set_variable("x", 1)
+            inbox.wait_for(_last_version(1))
+            first.kill()
+            first.wait(WAIT)
+        try:
+            with killable_server("--listen", address) as (_, again):
+                assert again == address
+                with BridgedState.init(session_id=state.session_id, address=address) as newcomer:
+                    newcomer.register_variable("y", "integer", 100)
+                    for value in range(101, 111):
+                        newcomer.set_variable("y", value)
+                    events = inbox.wait_for(lambda got: got[-1].kind == "closed")
+        finally:
+            subscription.close()
+            state.cleanup()
+        crossed += sum(1 for event in events if event.name == "y")
+        assert [e.kind for e in events] == ["updated", "closed"], events
+    assert crossed == 0
+
+
 def test_watches_never_take_the_stream_slots_calls_need() -> None:
     """A server taking 3 streams per connection (it says so when a session opens):
     a handle's calls still run beside its 5 watches, which go on two connections of

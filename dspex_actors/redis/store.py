@@ -21,7 +21,7 @@ The store keeps one attached engine per session it served lately (at most
 definition is read from Redis once, not per call.
 
 Exactly once across servers: a write's request id travels to Redis with it
-(:func:`~dspex_actors.redis.state.call_scope`), and Redis remembers the reply for
+(:func:`~dspex_actors.redis.connections.call_scope`), and Redis remembers the reply for
 ``dedupe_seconds``; a client's retry with the same id, through this server or
 another, is answered with the first reply (also when the session changed since so
 that the retry's own checks would now refuse it).

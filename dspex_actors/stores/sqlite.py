@@ -31,7 +31,7 @@ change that last wrote the row (so an update need not rewrite the session's row;
 the event count loaded is the larger of the two). Values, constraints and metadata
 are msgpack, never pickle; frozen values (embeddings and tensors as tuples) are
 stored as arrays and frozen again when loaded, because loading rebuilds every
-record through :func:`~dspex_actors.session.records_from_columns` (the import
+record through :func:`~dspex_actors.imported.records_from_columns` (the import
 path: every name, definition, value, version and timestamp is checked again).
 
 **Sessions.** A created session's row is written (in the loop's executor) before

@@ -45,6 +45,7 @@ CALL_TIMEOUT = 60.0
 """Seconds a switch waits for a moving subscription's last events from the old backend."""
 
 OpenCopy = Callable[[str, str | None], tuple[Any, Callable[[], None]]]
+Moved = Callable[[], None]
 SwitchHook = Callable[[dict[str, Any]], None]
 
 
@@ -83,6 +84,7 @@ class Switcher:
         store: str | None,
         open_copy: OpenCopy,
         on_switch: SwitchHook | None,
+        moved: Moved = lambda: None,
     ) -> None:
         self.session_id = session_id
         self.store = store  # a redis:// URL: the copy goes into that Redis; else the bridge
@@ -90,6 +92,7 @@ class Switcher:
         self.stale_copy: MigrationTarget | None = None  # left by a failed switch
         self._open_copy = open_copy
         self._on_switch = on_switch
+        self._moved = moved  # told at once after the swap (the heartbeats' period)
 
     @property
     def destination(self) -> str:
@@ -134,6 +137,7 @@ class Switcher:
         finally:
             context._unfence()
         # The switch has happened: what follows can only be logged, never undo it.
+        self._moved()
         start = columns.sequence if columns.sequence > 0 else None
         for subscription in moving:
             try:

@@ -73,6 +73,7 @@ class Sharing:
         self._uses_shared_server = False
         self._heartbeats: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._moved = threading.Event()  # a session moved: the period may be shorter
         self._lock = threading.Lock()
         self._closed = False
 
@@ -147,11 +148,22 @@ class Sharing:
             )
             self._heartbeats.start()
 
+    def moved(self) -> None:
+        """A session moved to a backend that may expire: the heartbeats take its TTL
+        into their period now, not after the wait they are in."""
+        self._moved.set()
+
     def _send_heartbeats(self) -> None:
         """Keep remote sessions of idle contexts from expiring: every
         ``heartbeat_interval`` seconds, or a third of the shortest TTL a server
-        reported, whichever is sooner."""
-        while not self._stopping.wait(self.heartbeat_period()):
+        reported, whichever is sooner (counted again from each move)."""
+        while True:
+            moved = self._moved.wait(self.heartbeat_period())
+            if self._stopping.is_set():
+                return
+            if moved:
+                self._moved.clear()
+                continue  # the period again, with the moved session's TTL
             for held in self._held():
                 try:
                     held.backend.heartbeat()
@@ -176,6 +188,7 @@ class Sharing:
                 return
             self._closed = True
         self._stopping.set()
+        self._moved.set()
         if self._heartbeats is not None:
             self._heartbeats.join(_JOIN_SECONDS)
         if self._private_server is not None:

@@ -270,8 +270,9 @@ class Context(SessionMethods):
         self._owns_supervisor = False
         self._failure: StateError | None = None
         self._programs: dict[str, dict[str, Any]] = {}
+        sharing = supervisor.sharing
         self._switcher = Switcher(
-            session_id, store, supervisor.sharing.open_copy, supervisor.on_switch
+            session_id, store, sharing.open_copy, supervisor.on_switch, sharing.moved
         )
         self._subscriptions: list[Subscription] = []
         self._sources: list[ContextSource] = []  # moved at a switch

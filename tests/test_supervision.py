@@ -519,6 +519,37 @@ def test_a_session_holding_a_2_mib_value_migrates_whole() -> None:
         assert len(ctx.get_variable("embedding")) == 200_000
 
 
+def test_a_migrated_context_is_kept_alive_by_its_servers_ttl_from_the_switch_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The heartbeats start with the first move, before the session is bridged, when
+    their period is still the hour asked for; the switch makes them take the server's
+    short TTL at once, so the first heartbeat comes within a third of it, not an hour
+    later (when the session would long have expired)."""
+    from dspex_actors import serve
+    from dspex_actors.bridge import BridgedState
+
+    beat = threading.Event()
+    real = BridgedState.heartbeat
+
+    def spy(self: BridgedState) -> float | None:
+        expires = real(self)
+        beat.set()
+        return expires
+
+    monkeypatch.setattr(BridgedState, "heartbeat", spy)
+    with (
+        serve(session_ttl=0.9) as server,
+        Supervisor.start(bridge_address=server.address, heartbeat_interval=3600.0) as sup,
+    ):
+        ctx = sup.start_context()
+        ctx.register_variable("x", "integer", 1)
+        ctx.ensure_bridged()
+        assert sup._heartbeat_period() == pytest.approx(0.3)
+        assert beat.wait(30)  # an hour without the fix; 0.3 s with it
+        assert ctx.get_variable("x") == 1
+
+
 def test_heartbeats_come_more_often_than_the_ttl_the_server_reported() -> None:
     """A 60 s heartbeat no longer lets a session with a shorter TTL expire."""
     from dspex_actors import serve

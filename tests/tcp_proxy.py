@@ -1,4 +1,5 @@
-"""A loopback TCP proxy for the bridge tests that can lose the reply of one call.
+"""A loopback TCP proxy for the bridge tests that can lose the reply of one call, or
+freeze the link.
 
 The proxy sits between a gRPC client and a SessionStore. It forwards bytes both
 ways unchanged until it is armed with :meth:`TcpProxy.drop_next_reply`; then it
@@ -71,6 +72,7 @@ class _Connection:
                 data = self.client.recv(_CHUNK)
                 if not data:
                     break
+                self.proxy.flowing.wait()  # frozen: held, the connection left open
                 self.upstream.sendall(data)
         except OSError:
             pass
@@ -86,6 +88,7 @@ class _Connection:
                 data = self.upstream.recv(_CHUNK)
                 if not data:
                     break
+                self.proxy.flowing.wait()  # frozen: held, the connection left open
                 pending += data
                 forward, at_response = _split_at_response(pending)
                 if at_response and self.proxy.take_drop():
@@ -151,6 +154,8 @@ class TcpProxy:
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._stopping = False
         self._refusing = False
+        self.flowing = threading.Event()  # cleared: the link is frozen
+        self.flowing.set()
         self._acceptor = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
         self._acceptor.start()
 
@@ -196,6 +201,15 @@ class TcpProxy:
         for connection in connections:
             connection.close()
 
+    def freeze(self) -> None:
+        """Play a link that stops passing packets (or a stopped server): every open
+        connection stays open and passes nothing either way, until :meth:`thaw`."""
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        """Let the held bytes through, and every byte after."""
+        self.flowing.set()
+
     def cut(self) -> None:
         """Close every open connection (new ones are still accepted)."""
         with self._lock:
@@ -239,6 +253,7 @@ class TcpProxy:
         """Close the listener and every connection; join every thread."""
         with self._lock:
             self._stopping = True
+        self.flowing.set()  # a pump held by a freeze ends with its sockets
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self._listener.close()

@@ -14,6 +14,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from dspex_actors.errors import BridgeUnavailable, SessionClosed, StateError
 from dspex_actors.limits import Limits
 from dspex_actors.records import VariableRecord
 from dspex_actors.streaming import Event
+from dspex_actors.wire import keepalive
 
 WAIT = 30.0  # a hang guard for waits that end at once when all is well
 
@@ -349,6 +351,46 @@ def test_a_cached_batch_reads_its_own_write_while_its_event_is_held() -> None:
             release.set()
         cached.sync_cache()
         assert cached.get_variable("x") == 1 and cached.cached
+
+
+def test_a_frozen_link_stops_a_cached_handle_from_answering_from_its_copy() -> None:
+    """A link that stops passing packets never looks down by itself: keepalive gives
+    it up (within ``keepalive.LIVENESS_BOUND``), and from then on no read answers from
+    the copy the frozen link can no longer refresh: each goes to the server and is
+    ``BridgeUnavailable`` while frozen. After the thaw the copy serves again, fresh."""
+    from tcp_proxy import TcpProxy
+
+    with serve() as server, TcpProxy(server.address) as proxy:
+        writer = BridgedState.init(address=server.address)
+        cached = BridgedState.init(
+            session_id=writer.session_id, address=proxy.address, cache=True, timeout=0.2
+        )
+        try:
+            writer.register_variable("x", "integer", 1)
+            cached.sync_cache()
+            assert cached.get_variable("x") == 1 and cached.cached
+            cache = cached._cache
+            assert cache is not None
+            frozen_at = time.monotonic()
+            proxy.freeze()
+            writer.set_variable("x", 2)  # the frozen link never brings its event
+            assert cache.wait_down(WAIT)
+            detected = time.monotonic() - frozen_at
+            answers: list[Any] = []
+            for _ in range(25):
+                try:
+                    answers.append(cached.get_variable("x"))
+                except BridgeUnavailable:
+                    answers.append(BridgeUnavailable)
+            proxy.thaw()
+            cached.sync_cache(WAIT)
+            assert cached.get_variable("x") == 2 and cached.cached
+        finally:
+            proxy.thaw()
+            cached.cleanup()
+            writer.cleanup()
+    print(f"frozen link given up after {detected:.2f} s (bound {keepalive.LIVENESS_BOUND} s)")
+    assert answers == [BridgeUnavailable] * 25  # not one stale 1
 
 
 def test_a_cache_on_a_session_with_history_syncs_and_batches_read_their_own_writes() -> None:

@@ -131,6 +131,13 @@ class RecordCache:
         """The stream broke: serve nothing from the copy until it is re-read."""
         with self._lock:
             self.serving = False
+            self._caught_up.notify_all()
+
+    def wait_down(self, timeout: float | None) -> bool:
+        """Block until the copy serves nothing (its stream broke, or it ended); False
+        on timeout."""
+        with self._lock:
+            return self._caught_up.wait_for(lambda: not self.serving, timeout)
 
     def on_event(self, event: Event) -> None:
         """One event of the stream."""

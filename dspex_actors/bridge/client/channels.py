@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from dspex_actors.bridge.client.calls import CallStream
+from dspex_actors.wire import keepalive
 from dspex_actors.wire.forms import Rpc
 
 __all__ = ["WATCHES_PER_CONNECTION", "Shared", "acquire", "release"]
@@ -108,6 +109,7 @@ def _open(
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        *keepalive.client_options(),  # a frozen link is given up, not waited on forever
         *(extra or ()),
     ]
     if root_cert is None:

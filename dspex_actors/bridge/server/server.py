@@ -51,7 +51,7 @@ from dspex_actors.stores.base import Store
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.streaming import DEFAULT_HISTORY
 from dspex_actors.v1 import session_store_pb2 as pb
-from dspex_actors.wire import codec
+from dspex_actors.wire import codec, keepalive
 from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.tls import read_pem
 
@@ -217,6 +217,7 @@ class SessionStoreServer:
                 ("grpc.max_concurrent_streams", limits.max_calls_per_connection),
                 # Without this a second server could bind the same port silently.
                 ("grpc.so_reuseport", 0),
+                *keepalive.server_options(),
             ],
             maximum_concurrent_rpcs=limits.max_concurrent_calls,
         )

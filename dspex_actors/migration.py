@@ -266,17 +266,24 @@ class ContextSource:
         self._lock = threading.Lock()
         self._moved = threading.Event()
         self._moved.set()
+        self._closed = False
 
     def move(self, backend: StateProvider, start: int | None) -> None:
-        """Go on from ``start`` (the cut) on the session's new backend."""
+        """Go on from ``start`` (the cut) on the session's new backend (nothing, once
+        closed: a subscription ended while its session moved opens nothing there)."""
+        if self._closed:
+            return
         new = events_of(backend, self._pattern, start)
         with self._lock:
-            if start is None:  # no cut to continue from: the old one has nothing more
+            taken = not self._closed
+            if taken and start is None:  # no cut to go on from: the old one is done
                 self._retired.append(self._current)
                 self._current = new
-            else:
+            elif taken:
                 self._next = new
                 self._moved.clear()
+        if not taken:  # closed meanwhile: the new source must not live on
+            new.close()
 
     def finish_move(self, timeout: float) -> None:
         """After the old backend retired: wait until its last events were read, else
@@ -326,10 +333,12 @@ class ContextSource:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             sources = [self._current, *self._retired]
             if self._next is not None:
                 sources.append(self._next)
             self._retired, self._next = [], None
+        self._moved.set()  # nothing more to drain: a switch waiting on it goes on
         for source in sources:
             source.close()
         self._on_close()

@@ -234,3 +234,20 @@ def test_an_answer_too_large_for_the_client_fails_that_call_not_the_stream(
         assert len(_calls_threads()) == 1  # the same stream throughout
     finally:
         state.cleanup()
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "unary"])
+def test_a_servers_not_applied_answer_is_sent_again_within_the_deadline(
+    server: SessionStoreServer, stream: bool
+) -> None:
+    """The server's ``BridgeUnavailable`` ("not started, not applied": its actor
+    restarting, the server draining) is worth another attempt, on the stream as in a
+    unary call: the write lands once, within the deadline."""
+    from dspex_actors.errors import BridgeUnavailable
+
+    with BridgedState.init(address=server.address, stream=stream) as state:
+        state.register_variable("x", "integer", 0)
+        refusal = BridgeUnavailable("its actor is restarting; not applied")
+        with failpoints.enabled("store.apply", failpoints.fail(refusal, times=1)):
+            assert state.set_variable("x", 1) == 1
+        assert state.get_record("x").version == 1

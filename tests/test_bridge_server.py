@@ -80,7 +80,9 @@ def test_watch_streams_events_from_a_sequence_and_ends_with_closed(
     state.register_variable("other", "integer", 1)
     state.set_variable("t", 0.75)
     stream = stub.Watch(
-        pb.WatchRequest(session_id=state.session_id, patterns=["t*"], start_sequence=1),
+        pb.WatchRequest(
+            session_id=state.session_id, patterns=["t*"], start_sequence=1, started=True
+        ),
         timeout=30,
     )
     state.delete_variable("t")
@@ -107,7 +109,9 @@ def test_watch_from_now_says_where_it_starts_and_refuses_another_incarnation(
         state.register_variable("t", "float", 0.5)
         state.set_variable("t", 0.75)
         stream = stub.Watch(
-            pb.WatchRequest(session_id=state.session_id, incarnation=state.incarnation),
+            pb.WatchRequest(
+                session_id=state.session_id, incarnation=state.incarnation, started=True
+            ),
             timeout=30,
         )
         first = next(iter(stream))
@@ -121,6 +125,19 @@ def test_watch_from_now_says_where_it_starts_and_refuses_another_incarnation(
             next(iter(other))
         assert isinstance(caught.value, grpc.Call)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_watch_that_does_not_ask_gets_no_started_message(
+    server: SessionStoreServer, channel: grpc.Channel
+) -> None:
+    """A client of the .proto that knows nothing of KIND_STARTED never sees one."""
+    stub = pb_grpc.SessionStoreStub(channel)
+    with BridgedState.init(address=server.address) as state:
+        stream = stub.Watch(pb.WatchRequest(session_id=state.session_id), timeout=30)
+        state.register_variable("t", "float", 0.5)
+        first = next(iter(stream))
+        stream.cancel()
+    assert (first.kind, first.name) == (pb.VariableEvent.KIND_REGISTERED, "t")
 
 
 def test_watch_of_an_unknown_session_is_not_found(channel: grpc.Channel) -> None:

@@ -628,3 +628,25 @@ def test_errors_name_the_redis_without_its_password(redis_url: str) -> None:
     with pytest.raises(Unauthenticated) as refused:  # this Redis has no password set
         RedisState.init(url=f"redis://:nopass@127.0.0.1:{port}/0", create=False, session_id="x")
     assert "nopass" not in str(refused.value) and ":***@" in str(refused.value)
+
+
+def test_a_stream_source_woken_before_it_reads_sends_no_blocking_read(
+    open_redis: Callable[..., RedisState], raw: Any
+) -> None:
+    """An unsubscribe right after subscribe (the reader not yet in its XREAD, so
+    nothing to unblock) must not leave the reader blocked a whole block period: a
+    source woken before it reads sends no XREAD at all."""
+    state = open_redis()
+    source = state.events(None)
+    try:
+
+        def xreads() -> int:
+            stats = raw.info("commandstats").get("cmdstat_xread", {})
+            return int(stats.get("calls", 0))
+
+        before = xreads()
+        source.wake()
+        assert source.read(60.0) == []  # 60 s of BLOCK, were one sent
+        assert xreads() == before
+    finally:
+        source.close()

@@ -562,3 +562,45 @@ def test_heartbeats_come_more_often_than_the_ttl_the_server_reported() -> None:
         ctx = sup.start_context(backend="bridged")
         assert (ctx.backend.heartbeat() or 0) > 0
         assert sup._heartbeat_period() == 3.0  # a third of the server's 9 s
+
+
+def test_a_subscription_ended_while_its_session_moves_opens_nothing_on_the_new_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Unsubscribed after the switch listed the subscription but before it moved: it
+    opens no source on the new backend (or closes the one it opened), and the switch
+    does not wait for events of a subscription that is gone (its timeout raised to an
+    hour: a wait would fail this test by its hang guard)."""
+    from dspex_actors import migration
+
+    monkeypatch.setattr(migration, "CALL_TIMEOUT", 3600.0)
+    opened: list[Any] = []
+    real_events_of = migration.events_of
+
+    def events_of(provider: Any, pattern: str | None, start: int | None) -> Any:
+        source = real_events_of(provider, pattern, start)
+        closed = threading.Event()
+        real_close = source.close
+
+        def close() -> None:
+            closed.set()
+            real_close()
+
+        source.close = close  # type: ignore[method-assign]  # a spy on this one source
+        opened.append(closed)
+        return source
+
+    monkeypatch.setattr(migration, "events_of", events_of)
+    real_move = migration.ContextSource.move
+
+    def move(self: Any, backend: Any, start: int | None) -> None:
+        subscription.close()  # the user's unsubscribe, racing the switch
+        real_move(self, backend, start)
+
+    with Context.init() as ctx:
+        ctx.register_variable("x", "integer", 0)
+        subscription = ctx.subscribe(None, lambda event: None)
+        monkeypatch.setattr(migration.ContextSource, "move", move)
+        ctx.ensure_bridged()
+        assert ctx.set_variable("x", 1) == 1
+    assert all(closed.is_set() for closed in opened)  # nothing left open on the bridge

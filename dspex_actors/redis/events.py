@@ -78,6 +78,8 @@ class StreamSource:
         self._cursor = start
         self._finishing = threading.Event()
         self._stopped = False
+        self._reading = False  # an XREAD may be blocked now (wake() must unblock it)
+        self._lock = threading.Lock()
         self._reader: AbstractConnection | None = None
         self._reader_id: int | None = None
         self._connections = share_connections(connections)  # released by close()
@@ -86,6 +88,10 @@ class StreamSource:
         errors = self._connections.errors
         try:
             reader = self._reader or self._connect()
+            with self._lock:  # a wake() before the read is known: no blocking then
+                if self._stopped:
+                    return []
+                self._reading = True
             finishing = self._finishing.is_set()
             block: list[Any] = [] if finishing else ["BLOCK", STREAM_BLOCK_MS]
             reader.send_command(
@@ -98,6 +104,8 @@ class StreamSource:
                 f"{max(self._cursor - 1, 0)}-0",
             )
             reply = reader.read_response()
+            with self._lock:
+                self._reading = False
             if not reply:
                 if self._stopped:
                     return []
@@ -158,11 +166,19 @@ class StreamSource:
         """Give what the stream holds now, then ``closed`` (a handle detaching, or an
         owner that could not close the session)."""
         self._finishing.set()
-        unblock(self._connections, self._reader_id)
+        self._unblock()
 
     def wake(self) -> None:
-        self._stopped = True
-        unblock(self._connections, self._reader_id)
+        with self._lock:
+            self._stopped = True
+        self._unblock()
+
+    def _unblock(self) -> None:
+        """Make an XREAD that blocks now return (one not begun yet sees the flags)."""
+        with self._lock:
+            reading, reader_id = self._reading, self._reader_id
+        if reading:
+            unblock(self._connections, reader_id)
 
     def close(self) -> None:
         self._disconnect()

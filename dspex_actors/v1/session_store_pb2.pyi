@@ -426,16 +426,18 @@ class ImportSessionResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("session_id", "patterns", "start_sequence", "incarnation")
+    __slots__ = ("session_id", "patterns", "start_sequence", "incarnation", "started")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
     START_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     patterns: _containers.RepeatedScalarFieldContainer[str]
     start_sequence: int
     incarnation: str
-    def __init__(self, session_id: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ..., start_sequence: _Optional[int] = ..., incarnation: _Optional[str] = ...) -> None: ...
+    started: bool
+    def __init__(self, session_id: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ..., start_sequence: _Optional[int] = ..., incarnation: _Optional[str] = ..., started: _Optional[bool] = ...) -> None: ...
 
 class VariableEvent(_message.Message):
     __slots__ = ("kind", "session_id", "var_id", "name", "value", "version", "metadata", "timestamp", "sequence", "incarnation")

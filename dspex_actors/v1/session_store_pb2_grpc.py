@@ -259,10 +259,10 @@ class SessionStoreServicer:
 
     def Watch(self, request, context):
         """Stream change events of variables whose names match any of the glob patterns
-        (all variables when none is given). The first message is KIND_STARTED: the
-        sequence the stream starts at (the session's next one, when start_sequence is
-        0) and the session's incarnation, so a client learns both without another
-        call. Then, in the session's sequence order, one event per
+        (all variables when none is given). Asked for (`started`), the first message
+        is KIND_STARTED: the sequence the stream starts at (the session's next one,
+        when start_sequence is 0) and the session's incarnation, so a client learns
+        both without another call. Then, in the session's sequence order, one event per
         variable registered, updated or deleted (a batch or an import yields one per
         variable, consecutively). With start_sequence the stream resumes there (a
         client whose stream broke passes its last sequence + 1 and loses nothing);

@@ -355,6 +355,8 @@ class BridgedState(RemoteSessionMethods):
                 return stream.call(field, request, timeout)
             except GoUnary:
                 pass
+            except BridgeUnavailable as refused:  # the server's "not started, not applied"
+                raise Unanswered(refused, maybe_sent=False) from refused
         try:
             return self._shared.unary(rpc)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:

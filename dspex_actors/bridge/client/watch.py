@@ -136,6 +136,7 @@ class WatchSource:
                     patterns=[self._pattern] if self._pattern else [],
                     start_sequence=self._cursor or 0,
                     incarnation=self._incarnation,
+                    started=True,
                 )
                 try:
                     self._stream = self._open(request)

@@ -355,9 +355,9 @@ class SessionStoreServicer:
         # aclosing: the store's watch ends now, not when it is collected.
         async with contextlib.aclosing(events):
             await context.send_initial_metadata(())  # the stream is up: a client can tell
-            await context.write(
-                started_message(request.session_id, events.start, events.incarnation)
-            )
+            if request.started:  # asked for: where it starts, and the incarnation
+                first = started_message(request.session_id, events.start, events.incarnation)
+                await context.write(first)
             async for event in events:
                 await failpoints.reached("watch.event")
                 await context.write(event_message(event))

@@ -28,6 +28,8 @@ from dspex_actors.errors import StateError
 __all__ = ["main"]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+SWITCH_INTERVAL = 0.001
+"""Seconds between GIL hand-overs in the server program (Python's default: 0.005)."""
 
 logger = logging.getLogger("dspex_actors.serve")
 
@@ -37,6 +39,10 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The server's event loop answers every session; bulk work (a large listing or
+    # export) runs beside it in a thread. Handing the GIL over every 1 ms instead
+    # of Python's 5 ms cuts what each wake of the loop may wait behind that thread.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     stop = threading.Event()
     received: list[int] = []
 

@@ -11,7 +11,7 @@ The hierarchy::
     ├── SessionNotFound             also a KeyError
     ├── SessionClosed               the handle was cleaned up or its actor stopped
     ├── BridgeUnavailable           also a ConnectionError; not reached, so NOT applied
-    ├── OutcomeUnknown              a write may or may not have been applied
+    ├── OutcomeUnknown              a write may or may not have been applied; ``.settle()``
     ├── Unauthenticated             the bridge refused the token
     ├── LimitExceeded               a configured limit (sizes, counts) would be passed
     ├── InvalidExport               also a ValueError; an export that cannot be imported
@@ -24,7 +24,7 @@ message and callers can act on the attributes rather than parse text.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -184,10 +184,36 @@ class BridgeUnavailable(StateError, ConnectionError):
 
 class OutcomeUnknown(StateError):
     """A write was sent but no answer came within the deadline, even after retries
-    with the same request id: it may or may not have been applied. Read the
-    variable (``get_record`` gives its version) before deciding to write again."""
+    with the same request id and an attempt to settle it: it may or may not have
+    been applied. :meth:`settle` asks again, later: True if it was applied, False
+    if it was not, and then it never will be.
+
+    ``request_id`` names the write (as the server logs it)."""
 
     reason = "outcome_unknown"
+
+    _settler: Callable[[], bool] | None = None
+
+    @property
+    def request_id(self) -> str | None:
+        return self.details.get("request_id")
+
+    def settled_by(self, settler: Callable[[], bool]) -> OutcomeUnknown:
+        """Attach how to settle this write (by the handle that sent it); answers self."""
+        self._settler = settler
+        return self
+
+    def settle(self) -> bool:
+        """Whether the write was applied; after False it never will be. Raises
+        ``OutcomeUnknown`` again when the server still cannot be asked or no longer
+        remembers the write, ``NotSupported`` when this error came from where
+        nothing can settle it."""
+        if self._settler is None:
+            raise NotSupported(
+                f"this write cannot be settled from here: {self.message}",
+                session_id=self.details.get("session_id"),
+            )
+        return self._settler()
 
 
 class Unauthenticated(StateError):

@@ -13,7 +13,10 @@ the receiver dispatches on it. Each :class:`Operation` here says, in one place,
   handle's copy offers when it can answer); and
 * how it runs on a backend that is not ours (:meth:`Operation.forward`, a call on the
   public :class:`~dspex_actors.provider.StateProvider` API), so a Context and a
-  retired handle can hand any call to any provider.
+  retired handle can hand any call to any provider; and
+* what makes it large (:attr:`Operation.scans`, :meth:`Operation.result_items`: a
+  server builds such answers off its event loop) and how a size error names it
+  (:meth:`Operation.sized_as`).
 
 Everything else about an operation has one place each: its public method in
 :mod:`dspex_actors.methods`, its wire form in :mod:`dspex_actors.wire.operations`,
@@ -28,6 +31,9 @@ ever go to a session actor; they are not provider operations.
 Messages are ``slots`` dataclasses, not frozen ones: a frozen dataclass costs three
 times as much to build, and one is built per call on the hot path. Treat them as
 immutable all the same.
+
+**Length.** Every operation of the library is here, each a few lines: splitting them
+over modules would scatter the one table a reader needs whole.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ __all__ = [
     "SessionOperation",
     "SessionOps",
     "SetVariable",
+    "Settle",
     "Unseal",
     "UpdateVariables",
     "WriteOperation",
@@ -138,6 +145,19 @@ class Operation(Generic[R]):
     write: ClassVar[bool] = False
     """Whether it changes the session (refused while sealed, fenced during a switch,
     sent with a request id so that a retry is applied once)."""
+    within: float | None = None
+    """At most this many seconds for the whole call (None: the handle's timeout)."""
+    scans: ClassVar[bool] = False
+    """Whether its work grows with the session's size (a listing, an export): a
+    server builds a large one off its event loop, so other sessions keep answering."""
+
+    def result_items(self, result: R) -> int:
+        """How many variables ``result`` carries (what makes its reply large)."""
+        return 0
+
+    def sized_as(self) -> tuple[str, str]:
+        """How a size error names it: the variable it reports, and what was too large."""
+        return f"<{type(self).__name__}>", "the request"
 
     def forward(self, provider: StateProvider) -> R:
         """Run it on a provider that has no ``run`` through the public API."""
@@ -269,6 +289,10 @@ class HasVariable(ReadOperation[bool]):
 @dataclass(slots=True)
 class ListVariables(ReadOperation[list[dict[str, Any]]]):
     pattern: str | None
+    scans: ClassVar[bool] = True
+
+    def result_items(self, result: list[dict[str, Any]]) -> int:
+        return len(result)
 
     def apply(self, session: Reads) -> list[dict[str, Any]]:
         return session.listing(self.pattern)
@@ -281,6 +305,11 @@ class ListVariables(ReadOperation[list[dict[str, Any]]]):
 class ExportState(ReadOperation[dict[str, Any]]):
     """The whole session as an export map (see ``StateProvider.export_state``)."""
 
+    scans: ClassVar[bool] = True
+
+    def result_items(self, result: dict[str, Any]) -> int:
+        return len(result.get("variables", ()))
+
     def apply(self, session: Reads) -> dict[str, Any]:
         return session.export()
 
@@ -292,6 +321,11 @@ class ExportState(ReadOperation[dict[str, Any]]):
 class ExportSession(ReadOperation[ExportColumns]):
     """The whole session as columns, the form migrations and the bridge move."""
 
+    scans: ClassVar[bool] = True
+
+    def result_items(self, result: ExportColumns) -> int:
+        return result.variable_count
+
     def apply(self, session: Reads) -> ExportColumns:
         return session.columns()
 
@@ -302,6 +336,8 @@ class ExportSession(ReadOperation[ExportColumns]):
 @dataclass(slots=True)
 class Digest(ReadOperation[bytes]):
     """``exports.columns_digest`` of the session, without building an export."""
+
+    scans: ClassVar[bool] = True
 
     def apply(self, session: Reads) -> bytes:
         return session.content_digest()
@@ -370,6 +406,9 @@ class UpdateVariables(WriteOperation[int]):
     def apply(self, session: SessionOps) -> int:
         return session.update(self.updates, self.metadata)
 
+    def sized_as(self) -> tuple[str, str]:
+        return "<batch>", f"the batch of {len(self.updates)} updates"
+
     def forward(self, provider: StateProvider) -> int:
         provider.update_variables(self.updates, self.metadata)
         return 0
@@ -399,6 +438,9 @@ class ImportState(WriteOperation[bytes]):
     def apply(self, session: SessionOps) -> bytes:
         session.add_columns(self.columns, self.continue_from)
         return session.content_digest() if self.want_digest else b""
+
+    def sized_as(self) -> tuple[str, str]:
+        return "<import>", f"the import of {self.columns.variable_count} variables"
 
     def forward(self, provider: StateProvider) -> bytes:
         provider.import_columns(self.columns)
@@ -462,7 +504,7 @@ class GetSession(SessionOperation[SessionInfo]):
     async def serve(
         self, store: Store, session_id: str, request_id: str | None, incarnation: str | None
     ) -> SessionInfo:
-        return await store.info(session_id)
+        return await store.info(session_id, incarnation)
 
     def apply(self, session: Reads) -> SessionInfo:
         return session.info()
@@ -476,13 +518,30 @@ class Heartbeat(SessionOperation[float | None]):
     async def serve(
         self, store: Store, session_id: str, request_id: str | None, incarnation: str | None
     ) -> float | None:
-        return await store.heartbeat(session_id)
+        return await store.heartbeat(session_id, incarnation)
 
     def apply(self, session: Reads) -> float | None:
         return None  # a session no store keeps never expires
 
     def forward(self, provider: StateProvider) -> float | None:
         return provider.heartbeat()
+
+
+@dataclass(slots=True)
+class Settle(SessionOperation[bool]):
+    """Whether the write with ``request_id``, first sent ``age`` seconds ago, was
+    applied; after False it never will be (the store remembers the refusal in place
+    of an answer). ``OutcomeUnknown`` when the store no longer remembers that far."""
+
+    request_id: str
+    age: float
+    within: float | None = None
+    write: ClassVar[bool] = True
+
+    async def serve(
+        self, store: Store, session_id: str, request_id: str | None, incarnation: str | None
+    ) -> bool:
+        return await store.settle(session_id, self.request_id, self.age, incarnation)
 
 
 # -- control --------------------------------------------------------------------------

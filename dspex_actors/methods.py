@@ -44,6 +44,7 @@ from dspex_actors.messages import (
     OpenSession,
     Operation,
     RegisterVariable,
+    Settle,
     SetVariable,
     UpdateVariables,
 )
@@ -253,6 +254,13 @@ class RemoteSessionMethods(SessionMethods):
     def commit(self) -> None:
         """Make a session opened ``pending`` visible to others (idempotent)."""
         self.run(CommitSession())
+
+    def settle(self, request_id: str, age: float, within: float | None = None) -> bool:
+        """Whether this handle's write ``request_id``, first sent ``age`` seconds ago,
+        was applied; after False it never will be. What ``OutcomeUnknown.settle``
+        calls; ``OutcomeUnknown`` when the store no longer remembers that far.
+        ``within``: at most this many seconds (None: the handle's timeout)."""
+        return self.run(Settle(request_id, age, within))
 
     def close_remote(self) -> None:
         """Close this handle's incarnation of the session where it is kept, now.

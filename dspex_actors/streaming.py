@@ -174,7 +174,7 @@ class EventLog:
         waiters, self._async_waiters = self._async_waiters, []
         for loop, future in waiters:
             with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
-                loop.call_soon_threadsafe(settle, future)
+                loop.call_soon_threadsafe(fulfil, future)
 
     def read(self, cursor: int, limit: int = 1024) -> tuple[list[Event], int]:
         """Events from ``cursor`` on (at most ``limit``), and the cursor after them.
@@ -226,7 +226,7 @@ class EventLog:
                 self._async_waiters.remove((loop, future))
 
 
-def settle(future: asyncio.Future[Any], value: Any = None) -> None:
+def fulfil(future: asyncio.Future[Any], value: Any = None) -> None:
     """Resolve ``future`` with ``value`` unless it is already done (a waiter that went
     away cancelled it); run on the future's own loop."""
     if not future.done():

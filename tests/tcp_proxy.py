@@ -1,5 +1,5 @@
-"""A loopback TCP proxy for the bridge tests that can lose the reply of one call, or
-freeze the link.
+"""A loopback TCP proxy for the bridge tests that can lose the reply of one call,
+freeze the link, or delay every request in transit.
 
 The proxy sits between a gRPC client and a SessionStore. It forwards bytes both
 ways unchanged until it is armed with :meth:`TcpProxy.drop_next_reply`; then it
@@ -25,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -72,12 +73,16 @@ class _Connection:
                 data = self.client.recv(_CHUNK)
                 if not data:
                     break
-                self.proxy.flowing.wait()  # frozen: held, the connection left open
-                self.upstream.sendall(data)
+                self.proxy.in_hand(1)
+                try:
+                    self.proxy.flowing.wait()  # frozen: held, the connection left open
+                    self.proxy.forward(self, data)
+                finally:
+                    self.proxy.in_hand(-1)
         except OSError:
             pass
         finally:
-            self.close()
+            self.proxy.forward(self, b"")  # closes it once what it holds is passed on
 
     def _server_to_client(self) -> None:
         # The server's bytes are always cut into whole frames, armed or not, so that
@@ -89,6 +94,9 @@ class _Connection:
                 if not data:
                     break
                 self.proxy.flowing.wait()  # frozen: held, the connection left open
+                if not self.proxy.http2:
+                    self.client.sendall(data)
+                    continue
                 pending += data
                 forward, at_response = _split_at_response(pending)
                 if at_response and self.proxy.take_drop():
@@ -139,8 +147,13 @@ def _split_at_response(data: bytes) -> tuple[bytes, bool]:
 class TcpProxy:
     """A loopback proxy to ``upstream`` ("host:port"); see the module docstring."""
 
-    def __init__(self, upstream: str, *, on_drop: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, upstream: str, *, on_drop: Callable[[], None] | None = None, http2: bool = True
+    ) -> None:
+        """``http2=False``: bytes of another protocol (Redis's), passed on as they
+        come; such a proxy can freeze and delay, not drop replies."""
         host, _, port = upstream.rpartition(":")
+        self.http2 = http2
         self._upstream = (host, int(port))
         self._on_drop = on_drop
         self._lock = threading.Lock()
@@ -156,6 +169,11 @@ class TcpProxy:
         self._refusing = False
         self.flowing = threading.Event()  # cleared: the link is frozen
         self.flowing.set()
+        self.delay = 0.0
+        self._held: list[tuple[float, _Connection, bytes]] = []  # in order of arrival
+        self._held_changed = threading.Condition(self._lock)
+        self._delayer: threading.Thread | None = None
+        self._in_hand = 0  # client chunks a pump holds (frozen, or being sent)
         self._acceptor = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
         self._acceptor.start()
 
@@ -201,6 +219,69 @@ class TcpProxy:
         for connection in connections:
             connection.close()
 
+    def delay_requests(self, seconds: float) -> None:
+        """Play a slow link: from now on each byte a client sends reaches the server
+        ``seconds`` after it was sent (the bytes keep their order; replies are not
+        delayed). 0: on time again, once the bytes held now are passed on."""
+        with self._held_changed:
+            self.delay = seconds
+            if seconds > 0 and self._delayer is None:
+                self._delayer = threading.Thread(
+                    target=self._pass_on, name="tcp-proxy-delay", daemon=True
+                )
+                self._delayer.start()
+
+    def forward(self, connection: _Connection, data: bytes) -> None:
+        """Send a client's ``data`` on to its server, at once or, once requests were
+        ever delayed, through the queue (so bytes never overtake held ones); empty
+        ``data``: close the connection (after what it holds)."""
+        with self._held_changed:
+            if self._delayer is not None:
+                self._held.append((time.monotonic() + self.delay, connection, data))
+                self._held_changed.notify_all()
+                return
+        if data:
+            connection.upstream.sendall(data)
+        else:
+            connection.close()
+
+    def in_hand(self, change: int) -> None:
+        """A pump took a client's chunk (1) or passed it on or queued it (-1)."""
+        with self._held_changed:
+            self._in_hand += change
+            self._held_changed.notify_all()
+
+    def wait_until_delivered(self, timeout: float = 30.0) -> bool:
+        """Block until every byte a client sent so far, delayed or frozen, was passed
+        on to the server (or ``timeout``)."""
+        with self._held_changed:
+            return self._held_changed.wait_for(
+                lambda: not self._held and not self._in_hand, timeout
+            )
+
+    def _pass_on(self) -> None:
+        """Pass each held chunk on at its time, in order (one thread for all)."""
+        while True:
+            with self._held_changed:
+                while not self._held and not self._stopping:
+                    self._held_changed.wait()
+                if not self._held:
+                    return  # stopping, nothing held
+                due, connection, data = self._held[0]
+                left = due - time.monotonic()
+                if left > 0 and not self._stopping:
+                    self._held_changed.wait(left)  # woken early by stop() or new data
+                    continue
+                self._held.pop(0)
+                self._held_changed.notify_all()
+            try:
+                if data:
+                    connection.upstream.sendall(data)
+                else:
+                    connection.close()
+            except OSError:
+                connection.close()
+
     def freeze(self) -> None:
         """Play a link that stops passing packets (or a stopped server): every open
         connection stays open and passes nothing either way, until :meth:`thaw`."""
@@ -245,15 +326,18 @@ class TcpProxy:
                 self._open.append(connection)
             connection.start()
 
-    def _connections(self) -> Iterator[_Connection]:
+    def _connections(self) -> list[_Connection]:
         with self._lock:
-            yield from list(self._open)
+            return list(self._open)
 
     def stop(self) -> None:
         """Close the listener and every connection; join every thread."""
         with self._lock:
             self._stopping = True
+            self._held_changed.notify_all()  # the delayer passes on what it holds, ends
         self.flowing.set()  # a pump held by a freeze ends with its sockets
+        if self._delayer is not None:
+            self._delayer.join()
         with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self._listener.close()

@@ -88,6 +88,23 @@ def test_malformed_msgpack_is_a_validation_error(data: bytes) -> None:
     assert caught.value.variable == "v"
 
 
+def test_every_refusal_says_why() -> None:
+    """msgpack's own error for a too deep nesting has no text: the reason is ours."""
+    for data in (b"\x91" * 5000 + b"\xc0", b"\xc1", b"\x92\x01"):
+        with pytest.raises(ValidationError) as caught:
+            codec.unpack(data, max_bytes=1 << 20, what="value", variable="v")
+        reason = str(caught.value).split("is not valid msgpack: ")[1].split(" (rule")[0]
+        assert reason.strip(), str(caught.value)
+    with pytest.raises(ValidationError, match="nested deeper than msgpack decodes"):
+        codec.unpack(b"\x91" * 5000 + b"\xc0", max_bytes=1 << 20)
+
+
+def test_pack_items_is_pack_of_the_list() -> None:
+    items = [1, "a", b"b", {"k": [1.5, None]}, [], {}] * 300
+    assert codec.pack_items(items) == codec.pack(items)
+    assert codec.pack_items([]) == codec.pack([])
+
+
 def test_unpack_map_rejects_a_non_map_under_its_rule() -> None:
     with pytest.raises(ValidationError, match=r"metadata of variable 'v' must be a msgpack map"):
         codec.unpack_map(codec.pack([1]), max_bytes=100, what="metadata", variable="v")

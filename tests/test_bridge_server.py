@@ -133,8 +133,12 @@ def test_a_watch_that_does_not_ask_gets_no_started_message(
     """A client of the .proto that knows nothing of KIND_STARTED never sees one."""
     stub = pb_grpc.SessionStoreStub(channel)
     with BridgedState.init(address=server.address) as state:
-        stream = stub.Watch(pb.WatchRequest(session_id=state.session_id), timeout=30)
         state.register_variable("t", "float", 0.5)
+        first_sequence = state.session_info()["next_sequence"] - 1
+        stream = stub.Watch(
+            pb.WatchRequest(session_id=state.session_id, start_sequence=first_sequence),
+            timeout=30,
+        )
         first = next(iter(stream))
         stream.cancel()
     assert (first.kind, first.name) == (pb.VariableEvent.KIND_REGISTERED, "t")

@@ -493,3 +493,39 @@ def test_a_session_enforces_the_limits_it_was_given_locally_and_bridged() -> Non
                     write(state)
                 assert info.value.limit == limit, (state, info.value)
                 assert state.list_variables() == before
+
+
+def test_a_batch_over_the_message_limit_is_the_same_error_local_and_bridged() -> None:
+    """17 values of 100 KiB in a 1 MiB message: locally the session refuses the batch,
+    bridged the client does before sending (gRPC's own refusal would read as the
+    server's RESOURCE_EXHAUSTED); the same class, variable, limit and wording, and
+    nothing changes."""
+    from dspex_actors.bridge import BridgedState, serve
+
+    limit = 1 << 20
+    batch = {f"v{i}": "a" * (100 << 10) for i in range(17)}
+    errors = []
+    with serve() as server:
+        for state in (
+            LocalState.init(limits=Limits(max_message_bytes=limit)),
+            BridgedState.init(address=server.address, max_message_bytes=limit),
+        ):
+            try:
+                for name in batch:
+                    state.register_variable(name, "string", "")
+                with pytest.raises(LimitExceeded) as caught:
+                    state.update_variables(batch)
+                errors.append(caught.value)
+                assert state.get_variables(list(batch)) == dict.fromkeys(batch, "")
+            finally:
+                state.cleanup()
+    local, bridged = errors
+    assert [local.details["variable"], local.details["limit"]] == ["<batch>", "max_message_bytes"]
+    assert [bridged.details["variable"], bridged.details["limit"]] == [
+        "<batch>",
+        "max_message_bytes",
+    ]
+    prefix = "variable '<batch>': the batch of 17 updates is "
+    assert str(local).startswith(prefix)
+    assert str(bridged).startswith(prefix)
+    assert str(bridged).endswith("the limit is this client's own, and nothing was sent")

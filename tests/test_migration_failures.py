@@ -11,7 +11,7 @@ supervisor; a handle kept from before says SessionClosed instead of reading stal
 values). A copy that could not be removed (the bridge refused the close) stays
 invisible and is removed before the next attempt. And incarnations: an owner whose
 session expired can neither close nor write into a newcomer's session with the same
-id.
+id, nor read the newcomer's values.
 """
 
 from __future__ import annotations
@@ -278,3 +278,54 @@ def test_an_expired_owner_cannot_write_into_a_newcomers_session() -> None:
                 second.cleanup()
             first.cleanup()
     print(f"an expired owner's {len(writes)} writes: each SessionNotFound, the newcomer's intact")
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite", "redis"])
+def test_a_handle_on_an_ended_session_cannot_read_a_newcomers_values(
+    store: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    """Every read carries the handle's incarnation too: a handle attached to a
+    session that was closed gets SessionNotFound from each read, never the values of
+    a newcomer's session with the same id."""
+    url = {
+        "memory": None,
+        "sqlite": f"sqlite:{tmp_path / 'store.db'}",
+        "redis": request.getfixturevalue("redis_url") if store == "redis" else None,
+    }[store]
+    sid = f"reused-{store}-{time.monotonic_ns()}"
+    with serve(store=url) as server:
+        owner = BridgedState.init(session_id=sid, address=server.address)
+        attached = BridgedState.init(session_id=sid, address=server.address, create=False)
+        newcomer: BridgedState | None = None
+        reads: dict[str, Callable[[], object]] = {
+            "get_variable": lambda: attached.get_variable("v"),
+            "get_variables": lambda: attached.get_variables(["v"]),
+            "get_record": lambda: attached.get_record("v"),
+            "has_variable": lambda: attached.has_variable("v"),
+            "list_variables": attached.list_variables,
+            "export_state": attached.export_state,
+            "digest": attached.digest,
+            "session_info": attached.session_info,
+            "heartbeat": attached.heartbeat,
+        }
+        try:
+            owner.register_variable("v", "integer", 1)
+            assert attached.get_variable("v") == 1
+            owner.cleanup()  # the owner closes the session
+            newcomer = BridgedState.init(session_id=sid, address=server.address)
+            assert newcomer.incarnation != attached.incarnation
+            newcomer.register_variable("v", "integer", 100)
+            answered = {}
+            for name, read in reads.items():
+                try:
+                    answered[name] = read()
+                except SessionNotFound:
+                    continue
+            assert answered == {}, f"read the newcomer's session: {answered}"
+            assert newcomer.get_variable("v") == 100
+        finally:
+            if newcomer is not None:
+                newcomer.cleanup()
+            attached.cleanup()
+            owner.cleanup()
+    print(f"{store}: {len(reads)} reads of an ended incarnation, each SessionNotFound")

@@ -239,6 +239,28 @@ def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
         pass
 
 
+def test_an_emptied_file_is_said_to_start_a_new_store(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file of 0 bytes (truncated, or made by ``touch``) is a new database to SQLite:
+    the store starts on it, and says so, where a new path is created without a word."""
+    emptied, new = tmp_path / "emptied.db", tmp_path / "new.db"
+    emptied.touch()
+    with caplog.at_level("WARNING", logger="dspex_actors.stores.sqlite_file"):
+        with serve(store=f"sqlite:{new}"):
+            pass
+        assert caplog.records == []
+        with (
+            serve(store=f"sqlite:{emptied}") as server,
+            BridgedState.init(address=server.address) as state,
+        ):
+            state.register_variable("x", "integer", 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the sqlite store {str(emptied)!r} is an empty file (0 bytes): starting a new "
+        "store in it; any sessions it held before it was emptied are gone"
+    ]
+
+
 # -- writes the file refuses ------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ process's write.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import subprocess
 import sys
 import threading
@@ -353,13 +354,29 @@ def test_a_cached_batch_reads_its_own_write_while_its_event_is_held() -> None:
         assert cached.get_variable("x") == 1 and cached.cached
 
 
+def _sync_after_a_thaw(cached: BridgedState) -> None:
+    """``sync_cache`` once the channel has its connection back: gRPC reconnects on its
+    own schedule after a long freeze, so each attempt until then is unavailable."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            cached.sync_cache(WAIT)
+            return
+        except BridgeUnavailable:
+            if time.monotonic() > deadline:
+                raise
+
+
 def test_a_frozen_link_stops_a_cached_handle_from_answering_from_its_copy() -> None:
     """A link that stops passing packets never looks down by itself: keepalive gives
     it up (within ``keepalive.LIVENESS_BOUND``), and from then on no read answers from
     the copy the frozen link can no longer refresh: each goes to the server and is
-    ``BridgeUnavailable`` while frozen. After the thaw the copy serves again, fresh."""
+    ``BridgeUnavailable`` while frozen — at least 1,000 reads, and reading on until the
+    link has been frozen 20 s (the channel keeps trying to reconnect meanwhile).
+    After the thaw the copy serves again, fresh."""
     from tcp_proxy import TcpProxy
 
+    reads, frozen_seconds = 1000, 20.0
     with serve() as server, TcpProxy(server.address) as proxy:
         writer = BridgedState.init(address=server.address)
         cached = BridgedState.init(
@@ -376,21 +393,46 @@ def test_a_frozen_link_stops_a_cached_handle_from_answering_from_its_copy() -> N
             writer.set_variable("x", 2)  # the frozen link never brings its event
             assert cache.wait_down(WAIT)
             detected = time.monotonic() - frozen_at
+
             answers: list[Any] = []
-            for _ in range(25):
-                try:
-                    answers.append(cached.get_variable("x"))
-                except BridgeUnavailable:
-                    answers.append(BridgeUnavailable)
+            taken = threading.Lock()
+
+            def read() -> None:  # until `reads` reads and `frozen_seconds` of freeze
+                while True:
+                    with taken:
+                        if (
+                            len(answers) >= reads
+                            and time.monotonic() >= frozen_at + frozen_seconds
+                        ):
+                            return
+                    try:
+                        answer = cached.get_variable("x")
+                    except BridgeUnavailable:
+                        answer = BridgeUnavailable
+                    with taken:
+                        answers.append(answer)
+
+            reading = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(10) as readers:  # 0.2 s each
+                for done in [readers.submit(read) for _ in range(10)]:
+                    done.result()
+            frozen_for = time.monotonic() - frozen_at
+            read_for = time.monotonic() - reading
             proxy.thaw()
-            cached.sync_cache(WAIT)
+            _sync_after_a_thaw(cached)
             assert cached.get_variable("x") == 2 and cached.cached
         finally:
             proxy.thaw()
             cached.cleanup()
             writer.cleanup()
-    print(f"frozen link given up after {detected:.2f} s (bound {keepalive.LIVENESS_BOUND} s)")
-    assert answers == [BridgeUnavailable] * 25  # not one stale 1
+    stale = sum(1 for answer in answers if answer is not BridgeUnavailable)
+    print(
+        f"frozen link given up after {detected:.2f} s (bound {keepalive.LIVENESS_BOUND} s); "
+        f"then {len(answers)} reads over {read_for:.1f} s ({frozen_for:.1f} s frozen): "
+        f"{stale} stale"
+    )
+    assert len(answers) >= reads
+    assert set(answers) == {BridgeUnavailable}  # not one stale 1
 
 
 def test_a_cache_on_a_session_with_history_syncs_and_batches_read_their_own_writes() -> None:

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -525,29 +526,36 @@ def test_a_migrated_context_is_kept_alive_by_its_servers_ttl_from_the_switch_on(
     """The heartbeats start with the first move, before the session is bridged, when
     their period is still the hour asked for; the switch makes them take the server's
     short TTL at once, so the first heartbeat comes within a third of it, not an hour
-    later (when the session would long have expired)."""
+    later (when the session would long have expired); with a 2 s TTL the context then
+    stays alive through more than 10 s of idling."""
     from dspex_actors import serve
     from dspex_actors.bridge import BridgedState
 
-    beat = threading.Event()
+    beats = threading.Semaphore(0)
     real = BridgedState.heartbeat
 
     def spy(self: BridgedState) -> float | None:
         expires = real(self)
-        beat.set()
+        beats.release()
         return expires
 
     monkeypatch.setattr(BridgedState, "heartbeat", spy)
     with (
-        serve(session_ttl=0.9) as server,
+        serve(session_ttl=2.0) as server,
         Supervisor.start(bridge_address=server.address, heartbeat_interval=3600.0) as sup,
     ):
         ctx = sup.start_context()
         ctx.register_variable("x", "integer", 1)
         ctx.ensure_bridged()
-        assert sup._heartbeat_period() == pytest.approx(0.3)
-        assert beat.wait(30)  # an hour without the fix; 0.3 s with it
+        assert sup._heartbeat_period() == pytest.approx(2.0 / 3)
+        assert beats.acquire(timeout=30)  # an hour without the fix; 0.67 s with it
+        idle = time.monotonic()
+        for _ in range(15):  # 10 s and more of idling, kept alive by heartbeats alone
+            assert beats.acquire(timeout=30)
+            assert server.reap_expired() == []
+        idle = time.monotonic() - idle
         assert ctx.get_variable("x") == 1
+    print(f"a migrated context under a 2 s TTL: alive after {idle:.1f} s idle, 16 heartbeats")
 
 
 def test_heartbeats_come_more_often_than_the_ttl_the_server_reported() -> None:

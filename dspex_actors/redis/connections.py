@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from redis.connection import AbstractConnection
 
 __all__ = [
+    "CHAIN_LENGTH",
     "Connections",
     "Unanswered",
     "acquire_connections",
@@ -244,7 +246,11 @@ class _CallScope:
     deadline: float | None  # monotonic seconds
     retain: int  # seconds Redis remembers each reply
     attempts: int = 0
+    expires_ms: int = 0  # the deadline as an instant, Unix ms (0: none)
 
+
+CHAIN_LENGTH = 16
+"""The most scripts one relayed write sends (each re-planned after a change it met)."""
 
 _SCOPE: ContextVar[_CallScope | None] = ContextVar("dspex_redis_call", default=None)
 
@@ -257,11 +263,15 @@ def call_scope(request_id: str | None, deadline: float | None, retain: int) -> I
     A SessionStore server relays a client's write with the client's request id, so
     a retry reaching any server sharing the Redis is answered with the first reply.
     One call may send several scripts (a write planned on a cached definition that
-    turned out stale is planned again): the n-th sends ``<request id>.<n>``, so a
+    turned out stale is planned again): the n-th sends ``<request id>.<n>``, at most
+    :data:`CHAIN_LENGTH` of them (so Settle knows every id one write may use), so a
     retry replays the same chain and applies at most one of them. ``retain``: how
     long (seconds) Redis remembers each reply.
     """
-    token = _SCOPE.set(_CallScope(request_id, deadline, retain))
+    expires_ms = 0
+    if deadline is not None:  # as an instant, for Redis to hold a late script to
+        expires_ms = int((time.time() + deadline - time.monotonic()) * 1000)
+    token = _SCOPE.set(_CallScope(request_id, deadline, retain, expires_ms=expires_ms))
     try:
         yield
     finally:

@@ -33,6 +33,7 @@ from dspex_actors.messages import (
     ListVariables,
     Operation,
     RegisterVariable,
+    Settle,
     SetVariable,
     UpdateVariables,
 )
@@ -159,6 +160,11 @@ SCRIPTS: dict[type[Operation[Any]], Step] = {
     ImportState: Step(writes.add, _replayed_import),
     GetSession: Step(_info),
     Heartbeat: Step(_heartbeat),
+    Settle: Step(
+        lambda session, op: writes.settle_writes(
+            session, [op.request_id], op.age, writes.RETAIN_SECONDS, op.within
+        )
+    ),
     CommitSession: Step(lambda session, op: session.commit_pending()),
     CloseSession: Step(lambda session, op: session.close()),
 }

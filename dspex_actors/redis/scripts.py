@@ -27,9 +27,12 @@ variable for good: a client may cache its definition under it.
 Every script takes the keys in that order and the handle's incarnation as
 ``ARGV[1]``, and answers ``DSPEX_GONE`` (an error reply) when the session is absent
 or another incarnation. A write also takes its request id, the stream's history
-and how long to remember its reply (seconds) as ``ARGV[2..4]``, and answers a
+and how long to remember its reply (seconds; then, after a space, its deadline as
+an instant in Unix ms, when it has one) as ``ARGV[2..4]``, and answers a
 msgpack array (``{'ok', ...}`` or a refusal such as ``{'not_found'}``), remembered
-under its request id so that a retry gets the same answer. A script checks
+under its request id so that a retry gets the same answer (``SETTLE`` leaves a
+refusal there instead, and a write arriving after its deadline leaves one too, so
+a write settled as not applied never applies). A script checks
 everything before its first write: Redis does not roll a script back.
 
 Lua never decodes values, metadata or constraints (its numbers are doubles): it
@@ -41,6 +44,11 @@ that writes costs several times one that does not (each ``PEXPIRE`` is propagate
 a session expires 0.99 to 1 TTL after its last use. A write also gives the TTL to
 any key it made (a key without one would outlive the session); a heartbeat
 (``INFO`` with ``ARGV[2] == '1'``) resets every key's TTL at once.
+
+**Length.** Past 600 lines on purpose: the Lua of every script, which share one
+prelude, one key layout and one reply format. Read together they show what one
+script may assume of another (the TTL refresh, the remembered replies, the event
+stream); split, each rule would be stated far from the scripts that rely on it.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ __all__ = [
     "DELETE",
     "DESCRIBE",
     "DUMP",
+    "DUMP_PAGE",
     "FIRST_EVENT",
     "GET",
     "GET_MANY",
@@ -67,6 +76,7 @@ __all__ = [
     "REGISTER",
     "REPLIES",
     "SET",
+    "SETTLE",
     "UPDATE",
     "Script",
     "session_keys",
@@ -131,7 +141,11 @@ _WRITE_PRELUDE = (
 local MAX_VERSION = '{MAX_VERSION}'
 """
     + """
-local RID, HISTORY, RETAIN = ARGV[2], ARGV[3], tonumber(ARGV[4])
+-- ARGV[4]: seconds to remember the reply; then, after a space, the sender's deadline
+-- as an instant (Unix ms), when it set one.
+local RID, HISTORY = ARGV[2], ARGV[3]
+local RETAIN, EXPIRES = string.match(ARGV[4], '^(%d+) ?(%d*)$')
+RETAIN = tonumber(RETAIN)
 
 local TTL = live()
 
@@ -153,9 +167,21 @@ local function answer(reply)
   return packed
 end
 
+-- A write's first step: the reply remembered under its request id (a retry's, or a
+-- refusal Settle left there), or a refusal, remembered, when it arrives after its
+-- deadline (delayed in transit), or nil: go on.
 local function replayed()
-  if RID == '' then return nil end
-  return redis.call('HGET', K_REQUESTS, RID)
+  if RID ~= '' then
+    local seen = redis.call('HGET', K_REQUESTS, RID)
+    if seen then return seen end
+  end
+  if EXPIRES ~= '' then
+    local t = redis.call('TIME')
+    if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(EXPIRES) then
+      return answer({'not_applied'})
+    end
+  end
+  return nil
 end
 
 local function reserve(n)
@@ -282,6 +308,25 @@ for i = 2, #ARGV do
     for j = 1, 6 do out[#out + 1] = false end
   end
 end
+return out
+"""
+
+_DUMP_PAGE_LUA = """
+local ttl = live()
+if not ttl then return gone() end
+touch(ttl)
+local first, count = tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {redis.call('HGET', K_SESSION, 'next_seq'), redis.call('ZCARD', K_ORDER), 0}
+local fields = redis.call('HGETALL', K_SESSION)
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 2) == 'm:' then
+    out[#out + 1] = string.sub(fields[i], 3)
+    out[#out + 1] = fields[i + 1]
+    out[3] = out[3] + 1
+  end
+end
+local ids = redis.call('ZRANGE', K_ORDER, first, first + count - 1)
+for i = 1, #ids do row(out, ids[i]) end
 return out
 """
 
@@ -514,6 +559,29 @@ flush()
 return answer({'ok'})
 """
 
+_SETTLE_LUA = """
+-- ARGV: incarnation, seconds to remember a refusal, then the request ids one write
+-- sends, in order (one, or a relayed write's chain). 1 if one of them was applied;
+-- else 0, after a refusal is remembered under the first id not yet used, so that
+-- the write, arriving late there, is refused and the chain can never apply.
+local ttl = live()
+if not ttl then return gone() end
+for i = 3, #ARGV do
+  local packed = redis.call('HGET', K_REQUESTS, ARGV[i])
+  if not packed then
+    local t = tonumber(redis.call('TIME')[1])
+    redis.call('HSET', K_REQUESTS, ARGV[i], cmsgpack.pack({'not_applied'}))
+    redis.call('ZADD', K_EXPIRY, t + tonumber(ARGV[2]), ARGV[i])
+    refresh(ttl)
+    return 0
+  end
+  local code = cmsgpack.unpack(packed)[1]
+  if code == 'ok' then return 1 end
+  if code == 'not_applied' then return 0 end
+end
+return 0
+"""
+
 _CLOSE_LUA = """
 if not live() then return gone() end
 local seq = redis.call('HGET', K_SESSION, 'next_seq')
@@ -547,6 +615,9 @@ GET_MANY = _script(_GET_MANY_LUA, "get_many")
 RECORD = _script(_RECORD_LUA, "record")
 DESCRIBE = _script(_DESCRIBE_LUA, "describe")
 DUMP = _script(_DUMP_LUA, "dump")
+DUMP_PAGE = _script(_DUMP_PAGE_LUA, "dump_page")
+"""Part of a session: ``{next_seq, variables, pairs, metadata..., rows...}``, the rows
+of the variables ranked ``ARGV[2]`` to ``ARGV[2] + ARGV[3] - 1`` in creation order."""
 NAMES = _script(_NAMES_LUA, "names")
 FIRST_EVENT = _script(_FIRST_EVENT_LUA, "first_event")
 """The sequence of the oldest event the session's stream holds (its next one if none)."""
@@ -555,6 +626,8 @@ INFO = _script(_INFO_LUA, "info")
 with ``ARGV[3] == '1'`` its metadata follows."""
 REPLIES = _script(_REPLIES_LUA, "replies")
 """The remembered replies of the request ids given (nil where none is)."""
+SETTLE = _script(_SETTLE_LUA, "settle")
+"""Whether a write was applied (1), or make sure it never will be (0)."""
 REGISTER = _script(_REGISTER_LUA, "register", write=True)
 SET = _script(_SET_LUA, "set", write=True)
 UPDATE = _script(_UPDATE_LUA, "update", write=True)

@@ -13,12 +13,12 @@ scripts check again. What each operation runs is its table,
 **Failures.** A call is bounded by ``timeout``. Redis not reachable:
 ``BridgeUnavailable`` (never applied; the engine retries with backoff within the
 deadline). A write carries a request id, and the script remembers each reply for
-a while (twice the timeout, at least 10 s): a write whose reply was lost is sent
+a while (twice the timeout, at least 30 s): a write whose reply was lost is sent
 again with the same id and answered with the first reply, so it is applied once.
-Only when no attempt was answered within the deadline and one of them may have
-reached Redis does a write raise ``OutcomeUnknown``. A caller from outside (a
-SessionStore server) fixes the request id and deadline with
-:func:`~dspex_actors.redis.connections.call_scope`.
+A write that got no answer within the deadline is settled
+(:func:`dspex_actors.redis.writes.send`); only when that fails too does it raise
+``OutcomeUnknown``. A caller from outside (a SessionStore server) fixes the request
+id and deadline with :func:`~dspex_actors.redis.connections.call_scope`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from dspex_actors.limits import Limits, check_session_id
 from dspex_actors.records import SessionInfo, variable_not_found
 from dspex_actors.redis import scripts
 from dspex_actors.redis.connections import (
+    CHAIN_LENGTH,
     Connections,
     Unanswered,
     acquire_connections,
@@ -68,6 +69,8 @@ from dspex_actors.vartypes import (
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "DUMP_PAGE",
+    "DUMP_TRIES",
     "PENDING_TTL",
     "TOMBSTONE_SECONDS",
     "Definition",
@@ -80,6 +83,10 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds a call may take, retries included, unless said otherwise."""
+DUMP_PAGE = 500
+"""Variables per script when a session is read whole (a listing, an export)."""
+DUMP_TRIES = 3
+"""Paged reads of a session a writer keeps changing before one script reads it all."""
 PENDING_TTL = 60.0
 """Seconds a migration's uncommitted copy lives (the SessionStore's, too)."""
 TOMBSTONE_SECONDS = 60.0
@@ -259,6 +266,7 @@ class RedisSession:
         write: bool = False,
         retry: bool = True,
         extra_time: float = 0.0,
+        budget: float | None = None,
     ) -> Any:
         """Run one script within the deadline; the one place Redis errors are translated.
 
@@ -266,10 +274,12 @@ class RedisSession:
         write with the same request id, so Redis applies it once); then
         ``OutcomeUnknown`` for a write some attempt may have delivered, else
         ``BridgeUnavailable``. ``extra_time`` lengthens the deadline, and each
-        attempt's wait for its reply, for a script that runs long.
+        attempt's wait for its reply, for a script that runs long; ``budget``
+        replaces the timeout (a settle's short bound).
         """
         errors = self.connections.errors
-        deadline = time.monotonic() + self.timeout + extra_time
+        allowed = self.timeout + extra_time if budget is None else budget
+        deadline = time.monotonic() + allowed
         scope = current_scope()
         if scope is not None and scope.deadline is not None:
             if time.monotonic() >= scope.deadline:  # not one attempt after the deadline
@@ -279,7 +289,7 @@ class RedisSession:
                     session_id=self.session_id,
                 )
             deadline = min(deadline, scope.deadline)
-        read_timeout = self.timeout + extra_time if extra_time else None
+        read_timeout = allowed if extra_time or budget is not None else None
         backoff = Backoff(Backoff.RETRY)
         maybe_sent = False
         failure: Exception
@@ -345,30 +355,6 @@ class RedisSession:
     def read(self, script: Script, *args: Any) -> Any:
         self.check_open()
         return self.call(script, self.keys, [self.incarnation, *args])
-
-    def write(self, script: Script, args: Sequence[Any], extra_time: float = 0.0) -> list[Any]:
-        """Run a write script with a fresh request id; its reply, decoded."""
-        self.check_open()
-        retain = max(10, int(2 * (self.timeout + extra_time)) + 1)
-        scope = current_scope()
-        if scope is not None and scope.request_id:
-            request_id = f"{scope.request_id}.{scope.attempts}"
-            scope.attempts += 1
-            retain = max(retain, scope.retain)
-        else:
-            scope = None
-            request_id = uuid.uuid4().hex
-        request = [self.incarnation, request_id, self.history, retain]
-        try:
-            packed = self.call(
-                script, self.keys, [*request, *args], write=True, extra_time=extra_time
-            )
-        except SessionNotFound:
-            if scope is not None:  # "gone" is not remembered: the number is unused
-                scope.attempts -= 1
-            raise
-        reply: list[Any] = unpack(packed)
-        return reply
 
     def missing(self, identifier: Any) -> StateError:
         return variable_not_found(identifier, self.session_id)
@@ -464,13 +450,38 @@ class RedisSession:
         }
 
     def dump(self) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
-        """The session at one moment: next sequence, metadata, records in order."""
+        """The session at one moment: next sequence, metadata, records in order.
+
+        Read :data:`DUMP_PAGE` variables per script, so that no script holds Redis
+        (every client of it) for a whole large session. The pages are one moment
+        when the session's sequence, which every change moves, is the same on all
+        of them; after :data:`DUMP_TRIES` reads that a writer kept interrupting, the
+        whole session is read by one script instead."""
+        for _ in range(DUMP_TRIES):
+            first = self.read(scripts.DUMP_PAGE, 0, DUMP_PAGE)
+            sequence, total, metadata, records = self._page(first)
+            while len(records) < total:
+                page = self._page(self.read(scripts.DUMP_PAGE, len(records), DUMP_PAGE))
+                if page[0] != sequence or not page[3]:
+                    break  # changed meanwhile: the pages are not one moment
+                records += page[3]
+            else:
+                return sequence, metadata, records
         reply = self.read(scripts.DUMP)
         pairs = int(reply[1])
         metadata = {text(reply[2 + 2 * i]): unpack(reply[3 + 2 * i]) for i in range(pairs)}
         start = 2 + 2 * pairs
         records = [self.record_of(reply, at) for at in range(start, len(reply), 8)]
         return int(reply[0]), metadata, records
+
+    def _page(self, reply: list[Any]) -> tuple[int, int, dict[str, Any], list[dict[str, Any]]]:
+        """A :data:`~dspex_actors.redis.scripts.DUMP_PAGE` reply: sequence, variables
+        in all, metadata, the page's records."""
+        pairs = int(reply[2])
+        metadata = {text(reply[3 + 2 * i]): unpack(reply[4 + 2 * i]) for i in range(pairs)}
+        start = 3 + 2 * pairs
+        records = [self.record_of(reply, at) for at in range(start, len(reply), 8)]
+        return int(reply[0]), int(reply[1]), metadata, records
 
     def columns(self) -> ExportColumns:
         """The export as columns, built from one read; ``sequence`` is the session's
@@ -539,12 +550,16 @@ class RedisSession:
             expires,
         )
 
-    def replies(self, request_id: str, count: int = 16) -> list[list[Any]]:
-        """The remembered replies of a relayed write's scripts (``call_scope``), in
-        the order they were sent: what a retry of that write was answered with."""
+    @staticmethod
+    def chain(request_id: str) -> list[str]:
+        """The request ids of a relayed write's scripts (``call_scope``), in order."""
+        return [f"{request_id}.{n}" for n in range(CHAIN_LENGTH)]
+
+    def replies(self, request_id: str) -> list[list[Any]]:
+        """The remembered replies of a relayed write's scripts, in the order they
+        were sent: what a retry of that write was answered with."""
         self.check_open()
-        ids = [f"{request_id}.{n}" for n in range(count)]
-        found = self.read(scripts.REPLIES, *ids)
+        found = self.read(scripts.REPLIES, *self.chain(request_id))
         replies: list[list[Any]] = []
         for packed in found:
             if packed is None:

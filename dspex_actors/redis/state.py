@@ -193,9 +193,9 @@ class RedisState(RemoteSessionMethods):
             raise SessionClosed(f"session {self.session_id!r}: this handle is cleaned up")
         return operations.run(self._session, operation)
 
-    def replies(self, request_id: str, count: int = 16) -> list[list[Any]]:
+    def replies(self, request_id: str) -> list[list[Any]]:
         """The remembered replies of a relayed write's scripts (``call_scope``)."""
-        return self._session.replies(request_id, count)
+        return self._session.replies(request_id)
 
     def history_start(self) -> int:
         """The oldest event sequence the session's stream still holds."""

@@ -52,11 +52,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from dspex_actors.bulk import off_loop
 from dspex_actors.errors import BridgeUnavailable, SessionNotFound, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
 from dspex_actors.messages import ReadOperation, WriteOperation
 from dspex_actors.records import Opened, SessionInfo, check_pattern
-from dspex_actors.redis import operations
+from dspex_actors.redis import operations, writes
 from dspex_actors.redis.connections import call_scope
 from dspex_actors.redis.follower import Followed, StreamFollower
 from dspex_actors.redis.session import DEFAULT_TIMEOUT, RedisSession
@@ -327,15 +328,24 @@ class RedisStore:
 
         await self._blocking(work)
 
-    async def info(self, session_id: str) -> SessionInfo:
-        return await self._blocking(lambda: self._current(session_id, lambda s: s.info()))
+    async def info(self, session_id: str, incarnation: str | None = None) -> SessionInfo:
+        return await self._blocking(lambda: self._on(session_id, incarnation, lambda s: s.info()))
 
-    async def heartbeat(self, session_id: str) -> float:
+    async def heartbeat(self, session_id: str, incarnation: str | None = None) -> float:
         def work() -> float:
-            expires = self._current(session_id, lambda s: s.info(heartbeat=True).expires_at)
-            return expires if expires is not None else float("inf")
+            info = self._on(session_id, incarnation, lambda s: s.info(heartbeat=True))
+            return info.expires_at if info.expires_at is not None else float("inf")
 
         return await self._blocking(work)
+
+    def _on(
+        self, session_id: str, incarnation: str | None, call: Callable[[RedisSession], _T]
+    ) -> _T:
+        """``call`` on that incarnation of the session, or on it as it is now."""
+        if incarnation is None:
+            return self._current(session_id, call)
+        with self._using(session_id, incarnation) as handle:
+            return call(handle)
 
     def _current(self, session_id: str, call: Callable[[RedisSession], _T]) -> _T:
         """``call`` on the session as it is now: a held handle whose incarnation has
@@ -364,14 +374,25 @@ class RedisStore:
                     "before the deadline and was not applied"
                 )
             with call_scope(request_id, deadline, self.dedupe_seconds):
-                if incarnation is None:
-                    return self._current(
-                        session_id, lambda handle: _apply(handle, operation, request_id)
-                    )
-                with self._using(session_id, incarnation) as handle:
-                    return _apply(handle, operation, request_id)
+                return self._on(
+                    session_id, incarnation, lambda handle: _apply(handle, operation, request_id)
+                )
 
+        if operation.scans:  # in the loop's bulk lane: one at a time, beside the loop
+            return await off_loop(work, run_in=self._blocking)
         return await self._blocking(work)
+
+    async def settle(
+        self, session_id: str, request_id: str, age: float, incarnation: str | None = None
+    ) -> bool:
+        chain = RedisSession.chain(request_id)  # every id one relayed write may send
+        return await self._blocking(
+            lambda: self._on(
+                session_id,
+                incarnation,
+                lambda session: writes.settle_writes(session, chain, age, self.dedupe_seconds),
+            )
+        )
 
     # -- watching -----------------------------------------------------------------------
 

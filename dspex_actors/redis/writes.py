@@ -12,17 +12,30 @@ events to the session's stream, all in one step no other client can interleave.
 Metadata is merged here on a copy of the variable's metadata of a known version,
 and the script refuses the write if the version moved meanwhile; the plan is then
 made again from what Redis holds.
+
+Every script is sent by :func:`send`, with its request id and its deadline as an
+instant (Redis refuses, and remembers refusing, a script that arrives after it). A
+write that got no answer is settled (:func:`settle_writes`): Redis answers whether it was
+applied, or remembers a refusal under its request id, so that it never will be.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dspex_actors import vartypes
-from dspex_actors.errors import PartialFailure, StateError, ValidationError, VariableExists
+from dspex_actors.errors import (
+    BridgeUnavailable,
+    OutcomeUnknown,
+    PartialFailure,
+    SessionNotFound,
+    StateError,
+    ValidationError,
+    VariableExists,
+)
 from dspex_actors.exports import ExportColumns, check_shape, columns_digest
 from dspex_actors.imported import records_from_columns
 from dspex_actors.limits import (
@@ -38,7 +51,9 @@ from dspex_actors.messages import (
     UpdateVariables,
 )
 from dspex_actors.redis import scripts
-from dspex_actors.redis.session import Definition, RedisSession, Retry, pack, text
+from dspex_actors.redis.connections import CHAIN_LENGTH, current_scope
+from dspex_actors.redis.scripts import Script
+from dspex_actors.redis.session import Definition, RedisSession, Retry, pack, text, unpack
 from dspex_actors.session import Record, SessionTable
 from dspex_actors.text import describe_value
 from dspex_actors.vartypes import (
@@ -48,10 +63,151 @@ from dspex_actors.vartypes import (
     sized_metadata,
 )
 
-__all__ = ["add", "delete", "register", "set_value", "update"]
+__all__ = [
+    "RETAIN_SECONDS",
+    "add",
+    "delete",
+    "register",
+    "send",
+    "set_value",
+    "settle_writes",
+    "update",
+]
 
 _IMPORT_SECONDS = 300e-6
 """An import runs in Redis for about 30 us a variable; its deadline allows ten times that."""
+
+
+# -- sending a write, and settling one that got no answer -----------------------------
+
+SETTLE_SECONDS = 1.0
+"""At most this long (and at most the timeout) is spent settling a write that got no
+answer, after its deadline, before ``OutcomeUnknown`` is raised."""
+RETAIN_SECONDS = 30
+"""Redis remembers a write's reply (or a settled refusal) at least this long: a
+write's ``OutcomeUnknown`` can be settled for about as long."""
+
+
+def send(
+    session: RedisSession, script: Script, args: Sequence[Any], extra_time: float = 0.0
+) -> list[Any]:
+    """Run a write script with a fresh request id; its reply, decoded.
+
+    Redis refuses the script when it arrives after the call's deadline. One that
+    got no answer is settled here, within :data:`SETTLE_SECONDS`: not applied
+    raises ``BridgeUnavailable``; applied answers its remembered reply; neither
+    raises ``OutcomeUnknown``, whose ``settle()`` asks again. A server's relayed
+    write (``call_scope``) is settled by its client instead, through the server.
+    """
+    session.check_open()
+    retain = max(RETAIN_SECONDS, int(2 * (session.timeout + extra_time)) + 1)
+    started = time.monotonic()
+    scope = current_scope()
+    if scope is not None and scope.request_id:
+        if scope.attempts >= CHAIN_LENGTH:
+            raise StateError(
+                f"session {session.session_id!r}: the write met a change {CHAIN_LENGTH} "
+                "times in a row; not applied"
+            )
+        request_id = f"{scope.request_id}.{scope.attempts}"
+        scope.attempts += 1
+        retain = max(retain, scope.retain)
+        expires_ms = scope.expires_ms
+    else:
+        scope = None
+        request_id = uuid.uuid4().hex
+        expires_ms = int((time.time() + session.timeout + extra_time) * 1000)
+    terms = f"{retain} {expires_ms}" if expires_ms > 0 else str(retain)
+    request = [session.keys, [session.incarnation, request_id, session.history, terms, *args]]
+    try:
+        packed = session.call(script, *request, write=True, extra_time=extra_time)
+    except SessionNotFound:
+        if scope is not None:  # "gone" is not remembered: the number is unused
+            scope.attempts -= 1
+        raise
+    except OutcomeUnknown as unknown:
+        if scope is not None:
+            raise
+        packed = _settle_unknown(session, script, request, unknown, request_id, started, retain)
+    reply: list[Any] = unpack(packed)
+    if reply[0] == "not_applied":
+        raise BridgeUnavailable(
+            f"session {session.session_id!r}: {script.name} was refused, not applied: it "
+            "reached Redis after its deadline (delayed in transit, or the clocks of "
+            "this host and Redis disagree by more than the timeout), or was settled",
+            session_id=session.session_id,
+            settled=True,
+        )
+    return reply
+
+
+def _settle_unknown(
+    session: RedisSession,
+    script: Script,
+    request: list[Any],
+    unknown: OutcomeUnknown,
+    request_id: str,
+    started: float,
+    retain: int,
+) -> Any:
+    """A write that got no answer: settled within a short bound (see :func:`send`)."""
+    bound = min(session.timeout, SETTLE_SECONDS)
+    unknown = OutcomeUnknown(
+        f"{unknown.message}; settle() tells", session_id=session.session_id, request_id=request_id
+    )
+
+    def settle_later() -> bool:
+        try:
+            return settle_writes(session, [request_id], time.monotonic() - started, retain)
+        except BridgeUnavailable as exc:  # still not reachable: still unknown
+            raise unknown from exc
+
+    unknown.settled_by(settle_later)
+    try:
+        applied = settle_writes(session, [request_id], time.monotonic() - started, retain, bound)
+    except StateError:
+        raise unknown from None
+    if not applied:
+        raise BridgeUnavailable(
+            f"Redis at {session.where} did not answer within {session.timeout}s; the write to "
+            f"session {session.session_id!r} was settled as not applied and never will be",
+            session_id=session.session_id,
+            settled=True,
+        )
+    try:  # applied: its request id fetches the reply Redis remembered
+        return session.call(script, *request, write=True, budget=bound)
+    except StateError:
+        raise unknown from None
+
+
+def settle_writes(
+    session: RedisSession,
+    request_ids: Sequence[str],
+    age: float,
+    retain: float,
+    budget: float | None = None,
+) -> bool:
+    """Whether the write that sent ``request_ids`` (in order; first sent ``age``
+    seconds ago; its replies remembered ``retain`` seconds) was applied; after
+    False it never will be. ``OutcomeUnknown`` when Redis may have forgotten it."""
+    session.check_open()
+    if age + (budget or session.timeout) >= retain:
+        raise OutcomeUnknown(
+            f"session {session.session_id!r}: the write was sent {age:.3g}s ago and Redis "
+            f"remembers replies for {retain:.3g}s; it can no longer tell whether it "
+            "was applied",
+            session_id=session.session_id,
+        )
+    reply = session.call(
+        scripts.SETTLE,
+        session.keys,
+        [session.incarnation, int(retain), *request_ids],
+        budget=budget,
+    )
+    return bool(int(reply))
+
+
+# -- the writes -----------------------------------------------------------------------
 
 
 def _stamp(seconds: float) -> str:
@@ -78,7 +234,8 @@ def register(session: RedisSession, op: RegisterVariable) -> str:
         raise
     while True:
         var_id = f"var_{uuid.uuid4().hex}"
-        reply = session.write(
+        reply = send(
+            session,
             scripts.REGISTER,
             [
                 name,
@@ -168,7 +325,8 @@ def _set_once(
         if expected_version is not None and expected_version != version:
             raise session.conflict(name, expected_version, version) from None
         raise
-    reply = session.write(
+    reply = send(
+        session,
         scripts.SET,
         [
             identifier,
@@ -228,7 +386,7 @@ def _update_once(session: RedisSession, batch: dict[Any, Any], metadata: Any, fr
             pack(checked),
             b"" if entry is None else pack(entry[1]),
         ]
-    reply = session.write(scripts.UPDATE, args)
+    reply = send(session, scripts.UPDATE, args)
     code = reply[0]
     if code == "ok":
         for (definition, _, _), version in zip(staged.values(), reply[1], strict=True):
@@ -318,7 +476,7 @@ def delete(session: RedisSession, op: DeleteVariable) -> None:
     identifier = op.identifier
     if not session.identifies(identifier):
         raise session.missing(identifier)
-    reply = session.write(scripts.DELETE, [identifier])
+    reply = send(session, scripts.DELETE, [identifier])
     session.forget(identifier)
     if reply[0] == "not_found":
         raise session.missing(identifier)
@@ -369,7 +527,7 @@ def _add_columns(
             _stamp(record.last_updated_at),
         ]
     # An import runs in Redis for about 30 us a variable; allow ten times that.
-    reply = session.write(scripts.IMPORT, args, extra_time=_IMPORT_SECONDS * len(records))
+    reply = send(session, scripts.IMPORT, args, extra_time=_IMPORT_SECONDS * len(records))
     if reply[0] == "limit":
         check_variable_count(session.session_id, int(reply[1]), len(records), limits)
     if reply[0] == "exists":

@@ -12,13 +12,17 @@ Rules every store keeps, beyond the StateProvider contract's:
   its dedupe window is answered with the first answer (value or error) and not
   applied again; a repeat that arrives while the first is still running waits for
   it.
+* **Settling.** ``settle`` answers whether a write was applied; once it answers
+  False, that request id can never apply (the refusal is remembered in place of an
+  answer, for as long as answers are). A write sent longer ago than the store
+  remembers is ``OutcomeUnknown``, never guessed.
 * **Deadlines.** ``run`` is given the caller's deadline (monotonic seconds); a
   write whose deadline passes before it started is never applied, and the caller
   hears :class:`~dspex_actors.errors.BridgeUnavailable` (which always means "not
   applied").
 * **Incarnations.** Each creation of a session id is a new incarnation (an opaque
-  string); ``close`` with an incarnation closes only that one, so a stale owner
-  cannot close a later session that reuses the id.
+  string); every call given an incarnation acts on that one only, so a stale
+  handle can neither close, write nor read a later session that reuses the id.
 """
 
 from __future__ import annotations
@@ -133,12 +137,14 @@ class Store(Protocol):
         """
         ...
 
-    async def info(self, session_id: str) -> SessionInfo:
-        """Describe a session (counts as activity)."""
+    async def info(self, session_id: str, incarnation: str | None = None) -> SessionInfo:
+        """Describe a session (counts as activity); with ``incarnation``, only that
+        one (``SessionNotFound`` otherwise)."""
         ...
 
-    async def heartbeat(self, session_id: str) -> float:
-        """Mark the session active; when it expires without activity (epoch s)."""
+    async def heartbeat(self, session_id: str, incarnation: str | None = None) -> float:
+        """Mark the session active; when it expires without activity (epoch s).
+        With ``incarnation``, only that one (``SessionNotFound`` otherwise)."""
         ...
 
     async def run(
@@ -168,6 +174,15 @@ class Store(Protocol):
         glob of ``patterns`` (all when empty), from sequence ``start`` (None: from
         now), as described in :mod:`dspex_actors.streaming`; ends after a ``closed``
         event. The caller closes it (``aclose``) when done."""
+        ...
+
+    async def settle(
+        self, session_id: str, request_id: str, age: float, incarnation: str | None = None
+    ) -> bool:
+        """Whether the write with ``request_id``, first sent ``age`` seconds ago, was
+        applied (waiting for it while it runs). False means not, and never: the
+        refusal is remembered under the request id, so the write arriving late is
+        refused. ``OutcomeUnknown`` when the store no longer remembers that far."""
         ...
 
     async def end_watches(self) -> None:

@@ -5,7 +5,8 @@ so a bridged session behaves exactly as a local one. The store runs on the
 server's event loop and never blocks it on a session's work:
 
 * reads run lock-free on the session's published table, and only when they meet a
-  write in progress go to the actor;
+  write in progress go to the actor; those that scan a large session (a listing,
+  an export) run off the loop (:func:`~dspex_actors.bulk.off_loop`);
 * writes are delivered to the actor with ``tell`` (:class:`~dspex_actors.messages.
   Deliver`), which answers through a callback into the loop: a waiting call costs a
   pending future, not a thread. If the caller's deadline passes before the actor
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -35,10 +37,12 @@ from typing import Any, TypeVar
 import pykka
 
 from dspex_actors import failpoints
+from dspex_actors.bulk import BULK_ITEMS, off_loop
 from dspex_actors.engine import ActorSession
 from dspex_actors.errors import (
     BridgeUnavailable,
     LimitExceeded,
+    OutcomeUnknown,
     SessionClosed,
     StateError,
 )
@@ -46,9 +50,9 @@ from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
 from dspex_actors.messages import Control, Deliver, OpenEvents, ReadOperation, WriteOperation
 from dspex_actors.records import Opened, SessionInfo, check_pattern
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
-from dspex_actors.session import MISSED, SessionTable, new_session_id
+from dspex_actors.session import MISSED, Missed, SessionTable, new_session_id
 from dspex_actors.stores.base import DEDUPE_WINDOW, PENDING_TTL, Watching, not_found
-from dspex_actors.streaming import DEFAULT_HISTORY, EventLog, follow, settle
+from dspex_actors.streaming import DEFAULT_HISTORY, EventLog, follow, fulfil
 from dspex_actors.vartypes import check_metadata, plain_copy
 
 __all__ = ["MemoryStore"]
@@ -75,6 +79,10 @@ class _Session:
     pending: bool = False
     creator: str | None = None  # the request id of the open that created it
     results: OrderedDict[str, asyncio.Future[Any]] = field(default_factory=OrderedDict)
+    forgotten_at: float = -math.inf
+    """The store's clock when the last answer was forgotten (or, for a session a
+    durable store loaded, when it was loaded): a write sent before then may have
+    been applied with no trace left here."""
 
     @property
     def session_id(self) -> str:
@@ -89,10 +97,11 @@ class _Session:
     def give_up(self, error: StateError) -> None:
         self.give_up_hook(self.session_id, error)
 
-    def remember(self, request_id: str, answer: asyncio.Future[Any]) -> None:
+    def remember(self, request_id: str, answer: asyncio.Future[Any], now: float) -> None:
         self.results[request_id] = answer
         while len(self.results) > DEDUPE_WINDOW:
             self.results.popitem(last=False)
+            self.forgotten_at = now
 
 
 class MemoryStore:
@@ -130,11 +139,17 @@ class MemoryStore:
 
     # -- sessions -------------------------------------------------------------------
 
-    def _live(self, session_id: str) -> _Session:
-        """The session, marked active now; SessionNotFound if absent."""
+    def _find(self, session_id: str, incarnation: str | None = None) -> _Session:
+        """The session (that incarnation, when one is given); SessionNotFound if
+        absent or another incarnation holds the id now."""
         entry = self._sessions.get(session_id)
-        if entry is None:
+        if entry is None or (incarnation and incarnation != entry.incarnation):
             raise not_found(session_id)
+        return entry
+
+    def _live(self, session_id: str, incarnation: str | None = None) -> _Session:
+        """The session as :meth:`_find` gives it, marked active now."""
+        entry = self._find(session_id, incarnation)
         entry.last_active = self._clock()
         return entry
 
@@ -232,25 +247,19 @@ class MemoryStore:
         return min(self.session_ttl, PENDING_TTL) if entry.pending else self.session_ttl
 
     async def commit(self, session_id: str, incarnation: str) -> None:
-        entry = self._sessions.get(session_id)
-        if entry is None or incarnation != entry.incarnation:
-            raise not_found(session_id)
+        entry = self._find(session_id, incarnation)
         entry.pending = False
         entry.last_active = self._clock()
 
     async def close(self, session_id: str, incarnation: str | None) -> None:
         await failpoints.reached("store.close")
-        entry = self._sessions.get(session_id)
-        if entry is None or (incarnation and incarnation != entry.incarnation):
-            raise not_found(session_id)
+        entry = self._find(session_id, incarnation)
         del self._sessions[session_id]
         self._restarts.forget(session_id)
         await asyncio.get_running_loop().run_in_executor(None, _close, entry, "closed")
 
-    async def info(self, session_id: str) -> SessionInfo:
-        entry = self._sessions.get(session_id)
-        if entry is None:
-            raise not_found(session_id)
+    async def info(self, session_id: str, incarnation: str | None = None) -> SessionInfo:
+        entry = self._find(session_id, incarnation)
         # The activity before this call (which counts as activity too), on the wall
         # clock: the store's clock only measures intervals.
         last_active_at = entry.created_at + (entry.last_active - entry.opened)
@@ -267,8 +276,8 @@ class MemoryStore:
             expires_at=time.time() + self._ttl(entry),
         )
 
-    async def heartbeat(self, session_id: str) -> float:
-        return time.time() + self._ttl(self._live(session_id))
+    async def heartbeat(self, session_id: str, incarnation: str | None = None) -> float:
+        return time.time() + self._ttl(self._live(session_id, incarnation))
 
     async def watch(
         self,
@@ -278,12 +287,38 @@ class MemoryStore:
         incarnation: str | None = None,
     ) -> Watching:
         globs = [check_pattern(pattern) for pattern in patterns]
-        entry = self._live(session_id)
-        if incarnation and incarnation != entry.incarnation:
-            raise not_found(session_id)  # that incarnation is gone; this id names another
+        entry = self._live(session_id, incarnation)
         log = await self._deliver(entry, OpenEvents(), None)
         begin = log.next_sequence if start is None else start
         return Watching(follow(log, begin, globs), begin, entry.incarnation)
+
+    async def settle(
+        self, session_id: str, request_id: str, age: float, incarnation: str | None = None
+    ) -> bool:
+        entry = self._live(session_id, incarnation)
+        now = self._clock()
+        earlier = entry.results.get(request_id)
+        if earlier is None:
+            if now - max(age, 0.0) <= entry.forgotten_at:
+                raise OutcomeUnknown(
+                    f"session {session_id!r}: write {request_id!r} was sent {age:.3g}s ago, "
+                    "before the oldest answer this server still remembers; it can no "
+                    "longer tell whether it was applied",
+                    session_id=session_id,
+                )
+            fence: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            fence.set_result(
+                BridgeUnavailable(
+                    f"session {session_id!r}: write {request_id!r} was settled as not "
+                    "applied; it never will be (send it again with a new request id)",
+                    session_id=session_id,
+                    settled=True,
+                )
+            )
+            entry.remember(request_id, fence, now)
+            return False
+        answer = await asyncio.shield(earlier)  # a write still running: its own deadline
+        return not isinstance(answer, StateError)
 
     async def end_watches(self) -> None:
         for entry in list(self._sessions.values()):
@@ -351,21 +386,31 @@ class MemoryStore:
         deadline: float | None,
         incarnation: str | None = None,
     ) -> _R:
-        entry = self._live(session_id)
-        if incarnation and incarnation != entry.incarnation:
-            raise not_found(session_id)  # that incarnation is gone; this id names another
+        entry = self._live(session_id, incarnation)
         if isinstance(operation, ReadOperation):
-            answer = entry.table.read(operation)
+            if operation.scans and len(entry.table.by_id) >= BULK_ITEMS:
+                answer: _R | Missed = await off_loop(entry.table.read, operation)
+            else:
+                answer = entry.table.read(operation)
             if answer is not MISSED:
                 result: _R = answer  # type: ignore[assignment]  # not MISSED: an _R
                 return result
             return await self._deliver(entry, operation, deadline)
+        await failpoints.reached("store.apply")
         if request_id:
+            # No await from here until _deliver remembers the id: a Settle between
+            # the check and the delivery would otherwise be overtaken.
             earlier = entry.results.get(request_id)
             if earlier is not None:
                 repeated: _R = _outcome(await asyncio.shield(earlier))
                 return repeated
-        await failpoints.reached("store.apply")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise BridgeUnavailable(
+                f"session {session_id!r}: {type(operation).__name__} arrived after its "
+                "deadline (delayed in transit, or the client's clock is behind this "
+                "server's by more than its timeout) and was not applied",
+                session_id=session_id,
+            )
         applied = await self._deliver(entry, operation, deadline, request_id)
         await failpoints.reached("store.reply")
         return applied
@@ -383,7 +428,7 @@ class MemoryStore:
 
         def reply(result: Any) -> None:  # in the actor's thread
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits now
-                loop.call_soon_threadsafe(settle, answer, result)
+                loop.call_soon_threadsafe(fulfil, answer, result)
 
         claim = [True]
         try:
@@ -394,7 +439,7 @@ class MemoryStore:
                 f"{type(operation).__name__} was not applied"
             ) from None
         if request_id:
-            entry.remember(request_id, answer)
+            entry.remember(request_id, answer, self._clock())
         left = (deadline if deadline is not None else time.monotonic() + DEFAULT_DEADLINE) - (
             time.monotonic()
         )
@@ -412,7 +457,7 @@ class MemoryStore:
                     f"session {entry.session_id!r} was busy: {type(operation).__name__} "
                     "did not start before the deadline and was not applied"
                 )
-                settle(answer, refused)  # a retry already waiting on it hears it too
+                fulfil(answer, refused)  # a retry already waiting on it hears it too
                 raise refused from None
         outcome: _R = _outcome(result)
         return outcome

@@ -86,7 +86,6 @@ from dspex_actors.imported import records_from_columns
 from dspex_actors.messages import ReadOperation, WriteOperation
 from dspex_actors.records import Opened
 from dspex_actors.session import SessionTable
-from dspex_actors.stores.base import not_found
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.stores.sqlite_file import (
     EVENT,
@@ -191,7 +190,7 @@ class SqliteStore(MemoryStore):
                 f"sqlite store {self.path!r}: session {row.session_id!r} cannot be loaded: {exc}",
                 session_id=row.session_id,
             ) from exc
-        self._hold(
+        entry = self._hold(
             table,
             row.incarnation,
             row.created_at,
@@ -199,6 +198,7 @@ class SqliteStore(MemoryStore):
             creator=row.creator,
             age=max(0.0, time.time() - row.created_at),
         )
+        entry.forgotten_at = self._clock()  # answers before this start are not kept
 
     def _abandon(self) -> None:
         """Undo a start that failed: stop the sessions held so far and the file."""
@@ -279,9 +279,7 @@ class SqliteStore(MemoryStore):
 
     async def commit(self, session_id: str, incarnation: str) -> None:
         await self._saved(session_id)
-        entry = self._sessions.get(session_id)
-        if entry is None or incarnation != entry.incarnation:
-            raise not_found(session_id)
+        entry = self._find(session_id, incarnation)
         if entry.pending:
             # A migration's import set the event count without a change: record it.
             await self._executor(
@@ -291,9 +289,7 @@ class SqliteStore(MemoryStore):
 
     async def close(self, session_id: str, incarnation: str | None) -> None:
         await self._saved(session_id)
-        entry = self._sessions.get(session_id)
-        if entry is None or (incarnation and incarnation != entry.incarnation):
-            raise not_found(session_id)
+        entry = self._find(session_id, incarnation)
         # Deleted before the close is answered; writes queued behind it then fail.
         await self._executor(self._db.drop_sessions, [(session_id, entry.incarnation)])
         await super().close(session_id, entry.incarnation)
@@ -359,6 +355,7 @@ class SqliteStore(MemoryStore):
             and answer.done()
             and not answer.cancelled()
             and isinstance(answer.result(), BridgeUnavailable)
+            and not answer.result().details.get("settled")  # a settled refusal stands
         ):
             del entry.results[request_id]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -130,6 +131,14 @@ class SessionRow:
     creator: str | None
 
 
+def _empty_file(path: str) -> bool:
+    """Whether ``path`` is a file of 0 bytes (SQLite takes one for a new database)."""
+    try:
+        return os.stat(path).st_size == 0 and os.path.isfile(path)
+    except OSError:
+        return False
+
+
 class Database:
     """The store's file: one connection, one lock, and the one place where
     ``sqlite3`` errors become ``BridgeUnavailable`` (not applied)."""
@@ -140,6 +149,12 @@ class Database:
         self.path = path
         self._lock = threading.Lock()
         self._claim = claim_file(path)
+        if _empty_file(path):
+            logger.warning(
+                "the sqlite store %r is an empty file (0 bytes): starting a new store in "
+                "it; any sessions it held before it was emptied are gone",
+                path,
+            )
         try:
             conn = sqlite3.connect(
                 path, timeout=busy_timeout, isolation_level=None, check_same_thread=False

@@ -8,9 +8,10 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CallRequest(_message.Message):
-    __slots__ = ("call", "timeout_seconds", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable")
+    __slots__ = ("call", "timeout_seconds", "expires_unix_ms", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable", "settle")
     CALL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     GET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
     SET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
     GET_VARIABLES_FIELD_NUMBER: _ClassVar[int]
@@ -21,8 +22,10 @@ class CallRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     GET_SESSION_FIELD_NUMBER: _ClassVar[int]
     HAS_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    SETTLE_FIELD_NUMBER: _ClassVar[int]
     call: int
     timeout_seconds: float
+    expires_unix_ms: int
     get_variable: GetVariableRequest
     set_variable: SetVariableRequest
     get_variables: GetVariablesRequest
@@ -33,10 +36,11 @@ class CallRequest(_message.Message):
     heartbeat: HeartbeatRequest
     get_session: GetSessionRequest
     has_variable: HasVariableRequest
-    def __init__(self, call: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., get_variable: _Optional[_Union[GetVariableRequest, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableRequest, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesRequest, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesRequest, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableRequest, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableRequest, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., get_session: _Optional[_Union[GetSessionRequest, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableRequest, _Mapping]] = ...) -> None: ...
+    settle: SettleRequest
+    def __init__(self, call: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., expires_unix_ms: _Optional[int] = ..., get_variable: _Optional[_Union[GetVariableRequest, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableRequest, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesRequest, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesRequest, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableRequest, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableRequest, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., get_session: _Optional[_Union[GetSessionRequest, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableRequest, _Mapping]] = ..., settle: _Optional[_Union[SettleRequest, _Mapping]] = ...) -> None: ...
 
 class CallReply(_message.Message):
-    __slots__ = ("call", "error", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable")
+    __slots__ = ("call", "error", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable", "settle")
     CALL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     GET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +53,7 @@ class CallReply(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     GET_SESSION_FIELD_NUMBER: _ClassVar[int]
     HAS_VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    SETTLE_FIELD_NUMBER: _ClassVar[int]
     call: int
     error: bytes
     get_variable: GetVariableResponse
@@ -61,7 +66,8 @@ class CallReply(_message.Message):
     heartbeat: HeartbeatResponse
     get_session: SessionInfo
     has_variable: HasVariableResponse
-    def __init__(self, call: _Optional[int] = ..., error: _Optional[bytes] = ..., get_variable: _Optional[_Union[GetVariableResponse, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableResponse, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesResponse, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesResponse, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableResponse, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableResponse, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., get_session: _Optional[_Union[SessionInfo, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableResponse, _Mapping]] = ...) -> None: ...
+    settle: SettleResponse
+    def __init__(self, call: _Optional[int] = ..., error: _Optional[bytes] = ..., get_variable: _Optional[_Union[GetVariableResponse, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableResponse, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesResponse, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesResponse, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableResponse, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableResponse, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., get_session: _Optional[_Union[SessionInfo, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableResponse, _Mapping]] = ..., settle: _Optional[_Union[SettleResponse, _Mapping]] = ...) -> None: ...
 
 class ErrorDetail(_message.Message):
     __slots__ = ("error_class", "reason", "message", "details", "errors")
@@ -140,10 +146,12 @@ class CloseSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class GetSessionRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
     __slots__ = ("session_id", "variable_count", "created_at", "last_active_at", "ttl_seconds", "metadata", "incarnation", "next_sequence")
@@ -166,16 +174,36 @@ class SessionInfo(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., variable_count: _Optional[int] = ..., created_at: _Optional[float] = ..., last_active_at: _Optional[float] = ..., ttl_seconds: _Optional[float] = ..., metadata: _Optional[bytes] = ..., incarnation: _Optional[str] = ..., next_sequence: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("expires_at",)
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     expires_at: float
     def __init__(self, expires_at: _Optional[float] = ...) -> None: ...
+
+class SettleRequest(_message.Message):
+    __slots__ = ("session_id", "incarnation", "write_request_id", "age_seconds")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    WRITE_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    incarnation: str
+    write_request_id: str
+    age_seconds: float
+    def __init__(self, session_id: _Optional[str] = ..., incarnation: _Optional[str] = ..., write_request_id: _Optional[str] = ..., age_seconds: _Optional[float] = ...) -> None: ...
+
+class SettleResponse(_message.Message):
+    __slots__ = ("applied",)
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    applied: bool
+    def __init__(self, applied: _Optional[bool] = ...) -> None: ...
 
 class RegisterVariableRequest(_message.Message):
     __slots__ = ("session_id", "name", "type", "initial_value", "constraints", "metadata", "description", "request_id", "incarnation")
@@ -206,14 +234,16 @@ class RegisterVariableResponse(_message.Message):
     def __init__(self, var_id: _Optional[str] = ...) -> None: ...
 
 class GetVariableRequest(_message.Message):
-    __slots__ = ("session_id", "identifier", "full")
+    __slots__ = ("session_id", "identifier", "full", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     FULL_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     identifier: str
     full: bool
-    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., full: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., full: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class GetVariableResponse(_message.Message):
     __slots__ = ("value", "version", "record")
@@ -250,12 +280,14 @@ class SetVariableResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
 class GetVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "identifiers")
+    __slots__ = ("session_id", "identifiers", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     identifiers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[str]] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., identifiers: _Optional[_Iterable[str]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class GetVariablesResponse(_message.Message):
     __slots__ = ("values",)
@@ -264,12 +296,14 @@ class GetVariablesResponse(_message.Message):
     def __init__(self, values: _Optional[bytes] = ...) -> None: ...
 
 class HasVariableRequest(_message.Message):
-    __slots__ = ("session_id", "identifier")
+    __slots__ = ("session_id", "identifier", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     identifier: str
-    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., identifier: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class HasVariableResponse(_message.Message):
     __slots__ = ("exists",)
@@ -298,12 +332,14 @@ class UpdateVariablesResponse(_message.Message):
     def __init__(self, next_sequence: _Optional[int] = ...) -> None: ...
 
 class ListVariablesRequest(_message.Message):
-    __slots__ = ("session_id", "pattern")
+    __slots__ = ("session_id", "pattern", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     pattern: str
-    def __init__(self, session_id: _Optional[str] = ..., pattern: _Optional[str] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., pattern: _Optional[str] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class Variable(_message.Message):
     __slots__ = ("id", "name", "type", "value", "constraints", "metadata", "version", "created_at", "last_updated_at")
@@ -350,12 +386,14 @@ class DeleteVariableResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ExportSessionRequest(_message.Message):
-    __slots__ = ("session_id", "columnar")
+    __slots__ = ("session_id", "columnar", "incarnation")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     COLUMNAR_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     columnar: bool
-    def __init__(self, session_id: _Optional[str] = ..., columnar: _Optional[bool] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, session_id: _Optional[str] = ..., columnar: _Optional[bool] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class ExportSessionResponse(_message.Message):
     __slots__ = ("state", "columns")

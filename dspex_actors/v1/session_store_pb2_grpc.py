@@ -60,6 +60,11 @@ class SessionStoreStub:
                 request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.Settle = channel.unary_unary(
+                '/dspex_actors.v1.SessionStore/Settle',
+                request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.SettleRequest.SerializeToString,
+                response_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.SettleResponse.FromString,
+                _registered_method=True)
         self.RegisterVariable = channel.unary_unary(
                 '/dspex_actors.v1.SessionStore/RegisterVariable',
                 request_serializer=dspex__actors_dot_v1_dot_session__store__pb2.RegisterVariableRequest.SerializeToString,
@@ -166,6 +171,16 @@ class SessionStoreServicer:
         """Keep a session alive without touching its variables. Every other call on a
         session also counts as activity; a session without activity for the server's
         TTL expires and is closed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Settle(self, request, context):
+        """Settle a write that got no answer: whether the write with that request id was
+        applied; after "not applied" it never will be (see "Settling" above). Waits
+        for the write while it still runs. UNKNOWN (OutcomeUnknown) when it was sent
+        longer ago than the session remembers; NOT_FOUND if the session is gone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -318,6 +333,11 @@ def add_SessionStoreServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.HeartbeatRequest.FromString,
                     response_serializer=dspex__actors_dot_v1_dot_session__store__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Settle': grpc.unary_unary_rpc_method_handler(
+                    servicer.Settle,
+                    request_deserializer=dspex__actors_dot_v1_dot_session__store__pb2.SettleRequest.FromString,
+                    response_serializer=dspex__actors_dot_v1_dot_session__store__pb2.SettleResponse.SerializeToString,
             ),
             'RegisterVariable': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterVariable,
@@ -516,6 +536,33 @@ class SessionStore:
             '/dspex_actors.v1.SessionStore/Heartbeat',
             dspex__actors_dot_v1_dot_session__store__pb2.HeartbeatRequest.SerializeToString,
             dspex__actors_dot_v1_dot_session__store__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Settle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspex_actors.v1.SessionStore/Settle',
+            dspex__actors_dot_v1_dot_session__store__pb2.SettleRequest.SerializeToString,
+            dspex__actors_dot_v1_dot_session__store__pb2.SettleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,8 +21,10 @@ __all__ = [
     "CALLS_LIMIT_KEY",
     "CALLS_MAX_REPLY_KEY",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "EXPIRES_KEY",
     "FRAMING_BYTES",
     "pack",
+    "pack_items",
     "pack_map",
     "unpack",
     "unpack_map",
@@ -39,12 +41,26 @@ CALLS_LIMIT_KEY = "dspex-calls-limit"
 """Initial metadata of a Calls stream: how many of its calls the server runs at once."""
 CALLS_MAX_REPLY_KEY = "dspex-max-reply-bytes"
 """Metadata a client opens a Calls stream with: the largest reply it can receive."""
+EXPIRES_KEY = "dspex-expires-unix-ms"
+"""Metadata of a unary call: the client's deadline as an instant (Unix epoch ms), so
+a write delayed in transit past it is refused unapplied (gRPC's own deadline counts
+from the request's arrival)."""
 
 
 def pack(value: Any) -> bytes:
     """msgpack of plain data; ``TypeError``/``ValueError`` for anything else."""
     data: bytes = msgpack.packb(value, use_bin_type=True)
     return data
+
+
+def pack_items(items: list[Any]) -> bytes:
+    """:func:`pack` of a list, an item at a time (the same bytes): no one call runs
+    for the whole list, so another thread gets the GIL in between."""
+    packer = msgpack.Packer(use_bin_type=True)
+    pack_one = packer.pack
+    # A comprehension, not map(): bytecode between items is where the GIL changes hands.
+    head: bytes = packer.pack_array_header(len(items))
+    return head + b"".join([pack_one(item) for item in items])
 
 
 def pack_map(mapping: Mapping[str, Any] | None) -> bytes:
@@ -95,7 +111,7 @@ def unpack(
             _decode(data, len(data))
         except Exception:
             raise ValidationError(
-                f"{_subject(what, variable)} is not valid msgpack: {exc} (rule {rule!r})",
+                f"{_subject(what, variable)} is not valid msgpack: {_reason(exc)} (rule {rule!r})",
                 variable=variable,
                 rule=rule,
                 value=None,
@@ -105,6 +121,13 @@ def unpack(
             limit="max_value_bytes",
             variable=variable,
         ) from exc
+
+
+def _reason(exc: Exception) -> str:
+    """Why msgpack refused a payload, in words (some of its errors have none)."""
+    if isinstance(exc, msgpack.StackError):
+        return "arrays and maps nested deeper than msgpack decodes (1,024 levels)"
+    return str(exc) or type(exc).__name__
 
 
 class _ExtensionType(Exception):

@@ -20,7 +20,10 @@ from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.vartypes import all_of_type
 from dspex_actors.wire import codec
 
-__all__ = ["columns_from_message", "columns_to_message"]
+__all__ = ["PIECE", "columns_from_message", "columns_in_pieces", "columns_to_message"]
+
+PIECE = 1_000
+"""Variables per piece when a large export is serialized a piece at a time."""
 
 
 def columns_to_message(columns: ExportColumns) -> pb.SessionColumns:
@@ -58,6 +61,45 @@ def columns_to_message(columns: ExportColumns) -> pb.SessionColumns:
         except StateError as precise:
             raise precise from exc
         raise InvalidExport(f"export is not plain data the bridge can carry: {exc}") from exc
+
+
+def columns_in_pieces(columns: ExportColumns) -> bytes:
+    """The encoded message :func:`columns_to_message` builds, a piece at a time:
+    the payloads, then the repeated fields :data:`PIECE` variables per message
+    (protobuf reads concatenated messages as one, their repeated fields joined), so
+    no single call builds or serializes the whole session."""
+    if not _exactly_typed(columns):
+        return columns_to_message(columns).SerializeToString()  # raises what it must
+    try:
+        values = codec.pack_items(columns.values)
+        variable_metadata = codec.pack_items(columns.variable_metadata)
+    except (TypeError, ValueError, OverflowError):
+        return columns_to_message(columns).SerializeToString()  # raises what it must
+    pieces = [
+        pb.SessionColumns(
+            session_id=columns.session_id,
+            metadata=codec.pack_map(columns.metadata),
+            definitions=[
+                pb.VariableDefinition(type=type_name, constraints=codec.pack_map(constraints))
+                for type_name, constraints in columns.definitions
+            ],
+            values=values,
+            variable_metadata=variable_metadata,
+        ).SerializeToString()
+    ]
+    for start in range(0, columns.variable_count, PIECE):
+        end = start + PIECE
+        pieces.append(
+            pb.SessionColumns(
+                ids=columns.ids[start:end],
+                names=columns.names[start:end],
+                definition=columns.definition[start:end],
+                versions=columns.versions[start:end],
+                created_at=columns.created_at[start:end],
+                last_updated_at=columns.last_updated_at[start:end],
+            ).SerializeToString()
+        )
+    return b"".join(pieces)
 
 
 def _exactly_typed(columns: ExportColumns) -> bool:

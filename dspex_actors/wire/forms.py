@@ -40,6 +40,8 @@ __all__ = [
     "Send",
     "Settled",
     "batch_error",
+    "call_reply_bytes",
+    "embedded",
     "identifier_of",
     "metadata_of",
     "record_message",
@@ -88,6 +90,31 @@ _CALL_FIELD_OF: dict[str, str] = {
 }
 
 
+def call_reply_bytes(call: int, field: str, response: bytes) -> bytes:
+    """A Calls reply to ``call`` carrying ``response`` (its RPC's serialized response)
+    in ``field``, as wire bytes, without parsing ``response`` again: protobuf reads
+    concatenated encodings as one message, and an embedded message is its length
+    and its bytes."""
+    number = pb.CallReply.DESCRIPTOR.fields_by_name[field].number
+    return pb.CallReply(call=call).SerializeToString() + embedded(number, response)
+
+
+def embedded(number: int, payload: bytes) -> bytes:
+    """Field ``number`` of a message holding ``payload`` (an encoded message, or
+    bytes), as protobuf encodes it: its tag, its length, the payload."""
+    return b"".join((_varint(number << 3 | 2), _varint(len(payload)), payload))
+
+
+def _varint(value: int) -> bytes:
+    """``value`` (not negative) as a protobuf base-128 varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 class Limited:
     """A server's decoding of request payloads within its limits."""
 
@@ -131,6 +158,10 @@ class Rpc:
     """The request as an operation, its payloads decoded within the server's limits."""
     answer: Callable[[Any, Any], Message]
     """The operation's result (and the operation) as the response."""
+    pieces: Callable[[Any, Any], bytes] | None = None
+    """The same response serialized a piece at a time, for answers that grow with
+    the session: built off the loop, where one long protobuf call would hold the
+    GIL (and so the loop) for all of it."""
     field: str | None = dataclass_field(init=False)
     """Its field in a Calls request and reply, when it may travel on that stream."""
     has_request_id: bool = dataclass_field(init=False)

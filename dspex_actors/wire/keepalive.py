@@ -8,6 +8,9 @@ stream on it. A call's retry learns it at once, and a cached handle stops answer
 from its copy (its Watch stream broke): within :data:`LIVENESS_BOUND` seconds of a
 link freezing, nothing is read from a copy that link can no longer keep fresh.
 
+A link given up is tried again within :data:`MAX_RECONNECT_BACKOFF` seconds (gRPC's
+own backoff grows to 120 s), so the first calls after a partition heals find it up.
+
 A server pings its clients every :data:`SERVER_PING` seconds (a client that vanished
 without closing its streams is noticed) and lets them ping as often as
 :data:`CLIENT_PING`, however long their streams stay quiet.
@@ -18,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "CLIENT_PING",
     "LIVENESS_BOUND",
+    "MAX_RECONNECT_BACKOFF",
     "PING_TIMEOUT",
     "SERVER_PING",
     "client_options",
@@ -32,6 +36,8 @@ LIVENESS_BOUND = CLIENT_PING + PING_TIMEOUT
 """Seconds after which a frozen link is given up, at the latest (2x the ping)."""
 SERVER_PING = 10.0
 """Seconds between a server's pings of each client."""
+MAX_RECONNECT_BACKOFF = 1.0
+"""Seconds a client channel waits at most between attempts to reconnect."""
 
 
 def _ms(seconds: float) -> int:
@@ -49,6 +55,8 @@ def client_options() -> list[tuple[str, int]]:
         # What gives the link up when an answer is late (grpcio 1.85 does not act on
         # keepalive_timeout_ms alone while another ping is in flight: measured).
         ("grpc.http2.ping_timeout_ms", _ms(PING_TIMEOUT)),
+        ("grpc.initial_reconnect_backoff_ms", _ms(MAX_RECONNECT_BACKOFF / 4)),
+        ("grpc.max_reconnect_backoff_ms", _ms(MAX_RECONNECT_BACKOFF)),
     ]
 
 

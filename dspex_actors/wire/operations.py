@@ -9,10 +9,16 @@ sends, and reads the reply. Which RPCs may travel on the Calls stream is read fr
 the ``.proto`` itself (the ``CallRequest`` body's fields). Adding an operation is one
 registration here, its message in :mod:`dspex_actors.messages`, its method in
 :mod:`dspex_actors.methods`, and its RPC in the ``.proto``.
+
+**Length.** Past 600 lines on purpose: one registration per RPC, each a screenful,
+and the point of the module is that they are read side by side (what a client
+encodes is what the server decodes, next to it). Split by kind, a change to one
+wire rule would have to be made in several files again.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dspex_actors import vartypes
@@ -37,6 +43,7 @@ from dspex_actors.messages import (
     OpenSession,
     Operation,
     RegisterVariable,
+    Settle,
     SetVariable,
     UpdateVariables,
 )
@@ -44,7 +51,11 @@ from dspex_actors.records import Opened, SessionInfo, VariableRecord, check_patt
 from dspex_actors.text import utf8_encodable
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
-from dspex_actors.wire.columns import columns_from_message, columns_to_message
+from dspex_actors.wire.columns import (
+    columns_from_message,
+    columns_in_pieces,
+    columns_to_message,
+)
 from dspex_actors.wire.forms import (
     CALL_FIELDS,
     RPCS,
@@ -56,6 +67,7 @@ from dspex_actors.wire.forms import (
     Send,
     Settled,
     batch_error,
+    embedded,
     identifier_of,
     metadata_of,
     record_message,
@@ -73,7 +85,10 @@ __all__ = ["CALL_FIELDS", "RPCS", "SENDS"]
 
 def _get_request(identifier: Any, ids: Ids, full: bool) -> pb.GetVariableRequest:
     return pb.GetVariableRequest(
-        session_id=ids.session_id, identifier=identifier_of(identifier, ids), full=full
+        session_id=ids.session_id,
+        identifier=identifier_of(identifier, ids),
+        full=full,
+        incarnation=ids.incarnation,
     )
 
 
@@ -115,7 +130,9 @@ SENDS[GetRecord] = Send(
 
 def _get_many_request(op: GetVariables, ids: Ids) -> pb.GetVariablesRequest:
     wanted = [i for i in op.identifiers if isinstance(i, str) and utf8_encodable(i)]
-    return pb.GetVariablesRequest(session_id=ids.session_id, identifiers=wanted)
+    return pb.GetVariablesRequest(
+        session_id=ids.session_id, identifiers=wanted, incarnation=ids.incarnation
+    )
 
 
 SENDS[GetVariables] = Send(
@@ -137,7 +154,9 @@ def _has_request(op: HasVariable, ids: Ids) -> pb.HasVariableRequest:
     identifier = op.identifier
     if not isinstance(identifier, str) or not utf8_encodable(identifier):
         raise Settled(False)  # no name or id can be that
-    return pb.HasVariableRequest(session_id=ids.session_id, identifier=identifier)
+    return pb.HasVariableRequest(
+        session_id=ids.session_id, identifier=identifier, incarnation=ids.incarnation
+    )
 
 
 SENDS[HasVariable] = Send(
@@ -155,10 +174,15 @@ SENDS[HasVariable] = Send(
 )
 
 
+_VARIABLES_FIELD = pb.ListVariablesResponse.DESCRIPTOR.fields_by_name["variables"].number
+
+
 def _list_request(op: ListVariables, ids: Ids) -> pb.ListVariablesRequest:
     if op.pattern is not None and not utf8_encodable(op.pattern):
         raise Settled([])  # not UTF-8: no name can match it
-    return pb.ListVariablesRequest(session_id=ids.session_id, pattern=op.pattern or "")
+    return pb.ListVariablesRequest(
+        session_id=ids.session_id, pattern=op.pattern or "", incarnation=ids.incarnation
+    )
 
 
 SENDS[ListVariables] = Send(
@@ -171,6 +195,15 @@ SENDS[ListVariables] = Send(
             lambda op, records: pb.ListVariablesResponse(
                 variables=[record_message(VariableRecord.from_dict(r)) for r in records]
             ),
+            lambda op, records: b"".join(
+                [
+                    embedded(
+                        _VARIABLES_FIELD,
+                        record_message(VariableRecord.from_dict(r)).SerializeToString(),
+                    )
+                    for r in records
+                ]
+            ),
         )
     ),
     _list_request,
@@ -178,11 +211,28 @@ SENDS[ListVariables] = Send(
 )
 
 
+def _export_request(op: Operation[Any], ids: Ids) -> pb.ExportSessionRequest:
+    """Both exports ask for columns (the compact form); ExportState converts them."""
+    return pb.ExportSessionRequest(
+        session_id=ids.session_id, columnar=True, incarnation=ids.incarnation
+    )
+
+
 def _answer_export(op: Operation[Any], result: Any) -> pb.ExportSessionResponse:
     if isinstance(result, ExportColumns):
         with gc_paused(result.variable_count >= BULK_ITEMS):
             return pb.ExportSessionResponse(columns=columns_to_message(result))
     return pb.ExportSessionResponse(state=codec.pack(result))
+
+
+def _export_in_pieces(op: Operation[Any], result: Any) -> bytes:
+    if isinstance(result, ExportColumns):
+        with gc_paused(result.variable_count >= BULK_ITEMS):
+            return embedded(_COLUMNS_FIELD, columns_in_pieces(result))
+    return _answer_export(op, result).SerializeToString()
+
+
+_COLUMNS_FIELD = pb.ExportSessionResponse.DESCRIPTOR.fields_by_name["columns"].number
 
 
 def _columns_of_reply(r: pb.ExportSessionResponse, max_bytes: int) -> ExportColumns:
@@ -200,16 +250,17 @@ _EXPORT = serve(
         pb.ExportSessionResponse,
         lambda r, _: ExportSession() if r.columnar else ExportState(),
         _answer_export,
+        _export_in_pieces,
     )
 )
 SENDS[ExportSession] = Send(
     _EXPORT,
-    lambda op, ids: pb.ExportSessionRequest(session_id=ids.session_id, columnar=True),
+    _export_request,
     lambda op, r, max_bytes: _columns_of_reply(r, max_bytes),
 )
 SENDS[ExportState] = Send(
     _EXPORT,
-    lambda op, ids: pb.ExportSessionRequest(session_id=ids.session_id, columnar=True),
+    _export_request,
     lambda op, r, max_bytes: export_of(_columns_of_reply(r, max_bytes)),  # checks the shape
 )
 
@@ -579,7 +630,7 @@ SENDS[GetSession] = Send(
             ),
         )
     ),
-    lambda op, ids: pb.GetSessionRequest(session_id=ids.session_id),
+    lambda op, ids: pb.GetSessionRequest(session_id=ids.session_id, incarnation=ids.incarnation),
     _info,
 )
 SENDS[Heartbeat] = Send(
@@ -594,6 +645,37 @@ SENDS[Heartbeat] = Send(
             ),
         )
     ),
-    lambda op, ids: pb.HeartbeatRequest(session_id=ids.session_id),
+    lambda op, ids: pb.HeartbeatRequest(session_id=ids.session_id, incarnation=ids.incarnation),
     lambda op, r, max_bytes: float(r.expires_at),
+)
+
+
+def _decode_settle(r: pb.SettleRequest) -> Settle:
+    if not r.write_request_id or not math.isfinite(r.age_seconds) or r.age_seconds < 0:
+        raise ValidationError(
+            "Settle needs a write's request id and a finite, non-negative age (rule "
+            f"'settle', value {r.write_request_id!r}, {r.age_seconds!r}s)",
+            rule="settle",
+            value=[r.write_request_id, r.age_seconds],
+        )
+    return Settle(r.write_request_id, r.age_seconds)
+
+
+SENDS[Settle] = Send(
+    serve(
+        Rpc(
+            "Settle",
+            pb.SettleRequest,
+            pb.SettleResponse,
+            lambda r, _: _decode_settle(r),
+            lambda op, applied: pb.SettleResponse(applied=applied),
+        )
+    ),
+    lambda op, ids: pb.SettleRequest(
+        session_id=ids.session_id,
+        incarnation=ids.incarnation,
+        write_request_id=op.request_id,
+        age_seconds=op.age,
+    ),
+    lambda op, r, max_bytes: bool(r.applied),
 )

@@ -42,13 +42,14 @@ from dspex_actors.bridge.env import ADDRESS_ENV, TOKEN_ENV
 from dspex_actors.delivery import Subscription
 from dspex_actors.errors import (
     BridgeUnavailable,
+    LimitExceeded,
     OutcomeUnknown,
     SessionClosed,
     SessionNotFound,
     StateError,
     VersionConflict,
 )
-from dspex_actors.limits import check_session_id
+from dspex_actors.limits import check_session_id, too_large
 from dspex_actors.messages import (
     GetVariable,
     Operation,
@@ -69,6 +70,23 @@ __all__ = ["ADDRESS_ENV", "TOKEN_ENV", "BridgedState"]
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+SETTLE_SECONDS = 1.0
+"""At most this long (and at most the handle's timeout) is spent settling a write
+that got no answer, after its deadline, before ``OutcomeUnknown`` is raised."""
+
+
+def _over_the_limit(operation: Operation[Any], size: int, limit: int) -> StateError:
+    """The error for a request larger than this client sends: named as a session
+    names a batch or an import over ``max_message_bytes``, and not sent."""
+    variable, what = operation.sized_as()
+    error = too_large(variable, what, size, "max_message_bytes", limit)
+    return LimitExceeded(
+        f"{error}; the limit is this client's own, and nothing was sent",
+        limit="max_message_bytes",
+        variable=variable,
+        size=size,
+    )
 
 
 class BridgedState(RemoteSessionMethods):
@@ -304,9 +322,17 @@ class BridgedState(RemoteSessionMethods):
         except Settled as settled:
             answered: R = settled.answer
             return answered
+        size = request.ByteSize()
+        if size > self._max_bytes:  # gRPC would refuse to send it, in words of its own
+            raise _over_the_limit(operation, size, self._max_bytes)
         cache = self._cache
         try:
-            response = self._call(send, request, write=operation.write)
+            response = self._call(
+                send,
+                request,
+                request_id if operation.write else "",
+                operation.within or self._timeout,
+            )
         except VersionConflict as exc:
             if cache is not None and isinstance(exc.variable, str) and isinstance(exc.actual, int):
                 cache.expect(exc.variable, exc.actual)  # learned: never read older
@@ -316,30 +342,43 @@ class BridgedState(RemoteSessionMethods):
             send.seen(operation, response, result, cache)
         return result
 
-    def _call(self, send: Send[Any, Any], request: Any, *, write: bool) -> Any:
-        """Send one request within the deadline; the one place failures are classed.
+    def _call(self, send: Send[Any, Any], request: Any, request_id: str, timeout: float) -> Any:
+        """Send one request within ``timeout``; the one place failures are classed.
+        ``request_id``: a write's (empty for anything else).
 
         An attempt that got no answer (the transport failed, or the server said it
         did not start the call in time) is sent again with the same request until
         the deadline, unless the operation forbids it; a write's request carries its
-        request id, so the server applies it once.
+        request id, so the server applies it once. A write that may have reached the
+        server and got no answer is then settled (:meth:`_unknown`).
         """
-        deadline = time.monotonic() + self._timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        expires_ms = int((time.time() + timeout) * 1000)  # the deadline as an instant
         backoff = Backoff(Backoff.RETRY)
         maybe_sent = False
         while True:
             left = deadline - time.monotonic()
             try:
-                return self._attempt(send.rpc, request, max(left, 0.001))
+                return self._attempt(send.rpc, request, max(left, 0.001), expires_ms)
             except Unanswered as exc:
                 maybe_sent = maybe_sent or exc.maybe_sent
                 error = exc.error
+            # A stopping server answered for this call (not run): another attempt would
+            # only meet a server that is gone, and leave the outcome unknown.
+            stopping = bool(error.details.get("stopping"))
             pause = backoff.next()
-            if not send.retry or deadline - time.monotonic() <= pause or self._closed:
-                raise self._failed(write, maybe_sent, error) from error
+            if not send.retry or stopping or deadline - time.monotonic() <= pause or self._closed:
+                if self._closed:
+                    raise self._closed_error() from error
+                if request_id and maybe_sent:
+                    return self._unknown(send, request, request_id, started, error)
+                if isinstance(error, BridgeUnavailable):
+                    raise error
+                raise BridgeUnavailable(f"{error} (not applied)", session_id=self.session_id)
             time.sleep(pause)  # a retry's backoff, bounded by the call's deadline
 
-    def _attempt(self, rpc: Rpc, request: Any, timeout: float) -> Any:
+    def _attempt(self, rpc: Rpc, request: Any, timeout: float, expires_ms: int = 0) -> Any:
         """One attempt: on the Calls stream when the RPC may travel there, else unary.
         Answers the response; raises the server's ``StateError``, or
         :class:`~dspex_actors.bridge.client.calls.Unanswered`."""
@@ -352,18 +391,27 @@ class BridgedState(RemoteSessionMethods):
             and request.ByteSize() <= stream.max_request
         ):
             try:
-                return stream.call(field, request, timeout)
+                return stream.call(field, request, timeout, expires_ms)
             except GoUnary:
                 pass
             except BridgeUnavailable as refused:  # the server's "not started, not applied"
                 raise Unanswered(refused, maybe_sent=False) from refused
+            except OutcomeUnknown as unknown:
+                if rpc.has_request_id:  # a write the server's engine got no answer to
+                    raise Unanswered(unknown, maybe_sent=True) from unknown
+                raise
+        metadata = self._metadata
+        if expires_ms:
+            metadata = (*(metadata or ()), (codec.EXPIRES_KEY, str(expires_ms)))
         try:
-            return self._shared.unary(rpc)(request, timeout=timeout, metadata=self._metadata)
+            return self._shared.unary(rpc)(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
             error = wire_status.error_from_rpc(exc, self.address)
             # Worth another attempt: the server was not reached, or did not start the
             # call in time (its BridgeUnavailable: not applied), or no answer came.
             # Only a failure of the transport may hide an applied write.
+            if isinstance(error, OutcomeUnknown) and rpc.has_request_id:
+                raise Unanswered(error, maybe_sent=True) from exc
             if not isinstance(error, BridgeUnavailable):
                 raise error from exc
             sent = not wire_status.answered_by_server(exc)
@@ -375,20 +423,49 @@ class BridgedState(RemoteSessionMethods):
                 raise self._closed_error() from exc
             raise
 
-    def _failed(self, write: bool, maybe_sent: bool, error: StateError) -> StateError:
-        """What a call that never got an answer raises."""
-        if self._closed:
-            return self._closed_error()
-        if write and maybe_sent:
-            return OutcomeUnknown(
-                f"SessionStore at {self.address} did not answer within {self._timeout}s; the "
-                f"write to session {self.session_id!r} may or may not have been applied "
-                f"(last failure: {error})",
+    def _unknown(
+        self,
+        send: Send[Any, Any],
+        request: Any,
+        request_id: str,
+        started: float,
+        error: StateError,
+    ) -> Any:
+        """A write that got no answer: settle it within a short bound and act on the
+        answer (not applied: ``BridgeUnavailable``; applied: its answer, asked for
+        again with its request id), else raise a settleable ``OutcomeUnknown``."""
+        bound = min(self._timeout, SETTLE_SECONDS)
+        unknown = OutcomeUnknown(
+            f"SessionStore at {self.address} did not answer within {self._timeout}s; the "
+            f"write to session {self.session_id!r} may or may not have been applied "
+            f"(last failure: {error}); settle() tells",
+            session_id=self.session_id,
+            request_id=request_id,
+        )
+
+        def settle_later() -> bool:
+            try:
+                return self.settle(request_id, time.monotonic() - started)
+            except BridgeUnavailable as exc:  # still not reachable: still unknown
+                raise unknown from exc
+
+        unknown.settled_by(settle_later)
+        try:
+            applied = self.settle(request_id, time.monotonic() - started, bound)
+        except StateError:
+            raise unknown from error
+        if not applied:
+            raise BridgeUnavailable(
+                f"SessionStore at {self.address} did not answer within {self._timeout}s; "
+                f"the write to session {self.session_id!r} was settled as not applied and "
+                f"never will be (last failure: {error})",
                 session_id=self.session_id,
-            )
-        if isinstance(error, BridgeUnavailable):
-            return error
-        return BridgeUnavailable(f"{error} (not applied)", session_id=self.session_id)
+                settled=True,
+            ) from error
+        try:  # applied: its request id fetches its answer
+            return self._attempt(send.rpc, request, bound)
+        except (Unanswered, StateError):
+            raise unknown from error
 
     def _closed_error(self) -> SessionClosed:
         return SessionClosed(f"session {self.session_id!r}: this handle is cleaned up")

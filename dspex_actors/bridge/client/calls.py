@@ -103,11 +103,12 @@ class CallStream:
         self.unsupported = False
         self._closed = False
 
-    def call(self, field: str, request: Any, timeout: float) -> Any:
+    def call(self, field: str, request: Any, timeout: float, expires_ms: int = 0) -> Any:
         """Send one call and wait up to ``timeout`` for its answer: the unary RPC's
         response, or the server's ``StateError``; :class:`Unanswered` when no answer
         came, :class:`GoUnary` (nothing sent) when the server has no Calls RPC or the
-        stream is full."""
+        stream is full. ``expires_ms``: the caller's deadline as an instant (epoch
+        ms; 0: none), after which the server refuses a write unapplied."""
         waiter = _Waiter()
         with self._lock:
             if self._closed:
@@ -119,7 +120,12 @@ class CallStream:
             self._waiting[number] = waiter
         try:
             outbox.put_nowait(
-                pb.CallRequest(call=number, timeout_seconds=timeout, **{field: request})
+                pb.CallRequest(
+                    call=number,
+                    timeout_seconds=timeout,
+                    expires_unix_ms=expires_ms,
+                    **{field: request},
+                )
             )
         except queue.Full:
             with self._lock:
@@ -172,11 +178,14 @@ class CallStream:
         up = False
         try:
             for key, value in replies.initial_metadata() or ():
-                if key == codec.CALLS_LIMIT_KEY:
+                if key == codec.CALLS_LIMIT_KEY:  # the server's handler runs
+                    up = True
                     with contextlib.suppress(ValueError):
                         self._capacity = max(1, int(value))
-            up = True
             for reply in replies:
+                if reply.call == 0:  # the server's word on the stream itself
+                    failure = self._stream_ended(reply, failure)
+                    continue
                 with self._lock:
                     waiter = self._waiting.pop(reply.call, None)
                 if waiter is not None:
@@ -194,6 +203,8 @@ class CallStream:
                     failure = Unanswered(error, maybe_sent=True)
                 else:
                     failure = error
+            elif isinstance(failure, Unanswered) and not failure.maybe_sent:
+                pass  # the server said, before the stream broke, that no unanswered call ran
             else:
                 code = exc.code().name if isinstance(exc, grpc.Call) else "failed"
                 failure = Unanswered(
@@ -210,6 +221,14 @@ class CallStream:
         for waiter in waiting:
             waiter.error = failure
             waiter.done.set()
+
+    def _stream_ended(self, reply: pb.CallReply, failure: Exception) -> Exception:
+        """What the calls still waiting get, after the server's reply to call 0: a
+        stopping server says that none of them was run."""
+        error = wire_status.error_of_status(reply.error, self._target)
+        if error.details.get("not_run"):
+            return Unanswered(error, maybe_sent=False)
+        return failure
 
     def close(self) -> None:
         """End the stream and its reader; idempotent."""

@@ -119,6 +119,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_LAST_REFUSALS = 0.25
+"""Seconds a graceful stop gives the calls it is refusing to be answered."""
+
+
 class SessionStoreServer:
     """A running SessionStore; stop it with :meth:`stop` or a ``with`` block.
 
@@ -267,10 +271,13 @@ class SessionStoreServer:
             # New calls are refused from now on, unary and streamed alike; within the
             # one grace the running ones finish, and each Calls stream ends once its
             # calls are answered rather than at the grace's end.
-            stopping = asyncio.ensure_future(server.stop(grace))
+            until = time.monotonic() + (grace or 0.0)
             if self._servicer is not None:
                 await self._servicer.end_calls(grace)
-            await stopping
+            # What runs now is only our quick refusals: a moment lets them be sent,
+            # rather than cut off (a call cut off reads as CANCELLED: unknown).
+            left = max(until - time.monotonic(), _LAST_REFUSALS) if grace else grace
+            await server.stop(left)
         del server  # see stop(): the poller thread waits for the last server object
         await self._close_store()
 

@@ -12,7 +12,10 @@ unary call's status or in the streamed call's reply.
 Handlers are coroutines on the server's event loop (``grpc.aio``): a call waiting
 for its request body, its session's actor or a stream costs no thread. A call's
 deadline travels to the store, shortened by a margin so that "not started, not
-applied" reaches the client before its own deadline turns the outcome unknown.
+applied" reaches the client before its own deadline turns the outcome unknown; and
+when the client sent its deadline as an instant too, no later than that, so a
+request delayed in transit is refused rather than applied after its client gave
+up.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from dspex_actors import failpoints
-from dspex_actors.bulk import BULK_ITEMS
+from dspex_actors.bulk import BULK_ITEMS, off_loop
 from dspex_actors.errors import BridgeUnavailable, LimitExceeded, NotSupported, StateError
 from dspex_actors.limits import Limits
 from dspex_actors.messages import SessionOperation
@@ -39,7 +42,7 @@ from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.events import event_message, started_message
-from dspex_actors.wire.forms import SERVICE, Limited, Rpc
+from dspex_actors.wire.forms import SERVICE, Limited, Rpc, call_reply_bytes
 from dspex_actors.wire.operations import CALL_FIELDS, RPCS
 
 __all__ = ["SessionStoreServicer"]
@@ -57,11 +60,42 @@ _END = object()
 """The last item of a Calls stream's inbox: its requests end (or the server stops)."""
 
 
-def _deadline(left: float | None) -> float | None:
-    """A call's deadline on the monotonic clock, less the margin (None: none set)."""
+def _deadline(left: float | None, expires_ms: int = 0) -> float | None:
+    """A call's deadline on the monotonic clock, less the margin (None: none set).
+
+    ``left`` is gRPC's (counted from the request's arrival); ``expires_ms`` the
+    client's own deadline as an instant (epoch ms, 0: not sent), which a request
+    delayed in transit cannot outlive."""
+    if expires_ms > 0:
+        by_instant = expires_ms / 1000 - time.time()
+        left = by_instant if left is None else min(left, by_instant)
     if left is None:
         return None
-    return time.monotonic() + left - min(left * _DEADLINE_MARGIN, _MAX_MARGIN)
+    return time.monotonic() + left - min(max(left, 0.0) * _DEADLINE_MARGIN, _MAX_MARGIN)
+
+
+def _expires_ms(context: grpc.aio.ServicerContext[Any, Any]) -> int:
+    """The client's deadline as an instant, from a unary call's metadata (0: none)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == codec.EXPIRES_KEY:
+            with contextlib.suppress(ValueError, TypeError):
+                return int(value)
+    return 0
+
+
+def _stopping() -> BridgeUnavailable:
+    """A stopping server's answer to a call it will not run (the client does not
+    retry it: the server is going away)."""
+    return BridgeUnavailable("the SessionStore is stopping; not run", stopping=True)
+
+
+def _stopped_stream() -> BridgeUnavailable:
+    """A stopping server's last word on a Calls stream (its reply to call 0)."""
+    return BridgeUnavailable(
+        "the SessionStore stopped: every call this stream did not answer was not run",
+        not_run=True,
+        stopping=True,
+    )
 
 
 def _as_state_error(rpc: str, exc: Exception) -> StateError:
@@ -72,6 +106,19 @@ def _as_state_error(rpc: str, exc: Exception) -> StateError:
         return exc
     logger.error("SessionStore.%s failed:\n%s", rpc, "".join(traceback.format_exception(exc)))
     return StateError(f"internal error in {rpc}: {type(exc).__name__}: {exc}")
+
+
+def _serialized_answer(rpc: Rpc, operation: Any, result: Any) -> bytes:
+    """The response to ``operation`` as its wire bytes (built off the loop, a piece
+    at a time where the RPC can)."""
+    if rpc.pieces is not None:
+        return rpc.pieces(operation, result)
+    return rpc.answer(operation, result).SerializeToString()
+
+
+def _serialize(message: Message | bytes) -> bytes:
+    """A response as sent: built here, or serialized already off the loop."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
 
 
 def _client_max_reply(context: grpc.aio.ServicerContext[Any, Any]) -> int:
@@ -109,7 +156,9 @@ def _failure(call: int, error: StateError) -> pb.CallReply:
 
 
 async def _send(
-    context: grpc.aio.ServicerContext[Any, Any], writing: asyncio.Lock, reply: pb.CallReply
+    context: grpc.aio.ServicerContext[Any, Any],
+    writing: asyncio.Lock,
+    reply: pb.CallReply | bytes,
 ) -> None:
     """Write one reply on a Calls stream (one write at a time: gRPC requires it)."""
     async with writing:
@@ -127,6 +176,9 @@ class SessionStoreServicer:
         # Each open Calls stream's handler task -> its calls running now.
         self._streams: dict[asyncio.Task[Any], set[asyncio.Task[None]]] = {}
         self._draining = False  # the server is stopping: no new streamed call runs
+        self._handlers: set[asyncio.Task[Any]] = set()  # the Calls streams' handlers
+        self._unary_running = 0
+        self._unary_idle = asyncio.Event()  # set whenever no unary call runs
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handlers: one per entry of the wire table, Watch and Calls."""
@@ -134,7 +186,7 @@ class SessionStoreServicer:
             name: grpc.unary_unary_rpc_method_handler(
                 self._unary(rpc),
                 request_deserializer=rpc.request.FromString,
-                response_serializer=rpc.response.SerializeToString,
+                response_serializer=_serialize,
             )
             for name, rpc in RPCS.items()
         }
@@ -146,15 +198,16 @@ class SessionStoreServicer:
         methods["Calls"] = grpc.stream_stream_rpc_method_handler(
             self.calls,
             request_deserializer=pb.CallRequest.FromString,
-            response_serializer=pb.CallReply.SerializeToString,
+            response_serializer=_serialize,
         )
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
     # -- the one dispatch ---------------------------------------------------------------
 
-    async def dispatch(self, rpc: Rpc, request: Any, deadline: float | None) -> Message:
+    async def dispatch(self, rpc: Rpc, request: Any, deadline: float | None) -> Message | bytes:
         """Run one call: its request decoded into an operation, run on the store, its
-        result answered; a ``StateError`` raised as it is."""
+        result answered (a large answer built and serialized off the loop, as bytes);
+        a ``StateError`` raised as it is."""
         if request.ByteSize() >= _DECODE_APART:
             decode = functools.partial(rpc.decode, request, self._limited)
             operation = await asyncio.get_running_loop().run_in_executor(None, decode)
@@ -173,16 +226,31 @@ class SessionStoreServicer:
                 deadline=deadline,
                 incarnation=incarnation,
             )
+        if operation.scans and operation.result_items(result) >= BULK_ITEMS:
+            return await off_loop(_serialized_answer, rpc, operation, result)
         return rpc.answer(operation, result)
 
     def _unary(
         self, rpc: Rpc
-    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message]]:
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
-            try:
-                return await self.dispatch(rpc, request, _deadline(context.time_remaining()))
-            except Exception as exc:
-                error = _as_state_error(rpc.name, exc)
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Message | bytes]]:
+        async def unary(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> Message | bytes:
+            if self._draining:  # said by us, so the client knows it was not run
+                error: StateError = BridgeUnavailable(
+                    "the SessionStore is stopping; not run", stopping=True
+                )
+            else:
+                self._unary_running += 1
+                try:
+                    deadline = _deadline(context.time_remaining(), _expires_ms(context))
+                    return await self.dispatch(rpc, request, deadline)
+                except Exception as exc:
+                    error = _as_state_error(rpc.name, exc)
+                finally:
+                    self._unary_running -= 1
+                    if not self._unary_running:
+                        self._unary_idle.set()
             await context.abort_with_status(wire_status.grpc_status(error))  # type: ignore[attr-defined]  # not in the stubs
             raise AssertionError("abort_with_status returned")  # it always raises
 
@@ -212,8 +280,14 @@ class SessionStoreServicer:
         await context.send_initial_metadata(
             ((codec.CALLS_LIMIT_KEY, str(limits.max_calls_per_connection)),)
         )
+        if self._draining:  # opened while the server stops: nothing on it will be read
+            await _send(context, writing, _failure(0, _stopped_stream()))
+            return
         reader = loop.create_task(_read_into(requests, inbox))
         self._streams[reader] = running
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         try:
             while (item := await inbox.get()) is not _END:
                 request, arrived = item if isinstance(item, tuple) else (None, 0.0)
@@ -225,7 +299,9 @@ class SessionStoreServicer:
                     return
                 refused: StateError | None = None
                 if self._draining:
-                    refused = BridgeUnavailable("the SessionStore is stopping; not run")
+                    refused = BridgeUnavailable(
+                        "the SessionStore is stopping; not run", stopping=True
+                    )
                 elif (
                     len(running) >= limits.max_calls_per_connection
                     or self._streamed_calls >= limits.max_concurrent_calls
@@ -250,8 +326,16 @@ class SessionStoreServicer:
                 task.add_done_callback(functools.partial(self._released, slot))
             if running:  # the client closed its side, or the server stops: answer them
                 await asyncio.gather(*running, return_exceptions=True)
+            if self._draining:
+                # Every call this stream started was answered (one cancelled by the
+                # grace's end never gets here): what the client still waits for was
+                # never read, so never run. Said in a reply to call 0 (a message is
+                # awaited until written; trailers may be lost in the shutdown).
+                await _send(context, writing, _failure(0, _stopped_stream()))
         finally:
             self._streams.pop(reader, None)
+            if handler is not None:
+                self._handlers.discard(handler)
             reader.cancel()
             for task in running:
                 task.cancel()
@@ -266,15 +350,29 @@ class SessionStoreServicer:
         self._release(slot)  # its task is done: started or not
 
     async def end_calls(self, grace: float | None) -> None:
-        """The server is stopping: refuse new streamed calls (not run), let those
-        running finish within ``grace`` seconds (None: none), then end each stream,
-        so a graceful stop does not wait out the grace for idle streams."""
+        """The server is stopping: refuse new calls, unary and streamed, with our own
+        "not run" (gRPC's own refusal, once it stops, reads as CANCELLED, which a
+        client cannot tell from a call cut off mid-way); let those running finish
+        within ``grace`` seconds (None: none), then end each stream, so a graceful
+        stop does not wait out the grace for idle streams."""
         self._draining = True
-        running = [task for calls in self._streams.values() for task in calls]
+        until = time.monotonic() + (grace or 0.0)
+        running: list[asyncio.Future[Any]] = [
+            task for calls in self._streams.values() for task in calls
+        ]
+        if self._unary_running:
+            self._unary_idle.clear()
+            running.append(asyncio.ensure_future(self._unary_idle.wait()))
         if running and grace:
             await asyncio.wait(running, timeout=grace)
+        for waiting in running:
+            waiting.cancel()  # only the idle wait: the calls finished or are past grace
         for reader in list(self._streams):
             reader.cancel()  # it puts _END: its stream's handler answers what runs, returns
+        handlers = list(self._handlers)
+        left = until - time.monotonic()
+        if handlers and left > 0:  # each says, in its last reply, that the rest never ran
+            await asyncio.wait(handlers, timeout=left)
 
     async def _streamed(
         self,
@@ -293,7 +391,7 @@ class SessionStoreServicer:
         call = request.call
         field = request.WhichOneof("body")
         rpc = CALL_FIELDS.get(field or "")
-        reply: pb.CallReply
+        reply: pb.CallReply | bytes
         try:
             if rpc is None:
                 error = NotSupported(f"Calls: no call {field!r} (a newer client?); not run")
@@ -305,27 +403,36 @@ class SessionStoreServicer:
                     own = max(arrived + min(timeout, 86400.0) - time.monotonic(), 0.0)
                     left = own if left is None else min(left, own)
                 try:
-                    response = await self.dispatch(rpc, getattr(request, field), _deadline(left))
-                    body: dict[str, Any] = {field: response}
-                    reply = pb.CallReply(call=call, **body)
+                    deadline = _deadline(left, request.expires_unix_ms)
+                    response = await self.dispatch(rpc, getattr(request, field), deadline)
+                    if isinstance(response, bytes):  # a large answer, serialized already
+                        reply = call_reply_bytes(call, field, response)
+                    else:
+                        body: dict[str, Any] = {field: response}
+                        reply = pb.CallReply(call=call, **body)
                 except Exception as exc:
                     reply = _failure(call, _as_state_error(rpc.name, exc))
         finally:
             self._release(slot)
         try:
-            if reply.ByteSize() > max_reply:
+            size = len(reply) if isinstance(reply, bytes) else reply.ByteSize()
+            if size > max_reply:
                 reply = _failure(
                     call,
                     LimitExceeded(
-                        f"Calls: the answer is {reply.ByteSize()} bytes, over the {max_reply} "
+                        f"Calls: the answer is {size} bytes, over the {max_reply} "
                         "this stream carries (rule 'max_message_bytes'); ask for it unary",
                         limit="max_message_bytes",
                     ),
                 )
             await _send(context, writing, reply)
-        except Exception:  # the stream went away: nobody waits for the answer
+        except Exception as exc:  # the stream went away: nobody waits for the answer
             if not (context.cancelled() or context.done()):
-                logger.exception("SessionStore.Calls: a call could not be answered")
+                # As text: a live traceback in a kept log record would keep the
+                # call's frames, and so the aio server, alive.
+                logger.warning(
+                    "SessionStore.Calls: call %d could not be answered: %s", call, repr(exc)
+                )
 
     # -- the Watch stream -----------------------------------------------------------------
 

@@ -215,6 +215,44 @@ def test_a_copy_that_could_not_be_removed_stays_invisible_and_is_removed_next_ti
     print("faults injected: verify failed and the copy's close failed; next switch whole")
 
 
+def test_the_first_switch_after_a_partition_heals_succeeds(server: SessionStoreServer) -> None:
+    """The link freezes as the import's reply comes back (the copy is on the server,
+    its answer lost) and stays frozen while the switch tries to remove the copy: the
+    switch fails, local and whole. Once the link thaws, the very next switch removes
+    the stale copy and succeeds (it used to fail once more, on the way the channel
+    came back)."""
+    from tcp_proxy import TcpProxy
+
+    with (
+        TcpProxy(server.address) as proxy,
+        Supervisor.start(bridge_address=proxy.address, bridge_timeout=2.0) as supervisor,
+    ):
+        ctx = supervisor.start_context(session_id=SESSION)
+        populate(ctx)
+        before = _snapshot(ctx)
+
+        def partition() -> None:
+            proxy.freeze()
+            raise BridgeUnavailable("the import's reply was lost in a partition")
+
+        with (
+            failpoints.enabled("migration.import_reply", partition),
+            pytest.raises(StateError) as failed,
+        ):
+            ctx.ensure_bridged()
+        assert failed.value.details["step"] == "import"
+        held(server, SESSION)  # the copy is on the server: its removal met the partition
+        assert not _visible_on(server)
+        assert ctx.backend_info()["type"] == "local"
+        assert _snapshot(ctx) == before
+        proxy.thaw()
+        ctx.ensure_bridged()  # the first attempt after the heal
+        assert ctx.backend_info()["type"] == "bridged"
+        assert _snapshot(ctx) == before
+        assert _visible_on(server)
+        ctx.stop()
+
+
 def test_an_expired_owner_cannot_close_a_newcomers_session() -> None:
     now = [1000.0]
     clock: Callable[[], float] = lambda: now[0]  # noqa: E731 - a fake clock

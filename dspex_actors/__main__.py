@@ -1,4 +1,5 @@
-"""``python -m dspex_actors``: the command line.
+"""The command line: ``dspex-actors`` (installed with the package) or
+``python -m dspex_actors``.
 
 ``demo`` walks a session from local to shared (the README's first command).
 ``serve`` runs a SessionStore until SIGTERM or SIGINT, then stops gracefully (calls in
@@ -91,25 +92,60 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_DESCRIPTION = """\
+Per-session typed variables, held by one actor per session, shared over gRPC.
+
+commands:
+  serve   run a SessionStore server until SIGTERM or SIGINT (then stop gracefully);
+          it prints "dspex_actors SessionStore listening on HOST:PORT" once it
+          accepts calls
+  demo    a session going from local to shared, in a minute
+"""
+
+_STORE_HELP = (
+    "where sessions live: 'memory' (they end with the server), 'sqlite:PATH' (kept in "
+    "that file across restarts; add '?synchronous=full' to sync every write to disk) or "
+    "'redis://HOST:PORT/DB' (kept in Redis, shared by every server on it; needs the "
+    "redis extra)"
+)
+
+
+class _Defaults(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        return f"{action.help} (default: %(default)s)" if shown else action.help
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dspex_actors", description=__doc__)
+    from dspex_actors import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="dspex-actors",
+        description=_DESCRIPTION,
+        epilog="Also run as: python -m dspex_actors COMMAND",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dspex-actors {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_command = commands.add_parser(
         "serve",
         help="run a SessionStore server",
         description="Run a SessionStore: sessions shared over gRPC.",
+        formatter_class=_Defaults,
     )
     serve_command.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
-        help=f"address to listen on (default {DEFAULT_LISTEN}; port 0 picks a free port)",
+        help="address to listen on (port 0 picks a free port)",
     )
     serve_command.add_argument(
         "--token",
-        help=f"shared secret every call must carry (default ${TOKEN_ENV}; prefer the "
-        "variable, a command line is visible to other users)",
+        help=f"shared secret every call must carry (default: ${TOKEN_ENV}, or none; "
+        "prefer the variable: a command line is visible to other users)",
     )
     serve_command.add_argument(
         "--tls-cert", metavar="FILE", help="PEM certificate chain (with --tls-key)"
@@ -117,27 +153,35 @@ def _parser() -> argparse.ArgumentParser:
     serve_command.add_argument(
         "--tls-key", metavar="FILE", help="PEM private key (with --tls-cert)"
     )
+    serve_command.add_argument("--store", default="memory", metavar="SPEC", help=_STORE_HELP)
     serve_command.add_argument(
-        "--store",
-        default="memory",
-        metavar="SPEC",
-        help="where sessions live: 'memory' (default; they end with the server), "
-        "'sqlite:PATH' (kept in that file across restarts; add '?synchronous=full' to "
-        "fsync every write) or 'redis://HOST:PORT/DB' (kept in Redis, shared by every "
-        "server on it; needs the redis extra)",
+        "--ttl",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="how long an idle session lives",
     )
     serve_command.add_argument(
-        "--ttl", type=float, default=3600.0, metavar="SECONDS", help="idle session lifetime"
+        "--max-sessions", type=int, default=Limits.max_sessions, help="sessions held at once"
     )
-    serve_command.add_argument("--max-sessions", type=int, default=Limits.max_sessions)
     serve_command.add_argument(
         "--max-variables",
         type=int,
         default=Limits.max_variables_per_session,
-        help="max variables per session",
+        help="variables per session",
     )
-    serve_command.add_argument("--max-value-bytes", type=int, default=Limits.max_value_bytes)
-    serve_command.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes)
+    serve_command.add_argument(
+        "--max-value-bytes",
+        type=int,
+        default=Limits.max_value_bytes,
+        help="encoded size of one value",
+    )
+    serve_command.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=Limits.max_message_bytes,
+        help="encoded size of one request or reply",
+    )
     serve_command.add_argument(
         "--max-concurrent-calls",
         type=int,
@@ -157,7 +201,10 @@ def _parser() -> argparse.ArgumentParser:
         help="serve a non-loopback address without a token (not recommended)",
     )
     serve_command.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="what the server logs",
     )
     serve_command.set_defaults(run=_serve)
 

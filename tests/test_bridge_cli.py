@@ -1,14 +1,18 @@
-"""``python -m dspex_actors serve``: a server process other processes share, stopped by signal."""
+"""The command line (``dspex-actors``, or ``python -m dspex_actors``): a server process
+other processes share, stopped by signal; its version and its help."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from bridge_support import python_env, run_worker, server_process
 
+import dspex_actors
 from dspex_actors.bridge import BridgedState
 from dspex_actors.errors import BridgeUnavailable, Unauthenticated
 
@@ -68,3 +72,76 @@ def test_an_empty_token_is_an_error_not_no_token() -> None:
     assert result.returncode == 1
     assert "empty token" in result.stderr
     assert result.stdout == ""
+
+
+# -- the installed command -----------------------------------------------------------------
+
+
+def _command() -> str:
+    """The ``dspex-actors`` console script the package installs beside this Python."""
+    script = Path(sys.executable).with_name("dspex-actors")
+    assert script.exists(), f"no console script at {script}: is the package installed?"
+    return str(script)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_command(), *args],
+        check=False,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_installed_command_says_its_version() -> None:
+    result = _run("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"dspex-actors {dspex_actors.__version__}\n"
+    assert dspex_actors.__version__ == importlib.metadata.version("dspex_actors")
+
+
+def test_help_shows_defaults_in_plain_words() -> None:
+    top, serve_help = _run("--help"), _run("serve", "--help")
+    assert top.returncode == serve_help.returncode == 0
+    for text in (top.stdout, serve_help.stdout):
+        assert "``" not in text and ":func:" not in text  # no docstring markup
+        assert "None" not in text
+    flat = " ".join(serve_help.stdout.split())
+    for default in ("127.0.0.1:50051", "memory", "3600.0", "5.0", "INFO"):
+        assert f"(default: {default})" in flat
+    assert "serve" in top.stdout and "demo" in top.stdout
+
+
+def test_the_installed_command_serves() -> None:
+    process = subprocess.Popen(
+        [_command(), "serve", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=python_env(),
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("dspex_actors SessionStore listening on ")
+        with BridgedState.init(address=line.split()[-1]) as state:
+            state.register_variable("a", "integer", 1)
+            assert state.get_variable("a") == 1
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_an_empty_token_is_refused_in_plain_words() -> None:
+    result = _run("serve", "--listen", "127.0.0.1:0", "--token", "")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "dspex_actors serve: an empty token would let every call in: give a non-empty "
+        "token, or none at all\n"
+    )

@@ -359,7 +359,9 @@ def _listen_host(address: str, token: str | None, allow_remote_without_token: bo
     if not sep or not host or not port.isdigit():
         raise ValueError(f"listen address must be HOST:PORT, got {address!r}")
     if token is not None and not token:
-        raise ValueError("an empty token would let every call in: give a real one or None")
+        raise ValueError(
+            "an empty token would let every call in: give a non-empty token, or none at all"
+        )
     if token is None and not allow_remote_without_token and not _is_loopback(host):
         raise ValueError(
             f"refusing to listen on {address!r} without a token: only loopback "

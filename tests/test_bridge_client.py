@@ -420,3 +420,27 @@ def test_a_fresh_handle_right_after_a_server_restart_waits_for_it_within_its_dea
             fresh.register_variable("b", "integer", 2)
             assert fresh.get_variable("b") == 2
             assert second.address == address
+
+
+def test_an_attach_that_finds_nothing_says_which_server_it_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forgetting the address attaches to this process's own embedded server, which
+    cannot hold another process's session: the error says so, and how to reach one;
+    with an address, it names the server asked. A session of this process is still
+    found without one."""
+    monkeypatch.delenv("DSPEX_BRIDGE_ADDRESS", raising=False)
+    with pytest.raises(SessionNotFound) as embedded:
+        BridgedState.init(session_id="shared-demo", create=False)
+    assert embedded.value.details["session_id"] == "shared-demo"
+    assert "this process's embedded server" in str(embedded.value)
+    assert "pass address='HOST:PORT' or set $DSPEX_BRIDGE_ADDRESS" in str(embedded.value)
+    with serve() as server, pytest.raises(SessionNotFound) as remote:
+        BridgedState.init(session_id="shared-demo", create=False, address=server.address)
+    assert str(remote.value).endswith(f"on the SessionStore at {server.address}")
+    with (
+        BridgedState.init() as owner,
+        BridgedState.init(session_id=owner.session_id, create=False) as attached,
+    ):
+        owner.register_variable("x", "integer", 1)
+        assert attached.get_variable("x") == 1

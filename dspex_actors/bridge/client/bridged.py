@@ -89,6 +89,21 @@ def _over_the_limit(operation: Operation[Any], size: int, limit: int) -> StateEr
     )
 
 
+def _not_found_where(exc: SessionNotFound, address: str, embedded: bool) -> SessionNotFound:
+    """An attach that found no session, saying which server was asked (and, for
+    this process's own embedded server, how to reach another process's)."""
+    if embedded:
+        where = (
+            "this process's embedded server (no address was given and "
+            f"${ADDRESS_ENV} is not set), which holds only this process's sessions: to "
+            f"attach to another process's session, pass address='HOST:PORT' or set "
+            f"${ADDRESS_ENV}"
+        )
+    else:
+        where = f"the SessionStore at {address}"
+    return SessionNotFound(f"{exc} on {where}", **exc.details)
+
+
 class BridgedState(RemoteSessionMethods):
     """A session held by a SessionStore (another process, or the embedded server).
 
@@ -216,6 +231,11 @@ class BridgedState(RemoteSessionMethods):
                 handle.import_state(existing_state)
             if cache:
                 handle.enable_cache()
+        except SessionNotFound as exc:
+            handle.cleanup()
+            if create or exc.details.get("session_id") != handle.session_id:
+                raise
+            raise _not_found_where(exc, address, use_embedded) from None
         except BaseException:
             handle.cleanup()
             raise

@@ -221,6 +221,11 @@ class StateProvider(abc.ABC):
     def cleanup(self) -> None:
         """Release the session's resources; idempotent."""
 
+    def close(self) -> None:
+        """The same as :meth:`cleanup`, under the name files, sockets and redis-py's
+        clients use; idempotent."""
+        self.cleanup()
+
     def heartbeat(self) -> float | None:
         """Keep a session that expires when idle alive; return when it would expire
         (epoch seconds), or None for a session that never expires (the default)."""

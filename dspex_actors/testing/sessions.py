@@ -52,6 +52,18 @@ class SessionContract(ContractBase):
         _, error = guarded_call("second cleanup", state.cleanup, self.hang_guard_seconds)
         assert error is None, f"second cleanup raised {error!r}"
 
+    def test_close_is_cleanup(self, open_state: Opener) -> None:
+        state = open_state()
+        state.register_variable("a", "integer", 1)
+        _, error = guarded_call("close()", state.close, self.hang_guard_seconds)
+        assert error is None, f"close raised {error!r}"
+        _, error = guarded_call("a second close()", state.close, self.hang_guard_seconds)
+        assert error is None, f"a second close raised {error!r}"
+        _, error = guarded_call(
+            "get_variable after close", lambda: state.get_variable("a"), self.hang_guard_seconds
+        )
+        assert isinstance(error, StateError), f"after close(): {error!r}"
+
     def test_operations_after_cleanup_raise_promptly(
         self, state: StateProvider, open_state: Opener
     ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def _loaded(statement: str) -> set[str]:
@@ -47,3 +48,33 @@ def test_a_server_loads_its_store_and_no_client() -> None:
     loaded = _loaded("from dspex_actors.bridge.server.server import serve")
     assert "dspex_actors.stores.memory" in loaded
     assert _under(loaded, "dspex_actors.bridge.client") == []
+
+
+def test_a_type_checker_sees_the_installed_package(tmp_path: Path) -> None:
+    """After the README's editable install, mypy run outside the checkout finds the
+    package and its types (an install that used an import hook hid it: "Cannot find
+    implementation or library stub")."""
+    program = tmp_path / "uses_it.py"
+    program.write_text(
+        "from dspex_actors import LocalState\n"
+        "state: LocalState = LocalState.init()\n"
+        "count: int = state.set_variable('x', 1)\n"
+        "wrong: str = state.set_variable('x', 1)\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "mypy", "--no-incremental", "--follow-imports=silent", "--strict"),
+            program.name,
+        ],
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Cannot find implementation" not in result.stdout, result.stdout
+    assert result.stdout.splitlines()[:-1] == [
+        'uses_it.py:4: error: Incompatible types in assignment (expression has type "int", '
+        'variable has type "str")  [assignment]'
+    ], result.stdout

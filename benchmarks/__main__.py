@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import importlib.metadata
 import json
 import os
@@ -44,6 +45,9 @@ from benchmarks.report import markdown, print_suite, print_targets
 from benchmarks.servers import ROOT, Servers
 from benchmarks.suite import Run
 from benchmarks.targets import TARGETS_FILE, Verdict, evaluate, load
+
+BENCH_EXTRA = ("psutil", "redis", "grpc_tools")
+"""What the suites import from the bench extra (matplotlib only for --plot)."""
 
 SUITES: dict[str, tuple[Callable[[Run], None], str]] = {
     "local": (
@@ -244,8 +248,24 @@ def _write_outputs(
         say(f"wrote {args.plot}")
 
 
+def _importable(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    missing = [name for name in BENCH_EXTRA if not _importable(name)]
+    if missing:
+        print(
+            f"python -m benchmarks needs the bench extra (missing: {', '.join(missing)}): "
+            "pip install -e '.[bench]'",
+            file=sys.stderr,
+        )
+        return 2
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
         _parser().error(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import threading
 
-import psutil
-
 from benchmarks.progress import progress
 from benchmarks.servers import child_env
 from benchmarks.suite import Run
@@ -18,6 +16,8 @@ from dspex_actors import LocalState
 
 def _child(count: int, variables: int) -> None:
     """Runs in a fresh interpreter so earlier allocations do not blur the reading."""
+    import psutil  # the bench extra (checked by python -m benchmarks)
+
     process = psutil.Process()
     gc.collect()
     before = process.memory_info().rss

@@ -50,14 +50,15 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.affinity import launcher, suite_cores
 from benchmarks.progress import progress
 from benchmarks.servers import child_env
 from benchmarks.suite import Run, add_duration
+
+if TYPE_CHECKING:
+    import psutil
 from benchmarks.timing import measure
 from dspex_actors import BridgedState
 from dspex_actors.streaming import Event
@@ -201,6 +202,8 @@ def run(run: Run) -> None:
     samples: dict[str, list[float]] = {}
     try:
         stores = [run.servers.store(name) for name in names]
+        import psutil  # the bench extra (checked by python -m benchmarks)
+
         processes = [psutil.Process(store.pid) for store in stores]
         with ExitStack() as cleanup:
             ops: list[dict[str, tuple[Callable[[], object], int]]] = []

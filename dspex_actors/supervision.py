@@ -34,6 +34,7 @@ from dspex_actors.provider import Restartable, StateProvider, validate_provider
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import new_session_id
 from dspex_actors.sharing import Sharing, check_store
+from dspex_actors.urls import bridge_address as bridge_address_of
 from dspex_actors.urls import is_redis
 
 __all__ = ["Context", "Supervisor", "check_store"]
@@ -107,7 +108,8 @@ class Supervisor:
     ) -> Self:
         """Start a supervisor.
 
-        ``bridge_address`` names a running SessionStore; without it the supervisor
+        ``bridge_address`` names a running SessionStore (``HOST:PORT``,
+        ``dspex://HOST:PORT`` or ``dspexs://HOST:PORT``); without it the supervisor
         uses the process's embedded one (a private one when ``token`` is given),
         started the first time a session needs the bridge. Bridged contexts send a
         heartbeat every ``heartbeat_interval`` seconds, so an idle session never
@@ -124,6 +126,8 @@ class Supervisor:
         ``"sqlite:PATH"``/``"memory"``, the bridge on a private server with that
         store (a file: the sessions outlive this process).
         """
+        if bridge_address is not None:
+            bridge_address_of(bridge_address)  # a bad one is refused now, not at a switch
         return cls(
             bridge_address=bridge_address,
             token=token,

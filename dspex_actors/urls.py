@@ -1,8 +1,12 @@
-"""Store specs and Redis URLs, read without loading any backend.
+"""Bridge addresses, store specs and Redis URLs, read without loading any backend.
 
-What the Supervisor, ``serve(store=...)`` and the command line need to tell which
-store a spec names, and to show a URL in a message without its password. A leaf:
-importing it loads neither redis-py nor sqlite3 nor grpc.
+A bridge address is ``HOST:PORT`` (``[::1]:PORT`` for IPv6), or the same as a URL:
+``dspex://HOST:PORT``, or ``dspexs://HOST:PORT`` for TLS. ``serve``, ``BridgedState``,
+the Supervisor and ``$DSPEX_BRIDGE_ADDRESS`` all read it here, so each refuses the
+same mistakes in the same words (a missing port, another scheme). Store specs: what
+the Supervisor, ``serve(store=...)`` and the command line need to tell which store a
+spec names, and to show a URL in a message without its password. A leaf: importing
+it loads neither redis-py nor sqlite3 nor grpc.
 """
 
 from __future__ import annotations
@@ -10,12 +14,52 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["STORE_SPECS", "StoreKind", "is_redis", "redacted", "store_kind"]
+__all__ = [
+    "BRIDGE_ADDRESSES",
+    "STORE_SPECS",
+    "StoreKind",
+    "bridge_address",
+    "is_redis",
+    "redacted",
+    "store_kind",
+]
+
+BRIDGE_ADDRESSES = "HOST:PORT, dspex://HOST:PORT or dspexs://HOST:PORT (TLS)"
+"""The forms a bridge address takes, as messages name them."""
 
 StoreKind = Literal["memory", "sqlite", "redis"]
 
 STORE_SPECS = "'memory', 'sqlite:PATH[?synchronous=normal|full]' or 'redis://HOST:PORT/DB'"
 """The spec forms a store accepts, as messages name them."""
+
+
+def bridge_address(address: str, *, listening: bool = False) -> tuple[str, bool]:
+    """The ``HOST:PORT`` a bridge address names, and whether it asks for TLS
+    (``dspexs://``); ``ValueError`` naming the forms for anything else. Port 0 (any
+    free port) only for an address to listen on."""
+    if not isinstance(address, str):
+        raise ValueError(f"a bridge address is a string ({BRIDGE_ADDRESSES}), got {address!r}")
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme not in ("dspex", "dspexs"):
+        raise ValueError(
+            f"bridge address {address!r}: no scheme {scheme!r} here; give {BRIDGE_ADDRESSES}"
+        )
+    target = rest.removesuffix("/") if sep else address
+    host, colon, port = target.rpartition(":")
+    lowest = 0 if listening else 1
+    if (
+        not colon
+        or not host
+        or not port.isdigit()
+        or not lowest <= int(port) <= 65535
+        or host.startswith("[") != host.endswith("]")
+        or any(c in host for c in "/@?# ")
+    ):
+        raise ValueError(
+            f"bridge address {address!r} needs a host and a port: give {BRIDGE_ADDRESSES}, "
+            "as in '127.0.0.1:50051'"
+        )
+    return f"{host}:{int(port)}", scheme == "dspexs"
 
 
 def is_redis(spec: str) -> bool:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dspex_actors.redis.scripts import Script
+from dspex_actors.urls import redacted
 
 if TYPE_CHECKING:
     from redis.connection import AbstractConnection
@@ -86,7 +87,13 @@ class Connections:
             pass
         else:
             options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-        pool = redis.ConnectionPool.from_url(url, **options)
+        try:
+            pool = redis.ConnectionPool.from_url(url, **options)
+        except ValueError as exc:  # redis-py's words: ours, with a URL that works
+            raise ValueError(
+                f"Redis URL {redacted(url)!r}: {exc}; give one as in "
+                "'redis://127.0.0.1:6379/0' (rediss:// for TLS, unix:///path/to.sock)"
+            ) from None
         self.connection_class: Callable[..., AbstractConnection] = pool.connection_class
         self.connection_kwargs: dict[str, Any] = dict(pool.connection_kwargs)
         self.errors = redis.exceptions

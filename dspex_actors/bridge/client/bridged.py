@@ -37,6 +37,7 @@ from dspex_actors.bridge import embedded
 from dspex_actors.bridge.client import channels
 from dspex_actors.bridge.client.cache import MISS, SCALARS, RecordCache
 from dspex_actors.bridge.client.calls import CallStream, GoUnary, Unanswered
+from dspex_actors.bridge.client.channels import SYSTEM_ROOTS
 from dspex_actors.bridge.client.watch import WATCH_DEADLINE, WatchSource
 from dspex_actors.bridge.env import ADDRESS_ENV, TOKEN_ENV
 from dspex_actors.delivery import Subscription
@@ -57,6 +58,7 @@ from dspex_actors.messages import (
 )
 from dspex_actors.methods import RemoteSessionMethods
 from dspex_actors.session import new_session_id
+from dspex_actors.urls import bridge_address
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 from dspex_actors.wire import codec
@@ -176,9 +178,12 @@ class BridgedState(RemoteSessionMethods):
 
         Creating makes this handle the owner; with ``create=False`` it only attaches
         (``SessionNotFound`` if absent). ``pending`` creates the session invisible to
-        others until :meth:`commit` (a migration's copy). ``address`` defaults to
-        ``$DSPEX_BRIDGE_ADDRESS`` (with ``$DSPEX_BRIDGE_TOKEN``), else the embedded
-        in-process server. ``tls_root_cert`` (PEM bytes or a path) switches on TLS.
+        others until :meth:`commit` (a migration's copy). ``address`` is ``HOST:PORT``,
+        ``dspex://HOST:PORT`` or ``dspexs://HOST:PORT`` (TLS; the system's roots unless
+        ``tls_root_cert`` is given); it defaults to ``$DSPEX_BRIDGE_ADDRESS`` (with
+        ``$DSPEX_BRIDGE_TOKEN``), else the embedded in-process server, which holds
+        only this process's sessions. ``tls_root_cert`` (PEM bytes or a path)
+        switches on TLS.
         ``existing_state`` is imported in one RPC; if that fails, a session this call
         created is closed again. ``BridgeUnavailable`` within ``timeout`` when the
         server cannot be reached; a bad ``session_id`` is a ``ValidationError``.
@@ -200,7 +205,11 @@ class BridgedState(RemoteSessionMethods):
             token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         root_cert = read_pem(tls_root_cert) if tls_root_cert is not None else None
         use_embedded = address is None
-        if address is None:
+        if address is not None:
+            address, tls = bridge_address(address)
+            if tls and root_cert is None:
+                root_cert = SYSTEM_ROOTS
+        else:
             address = embedded.acquire()
         try:
             shared = channels.acquire(address, root_cert, max_message_bytes)

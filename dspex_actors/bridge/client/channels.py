@@ -29,7 +29,7 @@ from dspex_actors.bridge.client.calls import CallStream
 from dspex_actors.wire import keepalive
 from dspex_actors.wire.forms import Rpc
 
-__all__ = ["WATCHES_PER_CONNECTION", "Shared", "acquire", "release"]
+__all__ = ["SYSTEM_ROOTS", "WATCHES_PER_CONNECTION", "Shared", "acquire", "release"]
 
 WATCHES_PER_CONNECTION = 100
 """Watch streams one watch connection carries: below a default server's 128."""
@@ -114,9 +114,12 @@ def _open(
     ]
     if root_cert is None:
         return grpc.insecure_channel(address, options=options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=root_cert)
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_cert or None)
     return grpc.secure_channel(address, credentials, options)
 
+
+SYSTEM_ROOTS = b""
+"""As a channel's root certificate: TLS, trusting the system's roots (gRPC's own)."""
 
 _lock = threading.Lock()
 _shared: dict[tuple[str, bytes | None, int], Shared] = {}

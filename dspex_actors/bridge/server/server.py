@@ -50,6 +50,7 @@ from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy
 from dspex_actors.stores.base import Store
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.streaming import DEFAULT_HISTORY
+from dspex_actors.urls import bridge_address
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec, keepalive
 from dspex_actors.wire import status as wire_status
@@ -141,6 +142,7 @@ class SessionStoreServer:
         allow_remote_without_token: bool,
     ) -> None:
         try:
+            address = bridge_address(address, listening=True)[0]
             host = _listen_host(address, token, allow_remote_without_token)
             if (tls_cert is None) != (tls_key is None):
                 raise ValueError("TLS needs both tls_cert and tls_key")
@@ -354,10 +356,9 @@ async def _close(store: Store) -> None:
 
 
 def _listen_host(address: str, token: str | None, allow_remote_without_token: bool) -> str:
-    """The host of a ``HOST:PORT`` listen address, after the checks of its token."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"listen address must be HOST:PORT, got {address!r}")
+    """The host of a listen address (``HOST:PORT``, or as ``dspex://``), after the
+    checks of its token."""
+    host = bridge_address(address, listening=True)[0].rpartition(":")[0]
     if token is not None and not token:
         raise ValueError(
             "an empty token would let every call in: give a non-empty token, or none at all"
@@ -425,6 +426,8 @@ def serve(
     }
     if overrides:
         limits = Limits(**{**limits.__dict__, **overrides})
+    if bridge_address(address, listening=True)[1] and (tls_cert is None or tls_key is None):
+        raise ValueError(f"{address!r} asks for TLS (dspexs://): give tls_cert and tls_key")
     _listen_host(address, token, allow_remote_without_token)  # before a store exists
     if store is None or isinstance(store, str):
         from dspex_actors.stores import open_store  # the package of every store

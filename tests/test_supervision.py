@@ -382,6 +382,7 @@ def test_every_public_method_of_a_handle_kept_from_before_the_switch_works() -> 
                 "retire": lambda: old.retire(new),
             }[name]
         calls["cleanup"] = calls.pop("cleanup")  # last: nothing to release once retired
+        calls["close"] = old.close  # the same as cleanup (idempotent)
         public = {n for n in dir(LocalState) if not n.startswith("_")}
         assert public == set(calls), f"add a call for {public ^ set(calls)}"
         answers = {}

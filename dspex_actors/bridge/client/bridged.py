@@ -79,8 +79,7 @@ that got no answer, after its deadline, before ``OutcomeUnknown`` is raised."""
 
 
 def _over_the_limit(operation: Operation[Any], size: int, limit: int) -> StateError:
-    """The error for a request larger than this client sends: named as a session
-    names a batch or an import over ``max_message_bytes``, and not sent."""
+    """A request over this client's ``max_message_bytes``, named as a session names it."""
     variable, what = operation.sized_as()
     error = too_large(variable, what, size, "max_message_bytes", limit)
     return LimitExceeded(
@@ -92,8 +91,7 @@ def _over_the_limit(operation: Operation[Any], size: int, limit: int) -> StateEr
 
 
 def _not_found_where(exc: SessionNotFound, address: str, embedded: bool) -> SessionNotFound:
-    """An attach that found no session, saying which server was asked (and, for
-    this process's own embedded server, how to reach another process's)."""
+    """An attach that found no session, naming the server asked (and how to reach one)."""
     if embedded:
         where = (
             "this process's embedded server (no address was given and "

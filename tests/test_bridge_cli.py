@@ -13,7 +13,7 @@ import pytest
 from bridge_support import python_env, run_worker, server_process
 
 import dspex_actors
-from dspex_actors.bridge import BridgedState
+from dspex_actors.bridge import BridgedState, serve
 from dspex_actors.errors import BridgeUnavailable, Unauthenticated
 
 
@@ -145,3 +145,31 @@ def test_an_empty_token_is_refused_in_plain_words() -> None:
         "dspex_actors serve: an empty token would let every call in: give a non-empty "
         "token, or none at all\n"
     )
+
+
+def test_a_store_that_cannot_be_reached_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    """A Redis that does not answer, or a SQLite file in no directory: exit 1 at once
+    with one line naming the store, before "listening" (it used to start and leave
+    every call to fail)."""
+    from redis_support import free_port
+
+    port = free_port()
+    for store, says in (
+        (
+            f"redis://127.0.0.1:{port}/0",
+            f"cannot reach the Redis store redis://127.0.0.1:{port}/0",
+        ),
+        (f"sqlite:{tmp_path / 'none' / 'x.db'}", "cannot open the sqlite store"),
+    ):
+        result = _run("serve", "--listen", "127.0.0.1:0", "--store", store)
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr.startswith(f"dspex_actors serve: {says}")
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_serve_refuses_an_unreachable_redis_store_before_it_starts() -> None:
+    from redis_support import free_port
+
+    with pytest.raises(OSError, match="cannot reach the Redis store"):
+        serve(store=f"redis://127.0.0.1:{free_port()}/0")

@@ -35,6 +35,7 @@ __all__ = [
     "Unanswered",
     "acquire_connections",
     "call_scope",
+    "check_reachable",
     "current_scope",
     "evaluate",
     "redis_module",
@@ -134,6 +135,25 @@ class Connections:
         if mine:
             for connection in idle:
                 connection.disconnect()
+
+
+def check_reachable(url: str, timeout: float) -> None:
+    """Connect to ``url`` and PING it: ``OSError`` saying why not (a server checks
+    its store at start, not at its first call)."""
+    connections = acquire_connections(url, timeout)
+    try:
+        connection = connections.take()
+        try:
+            connection.send_command("PING")
+            connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+        connections.give(connection)
+    except connections.errors.RedisError as exc:
+        raise OSError(f"cannot reach the Redis store {redacted(url)}: {exc}") from None
+    finally:
+        release_connections(connections)
 
 
 _registry_lock = threading.Lock()

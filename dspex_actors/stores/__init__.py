@@ -47,8 +47,8 @@ def open_store(spec: str, **settings: Any) -> Store:
     expires sessions by its own clock, and no session actor runs here to restart.
 
     ``ValueError`` for a spec of no known form, ``OSError`` for a SQLite file that
-    cannot be opened, ``ImportError`` naming the extra for ``redis://`` without
-    redis-py.
+    cannot be opened or a Redis that does not answer a PING, ``ImportError`` naming
+    the extra for ``redis://`` without redis-py.
     """
     kind = store_kind(spec)
     if kind == "memory":
@@ -63,8 +63,10 @@ def open_store(spec: str, **settings: Any) -> Store:
                 )
             settings = {**settings, "synchronous": value.lower()}
         return SqliteStore(path, **settings)
-    from dspex_actors.redis.connections import redis_module
+    from dspex_actors.redis.connections import check_reachable, redis_module
+    from dspex_actors.redis.session import DEFAULT_TIMEOUT
     from dspex_actors.redis.store import RedisStore  # redis-py only when asked for
 
     redis_module()  # the extra's ImportError now, not at the first call
+    check_reachable(spec, DEFAULT_TIMEOUT)  # an unreachable Redis: now, not per call
     return RedisStore(spec, **{k: v for k, v in settings.items() if k in _REDIS_SETTINGS})

@@ -148,7 +148,10 @@ class Database:
             raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         self.path = path
         self._lock = threading.Lock()
-        self._claim = claim_file(path)
+        try:
+            self._claim = claim_file(path)
+        except OSError as exc:
+            raise OSError(f"cannot open the sqlite store {path!r}: {exc.strerror or exc}") from exc
         if _empty_file(path):
             logger.warning(
                 "the sqlite store %r is an empty file (0 bytes): starting a new store in "

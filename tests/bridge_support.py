@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,18 @@ def python_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
-    """Run ``python -m dspex_actors serve --listen 127.0.0.1:0 ARGS``; SIGTERM it after.
+def server_process(
+    *args: str, env: dict[str, str] | None = None, command: Sequence[str] | None = None
+) -> Iterator[ServerProcess]:
+    """Run ``python -m dspex_actors serve --listen 127.0.0.1:0 ARGS`` (or ``command``
+    instead of ``python -m dspex_actors``); SIGTERM it after.
 
     Blocks until the server prints its address (it does so once it accepts calls).
     On exit the server must stop gracefully with status 0.
     """
+    program = list(command or (sys.executable, "-m", "dspex_actors"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "dspex_actors", "serve", "--listen", "127.0.0.1:0", *args],
+        [*program, "serve", "--listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE,
         text=True,
         env=env or python_env(),

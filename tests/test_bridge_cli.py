@@ -115,27 +115,12 @@ def test_help_shows_defaults_in_plain_words() -> None:
 
 
 def test_the_installed_command_serves() -> None:
-    process = subprocess.Popen(
-        [_command(), "serve", "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=python_env(),
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("dspex_actors SessionStore listening on ")
-        with BridgedState.init(address=line.split()[-1]) as state:
-            state.register_variable("a", "integer", 1)
-            assert state.get_variable("a") == 1
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+    with (
+        server_process(command=[_command()]) as server,
+        BridgedState.init(address=server.address) as state,
+    ):
+        state.register_variable("a", "integer", 1)
+        assert state.get_variable("a") == 1
 
 
 def test_an_empty_token_is_refused_in_plain_words() -> None:

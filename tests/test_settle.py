@@ -54,6 +54,17 @@ def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+async def _open_with_n(store: Store, sid: str) -> None:
+    """Open session ``sid`` on ``store`` with an integer ``n`` at 0."""
+    await store.open(sid, create=True, metadata=None)
+    await store.run(
+        sid,
+        RegisterVariable("n", "integer", 0, None, None, None),
+        request_id=None,
+        deadline=None,
+    )
+
+
 def _in_store(spec: str, scenario: Any) -> Any:
     """Run ``scenario(store, session_id)`` on a fresh store with one session holding
     an integer ``n`` at 0."""
@@ -62,13 +73,7 @@ def _in_store(spec: str, scenario: Any) -> Any:
         store: Store = open_store(spec)
         sid = f"settle-{uuid.uuid4().hex}"
         try:
-            await store.open(sid, create=True, metadata=None)
-            await store.run(
-                sid,
-                RegisterVariable("n", "integer", 0, None, None, None),
-                request_id=None,
-                deadline=None,
-            )
+            await _open_with_n(store, sid)
             return await scenario(store, sid)
         finally:
             await store.aclose()
@@ -178,13 +183,7 @@ def test_a_sqlite_store_does_not_guess_across_a_restart(tmp_path: Path) -> None:
     async def before() -> None:
         store = open_store(spec)
         try:
-            await store.open(sid, create=True, metadata=None)
-            await store.run(
-                sid,
-                RegisterVariable("n", "integer", 0, None, None, None),
-                request_id=None,
-                deadline=None,
-            )
+            await _open_with_n(store, sid)
             await store.run(sid, SetVariable("n", 1, None, None), request_id="pre", deadline=None)
         finally:
             await store.aclose()

@@ -25,10 +25,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
+
+from dspex_actors.errors import BridgeUnavailable
 
 __all__ = ["BULK_ITEMS", "gc_paused", "off_loop"]
 
@@ -65,17 +68,24 @@ async def off_loop(
     work: Callable[..., _T],
     *args: Any,
     run_in: Callable[[Callable[[], _T]], Awaitable[_T]] | None = None,
+    deadline: float | None = None,
 ) -> _T:
     """``work(*args)`` in a thread, after the bulk work queued before it on this
     loop (see the module docstring): in the loop's executor, or through ``run_in``
-    (a store's own threads). A caller cancelled meanwhile stops waiting, but the
-    lane is free only once the work is done."""
+    (a store's own threads). Work whose ``deadline`` (monotonic) passed while it
+    waited for its turn is not started (``BridgeUnavailable``: nobody waits for it
+    any more). A caller cancelled meanwhile stops waiting, but the lane is free only
+    once the work is done."""
     loop = asyncio.get_running_loop()
     lane = _LANES.get(loop)
     if lane is None:
         lane = _LANES[loop] = asyncio.Semaphore(1)
     await lane.acquire()
     try:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise BridgeUnavailable(
+                "bulk work waited past its deadline for its turn and was not started"
+            )
         paused = functools.partial(_paused, work, *args)
         running = asyncio.ensure_future(
             run_in(paused) if run_in is not None else loop.run_in_executor(None, paused)
@@ -83,8 +93,16 @@ async def off_loop(
     except BaseException:
         lane.release()
         raise
-    running.add_done_callback(lambda _: lane.release())
+    running.add_done_callback(functools.partial(_done, lane))
     return await asyncio.shield(running)
+
+
+def _done(lane: asyncio.Semaphore, work: asyncio.Future[Any]) -> None:
+    """Free the lane; the work's outcome is read, so one nobody awaits any more (its
+    caller was cancelled) is not logged as never retrieved."""
+    lane.release()
+    if not work.cancelled():
+        work.exception()
 
 
 def _paused(work: Callable[..., _T], *args: Any) -> _T:

@@ -109,3 +109,39 @@ def test_a_cancelled_caller_frees_the_lane_only_when_its_work_is_done() -> None:
 
     asyncio.run(main())
     assert order == ["cancelled", "first done", "second ran"]
+
+
+def test_work_whose_deadline_passed_in_the_queue_is_not_started() -> None:
+    """A listing abandoned by its caller while it waited behind another is never
+    built: the lane goes to the next one."""
+    import asyncio
+    import threading
+    import time
+
+    from dspex_actors.errors import BridgeUnavailable
+
+    first_started, first_may_end = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def first() -> None:
+        first_started.set()
+        first_may_end.wait(10)
+        ran.append("first")
+
+    async def main() -> BaseException | None:
+        loop = asyncio.get_running_loop()
+        holding = asyncio.ensure_future(off_loop(first))
+        await loop.run_in_executor(None, first_started.wait, 10)
+        late = asyncio.ensure_future(
+            off_loop(ran.append, "abandoned", deadline=time.monotonic())  # due at once
+        )
+        await asyncio.sleep(0)
+        first_may_end.set()
+        await holding
+        outcome = (await asyncio.gather(late, return_exceptions=True))[0]
+        await off_loop(ran.append, "next")
+        return outcome if isinstance(outcome, BaseException) else None
+
+    outcome = asyncio.run(main())
+    assert isinstance(outcome, BridgeUnavailable)
+    assert ran == ["first", "next"]

@@ -397,3 +397,48 @@ def test_a_graceful_stop_leaves_no_write_unknown(tmp_path: Path) -> None:
     )
     assert [ended[name] for name in streamed if name not in refused] == []
     assert {name: held[name] for name in refused} == {name: last.get(name, 0) for name in refused}
+
+
+def test_a_streamed_write_still_running_when_the_grace_ends_is_not_called_not_run(
+    tmp_path: Path,
+) -> None:
+    """A streamed write was applied, but its answer is held past the graceful stop's
+    grace: the stream's last word must not call it "not run" (it reached the store).
+    The caller hears ``OutcomeUnknown`` (the server is gone, so nothing can settle
+    it), and after a restart the write is there."""
+    spec = f"sqlite:{tmp_path / 'held.db'}"
+    reached = threading.Event()
+
+    async def hold_the_answer() -> None:
+        reached.set()
+        await asyncio.sleep(3600)  # until the stop cancels it
+
+    outcome: list[BaseException | None] = []
+    server = serve(store=spec)
+    try:
+        handle = BridgedState.init(address=server.address, timeout=5.0)
+        sid = handle.session_id
+        handle.register_variable("w", "integer", 0)
+
+        def write() -> None:
+            try:
+                handle.set_variable("w", 1)
+                outcome.append(None)
+            except StateError as exc:
+                outcome.append(exc)
+
+        writer = threading.Thread(target=write)
+        with failpoints.enabled("store.reply", hold_the_answer):
+            writer.start()
+            assert reached.wait(30)
+            server.stop(grace=0.3)
+        writer.join()
+        handle.cleanup()
+    finally:
+        server.stop()
+    with (
+        serve(store=spec) as again,
+        BridgedState.init(address=again.address, session_id=sid, create=False) as reader,
+    ):
+        assert reader.get_variable("w") == 1  # it was applied
+    assert isinstance(outcome[0], OutcomeUnknown), repr(outcome[0])

@@ -379,7 +379,7 @@ class RedisStore:
                 )
 
         if operation.scans:  # in the loop's bulk lane: one at a time, beside the loop
-            return await off_loop(work, run_in=self._blocking)
+            return await off_loop(work, run_in=self._blocking, deadline=deadline)
         return await self._blocking(work)
 
     async def settle(

@@ -389,7 +389,9 @@ class MemoryStore:
         entry = self._live(session_id, incarnation)
         if isinstance(operation, ReadOperation):
             if operation.scans and len(entry.table.by_id) >= BULK_ITEMS:
-                answer: _R | Missed = await off_loop(entry.table.read, operation)
+                answer: _R | Missed = await off_loop(
+                    entry.table.read, operation, deadline=deadline
+                )
             else:
                 answer = entry.table.read(operation)
             if answer is not MISSED:

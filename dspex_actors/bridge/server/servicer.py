@@ -227,7 +227,7 @@ class SessionStoreServicer:
                 incarnation=incarnation,
             )
         if operation.scans and operation.result_items(result) >= BULK_ITEMS:
-            return await off_loop(_serialized_answer, rpc, operation, result)
+            return await off_loop(_serialized_answer, rpc, operation, result, deadline=deadline)
         return rpc.answer(operation, result)
 
     def _unary(
@@ -360,13 +360,18 @@ class SessionStoreServicer:
         running: list[asyncio.Future[Any]] = [
             task for calls in self._streams.values() for task in calls
         ]
+        idle: asyncio.Future[Any] | None = None
         if self._unary_running:
             self._unary_idle.clear()
-            running.append(asyncio.ensure_future(self._unary_idle.wait()))
+            idle = asyncio.ensure_future(self._unary_idle.wait())
+            running.append(idle)
         if running and grace:
             await asyncio.wait(running, timeout=grace)
-        for waiting in running:
-            waiting.cancel()  # only the idle wait: the calls finished or are past grace
+        if idle is not None:
+            idle.cancel()
+        # A streamed call still running is not cancelled here: its stream then never
+        # says "not run" of it (it may have reached the store), and ends unanswered
+        # when the server stops: the client settles it, or finds it unknown.
         for reader in list(self._streams):
             reader.cancel()  # it puts _END: its stream's handler answers what runs, returns
         handlers = list(self._handlers)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -185,34 +185,79 @@ def test_a_calls_reply_around_serialized_bytes_is_the_reply(session: LocalState)
 # -- the Redis store's pages are one moment ------------------------------------------------
 
 
-def test_pages_a_writer_interrupts_are_read_again(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A write lands between the first page and the second: the pages would mix two
-    moments, so the session is read again, and the listing holds the write."""
+def _between_pages(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, change: Callable[[Any], None]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int], int]:
+    """List a Redis session of 2 pages and 5 variables while ``change(writer)`` runs
+    between its first page and its second; then list it again, untouched. Returns
+    both listings, the sizes of the pages read and how often what changed was read
+    again."""
     from dspex_actors.redis import RedisState
     from dspex_actors.redis.session import DUMP_PAGE, RedisSession
 
     state = RedisState.init(url=redis_url)
     writer = RedisState.init(url=redis_url, session_id=state.session_id, create=False)
     pages: list[int] = []
-    real_page = RedisSession._page
+    caught_up: list[int] = []
+    real_page, real_caught_up = RedisSession._page, RedisSession._caught_up
 
     def page(self: RedisSession, reply: list[Any]) -> Any:
         read = real_page(self, reply)
-        pages.append(len(read[3]))
-        if len(pages) == 1:  # between the first page and the second
-            writer.set_variable("x0", 0.25)
+        pages.append(len(read[4]))
+        if len(pages) == 1:
+            change(writer)
         return read
+
+    def catch_up(self: RedisSession, since: int, records: list[dict[str, Any]]) -> Any:
+        caught_up.append(since)
+        return real_caught_up(self, since, records)
 
     try:
         state.import_columns(_floats(2 * DUMP_PAGE + 5, state.session_id))
-        monkeypatch.setattr(RedisSession, "_page", page)
-        listed = state.list_variables()
+        with monkeypatch.context() as patch:
+            patch.setattr(RedisSession, "_page", page)
+            patch.setattr(RedisSession, "_caught_up", catch_up)
+            listed = state.list_variables()
+        again = state.list_variables()
     finally:
         writer.cleanup()
         state.cleanup()
-    assert pages == [DUMP_PAGE, DUMP_PAGE, DUMP_PAGE, DUMP_PAGE, 5]  # read again once
-    assert len(listed) == 2 * DUMP_PAGE + 5
-    assert listed[0]["value"] == 0.25
-    assert [record["name"] for record in listed] == [f"x{i}" for i in range(2 * DUMP_PAGE + 5)]
+    return listed, again, pages, len(caught_up)
+
+
+def test_a_write_between_pages_is_caught_up_not_read_again(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write lands between the first page and the second: each page is read once,
+    and one more script reads again what changed since the first; the listing is
+    one moment, the write in it."""
+    from dspex_actors.redis.session import DUMP_PAGE
+
+    listed, again, pages, caught_up = _between_pages(
+        redis_url, monkeypatch, lambda writer: writer.set_variable("x0", 0.25)
+    )
+    assert pages == [DUMP_PAGE, DUMP_PAGE, 5] and caught_up == 1
+    assert listed == again
+    assert listed[0]["value"] == 0.25 and listed[0]["version"] == 2
+
+
+def test_deletes_and_registers_between_pages_neither_skip_nor_repeat(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Variables deleted on the page read and on one not read yet, and one registered,
+    between two pages (pages by rank would skip one that stayed): the listing is the
+    session of the moment after, as a second listing reads it."""
+
+    def change(writer: Any) -> None:
+        writer.delete_variable("x3")
+        writer.delete_variable("x600")
+        writer.register_variable("late", "integer", 7)
+
+    from dspex_actors.redis.session import DUMP_PAGE
+
+    listed, again, pages, caught_up = _between_pages(redis_url, monkeypatch, change)
+    names = [record["name"] for record in listed]
+    assert pages == [DUMP_PAGE, DUMP_PAGE, 5] and caught_up == 1  # no page read again
+    assert listed == again
+    assert len(names) == len(set(names)) == 1_005 - 2 + 1
+    assert "x3" not in names and "x600" not in names and names[-1] == "late"

@@ -65,6 +65,7 @@ __all__ = [
     "DESCRIBE",
     "DUMP",
     "DUMP_PAGE",
+    "DUMP_SINCE",
     "FIRST_EVENT",
     "GET",
     "GET_MANY",
@@ -315,18 +316,50 @@ _DUMP_PAGE_LUA = """
 local ttl = live()
 if not ttl then return gone() end
 touch(ttl)
-local first, count = tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {redis.call('HGET', K_SESSION, 'next_seq'), redis.call('ZCARD', K_ORDER), 0}
+local s = redis.call('HMGET', K_SESSION, 'next_seq', 'next_ord')
+local out = {s[1], ARGV[2], s[2] or 0, 0}
 local fields = redis.call('HGETALL', K_SESSION)
 for i = 1, #fields, 2 do
   if string.sub(fields[i], 1, 2) == 'm:' then
     out[#out + 1] = string.sub(fields[i], 3)
     out[#out + 1] = fields[i + 1]
-    out[3] = out[3] + 1
+    out[4] = out[4] + 1
   end
 end
-local ids = redis.call('ZRANGE', K_ORDER, first, first + count - 1)
-for i = 1, #ids do row(out, ids[i]) end
+local page = redis.call('ZRANGEBYSCORE', K_ORDER, '(' .. ARGV[2], '+inf', 'WITHSCORES',
+  'LIMIT', 0, tonumber(ARGV[3]))
+for i = 1, #page, 2 do
+  row(out, page[i])
+  out[2] = page[i + 1]
+end
+return out
+"""
+
+_DUMP_SINCE_LUA = """
+local ttl = live()
+if not ttl then return gone() end
+touch(ttl)
+local since = tonumber(ARGV[2])
+local next_seq = redis.call('HGET', K_SESSION, 'next_seq')
+if tonumber(next_seq) > since then
+  local oldest = redis.call('XRANGE', K_EVENTS, '-', '+', 'COUNT', 1)
+  if #oldest == 0 or tonumber(string.match(oldest[1][1], '^(%d+)')) > since then
+    return {next_seq, -1}
+  end
+end
+local ids = redis.call('ZRANGE', K_ORDER, 0, -1)
+local out = {next_seq, #ids}
+for i = 1, #ids do out[#out + 1] = ids[i] end
+local changed = {}
+for _, entry in ipairs(redis.call('XRANGE', K_EVENTS, since .. '-0', '+')) do
+  local f = entry[2]
+  for j = 1, #f, 2 do
+    if f[j] == 'i' then changed[f[j + 1]] = true end
+  end
+end
+for id in pairs(changed) do
+  if redis.call('ZSCORE', K_ORDER, id) then row(out, id) end
+end
 return out
 """
 
@@ -616,8 +649,14 @@ RECORD = _script(_RECORD_LUA, "record")
 DESCRIBE = _script(_DESCRIBE_LUA, "describe")
 DUMP = _script(_DUMP_LUA, "dump")
 DUMP_PAGE = _script(_DUMP_PAGE_LUA, "dump_page")
-"""Part of a session: ``{next_seq, variables, pairs, metadata..., rows...}``, the rows
-of the variables ranked ``ARGV[2]`` to ``ARGV[2] + ARGV[3] - 1`` in creation order."""
+"""Part of a session: ``{next_seq, last ordinal read, last ordinal given, pairs,
+metadata..., rows...}``, the rows of the (at most ``ARGV[3]``) first variables in
+creation order whose ordinal is above ``ARGV[2]`` (ordinals never change: pages
+neither skip nor repeat a variable that stays)."""
+DUMP_SINCE = _script(_DUMP_SINCE_LUA, "dump_since")
+"""What changed since sequence ``ARGV[2]``: ``{next_seq, n, n ids in creation order,
+the rows of those changed since}``; ``{next_seq, -1}`` when the stream no longer
+holds every event since then."""
 NAMES = _script(_NAMES_LUA, "names")
 FIRST_EVENT = _script(_FIRST_EVENT_LUA, "first_event")
 """The sequence of the oldest event the session's stream holds (its next one if none)."""

@@ -453,20 +453,27 @@ class RedisSession:
         """The session at one moment: next sequence, metadata, records in order.
 
         Read :data:`DUMP_PAGE` variables per script, so that no script holds Redis
-        (every client of it) for a whole large session. The pages are one moment
-        when the session's sequence, which every change moves, is the same on all
-        of them; after :data:`DUMP_TRIES` reads that a writer kept interrupting, the
-        whole session is read by one script instead."""
+        (every client of it) for a whole large session. When the session changed
+        between the pages, one more script names what changed since the first (from
+        the session's event stream) and reads those rows again, with the order of
+        the moment it runs: a variable no event names is as its page read it. Only
+        when the stream no longer holds those events (:data:`DUMP_TRIES` times) is
+        the whole session read by one script."""
         for _ in range(DUMP_TRIES):
-            first = self.read(scripts.DUMP_PAGE, 0, DUMP_PAGE)
-            sequence, total, metadata, records = self._page(first)
-            while len(records) < total:
-                page = self._page(self.read(scripts.DUMP_PAGE, len(records), DUMP_PAGE))
-                if page[0] != sequence or not page[3]:
-                    break  # changed meanwhile: the pages are not one moment
-                records += page[3]
-            else:
+            sequence, after, more, metadata, records = self._page(
+                self.read(scripts.DUMP_PAGE, 0, DUMP_PAGE)
+            )
+            moved = False
+            while more:  # ordinals above the last read: none skipped, none repeated
+                page = self._page(self.read(scripts.DUMP_PAGE, after, DUMP_PAGE))
+                moved = moved or page[0] != sequence
+                after, more = page[1], page[2]
+                records += page[4]
+            if not moved:
                 return sequence, metadata, records
+            caught_up = self._caught_up(sequence, records)
+            if caught_up is not None:
+                return caught_up[0], metadata, caught_up[1]
         reply = self.read(scripts.DUMP)
         pairs = int(reply[1])
         metadata = {text(reply[2 + 2 * i]): unpack(reply[3 + 2 * i]) for i in range(pairs)}
@@ -474,14 +481,36 @@ class RedisSession:
         records = [self.record_of(reply, at) for at in range(start, len(reply), 8)]
         return int(reply[0]), metadata, records
 
-    def _page(self, reply: list[Any]) -> tuple[int, int, dict[str, Any], list[dict[str, Any]]]:
-        """A :data:`~dspex_actors.redis.scripts.DUMP_PAGE` reply: sequence, variables
-        in all, metadata, the page's records."""
-        pairs = int(reply[2])
-        metadata = {text(reply[3 + 2 * i]): unpack(reply[4 + 2 * i]) for i in range(pairs)}
-        start = 3 + 2 * pairs
+    def _page(
+        self, reply: list[Any]
+    ) -> tuple[int, int, bool, dict[str, Any], list[dict[str, Any]]]:
+        """A :data:`~dspex_actors.redis.scripts.DUMP_PAGE` reply: sequence, the last
+        ordinal read, whether a variable may follow it, metadata, the page's records."""
+        pairs = int(reply[3])
+        metadata = {text(reply[4 + 2 * i]): unpack(reply[5 + 2 * i]) for i in range(pairs)}
+        start = 4 + 2 * pairs
         records = [self.record_of(reply, at) for at in range(start, len(reply), 8)]
-        return int(reply[0]), int(reply[1]), metadata, records
+        last = int(reply[1])
+        return int(reply[0]), last, bool(records) and last < int(reply[2]), metadata, records
+
+    def _caught_up(
+        self, since: int, records: list[dict[str, Any]]
+    ) -> tuple[int, list[dict[str, Any]]] | None:
+        """Pages read from sequence ``since`` on, brought to one moment: the rows of
+        what changed since, read again; None when that cannot be told."""
+        reply = self.read(scripts.DUMP_SINCE, since)
+        count = int(reply[1])
+        if count < 0:
+            return None
+        ids = [text(i) for i in reply[2 : 2 + count]]
+        read = {r["id"]: r for r in records}
+        read.update(
+            (r["id"], r)
+            for r in (self.record_of(reply, at) for at in range(2 + count, len(reply), 8))
+        )
+        if not all(i in read for i in ids):
+            return None  # (a page missed a variable no event names: never, but be sure)
+        return int(reply[0]), [read[i] for i in ids]
 
     def columns(self) -> ExportColumns:
         """The export as columns, built from one read; ``sequence`` is the session's

@@ -442,3 +442,44 @@ def test_a_streamed_write_still_running_when_the_grace_ends_is_not_called_not_ru
     ):
         assert reader.get_variable("w") == 1  # it was applied
     assert isinstance(outcome[0], OutcomeUnknown), repr(outcome[0])
+
+
+def test_only_writes_are_held_to_the_deadline_instant(store_spec: str) -> None:
+    """A client whose clock is behind the server's sends instants already past: its
+    writes are refused (not applied: the deadline rule), its reads still answer (a
+    late read harms nobody)."""
+    import grpc
+
+    from dspex_actors.v1 import session_store_pb2 as pb
+    from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
+    from dspex_actors.wire import codec
+    from dspex_actors.wire import status as wire_status
+
+    past = ((codec.EXPIRES_KEY, "1"),)  # 1970: every instant is past
+    with (
+        serve(store=store_spec) as server,
+        BridgedState.init(address=server.address) as state,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        state.register_variable("n", "integer", 3)
+        stub = pb_grpc.SessionStoreStub(channel)
+        sid = state.session_id
+        got = stub.GetVariable(
+            pb.GetVariableRequest(session_id=sid, identifier="n"), timeout=5, metadata=past
+        )
+        listed = stub.ListVariables(
+            pb.ListVariablesRequest(session_id=sid), timeout=5, metadata=past
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.SetVariable(
+                pb.SetVariableRequest(
+                    session_id=sid, identifier="n", value=codec.pack(4), request_id="skewed"
+                ),
+                timeout=5,
+                metadata=past,
+            )
+        error = wire_status.error_from_rpc(refused.value, server.address)
+        assert codec.unpack(got.value, max_bytes=100) == 3
+        assert [v.name for v in listed.variables] == ["n"]
+        assert isinstance(error, BridgeUnavailable) and "deadline" in str(error)
+        assert state.get_variable("n") == 3

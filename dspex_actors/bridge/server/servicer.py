@@ -65,7 +65,8 @@ def _deadline(left: float | None, expires_ms: int = 0) -> float | None:
 
     ``left`` is gRPC's (counted from the request's arrival); ``expires_ms`` the
     client's own deadline as an instant (epoch ms, 0: not sent), which a request
-    delayed in transit cannot outlive."""
+    delayed in transit cannot outlive. Only writes are held to the instant: a late
+    read harms nobody, and a client whose clock is behind must still read."""
     if expires_ms > 0:
         by_instant = expires_ms / 1000 - time.time()
         left = by_instant if left is None else min(left, by_instant)
@@ -243,7 +244,8 @@ class SessionStoreServicer:
             else:
                 self._unary_running += 1
                 try:
-                    deadline = _deadline(context.time_remaining(), _expires_ms(context))
+                    expires = _expires_ms(context) if rpc.has_request_id else 0
+                    deadline = _deadline(context.time_remaining(), expires)
                     return await self.dispatch(rpc, request, deadline)
                 except Exception as exc:
                     error = _as_state_error(rpc.name, exc)
@@ -408,7 +410,8 @@ class SessionStoreServicer:
                     own = max(arrived + min(timeout, 86400.0) - time.monotonic(), 0.0)
                     left = own if left is None else min(left, own)
                 try:
-                    deadline = _deadline(left, request.expires_unix_ms)
+                    expires = request.expires_unix_ms if rpc.has_request_id else 0
+                    deadline = _deadline(left, expires)
                     response = await self.dispatch(rpc, getattr(request, field), deadline)
                     if isinstance(response, bytes):  # a large answer, serialized already
                         reply = call_reply_bytes(call, field, response)

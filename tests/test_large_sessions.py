@@ -193,30 +193,31 @@ def _between_pages(
     both listings, the sizes of the pages read and how often what changed was read
     again."""
     from dspex_actors.redis import RedisState
-    from dspex_actors.redis.session import DUMP_PAGE, RedisSession
+    from dspex_actors.redis import pages as paging
+    from dspex_actors.redis.pages import DUMP_PAGE
 
     state = RedisState.init(url=redis_url)
     writer = RedisState.init(url=redis_url, session_id=state.session_id, create=False)
     pages: list[int] = []
     caught_up: list[int] = []
-    real_page, real_caught_up = RedisSession._page, RedisSession._caught_up
+    real_page, real_caught_up = paging.page_of, paging.caught_up_since
 
-    def page(self: RedisSession, reply: list[Any]) -> Any:
-        read = real_page(self, reply)
+    def page(session: Any, reply: list[Any]) -> Any:
+        read = real_page(session, reply)
         pages.append(len(read[4]))
         if len(pages) == 1:
             change(writer)
         return read
 
-    def catch_up(self: RedisSession, since: int, records: list[dict[str, Any]]) -> Any:
+    def catch_up(session: Any, since: int, records: list[dict[str, Any]]) -> Any:
         caught_up.append(since)
-        return real_caught_up(self, since, records)
+        return real_caught_up(session, since, records)
 
     try:
         state.import_columns(_floats(2 * DUMP_PAGE + 5, state.session_id))
         with monkeypatch.context() as patch:
-            patch.setattr(RedisSession, "_page", page)
-            patch.setattr(RedisSession, "_caught_up", catch_up)
+            patch.setattr(paging, "page_of", page)
+            patch.setattr(paging, "caught_up_since", catch_up)
             listed = state.list_variables()
         again = state.list_variables()
     finally:
@@ -231,7 +232,7 @@ def test_a_write_between_pages_is_caught_up_not_read_again(
     """A write lands between the first page and the second: each page is read once,
     and one more script reads again what changed since the first; the listing is
     one moment, the write in it."""
-    from dspex_actors.redis.session import DUMP_PAGE
+    from dspex_actors.redis.pages import DUMP_PAGE
 
     listed, again, pages, caught_up = _between_pages(
         redis_url, monkeypatch, lambda writer: writer.set_variable("x0", 0.25)
@@ -253,7 +254,7 @@ def test_deletes_and_registers_between_pages_neither_skip_nor_repeat(
         writer.delete_variable("x600")
         writer.register_variable("late", "integer", 7)
 
-    from dspex_actors.redis.session import DUMP_PAGE
+    from dspex_actors.redis.pages import DUMP_PAGE
 
     listed, again, pages, caught_up = _between_pages(redis_url, monkeypatch, change)
     names = [record["name"] for record in listed]

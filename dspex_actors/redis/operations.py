@@ -38,7 +38,7 @@ from dspex_actors.messages import (
     UpdateVariables,
 )
 from dspex_actors.records import SessionInfo, VariableRecord, name_matches
-from dspex_actors.redis import scripts, writes
+from dspex_actors.redis import pages, scripts, writes
 from dspex_actors.redis.session import RedisSession, unpack
 
 __all__ = ["SCRIPTS", "Step", "replayed", "run"]
@@ -113,7 +113,7 @@ def _get_many(session: RedisSession, op: GetVariables | HasVariable) -> dict[str
 
 def _list(session: RedisSession, op: ListVariables) -> list[dict[str, Any]]:
     """Every record in creation order (one moment); the pattern globs names here."""
-    records = session.dump()[2]
+    records = pages.read_whole(session)[2]
     if op.pattern is None:
         return records
     return [r for r in records if name_matches(r["name"], op.pattern)]
@@ -132,7 +132,7 @@ def _heartbeat(session: RedisSession, op: Heartbeat) -> float | None:
 
 
 def _digest_now(session: RedisSession, op: Any = None, reply: Any = None) -> bytes:
-    return columns_digest(session.columns())
+    return columns_digest(pages.columns(session))
 
 
 def _replayed_import(session: RedisSession, op: ImportState, reply: list[Any]) -> bytes:
@@ -150,8 +150,8 @@ SCRIPTS: dict[type[Operation[Any]], Step] = {
         )
     ),
     ListVariables: Step(_list),
-    ExportState: Step(lambda session, op: export_of(session.columns())),
-    ExportSession: Step(lambda session, op: session.columns()),
+    ExportState: Step(lambda session, op: export_of(pages.columns(session))),
+    ExportSession: Step(lambda session, op: pages.columns(session)),
     Digest: Step(_digest_now),
     RegisterVariable: Step(writes.register, lambda session, op, reply: str(reply[3])),
     SetVariable: Step(writes.set_value, lambda session, op, reply: int(reply[1])),

@@ -43,7 +43,6 @@ from dspex_actors.errors import (
     VariableExists,
     VersionConflict,
 )
-from dspex_actors.exports import ExportColumns
 from dspex_actors.limits import Limits, check_session_id
 from dspex_actors.records import SessionInfo, variable_not_found
 from dspex_actors.redis import scripts
@@ -69,8 +68,6 @@ from dspex_actors.vartypes import (
 
 __all__ = [
     "DEFAULT_TIMEOUT",
-    "DUMP_PAGE",
-    "DUMP_TRIES",
     "PENDING_TTL",
     "TOMBSTONE_SECONDS",
     "Definition",
@@ -83,10 +80,6 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds a call may take, retries included, unless said otherwise."""
-DUMP_PAGE = 500
-"""Variables per script when a session is read whole (a listing, an export)."""
-DUMP_TRIES = 3
-"""Paged reads of a session a writer keeps changing before one script reads it all."""
 PENDING_TTL = 60.0
 """Seconds a migration's uncommitted copy lives (the SessionStore's, too)."""
 TOMBSTONE_SECONDS = 60.0
@@ -448,98 +441,6 @@ class RedisSession:
             "created_at": float(created),
             "last_updated_at": float(updated),
         }
-
-    def dump(self) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
-        """The session at one moment: next sequence, metadata, records in order.
-
-        Read :data:`DUMP_PAGE` variables per script, so that no script holds Redis
-        (every client of it) for a whole large session. When the session changed
-        between the pages, one more script names what changed since the first (from
-        the session's event stream) and reads those rows again, with the order of
-        the moment it runs: a variable no event names is as its page read it. Only
-        when the stream no longer holds those events (:data:`DUMP_TRIES` times) is
-        the whole session read by one script."""
-        for _ in range(DUMP_TRIES):
-            sequence, after, more, metadata, records = self._page(
-                self.read(scripts.DUMP_PAGE, 0, DUMP_PAGE)
-            )
-            moved = False
-            while more:  # ordinals above the last read: none skipped, none repeated
-                page = self._page(self.read(scripts.DUMP_PAGE, after, DUMP_PAGE))
-                moved = moved or page[0] != sequence
-                after, more = page[1], page[2]
-                records += page[4]
-            if not moved:
-                return sequence, metadata, records
-            caught_up = self._caught_up(sequence, records)
-            if caught_up is not None:
-                return caught_up[0], metadata, caught_up[1]
-        reply = self.read(scripts.DUMP)
-        pairs = int(reply[1])
-        metadata = {text(reply[2 + 2 * i]): unpack(reply[3 + 2 * i]) for i in range(pairs)}
-        start = 2 + 2 * pairs
-        records = [self.record_of(reply, at) for at in range(start, len(reply), 8)]
-        return int(reply[0]), metadata, records
-
-    def _page(
-        self, reply: list[Any]
-    ) -> tuple[int, int, bool, dict[str, Any], list[dict[str, Any]]]:
-        """A :data:`~dspex_actors.redis.scripts.DUMP_PAGE` reply: sequence, the last
-        ordinal read, whether a variable may follow it, metadata, the page's records."""
-        pairs = int(reply[3])
-        metadata = {text(reply[4 + 2 * i]): unpack(reply[5 + 2 * i]) for i in range(pairs)}
-        start = 4 + 2 * pairs
-        records = [self.record_of(reply, at) for at in range(start, len(reply), 8)]
-        last = int(reply[1])
-        return int(reply[0]), last, bool(records) and last < int(reply[2]), metadata, records
-
-    def _caught_up(
-        self, since: int, records: list[dict[str, Any]]
-    ) -> tuple[int, list[dict[str, Any]]] | None:
-        """Pages read from sequence ``since`` on, brought to one moment: the rows of
-        what changed since, read again; None when that cannot be told."""
-        reply = self.read(scripts.DUMP_SINCE, since)
-        count = int(reply[1])
-        if count < 0:
-            return None
-        ids = [text(i) for i in reply[2 : 2 + count]]
-        read = {r["id"]: r for r in records}
-        read.update(
-            (r["id"], r)
-            for r in (self.record_of(reply, at) for at in range(2 + count, len(reply), 8))
-        )
-        if not all(i in read for i in ids):
-            return None  # (a page missed a variable no event names: never, but be sure)
-        return int(reply[0]), [read[i] for i in ids]
-
-    def columns(self) -> ExportColumns:
-        """The export as columns, built from one read; ``sequence`` is the session's
-        next event sequence."""
-        sequence, metadata, records = self.dump()
-        slots: dict[tuple[str, bytes], int] = {}
-        definitions: list[tuple[Any, Any]] = []
-        definition: list[int] = []
-        for record in records:
-            key = (record["type"], pack(record["constraints"]))
-            slot = slots.get(key)
-            if slot is None:
-                slot = slots[key] = len(definitions)
-                definitions.append((record["type"], record["constraints"]))
-            definition.append(slot)
-        return ExportColumns(
-            self.session_id,
-            metadata,
-            [r["id"] for r in records],
-            [r["name"] for r in records],
-            definitions,
-            definition,
-            [r["value"] for r in records],
-            [r["version"] for r in records],
-            [r["created_at"] for r in records],
-            [r["last_updated_at"] for r in records],
-            [r["metadata"] for r in records],
-            sequence,
-        )
 
     def commit_pending(self) -> None:
         """Make a session opened ``pending`` visible to others, with its whole TTL."""

@@ -50,7 +50,7 @@ from dspex_actors.messages import (
     SetVariable,
     UpdateVariables,
 )
-from dspex_actors.redis import scripts
+from dspex_actors.redis import pages, scripts
 from dspex_actors.redis.connections import CHAIN_LENGTH, current_scope
 from dspex_actors.redis.scripts import Script
 from dspex_actors.redis.session import Definition, RedisSession, Retry, pack, text, unpack
@@ -487,7 +487,7 @@ def add(session: RedisSession, op: ImportState) -> bytes:
     _add_columns(session, op.columns, op.continue_from)
     if not op.want_digest:
         return b""
-    return columns_digest(session.columns())
+    return columns_digest(pages.columns(session))
 
 
 def _add_columns(

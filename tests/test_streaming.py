@@ -435,6 +435,22 @@ def test_a_frozen_link_stops_a_cached_handle_from_answering_from_its_copy() -> N
     assert set(answers) == {BridgeUnavailable}  # not one stale 1
 
 
+def test_a_cached_handle_is_cached_as_soon_as_it_is_opened() -> None:
+    """``init(cache=True)`` returns with the copy loaded: ``cached`` is True at once
+    (it used to be False until ``sync_cache()``)."""
+    with serve() as server:
+        writer = BridgedState.init(address=server.address)
+        try:
+            writer.register_variable("x", "integer", 1)
+            with BridgedState.init(
+                session_id=writer.session_id, address=server.address, cache=True
+            ) as cached:
+                assert cached.cached
+                assert cached.get_variable("x") == 1
+        finally:
+            writer.cleanup()
+
+
 def test_a_cache_on_a_session_with_history_syncs_and_batches_read_their_own_writes() -> None:
     with serve() as server:
         writer = BridgedState.init(address=server.address)

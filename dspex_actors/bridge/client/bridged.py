@@ -22,6 +22,7 @@ that outlives the call): the first RPC, OpenSession, runs with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -82,12 +83,8 @@ def _over_the_limit(operation: Operation[Any], size: int, limit: int) -> StateEr
     """A request over this client's ``max_message_bytes``, named as a session names it."""
     variable, what = operation.sized_as()
     error = too_large(variable, what, size, "max_message_bytes", limit)
-    return LimitExceeded(
-        f"{error}; the limit is this client's own, and nothing was sent",
-        limit="max_message_bytes",
-        variable=variable,
-        size=size,
-    )
+    message = f"{error}; the limit is this client's own, and nothing was sent"
+    return LimitExceeded(message, limit="max_message_bytes", variable=variable, size=size)
 
 
 def _not_found_where(exc: SessionNotFound, address: str, embedded: bool) -> SessionNotFound:
@@ -177,20 +174,18 @@ class BridgedState(RemoteSessionMethods):
         Creating makes this handle the owner; with ``create=False`` it only attaches
         (``SessionNotFound`` if absent). ``pending`` creates the session invisible to
         others until :meth:`commit` (a migration's copy). ``address`` is ``HOST:PORT``,
-        ``dspex://HOST:PORT`` or ``dspexs://HOST:PORT`` (TLS; the system's roots unless
-        ``tls_root_cert`` is given); it defaults to ``$DSPEX_BRIDGE_ADDRESS`` (with
-        ``$DSPEX_BRIDGE_TOKEN``), else the embedded in-process server, which holds
-        only this process's sessions. ``tls_root_cert`` (PEM bytes or a path)
-        switches on TLS.
-        ``existing_state`` is imported in one RPC; if that fails, a session this call
-        created is closed again. ``BridgeUnavailable`` within ``timeout`` when the
-        server cannot be reached; a bad ``session_id`` is a ``ValidationError``.
-        ``cache`` keeps a coherent copy of the session, fed by a Watch stream, and
-        answers reads from it (:mod:`dspex_actors.bridge.client.cache`). ``stream`` sends the
-        frequent calls (get, set, batches, register, delete, list, heartbeat) on one
-        long-lived stream the handles of a channel share, about half a unary call's
-        cost (:mod:`dspex_actors.bridge.client.calls`); ``stream=False`` makes every call a
-        unary RPC.
+        ``dspex://HOST:PORT`` or ``dspexs://HOST:PORT`` (TLS: the system's roots, or
+        ``tls_root_cert``, PEM bytes or a path, which switches TLS on too); by default
+        ``$DSPEX_BRIDGE_ADDRESS`` (with ``$DSPEX_BRIDGE_TOKEN``), else the embedded
+        in-process server, which holds only this process's sessions. ``existing_state``
+        is imported in one RPC; if that fails, a session this call created is closed
+        again. ``BridgeUnavailable`` within ``timeout`` when the server cannot be
+        reached; a bad ``session_id`` is a ``ValidationError``. ``cache`` keeps a
+        coherent copy of the session, fed by a Watch stream, and answers reads from it
+        (:mod:`dspex_actors.bridge.client.cache`). ``stream`` sends the frequent calls
+        on one long-lived stream the handles of a channel share, about half a unary
+        call's cost (:mod:`dspex_actors.bridge.client.calls`); ``stream=False`` makes
+        every call a unary RPC.
         """
         if backend_opts:
             raise TypeError(f"BridgedState.init got unknown options: {', '.join(backend_opts)}")
@@ -238,6 +233,8 @@ class BridgedState(RemoteSessionMethods):
                 handle.import_state(existing_state)
             if cache:
                 handle.enable_cache()
+                with contextlib.suppress(StateError):  # not loaded in time: reads go through
+                    handle.sync_cache()
         except SessionNotFound as exc:
             handle.cleanup()
             if create or exc.details.get("session_id") != handle.session_id:
@@ -316,10 +313,10 @@ class BridgedState(RemoteSessionMethods):
 
     @property
     def cached(self) -> bool:
-        """Whether reads are answered from this handle's copy right now."""
+        """Whether reads are answered from this handle's copy right now: from
+        ``init(cache=True)`` on (it waits, within the timeout, for the copy to load),
+        except while the link is down and until the copy has caught up again."""
         return self._cache is not None and self._cache.live
-
-    # -- plumbing -------------------------------------------------------------------------
 
     # -- running an operation: its wire form, sent with a deadline ---------------------
 

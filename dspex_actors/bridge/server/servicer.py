@@ -56,6 +56,8 @@ _MAX_MARGIN = 0.25
 _DECODE_APART = BULK_ITEMS * 100
 """A request this many bytes long (a large import) is decoded in the loop's
 executor, so the loop keeps serving others meanwhile."""
+_LAST_WORDS = 1.0
+"""Seconds a stopping server gives its Calls streams for their last reply, at least."""
 _END = object()
 """The last item of a Calls stream's inbox: its requests end (or the server stops)."""
 
@@ -377,8 +379,10 @@ class SessionStoreServicer:
         for reader in list(self._streams):
             reader.cancel()  # it puts _END: its stream's handler answers what runs, returns
         handlers = list(self._handlers)
-        left = until - time.monotonic()
-        if handlers and left > 0:  # each says, in its last reply, that the rest never ran
+        # Each says, in its last reply, that the rest never ran: given a moment for it
+        # even when the grace is spent (a loaded machine needs one).
+        left = max(until - time.monotonic(), _LAST_WORDS)
+        if handlers:
             await asyncio.wait(handlers, timeout=left)
 
     async def _streamed(

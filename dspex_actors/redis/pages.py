@@ -48,9 +48,7 @@ def read_whole(session: RedisSession) -> tuple[int, dict[str, Any], Records]:
         if caught_up is not None:
             return caught_up[0], metadata, caught_up[1]
     reply = session.read(scripts.DUMP)
-    pairs = int(reply[1])
-    metadata = {text(reply[2 + 2 * i]): unpack(reply[3 + 2 * i]) for i in range(pairs)}
-    start = 2 + 2 * pairs
+    metadata, start = _metadata(reply, 1)
     return int(reply[0]), metadata, _rows(session, reply, start)
 
 
@@ -59,9 +57,8 @@ def page_of(
 ) -> tuple[int, int, bool, dict[str, Any], Records]:
     """A :data:`~dspex_actors.redis.scripts.DUMP_PAGE` reply: sequence, the last ordinal
     read, whether a variable may follow it, metadata, the page's records."""
-    pairs = int(reply[3])
-    metadata = {text(reply[4 + 2 * i]): unpack(reply[5 + 2 * i]) for i in range(pairs)}
-    records = _rows(session, reply, 4 + 2 * pairs)
+    metadata, start = _metadata(reply, 3)
+    records = _rows(session, reply, start)
     last = int(reply[1])
     return int(reply[0]), last, bool(records) and last < int(reply[2]), metadata, records
 
@@ -81,6 +78,14 @@ def caught_up_since(
     if not all(i in read for i in ids):
         return None  # (a page missed a variable no event names: never, but be sure)
     return int(reply[0]), [read[i] for i in ids]
+
+
+def _metadata(reply: list[Any], count_at: int) -> tuple[dict[str, Any], int]:
+    """The session's metadata a reply holds after its count at ``count_at`` (the
+    scripts' ``metadata``), and where the rows after it start."""
+    start = count_at + 1 + 2 * int(reply[count_at])
+    pairs = range(count_at + 1, start, 2)
+    return {text(reply[at]): unpack(reply[at + 1]) for at in pairs}, start
 
 
 def _rows(session: RedisSession, reply: list[Any], start: int) -> Records:

@@ -135,6 +135,19 @@ local function row(out, id)
   out[#out + 1] = id
   for i = 1, 7 do out[#out + 1] = f[i] end
 end
+
+-- The session's metadata appended to out, as key, msgpack value pairs; how many.
+local function metadata(out)
+  local fields, n = redis.call('HGETALL', K_SESSION), 0
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'm:' then
+      out[#out + 1] = string.sub(fields[i], 3)
+      out[#out + 1] = fields[i + 1]
+      n = n + 1
+    end
+  end
+  return n
+end
 """
 
 _WRITE_PRELUDE = (
@@ -318,14 +331,7 @@ if not ttl then return gone() end
 touch(ttl)
 local s = redis.call('HMGET', K_SESSION, 'next_seq', 'next_ord')
 local out = {s[1], ARGV[2], s[2] or 0, 0}
-local fields = redis.call('HGETALL', K_SESSION)
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 2) == 'm:' then
-    out[#out + 1] = string.sub(fields[i], 3)
-    out[#out + 1] = fields[i + 1]
-    out[4] = out[4] + 1
-  end
-end
+out[4] = metadata(out)
 local page = redis.call('ZRANGEBYSCORE', K_ORDER, '(' .. ARGV[2], '+inf', 'WITHSCORES',
   'LIMIT', 0, tonumber(ARGV[3]))
 for i = 1, #page, 2 do
@@ -368,14 +374,7 @@ local ttl = live()
 if not ttl then return gone() end
 touch(ttl)
 local out = {redis.call('HGET', K_SESSION, 'next_seq'), 0}
-local fields = redis.call('HGETALL', K_SESSION)
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 2) == 'm:' then
-    out[#out + 1] = string.sub(fields[i], 3)
-    out[#out + 1] = fields[i + 1]
-    out[2] = out[2] + 1
-  end
-end
+out[2] = metadata(out)
 local ids = redis.call('ZRANGE', K_ORDER, 0, -1)
 for i = 1, #ids do row(out, ids[i]) end
 return out
@@ -404,15 +403,7 @@ else
 end
 local s = redis.call('HMGET', K_SESSION, 'next_seq', 'created_at')
 local out = {s[1], redis.call('ZCARD', K_ORDER), s[2], ttl, redis.call('PTTL', K_SESSION)}
-if ARGV[3] == '1' then  -- and the session's metadata, as key, msgpack value pairs
-  local fields = redis.call('HGETALL', K_SESSION)
-  for i = 1, #fields, 2 do
-    if string.sub(fields[i], 1, 2) == 'm:' then
-      out[#out + 1] = string.sub(fields[i], 3)
-      out[#out + 1] = fields[i + 1]
-    end
-  end
-end
+if ARGV[3] == '1' then metadata(out) end  -- and the session's metadata
 return out
 """
 

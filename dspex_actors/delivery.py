@@ -14,8 +14,9 @@ Rules every subscription keeps, whatever its source: events come in sequence ord
 never from a session's own turn, so a subscriber may call back into the session; a
 subscriber that raises is logged and goes on receiving; one that falls behind gets
 one ``overflow`` event and goes on from the present; a subscription ends after one
-``closed`` event; and ``close()`` returns once no event is being delivered (unless
-called by the subscriber itself, from the delivery thread: then none follows it).
+``closed`` event; and ``close()`` first delivers what the session published before
+it, then returns once no event is being delivered, and none follows (called by the
+subscriber itself, from the delivery thread, it stops at once).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from dspex_actors.backoff import Backoff
+from dspex_actors.errors import StateError
 from dspex_actors.records import check_pattern, name_matches
 from dspex_actors.streaming import Event, Subscriber, check_subscriber, hand_over
 
 __all__ = [
+    "DRAIN_TIMEOUT",
     "READ_PERIOD",
     "Delivery",
     "Ended",
@@ -47,6 +50,9 @@ T = TypeVar("T")
 
 READ_PERIOD = 1.0
 """Seconds one read may wait for something to deliver before it is asked again."""
+
+DRAIN_TIMEOUT = 5.0
+"""Seconds closing a subscription waits for the events published before it."""
 
 
 class Interrupted(Exception):
@@ -81,6 +87,12 @@ class Source(Protocol[T]):
         """Release what reading holds; called once, by the delivery's thread, last."""
         ...
 
+    @property
+    def position(self) -> int | None:
+        """The sequence the next read starts from: every event before it was read
+        (None where the source cannot tell, as a provider's own subscription)."""
+        ...
+
 
 class Delivery(Generic[T]):
     """One thread that reads a source and hands each item on, until stopped, until
@@ -100,6 +112,8 @@ class Delivery(Generic[T]):
         self._hand = hand
         self._on_end = on_end  # its thread has ended: nothing of it runs any more
         self._stopped = threading.Event()
+        self._handed = threading.Condition()  # notified after each read's items are handed on
+        self._position: int | None = None  # the source's position once they were
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -129,10 +143,15 @@ class Delivery(Generic[T]):
                         return
                     if not self._hand(item):
                         return
+                with self._handed:
+                    self._position = self.source.position
+                    self._handed.notify_all()
         except Exception:
             logger.exception("%s: delivery failed", self._thread.name)
         finally:
             self._stopped.set()
+            with self._handed:
+                self._handed.notify_all()
             try:
                 self.source.close()
             finally:
@@ -146,6 +165,18 @@ class Delivery(Generic[T]):
         self.source.wake()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+
+    def reach(self, position: int, timeout: float) -> bool:
+        """Wait until every item before ``position`` was handed on (within
+        ``timeout`` seconds, and while the delivery runs); whether they were."""
+        with self._handed:
+            self._handed.wait_for(
+                lambda: self._reached(position) or self._stopped.is_set(), timeout
+            )
+            return self._reached(position)
+
+    def _reached(self, position: int) -> bool:
+        return self._position is not None and self._position >= position
 
     def is_current_thread(self) -> bool:
         """Whether the caller runs in this delivery's own thread (in a callback)."""
@@ -200,6 +231,11 @@ class QueueSource:
             self._woken = True
             self._changed.notify_all()
 
+    @property
+    def position(self) -> None:
+        """Unknown: the provider's subscription says nothing of what it skipped."""
+        return None
+
     def close(self) -> None:
         try:
             self._provider.unsubscribe(self._inner)
@@ -211,7 +247,10 @@ class Subscription:
     """Delivery of a session's events to one subscriber (see the module docstring).
 
     Use a backend's ``subscribe``; ``unsubscribe`` (or :meth:`close`, or the end of a
-    ``with`` block) stops delivery before it returns.
+    ``with`` block) first delivers what the session published before it, then stops
+    delivery before it returns. ``fence`` tells the session's next sequence now (what
+    a drain waits for); without it (or a source that cannot tell its position)
+    closing stops at once.
     """
 
     def __init__(
@@ -222,15 +261,19 @@ class Subscription:
         subscriber: Subscriber,
         *,
         name: str,
+        fence: Callable[[], int] | None = None,
         on_end: Callable[[], None] | None = None,
     ) -> None:
         check_subscriber(subscriber)
         self.pattern = check_pattern(pattern)
         self.subscriber = subscriber
         self.session_id = session_id
+        self._fence = fence
         self._last: int | None = None
         self._lock = threading.Lock()
         self._said_closed = False
+        self._unsubscribed = False  # its subscriber asked to stop: no closed then
+        self._ending = threading.RLock()  # held while end() tells closed
         self._delivery = Delivery(source, self._hand, name=name, on_end=on_end)
         try:
             source.ready()  # (read by the delivery's thread, which now runs)
@@ -269,19 +312,47 @@ class Subscription:
         self._last = event.sequence
         return kind != "closed"
 
-    def close(self) -> None:
-        """Stop delivery; idempotent. Returns once no event is being delivered."""
-        self._delivery.stop()
+    def close(self, *, drain: bool = True, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Stop delivery; idempotent. First (with ``drain``) deliver every event the
+        session published before this call, within ``timeout`` seconds (what is not
+        delivered by then is dropped, and logged); called by the subscriber itself,
+        it stops at once. No event, not even ``closed``, follows once this returns."""
+        with self._ending:
+            self._unsubscribed = True
+        delivery = self._delivery
+        if drain and delivery.active and not delivery.is_current_thread():
+            self._drain(timeout)
+        delivery.stop()
+
+    def _drain(self, timeout: float) -> None:
+        """Wait until the events before the session's next sequence were delivered."""
+        if self._fence is None or self.source.position is None:
+            return
+        try:
+            fence = self._fence()
+        except StateError as exc:  # the session ended, or cannot be asked: stop now
+            logger.info("subscription %r stops without its last events: %s", self, exc)
+            return
+        if not self._delivery.reach(fence, timeout) and self._delivery.active:
+            logger.warning(
+                "subscription %r: events before sequence %d were not all delivered "
+                "within %ss; stopped without them",
+                self,
+                fence,
+                timeout,
+            )
 
     def end(self) -> None:
         """The session is going away for this subscriber: stop, and tell it ``closed``
-        once (unless its source already did)."""
-        self.close()
-        with self._lock:
-            said, self._said_closed = self._said_closed, True
-        if not said:
-            last = self._last if self._last is not None else 0
-            hand_over(self.subscriber, Event(self.session_id, last, "closed"))
+        once (unless its source already did, or it unsubscribed)."""
+        self._delivery.stop()
+        with self._ending:
+            with self._lock:
+                said = self._said_closed or self._unsubscribed
+                self._said_closed = True
+            if not said:
+                last = self._last if self._last is not None else 0
+                hand_over(self.subscriber, Event(self.session_id, last, "closed"))
 
     def finish(self, timeout: float) -> None:
         """The session was closed: deliver what its source still gives, up to its

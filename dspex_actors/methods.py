@@ -202,7 +202,8 @@ class SessionMethods(StateProvider):
         """Deliver each change to variables whose names match ``pattern`` (a glob;
         None: all) to ``subscriber``, a callable or a Pykka actor, from a thread of
         its own (see :mod:`dspex_actors.delivery`); returns the Subscription, which
-        ``unsubscribe`` (or leaving its ``with`` block) stops.
+        ``unsubscribe`` (or leaving its ``with`` block) stops once it delivered what
+        was written before.
 
         ``start`` resumes from an event sequence (past the kept history: one
         ``overflow`` event first). A write made after this returns is never missed.
@@ -215,6 +216,7 @@ class SessionMethods(StateProvider):
             glob,
             subscriber,
             name=f"dspex-events-{self.session_id}",
+            fence=self._next_sequence,
         )
         try:
             self._subscribed(subscription)
@@ -227,8 +229,15 @@ class SessionMethods(StateProvider):
         """A subscription was made: a backend that keeps track of them (to end them
         with the handle, or to wait for its stream) does so here."""
 
+    def _next_sequence(self) -> int:
+        """The sequence the session's next event will get (what closing a
+        subscription delivers up to)."""
+        return int(self.run(GetSession()).next_sequence)
+
     def unsubscribe(self, subscription: Any) -> None:
-        """Stop a subscription; no event is delivered once this returns."""
+        """Stop a subscription, first delivering the events of the writes made before
+        this call (within ``delivery.DRAIN_TIMEOUT``, 5 s); no event, not even
+        ``closed``, is delivered once this returns."""
         if not isinstance(subscription, Subscription):
             raise TypeError(f"not a subscription: {subscription!r}")
         subscription.close()

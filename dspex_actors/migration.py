@@ -325,6 +325,13 @@ class ContextSource:
             current = self._current
         current.ready()
 
+    @property
+    def position(self) -> int | None:
+        """The current backend's (the old one's while it drains: below the cut)."""
+        with self._lock:
+            current = self._current
+        return current.position
+
     def wake(self) -> None:
         with self._lock:
             sources = [self._current, *([self._next] if self._next is not None else [])]

@@ -245,7 +245,9 @@ class StateProvider(abc.ABC):
         )
 
     def unsubscribe(self, subscription: Any) -> None:
-        """Cancel a subscription made by :meth:`subscribe`."""
+        """Cancel a subscription made by :meth:`subscribe`: first deliver the events of
+        the writes made before this call, then stop; nothing, not even ``closed``, is
+        delivered once it returns (leaving the subscription's ``with`` block alike)."""
         raise NotSupported(f"{type(self).__name__} does not support streaming")
 
     def __enter__(self) -> Self:

@@ -41,6 +41,7 @@ __all__ = [
     "EventKind",
     "EventLog",
     "LogSource",
+    "Progress",
     "Subscriber",
     "check_subscriber",
     "follow",
@@ -233,18 +234,33 @@ def fulfil(future: asyncio.Future[Any], value: Any = None) -> None:
         future.set_result(value)
 
 
+class Progress(NamedTuple):
+    """A watcher has been given every matching event up to ``sequence``: what a
+    filtered watch says when it caught up past events its globs skipped, so its
+    reader can tell it is not missing any (a Watch stream's ``KIND_PROGRESS``)."""
+
+    sequence: int
+
+
 async def follow(
-    log: EventLog, cursor: int, globs: list[str | None]
-) -> AsyncGenerator[Event, None]:
+    log: EventLog, cursor: int, globs: list[str | None], *, progress: bool = False
+) -> AsyncGenerator[Event | Progress, None]:
     """A log's events from ``cursor`` on, matching ``globs`` (all when empty), until
-    ``closed``: a SessionStore watcher, costing no thread while it waits."""
+    ``closed``: a SessionStore watcher, costing no thread while it waits. With
+    ``progress``, a :class:`Progress` each time it caught up after skipping events
+    (at most one per wait: a busy session costs one per wake-up, not per event)."""
+    given = cursor - 1  # the last sequence given, or known to be skipped
     while True:
         events, cursor = log.read(cursor)
         if not events:
+            if progress and cursor - 1 > given:
+                given = cursor - 1
+                yield Progress(given)
             await log.wait_async(cursor)
             continue
         for event in events:
             if event.kind in ("overflow", "closed") or _matches(event.name, globs):
+                given = event.sequence
                 yield event
             if event.kind == "closed":
                 return
@@ -304,6 +320,10 @@ class LogSource:
 
     def ready(self) -> None:
         """The cursor was fixed when the source was made: nothing to wait for."""
+
+    @property
+    def position(self) -> int:
+        return self._cursor
 
     def wake(self) -> None:
         self._woken = True

@@ -36,7 +36,7 @@ from dspex_actors.redis.scripts import session_keys
 from dspex_actors.redis.state import RedisState
 from dspex_actors.redis.store import RedisStore
 from dspex_actors.stores import open_store
-from dspex_actors.streaming import Event
+from dspex_actors.streaming import Event, Progress
 from dspex_actors.supervision import Supervisor
 from dspex_actors.testing import StateProviderContract
 from dspex_actors.testing.streaming import EventRecorder, change
@@ -496,7 +496,7 @@ def test_watches_closed_unread_or_cancelled_leave_no_reader(redis_url: str) -> N
                 await joining
             read = await store.watch(sid, [], None)
             await store.run(sid, _register_counter(), request_id=None, deadline=None)
-            assert (await read.__anext__()).kind == "registered"
+            assert _event(await read.__anext__()).kind == "registered"
             await read.aclose()
             await store.close(sid, opened.incarnation)
             return _reader_threads()
@@ -581,10 +581,10 @@ def test_an_unreadable_entry_costs_its_own_watchers_an_overflow_and_no_one_else(
             raw.hincrby(session_key, "next_seq", 1)  # as a writer of that entry would
             for sid in goods:
                 await store.run(sid, _register_counter(), request_id=None, deadline=None)
-            firsts = [await asyncio.wait_for(w.__anext__(), WAIT) for w in watches[1:]]
-            mine = [await asyncio.wait_for(watches[0].__anext__(), WAIT)]
+            firsts = [_event(await asyncio.wait_for(w.__anext__(), WAIT)) for w in watches[1:]]
+            mine = [_event(await asyncio.wait_for(watches[0].__anext__(), WAIT))]
             await store.run(bad, _register_counter(), request_id=None, deadline=None)
-            mine.append(await asyncio.wait_for(watches[0].__anext__(), WAIT))
+            mine.append(_event(await asyncio.wait_for(watches[0].__anext__(), WAIT)))
             return firsts, mine
         finally:
             for watch in watches:
@@ -644,7 +644,7 @@ def test_a_watcher_resuming_past_the_history_of_an_idle_session_gets_overflow(
                     sid, SetVariable("n", value, None, None), request_id=None, deadline=None
                 )
             watch = await store.watch(sid, [], 1)
-            first = await asyncio.wait_for(watch.__anext__(), WAIT)
+            first = _event(await asyncio.wait_for(watch.__anext__(), WAIT))
             await watch.aclose()
             await store.close(sid, opened.incarnation)
             return [(first.kind, first.sequence)]
@@ -652,3 +652,9 @@ def test_a_watcher_resuming_past_the_history_of_an_idle_session_gets_overflow(
             await store.aclose()
 
     assert asyncio.run(scenario()) == [("overflow", 0)]
+
+
+def _event(item: Event | Progress) -> Event:
+    """A watch's item, which is an event (a watch asked for no progress)."""
+    assert isinstance(item, Event), item
+    return item

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from dspex_actors.delivery import Interrupted
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 STREAM_BLOCK_MS = 1000
 """How long a stream reader waits in one ``XREAD``; then it checks the session lives."""
+UNBLOCK_AGAIN = 0.002
+"""Seconds before a ``CLIENT UNBLOCK`` that found its reader not yet blocked is sent
+again (while the read has not returned)."""
 STREAM_READ_COUNT = 512
 """Entries one ``XREAD`` takes from a stream."""
 DEFAULT_TIMEOUT = 5.0
@@ -80,6 +84,7 @@ class StreamSource:
         self._stopped = False
         self._reading = False  # an XREAD may be blocked now (wake() must unblock it)
         self._lock = threading.Lock()
+        self._read_over = threading.Condition(self._lock)  # notified when an XREAD returns
         self._reader: AbstractConnection | None = None
         self._reader_id: int | None = None
         self._connections = share_connections(connections)  # released by close()
@@ -106,6 +111,7 @@ class StreamSource:
             reply = reader.read_response()
             with self._lock:
                 self._reading = False
+                self._read_over.notify_all()
             if not reply:
                 if self._stopped:
                     return []
@@ -162,6 +168,10 @@ class StreamSource:
     def ready(self) -> None:
         """The cursor was fixed when the source was made: nothing to wait for."""
 
+    @property
+    def position(self) -> int:
+        return self._cursor
+
     def finish(self) -> None:
         """Give what the stream holds now, then ``closed`` (a handle detaching, or an
         owner that could not close the session)."""
@@ -174,11 +184,18 @@ class StreamSource:
         self._unblock()
 
     def _unblock(self) -> None:
-        """Make an XREAD that blocks now return (one not begun yet sees the flags)."""
+        """Make an XREAD that blocks now return (one not begun yet sees the flags).
+
+        The XREAD may still be on its way to Redis when ``CLIENT UNBLOCK`` arrives on
+        the other connection, which then unblocks nothing: it is asked again until
+        the read returned (within one block period, after which it returns anyway)."""
+        deadline = time.monotonic() + STREAM_BLOCK_MS / 1000
         with self._lock:
             reading, reader_id = self._reading, self._reader_id
-        if reading:
-            unblock(self._connections, reader_id)
+        while reading and unblock(self._connections, reader_id) is False:
+            with self._read_over:
+                self._read_over.wait_for(lambda: not self._reading, UNBLOCK_AGAIN)
+                reading = self._reading and time.monotonic() < deadline
 
     def close(self) -> None:
         self._disconnect()
@@ -192,25 +209,27 @@ _KINDS: dict[bytes, EventKind] = {
 }
 
 
-def unblock(connections: Connections, reader_id: int | None) -> None:
+def unblock(connections: Connections, reader_id: int | None) -> bool | None:
     """Make connection ``reader_id``'s blocked ``XREAD`` return now (``CLIENT UNBLOCK``
-    on another connection); a failure is left alone: the read times out by itself."""
+    on another connection): whether it was blocked; None when Redis could not be
+    asked (left alone: the read times out by itself)."""
     if reader_id is None:
-        return
+        return None
     errors = connections.errors
     try:
         connection = connections.take()
     except (errors.ConnectionError, errors.TimeoutError, OSError):
-        return
+        return None
     try:
         connection.send_command("CLIENT", "UNBLOCK", reader_id)
-        connection.read_response()
+        unblocked = connection.read_response()
     except (errors.ConnectionError, errors.TimeoutError, OSError):
         connection.disconnect()
-        return
+        return None
     except errors.ResponseError:
-        pass
+        unblocked = None
     connections.give(connection)
+    return None if unblocked is None else bool(unblocked)
 
 
 def stream_event(session_id: str, sequence: int, fields: dict[bytes, bytes]) -> Event:

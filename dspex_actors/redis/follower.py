@@ -288,6 +288,11 @@ class _Streams:
     def ready(self) -> None:
         """Each follower's cursor is fixed when it is followed."""
 
+    @property
+    def position(self) -> None:
+        """None: it reads many sessions, each from a cursor of its own."""
+        return None
+
     def wake(self) -> None:
         unblock(self._follower._connections, self._reader_id)
 

@@ -63,7 +63,7 @@ from dspex_actors.redis.follower import Followed, StreamFollower
 from dspex_actors.redis.session import DEFAULT_TIMEOUT, RedisSession
 from dspex_actors.session import new_session_id
 from dspex_actors.stores.base import EventStream
-from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, follow
+from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, Progress, follow
 
 __all__ = ["DEDUPE_SECONDS", "RedisStore"]
 
@@ -402,6 +402,8 @@ class RedisStore:
         patterns: list[str],
         start: int | None,
         incarnation: str | None = None,
+        *,
+        progress: bool = False,
     ) -> EventStream:
         globs = [check_pattern(pattern) for pattern in patterns]
         info = await self._blocking(lambda: self._current(session_id, lambda s: s.info()))
@@ -414,7 +416,8 @@ class RedisStore:
         # Joined now, before the caller says the stream is up: the session may close
         # right after, and its events up to the close are still read.
         feed = await self._enter(session_id, info.incarnation, cursor)
-        return _Watch(self, feed, follow(feed.log, cursor, globs), cursor, info.incarnation)
+        events = follow(feed.log, cursor, globs, progress=progress)
+        return _Watch(self, feed, events, cursor, info.incarnation)
 
     async def _enter(self, session_id: str, incarnation: str, cursor: int) -> _Feed:
         """Join a reader of the session; a reader joined for a caller cancelled
@@ -521,7 +524,7 @@ class _Watch:
         self,
         store: RedisStore,
         feed: _Feed,
-        events: AsyncGenerator[Event, None],
+        events: AsyncGenerator[Event | Progress, None],
         start: int,
         incarnation: str,
     ):
@@ -534,7 +537,7 @@ class _Watch:
     def __aiter__(self) -> _Watch:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> Event | Progress:
         try:
             return await self._events.__anext__()
         except BaseException:

@@ -34,7 +34,7 @@ from dspex_actors.errors import SessionNotFound
 from dspex_actors.limits import Limits
 from dspex_actors.messages import ReadOperation, WriteOperation
 from dspex_actors.records import Opened, SessionInfo
-from dspex_actors.streaming import Event
+from dspex_actors.streaming import Event, Progress
 
 __all__ = [
     "DEDUPE_WINDOW",
@@ -64,9 +64,9 @@ class EventStream(Protocol):
     start: int
     incarnation: str
 
-    def __aiter__(self) -> AsyncIterator[Event]: ...
+    def __aiter__(self) -> AsyncIterator[Event | Progress]: ...
 
-    async def __anext__(self) -> Event: ...
+    async def __anext__(self) -> Event | Progress: ...
 
     async def aclose(self) -> None: ...
 
@@ -82,7 +82,9 @@ def not_found(session_id: str) -> SessionNotFound:
 class Watching:
     """An :class:`EventStream` over an async generator of events."""
 
-    def __init__(self, events: AsyncGenerator[Event, None], start: int, incarnation: str) -> None:
+    def __init__(
+        self, events: AsyncGenerator[Event | Progress, None], start: int, incarnation: str
+    ) -> None:
         self.start = start
         self.incarnation = incarnation
         self._events = events
@@ -90,7 +92,7 @@ class Watching:
     def __aiter__(self) -> Watching:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> Event | Progress:
         return await self._events.__anext__()
 
     async def aclose(self) -> None:
@@ -168,12 +170,16 @@ class Store(Protocol):
         patterns: list[str],
         start: int | None,
         incarnation: str | None = None,
+        *,
+        progress: bool = False,
     ) -> EventStream:
         """Start following a session (``SessionNotFound`` at once if absent, or if
         ``incarnation`` names another one): its change events whose names match any
         glob of ``patterns`` (all when empty), from sequence ``start`` (None: from
-        now), as described in :mod:`dspex_actors.streaming`; ends after a ``closed``
-        event. The caller closes it (``aclose``) when done."""
+        now), as described in :mod:`dspex_actors.streaming`, with a
+        :class:`~dspex_actors.streaming.Progress` whenever it caught up past skipped
+        events if ``progress``; ends after a ``closed`` event. The caller closes it
+        (``aclose``) when done."""
         ...
 
     async def settle(

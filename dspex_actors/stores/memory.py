@@ -285,12 +285,14 @@ class MemoryStore:
         patterns: list[str],
         start: int | None,
         incarnation: str | None = None,
+        *,
+        progress: bool = False,
     ) -> Watching:
         globs = [check_pattern(pattern) for pattern in patterns]
         entry = self._live(session_id, incarnation)
         log = await self._deliver(entry, OpenEvents(), None)
         begin = log.next_sequence if start is None else start
-        return Watching(follow(log, begin, globs), begin, entry.incarnation)
+        return Watching(follow(log, begin, globs, progress=progress), begin, entry.incarnation)
 
     async def settle(
         self, session_id: str, request_id: str, age: float, incarnation: str | None = None

@@ -3,7 +3,9 @@
 A backend whose ``capabilities()["streaming"]`` is True must deliver every change
 (``registered``, ``updated``, ``deleted``) to every subscriber whose glob matches
 the variable's name, complete and in sequence order, from the moment ``subscribe``
-returns until ``unsubscribe`` (or the end of a ``with`` block) returns; a batch's
+returns until ``unsubscribe`` (or the end of a ``with`` block) returns — the events
+of writes made before it delivered by then, and nothing (not even ``closed``) after
+it; a batch's
 or an import's events come together; a subscriber that raises, calls back into
 the session or is a Pykka actor works; cleanup ends every subscription with one
 ``closed`` event. Against a backend without streaming each test here checks
@@ -50,6 +52,9 @@ MAX_RACING_WRITES = 100_000
 
 WRITES_AFTER_UNSUBSCRIBE = 50
 """Writes a stopped subscription must not see (each one a chance to catch a leak)."""
+
+DRAIN_ROUNDS = 20
+"""Subscriptions left right after a write, each of which must have delivered it."""
 
 
 class StreamEvent(Protocol):
@@ -448,6 +453,51 @@ class StreamingContract(ContractBase):
                     f"subscriber {recorder.label!r} still got events after it was stopped: "
                     f"{describe(recorder.events)}"
                 )
+
+    def test_leaving_a_subscription_first_delivers_what_was_written(
+        self, state: StateProvider
+    ) -> None:
+        """The README's promise, without waiting: a write that returned before the
+        subscription is left has been delivered when it is left, also when later
+        writes (to names the pattern skips) came after it; every round, both ways."""
+        if not self._streams(state):
+            return
+        state.register_variable("temperature", "integer", 0)
+        state.register_variable("other", "integer", 0)
+        for version in range(1, DRAIN_ROUNDS + 1):
+            recorder = self._recorder(f"round {version}")
+            subscription = state.subscribe("temp*", recorder)
+            with subscription:
+                state.set_variable("temperature", version)
+                state.set_variable("other", version)
+                if version % 2:
+                    state.unsubscribe(subscription)  # the other rounds leave the block
+            got = [(e.kind, e.name, e.version) for e in recorder.events]
+            assert got == [("updated", "temperature", version)], (
+                f"round {version}: leaving the subscription delivered {describe(recorder.events)}"
+            )
+
+    def test_nothing_follows_unsubscribe_not_even_closed(self, open_state: Opener) -> None:
+        state = open_state()
+        if not self._streams(state):
+            return
+        witness = self._recorder("witness")
+        dropped = self._recorder("unsubscribed")
+        state.register_variable("v", "integer", 0)
+        with state.subscribe(None, witness):
+            subscription = state.subscribe(None, dropped)
+            state.set_variable("v", 1)
+            state.unsubscribe(subscription)
+            at_unsubscribe = dropped.events
+            _, error = guarded_call("cleanup", state.cleanup, self.hang_guard_seconds)
+            assert error is None, f"cleanup raised {error!r}"
+            witness.wait_for("the closed event", lambda e: e.kind == "closed")
+        assert [(e.kind, e.version) for e in at_unsubscribe] == [("updated", 1)], describe(
+            at_unsubscribe
+        )
+        assert dropped.events == at_unsubscribe, (
+            f"events after unsubscribe returned: {describe(dropped.events[len(at_unsubscribe) :])}"
+        )
 
     def test_failing_subscriber_is_logged_and_isolated(
         self, state: StateProvider, caplog: pytest.LogCaptureFixture

@@ -464,18 +464,20 @@ class ImportSessionResponse(_message.Message):
     def __init__(self, count: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("session_id", "patterns", "start_sequence", "incarnation", "started")
+    __slots__ = ("session_id", "patterns", "start_sequence", "incarnation", "started", "progress")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PATTERNS_FIELD_NUMBER: _ClassVar[int]
     START_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     patterns: _containers.RepeatedScalarFieldContainer[str]
     start_sequence: int
     incarnation: str
     started: bool
-    def __init__(self, session_id: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ..., start_sequence: _Optional[int] = ..., incarnation: _Optional[str] = ..., started: _Optional[bool] = ...) -> None: ...
+    progress: bool
+    def __init__(self, session_id: _Optional[str] = ..., patterns: _Optional[_Iterable[str]] = ..., start_sequence: _Optional[int] = ..., incarnation: _Optional[str] = ..., started: _Optional[bool] = ..., progress: _Optional[bool] = ...) -> None: ...
 
 class VariableEvent(_message.Message):
     __slots__ = ("kind", "session_id", "var_id", "name", "value", "version", "metadata", "timestamp", "sequence", "incarnation")
@@ -488,6 +490,7 @@ class VariableEvent(_message.Message):
         KIND_OVERFLOW: _ClassVar[VariableEvent.Kind]
         KIND_CLOSED: _ClassVar[VariableEvent.Kind]
         KIND_STARTED: _ClassVar[VariableEvent.Kind]
+        KIND_PROGRESS: _ClassVar[VariableEvent.Kind]
     KIND_UNSPECIFIED: VariableEvent.Kind
     KIND_REGISTERED: VariableEvent.Kind
     KIND_UPDATED: VariableEvent.Kind
@@ -495,6 +498,7 @@ class VariableEvent(_message.Message):
     KIND_OVERFLOW: VariableEvent.Kind
     KIND_CLOSED: VariableEvent.Kind
     KIND_STARTED: VariableEvent.Kind
+    KIND_PROGRESS: VariableEvent.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     VAR_ID_FIELD_NUMBER: _ClassVar[int]

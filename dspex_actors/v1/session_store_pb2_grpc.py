@@ -286,6 +286,10 @@ class SessionStoreServicer:
         When the session closes, or the server shuts down, the stream ends after one
         KIND_CLOSED event. NOT_FOUND for an unknown session, or when `incarnation`
         names another one: a stream never crosses into a later session of the same id.
+        Asked for (`progress`), a KIND_PROGRESS message says how far the server has
+        read when it has caught up past events the patterns skipped, so a client can
+        tell it has every matching event up to a sequence (to unsubscribe without
+        dropping one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

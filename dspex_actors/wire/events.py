@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dspex_actors.streaming import Event, EventKind
+from dspex_actors.streaming import Event, EventKind, Progress
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
 
-__all__ = ["event_message", "event_of", "started", "started_message"]
+__all__ = ["event_message", "event_of", "progress", "started", "started_message"]
 
 _KINDS: dict[EventKind, Any] = {
     "registered": pb.VariableEvent.KIND_REGISTERED,
@@ -22,8 +22,10 @@ _NAMES: dict[int, EventKind] = {number: kind for kind, number in _KINDS.items()}
 _CHANGES = ("registered", "updated", "deleted")
 
 
-def event_message(event: Event) -> pb.VariableEvent:
-    """One change event on the wire."""
+def event_message(event: Event | Progress) -> pb.VariableEvent:
+    """One change event (or a watcher's progress) on the wire."""
+    if isinstance(event, Progress):
+        return pb.VariableEvent(kind=pb.VariableEvent.KIND_PROGRESS, sequence=event.sequence)
     return pb.VariableEvent(
         kind=_KINDS[event.kind],
         session_id=event.session_id,
@@ -68,6 +70,14 @@ def started_message(session_id: str, start: int, incarnation: str) -> pb.Variabl
         sequence=start,
         incarnation=incarnation,
     )
+
+
+def progress(message: pb.VariableEvent) -> int | None:
+    """The sequence a ``KIND_PROGRESS`` message says the server has read up to; None
+    for any other message."""
+    if message.kind != pb.VariableEvent.KIND_PROGRESS:
+        return None
+    return message.sequence
 
 
 def started(message: pb.VariableEvent) -> tuple[int, str] | None:

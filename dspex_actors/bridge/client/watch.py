@@ -29,7 +29,7 @@ from dspex_actors.errors import BridgeUnavailable, StateError
 from dspex_actors.streaming import Event
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import status as wire_status
-from dspex_actors.wire.events import event_of, started
+from dspex_actors.wire.events import event_of, progress, started
 
 __all__ = ["WATCH_DEADLINE", "WatchSource"]
 
@@ -137,6 +137,7 @@ class WatchSource:
                     start_sequence=self._cursor or 0,
                     incarnation=self._incarnation,
                     started=True,
+                    progress=True,
                 )
                 try:
                     self._stream = self._open(request)
@@ -160,6 +161,10 @@ class WatchSource:
         beginning = started(message)
         if beginning is not None:
             return self._started(*beginning)
+        read_to = progress(message)
+        if read_to is not None:  # nothing more matched up to there
+            self._cursor = max(self._cursor or 0, read_to + 1)
+            return []
         try:
             event = event_of(message, self._max_bytes)
         except StateError as exc:  # a value this client cannot decode
@@ -193,6 +198,11 @@ class WatchSource:
             self._connected = False
             if self._on_disconnect is not None:
                 self._on_disconnect()
+
+    @property
+    def position(self) -> int | None:
+        """Past the last event given or skipped (None until the stream first started)."""
+        return self._cursor
 
     def wake(self) -> None:
         with self._lock:

@@ -470,6 +470,7 @@ class SessionStoreServicer:
             list(request.patterns),
             request.start_sequence or None,
             request.incarnation or None,
+            progress=request.progress,
         )
         # aclosing: the store's watch ends now, not when it is collected.
         async with contextlib.aclosing(events):

@@ -48,13 +48,14 @@ def test_bulk_work_runs_one_at_a_time_off_the_loop() -> None:
     running: list[int] = []
     seen: list[tuple[int, bool, bool]] = []
     guard = threading.Lock()
+    others_waiting = threading.Event()
 
     def work(n: int) -> int:
         with guard:
             running.append(n)
             seen.append((n, len(running) == 1, gc.isenabled()))
-        release = threading.Event()
-        release.wait(0.01)  # long enough to overlap with another, were it let in
+        if n == 0:  # runs on until the others wait: one let in now would overlap it
+            assert others_waiting.wait(30), "the other callers never ran"
         with guard:
             running.remove(n)
         return n * 10
@@ -67,7 +68,11 @@ def test_bulk_work_runs_one_at_a_time_off_the_loop() -> None:
             threads.append(threading.get_ident())
             return work(n)
 
-        results = await asyncio.gather(*(off_loop(where, n) for n in range(4)))
+        gathered = asyncio.gather(*(off_loop(where, n) for n in range(4)))
+        for _ in range(2):  # a yield, not a wait: each caller runs to where it waits
+            await asyncio.sleep(0)
+        others_waiting.set()
+        results = await gathered
         assert loop_thread not in threads
         return list(results), len(threads)
 

@@ -50,26 +50,49 @@ R = TypeVar("R")
 class Supervisor:
     """Starts contexts, restarts what dies, migrates sessions to the bridge.
 
-    Use ``Supervisor.start(...)``; ``stop()`` (or leaving the ``with`` block) stops
+    ``Supervisor(...)`` or ``Supervisor.start(...)`` starts one (the options are
+    documented on the constructor); ``stop()`` (or leaving the ``with`` block) stops
     every context, cleans up every backend and releases the embedded server.
     """
 
     def __init__(
         self,
         *,
-        bridge_address: str | None,
-        token: str | None,
-        policy: RestartPolicy,
-        bridge_timeout: float,
-        heartbeat_interval: float,
-        on_switch: SwitchHook | None,
-        on_restart: RestartHook | None,
-        on_give_up: GiveUpHook | None,
-        clock: Callable[[], float],
-        cache: bool,
-        store: str | None,
+        bridge_address: str | None = None,
+        token: str | None = None,
+        max_restarts: int = 3,
+        within_seconds: float = 5.0,
+        bridge_timeout: float = 5.0,
+        heartbeat_interval: float = 60.0,
+        on_switch: SwitchHook | None = None,
+        on_restart: RestartHook | None = None,
+        on_give_up: GiveUpHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        cache: bool = False,
+        store: str | None = None,
     ) -> None:
-        """Use :meth:`start`."""
+        """Start a supervisor (``Supervisor.start(...)`` is the same).
+
+        ``bridge_address`` names a running SessionStore (``HOST:PORT``,
+        ``dspex://HOST:PORT`` or ``dspexs://HOST:PORT``); without it the supervisor
+        uses the process's embedded one (a private one when ``token`` is given),
+        started the first time a session needs the bridge. Bridged contexts send a
+        heartbeat every ``heartbeat_interval`` seconds, so an idle session never
+        reaches the server's TTL. A session that dies is restarted unless it died
+        ``max_restarts`` times within ``within_seconds`` (``RestartPolicy``).
+        ``on_switch`` hears each switch's record, ``on_restart`` each restart,
+        ``on_give_up`` each context stopped for dying too often; ``clock``
+        (monotonic seconds) measures the restart-intensity window. ``cache``: bridged
+        contexts read from a coherent local copy (``BridgedState(cache=True)``).
+        ``store`` is where a session goes when it needs sharing (``ensure_bridged``):
+        None, the SessionStore bridge; ``"redis://HOST:PORT/DB"``, straight into that
+        Redis as a :class:`~dspex_actors.redis.state.RedisState` session, which other
+        processes open by its id (and SessionStore servers on that Redis serve); or
+        ``"sqlite:PATH"``/``"memory"``, the bridge on a private server with that
+        store (a file: the sessions outlive this process).
+        """
+        if bridge_address is not None:
+            bridge_address_of(bridge_address)  # a bad one is refused now, not at a switch
         self.sharing = Sharing(
             bridge_address=bridge_address,
             token=token,
@@ -80,7 +103,7 @@ class Supervisor:
             held=self.contexts,
         )
         self.store = store
-        self.policy = policy
+        self.policy = policy = RestartPolicy(max_restarts, within_seconds)
         self.on_switch = on_switch
         self._lock = threading.Lock()
         self._children: dict[str, Context | None] = {}  # None: being started
@@ -106,32 +129,13 @@ class Supervisor:
         cache: bool = False,
         store: str | None = None,
     ) -> Self:
-        """Start a supervisor.
-
-        ``bridge_address`` names a running SessionStore (``HOST:PORT``,
-        ``dspex://HOST:PORT`` or ``dspexs://HOST:PORT``); without it the supervisor
-        uses the process's embedded one (a private one when ``token`` is given),
-        started the first time a session needs the bridge. Bridged contexts send a
-        heartbeat every ``heartbeat_interval`` seconds, so an idle session never
-        reaches the server's TTL. A session that dies is restarted unless it died
-        ``max_restarts`` times within ``within_seconds`` (``RestartPolicy``).
-        ``on_switch`` hears each switch's record, ``on_restart`` each restart,
-        ``on_give_up`` each context stopped for dying too often; ``clock``
-        (monotonic seconds) measures the restart-intensity window. ``cache``: bridged
-        contexts read from a coherent local copy (``BridgedState(cache=True)``).
-        ``store`` is where a session goes when it needs sharing (``ensure_bridged``):
-        None, the SessionStore bridge; ``"redis://HOST:PORT/DB"``, straight into that
-        Redis as a :class:`~dspex_actors.redis.state.RedisState` session, which other
-        processes open by its id (and SessionStore servers on that Redis serve); or
-        ``"sqlite:PATH"``/``"memory"``, the bridge on a private server with that
-        store (a file: the sessions outlive this process).
-        """
-        if bridge_address is not None:
-            bridge_address_of(bridge_address)  # a bad one is refused now, not at a switch
+        """Start a supervisor: the same as ``Supervisor(...)``, which documents each
+        option (``start`` is the spelling DSPex's supervisors use)."""
         return cls(
             bridge_address=bridge_address,
             token=token,
-            policy=RestartPolicy(max_restarts, within_seconds),
+            max_restarts=max_restarts,
+            within_seconds=within_seconds,
             bridge_timeout=bridge_timeout,
             heartbeat_interval=heartbeat_interval,
             on_switch=on_switch,

@@ -11,6 +11,7 @@ Modules: one per suite (``local``, ``memory``, ``bridge``, ``throughput``,
 server alike and explains how the suite pins to cores and why; ``affinity`` is the
 launcher that does it; ``peers`` holds the Redis and etcd clients; ``load`` is a
 throughput client and ``watchers`` also a load helper; ``timing`` samples; ``results``,
-``report``, ``targets`` (with ``targets.toml``, the one list of targets) and
-``plot`` turn samples into tables, Markdown, JSON, a verdict and a picture.
+``report``, ``targets`` (with ``targets.toml``, the one list of targets), ``trust``
+(the bounds a figure must hold to be judged at all) and ``plot`` turn samples into
+tables, Markdown, JSON, a verdict and a picture.
 """

@@ -137,30 +137,37 @@ def _print_curve(results: Results, curve: str) -> None:
         say(f"  {row.label:<50}" + "".join(f"{row.cells.get(x, '-'):>11}" for x in xs))
 
 
-def print_targets(verdicts: Iterable[Verdict], quick: bool) -> list[Verdict]:
-    """Every measured target with this run's figure; returns the checked misses."""
+def _figure(v: Verdict, sign: str = "x") -> str:
+    """A target's figure in this run; in brackets when it is not trusted."""
+    if v.value is None:
+        return ""
+    shown = _ratio(v.value, sign) if "/" in v.target.ratio else _number(v.value)
+    return f"({shown})" if v.status == "not measured" else shown
+
+
+def print_targets(verdicts: Iterable[Verdict]) -> None:
+    """Every target present in the run with its figure and verdict; a target not measured
+    says why, and its figure is shown in brackets: taken, not trusted."""
     say("\n== targets (benchmarks/targets.toml) ==")
-    misses, unmeasured = [], []
+    absent = []
     for v in verdicts:
         t = v.target
-        if v.value is None:
-            unmeasured.append(t.ratio)
+        if v.status == "absent":
+            absent.append(t.ratio)
             continue
         figure = "" if t.figure == "p50" else f" ({t.figure})"
-        shown = _ratio(v.value) if "/" in t.ratio else _number(v.value)
-        state = "meets" if v.status == "met" else "MISSES"
-        if v.status == "missed" and not v.checked:
-            state = "misses (not checked by --quick)"
-        if v.status == "missed" and t.note:
-            state += f": {t.note}"
+        shown = _figure(v) or "-"
+        unchecked = "" if v.checked else " (not checked by --quick)"
+        if v.status == "met":
+            state = "meets"
+        elif v.status == "missed":
+            state = ("MISSES" if v.checked else "misses") + unchecked
+            state += f": {t.note}" if t.note else ""
+        else:
+            state = f"{'NOT MEASURED' if v.checked else 'not measured'}{unchecked}: {v.reason}"
         say(f"  {t.ratio + figure:<52} {shown:>8} {t.describe_limit():<8} {state}")
-        if v.status == "missed" and v.checked:
-            misses.append(v)
-    if unmeasured:
-        say(
-            f"  not measured in this run (suite not run, or peer skipped): {', '.join(unmeasured)}"
-        )
-    return misses
+    if absent:
+        say(f"  absent from this run (suite not run, or peer skipped): {', '.join(absent)}")
 
 
 def distinct(labels: list[str], rows: list[Measurement]) -> list[str]:
@@ -184,16 +191,19 @@ def markdown(results: Results, verdicts: list[Verdict], heading: str) -> str:
         "|---|---|---|---|",
     ]
     covered = set()
+    doubts = []
     for v in verdicts:
         covered.add(v.target.ratio)
-        if v.value is None:
+        if v.status == "absent":
             continue
         t = v.target
-        shown = _ratio(v.value, TIMES) if "/" in t.ratio else _number(v.value)
+        shown = _figure(v, TIMES)
         limit = t.describe_limit().replace("<=", "\N{LESS-THAN OR EQUAL TO}")
         limit = limit.replace(">=", "\N{GREATER-THAN OR EQUAL TO}")
         limit += TIMES if "/" in t.ratio else ""
-        verdict = "meets" if v.status == "met" else "**misses**"
+        verdict = {"met": "meets", "missed": "**misses**"}.get(v.status, "not measured")
+        if v.status == "not measured":
+            doubts.append(f"- not measured, {t.label}: {v.reason}")
         lines.append(_md_row([t.label, limit, shown, verdict]))
     for m in results.measurements.values():
         if m.curve is not None:
@@ -207,6 +217,8 @@ def markdown(results: Results, verdicts: list[Verdict], heading: str) -> str:
                 label += " (ops/s)"
             if figure in ratios:
                 lines.append(_md_row([label, "\N{EM DASH}", _ratio(ratios[figure], TIMES), ""]))
+    if doubts:  # below the table: a figure in brackets was taken, not trusted
+        lines += ["", *doubts]
     lines += ["", _md_row(["operation", "p50", "p90", "p99", "max", "ops/s"]), "|---" * 6 + "|"]
     plain = [m for m in results.measurements.values() if m.curve is None]
     for m, label in zip(plain, distinct([m.label for m in plain], plain), strict=True):

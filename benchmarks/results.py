@@ -10,6 +10,7 @@ ratios this way. Scale curves are measurements with a ``curve`` and an ``x``.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,17 +36,19 @@ class Measurement:
     backend: Backend
     op: str  # what it does, across backends: "get", "set", "import", ...
     kind: Kind
-    samples: list[float]  # ns per call (latency, throughput) or per run (duration)
+    samples: list[float]  # ns per call (latency, throughput) or per run (duration), in order
     calls: int = 1  # calls per sample
     baseline: str | None = None
     peers: tuple[str, ...] = ()
     curve: str | None = None
     x: int | None = None
-    rate: float | None = None  # ops/s of a throughput run (all clients, wall time)
+    rates: list[float] = field(default_factory=list)  # a throughput run's ops/s, each round's
     summary: Summary = field(init=False)
 
     def __post_init__(self) -> None:
-        self.summary = summarize(self.samples, self.calls, self.rate)
+        # A throughput run's ops/s (all clients, wall time) is its median round's.
+        rate = statistics.median(self.rates) if self.rates else None
+        self.summary = summarize(self.samples, self.calls, rate)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class Results:
                     "calls_per_sample": s.calls_per_sample,
                     "ns": {"p50": s.p50, "p90": s.p90, "p99": s.p99, "max": s.max, "mean": s.mean},
                     "ops_per_s": None if m.kind == "lag" else s.ops_per_s,
+                    "rounds_ops_per_s": m.rates or None,  # a throughput run's, each round's
                     "baseline": m.baseline,
                     "vs_baseline": ratios.get(m.baseline) if m.baseline else None,
                     "peers": list(m.peers),

@@ -157,7 +157,7 @@ def _throughput(run: Run, config: dict[str, Any]) -> None:
             kind="throughput",
             baseline=f"stores.throughput.{peer}@{CLIENTS}" if peer else None,
             peers=(beside,) if backend == "bridged" else (),
-            rate=outcome.rate,
+            rates=outcome.rates,
         )
 
 

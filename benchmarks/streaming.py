@@ -39,7 +39,6 @@ so the percentiles are of batch means.
 from __future__ import annotations
 
 import functools
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -246,7 +245,7 @@ def _absorb(
         f"write.{kind}",
         [s for f in alone for s in f.samples],
         kind="throughput",
-        rate=statistics.median(f.written / f.seconds for f in alone),
+        rates=[f.written / f.seconds for f in alone],
     )
     heard = floods[True]
     add_duration(
@@ -259,7 +258,7 @@ def _absorb(
         [s for f in heard for s in f.samples],
         kind="throughput",
         baseline=f"{base}.alone",
-        rate=statistics.median(f.delivered / f.seconds for f in heard),
+        rates=[f.delivered / f.seconds for f in heard],
     )
     lost = sum(f.written - f.delivered for f in heard)
     overflows = sum(f.overflows for f in heard)

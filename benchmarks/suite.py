@@ -120,10 +120,11 @@ def add_duration(
     peers: tuple[str, ...] = (),
     curve: str | None = None,
     x: int | None = None,
-    rate: float | None = None,
+    rates: list[float] | None = None,
 ) -> Measurement:
     """Add a measurement made outside :func:`sample_ops`: whole runs (an import, a
-    switch: one sample per run) or a throughput run (per-call samples and its ``rate``)."""
+    switch: one sample per run) or a throughput run (per-call samples and the ops/s of
+    each of its rounds, ``rates``: its figure is their median)."""
     return run.results.add(
         Measurement(
             id=id,
@@ -137,7 +138,7 @@ def add_duration(
             peers=peers,
             curve=curve,
             x=x,
-            rate=rate,
+            rates=rates or [],
         )
     )
 

@@ -201,8 +201,9 @@ class WatchSource:
 
     @property
     def position(self) -> int | None:
-        """Past the last event given or skipped (None until the stream first started)."""
-        return self._cursor
+        """Past the last event given or skipped; None while the stream is not up
+        (nothing can be drained from it then)."""
+        return self._cursor if self._connected else None
 
     def wake(self) -> None:
         with self._lock:

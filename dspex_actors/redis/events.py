@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dspex_actors.delivery import Interrupted
@@ -30,6 +31,7 @@ __all__ = [
     "stream_event",
     "stream_sequence",
     "unblock",
+    "unblock_read",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,18 +186,8 @@ class StreamSource:
         self._unblock()
 
     def _unblock(self) -> None:
-        """Make an XREAD that blocks now return (one not begun yet sees the flags).
-
-        The XREAD may still be on its way to Redis when ``CLIENT UNBLOCK`` arrives on
-        the other connection, which then unblocks nothing: it is asked again until
-        the read returned (within one block period, after which it returns anyway)."""
-        deadline = time.monotonic() + STREAM_BLOCK_MS / 1000
-        with self._lock:
-            reading, reader_id = self._reading, self._reader_id
-        while reading and unblock(self._connections, reader_id) is False:
-            with self._read_over:
-                self._read_over.wait_for(lambda: not self._reading, UNBLOCK_AGAIN)
-                reading = self._reading and time.monotonic() < deadline
+        """Make an XREAD that blocks now return (one not begun yet sees the flags)."""
+        unblock_read(self._connections, self._reader_id, lambda: self._reading, self._read_over)
 
     def close(self) -> None:
         self._disconnect()
@@ -207,6 +199,29 @@ _KINDS: dict[bytes, EventKind] = {
     b"updated": "updated",
     b"deleted": "deleted",
 }
+
+
+def unblock_read(
+    connections: Connections,
+    reader_id: int | None,
+    reading: Callable[[], bool],
+    read_over: threading.Condition,
+) -> None:
+    """Make connection ``reader_id``'s read return now, if ``reading()`` (checked under
+    ``read_over``, which is notified when the read returns).
+
+    The XREAD may still be on its way to Redis when ``CLIENT UNBLOCK`` arrives on the
+    other connection, which then unblocks nothing: it is asked again until the read
+    returned (within one block period, after which the read returns anyway)."""
+    deadline = time.monotonic() + STREAM_BLOCK_MS / 1000
+    while True:
+        with read_over:
+            if not reading() or time.monotonic() >= deadline:
+                return
+        if unblock(connections, reader_id) is not False:
+            return  # unblocked, or Redis cannot be asked: the read times out by itself
+        with read_over:
+            read_over.wait_for(lambda: not reading(), UNBLOCK_AGAIN)
 
 
 def unblock(connections: Connections, reader_id: int | None) -> bool | None:

@@ -40,7 +40,7 @@ from dspex_actors.redis.events import (
     present_cursor,
     stream_event,
     stream_sequence,
-    unblock,
+    unblock_read,
 )
 from dspex_actors.redis.scripts import session_keys
 from dspex_actors.streaming import Event
@@ -182,6 +182,7 @@ class _Streams:
         self._follower = follower
         self._connection: AbstractConnection | None = None
         self._reader_id: int | None = None
+        self._reading = False  # an XREAD may be blocked now (wake() must unblock it)
         self._checked = time.monotonic()
 
     def read(self, timeout: float) -> list[_Item]:
@@ -203,12 +204,18 @@ class _Streams:
             with follower._changed:
                 if follower._woken:
                     return []  # followed meanwhile: take it in before blocking
-            reader.send_command(
-                "XREAD",
-                *("COUNT", STREAM_READ_COUNT, "BLOCK", STREAM_BLOCK_MS),
-                *("STREAMS", *keys, *starts),
-            )
-            reply = reader.read_response() or []
+                self._reading = True
+            try:
+                reader.send_command(
+                    "XREAD",
+                    *("COUNT", STREAM_READ_COUNT, "BLOCK", STREAM_BLOCK_MS),
+                    *("STREAMS", *keys, *starts),
+                )
+                reply = reader.read_response() or []
+            finally:
+                with follower._changed:
+                    self._reading = False
+                    follower._changed.notify_all()
             items: list[_Item] = []
             for key, entries in reply:
                 for followed in streams[key.decode()]:
@@ -294,7 +301,10 @@ class _Streams:
         return None
 
     def wake(self) -> None:
-        unblock(self._follower._connections, self._reader_id)
+        follower = self._follower
+        unblock_read(
+            follower._connections, self._reader_id, lambda: self._reading, follower._changed
+        )
 
     def close(self) -> None:
         self._disconnect()

@@ -99,7 +99,7 @@ class Reads(Protocol):
     def get_many(self, identifiers: list[str]) -> dict[str, Any]: ...
     def whole_record(self, identifier: str) -> VariableRecord: ...
     def get_versioned(self, identifier: str) -> tuple[Any, int]: ...
-    def listing(self, pattern: str | None) -> list[dict[str, Any]]: ...
+    def listing(self, pattern: str | None) -> list[VariableRecord]: ...
     def export(self) -> dict[str, Any]: ...
     def columns(self) -> ExportColumns: ...
     def content_digest(self) -> bytes: ...
@@ -287,17 +287,17 @@ class HasVariable(ReadOperation[bool]):
 
 
 @dataclass(slots=True)
-class ListVariables(ReadOperation[list[dict[str, Any]]]):
+class ListVariables(ReadOperation[list[VariableRecord]]):
     pattern: str | None
     scans: ClassVar[bool] = True
 
-    def result_items(self, result: list[dict[str, Any]]) -> int:
+    def result_items(self, result: list[VariableRecord]) -> int:
         return len(result)
 
-    def apply(self, session: Reads) -> list[dict[str, Any]]:
+    def apply(self, session: Reads) -> list[VariableRecord]:
         return session.listing(self.pattern)
 
-    def forward(self, provider: StateProvider) -> list[dict[str, Any]]:
+    def forward(self, provider: StateProvider) -> list[VariableRecord]:
         return provider.list_variables(self.pattern)
 
 

@@ -110,7 +110,7 @@ class SessionMethods(StateProvider):
         """Whether a variable exists, by name or id."""
         return self.run(HasVariable(identifier))
 
-    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
+    def list_variables(self, pattern: str | None = None) -> list[VariableRecord]:
         return self.run(ListVariables(check_pattern(pattern)))
 
     def export_state(self) -> dict[str, Any]:

@@ -129,15 +129,19 @@ class StateProvider(abc.ABC):
         """
 
     @abc.abstractmethod
-    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
+    def list_variables(self, pattern: str | None = None) -> list[VariableRecord]:
         """Every variable's record, in creation order; with ``pattern``, only those
         whose names match the glob (``fnmatch.fnmatchcase``: ``*``, ``?``,
         ``[abc]``, ``[!abc]``, case-sensitive, the whole name). ``ValidationError``
-        (rule ``pattern``) for a pattern that is not a string."""
+        (rule ``pattern``) for a pattern that is not a string.
+
+        Each entry is a :class:`~dspex_actors.records.VariableRecord` (a dict of the
+        nine ``RECORD_KEYS``; ``VariableRecord.from_dict`` builds one), equal to what
+        ``get_record`` answers for that variable at that moment."""
 
     def get_record(self, identifier: str) -> VariableRecord:
-        """One variable's record (value and version from one moment), by name or id;
-        ``VariableNotFound`` if absent.
+        """One variable's :class:`~dspex_actors.records.VariableRecord` (value and
+        version from one moment), by name or id; ``VariableNotFound`` if absent.
 
         This default scans ``list_variables()``; backends answer it directly.
         """

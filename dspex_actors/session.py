@@ -104,28 +104,32 @@ class Record(NamedTuple):
         return self.value if thaw is None else thaw(self.value)
 
     def public(self) -> VariableRecord:
-        """The record as callers receive it: a VariableRecord of fresh copies."""
+        """The record as callers receive it (``get_record``, each ``list_variables``
+        entry): a VariableRecord of fresh copies. An empty map (most constraints and
+        metadata) is a new ``{}``: ``plain_copy`` would take ~0.6 us to walk it."""
+        constraints, metadata = self.validator.constraints, self.metadata
         return VariableRecord(
-            self.id,
-            self.name,
-            self.validator.type,
-            self.read_value(),
-            plain_copy(self.validator.constraints),
-            plain_copy(self.metadata),
-            self.version,
-            self.created_at,
-            self.last_updated_at,
+            id=self.id,
+            name=self.name,
+            type=self.validator.type,
+            value=self.read_value(),
+            constraints=plain_copy(constraints) if constraints else {},
+            metadata=plain_copy(metadata) if metadata else {},
+            version=self.version,
+            created_at=self.created_at,
+            last_updated_at=self.last_updated_at,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as plain data: a fresh copy the caller may keep."""
+        """The record as plain data for an export: a fresh copy the caller may keep."""
+        constraints, metadata = self.validator.constraints, self.metadata
         return {
             "id": self.id,
             "name": self.name,
             "type": self.validator.type,
             "value": self.read_value(),
-            "constraints": plain_copy(self.validator.constraints),
-            "metadata": plain_copy(self.metadata),
+            "constraints": plain_copy(constraints) if constraints else {},
+            "metadata": plain_copy(metadata) if metadata else {},
             "version": self.version,
             "created_at": self.created_at,
             "last_updated_at": self.last_updated_at,
@@ -280,11 +284,11 @@ class SessionTable:
             "metadata": plain_copy(metadata),
         }
 
-    def listing(self, pattern: str | None = None) -> list[dict[str, Any]]:
-        """The records whose names match ``pattern`` (a glob; None: all) as plain
-        data, in creation order (snapshotted in one step)."""
+    def listing(self, pattern: str | None = None) -> list[VariableRecord]:
+        """The records whose names match ``pattern`` (a glob; None: all), in creation
+        order (snapshotted in one step)."""
         return [
-            record.to_dict()
+            record.public()
             for record in list(self.by_id.values())
             if pattern is None or name_matches(record.name, pattern)
         ]

@@ -313,7 +313,7 @@ class SharedRecords(LocalState):
 class CaseBlindPatterns(LocalState):
     """list_variables(pattern) matches names without regard to case."""
 
-    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
+    def list_variables(self, pattern: str | None = None) -> list[VariableRecord]:
         if not isinstance(pattern, str) or not pattern:
             return super().list_variables(pattern)
         glob = pattern.lower()
@@ -324,7 +324,7 @@ class CaseBlindPatterns(LocalState):
 class LenientPatterns(LocalState):
     """list_variables lists everything for a pattern that is not a string."""
 
-    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
+    def list_variables(self, pattern: str | None = None) -> list[VariableRecord]:
         return super().list_variables(pattern if isinstance(pattern, str) else None)
 
 

@@ -30,6 +30,7 @@ from dspex_actors import LocalState
 from dspex_actors.bridge import BridgedState
 from dspex_actors.exports import ExportColumns
 from dspex_actors.messages import ExportSession, ListVariables
+from dspex_actors.records import VariableRecord
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire.forms import call_reply_bytes
 from dspex_actors.wire.operations import RPCS
@@ -187,7 +188,7 @@ def test_a_calls_reply_around_serialized_bytes_is_the_reply(session: LocalState)
 
 def _between_pages(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, change: Callable[[Any], None]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int], int]:
+) -> tuple[list[VariableRecord], list[VariableRecord], list[int], int]:
     """List a Redis session of 2 pages and 5 variables while ``change(writer)`` runs
     between its first page and its second; then list it again, untouched. Returns
     both listings, the sizes of the pages read and how often what changed was read

@@ -26,6 +26,7 @@ from bridge_support import held
 from dspex_actors import LocalState, failpoints
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.errors import BridgeUnavailable, SessionClosed, SessionNotFound, StateError
+from dspex_actors.records import VariableRecord
 from dspex_actors.supervision import Context, Supervisor
 
 SESSION = "moving"
@@ -52,7 +53,7 @@ def populate(ctx: Context) -> None:
     ctx.set_variable("model", "llama", {"by": "test"})
 
 
-def _snapshot(ctx: Context) -> list[dict[str, Any]]:
+def _snapshot(ctx: Context) -> list[VariableRecord]:
     """Everything a migration must keep: ids, names, values, versions, metadata..."""
     return ctx.list_variables()
 

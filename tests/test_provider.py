@@ -16,6 +16,7 @@ from dspex_actors.provider import (
     is_provider,
     validate_provider,
 )
+from dspex_actors.records import VariableRecord
 
 _SHARED_CAPABILITIES = {
     "atomic_updates": False,
@@ -69,7 +70,7 @@ class ToyProvider(StateProvider):
     ) -> int:
         return 1
 
-    def list_variables(self, pattern: str | None = None) -> list[dict[str, Any]]:
+    def list_variables(self, pattern: str | None = None) -> list[VariableRecord]:
         return []
 
     def get_variables(self, identifiers: Iterable[str]) -> dict[str, Any]:

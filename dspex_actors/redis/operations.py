@@ -11,7 +11,7 @@ for its request id, for a retry whose own checks would now refuse it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 from dspex_actors.errors import NotSupported
 from dspex_actors.exports import columns_digest, export_of
@@ -90,7 +90,7 @@ def _record(session: RedisSession, op: GetRecord | GetVersioned) -> VariableReco
     row = session.read(scripts.RECORD, op.identifier)
     if row is None:
         raise session.missing(op.identifier)
-    return VariableRecord.from_dict(session.record_of(row, 0))
+    return session.record_of(row, 0)
 
 
 def _versioned(session: RedisSession, op: GetVersioned) -> tuple[Any, int]:
@@ -111,9 +111,10 @@ def _get_many(session: RedisSession, op: GetVariables | HasVariable) -> dict[str
     }
 
 
-def _list(session: RedisSession, op: ListVariables) -> list[dict[str, Any]]:
+def _list(session: RedisSession, op: ListVariables) -> list[VariableRecord]:
     """Every record in creation order (one moment); the pattern globs names here."""
-    records = pages.read_whole(session)[2]
+    # The pages' rows are session.record_of's VariableRecords (pages.Records says dicts).
+    records = cast("list[VariableRecord]", pages.read_whole(session)[2])
     if op.pattern is None:
         return records
     return [r for r in records if name_matches(r["name"], op.pattern)]

@@ -44,7 +44,7 @@ from dspex_actors.errors import (
     VersionConflict,
 )
 from dspex_actors.limits import Limits, check_session_id
-from dspex_actors.records import SessionInfo, variable_not_found
+from dspex_actors.records import SessionInfo, VariableRecord, variable_not_found
 from dspex_actors.redis import scripts
 from dspex_actors.redis.connections import (
     CHAIN_LENGTH,
@@ -426,21 +426,21 @@ class RedisSession:
         return isinstance(identifier, str) and utf8_encodable(identifier)
 
     @staticmethod
-    def record_of(row: list[Any], at: int) -> dict[str, Any]:
+    def record_of(row: list[Any], at: int) -> VariableRecord:
         """The record of the 8 fields ``row`` holds from ``at`` (the scripts' ``row``)."""
         var_id, name, definition, value, version, metadata, created, updated = row[at : at + 8]
         type_name, constraints = unpack(definition)
-        return {
-            "id": text(var_id),
-            "name": text(name),
-            "type": type_name,
-            "value": unpack(value),
-            "constraints": constraints,
-            "metadata": unpack(metadata),
-            "version": int(version),
-            "created_at": float(created),
-            "last_updated_at": float(updated),
-        }
+        return VariableRecord(
+            id=text(var_id),
+            name=text(name),
+            type=type_name,
+            value=unpack(value),
+            constraints=constraints,
+            metadata=unpack(metadata),
+            version=int(version),
+            created_at=float(created),
+            last_updated_at=float(updated),
+        )
 
     def commit_pending(self) -> None:
         """Make a session opened ``pending`` visible to others, with its whole TTL."""

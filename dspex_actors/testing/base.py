@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pytest
@@ -56,13 +56,15 @@ TENSOR_2X2: dict[str, Any] = {"shape": [2, 2], "data": [1.0, 2.0, 3.0, 4.0]}
 
 
 def same(a: Any, b: Any) -> bool:
-    """Deep equality that is strict about types (``1 != 1.0``, ``True != 1``) and nan."""
+    """Deep equality that is strict about types (``1 != 1.0``, ``True != 1``) and nan.
+    Dicts compare by their items whatever their class: a VariableRecord is the plain
+    dict of its items (an export's variable, a decoded listing entry)."""
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if type(a) is not type(b):
         return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
@@ -76,7 +78,7 @@ def record_of(state: StateProvider, name: str) -> dict[str, Any]:
     raise AssertionError(f"no variable named {name!r} in list_variables()")
 
 
-def assert_unchanged(state: StateProvider, before: list[dict[str, Any]]) -> None:
+def assert_unchanged(state: StateProvider, before: Sequence[Mapping[str, Any]]) -> None:
     """The session still lists exactly ``before``: a failed call changed nothing."""
     after = state.list_variables()
     assert same(after, before), (

@@ -1,7 +1,10 @@
 """Records: ``get_record`` (one variable's typed record) and ``list_variables(pattern)``.
 
-``get_record`` must agree field by field with the variable's ``list_variables``
-entry, hand out copies, and be immutable. A ``list_variables`` pattern is a glob over
+Both answer the one record type, :class:`~dspex_actors.records.VariableRecord`: a
+dict of the nine record keys (equal to a plain dict of its items, encodable as JSON
+and msgpack) whose keys are also read-only attributes. ``get_record`` must equal the
+variable's ``list_variables`` entry, field by field and as a whole, hand out copies,
+and refuse attribute assignment. A ``list_variables`` pattern is a glob over
 names with ``fnmatch.fnmatchcase`` meaning (``*``, ``?``, ``[abc]``, ``[!abc]``,
 case-sensitive, the whole name). The expected results are written out by hand, so
 a backend is checked against the meaning, not against a helper it may share.
@@ -9,8 +12,10 @@ a backend is checked against the meaning, not against a helper it may share.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import msgpack
 import pytest
 
 from dspex_actors import exports
@@ -18,6 +23,7 @@ from dspex_actors.errors import ValidationError, VariableNotFound, VersionConfli
 from dspex_actors.provider import StateProvider
 from dspex_actors.records import VariableRecord
 from dspex_actors.testing.base import (
+    RECORD_KEYS,
     ContractBase,
     assert_unchanged,
     record_of,
@@ -68,7 +74,7 @@ _GLOBS: dict[str, list[str]] = {
 
 def _assert_record_matches(record: Any, listed: dict[str, Any], how: str) -> None:
     """``record`` is a VariableRecord equal, field by field and type by type, to the
-    variable's ``list_variables`` entry ``listed``."""
+    variable's ``list_variables`` entry ``listed``, and equal to it as a dict."""
     assert isinstance(record, VariableRecord), (
         f"get_record({how}) returned {type(record).__name__}, not a VariableRecord"
     )
@@ -77,6 +83,22 @@ def _assert_record_matches(record: Any, listed: dict[str, Any], how: str) -> Non
         assert same(got, expected), (
             f"get_record({how}).{field} is {got!r}; list_variables() has {expected!r}"
         )
+    assert record == listed, f"get_record({how}) is {record!r}; list_variables() has {listed!r}"
+
+
+def _assert_listed_record(listed: Any) -> None:
+    """One ``list_variables`` entry is a VariableRecord of exactly the nine keys, each
+    also an attribute, and as a dict it is the plain data the contract promises."""
+    assert isinstance(listed, VariableRecord), (
+        f"list_variables() lists a {type(listed).__name__}, not a VariableRecord: {listed!r}"
+    )
+    assert set(listed) == RECORD_KEYS, f"record keys {sorted(listed)}, not {sorted(RECORD_KEYS)}"
+    for field in exports.RECORD_KEYS:
+        assert getattr(listed, field) is listed[field], f"record.{field} is not record[{field!r}]"
+    plain = dict(listed)
+    assert type(plain) is dict and plain == listed and listed == plain
+    assert msgpack.unpackb(msgpack.packb(listed)) == plain, "a record is not msgpack plain data"
+    assert json.dumps(listed) == json.dumps(plain), "a record does not encode as its map"
 
 
 class RecordsContract(ContractBase):
@@ -106,6 +128,22 @@ class RecordsContract(ContractBase):
         for listed in listing:
             _assert_record_matches(state.get_record(listed["name"]), listed, repr(listed["name"]))
             _assert_record_matches(state.get_record(listed["id"]), listed, repr(listed["id"]))
+
+    def test_list_variables_and_get_record_answer_one_record(self, state: StateProvider) -> None:
+        state.register_variable("temperature", "float", 0.7, constraints={"min": 0.0})
+        state.register_variable("tags", "string", "a", metadata={"by": ["kit"]})
+        state.set_variable("temperature", 0.9, {"step": 1})
+        listing = state.list_variables()
+        assert [r["name"] for r in listing] == ["temperature", "tags"]
+        for listed in [*listing, *state.list_variables("t*")]:
+            _assert_listed_record(listed)
+        assert (listing[0].name, listing[0].value, listing[0].version) == ("temperature", 0.9, 1)
+        for listed in listing:
+            for identifier in (listed.name, listed.id):
+                record = state.get_record(identifier)
+                _assert_listed_record(record)
+                assert record == next(r for r in state.list_variables() if r["id"] == listed.id)
+                assert record == listed, f"get_record({identifier!r}) differs from its entry"
 
     def test_has_variable_by_name_and_id(self, state: StateProvider) -> None:
         has = getattr(state, "has_variable", None)

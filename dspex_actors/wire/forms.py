@@ -273,35 +273,39 @@ def batch_error(batch: Mapping[Any, Any], metadata: Any, session_id: str) -> Exc
 # -- records ----------------------------------------------------------------------------
 
 
-def record_message(record: VariableRecord) -> pb.Variable:
-    """One record on the wire (ListVariables, GetVariable with ``full``)."""
+def record_message(record: Mapping[str, Any]) -> pb.Variable:
+    """One record on the wire (ListVariables, GetVariable with ``full``): a
+    VariableRecord, or any mapping of its keys (read as items: C lookups)."""
     return pb.Variable(
-        id=record.id,
-        name=record.name,
-        type=record.type,
-        value=codec.pack(record.value),
-        constraints=codec.pack(record.constraints),
-        metadata=codec.pack(record.metadata),
-        version=record.version,
-        created_at=record.created_at,
-        last_updated_at=record.last_updated_at,
+        id=record["id"],
+        name=record["name"],
+        type=record["type"],
+        value=codec.pack(record["value"]),
+        constraints=codec.pack(record["constraints"]),
+        metadata=codec.pack(record["metadata"]),
+        version=record["version"],
+        created_at=record["created_at"],
+        last_updated_at=record["last_updated_at"],
     )
 
 
 def record_of(v: pb.Variable, max_bytes: int) -> VariableRecord:
+    """The VariableRecord a ``pb.Variable`` carries, its maps unpacked within
+    ``max_bytes``."""
+
     def unpack(data: bytes, what: str) -> Any:
         return codec.unpack(data, max_bytes=max_bytes, what=what)
 
     return VariableRecord(
-        v.id,
-        v.name,
-        v.type,
-        unpack(v.value, "value"),
-        unpack(v.constraints, "constraints"),
-        unpack(v.metadata, "metadata"),
-        v.version,
-        v.created_at,
-        v.last_updated_at,
+        id=v.id,
+        name=v.name,
+        type=v.type,
+        value=unpack(v.value, "value"),
+        constraints=unpack(v.constraints, "constraints"),
+        metadata=unpack(v.metadata, "metadata"),
+        version=v.version,
+        created_at=v.created_at,
+        last_updated_at=v.last_updated_at,
     )
 
 

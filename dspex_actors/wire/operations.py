@@ -193,13 +193,13 @@ SENDS[ListVariables] = Send(
             pb.ListVariablesResponse,
             lambda r, _: ListVariables(check_pattern(r.pattern)),
             lambda op, records: pb.ListVariablesResponse(
-                variables=[record_message(VariableRecord.from_dict(r)) for r in records]
+                variables=[record_message(r) for r in records]
             ),
             lambda op, records: b"".join(
                 [
                     embedded(
                         _VARIABLES_FIELD,
-                        record_message(VariableRecord.from_dict(r)).SerializeToString(),
+                        record_message(r).SerializeToString(),
                     )
                     for r in records
                 ]
@@ -207,7 +207,7 @@ SENDS[ListVariables] = Send(
         )
     ),
     _list_request,
-    lambda op, r, max_bytes: [record_of(v, max_bytes).to_dict() for v in r.variables],
+    lambda op, r, max_bytes: [record_of(v, max_bytes) for v in r.variables],
 )
 
 

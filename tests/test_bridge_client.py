@@ -21,7 +21,6 @@ from dspex_actors.bridge import (
 from dspex_actors.errors import (
     BridgeUnavailable,
     InvalidExport,
-    OutcomeUnknown,
     PartialFailure,
     SessionClosed,
     SessionNotFound,
@@ -67,19 +66,18 @@ def test_a_server_that_never_answers_raises_bridge_unavailable() -> None:
             BridgedState.init(address=f"{host}:{port}", timeout=0.2)
 
 
-def test_a_server_that_dies_mid_session_leaves_writes_unknown_and_reads_unavailable() -> None:
-    """With no answer from the server, a write cannot be known not applied (a
-    connection may have come up, carried it and broken before gRPC said so), so it
-    is OutcomeUnknown; a read is BridgeUnavailable."""
+def test_a_server_that_stops_mid_session_leaves_writes_not_applied() -> None:
+    """Once the client has seen its server gone (a read failed), a write cannot have
+    been sent: BridgeUnavailable, not applied (see test_server_down.py)."""
     server = serve()
     state = BridgedState.init(address=server.address, timeout=1)
     state.register_variable("a", "integer", 1)
     server.stop()
-    for _ in range(2):
-        with pytest.raises(OutcomeUnknown):
-            state.set_variable("a", 2)
     with pytest.raises(BridgeUnavailable):
         state.get_variable("a")
+    for _ in range(2):
+        with pytest.raises(BridgeUnavailable, match="was not applied"):
+            state.set_variable("a", 2)
     state.cleanup()
 
 

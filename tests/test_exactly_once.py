@@ -9,14 +9,11 @@ that moment, so each test also proves the write was applied before its reply was
 lost (a drop before the apply would prove nothing).
 
 Then the outcome classes when the server is out of reach: reads raise
-``BridgeUnavailable``; a write whose every attempt failed in transport (no answer
-from our server) raises ``OutcomeUnknown`` — never ``BridgeUnavailable`` for a
-write that was applied (apply, lose the reply, kill the server before the retry).
-The transport cannot tell a refused connection from a lost reply (gRPC reports a
-channel's connectivity asynchronously, so a connection that came up, carried the
-write and broke can still look down), so a write to a server that was out of reach
-all along is ``OutcomeUnknown`` too, by design: only the server's own answer ("not
-started, not applied") makes a write ``BridgeUnavailable``.
+``BridgeUnavailable``; a write that may have reached the server and got no answer
+raises ``OutcomeUnknown`` — never ``BridgeUnavailable`` for a write that was
+applied (apply, lose the reply, kill the server before the retry). A write that
+was never handed to gRPC (no connection was up, or the Calls stream never had the
+server's headers) is ``BridgeUnavailable``: not applied (``test_server_down.py``).
 """
 
 from __future__ import annotations
@@ -223,23 +220,23 @@ def _kill(process: subprocess.Popen[str]) -> None:
     process.wait(timeout=30)
 
 
-def test_a_killed_server_makes_reads_unavailable_and_writes_unknown() -> None:
-    """After SIGKILL a refused connection cannot be told from a lost reply: every
-    write is OutcomeUnknown, the first (which may have been applied) and a later one
-    (the server dead all along, so certainly not applied: OutcomeUnknown all the
-    same, by design, since the transport cannot prove it); reads are
-    BridgeUnavailable."""
+def test_a_killed_server_makes_reads_unavailable_and_later_writes_not_applied() -> None:
+    """After SIGKILL: the first write may go out on the dying connection before the
+    client has seen it end (then OutcomeUnknown, honestly) or not (BridgeUnavailable);
+    once a read has failed, a write was certainly never sent: BridgeUnavailable, not
+    applied."""
     with killable_server() as (process, address):
         state = BridgedState.init(address=address, timeout=0.5)
         try:
             state.register_variable("a", "integer", 1)
             _kill(process)
-            with pytest.raises(OutcomeUnknown):
+            with pytest.raises((OutcomeUnknown, BridgeUnavailable)):
                 state.set_variable("a", 2)
             with pytest.raises(BridgeUnavailable):
                 state.get_variable("a")
-            with pytest.raises(OutcomeUnknown) as later:
+            with pytest.raises(BridgeUnavailable, match="was not applied") as later:
                 state.set_variable("a", 3)
+            assert not isinstance(later.value, OutcomeUnknown)
         finally:
             state.cleanup()
     print(f"after SIGKILL: reads BridgeUnavailable, a later write {type(later.value).__name__}")
@@ -281,9 +278,8 @@ def test_an_applied_write_on_a_reconnecting_channel_is_unknown(
     look down, 3 of 40 rounds when writes were classed by it).
 
     A write after that never reaches the server (the proxy refuses every
-    connection): it was certainly not applied, yet it is OutcomeUnknown too, by
-    design: without an answer from the server the transport cannot prove that a
-    write was not applied. Reads stay BridgeUnavailable."""
+    connection): it was never handed to gRPC (no connection was up), so it is
+    BridgeUnavailable, not applied. Reads stay BridgeUnavailable."""
     state = BridgedState.init(address=proxy.address, timeout=1)
     try:
         state.register_variable("x", "integer", 0)
@@ -297,7 +293,7 @@ def test_an_applied_write_on_a_reconnecting_channel_is_unknown(
             state.set_variable("x", 2)
         assert recorder.seen == [2]  # applied before its reply was lost
         connections = proxy.connections
-        with pytest.raises(OutcomeUnknown):  # never sent, and still not claimed so
+        with pytest.raises(BridgeUnavailable, match="was not applied"):  # never sent
             state.set_variable("x", 3)
         assert proxy.connections == connections  # no attempt reached the server
         with pytest.raises(BridgeUnavailable):
@@ -307,7 +303,7 @@ def test_an_applied_write_on_a_reconnecting_channel_is_unknown(
     assert held(server, state.session_id).get_record("x").version == 2
     print(
         f"an applied write on a reconnected channel ({connections} connections), its reply "
-        f"lost: OutcomeUnknown; a write that never reached the server: OutcomeUnknown; "
+        f"lost: OutcomeUnknown; a write that never reached the server: BridgeUnavailable; "
         f"the server holds version 2"
     )
 

@@ -24,7 +24,9 @@ only the ErrorDetail, never the text. The server builds the status with
 ``StateError`` with :func:`error_of_status` (a Calls reply) or :func:`error_from_rpc`
 (a failed unary call, ``raise ... from exc``), so no other module sees gRPC errors.
 A status without an ErrorDetail (the transport failed, a proxy or a foreign server
-answered) maps by its code.
+answered) maps by its code, and its message is ours: the target, what happened, and
+gRPC's status as ``CODE: details`` on one line (:func:`failure_text`), never the
+repr of grpcio's call object.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ __all__ = [
     "error_from_rpc",
     "error_of_status",
     "error_status",
+    "failure_text",
     "grpc_status",
     "status_for",
 ]
@@ -488,14 +491,43 @@ def error_of_status(status: bytes | Status, target: str) -> StateError:
     return _bare(code, status.message, target)
 
 
+_MAX_FAILURE_TEXT = 300
+"""Characters of gRPC's own details a message quotes at most."""
+
+_BARE_WORDS = {
+    grpc.StatusCode.UNAVAILABLE: " is unreachable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: " did not answer in time",
+    grpc.StatusCode.CANCELLED: ": the call was cancelled",
+}
+"""What a bare status of each BridgeUnavailable code says of the server."""
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (any run of whitespace, newlines and tabs included, as
+    one space), cut to :data:`_MAX_FAILURE_TEXT` characters."""
+    line = " ".join(text.split())
+    if len(line) > _MAX_FAILURE_TEXT:
+        return line[: _MAX_FAILURE_TEXT - 3] + "..."
+    return line
+
+
+def failure_text(exc: grpc.RpcError) -> str:
+    """A failed call as a message quotes it: ``CODE: details`` on one line (gRPC's
+    details are its own text, kept only as a hint for people; nothing reads it)."""
+    if not isinstance(exc, grpc.Call):
+        return type(exc).__name__
+    details = _one_line(exc.details() or "")
+    return f"{exc.code().name}: {details}" if details else exc.code().name
+
+
 def _bare(code: grpc.StatusCode, text: str, target: str) -> StateError:
     """A status without our ErrorDetail: a class chosen by its code."""
     cls = _CLASS_FOR_BARE_STATUS.get(code, StateError)
+    quoted = f"{code.name}: {_one_line(text)}" if text.strip() else code.name
     if cls is BridgeUnavailable:
-        return BridgeUnavailable(
-            f"SessionStore at {target} is unavailable ({code.name}: {text})", status=code.name
-        )
-    return cls(f"SessionStore at {target} answered {code.name}: {text}", status=code.name)
+        words = _BARE_WORDS.get(code, " is unavailable")
+        return BridgeUnavailable(f"SessionStore at {target}{words} ({quoted})", status=code.name)
+    return cls(f"SessionStore at {target} answered {quoted}", status=code.name)
 
 
 def _status_of_call(call: grpc.Call, target: str) -> Status | None:
@@ -526,7 +558,7 @@ def error_from_rpc(exc: grpc.RpcError, target: str) -> StateError:
     DEADLINE_EXCEEDED and CANCELLED become ``BridgeUnavailable`` naming ``target``.
     """
     if not isinstance(exc, grpc.Call):  # every sync-stub error is a Call too
-        return BridgeUnavailable(f"SessionStore at {target} failed: {exc!r}")
+        return BridgeUnavailable(f"SessionStore at {target} failed ({failure_text(exc)})")
     status = _status_of_call(exc, target)
     detail = _detail_of(status, target) if status is not None else None
     if detail is not None:

@@ -18,6 +18,11 @@ keeps an independent lifetime; the channel closes with the last of them.
 No readiness probe at init (``channel_ready_future`` would start a polling thread
 that outlives the call): the first RPC, OpenSession, runs with
 ``wait_for_ready=False`` and the deadline, which fails just as fast and proves more.
+
+**Length.** Just past 600 lines: the handle's life (init, the cache, cleanup) and
+the one place its failures are classed (:meth:`BridgedState._call`, ``_unknown``)
+read best together; how one attempt is sent and what it may have reached live in
+``calls.py`` (the Calls stream) and ``channels.py`` (a unary call).
 """
 
 from __future__ import annotations
@@ -30,8 +35,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Self, TypeVar
-
-import grpc
 
 from dspex_actors.backoff import Backoff
 from dspex_actors.bridge import embedded
@@ -63,7 +66,6 @@ from dspex_actors.urls import bridge_address
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.v1 import session_store_pb2_grpc as pb_grpc
 from dspex_actors.wire import codec
-from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.forms import Ids, Rpc, Send, Settled
 from dspex_actors.wire.operations import SENDS
 from dspex_actors.wire.tls import read_pem
@@ -85,6 +87,19 @@ def _over_the_limit(operation: Operation[Any], size: int, limit: int) -> StateEr
     error = too_large(variable, what, size, "max_message_bytes", limit)
     message = f"{error}; the limit is this client's own, and nothing was sent"
     return LimitExceeded(message, limit="max_message_bytes", variable=variable, size=size)
+
+
+def _named(operation: Operation[Any], session_id: str) -> str:
+    """A write as a message names it: its method, its variable, its session."""
+    kind = type(operation).__name__
+    method = "".join(f"_{c.lower()}" if c.isupper() else c for c in kind).lstrip("_")
+    variable = getattr(operation, "identifier", getattr(operation, "name", None))
+    updates = getattr(operation, "updates", None)
+    if isinstance(variable, str):
+        method += f" of {variable!r}"
+    elif updates is not None:
+        method += f" of {len(updates)} variables"
+    return f"{method} in session {session_id!r}"
 
 
 def _not_found_where(exc: SessionNotFound, address: str, embedded: bool) -> SessionNotFound:
@@ -356,6 +371,7 @@ class BridgedState(RemoteSessionMethods):
                 request,
                 request_id if operation.write else "",
                 operation.within or self._timeout,
+                _named(operation, self.session_id) if operation.write else "",
             )
         except VersionConflict as exc:
             if cache is not None and isinstance(exc.variable, str) and isinstance(exc.actual, int):
@@ -366,28 +382,37 @@ class BridgedState(RemoteSessionMethods):
             send.seen(operation, response, result, cache)
         return result
 
-    def _call(self, send: Send[Any, Any], request: Any, request_id: str, timeout: float) -> Any:
+    def _call(
+        self, send: Send[Any, Any], request: Any, request_id: str, timeout: float, what: str = ""
+    ) -> Any:
         """Send one request within ``timeout``; the one place failures are classed.
-        ``request_id``: a write's (empty for anything else).
+        ``request_id``: a write's (empty for anything else); ``what``: its name.
 
         An attempt that got no answer (the transport failed, or the server said it
         did not start the call in time) is sent again with the same request until
         the deadline, unless the operation forbids it; a write's request carries its
         request id, so the server applies it once. A write that may have reached the
-        server and got no answer is then settled (:meth:`_unknown`).
+        server and got no answer is then settled (:meth:`_unknown`); one no attempt
+        can have brought there (each refused by the server, or never handed to gRPC)
+        is ``BridgeUnavailable``: not applied, with no settle needed.
         """
         started = time.monotonic()
         deadline = started + timeout
         expires_ms = int((time.time() + timeout) * 1000)  # the deadline as an instant
         backoff = Backoff(Backoff.RETRY)
         maybe_sent = False
+        telling: StateError | None = None  # the last failure that says more than "too late"
         while True:
             left = deadline - time.monotonic()
             try:
-                return self._attempt(send.rpc, request, max(left, 0.001), expires_ms)
+                return self._attempt(
+                    send.rpc, request, max(left, 0.001), expires_ms, write=bool(request_id)
+                )
             except Unanswered as exc:
                 maybe_sent = maybe_sent or exc.maybe_sent
                 error = exc.error
+            if telling is None or error.details.get("status") != "DEADLINE_EXCEEDED":
+                telling = error  # (a last attempt cut short says less than a refusal)
             # A stopping server answered for this call (not run): another attempt would
             # only meet a server that is gone, and leave the outcome unknown.
             stopping = bool(error.details.get("stopping"))
@@ -397,14 +422,22 @@ class BridgedState(RemoteSessionMethods):
                     raise self._closed_error() from error
                 if request_id and maybe_sent:
                     return self._unknown(send, request, request_id, started, error)
-                if isinstance(error, BridgeUnavailable):
-                    raise error
-                raise BridgeUnavailable(f"{error} (not applied)", session_id=self.session_id)
+                if request_id:
+                    details = {**telling.details, "session_id": self.session_id}
+                    raise BridgeUnavailable(
+                        f"{telling}; {what or 'the write'} was not applied", **details
+                    ) from telling
+                if isinstance(telling, BridgeUnavailable):
+                    raise telling
+                raise BridgeUnavailable(f"{telling} (not applied)", session_id=self.session_id)
             time.sleep(pause)  # a retry's backoff, bounded by the call's deadline
 
-    def _attempt(self, rpc: Rpc, request: Any, timeout: float, expires_ms: int = 0) -> Any:
-        """One attempt: on the Calls stream when the RPC may travel there, else unary.
-        Answers the response; raises the server's ``StateError``, or
+    def _attempt(
+        self, rpc: Rpc, request: Any, timeout: float, expires_ms: int = 0, *, write: bool = False
+    ) -> Any:
+        """One attempt: on the Calls stream when the RPC may travel there, else unary
+        (:meth:`~dspex_actors.bridge.client.channels.Shared.attempt`). Answers the
+        response; raises the server's ``StateError``, or
         :class:`~dspex_actors.bridge.client.calls.Unanswered`."""
         stream = self._calls
         field = rpc.field
@@ -428,18 +461,7 @@ class BridgedState(RemoteSessionMethods):
         if expires_ms:
             metadata = (*(metadata or ()), (codec.EXPIRES_KEY, str(expires_ms)))
         try:
-            return self._shared.unary(rpc)(request, timeout=timeout, metadata=metadata)
-        except grpc.RpcError as exc:
-            error = wire_status.error_from_rpc(exc, self.address)
-            # Worth another attempt: the server was not reached, or did not start the
-            # call in time (its BridgeUnavailable: not applied), or no answer came.
-            # Only a failure of the transport may hide an applied write.
-            if isinstance(error, OutcomeUnknown) and rpc.has_request_id:
-                raise Unanswered(error, maybe_sent=True) from exc
-            if not isinstance(error, BridgeUnavailable):
-                raise error from exc
-            sent = not wire_status.answered_by_server(exc)
-            raise Unanswered(error, maybe_sent=sent) from exc
+            return self._shared.attempt(rpc, request, timeout, metadata, write=write)
         except ValueError as exc:
             # grpcio refuses calls on a channel closed meanwhile with a ValueError;
             # our own flag, not its text, tells that this is what happened.

@@ -17,6 +17,18 @@ applies it once); the next call opens a new stream. :class:`GoUnary` says a call
 was not sent at all: the server has no ``Calls`` (remembered: every call goes unary
 from then on), the stream has as many calls in flight as the server runs at once,
 or the request is too large for it.
+
+Whether an unanswered call may have reached the server is known per call, soundly:
+a request is handed to gRPC only once the server's headers have come (our server
+sends them before it reads a request), and only while its caller still waits for
+it. gRPC takes a stream's first request at once, before any connection exists
+(measured: a stream to a port where nothing listens had taken it when it failed),
+so a request it holds may or may not have left; one still in the outbox certainly
+has not. A stream that fails before the server's headers (connection refused, DNS,
+TLS, a closed channel) therefore sent nothing, and its calls are ``maybe_sent=False``
+(not applied); a call whose request gRPC took is ``maybe_sent=True`` whatever
+happens after. The price: a new stream's first calls wait one round trip for the
+headers.
 """
 
 from __future__ import annotations
@@ -69,12 +81,15 @@ class GoUnary(Exception):
 class _Waiter:
     """One call waiting for its reply."""
 
-    __slots__ = ("done", "error", "reply")
+    __slots__ = ("done", "error", "reply", "sent")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.reply: pb.CallReply | None = None
         self.error: Exception | None = None
+        self.sent = False
+        """Its request was handed to gRPC (set under the stream's lock, and only while
+        the call is waited for): from then on the server may have run it."""
 
 
 class CallStream:
@@ -133,10 +148,15 @@ class CallStream:
             raise GoUnary from None  # this once: a unary call takes it
         if not waiter.done.wait(timeout):
             with self._lock:
-                self._waiting.pop(number, None)
+                self._waiting.pop(number, None)  # from now on it is never handed over
+                sent = waiter.sent
             if not waiter.done.is_set():  # (a reply that came meanwhile is used)
-                error = self._unavailable(f"no reply within the deadline ({timeout:.3g}s)")
-                raise Unanswered(error, maybe_sent=True)
+                if sent:
+                    why = f"no reply within the deadline ({timeout:.3g}s)"
+                else:
+                    why = f"the Calls stream was not up within the deadline ({timeout:.3g}s)"
+                error = self._unavailable(why, status=grpc.StatusCode.DEADLINE_EXCEEDED.name)
+                raise Unanswered(error, maybe_sent=sent)
         if waiter.error is not None:
             raise waiter.error
         reply = waiter.reply
@@ -145,43 +165,63 @@ class CallStream:
             raise wire_status.error_of_status(reply.error, self._target)
         return getattr(reply, field)
 
-    def _unavailable(self, why: str) -> BridgeUnavailable:
-        return BridgeUnavailable(f"SessionStore at {self._target}: {why} (the Calls stream)")
+    def _unavailable(self, why: str, **details: Any) -> BridgeUnavailable:
+        return BridgeUnavailable(f"SessionStore at {self._target}: {why}", **details)
 
     def _open(self) -> queue.Queue[pb.CallRequest | None]:
         """Open the stream and its reader (with the lock held)."""
         outbox: queue.Queue[pb.CallRequest | None] = queue.Queue(_OUTBOX)
+        headers = threading.Event()  # set by the reader: the server's headers, or the end
 
         def requests() -> Iterator[pb.CallRequest]:
+            headers.wait()  # nothing goes to gRPC before them (see the module docstring)
             while (request := outbox.get()) is not None:
+                with self._lock:
+                    waiter = self._waiting.get(request.call)
+                    if waiter is None:
+                        continue  # its caller gave up, or was failed: never sent now
+                    waiter.sent = True
                 yield request
 
         replies = self._open_stream(requests(), metadata=self._metadata)
         self._outbox, self._replies = outbox, replies
         self._reader = threading.Thread(
-            target=self._read, args=(outbox, replies), name="dspex-calls", daemon=True
+            target=self._read, args=(outbox, replies, headers), name="dspex-calls", daemon=True
         )
         self._reader.start()
         return outbox
 
-    def _read(self, outbox: queue.Queue[pb.CallRequest | None], replies: Any) -> None:
-        """Hand each reply to its caller until the stream ends; then fail the rest.
+    def _read(
+        self,
+        outbox: queue.Queue[pb.CallRequest | None],
+        replies: Any,
+        headers: threading.Event,
+    ) -> None:
+        """Let the requests go once the server's headers came, hand each reply to its
+        caller until the stream ends; then fail the rest.
 
         A failure before the server accepted the stream (a refused token, say) is
         what each call gets, as a unary call would; once the stream was up, a failure
         is the stream's, not a call's: each call still waiting gets UNAVAILABLE with
         no answer of the server's, so a write's outcome is unknown and it is retried
-        with its request id."""
+        with its request id. Either way a call whose request was never handed to gRPC
+        is told so (``maybe_sent=False``)."""
         failure: Exception = Unanswered(
-            self._unavailable("the stream ended before its reply"), maybe_sent=True
+            self._unavailable("the Calls stream ended before the reply"), maybe_sent=True
         )
         up = False
         try:
-            for key, value in replies.initial_metadata() or ():
+            # initial_metadata() returns once the headers came, or empty once the
+            # call ended without them (possibly before done() says so: gRPC reports
+            # the two apart): only headers that carry something are the server's.
+            metadata = replies.initial_metadata() or ()
+            for key, value in metadata:
                 if key == codec.CALLS_LIMIT_KEY:  # the server's handler runs
                     up = True
                     with contextlib.suppress(ValueError):
                         self._capacity = max(1, int(value))
+            if metadata:
+                headers.set()
             for reply in replies:
                 if reply.call == 0:  # the server's word on the stream itself
                     failure = self._stream_ended(reply, failure)
@@ -206,20 +246,19 @@ class CallStream:
             elif isinstance(failure, Unanswered) and not failure.maybe_sent:
                 pass  # the server said, before the stream broke, that no unanswered call ran
             else:
-                code = exc.code().name if isinstance(exc, grpc.Call) else "failed"
-                failure = Unanswered(
-                    self._unavailable(f"the stream broke ({code})"), maybe_sent=True
-                )
+                why = f"the Calls stream broke ({wire_status.failure_text(exc)})"
+                failure = Unanswered(self._unavailable(why), maybe_sent=True)
         except Exception as exc:  # any end of the stream fails its calls
             logger.warning("the Calls stream ended: %r", exc)
         with self._lock:
             if self._outbox is outbox:
                 self._outbox = self._replies = None
             waiting = list(self._waiting.values())
-            self._waiting.clear()
+            self._waiting.clear()  # from now on none of them is handed over
         _end(outbox)
+        headers.set()  # the request iterator ends (on the _end mark)
         for waiter in waiting:
-            waiter.error = failure
+            waiter.error = failure if waiter.sent else _not_sent(failure)
             waiter.done.set()
 
     def _stream_ended(self, reply: pb.CallReply, failure: Exception) -> Exception:
@@ -239,6 +278,14 @@ class CallStream:
             replies.cancel()
         if reader is not None and reader is not threading.current_thread():
             reader.join()
+
+
+def _not_sent(failure: Exception) -> Exception:
+    """What a call whose request was never handed to gRPC gets: an unanswered call
+    is then one the server cannot have run."""
+    if isinstance(failure, Unanswered) and failure.maybe_sent:
+        return Unanswered(failure.error, maybe_sent=False)
+    return failure
 
 
 def _end(outbox: queue.Queue[pb.CallRequest | None]) -> None:

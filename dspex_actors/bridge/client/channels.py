@@ -10,29 +10,59 @@ Watch streams go on connections of their own (:meth:`Shared.watch_channel`), up 
 connection (``max_calls_per_connection``, 128 by default), and watches, which stay
 open, would otherwise take every slot the channel's calls need.
 
-A write that fails in transport is never classed "not applied" from the channel's
-connectivity: gRPC reports that asynchronously, so a connection that came up,
-carried the write and broke could still look down (measured under load: 3 of 40
-tries). Only the server's own answer says "not applied" for a write.
+Whether a write that got no answer may have reached the server is decided before it
+is sent, never after it failed. A failure cannot be classed by the connectivity gRPC
+reports afterwards: ``Channel.subscribe`` reports it from a polling thread, so a
+connection can come up, carry the write and break before READY is reported (measured
+on grpcio 1.85 with 2 cores kept busy: 9 of 40 writes, applied and their replies cut,
+failed before their fresh channel reported READY; 3 of 40 when writes were once
+classed that way). So a unary write is handed to gRPC only once the channel is
+READY (:meth:`Shared.connected`): one never handed over was certainly not sent,
+whatever gRPC reports later, and one that was "may have been sent" from then on. (The
+Calls stream holds its requests until the server's headers, for the same reason:
+:mod:`dspex_actors.bridge.client.calls`.) READY read late only sends a write that
+then "may have been sent"; not-READY read late only keeps back one that could have
+gone: neither can call a sent write "not applied".
+
+The state is read synchronously from gRPC's core, through the two calls
+``subscribe``'s own polling thread makes (``check_connectivity_state``,
+``watch_connectivity_state`` of grpcio's ``cygrpc.Channel``): a subscription would
+report late, keep a thread per channel, and make each close wait for its poll (0.15 s
+measured). Should a grpcio lack them, writes go ungated and every write that fails in
+transport "may have been sent": the class then errs only toward ``OutcomeUnknown``.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from dspex_actors.bridge.client.calls import CallStream
+from dspex_actors.bridge.client.calls import CallStream, Unanswered
+from dspex_actors.errors import BridgeUnavailable, OutcomeUnknown
 from dspex_actors.wire import keepalive
+from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.forms import Rpc
 
 __all__ = ["SYSTEM_ROOTS", "WATCHES_PER_CONNECTION", "Shared", "acquire", "release"]
 
 WATCHES_PER_CONNECTION = 100
 """Watch streams one watch connection carries: below a default server's 128."""
+
+_READY: int = grpc.ChannelConnectivity.READY.value[0]
+_SHUTDOWN: int = grpc.ChannelConnectivity.SHUTDOWN.value[0]
+_WATCH_SLICE = 0.1
+"""Seconds one wait for a change of connectivity lasts at most: closing a channel
+waits until no such wait is pending (measured), so this bounds how long a release
+waits for a write that is waiting for a connection."""
+_PROBE_SECONDS = 0.1
+"""At most this long is spent asking gRPC why a channel did not connect."""
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_UNREACHED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @dataclass
@@ -58,6 +88,74 @@ class Shared:
                 response_deserializer=rpc.response.FromString,
             )
         return method
+
+    def attempt(
+        self, rpc: Rpc, request: Any, timeout: float, metadata: Any, *, write: bool
+    ) -> Any:
+        """One unary call of ``rpc``: its response, the server's ``StateError``, or
+        :class:`~dspex_actors.bridge.client.calls.Unanswered`, whose ``maybe_sent`` is
+        False only when the server said it did not start the call or the request
+        never reached gRPC (a ``write`` is handed over only once the channel is
+        READY, within ``timeout``: see the module docstring). ValueError once the
+        channel is closed."""
+        if write:
+            began = time.monotonic()
+            if self.connected(timeout) is False:
+                raise Unanswered(self.unreachable(), maybe_sent=False)
+            timeout = max(timeout - (time.monotonic() - began), 0.001)
+        try:
+            return self.unary(rpc)(request, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            error = wire_status.error_from_rpc(exc, self.key[0])
+            # Worth another attempt: the server was not reached, or did not start the
+            # call in time (its BridgeUnavailable: not applied), or no answer came.
+            # Only a failure of the transport may hide an applied write.
+            if isinstance(error, OutcomeUnknown) and rpc.has_request_id:
+                raise Unanswered(error, maybe_sent=True) from exc
+            if not isinstance(error, BridgeUnavailable):
+                raise error from exc
+            sent = not wire_status.answered_by_server(exc)
+            raise Unanswered(error, maybe_sent=sent) from exc
+
+    def connected(self, timeout: float) -> bool | None:
+        """Whether the channel is READY, now or within ``timeout`` (gRPC is asked to
+        connect if it is idle): a write may be handed to gRPC only after True (see
+        the module docstring). None: this grpcio cannot say. ValueError once the
+        channel is closed."""
+        core = getattr(self.channel, "_channel", None)
+        check = getattr(core, "check_connectivity_state", None)
+        watch = getattr(core, "watch_connectivity_state", None)
+        if check is None or watch is None:
+            return None
+        deadline = time.monotonic() + timeout
+        state = check(True)
+        while state != _READY:
+            left = deadline - time.monotonic()
+            if left <= 0 or state == _SHUTDOWN:
+                return False
+            watch(state, time.time() + min(left, _WATCH_SLICE))  # returns at a change
+            state = check(True)
+        return True
+
+    def unreachable(self) -> BridgeUnavailable:
+        """The error for a write kept back because the channel never connected: why,
+        in gRPC's words for a health check sent now, which fails at once on a channel
+        that could not connect, with the cause (refused, DNS, TLS)."""
+        probe = self.unaries.get(_HEALTH_CHECK)
+        if probe is None:
+            probe = self.unaries[_HEALTH_CHECK] = self.channel.unary_unary(
+                _HEALTH_CHECK, request_serializer=None, response_deserializer=None
+            )
+        why = "it connected only after the deadline"
+        status: dict[str, str] = {}  # gRPC's code, as a bare status's error carries it
+        try:
+            probe(b"", timeout=_PROBE_SECONDS, wait_for_ready=False)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() in _UNREACHED:
+                why, status = wire_status.failure_text(exc), {"status": exc.code().name}
+        except ValueError:  # grpcio's word for a channel closed meanwhile
+            why = "the channel is closed"
+        return BridgeUnavailable(f"SessionStore at {self.key[0]} is unreachable ({why})", **status)
 
     def calls(self, metadata: Any) -> CallStream:
         """The channel's Calls stream for handles sending ``metadata`` (their token)."""

@@ -473,9 +473,7 @@ class StreamingContract(ContractBase):
                 if version % 2:
                     state.unsubscribe(subscription)  # the other rounds leave the block
             got = [(e.kind, e.name, e.version) for e in recorder.events]
-            assert got == [("updated", "temperature", version)], (
-                f"round {version}: leaving the subscription delivered {describe(recorder.events)}"
-            )
+            assert got == [("updated", "temperature", version)], describe(recorder.events)
 
     def test_nothing_follows_unsubscribe_not_even_closed(self, open_state: Opener) -> None:
         state = open_state()
@@ -492,9 +490,7 @@ class StreamingContract(ContractBase):
             _, error = guarded_call("cleanup", state.cleanup, self.hang_guard_seconds)
             assert error is None, f"cleanup raised {error!r}"
             witness.wait_for("the closed event", lambda e: e.kind == "closed")
-        assert [(e.kind, e.version) for e in at_unsubscribe] == [("updated", 1)], describe(
-            at_unsubscribe
-        )
+        assert [(e.kind, e.version) for e in at_unsubscribe] == [("updated", 1)]
         assert dropped.events == at_unsubscribe, (
             f"events after unsubscribe returned: {describe(dropped.events[len(at_unsubscribe) :])}"
         )

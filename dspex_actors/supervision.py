@@ -83,7 +83,7 @@ class Supervisor:
         ``on_switch`` hears each switch's record, ``on_restart`` each restart,
         ``on_give_up`` each context stopped for dying too often; ``clock``
         (monotonic seconds) measures the restart-intensity window. ``cache``: bridged
-        contexts read from a coherent local copy (``BridgedState(cache=True)``).
+        contexts read from a coherent local copy (``BridgedState.init(cache=True)``).
         ``store`` is where a session goes when it needs sharing (``ensure_bridged``):
         None, the SessionStore bridge; ``"redis://HOST:PORT/DB"``, straight into that
         Redis as a :class:`~dspex_actors.redis.state.RedisState` session, which other

@@ -97,3 +97,23 @@ def test_importing_the_package_does_not_load_grpc() -> None:
         "assert 'grpc' in sys.modules and BridgedState.kind == 'bridged'\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_each_handle_says_how_it_is_opened_and_refuses_a_constructor_call() -> None:
+    """help() of a handle opens with its door: ``init`` (the constructor is internal,
+    and calling it as users would is refused), or the Supervisor's constructor, which
+    is public and takes what ``start`` takes."""
+    import inspect
+    import pydoc
+
+    import pytest
+
+    for handle in (dspex_actors.LocalState, dspex_actors.BridgedState, dspex_actors.RedisState):
+        doc = pydoc.render_doc(handle, renderer=pydoc.plaintext)
+        assert ".init" in doc or ":meth:`init`" in doc, f"help({handle.__name__}) names no init"
+        with pytest.raises(TypeError):
+            handle(session_id="s")
+    start = inspect.signature(dspex_actors.Supervisor.start).parameters
+    assert inspect.signature(dspex_actors.Supervisor).parameters.keys() == start.keys()
+    with dspex_actors.Supervisor(max_restarts=1) as supervisor:
+        assert supervisor.policy.max_restarts == 1

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, NamedTuple, Self, TypeVar
 
 from dspex_actors.backoff import Backoff
 from dspex_actors.bridge import embedded
@@ -116,37 +116,39 @@ def _not_found_where(exc: SessionNotFound, address: str, embedded: bool) -> Sess
     return SessionNotFound(f"{exc} on {where}", **exc.details)
 
 
+class Link(NamedTuple):
+    """How a handle reaches its server (what :meth:`BridgedState.init` resolved)."""
+
+    shared: channels.Shared
+    address: str
+    timeout: float
+    token: str | None
+    max_message_bytes: int
+    embedded_server: bool
+    stream: bool
+
+
 class BridgedState(RemoteSessionMethods):
     """A session held by a SessionStore (another process, or the embedded server).
 
-    The handle that created the session owns it: its :meth:`cleanup` closes the
-    session on the server (that incarnation only). A handle that attached to an
-    existing session only detaches. After cleanup every call raises
-    ``SessionClosed`` without a round trip.
+    Open one with :meth:`init` (the constructor is internal). The handle that created
+    the session owns it: its :meth:`cleanup` closes the session on the server (that
+    incarnation only). A handle that attached to an existing session only detaches.
+    After cleanup every call raises ``SessionClosed`` without a round trip.
 
-    Failures a caller can act on: every write carries a request id, and a write
-    whose attempt failed in transport is sent again with the same id within the
-    call's deadline, so the server applies it once. When no attempt could have
-    reached the server the call raises ``BridgeUnavailable`` (not applied); when
-    one could have and none answered, ``OutcomeUnknown``. Reads retry likewise and
-    raise ``BridgeUnavailable``.
+    Failures a caller can act on: every write carries a request id, and a write whose
+    attempt failed in transport is sent again with the same id within the call's
+    deadline, so the server applies it once. When no attempt could have reached the
+    server the call raises ``BridgeUnavailable`` (not applied); when one could have and
+    none answered, ``OutcomeUnknown``. Reads retry likewise and raise
+    ``BridgeUnavailable``.
     """
 
     kind: ClassVar[str] = "bridged"
 
-    def __init__(
-        self,
-        *,
-        shared: channels.Shared,
-        address: str,
-        session_id: str,
-        timeout: float,
-        token: str | None,
-        max_message_bytes: int,
-        embedded_server: bool,
-        stream: bool = True,
-    ) -> None:
-        """Wrap a channel; use :meth:`init`, which opens the session."""
+    def __init__(self, link: Link, session_id: str, /) -> None:
+        """Internal: :meth:`init` opens a handle (and its session)."""
+        shared, address, timeout, token, max_message_bytes, embedded_server, stream = link
         self.session_id = session_id
         self.address = address
         self.owner = False
@@ -227,16 +229,8 @@ class BridgedState(RemoteSessionMethods):
             raise
         # The id is chosen here, not by the server, so that a retried open names
         # the same session (and, by its request id, learns it created it).
-        handle = cls(
-            shared=shared,
-            address=address,
-            session_id=session_id or new_session_id(),
-            timeout=timeout,
-            token=token,
-            max_message_bytes=max_message_bytes,
-            embedded_server=use_embedded,
-            stream=stream,
-        )
+        link = Link(shared, address, timeout, token, max_message_bytes, use_embedded, stream)
+        handle = cls(link, session_id or new_session_id())
         try:
             opened = handle._open_session(create=create, pending=pending)
             handle.owner = opened.created

@@ -109,10 +109,10 @@ def test_each_handle_says_how_it_is_opened_and_refuses_a_constructor_call() -> N
     import pytest
 
     for handle in (dspex_actors.LocalState, dspex_actors.BridgedState, dspex_actors.RedisState):
-        doc = pydoc.render_doc(handle, renderer=pydoc.plaintext)
+        doc = pydoc.plain(pydoc.render_doc(handle))
         assert ".init" in doc or ":meth:`init`" in doc, f"help({handle.__name__}) names no init"
         with pytest.raises(TypeError):
-            handle(session_id="s")
+            handle(session_id="s")  # type: ignore[call-arg]  # what a user might try
     start = inspect.signature(dspex_actors.Supervisor.start).parameters
     assert inspect.signature(dspex_actors.Supervisor).parameters.keys() == start.keys()
     with dspex_actors.Supervisor(max_restarts=1) as supervisor:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspex_actors import errors
 from dspex_actors.errors import (
+    AttributeNotFound,
     BridgeUnavailable,
     InvalidExport,
     LimitExceeded,
@@ -46,6 +47,7 @@ _BRIDGE_NAMES = frozenset({"BridgedState", "SessionStoreServer", "serve"})
 
 __all__ = [
     "TYPE_NAMES",
+    "AttributeNotFound",
     "BridgeUnavailable",
     "BridgedState",
     "Context",

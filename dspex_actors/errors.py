@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
+    "AttributeNotFound",
     "BridgeUnavailable",
     "InvalidExport",
     "LimitExceeded",
@@ -75,6 +76,13 @@ class VariableNotFound(StateError, KeyError):
     @property
     def variable(self) -> str | None:
         return self.details.get("variable")
+
+
+class AttributeNotFound(VariableNotFound, AttributeError):
+    """``VariableNotFound`` for a variable read as an attribute (``state.v.name``):
+    also an ``AttributeError``, so ``hasattr`` and ``getattr(..., default)`` work."""
+
+    reason = "attribute_not_found"
 
 
 class VariableExists(StateError):
@@ -249,6 +257,7 @@ ERROR_CLASSES: dict[str, type[StateError]] = {
     for cls in (
         StateError,
         VariableNotFound,
+        AttributeNotFound,
         VariableExists,
         ValidationError,
         PartialFailure,

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from dspex_actors import failpoints
+from dspex_actors.access import MappingAccess
 from dspex_actors.delivery import QueueSource, Source, Subscription
 from dspex_actors.errors import NotSupported
 from dspex_actors.exports import ExportColumns, check_shape, columns_of
@@ -86,8 +87,9 @@ def events_of(provider: StateProvider, pattern: str | None, start: int | None) -
     return QueueSource(provider, pattern, start)
 
 
-class SessionMethods(StateProvider):
-    """Every StateProvider method, over one abstract :meth:`run`."""
+class SessionMethods(MappingAccess, StateProvider):
+    """Every StateProvider method, over one abstract :meth:`run`; and Pythonic access
+    over them (items, ``v``, ``batch()``, ``variable()``: :mod:`dspex_actors.access`)."""
 
     __slots__ = ()
 

@@ -12,6 +12,7 @@ import dspex_actors
 # e.g. when the gRPC bridge and supervision are exported.
 EXPECTED_PUBLIC_NAMES = {
     "TYPE_NAMES",
+    "AttributeNotFound",
     "BridgeUnavailable",
     "BridgedState",
     "Context",

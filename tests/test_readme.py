@@ -53,7 +53,7 @@ def assert_printed(snippet: str, output: str) -> None:
 
 def test_every_python_snippet_is_checked() -> None:
     found = snippets()
-    assert len(found) == 6, f"{len(found)} Python snippets: update this test's list"
+    assert len(found) == 7, f"{len(found)} Python snippets: update this test's list"
     silent = [s for s in found if not expected_lines(s) and "StateProviderContract" not in s]
     assert not silent, f"snippets that say nothing they print: {silent!r}"
 
@@ -80,7 +80,7 @@ def run_snippet(snippet: str, env: dict[str, str], cwd: Path) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_a_readme_snippet_prints_what_it_says(index: int, tmp_path: Path) -> None:
     snippet = snippets()[index]
     if "StateProviderContract" in snippet:

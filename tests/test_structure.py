@@ -72,7 +72,11 @@ FAST_PATHS = {
     ("bridge/client/bridged.py", "get_variable"): "a cached handle answers from its copy "
     "inline: a message and a dispatch would double cache.bridged.get/cache.dict.get",
 }
-CONTRACT = {"provider.py": "the StateProvider contract a backend of your own implements"}
+CONTRACT = {
+    "provider.py": "the StateProvider contract a backend of your own implements",
+    "access.py": "the contract's methods that Pythonic access stands on, restated as the "
+    "Protocol its mixin's self is typed by (signatures only)",
+}
 NOT_A_HANDLE = {
     ("errors.py", "settle"): "OutcomeUnknown.settle calls the settle of the handle that "
     "sent the write (the one the error was raised by)",

@@ -29,7 +29,8 @@ while a writer registers, sets, deletes and updates that are each one consistent
 moment, and change streaming: every write delivered to every matching subscriber,
 complete and in order, from the moment ``subscribe`` returns until ``unsubscribe``
 does, with subscribers that raise, call back into the session or are Pykka actors
-(or, for a backend without the ``streaming`` capability, ``NotSupported``).
+(or, for a backend without the ``streaming`` capability, ``NotSupported``); and
+Pythonic access (items, ``v``, ``batch()``, ``variable()``) standing for the methods.
 
 The kit is split by concern, one module and one class per group of operations
 (after fsspec's ``fsspec/tests/abstract``); :class:`StateProviderContract` is all of
@@ -50,6 +51,7 @@ them. The fixtures a backend overrides live in :mod:`~dspex_actors.testing.base`
 ``concurrency``        ``ConcurrencyContract``: readers against writers
 ``streaming``          ``StreamingContract``: ``subscribe``, ``unsubscribe``, events;
                        ``NotSupported`` without the ``streaming`` capability
+``access``             ``AccessContract``: items, ``v``, ``batch()``, ``variable()``
 =====================  ===============================================================
 
 A backend proves the contract with :class:`StateProviderContract`; a single class
@@ -77,6 +79,7 @@ are rewritten with it)::
 
 from __future__ import annotations
 
+from dspex_actors.testing.access import AccessContract
 from dspex_actors.testing.base import RECORD_KEYS, ContractBase
 from dspex_actors.testing.batches import BatchContract
 from dspex_actors.testing.concurrency import ConcurrencyContract
@@ -90,6 +93,7 @@ from dspex_actors.testing.variables import VariablesContract
 
 __all__ = [
     "RECORD_KEYS",
+    "AccessContract",
     "BatchContract",
     "ConcurrencyContract",
     "ContractBase",
@@ -114,6 +118,7 @@ class StateProviderContract(
     SessionContract,
     ConcurrencyContract,
     StreamingContract,
+    AccessContract,
 ):
     """Inherit in a ``Test*`` class and set ``provider`` to run the whole contract.
 

@@ -43,6 +43,7 @@ from grpc_status import rpc_status
 
 from dspex_actors.errors import (
     ERROR_CLASSES,
+    AttributeNotFound,
     BridgeUnavailable,
     InvalidExport,
     LimitExceeded,
@@ -88,6 +89,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[StateError], grpc.StatusCode], ...] = (
     (PartialFailure, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidExport, grpc.StatusCode.INVALID_ARGUMENT),
     (VariableNotFound, grpc.StatusCode.NOT_FOUND),
+    (AttributeNotFound, grpc.StatusCode.NOT_FOUND),
     (SessionNotFound, grpc.StatusCode.NOT_FOUND),
     (VariableExists, grpc.StatusCode.ALREADY_EXISTS),
     (VersionConflict, grpc.StatusCode.ABORTED),

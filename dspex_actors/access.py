@@ -1,4 +1,5 @@
-"""Pythonic access to a session, written once over the public methods.
+"""Pythonic access to a session: what :class:`~dspex_actors.methods.SessionMethods`'
+item, attribute, batch and variable forms build on, each over a public method.
 
 Every handle (and a Context) reads like a mapping of its variables by name and
 writes like one — ``state["temperature"]``, ``state["temperature"] = 0.9``,
@@ -24,124 +25,54 @@ from __future__ import annotations
 import contextlib
 import glob
 import threading
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from dspex_actors.errors import AttributeNotFound, NotSupported, VariableNotFound
 
 if TYPE_CHECKING:
+    from dspex_actors.methods import SessionMethods
     from dspex_actors.records import VariableRecord
 
-__all__ = ["MappingAccess", "Variable", "Variables"]
+__all__ = ["Variable", "Variables", "gathered", "gathering", "refuse_delete_in_batch"]
 
 _batches = threading.local()
 """This thread's open batches: handle -> the values gathered for it."""
 
 
-class Session(Protocol):
-    """The methods this module stands on (every StateProvider has them)."""
-
-    session_id: str
-
-    def get_variable(self, identifier: str) -> Any: ...
-    def get_record(self, identifier: str) -> VariableRecord: ...
-    def has_variable(self, identifier: str) -> bool: ...
-    def list_variables(self, pattern: str | None = None) -> list[VariableRecord]: ...
-    def session_info(self) -> dict[str, Any]: ...
-    def set_variable(
-        self,
-        identifier: str,
-        new_value: Any,
-        metadata: Mapping[str, Any] | None = None,
-        *,
-        expected_version: int | None = None,
-    ) -> int: ...
-    def update_variables(
-        self, updates: Mapping[str, Any], metadata: Mapping[str, Any] | None = None
-    ) -> None: ...
-    def delete_variable(self, identifier: str) -> None: ...
-    def subscribe(self, pattern: str | None, subscriber: Any) -> Any: ...
-    def __setitem__(self, name: str, value: Any) -> None: ...
-    def __getitem__(self, name: str) -> Any: ...
-    def __delitem__(self, name: str) -> None: ...
-    def __iter__(self) -> Iterator[str]: ...
-
-
-def _gathered(state: object) -> dict[str, Any] | None:
+def gathered(state: object) -> dict[str, Any] | None:
+    """The values this thread's open batch on ``state`` gathered (None: no batch)."""
     pending: dict[object, dict[str, Any]] | None = getattr(_batches, "open", None)
     return None if pending is None else pending.get(state)
 
 
-class MappingAccess:
-    """Item access, ``v``, ``batch()`` and ``variable()`` over a provider's methods
-    (a base of :class:`~dspex_actors.provider.StateProvider`)."""
+def refuse_delete_in_batch(state: object, name: str) -> None:
+    """``NotSupported`` for ``del`` inside a batch (it gathers sets only)."""
+    if gathered(state) is not None:
+        raise NotSupported(
+            f"del {name!r} inside a batch: a batch gathers sets only (rule 'batch'); "
+            "delete it before or after the block"
+        )
 
-    __slots__ = ()
 
-    def __getitem__(self: Session, name: str) -> Any:
-        gathered = _gathered(self)
-        if gathered is not None and name in gathered:
-            return gathered[name]
-        return self.get_variable(name)
-
-    def __setitem__(self: Session, name: str, value: Any) -> None:
-        gathered = _gathered(self)
-        if gathered is not None:
-            gathered[name] = value
-        else:
-            self.set_variable(name, value)
-
-    def __delitem__(self: Session, name: str) -> None:
-        if _gathered(self) is not None:
-            raise NotSupported(
-                f"del {name!r} inside a batch: a batch gathers sets only (rule 'batch'); "
-                "delete it before or after the block"
-            )
-        self.delete_variable(name)
-
-    def __contains__(self: Session, name: object) -> bool:
-        return isinstance(name, str) and self.has_variable(name)
-
-    def __iter__(self: Session) -> Iterator[str]:
-        """The names, in creation order, as one listing read them (a snapshot)."""
-        return iter([record["name"] for record in self.list_variables()])
-
-    def __len__(self: Session) -> int:
-        return int(self.session_info()["variable_count"])
-
-    def __bool__(self) -> bool:
-        """A handle is true even when its session holds no variable (``len`` is 0)."""
-        return True
-
-    @property
-    def v(self: Session) -> Variables:
-        """The variables as attributes: ``state.v.temperature``, ``state.v.temperature
-        = 0.9``, ``del state.v.temperature``."""
-        return Variables(self)
-
-    @contextlib.contextmanager
-    def batch(self: Session) -> Iterator[dict[str, Any]]:
-        """Gather this thread's item and attribute assignments into one all-or-nothing
-        ``update_variables`` when the block ends (nothing if it raises); yields the
-        gathered values. A batch opened inside another on the same handle joins it."""
-        pending: dict[object, dict[str, Any]] = getattr(_batches, "open", None) or {}
-        _batches.open = pending
-        if self in pending:  # nested: the outer batch applies everything
-            yield pending[self]
-            return
-        gathered = pending[self] = {}
-        try:
-            yield gathered
-        except BaseException:
-            del pending[self]
-            raise
-        del pending[self]
-        if gathered:
-            self.update_variables(gathered)
-
-    def variable(self: Session, name: str) -> Variable:
-        """One variable's handle (the variable is read when its handle is used)."""
-        return Variable(self, name)
+@contextlib.contextmanager
+def gathering(state: SessionMethods) -> Iterator[dict[str, Any]]:
+    """``state.batch()``: see the module docstring. A batch opened inside another on
+    the same handle joins it."""
+    pending: dict[object, dict[str, Any]] = getattr(_batches, "open", None) or {}
+    _batches.open = pending
+    if state in pending:  # nested: the outer batch applies everything
+        yield pending[state]
+        return
+    values = pending[state] = {}
+    try:
+        yield values
+    except BaseException:
+        del pending[state]
+        raise
+    del pending[state]
+    if values:
+        state.update_variables(values)
 
 
 class Variables:
@@ -150,7 +81,7 @@ class Variables:
 
     __slots__ = ("_state",)
 
-    def __init__(self, state: Session) -> None:
+    def __init__(self, state: SessionMethods) -> None:
         object.__setattr__(self, "_state", state)
 
     def __getattr__(self, name: str) -> Any:
@@ -179,7 +110,7 @@ class Variable:
 
     __slots__ = ("name", "state")
 
-    def __init__(self, state: Session, name: str) -> None:
+    def __init__(self, state: SessionMethods, name: str) -> None:
         self.state = state
         self.name = name
 

@@ -19,11 +19,11 @@ with their measured reason, in ``tests/test_structure.py``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from dspex_actors import failpoints
-from dspex_actors.access import MappingAccess
+from dspex_actors import access, failpoints
 from dspex_actors.delivery import QueueSource, Source, Subscription
 from dspex_actors.errors import NotSupported
 from dspex_actors.exports import ExportColumns, check_shape, columns_of
@@ -87,7 +87,7 @@ def events_of(provider: StateProvider, pattern: str | None, start: int | None) -
     return QueueSource(provider, pattern, start)
 
 
-class SessionMethods(MappingAccess, StateProvider):
+class SessionMethods(StateProvider):
     """Every StateProvider method, over one abstract :meth:`run`; and Pythonic access
     over them (items, ``v``, ``batch()``, ``variable()``: :mod:`dspex_actors.access`)."""
 
@@ -243,6 +243,55 @@ class SessionMethods(MappingAccess, StateProvider):
         if not isinstance(subscription, Subscription):
             raise TypeError(f"not a subscription: {subscription!r}")
         subscription.close()
+
+    # -- Pythonic access (dspex_actors.access): each form stands for a method ---------
+
+    def __getitem__(self, name: str) -> Any:
+        gathered = access.gathered(self)
+        if gathered is not None and name in gathered:
+            return gathered[name]
+        return self.get_variable(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        gathered = access.gathered(self)
+        if gathered is not None:
+            gathered[name] = value
+        else:
+            self.set_variable(name, value)
+
+    def __delitem__(self, name: str) -> None:
+        access.refuse_delete_in_batch(self, name)
+        self.delete_variable(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.has_variable(name)
+
+    def __iter__(self) -> Iterator[str]:
+        """The names, in creation order, as one listing read them (a snapshot)."""
+        return iter([record["name"] for record in self.list_variables()])
+
+    def __len__(self) -> int:
+        return int(self.run(GetSession()).variable_count)
+
+    def __bool__(self) -> bool:
+        """A handle is true even when its session holds no variable (``len`` is 0)."""
+        return True
+
+    @property
+    def v(self) -> access.Variables:
+        """The variables as attributes: ``state.v.temperature``, ``state.v.temperature
+        = 0.9``, ``del state.v.temperature``."""
+        return access.Variables(self)
+
+    def batch(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Gather this thread's item and attribute assignments into one all-or-nothing
+        ``update_variables`` when the ``with`` block ends (nothing if it raises);
+        yields the gathered values."""
+        return access.gathering(self)
+
+    def variable(self, name: str) -> access.Variable:
+        """One variable's handle (the variable is read when its handle is used)."""
+        return access.Variable(self, name)
 
     # -- the session ------------------------------------------------------------------
 

@@ -72,14 +72,14 @@ FAST_PATHS = {
     ("bridge/client/bridged.py", "get_variable"): "a cached handle answers from its copy "
     "inline: a message and a dispatch would double cache.bridged.get/cache.dict.get",
 }
-CONTRACT = {
-    "provider.py": "the StateProvider contract a backend of your own implements",
-    "access.py": "the contract's methods that Pythonic access stands on, restated as the "
-    "Protocol its mixin's self is typed by (signatures only)",
-}
+CONTRACT = {"provider.py": "the StateProvider contract a backend of your own implements"}
 NOT_A_HANDLE = {
     ("errors.py", "settle"): "OutcomeUnknown.settle calls the settle of the handle that "
     "sent the write (the one the error was raised by)",
+    ("errors.py", "variable"): "an error's .variable: the variable it names",
+    ("wire/forms.py", "batch"): "a wire form's decoder of a batch's bytes",
+    ("access.py", "subscribe"): "a variable handle's subscribe calls its session's, "
+    "with that one name as the glob",
 }
 
 PUBLIC_METHODS = {

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from dspex_actors.access import MappingAccess
 from dspex_actors.errors import (
     AttributeNotFound,
     NotSupported,
@@ -16,6 +15,7 @@ from dspex_actors.errors import (
     VariableNotFound,
     VersionConflict,
 )
+from dspex_actors.methods import SessionMethods
 from dspex_actors.testing.base import ContractBase, Opener, assert_unchanged
 
 __all__ = ["AccessContract"]
@@ -33,13 +33,13 @@ def _seed(state: Any) -> None:
 
 class AccessContract(ContractBase):
     """Item and attribute access, batches and variable handles, on every backend that
-    has them (this package's handles and Contexts: ``MappingAccess``)."""
+    has them (this package's handles and Contexts: ``SessionMethods``)."""
 
     @pytest.fixture
-    def state(self, open_state: Opener) -> MappingAccess:
+    def state(self, open_state: Opener) -> SessionMethods:
         state = open_state()
-        if not isinstance(state, MappingAccess):
-            pytest.skip(f"{self.provider.__name__} has no Pythonic access (MappingAccess)")
+        if not isinstance(state, SessionMethods):
+            pytest.skip(f"{self.provider.__name__} has no Pythonic access (SessionMethods)")
         return state
 
     def test_items_stand_for_the_methods(self, state: Any) -> None:

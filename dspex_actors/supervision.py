@@ -36,6 +36,7 @@ from dspex_actors.session import new_session_id
 from dspex_actors.sharing import Sharing, check_store
 from dspex_actors.urls import bridge_address as bridge_address_of
 from dspex_actors.urls import is_redis
+from dspex_actors.workers import Attach, SessionWorker, check_room
 
 __all__ = ["Context", "Supervisor", "check_store"]
 
@@ -284,6 +285,9 @@ class Context(SessionMethods):
         )
         self._subscriptions: list[Subscription] = []
         self._sources: list[ContextSource] = []  # moved at a switch
+        self._store = store
+        self.workers: list[SessionWorker] = []
+        """Its running session workers (:meth:`start_worker`)."""
         self._bind(backend)
 
     @classmethod
@@ -493,6 +497,23 @@ class Context(SessionMethods):
             if not type(self._backend).capabilities().get("distribution"):
                 self._switcher.switch(self)
 
+    def start_worker(self) -> SessionWorker:
+        """A Python process working for this session (:mod:`dspex_actors.workers`);
+        the first moves the session where other processes reach it."""
+        self.ensure_bridged()
+        backend, sharing = self._backend, self._supervisor.sharing
+        if backend.kind == "redis":
+            attach = Attach(self.session_id, redis_url=self._store or sharing.store)
+        else:
+            attach = Attach(self.session_id, getattr(backend, "address", None), sharing.token)
+        with self._gate:
+            if self._stopped:
+                raise SessionClosed(f"session {self.session_id!r}: the context is stopped")
+            check_room(len(self.workers), sum(len(c.workers) for c in self._supervisor.contexts()))
+            worker = SessionWorker(attach, self._supervisor.policy, on_stop=self.workers.remove)
+            self.workers.append(worker)
+        return worker
+
     def backend_info(self) -> dict[str, Any]:
         """Which backend holds the session, and the history of its switches."""
         backend = self._backend
@@ -549,6 +570,8 @@ class Context(SessionMethods):
             backend = self._backend
             stale, self._switcher.stale_copy = self._switcher.stale_copy, None
             subscriptions, self._subscriptions = self._subscriptions, []
+        for worker in list(self.workers):
+            worker.stop()
         try:
             backend.cleanup()
             if stale is not None:

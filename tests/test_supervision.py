@@ -374,6 +374,14 @@ def test_every_public_method_of_a_handle_kept_from_before_the_switch_works() -> 
         heard: list[Any] = []
         subscription: list[Any] = []
         calls["subscribe"] = lambda: subscription.append(old.subscribe("t", heard.append))
+
+        def batched() -> None:
+            with old.batch():
+                old["t"] = 0.75  # the value set_variable left (a new version)
+
+        calls["batch"] = batched
+        calls["v"] = lambda: old.v.t
+        calls["variable"] = lambda: old.variable("t").value
         calls["unsubscribe"] = lambda: old.unsubscribe(subscription[0])
         for name in ("seal", "unseal", "retire"):
             calls[name] = {

@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 
 from dspex_actors.errors import (
     ERROR_CLASSES,
+    AttributeNotFound,
     BridgeUnavailable,
     InvalidExport,
     LimitExceeded,
@@ -131,6 +132,7 @@ def _examples() -> list[StateError]:
             value=5.0,
         ),
         VariableNotFound("variable 'x' not found in session 's'", variable="x"),
+        AttributeNotFound("variable 'x' not found in session 's'", variable="x"),
         VariableExists("variable 'x' already exists in session 's'", variable="x"),
         VersionConflict("variable 'x': expected 1, at 2", variable="x", expected=1, actual=2),
         PartialFailure(
@@ -227,6 +229,7 @@ def test_status_codes_follow_the_table() -> None:
         PartialFailure: grpc.StatusCode.INVALID_ARGUMENT,
         InvalidExport: grpc.StatusCode.INVALID_ARGUMENT,
         VariableNotFound: grpc.StatusCode.NOT_FOUND,
+        AttributeNotFound: grpc.StatusCode.NOT_FOUND,
         SessionNotFound: grpc.StatusCode.NOT_FOUND,
         VariableExists: grpc.StatusCode.ALREADY_EXISTS,
         VersionConflict: grpc.StatusCode.ABORTED,

@@ -60,7 +60,7 @@ SUITES: dict[str, tuple[Callable[[Run], None], str]] = {
     "memory": (memory.run, "memory: live LocalState sessions, in a fresh process"),
     "bridge": (
         bridge.run,
-        "bridge: BridgedState beside a bare grpcio echo, redis-py and etcd (round-robin)",
+        "bridge: BridgedState beside a bare grpcio echo, redis-py and etcd (blocks, round-robin)",
     ),
     "throughput": (throughput.run, "throughput: 1, 4 and 8 client processes"),
     "migration": (migration.run, "migration: local -> bridged while a writer writes"),
@@ -76,7 +76,7 @@ SUITES: dict[str, tuple[Callable[[Run], None], str]] = {
     "stores": (
         stores.run,
         "stores: RedisState and BridgedState on the memory, sqlite and redis stores, "
-        "beside redis-py (round-robin; 8 client processes)",
+        "beside redis-py (blocks, round-robin; 8 client processes)",
     ),
 }
 

@@ -19,6 +19,7 @@ __all__ = [
     "can_pin",
     "format_cores",
     "launcher",
+    "own_cores",
     "parse_cores",
     "pin_benchmark",
     "server_cores",
@@ -59,6 +60,12 @@ def pin_benchmark() -> tuple[int, frozenset[int]]:
     _SERVER_CORES = frozenset({cores[1] if len(cores) > 1 else mine})
     os.sched_setaffinity(0, {mine})
     return mine, _SERVER_CORES
+
+
+def own_cores() -> frozenset[int]:
+    """The cores this process runs on now: the benchmark's one core once pinned, what a
+    process that stands in for the benchmark's own calls gets (:mod:`benchmarks.alone`)."""
+    return frozenset(os.sched_getaffinity(0)) if can_pin() else suite_cores()
 
 
 def server_cores() -> frozenset[int]:

@@ -1,9 +1,13 @@
 """BridgedState beside a bare grpcio echo, Redis and etcd, every server in its own process.
 
-All operations — ours, the baseline's and the peers' — are sampled in one
-round-robin, so machine noise falls on all of them alike. A bridged set is a
-compare-and-set (``expected_version`` = the version the last set returned), the
-work Redis's Lua CAS and etcd's Txn do beside it.
+All operations — ours, the baseline's and the peers' — are sampled in blocks
+interleaved round-robin (:mod:`benchmarks.timing`), so machine noise falls on all of
+them alike and no op pays for the one before it. A bridged set is a compare-and-set
+(``expected_version`` = the version the last set returned), the work Redis's Lua CAS
+and etcd's Txn do beside it. redis-py's ``GET`` is also sampled in a fresh process of
+its own, in the same rounds (``redis.alone.get``, :mod:`benchmarks.alone`): the
+cross-check that the in-suite ``GET`` every Redis ratio divides by is what a
+redis-py user gets.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.peers import EtcdPeer, RedisPeer, redis_ops
+from benchmarks.peers import EtcdPeer, RedisAlone, RedisPeer, alone_op, redis_ops
 from benchmarks.servers import echo_stub
 from benchmarks.suite import (
     Op,
@@ -31,6 +35,7 @@ from dspex_actors import BridgedState, Context, Supervisor
 
 SUITE = "bridge"
 ECHO = "grpc.echo"
+ALONE = "redis.alone.get"
 
 
 def _etcd_ops(peer: EtcdPeer) -> list[Op]:
@@ -66,6 +71,17 @@ def _etcd_ops(peer: EtcdPeer) -> list[Op]:
     ]
 
 
+def _redis(cleanup: ExitStack, port: int) -> tuple[RedisPeer, list[Op]]:
+    """redis-py's ops beside ours, and its GET alone in a fresh process, sampled beside
+    the suite's own: what a redis-py user measures (the cross-check)."""
+    peer = RedisPeer(port)
+    cleanup.callback(peer.close)
+    peer.flush()
+    ops = redis_ops(peer, "redis", ECHO, alone=ALONE)  # writes the key the GETs read
+    alone = cleanup.enter_context(RedisAlone(port))
+    return peer, [*ops, alone_op(alone, ALONE, beside="redis.get")]
+
+
 def _import_once(address: str, exported: dict[str, Any]) -> float:
     importer = BridgedState.init(address=address, timeout=60)
     try:
@@ -83,7 +99,7 @@ def _redis_import_once(peer: RedisPeer, records: dict[str, dict[str, Any]]) -> f
 
 
 def run(run: Run) -> None:
-    rounds: int = run.pick(1500, 200)
+    samples: int = run.pick(3000, 500)
     servers = run.servers
     store, echo_server = servers.store(), servers.echo()
     redis_server, etcd_server = servers.redis(), servers.etcd()
@@ -207,15 +223,13 @@ def run(run: Run) -> None:
         ]
         redis_peer = etcd_peer = None
         if redis_server is not None:
-            redis_peer = RedisPeer(redis_server.port)
-            cleanup.callback(redis_peer.close)
-            redis_peer.flush()
-            ops += redis_ops(redis_peer, "redis", ECHO)
+            redis_peer, redis = _redis(cleanup, redis_server.port)
+            ops += redis
         if etcd_server is not None:
             etcd_peer = EtcdPeer(etcd_server.address)
             cleanup.callback(etcd_peer.close)
             ops += _etcd_ops(etcd_peer)
-        sample_ops(run, SUITE, "bridge", ops, rounds)
+        sample_ops(run, SUITE, "bridge", ops, samples)
 
         big = export_of_floats(10_000, "bench-import")
         runs: int = run.pick(7, 5)

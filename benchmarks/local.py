@@ -21,7 +21,7 @@ class EchoActor(pykka.ThreadingActor):
 
 
 def run(run: Run) -> None:
-    rounds: int = run.pick(1500, 200)
+    samples: int = run.pick(3000, 500)
     echo = EchoActor.start()
     state = LocalState.init()
     supervisor = Supervisor.start()
@@ -101,7 +101,7 @@ def run(run: Run) -> None:
                 baseline="local.set",
             ),
         ]
-        sample_ops(run, SUITE, "local", ops, rounds)
+        sample_ops(run, SUITE, "local", ops, samples)
     finally:
         supervisor.stop()
         state.cleanup()

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,9 +31,20 @@ from typing import Any
 import grpc
 import msgpack
 
+from benchmarks.affinity import launcher, own_cores
+from benchmarks.servers import child_env
 from benchmarks.suite import Op, alternating, versioned_set
 
-__all__ = ["BATCH_LUA", "CAS_LUA", "EtcdPeer", "RedisPeer", "etcd_messages", "redis_ops"]
+__all__ = [
+    "BATCH_LUA",
+    "CAS_LUA",
+    "EtcdPeer",
+    "RedisAlone",
+    "RedisPeer",
+    "alone_op",
+    "etcd_messages",
+    "redis_ops",
+]
 
 CAS_LUA = """
 -- KEYS[1]: a variable, a hash {value, version}; ARGV[1]: the expected version;
@@ -120,10 +133,17 @@ class RedisPeer:
         self.client.close()
 
 
-def redis_ops(peer: RedisPeer, prefix: str, baseline: str | None) -> list[Op]:
+GET_KEY = "bench:get"
+"""The key the suites' redis-py ``GET`` reads (and ``SET`` writes)."""
+
+
+def redis_ops(
+    peer: RedisPeer, prefix: str, baseline: str | None, alone: str | None = None
+) -> list[Op]:
     """``GET``, ``SET`` and the Lua compare-and-set as ops ``PREFIX.get``, ``.set`` and
-    ``.cas``, judged against ``baseline``: the Redis peer a suite samples beside its own."""
-    peer.put("bench:get", 0.7)
+    ``.cas``, judged against ``baseline``: the Redis peer a suite samples beside its own;
+    its ``GET`` also set beside ``alone``, the same ``GET`` in a process of its own."""
+    peer.put(GET_KEY, 0.7)
     peer.new_variable("bench:var", 0.7)
     value = alternating()
     return [
@@ -132,15 +152,16 @@ def redis_ops(peer: RedisPeer, prefix: str, baseline: str | None) -> list[Op]:
             "redis-py GET",
             "redis",
             "get",
-            lambda: peer.get("bench:get"),
+            lambda: peer.get(GET_KEY),
             baseline=baseline,
+            peers=(alone,) if alone else (),
         ),
         Op(
             f"{prefix}.set",
             "redis-py SET",
             "redis",
             "put",
-            lambda: peer.put("bench:get", value()),
+            lambda: peer.put(GET_KEY, value()),
             baseline=baseline,
         ),
         Op(
@@ -152,6 +173,75 @@ def redis_ops(peer: RedisPeer, prefix: str, baseline: str | None) -> list[Op]:
             baseline=baseline,
         ),
     ]
+
+
+class RedisAlone:
+    """redis-py's ``GET`` in a fresh process of its own (:mod:`benchmarks.alone`), on
+    this process's cores: what a redis-py user measures, sampled a turn per request."""
+
+    def __init__(self, port: int, key: str = GET_KEY) -> None:
+        argv = [sys.executable, "-m", "benchmarks.alone", str(port), key]
+        self.process = subprocess.Popen(
+            launcher(argv, own_cores()),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        try:
+            said = self._line()
+            if said != "ready":
+                raise RuntimeError(f"benchmarks.alone said {said!r}, not 'ready'")
+        except BaseException:
+            self.close()
+            raise
+
+    def _line(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmarks.alone exited ({self.process.poll()})")
+        return line.strip()
+
+    def block(self, lead: int, count: int) -> list[float]:
+        """``lead`` untimed ``GET``s there, then ``count`` timed: their ns (a Sampler)."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"block {lead} {count}\n")
+        self.process.stdin.flush()
+        ns: list[float] = json.loads(self._line())
+        return ns
+
+    def close(self) -> None:
+        try:
+            self.process.communicate("quit\n", timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+
+    def __enter__(self) -> RedisAlone:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _sampled_by_its_sampler() -> object:
+    raise RuntimeError("this op samples its blocks itself (Op.sampler)")
+
+
+def alone_op(alone: RedisAlone, id: str, beside: str) -> Op:
+    """The cross-check's op: redis-py ``GET`` alone in its process, sampled in the
+    suite's blocks, each right beside a block of the suite's own ``GET`` (``beside``),
+    so that the two see the same moment of the machine (:mod:`benchmarks.alone`)."""
+    return Op(
+        id,
+        "redis-py GET, alone in a fresh process",
+        "redis",
+        "get",
+        _sampled_by_its_sampler,
+        sampler=alone.block,
+        beside=beside,
+    )
 
 
 def etcd_messages() -> ModuleType:

@@ -64,7 +64,7 @@ def _distributions(ax: Any, results: Results) -> None:
     ax.set_yticks(positions, labels, fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("microseconds per call (log scale)")
-    ax.set_title("Latency per operation and backend, one run, sampled round-robin")
+    ax.set_title("Latency per operation and backend, one run, in blocks interleaved round-robin")
     ax.grid(axis="x", which="both", alpha=0.3)
     for backend, colour in COLOURS.items():
         if any(m.backend == backend for m in rows):

@@ -199,7 +199,7 @@ def markdown(results: Results, verdicts: list[Verdict], heading: str) -> str:
         t = v.target
         shown = _figure(v, TIMES)
         limit = t.describe_limit().replace("<=", "\N{LESS-THAN OR EQUAL TO}")
-        limit = limit.replace(">=", "\N{GREATER-THAN OR EQUAL TO}")
+        limit = limit.replace(">=", "\N{GREATER-THAN OR EQUAL TO}").replace(" to ", "\N{EN DASH}")
         limit += TIMES if "/" in t.ratio else ""
         verdict = {"met": "meets", "missed": "**misses**"}.get(v.status, "not measured")
         if v.status == "not measured":

@@ -38,6 +38,7 @@ class Measurement:
     kind: Kind
     samples: list[float]  # ns per call (latency, throughput) or per run (duration), in order
     calls: int = 1  # calls per sample
+    block: int = 1  # samples per round: one block (timing.measure), in order
     baseline: str | None = None
     peers: tuple[str, ...] = ()
     curve: str | None = None
@@ -132,6 +133,7 @@ class Results:
                     "x": m.x,
                     "samples": s.samples,
                     "calls_per_sample": s.calls_per_sample,
+                    "samples_per_block": m.block,
                     "ns": {"p50": s.p50, "p90": s.p90, "p99": s.p99, "max": s.max, "mean": s.mean},
                     "ops_per_s": None if m.kind == "lag" else s.ops_per_s,
                     "rounds_ops_per_s": m.rates or None,  # a throughput run's, each round's

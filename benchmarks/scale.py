@@ -12,8 +12,9 @@
   reads them back with ``HGETALL``, packing and unpacking in the timed part.
 
 Switch time by session size is the migration suite's curve; throughput by client
-count is the throughput suite's. Each point's figures are round-robin samples, and
-each curve's baseline is the same operation at the curve's smallest point.
+count is the throughput suite's. Each point's figures are sampled in blocks
+interleaved round-robin (:mod:`benchmarks.timing`), and each curve's baseline is the
+same operation at the curve's smallest point.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def _variables(run: Run, address: str, redis_peer: RedisPeer | None) -> None:
                 redis_peer.flush()
                 redis_peer.fill_variables([f"var:{i}" for i in range(size)], 0.5)
             ops = _point_ops("variables", size, sizes[0], local, bridged, redis_peer)
-            sample_ops(run, SUITE, f"scale: {size:,} variables", ops, run.pick(300, 40))
+            sample_ops(run, SUITE, f"scale: {size:,} variables", ops, run.pick(400, 50))
 
 
 def _sessions(run: Run, address: str, redis_peer: RedisPeer | None) -> None:
@@ -183,7 +184,7 @@ def _sessions(run: Run, address: str, redis_peer: RedisPeer | None) -> None:
             ops = _point_ops(
                 "sessions", count, counts[0], local_sessions[0], bridged_sessions[0], redis_peer
             )
-            sample_ops(run, SUITE, f"scale: {count:,} live sessions", ops, run.pick(300, 40))
+            sample_ops(run, SUITE, f"scale: {count:,} live sessions", ops, run.pick(400, 50))
 
 
 def _timed(fn: Callable[[], Any]) -> float:

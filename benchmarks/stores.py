@@ -2,16 +2,20 @@
 
 Issue 11's stores, measured in one run against one ``redis-server`` (the run's):
 
-- **Latency**, one round-robin: ``get_variable``, ``set_variable`` (a compare-and-set:
-  ``expected_version`` = the version the last set returned) and ``update_variables``
-  of 100 variables, on ``RedisState`` (the session in Redis, no server between) and on
-  ``BridgedState`` against a SessionStore serving each store — ``memory``, ``sqlite``
-  (a file in the server's temporary directory, removed with it) and ``redis`` (the
-  run's Redis) — beside redis-py's ``GET``, ``SET``, Lua compare-and-set and a Lua
-  batch writing 100 variables (value and version + 1 each) on the same Redis. Each of
-  ours is judged against the Redis op doing its work (get: ``GET``; set: the CAS;
-  update100: the batch); bridged ops also against the memory store's, and the Redis
-  store's against ``RedisState``'s, so what the server hop and each store add shows.
+- **Latency**, in blocks interleaved round-robin (:mod:`benchmarks.timing`):
+  ``get_variable``, ``set_variable`` (a compare-and-set: ``expected_version`` = the
+  version the last set returned) and ``update_variables`` of 100 variables, on
+  ``RedisState`` (the session in Redis, no server between) and on ``BridgedState``
+  against a SessionStore serving each store — ``memory``, ``sqlite`` (a file in the
+  server's temporary directory, removed with it) and ``redis`` (the run's Redis) —
+  beside redis-py's ``GET``, ``SET``, Lua compare-and-set and a Lua batch writing 100
+  variables (value and version + 1 each) on the same Redis. Each of ours is judged
+  against the Redis op doing its work (get: ``GET``; set: the CAS; update100: the
+  batch); bridged ops also against the memory store's, and the Redis store's against
+  ``RedisState``'s, so what the server hop and each store add shows. redis-py's
+  ``GET`` is also sampled alone in a fresh process, each block beside a block of the
+  suite's (``stores.redis.alone.get``, :mod:`benchmarks.alone`): the cross-check that
+  the ``GET`` these ratios divide by is what a redis-py user gets.
 - **Throughput**, 8 load client processes (:mod:`benchmarks.load`, as the throughput
   suite starts them): get and compare-and-set ops/s of ``RedisState`` and of
   ``BridgedState`` on the Redis store, beside redis-py's ``GET`` and Lua CAS, modes
@@ -32,7 +36,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from benchmarks.load import KEY
-from benchmarks.peers import RedisPeer, redis_ops
+from benchmarks.peers import RedisAlone, RedisPeer, alone_op, redis_ops
 from benchmarks.results import Backend
 from benchmarks.suite import Op, Run, add_duration, sample_ops, versioned_set
 from benchmarks.throughput import LoadClients, sweep
@@ -40,6 +44,7 @@ from dspex_actors import BridgedState, RedisState, StateProvider
 
 SUITE = "stores"
 PEER = "stores.redis"
+ALONE = f"{PEER}.alone.get"
 CLIENTS = 8
 NAMES = [f"v{i}" for i in range(100)]
 BESIDE = {"memory": (), "sqlite": ("bridged_memory",), "redis": ("bridged_memory", "redis_state")}
@@ -132,7 +137,7 @@ def _peer_ops(peer: RedisPeer) -> list[Op]:
         "update100",
         lambda: peer.write_many(keys, [next(counter)] * len(keys)),
     )
-    return [*redis_ops(peer, PEER, None), batch]
+    return [*redis_ops(peer, PEER, None, alone=ALONE), batch]
 
 
 def _throughput(run: Run, config: dict[str, Any]) -> None:
@@ -177,6 +182,8 @@ def run(run: Run) -> None:
             direct = RedisState.init(url=url, timeout=30)
             cleanup.callback(direct.cleanup)
             ops = _peer_ops(peer)
+            alone = cleanup.enter_context(RedisAlone(redis_server.port))
+            ops.append(alone_op(alone, ALONE, beside=f"{PEER}.get"))
             ops += _store_ops("redis_state", "redis_state", _prepare(direct), None, ())
             bridged: dict[str, tuple[str, BridgedState]] = {}
             for store, spec in specs.items():
@@ -187,7 +194,7 @@ def run(run: Run) -> None:
                 ops += _store_ops(
                     f"bridged_{store}", "bridged", _prepare(state), store, BESIDE[store]
                 )
-            sample_ops(run, SUITE, SUITE, ops, run.pick(1500, 150))
+            sample_ops(run, SUITE, SUITE, ops, run.pick(3000, 500))
             peer.put(KEY, 0.7)
             address, state = bridged["redis"]
             config = {"redis": redis_server.port, "store": address, "session": state.session_id}

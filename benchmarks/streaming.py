@@ -14,8 +14,9 @@ backend's share of events that came first is reported beside it, and so is the w
 path from the *call* of ``set_variable`` to the subscriber (``.call`` ids): the write
 and the delivery together, which no clamping touches. All of them, the bare Pykka ask
 and the bare grpcio echo they are judged against, and the cached reads below are
-sampled in one round-robin. The bridged subscriber is a ``BridgedState.subscribe`` in
-this process, fed by the run's SessionStore in its own process.
+sampled in blocks interleaved round-robin (:mod:`benchmarks.timing`). The bridged
+subscriber is a ``BridgedState.subscribe`` in this process, fed by the run's
+SessionStore in its own process.
 
 **Events absorbed per second.** A writer on a fresh session makes its writes back to
 back (``set_variable`` one at a time, or ``update_variables`` of 100: 100 events a
@@ -273,7 +274,7 @@ def _absorb(
 
 
 def run(run: Run) -> None:
-    rounds: int = run.pick(1500, 200)
+    samples: int = run.pick(3000, 500)
     store, echo_server = run.servers.store(), run.servers.echo()
     with ExitStack() as cleanup:
         echo_actor = EchoActor.start()
@@ -374,12 +375,12 @@ def run(run: Run) -> None:
                 baseline=DICT,
             ),
         ]
-        sample_ops(run, SUITE, "streaming", ops, rounds)
+        sample_ops(run, SUITE, "streaming", ops, samples)
         for backend, probe in probes.items():
             cls = "LocalState" if backend == "local" else "BridgedState"
             run.results.value(
                 f"streaming.{backend}.event_first_pct",
-                probe.first_share(rounds),
+                probe.first_share(samples),
                 "%",
                 f"{cls} events the subscriber had before set_variable returned (counted as 0)",
             )

@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.results import Backend, Kind, Measurement, Results
 from benchmarks.servers import Servers
-from benchmarks.timing import Timed, measure
+from benchmarks.timing import Sampler, Timed, measure
 
 __all__ = [
     "Op",
@@ -46,6 +46,8 @@ class Op:
     fn: Callable[[], object]
     calls: int = 1  # calls per sample: >1 only for sub-microsecond reads
     timed: bool = False  # fn times itself and returns ns (see timing.Timed); calls is 1
+    sampler: Sampler | None = None  # samples its blocks itself (timing.Sampler); fn unused
+    beside: str | None = None  # an op sampled in turns with this one (timing.measure)
     kind: Kind = "latency"  # "lag": a timed op whose ns are no call's duration
     baseline: str | None = None
     peers: tuple[str, ...] = ()
@@ -53,11 +55,14 @@ class Op:
     x: int | None = None
 
 
-def sample_ops(run: Run, suite: str, label: str, ops: Sequence[Op], rounds: int) -> None:
-    """Sample ``ops`` round-robin for ``rounds`` rounds and add them to the results."""
-    plain = {op.id: (op.fn, op.calls) for op in ops if not op.timed}
-    timed = {op.id: _timed(op.fn) for op in ops if op.timed}
-    samples = measure(label, plain, rounds, timed=timed)
+def sample_ops(run: Run, suite: str, label: str, ops: Sequence[Op], samples: int) -> None:
+    """Sample ``ops`` in blocks interleaved round-robin (:func:`benchmarks.timing.measure`),
+    at least ``samples`` each, and add them to the results."""
+    plain = {op.id: (op.fn, op.calls) for op in ops if not op.timed and op.sampler is None}
+    timed = {op.id: _timed(op.fn) for op in ops if op.timed and op.sampler is None}
+    samplers = {op.id: op.sampler for op in ops if op.sampler is not None}
+    beside = {op.id: op.beside for op in ops if op.beside is not None}
+    got = measure(label, plain, samples, timed=timed, samplers=samplers, beside=beside)
     for op in ops:
         run.results.add(
             Measurement(
@@ -67,8 +72,9 @@ def sample_ops(run: Run, suite: str, label: str, ops: Sequence[Op], rounds: int)
                 backend=op.backend,
                 op=op.op,
                 kind=op.kind,
-                samples=samples[op.id],
+                samples=got[op.id].samples,
                 calls=op.calls,
+                block=got[op.id].block,
                 baseline=op.baseline,
                 peers=op.peers,
                 curve=op.curve,
@@ -121,10 +127,12 @@ def add_duration(
     curve: str | None = None,
     x: int | None = None,
     rates: list[float] | None = None,
+    block: int = 1,
 ) -> Measurement:
     """Add a measurement made outside :func:`sample_ops`: whole runs (an import, a
     switch: one sample per run) or a throughput run (per-call samples and the ops/s of
-    each of its rounds, ``rates``: its figure is their median)."""
+    each of its rounds, ``rates``: its figure is their median); or samples taken
+    in blocks of ``block`` elsewhere (:func:`benchmarks.timing.measure`)."""
     return run.results.add(
         Measurement(
             id=id,
@@ -139,6 +147,7 @@ def add_duration(
             curve=curve,
             x=x,
             rates=rates or [],
+            block=block,
         )
     )
 

@@ -50,21 +50,29 @@ Status = Literal["met", "missed", "not measured", "absent"]
 
 @dataclass(frozen=True)
 class Target:
-    """One limit on one ratio (or value) of a run."""
+    """One limit on one ratio (or value) of a run: at most ``high`` (the file's ``max``),
+    at least ``low`` (``min``), or both: a band, for a cross-check that two figures of
+    one thing agree (the in-suite redis-py ``GET`` and the same ``GET`` alone)."""
 
     ratio: str
-    limit: float
-    at_least: bool  # ``min``: the figure must reach the limit; ``max``: stay under it
+    low: float | None
+    high: float | None
     quick: bool
     figure: str
     label: str
     note: str
 
     def describe_limit(self) -> str:
-        return f"{'>=' if self.at_least else '<='} {self.limit:g}"
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g} to {self.high:g}"
+        if self.low is not None:
+            return f">= {self.low:g}"
+        return f"<= {self.high:g}"
 
     def holds(self, value: float) -> bool:
-        return value >= self.limit if self.at_least else value <= self.limit
+        return (self.low is None or value >= self.low) and (
+            self.high is None or value <= self.high
+        )
 
 
 @dataclass(frozen=True)
@@ -123,8 +131,11 @@ def load(path: Path = TARGETS_FILE) -> list[Target]:
         unknown = set(entry) - {"ratio", "figure", "max", "min", "quick", "label", "note"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-        if ("max" in entry) == ("min" in entry):
-            raise ValueError(f"{where}: give exactly one of max and min")
+        if "max" not in entry and "min" not in entry:
+            raise ValueError(f"{where}: give max, min, or both (a band)")
+        low, high = entry.get("min"), entry.get("max")
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"{where}: min {low} is above max {high}")
         figure = entry.get("figure", "p50")
         if figure not in Summary.FIGURES:
             raise ValueError(f"{where}: figure must be one of {', '.join(Summary.FIGURES)}")
@@ -133,8 +144,8 @@ def load(path: Path = TARGETS_FILE) -> list[Target]:
         targets.append(
             Target(
                 ratio=entry["ratio"],
-                limit=float(entry.get("max", entry.get("min"))),
-                at_least="min" in entry,
+                low=None if low is None else float(low),
+                high=None if high is None else float(high),
                 quick=entry["quick"],
                 figure=figure,
                 label=entry.get("label", entry["ratio"]),

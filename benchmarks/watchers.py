@@ -31,7 +31,8 @@ CPU time stops growing (less than 5% of a core over 0.3 s: its writes are waitin
 not working). The threads it adds are counted after its sessions are open, so the
 sessions' own actor threads (one per session, loaded or not) do not count.
 
-Idle and loaded are sampled in one round-robin, as everything else in the suite:
+Idle and loaded are sampled in blocks interleaved round-robin, as everything else in
+the suite (:mod:`benchmarks.timing`):
 two SessionStore processes of the suite's own, started alike on the servers' core,
 one carrying the load and the other not, their roles swapped every phase (two
 phases with ``--quick``, four in a full run; the load is opened afresh each time),
@@ -59,7 +60,7 @@ from benchmarks.suite import Run, add_duration
 
 if TYPE_CHECKING:
     import psutil
-from benchmarks.timing import measure
+from benchmarks.timing import blocks, measure
 from dspex_actors import BridgedState
 from dspex_actors.streaming import Event
 
@@ -197,7 +198,7 @@ def _versioned_setter(state: BridgedState) -> Callable[[], object]:
 
 def run(run: Run) -> None:
     phases: int = run.pick(4, 2)
-    rounds: int = run.pick(1500, 800)  # per phase
+    per_phase: int = run.pick(1500, 800)  # samples of each op
     names = ("store.watchers.a", "store.watchers.b")
     samples: dict[str, list[float]] = {}
     try:
@@ -227,14 +228,18 @@ def run(run: Run) -> None:
                     for i, server_ops in enumerate(ops)
                     for op, fn_calls in server_ops.items()
                 }
-                got = measure(f"watchers: phase {phase + 1}/{phases}", sampled, rounds)
-                for name, values in got.items():
-                    samples.setdefault(name, []).extend(values)
+                # Blocks of one length (block_ns 0), the same in every phase: each
+                # state's samples are pooled over the phases, block by block.
+                label = f"watchers: phase {phase + 1}/{phases}"
+                got = measure(label, sampled, per_phase, block_ns=0)
+                for name, taken in got.items():
+                    samples.setdefault(name, []).extend(taken.samples)
                 load.close()
     finally:
         for name in names:
             run.servers.stop(name)
     streams = f"{WATCHERS} idle watchers + {SLOW_READERS} slow readers"
+    _, block = blocks(per_phase)
     for op, label in (
         ("get", "BridgedState.get_variable"),
         ("set", "BridgedState.set_variable (compare-and-set)"),
@@ -248,6 +253,7 @@ def run(run: Run) -> None:
             op,
             samples[f"idle.{op}"],
             kind="latency",
+            block=block,
         )
         add_duration(
             run,
@@ -258,6 +264,7 @@ def run(run: Run) -> None:
             op,
             samples[f"loaded.{op}"],
             kind="latency",
+            block=block,
             baseline=f"watchers.idle.{op}",
         )
     run.results.value(

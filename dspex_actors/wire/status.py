@@ -513,19 +513,24 @@ def _one_line(text: str) -> str:
     return line
 
 
+def _quoted(code: grpc.StatusCode, details: str) -> str:
+    """``CODE: details`` on one line (gRPC's details are its own text, kept only as a
+    hint for people; nothing reads it), or ``CODE`` alone without details."""
+    line = _one_line(details)
+    return f"{code.name}: {line}" if line else code.name
+
+
 def failure_text(exc: grpc.RpcError) -> str:
-    """A failed call as a message quotes it: ``CODE: details`` on one line (gRPC's
-    details are its own text, kept only as a hint for people; nothing reads it)."""
+    """A failed call as a message quotes it (:func:`_quoted`)."""
     if not isinstance(exc, grpc.Call):
         return type(exc).__name__
-    details = _one_line(exc.details() or "")
-    return f"{exc.code().name}: {details}" if details else exc.code().name
+    return _quoted(exc.code(), exc.details() or "")
 
 
 def _bare(code: grpc.StatusCode, text: str, target: str) -> StateError:
     """A status without our ErrorDetail: a class chosen by its code."""
     cls = _CLASS_FOR_BARE_STATUS.get(code, StateError)
-    quoted = f"{code.name}: {_one_line(text)}" if text.strip() else code.name
+    quoted = _quoted(code, text)
     if cls is BridgeUnavailable:
         words = _BARE_WORDS.get(code, " is unavailable")
         return BridgeUnavailable(f"SessionStore at {target}{words} ({quoted})", status=code.name)

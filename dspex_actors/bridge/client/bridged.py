@@ -313,7 +313,7 @@ class BridgedState(RemoteSessionMethods):
         cache = self._cache
         if cache is None:
             raise StateError(f"session {self.session_id!r}: this handle keeps no cache")
-        sequence = self.session_info()["next_sequence"]
+        sequence = self._next_sequence()
         wait = self._timeout if timeout is None else timeout
         if not cache.wait_until(sequence, wait):
             raise StateError(

@@ -36,6 +36,26 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_python(*args: str, env: dict[str, str], cwd: Path, what: str, timeout: float = 120) -> str:
+    """Run ``python ARGS`` as a user would (a child of its own), its output captured;
+    what it printed, once it exited 0 (else a failure naming ``what``, with its
+    output)."""
+    result = subprocess.run(
+        [sys.executable, *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{what} failed (exit {result.returncode}):\n"
+        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+    return result.stdout
+
+
 @contextlib.contextmanager
 def server_process(
     *args: str, env: dict[str, str] | None = None, command: Sequence[str] | None = None

@@ -5,11 +5,10 @@ checked line for line."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
-from bridge_support import REPO_ROOT, python_env, server_process
+from bridge_support import REPO_ROOT, python_env, run_python, server_process
 
 EXAMPLES = REPO_ROOT / "examples"
 TOKEN = "s3cret"
@@ -17,17 +16,10 @@ TOKEN = "s3cret"
 
 def run_example(name: str, **env: str) -> list[str]:
     """Run ``python examples/NAME`` from the repository root; its output lines."""
-    result = subprocess.run(
-        [sys.executable, str(Path("examples") / name)],
-        env=python_env(**env),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    output = run_python(
+        str(Path("examples") / name), env=python_env(**env), cwd=REPO_ROOT, what=f"examples/{name}"
     )
-    assert result.returncode == 0, f"examples/{name} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout.splitlines()
+    return output.splitlines()
 
 
 def test_every_example_is_run_here() -> None:

@@ -15,14 +15,12 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bridge_support import REPO_ROOT, python_env, server_process
+from bridge_support import REPO_ROOT, python_env, run_python, server_process
 
 from dspex_actors import BridgedState
 
@@ -67,17 +65,7 @@ def a_session(address: str) -> Iterator[str]:
 
 
 def run_snippet(snippet: str, env: dict[str, str], cwd: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", snippet],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, f"the snippet failed:\n{snippet}\n{result.stderr}"
-    return result.stdout
+    return run_python("-c", snippet, env=env, cwd=cwd, what=f"the snippet\n{snippet}")
 
 
 @pytest.mark.parametrize("index", range(7))
@@ -109,20 +97,15 @@ def run_the_kit_snippet(snippet: str, root: Path) -> None:
             """
         )
     )
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "pytest", "-q", "-p", "no:randomly"),
-            *("-p", "no:cacheprovider", "tests/test_my_backend.py"),
-        ],
+    output = run_python(
+        *("-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"),
+        "tests/test_my_backend.py",
         env=python_env(PYTHONPATH=f"{root}:{REPO_ROOT}"),
         cwd=root,
-        capture_output=True,
-        text=True,
+        what="the kit snippet's tests",
         timeout=300,
-        check=False,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert re.search(r"\b\d+ passed\b", result.stdout), result.stdout[-2000:]
+    assert re.search(r"\b\d+ passed\b", output), output[-2000:]
 
 
 def streaming_snippet() -> str:

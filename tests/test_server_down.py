@@ -16,6 +16,7 @@ go out on the dying connection, and is then honestly unknown).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -84,16 +85,31 @@ def _read_when_back(state: BridgedState, name: str, tries: int = 20) -> Any:
 # -- not applied, and said so ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("write", list(WRITES))
-def test_a_write_to_a_stopped_server_is_not_applied(stream: bool, write: str) -> None:
+@contextlib.contextmanager
+def _a_handle_whose_server_stops(
+    stream: bool, *, wrote: bool = False
+) -> Iterator[tuple[BridgedState, str]]:
+    """A handle with two variables (and, with ``wrote``, one write that worked), its
+    server stopped and the stop seen; the handle and the address, cleaned up after."""
     server = serve()
     address = server.address
     state = BridgedState.init(address=address, timeout=0.5, stream=stream)
     try:
         state.register_variable("temperature", "float", 0.5)
         state.register_variable("label", "string", "a")
+        if wrote:
+            assert state.set_variable("temperature", 0.7) == 1
         server.stop()
         _seen_down(state, address)
+        yield state, address
+    finally:
+        server.stop()
+        state.cleanup()
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+def test_a_write_to_a_stopped_server_is_not_applied(stream: bool, write: str) -> None:
+    with _a_handle_whose_server_stops(stream) as (state, address):
         with pytest.raises(BridgeUnavailable) as caught:
             WRITES[write](state)
         error = caught.value
@@ -109,29 +125,16 @@ def test_a_write_to_a_stopped_server_is_not_applied(stream: bool, write: str) ->
         ), message
         assert f"{write}" in message and message.endswith("was not applied")
         assert error.details["session_id"] == state.session_id
-    finally:
-        server.stop()
-        state.cleanup()
 
 
 def test_every_write_after_a_stop_is_not_applied(stream: bool) -> None:
     """A working handle, its server stopped: each kind of write, one after another."""
-    server = serve()
-    address = server.address
-    state = BridgedState.init(address=address, timeout=0.5, stream=stream)
-    try:
-        state.register_variable("temperature", "float", 0.5)
-        state.register_variable("label", "string", "a")
-        assert state.set_variable("temperature", 0.7) == 1
-        server.stop()
-        _seen_down(state, address)
+    with _a_handle_whose_server_stops(stream, wrote=True) as (state, address):
         for name, write in WRITES.items():
             with pytest.raises(BridgeUnavailable) as caught:
                 write(state)
             assert name in str(caught.value)
             _assert_in_our_words(caught.value, address)
-    finally:
-        state.cleanup()
 
 
 def test_a_port_where_nothing_listens_is_unavailable_in_our_words(stream: bool) -> None:

@@ -582,3 +582,19 @@ def test_subscribers_of_two_kinds_and_one_that_raises(caplog: pytest.LogCaptureF
         )
         >= 1
     )
+
+
+def test_a_watch_not_opened_yet_tells_its_start_as_its_position() -> None:
+    """A Context's new backend's watch starts at the switch's cut and opens on its
+    first read: until then it tells the cut, so leaving the subscription drains from
+    there (it told None, and a subscription left in that window dropped the events
+    written after the switch: examples/supervised_app.py, 1 run in 12)."""
+    from dspex_actors.bridge.client.watch import WatchSource
+
+    def never_opened(request: Any) -> Any:
+        raise AssertionError("a position needs no stream")
+
+    source = WatchSource(
+        never_opened, "s", None, 7, "inc", 1 << 20, timeout=1.0, address="127.0.0.1:1"
+    )
+    assert source.position == 7

@@ -201,9 +201,13 @@ class WatchSource:
 
     @property
     def position(self) -> int | None:
-        """Past the last event given or skipped; None while the stream is not up
-        (nothing can be drained from it then)."""
-        return self._cursor if self._connected else None
+        """Past the last event given or skipped; None while the stream is down after
+        it was up (nothing can be drained from it then). A source not yet opened (a
+        Context's new backend, from the switch's cut) tells its cursor: its first
+        read opens the stream from there."""
+        if self._ever_up and not self._connected:
+            return None
+        return self._cursor
 
     def wake(self) -> None:
         with self._lock:

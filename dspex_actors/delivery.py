@@ -113,7 +113,9 @@ class Delivery(Generic[T]):
         self._on_end = on_end  # its thread has ended: nothing of it runs any more
         self._stopped = threading.Event()
         self._handed = threading.Condition()  # notified after each read's items are handed on
-        self._position: int | None = None  # the source's position once they were
+        # The source's position once the items before it were handed on: where it
+        # starts, before any read (nothing before that is to be delivered).
+        self._position: int | None = source.position
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import subprocess
 import sys
 import threading
@@ -598,3 +599,30 @@ def test_a_watch_not_opened_yet_tells_its_start_as_its_position() -> None:
         never_opened, "s", None, 7, "inc", 1 << 20, timeout=1.0, address="127.0.0.1:1"
     )
     assert source.position == 7
+
+
+@pytest.mark.parametrize("kind", ["local", "bridged", "redis", "context"])
+def test_leaving_a_subscription_with_nothing_pending_waits_for_no_read(
+    kind: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscription knows where its source starts: with no write since, it has
+    nothing to deliver and leaves at once. Asked to drain within no time at all, it
+    reports nothing undelivered (it used to wait for its first read to come back,
+    a whole read period: one second per idle unsubscribe)."""
+    with contextlib.ExitStack() as stack:
+        if kind == "local":
+            state: Any = stack.enter_context(LocalState.init())
+        elif kind == "bridged":
+            state = stack.enter_context(BridgedState.init())
+        elif kind == "redis":
+            from dspex_actors import RedisState
+
+            state = stack.enter_context(RedisState.init(url=request.getfixturevalue("redis_url")))
+        else:
+            state = stack.enter_context(Supervisor.start()).start_context()
+        state.register_variable("temperature", "float", 0.5)
+        for _ in range(3):
+            subscription = state.subscribe("temperature", lambda event: None)
+            with caplog.at_level("WARNING", logger="dspex_actors.delivery"):
+                subscription.close(timeout=0)
+            assert "not all delivered" not in caplog.text

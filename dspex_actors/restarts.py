@@ -30,7 +30,14 @@ import pykka
 
 from dspex_actors.errors import SessionClosed, StateError
 
-__all__ = ["Child", "GiveUpHook", "RestartHook", "RestartPolicy", "RestartSupervisor"]
+__all__ = [
+    "Child",
+    "GiveUpHook",
+    "RestartHook",
+    "RestartPolicy",
+    "RestartSupervisor",
+    "run_hook",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +187,7 @@ class RestartSupervisor(pykka.ThreadingActor):
                 child.give_up(record.failure)
             except Exception:
                 logger.exception("giving up on %s %s failed", self.what, session_id)
-            _run_hook(self.on_give_up, "on_give_up", session_id, record.failure)
+            run_hook(self.on_give_up, "on_give_up", session_id, record.failure)
             return record.failure
         record.restarts.append(now)
         try:
@@ -195,11 +202,11 @@ class RestartSupervisor(pykka.ThreadingActor):
             policy.within_seconds,
             error,
         )
-        _run_hook(self.on_restart, "on_restart", session_id, error)
+        run_hook(self.on_restart, "on_restart", session_id, error)
         return None
 
 
-def _run_hook(hook: Callable[[str, Any], None] | None, name: str, *args: Any) -> None:
+def run_hook(hook: Callable[[str, Any], None] | None, name: str, *args: Any) -> None:
     """A user hook's failure is logged, never raised into the supervisor."""
     if hook is not None:
         try:

@@ -82,7 +82,8 @@ class Supervisor:
         reaches the server's TTL. A session that dies is restarted unless it died
         ``max_restarts`` times within ``within_seconds`` (``RestartPolicy``).
         ``on_switch`` hears each switch's record, ``on_restart`` each restart,
-        ``on_give_up`` each context stopped for dying too often; ``clock``
+        ``on_give_up`` each context stopped for dying too often (both also hear the
+        session workers, :meth:`Context.start_worker`); ``clock``
         (monotonic seconds) measures the restart-intensity window. ``cache``: bridged
         contexts read from a coherent local copy (``BridgedState.init(cache=True)``).
         ``store`` is where a session goes when it needs sharing (``ensure_bridged``):
@@ -106,6 +107,9 @@ class Supervisor:
         self.store = store
         self.policy = policy = RestartPolicy(max_restarts, within_seconds)
         self.on_switch = on_switch
+        self.on_restart = on_restart
+        self.on_give_up = on_give_up
+        self.clock = clock
         self._lock = threading.Lock()
         self._children: dict[str, Context | None] = {}  # None: being started
         self._stopped = False
@@ -501,16 +505,16 @@ class Context(SessionMethods):
         """A Python process working for this session (:mod:`dspex_actors.workers`);
         the first moves the session where other processes reach it."""
         self.ensure_bridged()
-        backend, sharing = self._backend, self._supervisor.sharing
-        if backend.kind == "redis":
-            attach = Attach(self.session_id, redis_url=self._store or sharing.store)
-        else:
-            attach = Attach(self.session_id, getattr(backend, "address", None), sharing.token)
+        boss = self._supervisor
+        attach = Attach.to(self._backend, self._store or boss.sharing.store, boss.sharing.token)
         with self._gate:
             if self._stopped:
                 raise SessionClosed(f"session {self.session_id!r}: the context is stopped")
-            check_room(len(self.workers), sum(len(c.workers) for c in self._supervisor.contexts()))
-            worker = SessionWorker(attach, self._supervisor.policy, on_stop=self.workers.remove)
+            check_room(len(self.workers), sum(len(c.workers) for c in boss.contexts()))
+            worker = SessionWorker(
+                attach, boss.policy, clock=boss.clock, on_stop=self.workers.remove
+            )
+            worker.on_restart, worker.on_give_up = boss.on_restart, boss.on_give_up
             self.workers.append(worker)
         return worker
 

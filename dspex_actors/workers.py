@@ -17,7 +17,11 @@ A worker that dies takes the calls it was running with it (their futures fail wi
 ``BrokenProcessPool``) and is started again at the next ``submit``, the session
 intact (it lives in the store), under the supervisor's one policy: more than
 ``max_restarts`` deaths within ``within_seconds`` and it stays stopped (``submit``
-raises why). Stopping the context stops its workers. Workers are bounded: at most
+raises why). The supervisor's hooks hear both, as for a context: ``on_restart``
+(session id, the ``BrokenProcessPool``) and ``on_give_up`` (session id, the final
+``StateError``). A restart happens at the next ``submit``, not when the process
+dies: a worker holds no state of the session's, so nothing waits on it meanwhile.
+Stopping the context stops its workers. Workers are bounded: at most
 :data:`MAX_PER_SESSION` per context and :data:`MAX_WORKERS` per supervisor.
 """
 
@@ -34,8 +38,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
 from dspex_actors.errors import LimitExceeded, SessionClosed, StateError
+from dspex_actors.methods import SessionMethods
 from dspex_actors.provider import StateProvider
-from dspex_actors.restarts import RestartPolicy
+from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, run_hook
 
 __all__ = ["MAX_PER_SESSION", "MAX_WORKERS", "Attach", "SessionWorker", "session"]
 
@@ -45,7 +50,7 @@ MAX_PER_SESSION = 4
 MAX_WORKERS = 32
 """Workers one supervisor may run in all."""
 
-_here: list[StateProvider] = []
+_here: list[SessionMethods] = []
 """In a worker: its session's handle (empty in any other process)."""
 
 
@@ -57,8 +62,17 @@ class Attach(NamedTuple):
     token: str | None = None
     redis_url: str | None = None
 
+    @classmethod
+    def to(cls, backend: StateProvider, redis_url: str | None, token: str | None) -> Attach:
+        """How to reach the session ``backend`` holds: in Redis at ``redis_url``
+        (a RedisState), else at the bridge address the backend tells."""
+        session_id = backend.session_id
+        if backend.kind == "redis":
+            return cls(session_id, redis_url=redis_url)
+        return cls(session_id, getattr(backend, "address", None), token)
 
-def session() -> StateProvider:
+
+def session() -> SessionMethods:
     """This worker's handle on its session; ``StateError`` outside a worker."""
     if not _here:
         raise StateError("not in a session worker: session() is for what a worker runs")
@@ -67,7 +81,7 @@ def session() -> StateProvider:
 
 def _attach(attach: Attach) -> None:
     """The worker's first act (the pool's initializer): open its handle."""
-    handle: StateProvider
+    handle: SessionMethods
     if attach.redis_url is not None:
         from dspex_actors.redis.state import RedisState
 
@@ -102,6 +116,10 @@ class SessionWorker:
         self._policy = policy
         self._clock = clock
         self._on_stop = on_stop
+        self.on_restart: RestartHook | None = None
+        """Hears each restart: (session id, the death's ``BrokenProcessPool``)."""
+        self.on_give_up: GiveUpHook | None = None
+        """Hears the give-up: (session id, the final ``StateError``)."""
         self._deaths: deque[float] = deque()
         self._lock = threading.Lock()
         self._stopped: StateError | None = None
@@ -131,11 +149,20 @@ class SessionWorker:
             pool = self._pool
             try:
                 return pool.submit(fn, *args, **kwargs)
-            except BrokenProcessPool:
-                pool = self._restart(pool)
-            return pool.submit(fn, *args, **kwargs)
+            except BrokenProcessPool as exc:
+                death = exc
+                refusal = self._restart(pool)
+            if refusal is None:
+                future = self._pool.submit(fn, *args, **kwargs)
+        # The hooks run without the lock: one may well submit to this worker.
+        if refusal is not None:
+            self._ended()
+            run_hook(self.on_give_up, "on_give_up", self.session_id, refusal)
+            raise refusal
+        run_hook(self.on_restart, "on_restart", self.session_id, death)
+        return future
 
-    def _restart(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+    def _restart(self, broken: ProcessPoolExecutor) -> StateError | None:
         """A fresh process for a dead one (with the lock held), or the policy's refusal."""
         broken.shutdown(wait=False, cancel_futures=True)
         now = self._clock()
@@ -146,13 +173,13 @@ class SessionWorker:
             self._stopped = StateError(
                 f"the worker of session {self.session_id!r} died {len(self._deaths)} times "
                 f"within {self._policy.within_seconds}s (rule 'max_restarts', "
-                f"value {self._policy.max_restarts}); it stays stopped"
+                f"value {self._policy.max_restarts}); it stays stopped",
+                session_id=self.session_id,
             )
-            self._ended()
-            raise self._stopped
+            return self._stopped
         self.restarts += 1
         self._pool = self._start()
-        return self._pool
+        return None
 
     def stop(self) -> None:
         """Stop the process once what it runs now is done; idempotent."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from dspex_actors import Supervisor
 from dspex_actors.errors import LimitExceeded, SessionClosed, StateError
 from dspex_actors.methods import SessionMethods
-from dspex_actors.workers import MAX_PER_SESSION, session
+from dspex_actors.workers import MAX_PER_SESSION, SessionWorker, session
 
 WAIT = 60.0  # a hang guard: spawning a process that imports the package takes a second
 
@@ -117,3 +118,54 @@ def test_a_worker_of_a_session_kept_in_redis_attaches_there(redis_url: str) -> N
         assert kind == "redis" and not owner
         assert worker.submit(bump, 0.5).result(WAIT) == 1.0
         assert ctx["temperature"] == 1.0
+
+
+def answer_after_death(worker: SessionWorker) -> int:
+    """The pid that answers once ``worker``'s process was killed: the first call may
+    still be handed to the dead pool (its future fails: never run); the next one
+    finds the pool broken and starts a fresh process."""
+    for _ in range(2):
+        try:
+            pid, _, _ = worker.submit(where).result(WAIT)
+        except BrokenProcessPool:
+            continue
+        return int(pid)
+    raise AssertionError("no fresh worker answered")
+
+
+def temperature() -> float:
+    state = session()
+    assert isinstance(state, SessionMethods)
+    return float(state["temperature"])
+
+
+def test_a_worker_killed_with_sigkill_is_restarted_and_the_give_up_is_reported() -> None:
+    restarts: list[tuple[str, BaseException | None]] = []
+    give_ups: list[tuple[str, StateError]] = []
+    with Supervisor.start(
+        max_restarts=1,
+        within_seconds=60,
+        on_restart=lambda sid, error: restarts.append((sid, error)),
+        on_give_up=lambda sid, failure: give_ups.append((sid, failure)),
+    ) as supervisor:
+        ctx = supervisor.start_context()
+        ctx.register_variable("temperature", "float", 0.5)
+        worker = ctx.start_worker()
+        first, _, _ = worker.submit(where).result(WAIT)
+        assert worker.submit(bump, 0.25).result(WAIT) == 0.75
+        os.kill(first, signal.SIGKILL)
+        second = answer_after_death(worker)
+        assert second != first and worker.restarts == 1
+        assert [(sid, type(error)) for sid, error in restarts] == [
+            (ctx.session_id, BrokenProcessPool)
+        ]
+        assert worker.submit(temperature).result(WAIT) == 0.75  # the session intact
+        assert give_ups == []
+        os.kill(second, signal.SIGKILL)
+        with pytest.raises(StateError, match="max_restarts"):
+            answer_after_death(worker)
+        assert [sid for sid, _ in give_ups] == [ctx.session_id]
+        assert "max_restarts" in str(give_ups[0][1]) and len(restarts) == 1
+        assert not worker.alive and worker not in ctx.workers
+        assert ctx["temperature"] == 0.75
+    assert multiprocessing.active_children() == []

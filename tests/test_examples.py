@@ -27,6 +27,7 @@ def test_every_example_is_run_here() -> None:
         "redis_sessions.py",
         "shared_session.py",
         "supervised_app.py",
+        "tuned_live.py",
     ]
 
 
@@ -64,4 +65,14 @@ def test_two_processes_share_a_session_in_redis(redis_url: str) -> None:
         "follower: max_tokens = 1024 (version 1)",
         "follower: temperature is 0.5",
         "writer: follower exited with 0",
+    ]
+
+
+def test_an_optimizer_tunes_two_workers_dspy_modules_live() -> None:
+    assert run_example("tuned_live.py") == [
+        *(
+            f"temperature {t}: workers answered [('42', {t}), ('42', {t})]"
+            for t in (0.7, 0.4, 0.1)
+        ),
+        "backend: bridged",
     ]

@@ -9,6 +9,10 @@ file across restarts) or ``redis://HOST:PORT/DB`` (kept in Redis, where every se
 on it serves them). It prints one line,
 ``dspex_actors SessionStore listening on HOST:PORT``, once it accepts calls, so a
 parent process that asked for port 0 can read the real port.
+
+The client commands (``get``, ``set``, ``list``, ``watch``, ``export``, ``import``,
+``info``, ``ping``) read, write and watch a session on a server or in Redis; they
+live in :mod:`dspex_actors.cli`, with their exit statuses.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from types import FrameType
 
 from dspex_actors.bridge.env import TOKEN_ENV
 from dspex_actors.bridge.server.server import Limits, serve
+from dspex_actors.cli.parser import COMMANDS_HELP, add_client_commands
 from dspex_actors.errors import StateError
 
 __all__ = ["main"]
@@ -100,6 +105,9 @@ commands:
           it prints "dspex_actors SessionStore listening on HOST:PORT" once it
           accepts calls
   demo    a session going from local to shared, in a minute
+
+client commands (on a server: --address or $DSPEX_BRIDGE_ADDRESS; on Redis: --redis
+or $DSPEX_REDIS_URL; --json for programs; see COMMAND --help for exit statuses):
 """
 
 _STORE_HELP = (
@@ -123,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="dspex-actors",
-        description=_DESCRIPTION,
+        description=_DESCRIPTION + COMMANDS_HELP,
         epilog="Also run as: python -m dspex_actors COMMAND",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -216,6 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo_command.set_defaults(run=_demo)
 
+    add_client_commands(commands)
     return parser
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+import grpc.aio
 from google.protobuf.message import DecodeError
 from google.rpc.error_details_pb2 import BadRequest, ErrorInfo
 from google.rpc.status_pb2 import Status
@@ -504,6 +505,11 @@ _BARE_WORDS = {
 """What a bare status of each BridgeUnavailable code says of the server."""
 
 
+_CALLS = (grpc.Call, grpc.aio.AioRpcError)
+"""What a failed call is, sync or asyncio: both tell their code, details and
+trailing metadata alike."""
+
+
 def _one_line(text: str) -> str:
     """``text`` on one line (any run of whitespace, newlines and tabs included, as
     one space), cut to :data:`_MAX_FAILURE_TEXT` characters."""
@@ -522,7 +528,7 @@ def _quoted(code: grpc.StatusCode, details: str) -> str:
 
 def failure_text(exc: grpc.RpcError) -> str:
     """A failed call as a message quotes it (:func:`_quoted`)."""
-    if not isinstance(exc, grpc.Call):
+    if not isinstance(exc, _CALLS):
         return type(exc).__name__
     return _quoted(exc.code(), exc.details() or "")
 
@@ -537,9 +543,10 @@ def _bare(code: grpc.StatusCode, text: str, target: str) -> StateError:
     return cls(f"SessionStore at {target} answered {quoted}", status=code.name)
 
 
-def _status_of_call(call: grpc.Call, target: str) -> Status | None:
+def _status_of_call(call: grpc.Call | grpc.aio.AioRpcError, target: str) -> Status | None:
     try:
-        status: Status | None = rpc_status.from_call(call)
+        # An asyncio call's error reads alike (code, details, trailing metadata).
+        status: Status | None = rpc_status.from_call(call)  # type: ignore[arg-type]
     except (ValueError, DecodeError) as exc:  # code or message differ, or not a Status
         logger.warning("unusable %s trailer from %s: %s", STATUS_DETAILS_KEY, target, exc)
         return None
@@ -549,7 +556,7 @@ def _status_of_call(call: grpc.Call, target: str) -> Status | None:
 def answered_by_server(exc: grpc.RpcError) -> bool:
     """Whether a failed call carries our server's own answer (its ErrorDetail), as
     opposed to a failure of the transport, a proxy or a foreign server."""
-    if not isinstance(exc, grpc.Call):
+    if not isinstance(exc, _CALLS):
         return False
     status = _status_of_call(exc, "")
     return status is not None and _detail_of(status, "") is not None
@@ -564,7 +571,7 @@ def error_from_rpc(exc: grpc.RpcError, target: str) -> StateError:
     foreign server answered): a class chosen by status code; UNAVAILABLE,
     DEADLINE_EXCEEDED and CANCELLED become ``BridgeUnavailable`` naming ``target``.
     """
-    if not isinstance(exc, grpc.Call):  # every sync-stub error is a Call too
+    if not isinstance(exc, _CALLS):  # every sync-stub error is a Call too
         return BridgeUnavailable(f"SessionStore at {target} failed ({failure_text(exc)})")
     status = _status_of_call(exc, target)
     detail = _detail_of(status, target) if status is not None else None

@@ -36,9 +36,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple, Self, TypeVar
 
-from dspex_actors.backoff import Backoff
 from dspex_actors.bridge import embedded
 from dspex_actors.bridge.client import channels
+from dspex_actors.bridge.client.attempts import Attempts, MaybeApplied
 from dspex_actors.bridge.client.cache import MISS, SCALARS, RecordCache
 from dspex_actors.bridge.client.calls import CallStream, GoUnary, Unanswered
 from dspex_actors.bridge.client.channels import SYSTEM_ROOTS
@@ -390,40 +390,17 @@ class BridgedState(RemoteSessionMethods):
         can have brought there (each refused by the server, or never handed to gRPC)
         is ``BridgeUnavailable``: not applied, with no settle needed.
         """
-        started = time.monotonic()
-        deadline = started + timeout
-        expires_ms = int((time.time() + timeout) * 1000)  # the deadline as an instant
-        backoff = Backoff(Backoff.RETRY)
-        maybe_sent = False
-        telling: StateError | None = None  # the last failure that says more than "too late"
+        attempts = Attempts(send, request_id, timeout, what, self.session_id)
         while True:
-            left = deadline - time.monotonic()
             try:
                 return self._attempt(
-                    send.rpc, request, max(left, 0.001), expires_ms, write=bool(request_id)
+                    send.rpc, request, attempts.left(), attempts.expires_ms, write=bool(request_id)
                 )
             except Unanswered as exc:
-                maybe_sent = maybe_sent or exc.maybe_sent
-                error = exc.error
-            if telling is None or error.details.get("status") != "DEADLINE_EXCEEDED":
-                telling = error  # (a last attempt cut short says less than a refusal)
-            # A stopping server answered for this call (not run): another attempt would
-            # only meet a server that is gone, and leave the outcome unknown.
-            stopping = bool(error.details.get("stopping"))
-            pause = backoff.next()
-            if not send.retry or stopping or deadline - time.monotonic() <= pause or self._closed:
-                if self._closed:
-                    raise self._closed_error() from error
-                if request_id and maybe_sent:
-                    return self._unknown(send, request, request_id, started, error)
-                if request_id:
-                    details = {**telling.details, "session_id": self.session_id}
-                    raise BridgeUnavailable(
-                        f"{telling}; {what or 'the write'} was not applied", **details
-                    ) from telling
-                if isinstance(telling, BridgeUnavailable):
-                    raise telling
-                raise BridgeUnavailable(f"{telling} (not applied)", session_id=self.session_id)
+                try:
+                    pause = attempts.failed(exc, self._closed_error() if self._closed else None)
+                except MaybeApplied as maybe:
+                    return self._unknown(send, request, request_id, attempts.started, maybe.error)
             time.sleep(pause)  # a retry's backoff, bounded by the call's deadline
 
     def _attempt(

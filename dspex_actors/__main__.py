@@ -8,7 +8,8 @@ flight get ``--grace`` seconds) and exits 0. ``--store`` says where its sessions
 file across restarts) or ``redis://HOST:PORT/DB`` (kept in Redis, where every server
 on it serves them). It prints one line,
 ``dspex_actors SessionStore listening on HOST:PORT``, once it accepts calls, so a
-parent process that asked for port 0 can read the real port.
+parent process that asked for port 0 can read the real port (and, with
+``--metrics HOST:PORT``, ``dspex_actors metrics on http://HOST:PORT/metrics``).
 
 The client commands (``get``, ``set``, ``list``, ``watch``, ``export``, ``import``,
 ``info``, ``ping``) read, write and watch a session on a server or in Redis; they
@@ -75,11 +76,14 @@ def _serve(args: argparse.Namespace) -> int:
                 max_concurrent_calls=args.max_concurrent_calls,
                 allow_remote_without_token=args.allow_remote_without_token,
                 store=args.store,
+                metrics=args.metrics,
             )
-        except (OSError, RuntimeError, ValueError, StateError) as exc:
+        except (OSError, RuntimeError, ValueError, StateError, ImportError) as exc:
             print(f"dspex_actors serve: {exc}", file=sys.stderr)
             return 1
         print(f"dspex_actors SessionStore listening on {server.address}", flush=True)
+        if server.metrics_address is not None:
+            print(f"dspex_actors metrics on http://{server.metrics_address}/metrics", flush=True)
         stop.wait()
         logger.info("received %s, stopping", signal.Signals(received[0]).name)
         server.stop(grace=args.grace)
@@ -162,6 +166,12 @@ def _parser() -> argparse.ArgumentParser:
         "--tls-key", metavar="FILE", help="PEM private key (with --tls-cert)"
     )
     serve_command.add_argument("--store", default="memory", metavar="SPEC", help=_STORE_HELP)
+    serve_command.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
+        "needs the metrics extra)",
+    )
     serve_command.add_argument(
         "--ttl",
         type=float,

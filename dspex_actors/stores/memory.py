@@ -129,6 +129,9 @@ class MemoryStore:
         self._sessions: dict[str, _Session] = {}
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it serves on
+        self.dedupe_hits = 0
+        """Writes answered from the request-id window, not applied again (the
+        server's metrics read it)."""
         self._restarts = RestartSupervisor.start_supervisor(
             policy or RestartPolicy(),
             on_restart=on_restart,
@@ -152,6 +155,12 @@ class MemoryStore:
         entry = self._find(session_id, incarnation)
         entry.last_active = self._clock()
         return entry
+
+    def census(self) -> tuple[int, int]:
+        """Sessions held and the variables in them, now (the server's metrics call it
+        from their scrape's thread: the map is copied in one step under the GIL)."""
+        entries = list(self._sessions.values())
+        return len(entries), sum(len(entry.table.by_id) for entry in entries)
 
     def session_engine(self, session_id: str) -> ActorSession:
         """The engine holding a session (for supervision tools and tests)."""
@@ -406,6 +415,7 @@ class MemoryStore:
             # the check and the delivery would otherwise be overtaken.
             earlier = entry.results.get(request_id)
             if earlier is not None:
+                self.dedupe_hits += 1
                 repeated: _R = _outcome(await asyncio.shield(earlier))
                 return repeated
         if deadline is not None and time.monotonic() >= deadline:

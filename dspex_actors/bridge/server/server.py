@@ -7,28 +7,36 @@ costs no thread, and a stalled client cannot exhaust a worker pool — there is
 none. The sessions live in a :class:`~dspex_actors.stores.Store` (the memory store,
 one SessionActor per session, by default; a SQLite file; or Redis).
 
-Admission: at most ``Limits.max_concurrent_calls`` calls run at once (more are
-refused with RESOURCE_EXHAUSTED at once) and each connection may open at most
-``Limits.max_calls_per_connection`` streams. With a token, a call without it is
-refused from its headers alone: the refusal never waits for, or parses, a body.
-The standard health service (exempt from the token, so probes need no secret)
-and server reflection (v1 and v1alpha) are served beside the SessionStore.
+Admission (``admission.py``): at most ``Limits.max_concurrent_calls`` calls run at
+once (more are refused with RESOURCE_EXHAUSTED at once) and each connection may
+open at most ``Limits.max_calls_per_connection`` streams. With a token, a call
+without it is refused from its headers alone: the refusal never waits for, or
+parses, a body. The standard health service (exempt from the token, so probes
+need no secret) and server reflection (v1 and v1alpha) are served beside the
+SessionStore.
+
+Observability: a structured log line (``logs.py``, logger ``dspex_actors.server``)
+for each session lifecycle event and each refused call; with ``metrics=HOST:PORT``
+the server counts calls, refusals, sessions, watches and its store
+(``metrics.py``) and serves them in Prometheus' text format (``exposition.py``,
+the ``metrics`` extra).
 
 Sessions idle for longer than the TTL expire. Session actors are supervised by the
 policy the Supervisor uses (:mod:`dspex_actors.restarts`).
 
 Threads: the loop's thread, gRPC's own poller (which ends shortly after the last
 server or channel of the process closes), one actor thread per session, the
-restart supervisor's actor, and the loop's executor for work that blocks (closing
-sessions, decoding large imports). :meth:`SessionStoreServer.stop` stops them.
+restart supervisor's actor, the loop's executor for work that blocks (closing
+sessions, decoding large imports), and with metrics the scrape endpoint's thread
+(and one per scrape under way). :meth:`SessionStoreServer.stop` stops them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
-import hmac
 import ipaddress
 import logging
 import os
@@ -36,15 +44,16 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import grpc
-from grpc_status import rpc_status
 
-from dspex_actors.bridge.server import discovery
+from dspex_actors.bridge.server import discovery, lifecycle
+from dspex_actors.bridge.server.admission import Admission
+from dspex_actors.bridge.server.metrics import ServerMetrics
 from dspex_actors.bridge.server.servicer import SessionStoreServicer
 from dspex_actors.engine import ActorSession
-from dspex_actors.errors import Unauthenticated
+from dspex_actors.errors import StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy
 from dspex_actors.stores.base import Store
@@ -53,8 +62,12 @@ from dspex_actors.streaming import DEFAULT_HISTORY
 from dspex_actors.urls import bridge_address
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec, keepalive
-from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.tls import read_pem
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from dspex_actors.bridge.server.exposition import MetricsEndpoint
 
 __all__ = ["DEFAULT_ADDRESS", "Limits", "SessionStoreServer", "serve"]
 
@@ -64,50 +77,6 @@ DEFAULT_ADDRESS = "127.0.0.1:0"
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["SessionStore"].full_name
 _START_TIMEOUT = 30.0
 _T = TypeVar("_T")
-
-
-class _TokenCheck(grpc.aio.ServerInterceptor):
-    """Refuse every call without ``authorization: Bearer <token>`` (health excepted)."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if details.method in discovery.HEALTH_METHODS:
-            return await continuation(details)
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                given = value if isinstance(value, bytes) else value.encode()
-                if hmac.compare_digest(given, self._expected):
-                    return await continuation(details)
-                break
-        handler = await continuation(details)
-        return _refusal(handler, details.method)
-
-
-def _refusal(handler: grpc.RpcMethodHandler | None, method: str) -> grpc.RpcMethodHandler:
-    """A handler that answers UNAUTHENTICATED from the call's headers alone.
-
-    It takes the request as a stream (whatever the method's shape: the bytes on the
-    wire are the same) and never reads it, so a client that sends headers and no
-    body is refused at once, and unauthenticated bytes are never parsed.
-    """
-    status = rpc_status.to_status(
-        wire_status.error_status(
-            Unauthenticated(f"{method}: missing or wrong token (authorization: Bearer <token>)")
-        )
-    )
-
-    async def refuse(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort_with_status(status)  # type: ignore[attr-defined]  # not in stubs
-
-    if handler is not None and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
-    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
 def _is_loopback(host: str) -> bool:
@@ -127,7 +96,10 @@ _LAST_REFUSALS = 0.25
 class SessionStoreServer:
     """A running SessionStore; stop it with :meth:`stop` or a ``with`` block.
 
-    ``address`` is ``host:port`` with the real port (useful after binding ``:0``).
+    ``address`` is ``host:port`` with the real port (useful after binding ``:0``);
+    With ``metrics``: ``metrics_address`` likewise for the Prometheus endpoint,
+    ``metrics_registry`` its ``prometheus_client`` registry (for a program that
+    exposes it its own way) and ``metrics`` the counts behind it; all None without.
     """
 
     def __init__(
@@ -140,7 +112,14 @@ class SessionStoreServer:
         store: Store,
         limits: Limits,
         allow_remote_without_token: bool,
+        metrics: str | None = None,
     ) -> None:
+        self.metrics = ServerMetrics(store.kind) if metrics is not None else None
+        self.metrics_address: str | None = None
+        self.metrics_registry: CollectorRegistry | None = None
+        self._endpoint: MetricsEndpoint | None = None
+        self._servicer: SessionStoreServicer | None = None
+        self._admission = Admission(limits.max_concurrent_calls, token, self.metrics)
         try:
             address = bridge_address(address, listening=True)[0]
             host = _listen_host(address, token, allow_remote_without_token)
@@ -151,13 +130,14 @@ class SessionStoreServer:
                 if tls_cert is not None and tls_key is not None
                 else None
             )
+            if self.metrics is not None and metrics is not None:
+                self._serve_metrics(metrics, self.metrics, store)  # a taken port fails now
         except BaseException:
             asyncio.run(_close(store))  # the server owns its store from the start
             raise
         self.limits = limits
         self.store = store
         self.tls = credentials is not None
-        self._token = token
         self._stop_lock = threading.Lock()
         self._stopping = threading.Event()  # stop() began
         self._stopped = threading.Event()  # stop() finished
@@ -168,7 +148,6 @@ class SessionStoreServer:
             min(discovery.MAX_WATCHES, max(1, limits.max_concurrent_calls // 4))
         )
         self._server: grpc.aio.Server | None = None
-        self._servicer: SessionStoreServicer | None = None
         self._reaper: asyncio.Task[None] | None = None
         started: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._thread = threading.Thread(
@@ -182,8 +161,24 @@ class SessionStoreServer:
             bound = started.result(_START_TIMEOUT)
         except BaseException:
             self._thread.join(_START_TIMEOUT)
+            if self._endpoint is not None:
+                self._endpoint.close()
             raise
         self.address = f"{host}:{bound}"
+
+    def _serve_metrics(self, address: str, metrics: ServerMetrics, store: Store) -> None:
+        """Start the scrape endpoint on ``address``."""
+        from dspex_actors.bridge.server import exposition  # prometheus_client: the extra
+
+        gauges = exposition.Gauges(
+            calls_in_flight=lambda: self._servicer.calls_in_flight if self._servicer else 0,
+            call_streams=lambda: self._servicer.call_streams if self._servicer else 0,
+            rpcs_open=lambda: self._admission.running,
+            store=store,
+        )
+        self.metrics_registry = exposition.registry_for(metrics, gauges)
+        self._endpoint = exposition.MetricsEndpoint(address, self.metrics_registry)
+        self.metrics_address = self._endpoint.address
 
     # -- the loop's thread ------------------------------------------------------------
 
@@ -211,7 +206,9 @@ class SessionStoreServer:
     async def _start(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
         limits = self.limits
         server = grpc.aio.server(
-            interceptors=[_TokenCheck(self._token)] if self._token is not None else None,
+            # Admission counts and refuses past max_concurrent_calls itself (so the
+            # refusals are counted and logged): no maximum_concurrent_rpcs here.
+            interceptors=[self._admission],
             options=[
                 # Headroom over the payload limit for protobuf's own framing: a batch
                 # of exactly max_message_bytes must still reach the store's check.
@@ -225,9 +222,8 @@ class SessionStoreServer:
                 ("grpc.so_reuseport", 0),
                 *keepalive.server_options(),
             ],
-            maximum_concurrent_rpcs=limits.max_concurrent_calls,
         )
-        self._servicer = SessionStoreServicer(self.store, limits)
+        self._servicer = SessionStoreServicer(self.store, limits, self.metrics)
         server.add_generic_rpc_handlers((self._servicer.handler(),))
         from grpc_health.v1 import health_pb2_grpc
 
@@ -256,9 +252,24 @@ class SessionStoreServer:
         while True:
             await asyncio.sleep(interval)  # a periodic chore, not synchronisation
             try:
-                await self.store.reap_expired()
+                await self._reap()
             except Exception:  # keep reaping; a failure to stop one actor is logged
                 logger.exception("reaping expired sessions failed")
+
+    async def _reap(self) -> list[str]:
+        """Close the sessions idle for the TTL; log and count each."""
+        expired = await self.store.reap_expired()
+        lifecycle.expired(expired, self.store.kind, self.metrics)
+        return expired
+
+    def crashed(self, session_id: str, failure: BaseException) -> None:
+        """A session was closed after its actor died too often (called in the restart
+        supervisor's thread by the hook :func:`serve` gives the store): logged, and
+        counted on the loop."""
+        lifecycle.crashed(session_id, failure, self.store.kind)
+        if self.metrics is not None and not self._stopped.is_set():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self.metrics.lifecycle_event, "crashed")
 
     async def _close_store(self) -> None:
         await _close(self.store)
@@ -291,7 +302,7 @@ class SessionStoreServer:
 
     def reap_expired(self) -> list[str]:
         """Close the sessions idle for the TTL now; the reaper task also does this."""
-        return self._on_loop(self.store.reap_expired)
+        return self._on_loop(self._reap)
 
     def session_engine(self, session_id: str) -> ActorSession:
         """The engine holding a session here (memory and SQLite stores; for supervision
@@ -322,6 +333,8 @@ class SessionStoreServer:
             # left; an aborted call's traceback keeps ours in a reference cycle, so
             # collect it now rather than whenever the collector next runs.
             gc.collect()
+            if self._endpoint is not None:  # last: a final scrape sees the whole run
+                self._endpoint.close()
             self._stopped.set()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -393,6 +406,7 @@ def serve(
     on_give_up: GiveUpHook | None = None,
     event_history: int = DEFAULT_HISTORY,
     store: Store | str | None = None,
+    metrics: str | None = None,
 ) -> SessionStoreServer:
     """Start a SessionStore on ``address`` (loopback, ephemeral port by default).
 
@@ -411,7 +425,11 @@ def serve(
     :func:`~dspex_actors.stores.open_store` ("memory", the default; "sqlite:PATH",
     which keeps them across restarts; "redis://HOST:PORT/DB", which keeps them in
     Redis for every server on it), built with the settings above, or a Store
-    instance (whose settings then are its own). Returns the running server.
+    instance (whose settings then are its own). ``metrics`` (``HOST:PORT``, port 0
+    picks one: see ``metrics_address``) serves Prometheus' text format there (the
+    ``metrics`` extra; see :mod:`~dspex_actors.bridge.server.exposition`). Session
+    lifecycle events and refused calls are logged on ``dspex_actors.server``
+    either way. Returns the running server.
     """
     overrides = {
         name: value
@@ -429,6 +447,14 @@ def serve(
     if bridge_address(address, listening=True)[1] and (tls_cert is None or tls_key is None):
         raise ValueError(f"{address!r} asks for TLS (dspexs://): give tls_cert and tls_key")
     _listen_host(address, token, allow_remote_without_token)  # before a store exists
+    served: list[SessionStoreServer] = []  # the server, once there is one
+
+    def given_up(session_id: str, failure: StateError) -> None:
+        if served:
+            served[0].crashed(session_id, failure)
+        if on_give_up is not None:
+            on_give_up(session_id, failure)
+
     if store is None or isinstance(store, str):
         from dspex_actors.stores import open_store  # the package of every store
 
@@ -439,15 +465,19 @@ def serve(
             clock=clock,
             policy=RestartPolicy(max_restarts, within_seconds),
             on_restart=on_restart,
-            on_give_up=on_give_up,
+            on_give_up=given_up,
             event_history=event_history,
         )
-    return SessionStoreServer(
-        address,
-        token=token,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        store=store,
-        limits=limits,
-        allow_remote_without_token=allow_remote_without_token,
+    served.append(
+        SessionStoreServer(
+            address,
+            token=token,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            store=store,
+            limits=limits,
+            allow_remote_without_token=allow_remote_without_token,
+            metrics=metrics,
+        )
     )
+    return served[0]

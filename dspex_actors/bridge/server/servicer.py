@@ -16,6 +16,12 @@ applied" reaches the client before its own deadline turns the outcome unknown; a
 when the client sent its deadline as an instant too, no later than that, so a
 request delayed in transit is refused rather than applied after its client gave
 up.
+
+Every call is counted once when its answer is ready (a server with metrics:
+:mod:`~dspex_actors.bridge.server.metrics`), and its store call timed in the one
+dispatch; a call refused here (a Calls stream's limits, a stopping server) is
+logged (:mod:`~dspex_actors.bridge.server.logs`), and so is each answered call
+that is a session's lifecycle event (:mod:`~dspex_actors.bridge.server.lifecycle`).
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from dspex_actors import failpoints
+from dspex_actors.bridge.server import lifecycle, logs
+from dspex_actors.bridge.server.metrics import WATCH, ServerMetrics
 from dspex_actors.bulk import BULK_ITEMS, off_loop
 from dspex_actors.errors import BridgeUnavailable, LimitExceeded, NotSupported, StateError
 from dspex_actors.limits import Limits
 from dspex_actors.messages import SessionOperation
 from dspex_actors.stores.base import Store
+from dspex_actors.streaming import Event, Progress
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
@@ -60,6 +69,23 @@ _LAST_WORDS = 1.0
 """Seconds a stopping server gives its Calls streams for their last reply, at least."""
 _END = object()
 """The last item of a Calls stream's inbox: its requests end (or the server stops)."""
+
+
+_OK = grpc.StatusCode.OK.name
+_CANCELLED = grpc.StatusCode.CANCELLED.name
+_UNKNOWN = "unknown"
+"""The method label of a streamed call whose body no RPC of this server takes."""
+_PROGRESS = "progress"
+
+
+def _kind(event: Event | Progress) -> str:
+    """An event's kind as the metrics count it (a progress message as ``progress``)."""
+    return _PROGRESS if isinstance(event, Progress) else event.kind
+
+
+def _code(error: StateError | None) -> str:
+    """The status code name a call is answered with."""
+    return _OK if error is None else wire_status.status_for(error).name
 
 
 def _deadline(left: float | None, expires_ms: int = 0) -> float | None:
@@ -171,9 +197,10 @@ async def _send(
 class SessionStoreServicer:
     """The SessionStore RPCs; see proto/dspex_actors/v1/session_store.proto."""
 
-    def __init__(self, store: Store, limits: Limits) -> None:
+    def __init__(self, store: Store, limits: Limits, metrics: ServerMetrics | None = None) -> None:
         self._store = store
         self._limits = limits
+        self._metrics = metrics
         self._limited = Limited(limits)
         self._streamed_calls = 0  # calls running on Calls streams (the loop's only)
         # Each open Calls stream's handler task -> its calls running now.
@@ -182,6 +209,16 @@ class SessionStoreServicer:
         self._handlers: set[asyncio.Task[Any]] = set()  # the Calls streams' handlers
         self._unary_running = 0
         self._unary_idle = asyncio.Event()  # set whenever no unary call runs
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls being served now: unary ones, and those of the Calls streams."""
+        return self._unary_running + self._streamed_calls
+
+    @property
+    def call_streams(self) -> int:
+        """Calls streams open now."""
+        return len(self._streams)
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's handlers: one per entry of the wire table, Watch and Calls."""
@@ -219,16 +256,29 @@ class SessionStoreServicer:
         session_id: str = request.session_id
         request_id = (request.request_id if rpc.has_request_id else "") or None
         incarnation = (request.incarnation if rpc.has_incarnation else "") or None
-        if isinstance(operation, SessionOperation):
-            result = await operation.serve(self._store, session_id, request_id, incarnation)
-        else:
-            result = await self._store.run(
-                session_id,
-                operation,  # type: ignore[arg-type]  # a read or a write
-                request_id=request_id,
-                deadline=deadline,
-                incarnation=incarnation,
-            )
+        metrics = self._metrics
+        started = time.perf_counter()
+        try:
+            if isinstance(operation, SessionOperation):
+                result = await operation.serve(self._store, session_id, request_id, incarnation)
+            else:
+                result = await self._store.run(
+                    session_id,
+                    operation,  # type: ignore[arg-type]  # a read or a write
+                    request_id=request_id,
+                    deadline=deadline,
+                    incarnation=incarnation,
+                )
+        except Exception as exc:
+            if metrics is not None:
+                metrics.store_call(time.perf_counter() - started, exc)
+            raise
+        if metrics is not None:
+            metrics.store_call(time.perf_counter() - started)
+        event = lifecycle.EVENTS.get(rpc.request)
+        if event is not None:
+            kind = self._store.kind
+            lifecycle.answered(event, rpc.name, session_id, operation, result, kind, metrics)
         if operation.scans and operation.result_items(result) >= BULK_ITEMS:
             return await off_loop(_serialized_answer, rpc, operation, result, deadline=deadline)
         return rpc.answer(operation, result)
@@ -239,22 +289,28 @@ class SessionStoreServicer:
         async def unary(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> Message | bytes:
+            arrived = time.monotonic()
             if self._draining:  # said by us, so the client knows it was not run
-                error: StateError = BridgeUnavailable(
-                    "the SessionStore is stopping; not run", stopping=True
-                )
+                error: StateError = _stopping()
+                self._refused(rpc.name, "stopping", request.session_id)
             else:
                 self._unary_running += 1
                 try:
                     expires = _expires_ms(context) if rpc.has_request_id else 0
                     deadline = _deadline(context.time_remaining(), expires)
-                    return await self.dispatch(rpc, request, deadline)
+                    response = await self.dispatch(rpc, request, deadline)
+                    self._answered(rpc.name, _OK, arrived)
+                    return response
                 except Exception as exc:
                     error = _as_state_error(rpc.name, exc)
+                except asyncio.CancelledError:  # the client gave up: never answered
+                    self._answered(rpc.name, _CANCELLED, arrived)
+                    raise
                 finally:
                     self._unary_running -= 1
                     if not self._unary_running:
                         self._unary_idle.set()
+            self._answered(rpc.name, _code(error), arrived)
             await context.abort_with_status(wire_status.grpc_status(error))  # type: ignore[attr-defined]  # not in the stubs
             raise AssertionError("abort_with_status returned")  # it always raises
 
@@ -302,20 +358,25 @@ class SessionStoreServicer:
                     )
                     return
                 refused: StateError | None = None
+                reason = ""
                 if self._draining:
-                    refused = BridgeUnavailable(
-                        "the SessionStore is stopping; not run", stopping=True
-                    )
+                    refused, reason = _stopping(), "stopping"
                 elif (
                     len(running) >= limits.max_calls_per_connection
                     or self._streamed_calls >= limits.max_concurrent_calls
                 ):
+                    reason = (
+                        "max_calls_per_connection"
+                        if len(running) >= limits.max_calls_per_connection
+                        else "max_concurrent_calls"
+                    )
                     refused = LimitExceeded(
                         f"{len(running)} calls run on this stream and {self._streamed_calls} "
-                        "on all: not run (rule 'max_concurrent_calls')",
-                        limit="max_concurrent_calls",
+                        f"on all: not run (rule {reason!r})",
+                        limit=reason,
                     )
                 if refused is not None:
+                    self._refused_streamed(request, arrived, refused, reason)
                     await _send(context, writing, _failure(request.call, refused))
                     continue
                 # Counted from now (the task may start later) until its dispatch is
@@ -343,6 +404,24 @@ class SessionStoreServicer:
             reader.cancel()
             for task in running:
                 task.cancel()
+
+    def _refused(self, method: str, reason: str, session_id: str | None) -> None:
+        """A call refused at admission: logged, and counted as refused."""
+        logs.refused(method, reason, session_id)
+        if self._metrics is not None:
+            self._metrics.refused_call(method, reason)
+
+    def _refused_streamed(
+        self, request: pb.CallRequest, arrived: float, error: StateError, reason: str
+    ) -> None:
+        """A streamed call refused at admission: logged, counted as refused and as
+        answered with the error's code."""
+        field = request.WhichOneof("body") or ""
+        rpc = CALL_FIELDS.get(field)
+        method = rpc.name if rpc is not None else _UNKNOWN
+        session_id = getattr(request, field).session_id if rpc is not None else None
+        self._refused(method, reason, session_id)
+        self._answered(method, _code(error), arrived)
 
     def _release(self, slot: list[bool]) -> None:
         """A streamed call no longer counts (once, whichever way it ended)."""
@@ -402,11 +481,12 @@ class SessionStoreServicer:
         call = request.call
         field = request.WhichOneof("body")
         rpc = CALL_FIELDS.get(field or "")
+        method = rpc.name if rpc is not None else _UNKNOWN
         reply: pb.CallReply | bytes
+        error: StateError | None = None
         try:
             if rpc is None:
                 error = NotSupported(f"Calls: no call {field!r} (a newer client?); not run")
-                reply = _failure(call, error)
             else:
                 left = context.time_remaining()
                 timeout = request.timeout_seconds
@@ -423,20 +503,24 @@ class SessionStoreServicer:
                         body: dict[str, Any] = {field: response}
                         reply = pb.CallReply(call=call, **body)
                 except Exception as exc:
-                    reply = _failure(call, _as_state_error(rpc.name, exc))
+                    error = _as_state_error(rpc.name, exc)
+        except asyncio.CancelledError:  # the stream ended under it: never answered
+            self._answered(method, _CANCELLED, arrived)
+            raise
         finally:
             self._release(slot)
         try:
-            size = len(reply) if isinstance(reply, bytes) else reply.ByteSize()
-            if size > max_reply:
-                reply = _failure(
-                    call,
-                    LimitExceeded(
+            if error is None:
+                size = len(reply) if isinstance(reply, bytes) else reply.ByteSize()
+                if size > max_reply:
+                    error = LimitExceeded(
                         f"Calls: the answer is {size} bytes, over the {max_reply} "
                         "this stream carries (rule 'max_message_bytes'); ask for it unary",
                         limit="max_message_bytes",
-                    ),
-                )
+                    )
+            if error is not None:
+                reply = _failure(call, error)
+            self._answered(method, _code(error), arrived)
             await _send(context, writing, reply)
         except Exception as exc:  # the stream went away: nobody waits for the answer
             if not (context.cancelled() or context.done()):
@@ -446,6 +530,11 @@ class SessionStoreServicer:
                     "SessionStore.Calls: call %d could not be answered: %s", call, repr(exc)
                 )
 
+    def _answered(self, method: str, code: str, arrived: float) -> None:
+        """Count a call answered (when the server keeps metrics)."""
+        if self._metrics is not None:
+            self._metrics.answered(method, code, time.monotonic() - arrived)
+
     # -- the Watch stream -----------------------------------------------------------------
 
     async def watch(
@@ -454,13 +543,22 @@ class SessionStoreServicer:
         """Stream the session's events; a waiting watcher is a suspended coroutine. A
         failure ends the stream with its status (a client resumes after one that is
         not the session's end)."""
+        code = _OK
         try:
             await self._watch(request, context)
+        except asyncio.CancelledError:  # the watcher went away (it unsubscribed)
+            code = _CANCELLED
+            raise
         except Exception as exc:
             if context.cancelled() or context.done():
+                code = _CANCELLED
                 return  # the watcher went away (it unsubscribed): nothing to report
-            error = _as_state_error("Watch", exc)
+            error = _as_state_error(WATCH, exc)
+            code = _code(error)
             await context.abort_with_status(wire_status.grpc_status(error))  # type: ignore[attr-defined]  # not in the stubs
+        finally:
+            if self._metrics is not None:
+                self._metrics.watch_ended(code)
 
     async def _watch(
         self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -472,12 +570,21 @@ class SessionStoreServicer:
             request.incarnation or None,
             progress=request.progress,
         )
+        metrics = self._metrics
         # aclosing: the store's watch ends now, not when it is collected.
         async with contextlib.aclosing(events):
-            await context.send_initial_metadata(())  # the stream is up: a client can tell
-            if request.started:  # asked for: where it starts, and the incarnation
-                first = started_message(request.session_id, events.start, events.incarnation)
-                await context.write(first)
-            async for event in events:
-                await failpoints.reached("watch.event")
-                await context.write(event_message(event))
+            if metrics is not None:
+                metrics.watch_streams += 1
+            try:
+                await context.send_initial_metadata(())  # the stream is up: a client can tell
+                if request.started:  # asked for: where it starts, and the incarnation
+                    first = started_message(request.session_id, events.start, events.incarnation)
+                    await context.write(first)
+                async for event in events:
+                    await failpoints.reached("watch.event")
+                    if metrics is not None:  # counted as handed to the stream
+                        metrics.watch_event(_kind(event))
+                    await context.write(event_message(event))
+            finally:
+                if metrics is not None:
+                    metrics.watch_streams -= 1

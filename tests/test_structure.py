@@ -60,6 +60,7 @@ with its version; an import's digest): no wire form of their own."""
 NAMED_IN = {
     "messages.py": "the operations themselves",
     "methods.py": "the public methods, one per operation",
+    "aio/methods.py": "their asyncio twins (held equal to them by tests/test_aio.py)",
     "wire/operations.py": "each operation's wire form",
     "redis/operations.py": "the Redis engine's table of steps",
     "redis/writes.py": "the Redis table's write steps",

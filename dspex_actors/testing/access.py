@@ -36,87 +36,86 @@ class AccessContract(ContractBase):
     has them (this package's handles and Contexts: ``SessionMethods``)."""
 
     @pytest.fixture
-    def state(self, open_state: Opener) -> SessionMethods:
+    def handle(self, open_state: Opener) -> SessionMethods:
+        """A handle with Pythonic access (named apart from the kit's ``state``, which
+        every other concern's tests use on every backend)."""
         state = open_state()
         if not isinstance(state, SessionMethods):
             pytest.skip(f"{self.provider.__name__} has no Pythonic access (SessionMethods)")
         return state
 
-    def test_items_stand_for_the_methods(self, state: Any) -> None:
-        _seed(state)
-        assert state["temperature"] == 0.7
-        state["temperature"] = 0.9
-        assert state.get_record("temperature").version == 1
-        assert "temperature" in state and "nothing" not in state and 1 not in state
-        assert list(state) == ["temperature", "temp", "max_tokens"]
-        assert len(state) == 3
-        del state["temp"]
-        assert "temp" not in state and len(state) == 2
+    def test_items_stand_for_the_methods(self, handle: Any) -> None:
+        _seed(handle)
+        assert handle["temperature"] == 0.7
+        handle["temperature"] = 0.9
+        assert handle.get_record("temperature").version == 1
+        assert "temperature" in handle and "nothing" not in handle and 1 not in handle
+        assert list(handle) == ["temperature", "temp", "max_tokens"]
+        assert len(handle) == 3
+        del handle["temp"]
+        assert "temp" not in handle and len(handle) == 2
         with pytest.raises(VariableNotFound) as missing:
-            _ = state["nothing"]
+            _ = handle["nothing"]
         assert isinstance(missing.value, KeyError)
-        before = state.list_variables()
+        before = handle.list_variables()
         with pytest.raises(ValidationError) as refused:
-            state["temperature"] = 3.5
+            handle["temperature"] = 3.5
         assert (refused.value.variable, refused.value.rule) == ("temperature", "max")
-        assert_unchanged(state, before)
+        assert_unchanged(handle, before)
         with pytest.raises(VariableNotFound):
-            state["unregistered"] = 1  # assigning sets; it never registers
+            handle["unregistered"] = 1  # assigning sets; it never registers
 
-    def test_an_empty_session_is_still_a_true_handle(self, state: Any) -> None:
-        assert len(state) == 0 and list(state) == []
-        assert state
+    def test_an_empty_session_is_still_a_true_handle(self, handle: Any) -> None:
+        assert len(handle) == 0 and list(handle) == []
+        assert handle
 
-    def test_attributes_stand_for_the_items(self, state: Any) -> None:
-        _seed(state)
-        assert state.v.max_tokens == 256
-        state.v.max_tokens = 512
-        assert state.get_variable("max_tokens") == 512
-        del state.v.temp
-        assert "temp" not in state
-        assert {"temperature", "max_tokens"} <= set(dir(state.v))
-        assert not hasattr(state.v, "nothing")
+    def test_attributes_stand_for_the_items(self, handle: Any) -> None:
+        _seed(handle)
+        assert handle.v.max_tokens == 256
+        handle.v.max_tokens = 512
+        assert handle.get_variable("max_tokens") == 512
+        del handle.v.temp
+        assert "temp" not in handle
+        assert {"temperature", "max_tokens"} <= set(dir(handle.v))
+        assert not hasattr(handle.v, "nothing")
         with pytest.raises(AttributeNotFound):
-            _ = state.v.nothing
+            _ = handle.v.nothing
         with pytest.raises(ValidationError):
-            state.v.max_tokens = 0
+            handle.v.max_tokens = 0
 
-    def test_a_batch_applies_its_sets_together_at_its_end(self, state: Any) -> None:
-        _seed(state)
-        with state.batch() as gathered:
-            state["temperature"] = 1.5
-            state.v.max_tokens = 1024
-            assert state["temperature"] == 1.5  # what the batch holds
-            assert state.get_variable("temperature") == 0.7  # not applied yet
+    def test_a_batch_applies_its_sets_together_at_its_end(self, handle: Any) -> None:
+        _seed(handle)
+        with handle.batch() as gathered:
+            handle["temperature"] = 1.5
+            handle.v.max_tokens = 1024
+            assert handle["temperature"] == 1.5  # what the batch holds
+            assert handle.get_variable("temperature") == 0.7  # not applied yet
             assert gathered == {"temperature": 1.5, "max_tokens": 1024}
-        assert state.get_variables(["temperature", "max_tokens"]) == {
+        assert handle.get_variables(["temperature", "max_tokens"]) == {
             "temperature": 1.5,
             "max_tokens": 1024,
         }
-        assert state.get_record("temperature").version == 1
-        assert state.get_record("max_tokens").version == 1
+        assert handle.get_record("temperature").version == 1
+        assert handle.get_record("max_tokens").version == 1
 
-    def test_a_batch_that_fails_applies_nothing(self, state: Any) -> None:
-        _seed(state)
-        before = state.list_variables()
-        with pytest.raises(_Boom), state.batch():
-            state["temperature"] = 1.5
+    def test_a_batch_that_fails_applies_nothing(self, handle: Any) -> None:
+        _seed(handle)
+        before = handle.list_variables()
+        with pytest.raises(_Boom), handle.batch():
+            handle["temperature"] = 1.5
             raise _Boom
-        assert_unchanged(state, before)
-        with pytest.raises(PartialFailure), state.batch():  # update_variables' error
-            state["temperature"] = 1.5
-            state["max_tokens"] = 0  # breaks its minimum: the whole batch is refused
-        assert_unchanged(state, before)
-        with pytest.raises(NotSupported), state.batch():
-            del state["temp"]
-        assert_unchanged(state, before)
+        assert_unchanged(handle, before)
+        with pytest.raises(PartialFailure), handle.batch():  # update_variables' error
+            handle["temperature"] = 1.5
+            handle["max_tokens"] = 0  # breaks its minimum: the whole batch is refused
+        assert_unchanged(handle, before)
+        with pytest.raises(NotSupported), handle.batch():
+            del handle["temp"]
+        assert_unchanged(handle, before)
 
-    def test_a_variable_handle_reads_sets_and_follows_one_variable(
-        self, open_state: Opener
-    ) -> None:
-        state: Any = open_state()
-        _seed(state)
-        temp = state.variable("temp")
+    def test_a_variable_handle_reads_sets_and_follows_one_variable(self, handle: Any) -> None:
+        _seed(handle)
+        temp = handle.variable("temp")
         assert (temp.value, temp.version) == (1, 0)
         assert temp.set(2) == 1
         assert temp.record.value == 2
@@ -127,6 +126,6 @@ class AccessContract(ContractBase):
             return
         events: list[object] = []
         with temp.subscribe(events.append):
-            state["temperature"] = 1.0  # a name the glob "temp*" would match
+            handle["temperature"] = 1.0  # a name the glob "temp*" would match
             temp.set(5)
         assert [(e.name, e.value) for e in events] == [("temp", 5)]  # type: ignore[attr-defined]

@@ -1,0 +1,422 @@
+"""AsyncBridgedState: a session on a SessionStore server, over ``grpc.aio``.
+
+The asyncio twin of :class:`~dspex_actors.bridge.client.bridged.BridgedState`: the
+same operations in the same wire forms (:mod:`dspex_actors.wire.operations`), the
+same deadline per call, the same account of attempts
+(:mod:`dspex_actors.bridge.client.attempts`) and so the same outcomes — a write is
+applied once, clearly not applied (``BridgeUnavailable``), or ``OutcomeUnknown``
+with its request id to settle. It runs on gRPC's own asyncio stack: no thread waits
+for a reply. Each call is a unary RPC (the sync client's shared Calls stream is not
+built for asyncio yet).
+
+A write is handed to gRPC only once its channel is READY (asked with
+``get_state``/``wait_for_state_change``, gRPC's public asyncio API): one kept back
+was certainly not sent. A task cancelled while its call waits is told
+``CancelledError`` as asyncio expects, with a note saying what became of the write:
+not applied (kept back), or which request id to settle (sent, unanswered).
+
+Events are the server's Watch stream as an async iterator, opened again from the
+sequence after the last event it gave if the stream breaks, and never crossing into
+a later session of the same id (the request names the incarnation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar, Self, TypeVar
+
+import grpc
+import grpc.aio
+
+from dspex_actors.aio.following import OPENED, EventStream, in_thread
+from dspex_actors.aio.methods import AsyncRemoteSessionMethods
+from dspex_actors.backoff import Backoff
+from dspex_actors.bridge import embedded
+from dspex_actors.bridge.client.attempts import Attempts, MaybeApplied
+from dspex_actors.bridge.client.bridged import SETTLE_SECONDS, _named, _over_the_limit
+from dspex_actors.bridge.client.calls import Unanswered
+from dspex_actors.bridge.client.channels import SYSTEM_ROOTS
+from dspex_actors.bridge.client.watch import WATCH_DEADLINE
+from dspex_actors.bridge.env import ADDRESS_ENV, TOKEN_ENV
+from dspex_actors.errors import (
+    BridgeUnavailable,
+    OutcomeUnknown,
+    SessionClosed,
+    SessionNotFound,
+    StateError,
+)
+from dspex_actors.limits import check_session_id
+from dspex_actors.messages import Operation
+from dspex_actors.session import new_session_id
+from dspex_actors.streaming import Event
+from dspex_actors.urls import bridge_address
+from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.wire import codec, keepalive
+from dspex_actors.wire import status as wire_status
+from dspex_actors.wire.events import event_of, progress, started
+from dspex_actors.wire.forms import SERVICE, Ids, Rpc, Send, Settled
+from dspex_actors.wire.operations import SENDS
+from dspex_actors.wire.tls import read_pem
+
+__all__ = ["AsyncBridgedState"]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+_READY = grpc.ChannelConnectivity.READY
+_SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
+_WATCH_RETRIED = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+
+class AsyncBridgedState(AsyncRemoteSessionMethods):
+    """A session on a SessionStore, for asyncio code (see the module docstring)."""
+
+    kind: ClassVar[str] = "bridged"
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        address: str,
+        session_id: str,
+        timeout: float,
+        token: str | None,
+        max_message_bytes: int,
+        embedded_server: bool,
+        /,
+    ) -> None:
+        """Internal: open one with ``await AsyncBridgedState.init(...)``."""
+        self.session_id = session_id
+        self.address = address
+        self.owner = False
+        self.incarnation = ""
+        self.ttl_seconds: float | None = None
+        self.store = ""
+        self._channel = channel
+        self._timeout = timeout
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token is not None else ()
+        )
+        self._max_bytes = max_message_bytes
+        self._embedded = embedded_server
+        self._closed = False
+        self._unaries: dict[str, Any] = {}
+
+    @classmethod
+    async def init(
+        cls,
+        *,
+        session_id: str | None = None,
+        existing_state: Mapping[str, Any] | None = None,
+        address: str | None = None,
+        token: str | None = None,
+        timeout: float = 5.0,
+        tls_root_cert: bytes | str | os.PathLike[str] | None = None,
+        max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+        create: bool = True,
+    ) -> Self:
+        """Open ``session_id`` on a SessionStore, as ``BridgedState.init`` does (the
+        same address forms, ``$DSPEX_BRIDGE_ADDRESS`` and ``$DSPEX_BRIDGE_TOKEN``, the
+        embedded server without either); ``create=False`` only attaches."""
+        if session_id is not None:
+            check_session_id(session_id)
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if address is None and os.environ.get(ADDRESS_ENV):
+            address = os.environ[ADDRESS_ENV]
+            token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        root_cert = read_pem(tls_root_cert) if tls_root_cert is not None else None
+        use_embedded = address is None
+        if address is not None:
+            address, tls = bridge_address(address)
+            if tls and root_cert is None:
+                root_cert = SYSTEM_ROOTS
+        else:  # the embedded server starts in threads of its own: not on this loop
+            address = await in_thread(embedded.acquire)
+        channel = _open(address, root_cert, max_message_bytes)
+        handle = cls(
+            channel,
+            address,
+            session_id or new_session_id(),
+            timeout,
+            token,
+            max_message_bytes,
+            use_embedded,
+        )
+        try:
+            opened = await handle._open_session(create=create, pending=False)
+            handle.owner = opened.created
+            handle.incarnation = opened.incarnation
+            handle.ttl_seconds = opened.ttl_seconds
+            handle.store = opened.store
+            if existing_state is not None:
+                await handle.import_state(existing_state)
+        except BaseException:
+            await handle.aclose()
+            raise
+        return handle
+
+    # -- one operation ----------------------------------------------------------------
+
+    async def run(self, operation: Operation[R]) -> R:
+        """Send ``operation`` as its wire form and read its reply."""
+        if self._closed:
+            raise self._closed_error()
+        send: Send[Any, R] | None = SENDS.get(type(operation))
+        if send is None:
+            raise StateError(f"{type(operation).__name__} has no wire form to send")
+        request_id = uuid.uuid4().hex if send.rpc.has_request_id else ""
+        try:
+            request = send.encode(operation, Ids(self.session_id, self.incarnation, request_id))
+        except Settled as settled:
+            answered: R = settled.answer
+            return answered
+        size = request.ByteSize()
+        if size > self._max_bytes:
+            raise _over_the_limit(operation, size, self._max_bytes)
+        write = operation.write
+        response = await self._call(
+            send,
+            request,
+            request_id if write else "",
+            operation.within or self._timeout,
+            _named(operation, self.session_id) if write else "",
+        )
+        return send.result(operation, response, self._max_bytes)
+
+    async def _call(
+        self, send: Send[Any, Any], request: Any, request_id: str, timeout: float, what: str
+    ) -> Any:
+        """Send one request within ``timeout``, retrying as :class:`Attempts` says."""
+        attempts = Attempts(send, request_id, timeout, what, self.session_id)
+        while True:
+            try:
+                return await self._attempt(
+                    send.rpc, request, attempts.left(), attempts.expires_ms, request_id, what
+                )
+            except Unanswered as exc:
+                try:
+                    pause = attempts.failed(exc, self._closed_error() if self._closed else None)
+                except MaybeApplied as maybe:
+                    return await self._unknown(send, request, request_id, attempts, maybe.error)
+            await asyncio.sleep(pause)  # a retry's backoff, bounded by the deadline
+
+    async def _attempt(
+        self,
+        rpc: Rpc,
+        request: Any,
+        timeout: float,
+        expires_ms: int,
+        request_id: str = "",
+        what: str = "",
+    ) -> Any:
+        """One unary call: the response, the server's ``StateError``, or
+        :class:`Unanswered` saying whether the request may have been sent."""
+        if request_id:
+            began = time.monotonic()
+            try:
+                ready = await self._connected(timeout)
+            except asyncio.CancelledError as cancelled:
+                cancelled.add_note(f"{what} was not applied (cancelled before it was sent)")
+                raise
+            if not ready:
+                raise Unanswered(self._unreachable(), maybe_sent=False)
+            timeout = max(timeout - (time.monotonic() - began), 0.001)
+        metadata = (*self._metadata, (codec.EXPIRES_KEY, str(expires_ms)))
+        try:
+            return await self._unary(rpc)(request, timeout=timeout, metadata=metadata)
+        except asyncio.CancelledError as cancelled:
+            if request_id:
+                cancelled.add_note(
+                    f"{what} may have been applied: settle(request_id={request_id!r}, age) "
+                    "tells, as for OutcomeUnknown"
+                )
+            raise
+        except grpc.aio.AioRpcError as exc:
+            error = wire_status.error_from_rpc(exc, self.address)
+            if isinstance(error, OutcomeUnknown) and rpc.has_request_id:
+                raise Unanswered(error, maybe_sent=True) from exc
+            if not isinstance(error, BridgeUnavailable):
+                raise error from exc
+            sent = not wire_status.answered_by_server(exc)
+            raise Unanswered(error, maybe_sent=sent) from exc
+
+    def _unary(self, rpc: Rpc) -> Any:
+        method = self._unaries.get(rpc.name)
+        if method is None:
+            method = self._unaries[rpc.name] = self._channel.unary_unary(
+                rpc.path,
+                request_serializer=rpc.request.SerializeToString,
+                response_deserializer=rpc.response.FromString,
+            )
+        return method
+
+    async def _connected(self, timeout: float) -> bool:
+        """Whether the channel is READY, now or within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        state = self._channel.get_state(try_to_connect=True)
+        while state != _READY:
+            left = deadline - time.monotonic()
+            if left <= 0 or state == _SHUTDOWN:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._channel.wait_for_state_change(state), left)
+            state = self._channel.get_state(try_to_connect=True)
+        return True
+
+    def _unreachable(self) -> BridgeUnavailable:
+        return BridgeUnavailable(
+            f"SessionStore at {self.address} is unreachable (no connection within the "
+            "call's deadline)"
+        )
+
+    async def _unknown(
+        self,
+        send: Send[Any, Any],
+        request: Any,
+        request_id: str,
+        attempts: Attempts,
+        error: StateError,
+    ) -> Any:
+        """A write that got no answer: settled within a short bound (not applied:
+        ``BridgeUnavailable``; applied: its answer), else ``OutcomeUnknown``."""
+        bound = min(self._timeout, SETTLE_SECONDS)
+        unknown = OutcomeUnknown(
+            f"SessionStore at {self.address} did not answer within {self._timeout}s; the "
+            f"write to session {self.session_id!r} may or may not have been applied "
+            f"(last failure: {error}); settle(request_id, age) tells",
+            session_id=self.session_id,
+            request_id=request_id,
+        )
+        try:
+            applied = await self.settle(request_id, time.monotonic() - attempts.started, bound)
+        except StateError:
+            raise unknown from error
+        if not applied:
+            raise BridgeUnavailable(
+                f"SessionStore at {self.address} did not answer within {self._timeout}s; "
+                f"the write to session {self.session_id!r} was settled as not applied and "
+                f"never will be (last failure: {error})",
+                session_id=self.session_id,
+                settled=True,
+            ) from error
+        try:  # applied: its request id fetches its answer
+            expires = int((time.time() + bound) * 1000)
+            return await self._attempt(send.rpc, request, bound, expires)
+        except (Unanswered, StateError):
+            raise unknown from error
+
+    # -- events -----------------------------------------------------------------------
+
+    def events(self, pattern: str | None = None, start: int | None = None) -> EventStream:
+        position: list[int | None] = [None]
+        return EventStream(self._watch(pattern, start, position), position)
+
+    async def _watch(
+        self, pattern: str | None, start: int | None, position: list[int | None]
+    ) -> AsyncIterator[Event]:
+        """The Watch stream, opened again after a break (see the module docstring);
+        ``position[0]``: past the last event its reader took or the server skipped."""
+        cursor = start
+        opened = False
+        backoff = Backoff()
+        watch = self._channel.unary_stream(
+            f"/{SERVICE}/Watch",
+            request_serializer=pb.WatchRequest.SerializeToString,
+            response_deserializer=pb.VariableEvent.FromString,
+        )
+        while not self._closed:
+            request = pb.WatchRequest(
+                session_id=self.session_id,
+                patterns=[pattern] if pattern else [],
+                start_sequence=cursor or 0,
+                incarnation=self.incarnation,
+                started=True,
+                progress=True,
+            )
+            stream = watch(request, timeout=WATCH_DEADLINE, metadata=self._metadata)
+            try:
+                async for message in stream:
+                    beginning = started(message)
+                    if beginning is not None:
+                        first, incarnation = beginning
+                        if self.incarnation and incarnation and incarnation != self.incarnation:
+                            yield Event(self.session_id, first - 1, "closed")
+                            return  # a later session of the same id: not ours
+                        cursor = first if cursor is None else cursor
+                        position[0] = cursor
+                        backoff.reset()
+                        if not opened:
+                            opened = True
+                            yield OPENED
+                        continue
+                    read_to = progress(message)
+                    if read_to is not None:
+                        cursor = position[0] = max(cursor or 0, read_to + 1)
+                        continue
+                    event = event_of(message, self._max_bytes)
+                    cursor = event.sequence + 1
+                    yield event
+                    position[0] = cursor  # taken
+                    if event.kind == "closed":
+                        return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _WATCH_RETRIED or not opened:
+                    raise wire_status.error_from_rpc(exc, self.address) from exc
+                logger.info("watch of %s broke (%s); opening it again", self.session_id, exc)
+            finally:
+                stream.cancel()
+            await asyncio.sleep(backoff.next())
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def _closed_error(self) -> SessionClosed:
+        return SessionClosed(f"session {self.session_id!r}: this handle is closed")
+
+    async def aclose(self) -> None:
+        """Close the session if this handle owns it (its incarnation only), else
+        detach; idempotent. The channel closes even when the server is unreachable."""
+        if self._closed:
+            return
+        try:
+            if self.owner:
+                try:
+                    await self.close_remote()
+                except SessionNotFound:
+                    pass  # expired or closed already: nothing of ours to close
+                except StateError as exc:
+                    logger.warning("closing session %s failed: %s", self.session_id, exc)
+        finally:
+            self._closed = True
+            await self._channel.close(None)
+            if self._embedded:
+                await in_thread(embedded.release)
+
+    def __repr__(self) -> str:
+        role = "owner" if self.owner else "attached"
+        return f"<AsyncBridgedState {self.session_id} at {self.address} ({role})>"
+
+
+def _open(address: str, root_cert: bytes | None, max_message_bytes: int) -> grpc.aio.Channel:
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *keepalive.client_options(),
+    ]
+    if root_cert is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_cert or None)
+    return grpc.aio.secure_channel(address, credentials, options)

@@ -1,0 +1,119 @@
+"""Event streams for asyncio handles, and the one way they run a blocking step."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from dspex_actors.records import check_pattern, name_matches
+from dspex_actors.streaming import Event, EventLog, fulfil
+
+T = TypeVar("T")
+
+__all__ = ["OPENED", "EventStream", "follow", "in_thread"]
+
+
+async def follow(
+    log: EventLog, pattern: str | None, start: int | None, position: list[int | None]
+) -> AsyncIterator[Event]:
+    """The events of ``log`` whose names match ``pattern``, from ``start`` (None: from
+    now), as :class:`~dspex_actors.streaming.LogSource` gives them to a thread: one
+    ``overflow`` past the kept history (then on from the present), and a last
+    ``closed`` once the session closed. Waiting costs no thread (``wait_async``).
+    ``position[0]`` is kept past the last event its reader took (or skipped)."""
+    glob = check_pattern(pattern)
+    cursor = log.next_sequence if start is None else start
+    position[0] = cursor
+    yield OPENED
+    while True:
+        events, cursor = log.read(cursor)
+        if not events:
+            position[0] = cursor  # what was read before was taken: resumed here
+            await log.wait_async(cursor)
+            continue
+        for event in events:
+            if event.kind in ("overflow", "closed") or name_matches(event.name or "", glob):
+                yield event
+            if event.kind == "closed":
+                return
+
+
+OPENED = Event("", -1, "overflow")
+"""What an event source yields first, once it is open (never shown to a reader)."""
+
+
+class EventStream:
+    """Change events as an async iterator, open at once with ``async with``.
+
+    ``async for event in state.events(pattern)`` opens the source at the first
+    iteration; ``async with state.events(pattern) as events:`` opens it on entry, so
+    a write made inside the block is never missed; leaving the block (or
+    :meth:`aclose`) closes it.
+    """
+
+    def __init__(self, source: AsyncIterator[Event], position: list[int | None]) -> None:
+        self._source = source
+        self._position = position
+        self._opened = False
+
+    @property
+    def position(self) -> int | None:
+        """The sequence past the last event this stream's reader took or its pattern
+        skipped (None before it opened): what a drain waits for."""
+        return self._position[0]
+
+    async def _open(self) -> None:
+        if not self._opened:
+            self._opened = True
+            first = await anext(self._source)
+            assert first is OPENED, "an event source yields OPENED first"
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        await self._open()
+        return await anext(self._source)
+
+    async def __aenter__(self) -> EventStream:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop following (the source's stream or wait is cancelled); idempotent."""
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` run in a thread of its own that ends with it, awaited without blocking
+    the loop: for the rare blocking step (stopping an actor, starting the embedded
+    server). Not ``asyncio.to_thread``, whose pool keeps its threads after."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                loop.call_soon_threadsafe(_fail, done, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fulfil, done, result)
+
+    worker = threading.Thread(target=run, name="dspex-aio-blocking-step", daemon=True)
+    worker.start()
+    return await asyncio.shield(done)  # cancelled, the step still runs to its end
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

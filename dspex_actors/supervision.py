@@ -36,7 +36,7 @@ from dspex_actors.session import new_session_id
 from dspex_actors.sharing import Sharing, check_store
 from dspex_actors.urls import bridge_address as bridge_address_of
 from dspex_actors.urls import is_redis
-from dspex_actors.workers import Attach, SessionWorker, check_room
+from dspex_actors.workers import ROOM, Attach, SessionWorker, check_room
 
 __all__ = ["Context", "Supervisor", "check_store"]
 
@@ -506,8 +506,11 @@ class Context(SessionMethods):
         the first moves the session where other processes reach it."""
         self.ensure_bridged()
         boss = self._supervisor
-        attach = Attach.to(self._backend, self._store or boss.sharing.store, boss.sharing.token)
-        with self._gate:
+        sharing = boss.sharing
+        attach = Attach.to(
+            self._backend, self._store or sharing.store, sharing.token, sharing.timeout
+        )
+        with self._gate, ROOM:  # one supervisor-wide count: see workers.ROOM
             if self._stopped:
                 raise SessionClosed(f"session {self.session_id!r}: the context is stopped")
             check_room(len(self.workers), sum(len(c.workers) for c in boss.contexts()))

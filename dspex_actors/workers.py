@@ -28,6 +28,8 @@ Stopping the context stops its workers. Workers are bounded: at most
 from __future__ import annotations
 
 import atexit
+import contextlib
+import logging
 import multiprocessing
 import threading
 import time
@@ -42,7 +44,17 @@ from dspex_actors.methods import SessionMethods
 from dspex_actors.provider import StateProvider
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, run_hook
 
-__all__ = ["MAX_PER_SESSION", "MAX_WORKERS", "Attach", "SessionWorker", "session"]
+__all__ = [
+    "MAX_PER_SESSION",
+    "MAX_WORKERS",
+    "ROOM",
+    "STOP_GRACE",
+    "Attach",
+    "SessionWorker",
+    "session",
+]
+
+logger = logging.getLogger(__name__)
 
 MAX_PER_SESSION = 4
 """Workers one context may run: each is a whole Python process."""
@@ -53,6 +65,17 @@ MAX_WORKERS = 32
 _here: list[SessionMethods] = []
 """In a worker: its session's handle (empty in any other process)."""
 
+_pending: list[Attach] = []
+"""In a worker: how to attach (its handle is opened again if the first try failed)."""
+
+ROOM = threading.Lock()
+"""Held while a worker is counted against the bounds and added: one supervisor-wide
+decision, so two contexts starting workers at once cannot both pass the bound."""
+
+STOP_GRACE = 5.0
+"""Seconds a stopped worker's running call may take to end before its process is
+killed."""
+
 
 class Attach(NamedTuple):
     """What a worker needs to attach: a bridge address and token, or a Redis URL."""
@@ -61,31 +84,53 @@ class Attach(NamedTuple):
     address: str | None = None
     token: str | None = None
     redis_url: str | None = None
+    timeout: float = 5.0
 
     @classmethod
-    def to(cls, backend: StateProvider, redis_url: str | None, token: str | None) -> Attach:
+    def to(
+        cls, backend: StateProvider, redis_url: str | None, token: str | None, timeout: float
+    ) -> Attach:
         """How to reach the session ``backend`` holds: in Redis at ``redis_url``
-        (a RedisState), else at the bridge address the backend tells."""
+        (a RedisState), else at the bridge address the backend tells; each call of
+        the worker's handle within ``timeout`` (the supervisor's ``bridge_timeout``)."""
         session_id = backend.session_id
         if backend.kind == "redis":
-            return cls(session_id, redis_url=redis_url)
-        return cls(session_id, getattr(backend, "address", None), token)
+            return cls(session_id, redis_url=redis_url, timeout=timeout)
+        return cls(session_id, getattr(backend, "address", None), token, timeout=timeout)
 
 
 def session() -> SessionMethods:
-    """This worker's handle on its session; ``StateError`` outside a worker."""
+    """This worker's handle on its session; ``StateError`` outside a worker. A worker
+    whose first attach failed (its server unreachable, say) tries again here, and
+    raises why it cannot (``BridgeUnavailable``, ``SessionNotFound``...)."""
     if not _here:
-        raise StateError("not in a session worker: session() is for what a worker runs")
+        if not _pending:
+            raise StateError("not in a session worker: session() is for what a worker runs")
+        _open(_pending[0])
     return _here[0]
 
 
 def _attach(attach: Attach) -> None:
-    """The worker's first act (the pool's initializer): open its handle."""
+    """The worker's first act (the pool's initializer): open its handle. A failure
+    is kept for :func:`session` to raise (and retry), not raised here: a failing
+    initializer kills the process, and its caller would hear only a
+    ``BrokenProcessPool`` while the pool respawned it forever."""
+    _pending.append(attach)
+    with contextlib.suppress(StateError):
+        _open(attach)
+
+
+def _open(attach: Attach) -> None:
     handle: SessionMethods
     if attach.redis_url is not None:
         from dspex_actors.redis.state import RedisState
 
-        handle = RedisState.init(session_id=attach.session_id, url=attach.redis_url, create=False)
+        handle = RedisState.init(
+            session_id=attach.session_id,
+            url=attach.redis_url,
+            create=False,
+            timeout=attach.timeout,
+        )
     else:
         from dspex_actors.bridge.client.bridged import BridgedState
 
@@ -94,6 +139,7 @@ def _attach(attach: Attach) -> None:
             address=attach.address,
             token=attach.token,
             create=False,
+            timeout=attach.timeout,
         )
     _here.append(handle)
     atexit.register(handle.cleanup)  # detaches: a worker never owns its session
@@ -181,15 +227,31 @@ class SessionWorker:
         self._pool = self._start()
         return None
 
-    def stop(self) -> None:
-        """Stop the process once what it runs now is done; idempotent."""
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop the process: what it runs now gets ``grace`` seconds to end, then the
+        process is killed (its call's future fails); idempotent."""
         with self._lock:
             if self._stopped is None:
                 self._stopped = SessionClosed(
                     f"the worker of session {self.session_id!r} is stopped"
                 )
             pool = self._pool
-        pool.shutdown(wait=True, cancel_futures=True)
+        # The pool offers no terminate; its processes (a private map in 3.11's
+        # ProcessPoolExecutor) are the only handle on a call that never returns.
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(deadline - time.monotonic(), 0))
+            if process.is_alive():
+                logger.warning(
+                    "session %s: its worker did not stop within %ss; killed",
+                    self.session_id,
+                    grace,
+                )
+                process.kill()
+                process.join()
+        pool.shutdown(wait=True)  # its own threads: quick once the process is gone
         self._ended()
 
     def _ended(self) -> None:

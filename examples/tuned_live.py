@@ -25,7 +25,7 @@ def answer(question, version):
     if program is None:
         dspy.configure(lm=DummyLM({"": {"answer": "42"}}))
         program = SessionModule(session(), "question -> answer")
-    program.values.wait_for("temperature", version, timeout=10)
+    assert program.values.wait_for("temperature", version, timeout=10)
     return program(question=question).answer, program.settings["temperature"]
 
 

@@ -148,16 +148,15 @@ def test_variable_aware_chain_of_thought(session: SessionMethods, recorder: Reco
 
 
 def test_variable_aware_react(session: SessionMethods, recorder: Recorder) -> None:
-    """A ReAct's ``max_iters`` (was ``max_iterations``) bound to a session variable,
-    and the LM settings reach every call of its loop."""
+    """A ReAct's ``max_iters`` (was ``max_iterations``) bound to a session variable
+    after the module was made (``bind``, was ``bind_variable``), and the LM settings
+    reach every call of its loop."""
     lm_settings(session, temperature=0.6, max_react_iterations=3)
-    with SessionModule(
-        session,
-        "question -> answer",
-        module="ReAct",
-        attribute_variables={"max_iters": "max_react_iterations"},
-        tools=[],
-    ) as program:
+    with SessionModule(session, "question -> answer", module="ReAct", tools=[]) as program:
+        program.bind(attribute_variables={"max_iters": "max_react_iterations"})  # a binding added
+        with pytest.raises(VariableNotFound):
+            program.bind(attribute_variables={"max_iters": "nothing"})  # changes nothing
+        assert program.bindings["max_iters"] == "max_react_iterations"
         result = program(question="q")
         assert program.inner.max_iters == 3
         session["max_react_iterations"] = 7

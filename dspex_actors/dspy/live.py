@@ -72,6 +72,7 @@ class LiveValues:
         self._changed = threading.Condition()
         self._pins: dict[str, Validator] = {}
         self._ids: dict[str, str] = {}  # each name's variable id (changes if registered again)
+        self._heard: dict[str, int] = {}  # events heard per name: a read they overtook is stale
         self._snapshot = Snapshot(MappingProxyType({}), MappingProxyType({}), 0)
         self._subscription: Subscription | None = None
         if not self.names:
@@ -98,11 +99,13 @@ class LiveValues:
 
     @property
     def values(self) -> Mapping[str, Any]:
-        return self._snapshot.values
+        return self.snapshot.values
 
     def refresh(self) -> dict[str, Any]:
         """Read every bound variable now (one round trip per variable); return the
         values that changed. What a write made before this call set is then here."""
+        with self._changed:
+            heard = dict(self._heard)
         changes: dict[str, _Change] = {}
         for name in self.names:
             try:
@@ -110,7 +113,7 @@ class LiveValues:
             except VariableNotFound:
                 continue  # deleted: keep the last good value
             changes[name] = _Change(record.id, record.value, record.version)
-        return self._apply(changes)
+        return self._apply(changes, heard)
 
     def wait_for(
         self, name: str, version: int, timeout: float, *, variable_id: str | None = None
@@ -145,8 +148,9 @@ class LiveValues:
         self.close()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LiveValues:
-        # DSPy's optimizers deep-copy a program: a copy reads the same session.
-        return self
+        # DSPy's optimizers deep-copy a program: a copy reads the same values, and
+        # closing it leaves the original following the session.
+        return _Borrowed(self)
 
     def _on_event(self, event: Event) -> None:
         if event.kind == "overflow":
@@ -156,16 +160,27 @@ class LiveValues:
                 logger.warning("could not read %s again after an overflow: %s", self.names, exc)
         elif event.kind in ("registered", "updated") and event.name in self._pins:
             assert event.version is not None and event.variable_id is not None
+            with self._changed:
+                self._heard[event.name] = self._heard.get(event.name, 0) + 1
             self._apply({event.name: _Change(event.variable_id, event.value, event.version)})
+        elif event.kind == "deleted" and event.name in self._pins:
+            with self._changed:  # a read made before it is stale now
+                self._heard[event.name] = self._heard.get(event.name, 0) + 1
 
-    def _apply(self, changes: Mapping[str, _Change]) -> dict[str, Any]:
+    def _apply(
+        self, changes: Mapping[str, _Change], heard: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
         """Swap in a snapshot with each change that is newer (or of a variable
-        registered again: a new id counts its versions anew) and that its pin takes."""
+        registered again: a new id counts its versions anew) and that its pin takes.
+        ``heard``: what a read saw of the events heard; a name with events heard
+        since is left out (its read is older than what they said)."""
         applied: dict[str, Any] = {}
         with self._changed:
             current = self._snapshot
             values, versions = dict(current.values), dict(current.versions)
             for name, (variable_id, value, version) in changes.items():
+                if heard is not None and self._heard.get(name, 0) != heard.get(name, 0):
+                    continue
                 same = self._ids.get(name) == variable_id
                 if same and version <= versions.get(name, 0):
                     continue
@@ -187,3 +202,33 @@ class LiveValues:
                 )
             self._changed.notify_all()  # a waiter may wait for a new id, too
         return applied
+
+
+class _Borrowed(LiveValues):
+    """A copied program's view of its original's values: the same snapshot, waits
+    and refresh; its ``close()`` leaves the original following the session (the
+    original's own ``close()`` ends both)."""
+
+    def __init__(self, original: LiveValues) -> None:  # no super().__init__: a view
+        self._original = original
+        self.handle = original.handle
+        self.names = original.names
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._original.snapshot
+
+    @property
+    def refused(self) -> int:  # type: ignore[override]
+        return self._original.refused
+
+    def refresh(self) -> dict[str, Any]:
+        return self._original.refresh()
+
+    def wait_for(
+        self, name: str, version: int, timeout: float, *, variable_id: str | None = None
+    ) -> bool:
+        return self._original.wait_for(name, version, timeout, variable_id=variable_id)
+
+    def close(self) -> None:
+        """A copy's close: nothing (the original follows on)."""

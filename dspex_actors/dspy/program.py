@@ -24,6 +24,7 @@ settings. This is the intent of DSPex Stage 2's ``VariableAwareMixin``,
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +41,8 @@ __all__ = ["COMMON_LM_SETTINGS", "SessionModule"]
 COMMON_LM_SETTINGS = ("temperature", "max_tokens")
 """What ``lm_variables=None`` binds: each LM kwarg of these names that the session
 holds, to the variable of the same name (Stage 2's ``auto_bind_common``)."""
+
+logger = logging.getLogger(__name__)
 
 _NAME_TYPES = frozenset({"module", "choice", "string"})
 
@@ -98,8 +101,10 @@ class SessionModule(dspy.Module):
         self._module_kwargs = module_kwargs
         self._lock = _Lock()
         self._choices: dict[str, Any] = {}
-        self._tuned: tuple[int, int, Any] | None = None  # (id of base LM, generation, copy)
+        self._tuned: tuple[Any, int, Any] | None = None  # (base LM, generation, its copy)
         self._attributes_at: dict[int, int] = {}  # id of inner module -> generation applied
+        self._last_module = module  # the last class a call ran (kept for a name unknown here)
+        self._refused_module: str | None = None
         choices = [module]
         if module_variable is not None:
             choices = self._check_module_variable(handle, module_variable)
@@ -107,6 +112,7 @@ class SessionModule(dspy.Module):
         # its first call on: DSPy's optimizers map them by name.
         for name in choices:
             self._choices[name] = registry.create(name, signature, **module_kwargs)
+        self._last_module = choices[0]
         names = [*self.lm_variables.values(), *self.attribute_variables.values()]
         if module_variable is not None:
             names.append(module_variable)
@@ -131,6 +137,30 @@ class SessionModule(dspy.Module):
         self._registry.check_all(names, variable=name)
         return names
 
+    def bind(
+        self,
+        *,
+        lm_variables: Mapping[str, str] | None = None,
+        attribute_variables: Mapping[str, str] | None = None,
+    ) -> None:
+        """Bind more LM kwargs or attributes to variables (Stage 2's
+        ``bind_variable``): every bound variable is read again and followed from
+        here. A name the session lacks raises ``VariableNotFound`` and changes
+        nothing."""
+        handle = self.values.handle
+        lm = {**self.lm_variables, **(lm_variables or {})}
+        attributes = {**self.attribute_variables, **(attribute_variables or {})}
+        names = [*lm.values(), *attributes.values()]
+        if self.module_variable is not None:
+            names.append(self.module_variable)
+        fresh = LiveValues(handle, names)
+        with self._lock:
+            old, self.values = self.values, fresh
+            self.lm_variables, self.attribute_variables = lm, attributes
+            self._tuned = None
+            self._attributes_at.clear()
+        old.close()
+
     @property
     def bindings(self) -> dict[str, str]:
         """Every binding: LM kwargs and attributes to their variables, and ``module``
@@ -147,13 +177,22 @@ class SessionModule(dspy.Module):
 
     @property
     def module_name(self) -> str:
-        """The inner module's class name a call made now would use."""
-        return self._module_name(self.values.snapshot)
+        """The inner module's class name a call made now would run."""
+        return self._inner(self.values.snapshot)[0]
 
     @property
     def inner(self) -> Any:
         """The inner DSPy module a call made now would run."""
-        return self._inner(self.values.snapshot)
+        return self._inner(self.values.snapshot)[1]
+
+    def set_lm(self, lm: Any) -> None:
+        """The LM to tune (DSPy's ``Module.set_lm``, which would give each predictor
+        its own LM, and a predictor's own LM is used before the tuned one)."""
+        self.lm = lm
+
+    def get_lm(self) -> Any:
+        """The LM a call made now would tune."""
+        return self.lm if self.lm is not None else dspy.settings.lm
 
     def refresh(self) -> dict[str, Any]:
         """Read the bound variables now (a round trip each); the values that changed,
@@ -163,13 +202,13 @@ class SessionModule(dspy.Module):
 
     def forward(self, **kwargs: Any) -> Any:
         snapshot = self.values.snapshot
-        inner = self._inner(snapshot)
+        _, inner = self._inner(snapshot)
         with dspy.context(lm=self._tuned_lm(snapshot)):
             return inner(**kwargs)
 
     async def aforward(self, **kwargs: Any) -> Any:
         snapshot = self.values.snapshot
-        inner = self._inner(snapshot)
+        _, inner = self._inner(snapshot)
         with dspy.context(lm=self._tuned_lm(snapshot)):
             return await inner.acall(**kwargs)
 
@@ -187,37 +226,36 @@ class SessionModule(dspy.Module):
         values = snapshot.values
         return {kw: values[name] for kw, name in self.lm_variables.items() if name in values}
 
-    def _module_name(self, snapshot: Snapshot) -> str:
-        if self.module_variable is None:
-            return self._default_module
-        name = snapshot.values.get(self.module_variable, self._default_module)
-        return str(name)
-
-    def _inner(self, snapshot: Snapshot) -> Any:
-        """The inner module for this snapshot's class, its attributes applied."""
-        name = self._module_name(snapshot)
+    def _inner(self, snapshot: Snapshot) -> tuple[str, Any]:
+        """The inner module for this snapshot's class (its name and itself), its
+        attributes applied. A name this process cannot build (a string variable may
+        hold any) keeps the last good module, counted in ``values.refused``."""
+        name = self._default_module
+        if self.module_variable is not None:
+            name = str(snapshot.values.get(self.module_variable, name))
         with self._lock:
             inner = self._choices.get(name)
             if inner is None:
                 try:
                     factory = self._registry.resolve(name, variable=self.module_variable)
-                except ValidationError:
-                    # Unknown here (a string variable names anything): keep the last good.
-                    name = next(iter(self._choices), self._default_module)
-                    inner = self._choices.get(name)
-                    factory = self._registry.resolve(name)
-                if inner is None:
-                    inner = factory(self.signature, **self._module_kwargs)
-                    self._choices[name] = inner
-            if self.attribute_variables and self._attributes_at.get(id(inner)) != (
-                snapshot.generation
-            ):
+                except ValidationError as exc:
+                    if name != self._refused_module:
+                        self._refused_module = name
+                        self.values.refused += 1
+                        logger.warning("kept module %r: %s", self._last_module, exc)
+                    name = self._last_module
+                    inner = self._choices[name]
+                else:
+                    inner = self._choices[name] = factory(self.signature, **self._module_kwargs)
+            self._last_module = name
+            applied = self._attributes_at.get(id(inner), -1)
+            if self.attribute_variables and applied < snapshot.generation:
                 values = snapshot.values
                 for attribute, variable in self.attribute_variables.items():
                     if variable in values:
                         setattr(inner, attribute, values[variable])
                 self._attributes_at[id(inner)] = snapshot.generation
-        return inner
+        return name, inner
 
     def _tuned_lm(self, snapshot: Snapshot) -> Any:
         """The LM with this snapshot's kwargs: one copy per change of either."""
@@ -225,8 +263,8 @@ class SessionModule(dspy.Module):
         if base is None or not self.lm_variables:
             return base
         tuned = self._tuned
-        if tuned is not None and tuned[0] == id(base) and tuned[1] == snapshot.generation:
+        if tuned is not None and tuned[0] is base and tuned[1] == snapshot.generation:
             return tuned[2]
         copy = base.copy(**self._lm_kwargs(snapshot))
-        self._tuned = (id(base), snapshot.generation, copy)
+        self._tuned = (base, snapshot.generation, copy)
         return copy

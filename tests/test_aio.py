@@ -3,15 +3,23 @@ equal to the sync API's, cancellation outcomes, and a loop never blocked."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import inspect
-from collections.abc import Iterator
+import logging
+import re
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 
 import grpc.aio
 import pytest
+from bridge_support import server_process
 
-from dspex_actors import BridgedState, LocalState
+from dspex_actors import BridgedState, LocalState, failpoints
 from dspex_actors.aio import AsyncBridgedState, AsyncLocalState
 from dspex_actors.aio.methods import ASYNC_METHODS, AsyncSessionMethods
+from dspex_actors.messages import Deliver, GetVariable
 from dspex_actors.methods import SessionMethods
 from dspex_actors.testing import StateProviderContract
 from dspex_actors.testing.aio import blocking, shared_loop
@@ -31,6 +39,9 @@ def facade_loop() -> Iterator[None]:
     channel = loop.run(open_one())
     yield
     loop.run(channel.close(None))
+
+
+WAIT = 30.0  # a hang guard
 
 
 class TestAsyncLocalStateCompliance(StateProviderContract):
@@ -55,3 +66,165 @@ def test_every_public_sync_method_with_an_async_twin_is_listed() -> None:
     sync_only = {"run", "events", "subscribe", "unsubscribe", "batch", "variable", "v"}
     sync_only |= {"import_with_digest"}  # a migration's step: Contexts only
     assert public - sync_only == set(ASYNC_METHODS)
+
+
+# --- cancellation ------------------------------------------------------------------
+
+
+def test_a_write_cancelled_before_the_actor_took_it_is_not_applied() -> None:
+    """The actor is busy (a delivery whose reply waits); a write queued behind it is
+    cancelled: the caller wins the claim, so the actor skips it, and the note says
+    it was not applied."""
+
+    async def scenario() -> tuple[asyncio.CancelledError, float]:
+        async with await AsyncLocalState.init() as state:
+            await state.register_variable("temperature", "float", 0.5)
+            busy, release = threading.Event(), threading.Event()
+
+            def hold(_: object) -> None:  # the actor's turn waits here
+                busy.set()
+                release.wait(WAIT)
+
+            state._engine.tell(Deliver(GetVariable("temperature"), hold, [True]))
+            assert busy.wait(WAIT)
+            write = asyncio.create_task(state.set_variable("temperature", 1.5))
+            await asyncio.sleep(0)  # the task hands its write to the actor's mailbox
+            write.cancel()
+            try:
+                await write
+            except asyncio.CancelledError as cancelled:
+                caught = cancelled
+            else:
+                raise AssertionError("the cancelled write returned")
+            finally:
+                release.set()
+            return caught, await state.get_variable("temperature")
+
+    cancelled, value = asyncio.run(scenario())
+    assert value == 0.5
+    assert any("was not applied" in note for note in getattr(cancelled, "__notes__", []))
+
+
+def test_a_bridged_write_cancelled_after_it_was_sent_names_its_request_id_to_settle() -> None:
+    """The server stalls a write (a failpoint before its store applies it); the
+    caller cancels: the note names the request id, and settling it tells the truth
+    (whatever the server did with the cancelled call, the value agrees)."""
+    reached = threading.Event()
+    holds: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def stall() -> None:  # on the server's loop
+        release = asyncio.Event()
+        holds.append((asyncio.get_running_loop(), release))
+        reached.set()
+        await release.wait()
+
+    async def scenario() -> tuple[asyncio.CancelledError, bool, float]:
+        async with await AsyncBridgedState.init() as state:
+            await state.register_variable("temperature", "float", 0.5)
+            with failpoints.enabled("store.apply", stall):
+                write = asyncio.create_task(state.set_variable("temperature", 1.5))
+                waiting = asyncio.get_running_loop().run_in_executor(None, reached.wait, WAIT)
+                assert await waiting
+                write.cancel()
+                try:
+                    await write
+                except asyncio.CancelledError as cancelled:
+                    caught = cancelled
+                else:
+                    raise AssertionError("the cancelled write returned")
+                finally:
+                    for loop, release in holds:
+                        loop.call_soon_threadsafe(release.set)
+            notes = " ".join(getattr(caught, "__notes__", []))
+            found = re.search(r"request_id='([0-9a-f]+)'", notes)
+            assert found, notes
+            applied = await state.settle(found.group(1), age=1.0)
+            return caught, applied, await state.get_variable("temperature")
+
+    _, applied, value = asyncio.run(scenario())
+    assert value == (1.5 if applied else 0.5)
+
+
+# --- the loop is never blocked -----------------------------------------------------
+
+SLOW_CALLBACK = 0.005
+"""A callback running longer than this blocked the loop (the issue's bound: 5 ms)."""
+
+
+async def _workload(state: AsyncSessionMethods) -> None:
+    """Every kind of call, several times, with a stream open."""
+    await state.register_variable("temperature", "float", 0.5, constraints={"max": 2})
+    await state.register_variable("max_tokens", "integer", 256)
+    async with state.events("temp*") as events:
+        for step in range(50):
+            await state.set_variable("temperature", step / 50)
+            await state.get_variable("temperature")
+            await state.get_variables(["temperature", "max_tokens"])
+            await state.update_variables({"temperature": 0.1, "max_tokens": step + 1})
+            await state.get_record("max_tokens")
+        await state.list_variables("t*")
+        await state.export_state()
+        await state.session_info()
+        seen = 0
+        async for _ in events:
+            seen += 1
+            if seen == 100:
+                break
+
+
+def _slow_callbacks(opener: Callable[[], Awaitable[AsyncSessionMethods]]) -> list[str]:
+    """The loop's slow-callback reports (asyncio debug mode) while the workload runs
+    with a handle ``opener`` gives; GC paused, and the GIL handed over every 1 ms
+    (not 5), so that what is reported is a wait on something, not a pause or a
+    thread of this process holding the interpreter."""
+    reports: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "took" in record.getMessage():
+                reports.append(record.getMessage())
+
+    async def run() -> None:
+        asyncio.get_running_loop().slow_callback_duration = SLOW_CALLBACK
+        state = await opener()
+        try:
+            gc.disable()
+            await _workload(state)
+        finally:
+            gc.enable()
+            await state.aclose()
+
+    handler = Collect()
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(handler)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    try:
+        asyncio.run(run(), debug=True)
+    finally:
+        sys.setswitchinterval(interval)
+        asyncio_logger.removeHandler(handler)
+    return reports
+
+
+@pytest.mark.parametrize("kind", ["local", "bridged"])
+def test_no_call_blocks_the_loop_for_more_than_5_ms(kind: str) -> None:
+    """Opening, every kind of call with a stream open, and closing: none may hold
+    the loop. A report in two runs out of two is a call that blocks (one run's
+    report alone may be the machine: the bound is 5 ms of wall time)."""
+    if kind == "local":
+
+        def opener() -> Awaitable[AsyncSessionMethods]:
+            return AsyncLocalState.init()
+
+        first = _slow_callbacks(opener)
+        second = _slow_callbacks(opener) if first else []
+    else:
+        with server_process() as server:
+
+            def opener() -> Awaitable[AsyncSessionMethods]:
+                return AsyncBridgedState.init(address=server.address)
+
+            first = _slow_callbacks(opener)
+            second = _slow_callbacks(opener) if first else []
+    assert not (first and second), f"the loop was blocked: {first} then {second}"

@@ -51,7 +51,7 @@ def assert_printed(snippet: str, output: str) -> None:
 
 def test_every_python_snippet_is_checked() -> None:
     found = snippets()
-    assert len(found) == 8, f"{len(found)} Python snippets: update this test's list"
+    assert len(found) == 9, f"{len(found)} Python snippets: update this test's list"
     silent = [s for s in found if not expected_lines(s) and "StateProviderContract" not in s]
     assert not silent, f"snippets that say nothing they print: {silent!r}"
 
@@ -72,7 +72,7 @@ def run_snippet(snippet: str, env: dict[str, str], cwd: Path) -> str:
     return run_python(str(script), env=env, cwd=cwd, what=f"the snippet\n{snippet}")
 
 
-@pytest.mark.parametrize("index", range(8))
+@pytest.mark.parametrize("index", range(9))
 def test_a_readme_snippet_prints_what_it_says(index: int, tmp_path: Path) -> None:
     snippet = snippets()[index]
     if "StateProviderContract" in snippet:

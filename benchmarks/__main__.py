@@ -1,7 +1,7 @@
 """``python -m benchmarks``: the latency suite, ours beside raw baselines and peers.
 
 Suites (all by default, in this order): local, memory, bridge, throughput,
-migration, scale, streaming, watchers, stores. Every figure is reported as a ratio
+migration, scale, streaming, watchers, aio, stores. Every figure is reported as a ratio
 to something measured in the same run; ``--check`` holds the run to
 ``benchmarks/targets.toml`` (with ``--quick``: only the targets marked quick): it
 exits 1 naming each miss; with no miss, 3 ("check inconclusive") naming each target
@@ -31,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 from benchmarks import (
+    aio,
     bridge,
     local,
     memory,
@@ -72,6 +73,11 @@ SUITES: dict[str, tuple[Callable[[Run], None], str]] = {
     "watchers": (
         watchers.run,
         "watchers: ordinary calls on an idle SessionStore, then beside 100 waiting streams",
+    ),
+    "aio": (
+        aio.run,
+        "aio: AsyncLocalState and AsyncBridgedState beside an awaited no-op, a bare "
+        "grpc.aio echo and redis.asyncio (blocks, round-robin)",
     ),
     "stores": (
         stores.run,

@@ -14,17 +14,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import queue
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
+from bridge_support import killable_server
 from google.rpc.status_pb2 import Status
 
 from dspex_actors import failpoints
 from dspex_actors.bridge import BridgedState, SessionStoreServer, serve
 from dspex_actors.bridge.client.calls import CALLS_METHOD
+from dspex_actors.bridge.server.replies import Replies
 from dspex_actors.errors import LimitExceeded, ValidationError, VersionConflict
 from dspex_actors.limits import Limits
 from dspex_actors.v1 import session_store_pb2 as pb
@@ -251,3 +254,161 @@ def test_a_servers_not_applied_answer_is_sent_again_within_the_deadline(
         with failpoints.enabled("store.apply", failpoints.fail(refusal, times=1)):
             assert state.set_variable("x", 1) == 1
         assert state.get_record("x").version == 1
+
+
+# --- calls coalesced in one message -------------------------------------------------
+
+
+def _raw_calls(address: str, batch: bool) -> Any:
+    """A raw Calls stream (the client's metadata says whether it reads coalesced
+    answers) and its outbox."""
+    outbox: queue.Queue[pb.CallRequest | None] = queue.Queue()
+    channel = grpc.insecure_channel(address)
+    metadata = ((codec.CALLS_BATCH_KEY, "1"),) if batch else ()
+    replies = channel.stream_stream(
+        CALLS_METHOD,
+        request_serializer=pb.CallRequest.SerializeToString,
+        response_deserializer=pb.CallReply.FromString,
+    )(iter(outbox.get, None), timeout=WAIT, metadata=metadata)
+    return channel, outbox, replies
+
+
+def _gets(session_id: str, names: list[str], first: int) -> pb.CallRequest:
+    """One message: a get of each name, numbered from ``first``, coalesced."""
+    calls = [
+        pb.CallRequest(
+            call=first + n,
+            timeout_seconds=WAIT,
+            get_variable=pb.GetVariableRequest(session_id=session_id, identifier=name),
+        )
+        for n, name in enumerate(names)
+    ]
+    calls[0].more.extend(calls[1:])
+    return calls[0]
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_calls_coalesced_in_one_message_are_each_answered(
+    server: SessionStoreServer, batch: bool
+) -> None:
+    """Eight gets in one message: each is answered with its own number and value
+    (one of them an error of its own); coalesced back only to a client that said it
+    reads answers so, one answer a message to one that did not."""
+    with BridgedState.init(address=server.address) as state:
+        names = [f"v{i}" for i in range(7)]
+        for i, name in enumerate(names):
+            state.register_variable(name, "integer", i)
+        channel, outbox, replies = _raw_calls(server.address, batch)
+        with channel:
+            assert dict(replies.initial_metadata()).get(codec.CALLS_BATCH_KEY) == "1"
+            outbox.put(_gets(state.session_id, [*names, "absent"], 1))
+            answers: dict[int, pb.CallReply] = {}
+            messages = 0
+            for message in replies:
+                messages += 1
+                assert batch or not message.more
+                for reply in (message, *message.more):
+                    answers[reply.call] = reply
+                if len(answers) == 8:
+                    break
+            outbox.put(None)
+            replies.cancel()
+    assert sorted(answers) == list(range(1, 9))
+    for n in range(1, 8):
+        assert codec.unpack(answers[n].get_variable.value, max_bytes=1024) == n - 1
+    status = Status.FromString(answers[8].error)
+    assert status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert messages <= 8
+
+
+def test_a_call_nested_deeper_than_one_message_ends_the_stream(
+    server: SessionStoreServer,
+) -> None:
+    with BridgedState.init(address=server.address) as state:
+        state.register_variable("v", "integer", 1)
+        inner = _gets(state.session_id, ["v", "v"], 2)
+        outer = _gets(state.session_id, ["v"], 1)
+        outer.more.append(inner)  # a coalesced call carrying calls of its own
+        channel, outbox, replies = _raw_calls(server.address, True)
+        with channel:
+            outbox.put(outer)
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in replies:
+                    pass
+            outbox.put(None)
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_calls_ready_together_go_in_one_message() -> None:
+    """Eight threads call while the server cannot answer (its process is stopped):
+    their requests wait in the stream's outbox for the server's headers, then go in
+    one message, and each thread gets its own answer."""
+    with killable_server() as (process, address):
+        # A channel of its own (another message limit): its Calls stream opens at
+        # the first call, after the server is stopped.
+        names = [f"v{i}" for i in range(8)]
+        with BridgedState.init(address=address, stream=False) as owner:
+            for i, name in enumerate(names):
+                owner.register_variable(name, "integer", i)
+            session_id = owner.session_id
+            owner.owner = False  # the session stays for the handle below
+        state = BridgedState.init(
+            address=address,
+            session_id=session_id,
+            max_message_bytes=3 << 20,
+            timeout=WAIT,
+            create=False,
+        )
+        try:
+            stream = state._calls
+            assert stream is not None and stream.coalesced == 0
+            process.send_signal(signal.SIGSTOP)
+            try:
+                with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                    futures = [pool.submit(state.get_variable, name) for name in names]
+                    waiting = stream.waiting_calls
+                    while waiting() < 8:  # all eight wait for the stream, unsent
+                        assert not any(f.done() for f in futures), [f.result() for f in futures]
+                        threading.Event().wait(0.01)
+                    process.send_signal(signal.SIGCONT)
+                    assert [f.result(WAIT) for f in futures] == list(range(8))
+            finally:
+                process.send_signal(signal.SIGCONT)
+            assert stream.coalesced == 8
+        finally:
+            state.cleanup()
+
+
+class _HeldWrites:
+    """A stream's write side whose each write waits until released: what a client
+    that reads slowly does to the server."""
+
+    def __init__(self) -> None:
+        self.written: list[pb.CallReply] = []
+        self.release = asyncio.Event()
+
+    async def write(self, message: pb.CallReply) -> None:
+        await self.release.wait()
+        self.written.append(message)
+
+
+def test_answers_ready_while_one_is_written_go_together_in_the_next_message() -> None:
+    """The first answer's write is held; three more become ready meanwhile: they go
+    in one message after it (to a client that reads them so), in the order they
+    became ready; to one that does not, one a message."""
+
+    async def scenario(coalesce: bool) -> list[pb.CallReply]:
+        held = _HeldWrites()
+        replies = Replies(held, coalesce, max_reply=1 << 20)  # type: ignore[arg-type]
+        first = asyncio.create_task(replies.send(pb.CallReply(call=1)))
+        await asyncio.sleep(0)  # the first write is under way (and held)
+        for call in (2, 3, 4):
+            await replies.send(pb.CallReply(call=call))  # left to the writer
+        held.release.set()
+        await first
+        return held.written
+
+    together = asyncio.run(scenario(True))
+    assert [[m.call, *(r.call for r in m.more)] for m in together] == [[1], [2, 3, 4]]
+    apart = asyncio.run(scenario(False))
+    assert [[m.call, *(r.call for r in m.more)] for m in apart] == [[1], [2], [3], [4]]

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CallRequest(_message.Message):
-    __slots__ = ("call", "timeout_seconds", "expires_unix_ms", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable", "settle")
+    __slots__ = ("call", "timeout_seconds", "expires_unix_ms", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable", "settle", "more")
     CALL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class CallRequest(_message.Message):
     GET_SESSION_FIELD_NUMBER: _ClassVar[int]
     HAS_VARIABLE_FIELD_NUMBER: _ClassVar[int]
     SETTLE_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     call: int
     timeout_seconds: float
     expires_unix_ms: int
@@ -37,10 +38,11 @@ class CallRequest(_message.Message):
     get_session: GetSessionRequest
     has_variable: HasVariableRequest
     settle: SettleRequest
-    def __init__(self, call: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., expires_unix_ms: _Optional[int] = ..., get_variable: _Optional[_Union[GetVariableRequest, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableRequest, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesRequest, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesRequest, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableRequest, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableRequest, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., get_session: _Optional[_Union[GetSessionRequest, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableRequest, _Mapping]] = ..., settle: _Optional[_Union[SettleRequest, _Mapping]] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[CallRequest]
+    def __init__(self, call: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., expires_unix_ms: _Optional[int] = ..., get_variable: _Optional[_Union[GetVariableRequest, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableRequest, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesRequest, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesRequest, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableRequest, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableRequest, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesRequest, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., get_session: _Optional[_Union[GetSessionRequest, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableRequest, _Mapping]] = ..., settle: _Optional[_Union[SettleRequest, _Mapping]] = ..., more: _Optional[_Iterable[_Union[CallRequest, _Mapping]]] = ...) -> None: ...
 
 class CallReply(_message.Message):
-    __slots__ = ("call", "error", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable", "settle")
+    __slots__ = ("call", "error", "get_variable", "set_variable", "get_variables", "update_variables", "register_variable", "delete_variable", "list_variables", "heartbeat", "get_session", "has_variable", "settle", "more")
     CALL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     GET_VARIABLE_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +56,7 @@ class CallReply(_message.Message):
     GET_SESSION_FIELD_NUMBER: _ClassVar[int]
     HAS_VARIABLE_FIELD_NUMBER: _ClassVar[int]
     SETTLE_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     call: int
     error: bytes
     get_variable: GetVariableResponse
@@ -67,7 +70,8 @@ class CallReply(_message.Message):
     get_session: SessionInfo
     has_variable: HasVariableResponse
     settle: SettleResponse
-    def __init__(self, call: _Optional[int] = ..., error: _Optional[bytes] = ..., get_variable: _Optional[_Union[GetVariableResponse, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableResponse, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesResponse, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesResponse, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableResponse, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableResponse, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., get_session: _Optional[_Union[SessionInfo, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableResponse, _Mapping]] = ..., settle: _Optional[_Union[SettleResponse, _Mapping]] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[CallReply]
+    def __init__(self, call: _Optional[int] = ..., error: _Optional[bytes] = ..., get_variable: _Optional[_Union[GetVariableResponse, _Mapping]] = ..., set_variable: _Optional[_Union[SetVariableResponse, _Mapping]] = ..., get_variables: _Optional[_Union[GetVariablesResponse, _Mapping]] = ..., update_variables: _Optional[_Union[UpdateVariablesResponse, _Mapping]] = ..., register_variable: _Optional[_Union[RegisterVariableResponse, _Mapping]] = ..., delete_variable: _Optional[_Union[DeleteVariableResponse, _Mapping]] = ..., list_variables: _Optional[_Union[ListVariablesResponse, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatResponse, _Mapping]] = ..., get_session: _Optional[_Union[SessionInfo, _Mapping]] = ..., has_variable: _Optional[_Union[HasVariableResponse, _Mapping]] = ..., settle: _Optional[_Union[SettleResponse, _Mapping]] = ..., more: _Optional[_Iterable[_Union[CallReply, _Mapping]]] = ...) -> None: ...
 
 class ErrorDetail(_message.Message):
     __slots__ = ("error_class", "reason", "message", "details", "errors")

@@ -18,6 +18,7 @@ from dspex_actors.errors import LimitExceeded, ValidationError
 from dspex_actors.text import describe_value
 
 __all__ = [
+    "CALLS_BATCH_KEY",
     "CALLS_LIMIT_KEY",
     "CALLS_MAX_REPLY_KEY",
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -41,6 +42,10 @@ CALLS_LIMIT_KEY = "dspex-calls-limit"
 """Initial metadata of a Calls stream: how many of its calls the server runs at once."""
 CALLS_MAX_REPLY_KEY = "dspex-max-reply-bytes"
 """Metadata a client opens a Calls stream with: the largest reply it can receive."""
+CALLS_BATCH_KEY = "dspex-calls-batch"
+"""Metadata of a Calls stream, each way (value "1"): this side reads calls (or
+answers) coalesced into one message's ``more``. A side sends ``more`` only to a peer
+that said so."""
 EXPIRES_KEY = "dspex-expires-unix-ms"
 """Metadata of a unary call: the client's deadline as an instant (Unix epoch ms), so
 a write delayed in transit past it is refused unapplied (gRPC's own deadline counts

@@ -47,6 +47,7 @@ from dspex_actors.errors import BridgeUnavailable, StateError
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
+from dspex_actors.wire.coalesce import coalesced
 from dspex_actors.wire.forms import SERVICE
 
 __all__ = ["CALLS_METHOD", "CallStream", "GoUnary", "Unanswered"]
@@ -61,6 +62,10 @@ _FIRST_CAPACITY = 8
 """Calls in flight on a stream before the server has said how many it runs at once."""
 _ENVELOPE = 64
 """Bytes a CallRequest adds around the unary request (its number, timeout, tag)."""
+_BATCH_CALLS = 64
+"""Calls one message carries at most, coalesced (see :meth:`CallStream._open`)."""
+_BATCH_BYTES = 64 * 1024
+"""Bytes of calls one message takes before it carries no more: far below any limit."""
 
 
 class Unanswered(Exception):
@@ -106,7 +111,13 @@ class CallStream:
         )
         # The largest reply this channel receives: the server answers a larger one as
         # that call's LimitExceeded instead of ending the stream.
-        self._metadata = (*(metadata or ()), (codec.CALLS_MAX_REPLY_KEY, str(max_message_bytes)))
+        self._metadata = (
+            *(metadata or ()),
+            (codec.CALLS_MAX_REPLY_KEY, str(max_message_bytes)),
+            (codec.CALLS_BATCH_KEY, "1"),  # answers coalesced in one message are read
+        )
+        self.coalesced = 0
+        """Calls sent in a message with others (what coalescing saved: one message each)."""
         self.max_request = max_message_bytes - _ENVELOPE
         self._capacity = _FIRST_CAPACITY
         self._lock = threading.Lock()
@@ -165,6 +176,11 @@ class CallStream:
             raise wire_status.error_of_status(reply.error, self._target)
         return getattr(reply, field)
 
+    def waiting_calls(self) -> int:
+        """Calls waiting for their answers now (sent or not)."""
+        with self._lock:
+            return len(self._waiting)
+
     def _unavailable(self, why: str, **details: Any) -> BridgeUnavailable:
         return BridgeUnavailable(f"SessionStore at {self._target}: {why}", **details)
 
@@ -175,27 +191,55 @@ class CallStream:
 
         def requests() -> Iterator[pb.CallRequest]:
             headers.wait()  # nothing goes to gRPC before them (see the module docstring)
-            while (request := outbox.get()) is not None:
+            ended = False
+            while not ended and (request := outbox.get()) is not None:
+                ready = [request]
+                if batches[0]:  # the server reads calls coalesced: take what is ready too
+                    size = request.ByteSize()
+                    while len(ready) < _BATCH_CALLS and size < _BATCH_BYTES:
+                        try:
+                            more = outbox.get_nowait()
+                        except queue.Empty:
+                            break
+                        if more is None:
+                            ended = True
+                            break
+                        ready.append(more)
+                        size += more.ByteSize()
                 with self._lock:
-                    waiter = self._waiting.get(request.call)
-                    if waiter is None:
-                        continue  # its caller gave up, or was failed: never sent now
-                    waiter.sent = True
-                yield request
+                    sent = [r for r in ready if self._mark_sent(r.call)]
+                # (calls whose callers gave up, or were failed, are never sent now)
+                for message in coalesced(sent, self.max_request):
+                    self.coalesced += len(message.more) + 1 if message.more else 0
+                    yield message
 
+        batches = [False]  # set by the reader once the server says it reads them
         replies = self._open_stream(requests(), metadata=self._metadata)
         self._outbox, self._replies = outbox, replies
         self._reader = threading.Thread(
-            target=self._read, args=(outbox, replies, headers), name="dspex-calls", daemon=True
+            target=self._read,
+            args=(outbox, replies, headers, batches),
+            name="dspex-calls",
+            daemon=True,
         )
         self._reader.start()
         return outbox
+
+    def _mark_sent(self, call: int) -> bool:
+        """Whether call ``call`` is still waited for; if so, it is sent from now
+        (with the lock held)."""
+        waiter = self._waiting.get(call)
+        if waiter is None:
+            return False
+        waiter.sent = True
+        return True
 
     def _read(
         self,
         outbox: queue.Queue[pb.CallRequest | None],
         replies: Any,
         headers: threading.Event,
+        batches: list[bool],
     ) -> None:
         """Let the requests go once the server's headers came, hand each reply to its
         caller until the stream ends; then fail the rest.
@@ -220,17 +264,20 @@ class CallStream:
                     up = True
                     with contextlib.suppress(ValueError):
                         self._capacity = max(1, int(value))
+                elif key == codec.CALLS_BATCH_KEY and value == "1":
+                    batches[0] = True
             if metadata:
                 headers.set()
-            for reply in replies:
-                if reply.call == 0:  # the server's word on the stream itself
-                    failure = self._stream_ended(reply, failure)
-                    continue
-                with self._lock:
-                    waiter = self._waiting.pop(reply.call, None)
-                if waiter is not None:
-                    waiter.reply = reply
-                    waiter.done.set()
+            for message in replies:
+                for reply in (message, *message.more) if message.more else (message,):
+                    if reply.call == 0:  # the server's word on the stream itself
+                        failure = self._stream_ended(reply, failure)
+                        continue
+                    with self._lock:
+                        waiter = self._waiting.pop(reply.call, None)
+                    if waiter is not None:
+                        waiter.reply = reply
+                        waiter.done.set()
         except grpc.RpcError as exc:
             if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.unsupported = True

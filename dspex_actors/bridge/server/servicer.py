@@ -41,6 +41,7 @@ from google.protobuf.message import DecodeError, Message
 from dspex_actors import failpoints
 from dspex_actors.bridge.server import lifecycle, logs
 from dspex_actors.bridge.server.metrics import WATCH, ServerMetrics
+from dspex_actors.bridge.server.replies import Replies
 from dspex_actors.bulk import BULK_ITEMS, off_loop
 from dspex_actors.errors import BridgeUnavailable, LimitExceeded, NotSupported, StateError
 from dspex_actors.limits import Limits
@@ -150,6 +151,11 @@ def _serialize(message: Message | bytes) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
+def _said(context: grpc.aio.ServicerContext[Any, Any], key: str) -> bool:
+    """Whether the client opened the call with ``key: 1`` in its metadata."""
+    return any(k == key and v == "1" for k, v in context.invocation_metadata() or ())
+
+
 def _client_max_reply(context: grpc.aio.ServicerContext[Any, Any]) -> int:
     """The largest reply the client said it can receive (unbounded if it did not say)."""
     for key, value in context.invocation_metadata() or ():
@@ -167,7 +173,16 @@ async def _read_into(
     when cancelled."""
     try:
         async for request in requests:
-            await inbox.put((request, time.monotonic()))
+            arrived = time.monotonic()
+            more = list(request.more)
+            if more:  # calls coalesced in one message: each is a call of its own
+                if any(call.more for call in more):
+                    await inbox.put(None)  # nested deeper than the protocol says
+                    return
+                del request.more[:]
+            await inbox.put((request, arrived))
+            for call in more:
+                await inbox.put((call, arrived))
     except DecodeError:
         await inbox.put(None)
     finally:
@@ -182,16 +197,6 @@ async def _read_into(
 def _failure(call: int, error: StateError) -> pb.CallReply:
     """The reply refusing a streamed call with ``error``."""
     return pb.CallReply(call=call, error=wire_status.error_status(error).SerializeToString())
-
-
-async def _send(
-    context: grpc.aio.ServicerContext[Any, Any],
-    writing: asyncio.Lock,
-    reply: pb.CallReply | bytes,
-) -> None:
-    """Write one reply on a Calls stream (one write at a time: gRPC requires it)."""
-    async with writing:
-        await context.write(reply)
 
 
 class SessionStoreServicer:
@@ -327,7 +332,6 @@ class SessionStoreServicer:
         when done (in any order). Bounded: per stream by ``max_calls_per_connection``,
         in all by ``max_concurrent_calls``; a call past either is answered
         LimitExceeded, not run."""
-        writing = asyncio.Lock()
         running: set[asyncio.Task[None]] = set()
         limits = self._limits
         # The requests are read by a task of ours into a bounded inbox, so that a
@@ -336,12 +340,17 @@ class SessionStoreServicer:
         inbox: asyncio.Queue[object] = asyncio.Queue(limits.max_calls_per_connection)
         loop = asyncio.get_running_loop()
         max_reply = min(limits.max_message_bytes + codec.FRAMING_BYTES, _client_max_reply(context))
-        # Say how many calls this stream runs at once: a client sends more unary.
+        replies = Replies(context, _said(context, codec.CALLS_BATCH_KEY), max_reply)
+        # Say how many calls this stream runs at once (a client sends more unary),
+        # and that calls coalesced in one message are read.
         await context.send_initial_metadata(
-            ((codec.CALLS_LIMIT_KEY, str(limits.max_calls_per_connection)),)
+            (
+                (codec.CALLS_LIMIT_KEY, str(limits.max_calls_per_connection)),
+                (codec.CALLS_BATCH_KEY, "1"),
+            )
         )
         if self._draining:  # opened while the server stops: nothing on it will be read
-            await _send(context, writing, _failure(0, _stopped_stream()))
+            await replies.send(_failure(0, _stopped_stream()))
             return
         reader = loop.create_task(_read_into(requests, inbox))
         self._streams[reader] = running
@@ -377,14 +386,14 @@ class SessionStoreServicer:
                     )
                 if refused is not None:
                     self._refused_streamed(request, arrived, refused, reason)
-                    await _send(context, writing, _failure(request.call, refused))
+                    await replies.send(_failure(request.call, refused))
                     continue
                 # Counted from now (the task may start later) until its dispatch is
                 # done, or it ends unstarted (cancelled): whichever comes first.
                 self._streamed_calls += 1
                 slot = [True]
                 task = loop.create_task(
-                    self._streamed(request, arrived, context, writing, max_reply, slot)
+                    self._streamed(request, arrived, context, replies, max_reply, slot)
                 )
                 running.add(task)
                 task.add_done_callback(running.discard)
@@ -396,7 +405,7 @@ class SessionStoreServicer:
                 # grace's end never gets here): what the client still waits for was
                 # never read, so never run. Said in a reply to call 0 (a message is
                 # awaited until written; trailers may be lost in the shutdown).
-                await _send(context, writing, _failure(0, _stopped_stream()))
+                await replies.send(_failure(0, _stopped_stream()))
         finally:
             self._streams.pop(reader, None)
             if handler is not None:
@@ -469,7 +478,7 @@ class SessionStoreServicer:
         request: pb.CallRequest,
         arrived: float,
         context: grpc.aio.ServicerContext[Any, Any],
-        writing: asyncio.Lock,
+        replies: Replies,
         max_reply: int,
         slot: list[bool],
     ) -> None:
@@ -521,7 +530,7 @@ class SessionStoreServicer:
             if error is not None:
                 reply = _failure(call, error)
             self._answered(method, _code(error), arrived)
-            await _send(context, writing, reply)
+            await replies.send(reply)
         except Exception as exc:  # the stream went away: nobody waits for the answer
             if not (context.cancelled() or context.done()):
                 # As text: a live traceback in a kept log record would keep the

@@ -1,0 +1,70 @@
+"""A Calls stream's answers, written one message at a time, coalesced when ready together.
+
+gRPC takes one write at a time on a stream. Answers that become ready while one is
+being written wait for it, then go out together: as one message (the first answer,
+the others in its ``more``) to a client that opened the stream saying it reads them
+so (``dspex-calls-batch: 1``), or one by one to any other. A lone answer is written
+at once, as before: coalescing costs it nothing. Each message stays within what the
+client said it receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc.aio
+
+from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.wire.coalesce import coalesced
+
+__all__ = ["Replies"]
+
+
+class Replies:
+    """The writer of one Calls stream's answers (see the module docstring)."""
+
+    def __init__(
+        self, context: grpc.aio.ServicerContext[Any, Any], coalesce: bool, max_reply: int
+    ) -> None:
+        self._context = context
+        self._coalesce = coalesce
+        self._max_reply = max_reply
+        self._pending: list[pb.CallReply | bytes] = []
+        self._writing = False
+        self.messages = 0
+        """Messages written (fewer than answers when answers were coalesced)."""
+
+    async def send(self, reply: pb.CallReply | bytes) -> None:
+        """Write ``reply``; while another write is under way, leave it to that
+        writer, which writes it next (with what else is ready then). Raises what the
+        write raised (the stream went away) to whichever caller was writing."""
+        self._pending.append(reply)
+        if self._writing:
+            return
+        self._writing = True
+        try:
+            while self._pending:
+                ready, self._pending = self._pending, []
+                for message in self._grouped(ready):
+                    await self._context.write(message)
+                    self.messages += 1
+        finally:
+            self._writing = False
+
+    def _grouped(self, ready: list[pb.CallReply | bytes]) -> Iterator[pb.CallReply | bytes]:
+        """The messages that carry ``ready``: runs of answers coalesced within the
+        client's limit, an answer serialized already on its own; one answer each to
+        a client that does not read them coalesced."""
+        if not self._coalesce or len(ready) == 1:
+            yield from ready
+            return
+        run: list[pb.CallReply] = []
+        for reply in ready:
+            if isinstance(reply, bytes):
+                yield from coalesced(run, self._max_reply)
+                run = []
+                yield reply
+            else:
+                run.append(reply)
+        yield from coalesced(run, self._max_reply)

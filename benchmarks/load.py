@@ -5,7 +5,8 @@ CONFIG names the targets: ``{"echo": ADDRESS, "store": ADDRESS, "session": ID,
 BOOL}`` (any may be null or absent). The client connects to each, warms each up,
 prints ``ready``, then obeys lines on stdin:
 
-- ``run MODE COUNT``: make COUNT calls of MODE (``grpc.echo``, ``bridged.get``,
+- ``run MODE COUNT [THREADS]``: make COUNT calls of MODE (shared by THREADS threads
+  calling at once, 1 by default) (``grpc.echo``, ``bridged.get``,
   ``redis.get``, ``etcd.range``, ``redis_state.get``; with ``writes``, also the
   compare-and-sets ``bridged.set``, ``redis_state.set`` and ``redis.cas``) back to
   back, print ``done``, then one JSON line with each call's latency in ns;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -85,6 +87,35 @@ def _connect(config: dict[str, object]) -> tuple[dict[str, Call], list[Callable[
     return calls, closers
 
 
+def _calls(call: Call, count: int) -> list[int]:
+    """``count`` calls back to back: each one's ns."""
+    latencies = []
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        started = clock()
+        call()
+        latencies.append(clock() - started)
+    return latencies
+
+
+def _in_threads(call: Call, count: int, threads: int) -> list[int]:
+    """``count`` calls shared by ``threads`` threads calling at once (what a threaded
+    server does with one client): each call's ns."""
+    start = threading.Barrier(threads)
+    results: list[list[int]] = [[] for _ in range(threads)]
+
+    def work(index: int) -> None:
+        start.wait()
+        results[index] = _calls(call, count // threads)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return [ns for taken in results for ns in taken]
+
+
 def main(config: dict[str, object]) -> None:
     calls, closers = _connect(config)
     for call in calls.values():
@@ -96,12 +127,8 @@ def main(config: dict[str, object]) -> None:
         if words[:1] != ["run"]:
             break
         call, count = calls[words[1]], int(words[2])
-        latencies = []
-        clock = time.perf_counter_ns
-        for _ in range(count):
-            started = clock()
-            call()
-            latencies.append(clock() - started)
+        threads = int(words[3]) if len(words) > 3 else 1
+        latencies = _calls(call, count) if threads == 1 else _in_threads(call, count, threads)
         print("done", flush=True)
         print(json.dumps(latencies), flush=True)
     for close in closers:

@@ -58,6 +58,10 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+THREADS = 8
+"""Threads per client process in the threaded runs (the issue's 8 processes x 8)."""
+
+
 def _cpu_of(pids: list[int]) -> float | None:
     times = [cpu_seconds(pid) for pid in pids]
     return None if None in times else sum(t for t in times if t is not None)
@@ -113,9 +117,12 @@ class LoadClients:
         if line != word:
             raise RuntimeError(f"load client {p.pid} said {line!r}, not {word!r}")
 
-    def run(self, mode: str, clients: int, count: int, server: int | None = None) -> Outcome:
-        """``count`` calls from each of ``clients`` clients, and what they cost the
-        clients and the ``server`` process (a pid) in CPU."""
+    def run(
+        self, mode: str, clients: int, count: int, server: int | None = None, threads: int = 1
+    ) -> Outcome:
+        """``count`` calls from each of ``clients`` clients (each from ``threads``
+        threads at once), and what they cost the clients and the ``server`` process
+        (a pid) in CPU."""
         chosen = self.processes[:clients]
         pids = [p.pid for p in chosen]
         client_before = _cpu_of(pids)
@@ -123,7 +130,7 @@ class LoadClients:
         started = time.perf_counter()
         for p in chosen:
             assert p.stdin is not None
-            p.stdin.write(f"run {mode} {count}\n")
+            p.stdin.write(f"run {mode} {count} {threads}\n")
             p.stdin.flush()
         for p in chosen:
             self._expect(p, "done")
@@ -168,10 +175,12 @@ def sweep(
     rounds: int,
     suite: str = SUITE,
     servers: dict[str, int] | None = None,
+    threads: int = 1,
 ) -> Rates:
     """Run every mode with each number of clients, ``total`` calls a run shared among
-    them, modes alternating within each round so noise falls on all of them alike;
-    ``servers`` names the pid each mode's server runs as, for its CPU per call."""
+    them (each client calling from ``threads`` threads), modes alternating within
+    each round so noise falls on all of them alike; ``servers`` names the pid each
+    mode's server runs as, for its CPU per call."""
     outcomes: dict[tuple[str, int], list[Outcome]] = {}
     runs = rounds * len(counts) * len(modes)
     progress.stage(f"{suite}: {total:,} calls per run, run", runs)
@@ -180,7 +189,8 @@ def sweep(
         for n in counts:
             for mode in modes:
                 server = (servers or {}).get(mode)
-                outcomes.setdefault((mode, n), []).append(clients.run(mode, n, total // n, server))
+                outcome = clients.run(mode, n, total // n, server, threads)
+                outcomes.setdefault((mode, n), []).append(outcome)
                 done += 1
                 progress.step(done)
     return {
@@ -232,6 +242,27 @@ def run(run: Run) -> None:
         clients = LoadClients(max(counts), config)
         cleanup.callback(clients.close)
         measured = sweep(clients, modes, counts, total, rounds, servers=pids)
+        # 8 clients of 8 threads each: calls ready together on one client's channel,
+        # which its Calls stream carries coalesced (and redis-py on a pool).
+        threaded = sweep(
+            clients, modes, (max(counts),), total * THREADS, rounds, servers=pids, threads=THREADS
+        )
+    n = max(counts)
+    for mode in modes:
+        label, backend, op = MODES[mode]
+        add_duration(
+            run,
+            SUITE,
+            f"throughput.{mode}@{n}x{THREADS}",
+            f"{label}, {THREADS} threads a client",
+            backend,
+            op,
+            threaded[mode, n].latencies,
+            kind="throughput",
+            baseline=None if mode == "grpc.echo" else f"throughput.grpc.echo@{n}x{THREADS}",
+            peers=() if backend != "bridged" else (f"throughput.redis.get@{n}x{THREADS}",),
+            rates=threaded[mode, n].rates,
+        )
     for n in counts:
         for mode in modes:
             label, backend, op = MODES[mode]

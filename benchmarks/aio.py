@@ -100,6 +100,16 @@ def run(run: Run) -> None:
             AsyncBridgedState.init(address=store.address, timeout=30)
         )
         cleanup.callback(lambda: loop.run_until_complete(bridged.aclose()))
+        unary = loop.run_until_complete(
+            AsyncBridgedState.init(
+                address=store.address,
+                session_id=bridged.session_id,
+                create=False,
+                timeout=30,
+                stream=False,
+            )
+        )
+        cleanup.callback(lambda: loop.run_until_complete(unary.aclose()))
         channel = grpc.aio.insecure_channel(echo_server.address)
         cleanup.callback(lambda: loop.run_until_complete(channel.close(None)))
         echo = channel.unary_unary(
@@ -139,7 +149,7 @@ def run(run: Run) -> None:
             _op(
                 loop,
                 "aio.bridged.get",
-                "AsyncBridgedState get_variable (grpc.aio, unary)",
+                "AsyncBridgedState get_variable (the Calls stream)",
                 "bridged",
                 "get",
                 lambda: bridged.get_variable("temperature"),
@@ -149,10 +159,19 @@ def run(run: Run) -> None:
             _op(
                 loop,
                 "aio.bridged.set",
-                "AsyncBridgedState set_variable (grpc.aio, unary)",
+                "AsyncBridgedState set_variable (the Calls stream)",
                 "bridged",
                 "set",
                 lambda: bridged.set_variable("temperature", bridged_value()),
+                ECHO,
+            ),
+            _op(
+                loop,
+                "aio.bridged.unary.get",
+                "AsyncBridgedState get_variable (stream=False: unary)",
+                "bridged",
+                "get",
+                lambda: unary.get_variable("temperature"),
                 ECHO,
             ),
         ]

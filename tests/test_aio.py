@@ -228,3 +228,27 @@ def test_no_call_blocks_the_loop_for_more_than_5_ms(kind: str) -> None:
             first = _slow_callbacks(opener)
             second = _slow_callbacks(opener) if first else []
     assert not (first and second), f"the loop was blocked: {first} then {second}"
+
+
+def test_calls_awaited_together_go_in_one_message_on_the_stream() -> None:
+    """Sixteen gets gathered at once queue before the stream is up: they go in one
+    message, and each gets its own answer; a handle with ``stream=False`` sends
+    them unary."""
+
+    async def scenario() -> tuple[list[object], int, list[object]]:
+        async with await AsyncBridgedState.init() as state:
+            for i in range(16):
+                await state.register_variable(f"v{i}", "integer", i)
+            got = await asyncio.gather(*(state.get_variable(f"v{i}") for i in range(16)))
+            stream = state._calls
+            assert stream is not None
+            async with await AsyncBridgedState.init(
+                session_id=state.session_id, create=False, stream=False
+            ) as unary:
+                assert unary._calls is None
+                apart = await asyncio.gather(*(unary.get_variable(f"v{i}") for i in range(16)))
+            return list(got), stream.coalesced, list(apart)
+
+    got, coalesced, apart = asyncio.run(scenario())
+    assert got == apart == list(range(16))
+    assert coalesced == 16

@@ -6,8 +6,9 @@ same deadline per call, the same account of attempts
 (:mod:`dspex_actors.bridge.client.attempts`) and so the same outcomes — a write is
 applied once, clearly not applied (``BridgeUnavailable``), or ``OutcomeUnknown``
 with its request id to settle. It runs on gRPC's own asyncio stack: no thread waits
-for a reply. Each call is a unary RPC (the sync client's shared Calls stream is not
-built for asyncio yet).
+for a reply. The frequent calls go on one Calls stream of the handle's, coalesced
+when ready together (:mod:`dspex_actors.aio.calls`); the others, and all of them with
+``stream=False``, as unary RPCs.
 
 A write is handed to gRPC only once its channel is READY (asked with
 ``get_state``/``wait_for_state_change``, gRPC's public asyncio API): one kept back
@@ -34,13 +35,14 @@ from typing import Any, ClassVar, Self, TypeVar
 import grpc
 import grpc.aio
 
+from dspex_actors.aio.calls import AsyncCallStream
 from dspex_actors.aio.following import OPENED, EventStream, in_thread
 from dspex_actors.aio.methods import AsyncRemoteSessionMethods
 from dspex_actors.backoff import Backoff
 from dspex_actors.bridge import embedded
 from dspex_actors.bridge.client.attempts import Attempts, MaybeApplied
 from dspex_actors.bridge.client.bridged import SETTLE_SECONDS, _named, _over_the_limit
-from dspex_actors.bridge.client.calls import Unanswered
+from dspex_actors.bridge.client.calls import GoUnary, Unanswered
 from dspex_actors.bridge.client.channels import SYSTEM_ROOTS
 from dspex_actors.bridge.client.watch import WATCH_DEADLINE
 from dspex_actors.bridge.env import ADDRESS_ENV, TOKEN_ENV
@@ -96,6 +98,7 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         token: str | None,
         max_message_bytes: int,
         embedded_server: bool,
+        stream: bool,
         /,
     ) -> None:
         """Internal: open one with ``await AsyncBridgedState.init(...)``."""
@@ -114,6 +117,11 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         self._embedded = embedded_server
         self._closed = False
         self._unaries: dict[str, Any] = {}
+        self._calls: AsyncCallStream | None = (
+            AsyncCallStream(channel, self._metadata, max_message_bytes, address)
+            if stream
+            else None
+        )
 
     @classmethod
     async def init(
@@ -127,10 +135,13 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         tls_root_cert: bytes | str | os.PathLike[str] | None = None,
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
         create: bool = True,
+        stream: bool = True,
     ) -> Self:
         """Open ``session_id`` on a SessionStore, as ``BridgedState.init`` does (the
         same address forms, ``$DSPEX_BRIDGE_ADDRESS`` and ``$DSPEX_BRIDGE_TOKEN``, the
-        embedded server without either); ``create=False`` only attaches."""
+        embedded server without either); ``create=False`` only attaches. ``stream``
+        sends the frequent calls on one Calls stream (:mod:`dspex_actors.aio.calls`),
+        coalesced when ready together; ``stream=False``: each a unary RPC."""
         if session_id is not None:
             check_session_id(session_id)
         if not timeout > 0:
@@ -155,6 +166,7 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
             token,
             max_message_bytes,
             use_embedded,
+            stream,
         )
         try:
             opened = await handle._open_session(create=create, pending=False)
@@ -235,6 +247,30 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
             if not ready:
                 raise Unanswered(self._unreachable(), maybe_sent=False)
             timeout = max(timeout - (time.monotonic() - began), 0.001)
+        stream = self._calls
+        if (
+            stream is not None
+            and rpc.field is not None
+            and not stream.unsupported
+            and request.ByteSize() <= stream.max_request
+        ):
+            try:
+                return await stream.call(rpc.field, request, timeout, expires_ms)
+            except GoUnary:
+                pass
+            except BridgeUnavailable as refused:  # the server's "not started, not applied"
+                raise Unanswered(refused, maybe_sent=False) from refused
+            except OutcomeUnknown as unknown:
+                if rpc.has_request_id:
+                    raise Unanswered(unknown, maybe_sent=True) from unknown
+                raise
+            except asyncio.CancelledError as cancelled:
+                if request_id and not getattr(cancelled, "__notes__", None):
+                    cancelled.add_note(
+                        f"{what} may have been applied: settle(request_id={request_id!r}, "
+                        "age) tells, as for OutcomeUnknown"
+                    )
+                raise
         metadata = (*self._metadata, (codec.EXPIRES_KEY, str(expires_ms)))
         try:
             return await self._unary(rpc)(request, timeout=timeout, metadata=metadata)
@@ -401,6 +437,8 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
                     logger.warning("closing session %s failed: %s", self.session_id, exc)
         finally:
             self._closed = True
+            if self._calls is not None:
+                await self._calls.close()
             await self._channel.close(None)
             if self._embedded:
                 await in_thread(embedded.release)

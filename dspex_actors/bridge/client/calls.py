@@ -50,7 +50,7 @@ from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.coalesce import coalesced
 from dspex_actors.wire.forms import SERVICE
 
-__all__ = ["CALLS_METHOD", "CallStream", "GoUnary", "Unanswered"]
+__all__ = ["CALLS_METHOD", "CallStream", "GoUnary", "Unanswered", "not_sent"]
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class CallStream:
         _end(outbox)
         headers.set()  # the request iterator ends (on the _end mark)
         for waiter in waiting:
-            waiter.error = failure if waiter.sent else _not_sent(failure)
+            waiter.error = failure if waiter.sent else not_sent(failure)
             waiter.done.set()
 
     def _stream_ended(self, reply: pb.CallReply, failure: Exception) -> Exception:
@@ -327,7 +327,7 @@ class CallStream:
             reader.join()
 
 
-def _not_sent(failure: Exception) -> Exception:
+def not_sent(failure: Exception) -> Exception:
     """What a call whose request was never handed to gRPC gets: an unanswered call
     is then one the server cannot have run."""
     if isinstance(failure, Unanswered) and failure.maybe_sent:

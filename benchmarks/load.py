@@ -6,7 +6,9 @@ BOOL}`` (any may be null or absent). The client connects to each, warms each up,
 prints ``ready``, then obeys lines on stdin:
 
 - ``run MODE COUNT [THREADS]``: make COUNT calls of MODE (shared by THREADS threads
-  calling at once, 1 by default) (``grpc.echo``, ``bridged.get``,
+  calling at once, 1 by default; for the asyncio modes ``aio.grpc.echo``,
+  ``aio.bridged.get`` and ``aio.redis.get``, given ``"aio": true``, THREADS tasks
+  awaiting at once on the client's one loop) (``grpc.echo``, ``bridged.get``,
   ``redis.get``, ``etcd.range``, ``redis_state.get``; with ``writes``, also the
   compare-and-sets ``bridged.set``, ``redis_state.set`` and ``redis.cas``) back to
   back, print ``done``, then one JSON line with each call's latency in ns;
@@ -21,19 +23,22 @@ a variable of its own, created at connect, so they measure throughput, not confl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
+import grpc.aio
 
 from benchmarks.peers import EtcdPeer, RedisPeer
-from benchmarks.servers import echo_stub
+from benchmarks.servers import ECHO_METHOD, echo_stub
 from benchmarks.suite import versioned_set
 from dspex_actors import BridgedState, RedisState, StateProvider
+from dspex_actors.aio import AsyncBridgedState
 
 Call = Callable[[], object]
 
@@ -45,6 +50,64 @@ def _own_variable(state: StateProvider, name: str) -> Call:
     """Register ``name`` (this client's alone) and return its compare-and-set."""
     state.register_variable(name, "float", 0.5)
     return versioned_set(lambda v, n: state.set_variable(name, v, expected_version=n), 0)
+
+
+AsyncCall = Callable[[], Awaitable[object]]
+
+
+class _Aio:
+    """The asyncio clients of a load process, on one loop of its own (``"aio": true``)."""
+
+    def __init__(self, config: dict[str, object]) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)  # grpc.aio binds to the current loop
+        self.calls: dict[str, AsyncCall] = {}
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+        self.loop.run_until_complete(self._connect(config))
+
+    async def _connect(self, config: dict[str, object]) -> None:
+        if isinstance(echo := config.get("echo"), str):
+            channel = grpc.aio.insecure_channel(echo)
+            stub = channel.unary_unary(
+                ECHO_METHOD, request_serializer=None, response_deserializer=None
+            )
+            self.calls["aio.grpc.echo"] = lambda: stub(b"\x00" * 16, timeout=10)
+            self._closers.append(lambda: channel.close(None))
+        if isinstance(store := config.get("store"), str):
+            state = await AsyncBridgedState.init(
+                session_id=str(config["session"]), address=store, timeout=10, create=False
+            )
+            self.calls["aio.bridged.get"] = lambda: state.get_variable("temperature")
+            self._closers.append(state.aclose)
+        if isinstance(port := config.get("redis"), int):
+            import redis.asyncio
+
+            client = redis.asyncio.Redis(host="127.0.0.1", port=port)
+            self.calls["aio.redis.get"] = lambda: client.get(KEY)
+            self._closers.append(client.aclose)
+
+    def run(self, mode: str, count: int, tasks: int) -> list[int]:
+        """``count`` awaits of ``mode`` shared by ``tasks`` tasks at once: each one's ns."""
+        call = self.calls[mode]
+        clock = time.perf_counter_ns
+
+        async def task(n: int) -> list[int]:
+            taken = []
+            for _ in range(n):
+                started = clock()
+                await call()
+                taken.append(clock() - started)
+            return taken
+
+        async def all_of() -> list[list[int]]:
+            return await asyncio.gather(*(task(count // tasks) for _ in range(tasks)))
+
+        return [ns for taken in self.loop.run_until_complete(all_of()) for ns in taken]
+
+    def close(self) -> None:
+        for close in self._closers:
+            self.loop.run_until_complete(close())
+        self.loop.close()
 
 
 def _connect(config: dict[str, object]) -> tuple[dict[str, Call], list[Callable[[], None]]]:
@@ -121,14 +184,24 @@ def main(config: dict[str, object]) -> None:
     for call in calls.values():
         for _ in range(50):
             call()
+    aio = _Aio(config) if config.get("aio") is True else None
+    if aio is not None:
+        closers.append(aio.close)
+        for mode in aio.calls:
+            aio.run(mode, 50, 1)
     print("ready", flush=True)
     for line in sys.stdin:
         words = line.split()
         if words[:1] != ["run"]:
             break
-        call, count = calls[words[1]], int(words[2])
+        mode, count = words[1], int(words[2])
         threads = int(words[3]) if len(words) > 3 else 1
-        latencies = _calls(call, count) if threads == 1 else _in_threads(call, count, threads)
+        if aio is not None and mode in aio.calls:  # threads: tasks on the loop
+            latencies = aio.run(mode, count, threads)
+        elif threads == 1:
+            latencies = _calls(calls[mode], count)
+        else:
+            latencies = _in_threads(calls[mode], count, threads)
         print("done", flush=True)
         print(json.dumps(latencies), flush=True)
     for close in closers:

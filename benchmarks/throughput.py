@@ -45,6 +45,11 @@ MODES: dict[str, tuple[str, Backend, str]] = {
     "redis.get": ("redis-py GET", "redis", "get"),
     "etcd.range": ("etcd Range", "etcd", "get"),
 }
+ASYNC_MODES: dict[str, tuple[str, Backend, str]] = {
+    "aio.grpc.echo": ("bare grpc.aio echo", "baseline", "echo"),
+    "aio.bridged.get": ("AsyncBridgedState.get_variable", "bridged", "get"),
+    "aio.redis.get": ("redis.asyncio GET", "redis", "get"),
+}
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -60,6 +65,8 @@ def cpu_seconds(pid: int) -> float | None:
 
 THREADS = 8
 """Threads per client process in the threaded runs (the issue's 8 processes x 8)."""
+TASKS = 16
+"""Tasks per client process in the asyncio runs (the issue's 8 processes x 16)."""
 
 
 def _cpu_of(pids: list[int]) -> float | None:
@@ -220,6 +227,7 @@ def run(run: Run) -> None:
             "echo": echo.address,
             "store": store.address,
             "session": state.session_id,
+            "aio": True,
         }
         if redis_server is not None:
             redis_peer = RedisPeer(redis_server.port)
@@ -247,7 +255,24 @@ def run(run: Run) -> None:
         threaded = sweep(
             clients, modes, (max(counts),), total * THREADS, rounds, servers=pids, threads=THREADS
         )
+        async_modes = [m for m in ASYNC_MODES if m != "aio.redis.get" or "redis" in config]
+        tasked = sweep(clients, async_modes, (max(counts),), total * TASKS, rounds, threads=TASKS)
     n = max(counts)
+    for mode in async_modes:
+        label, backend, op = ASYNC_MODES[mode]
+        add_duration(
+            run,
+            SUITE,
+            f"throughput.{mode}@{n}x{TASKS}",
+            f"{label}, {TASKS} tasks a client",
+            backend,
+            op,
+            tasked[mode, n].latencies,
+            kind="throughput",
+            baseline=None if mode == "aio.grpc.echo" else f"throughput.aio.grpc.echo@{n}x{TASKS}",
+            peers=() if backend != "bridged" else (f"throughput.aio.redis.get@{n}x{TASKS}",),
+            rates=tasked[mode, n].rates,
+        )
     for mode in modes:
         label, backend, op = MODES[mode]
         add_duration(

@@ -168,6 +168,11 @@ class Delivery(Generic[T]):
         if threading.current_thread() is not self._thread:
             self._thread.join()
 
+    @property
+    def position(self) -> int | None:
+        """The source's position once the items before it were handed on."""
+        return self._position
+
     def reach(self, position: int, timeout: float) -> bool:
         """Wait until every item before ``position`` was handed on (within
         ``timeout`` seconds, and while the delivery runs); whether they were."""
@@ -286,6 +291,12 @@ class Subscription:
     @property
     def source(self) -> Source[Event]:
         return self._delivery.source
+
+    @property
+    def position(self) -> int | None:
+        """Past the last event handed to the subscriber or skipped by the pattern
+        (None until the source can tell): what a drain waits for."""
+        return self._delivery.position
 
     @property
     def last_sequence(self) -> int | None:

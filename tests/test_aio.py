@@ -16,8 +16,8 @@ import grpc.aio
 import pytest
 from bridge_support import server_process
 
-from dspex_actors import BridgedState, LocalState, failpoints
-from dspex_actors.aio import AsyncBridgedState, AsyncLocalState
+from dspex_actors import BridgedState, Context, LocalState, failpoints
+from dspex_actors.aio import AsyncBridgedState, AsyncContext, AsyncLocalState
 from dspex_actors.aio.methods import ASYNC_METHODS, AsyncSessionMethods
 from dspex_actors.messages import Deliver, GetVariable
 from dspex_actors.methods import SessionMethods
@@ -50,6 +50,10 @@ class TestAsyncLocalStateCompliance(StateProviderContract):
 
 class TestAsyncBridgedStateCompliance(StateProviderContract):
     provider = blocking(AsyncBridgedState, capabilities=BridgedState.capabilities())
+
+
+class TestAsyncContextCompliance(StateProviderContract):
+    provider = blocking(AsyncContext, capabilities=Context.capabilities())
 
 
 @pytest.mark.parametrize("name", ASYNC_METHODS)

@@ -36,7 +36,7 @@ import grpc
 import grpc.aio
 
 from dspex_actors.aio.calls import AsyncCallStream
-from dspex_actors.aio.following import OPENED, EventStream, in_thread
+from dspex_actors.aio.following import OPENED, PROGRESSED, EventStream, in_thread
 from dspex_actors.aio.methods import AsyncRemoteSessionMethods
 from dspex_actors.backoff import Backoff
 from dspex_actors.bridge import embedded
@@ -359,7 +359,7 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
 
     def events(self, pattern: str | None = None, start: int | None = None) -> EventStream:
         position: list[int | None] = [None]
-        return EventStream(self._watch(pattern, start, position), position)
+        return EventStream(self._watch(pattern, start, position), lambda: position[0])
 
     async def _watch(
         self, pattern: str | None, start: int | None, position: list[int | None]
@@ -402,11 +402,12 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
                     read_to = progress(message)
                     if read_to is not None:
                         cursor = position[0] = max(cursor or 0, read_to + 1)
+                        yield PROGRESSED
                         continue
                     event = event_of(message, self._max_bytes)
-                    cursor = event.sequence + 1
+                    # Past it once its reader took it (read only after it did).
+                    cursor = position[0] = event.sequence + 1
                     yield event
-                    position[0] = cursor  # taken
                     if event.kind == "closed":
                         return
             except grpc.aio.AioRpcError as exc:

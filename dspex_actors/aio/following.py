@@ -13,7 +13,7 @@ from dspex_actors.streaming import Event, EventLog, fulfil
 
 T = TypeVar("T")
 
-__all__ = ["OPENED", "EventStream", "follow", "in_thread"]
+__all__ = ["OPENED", "PROGRESSED", "EventStream", "follow", "in_thread"]
 
 
 async def follow(
@@ -28,21 +28,33 @@ async def follow(
     cursor = log.next_sequence if start is None else start
     position[0] = cursor
     yield OPENED
+    moved = False  # past events the pattern skipped since the last one given
     while True:
         events, cursor = log.read(cursor)
         if not events:
-            position[0] = cursor  # what was read before was taken: resumed here
+            if moved:
+                moved = False
+                yield PROGRESSED
             await log.wait_async(cursor)
             continue
         for event in events:
+            # Past it once its reader took it (read only after it did) or skipped it.
+            position[0] = event.sequence + 1
             if event.kind in ("overflow", "closed") or name_matches(event.name or "", glob):
+                moved = False
                 yield event
+            else:
+                moved = True
             if event.kind == "closed":
                 return
 
 
 OPENED = Event("", -1, "overflow")
 """What an event source yields first, once it is open (never shown to a reader)."""
+
+PROGRESSED = Event("", -2, "overflow")
+"""What an event source yields when its position moved past events its pattern
+skipped and it is about to wait (shown only to :meth:`EventStream.step`)."""
 
 
 class EventStream:
@@ -54,7 +66,7 @@ class EventStream:
     :meth:`aclose`) closes it.
     """
 
-    def __init__(self, source: AsyncIterator[Event], position: list[int | None]) -> None:
+    def __init__(self, source: AsyncIterator[Event], position: Callable[[], int | None]) -> None:
         self._source = source
         self._position = position
         self._opened = False
@@ -63,7 +75,7 @@ class EventStream:
     def position(self) -> int | None:
         """The sequence past the last event this stream's reader took or its pattern
         skipped (None before it opened): what a drain waits for."""
-        return self._position[0]
+        return self._position()
 
     async def _open(self) -> None:
         if not self._opened:
@@ -75,8 +87,17 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Event:
+        while (event := await self.step()) is None:
+            pass
+        return event
+
+    async def step(self) -> Event | None:
+        """The next event, or None when the stream only moved past events its
+        pattern skipped (its :attr:`position` says how far): what a reader that
+        drains up to a position waits on."""
         await self._open()
-        return await anext(self._source)
+        event = await anext(self._source)
+        return None if event is PROGRESSED else event
 
     async def __aenter__(self) -> EventStream:
         await self._open()

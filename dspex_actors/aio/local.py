@@ -119,7 +119,7 @@ class AsyncLocalState(AsyncSessionMethods):
 
     def events(self, pattern: str | None = None, start: int | None = None) -> EventStream:
         position: list[int | None] = [None]
-        return EventStream(self._follow(pattern, start, position), position)
+        return EventStream(self._follow(pattern, start, position), lambda: position[0])
 
     async def _follow(
         self, pattern: str | None, start: int | None, position: list[int | None]

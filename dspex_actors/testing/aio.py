@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, ClassVar, Self
@@ -71,11 +72,16 @@ class _StreamSource:
     def __init__(self, loop: _Loop, stream: EventStream) -> None:
         self._loop = loop
         self._stream = stream
-        self._pending: concurrent.futures.Future[Event] | None = None
+        self._pending: concurrent.futures.Future[Event | None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    async def _next(self) -> Event | None:
+        self._task = asyncio.current_task()
+        return await self._stream.step()
 
     def read(self, timeout: float) -> list[Event]:
         if self._pending is None:
-            self._pending = asyncio.run_coroutine_threadsafe(anext(self._stream), self._loop.loop)
+            self._pending = asyncio.run_coroutine_threadsafe(self._next(), self._loop.loop)
         try:
             event = self._pending.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -83,7 +89,7 @@ class _StreamSource:
         except (StopAsyncIteration, concurrent.futures.CancelledError):
             raise Ended from None
         self._pending = None
-        return [event]
+        return [] if event is None else [event]  # None: it moved past skipped events
 
     def ready(self) -> None:
         """Opened before the subscription was made: nothing to wait for."""
@@ -93,13 +99,22 @@ class _StreamSource:
         return self._stream.position
 
     def wake(self) -> None:
-        pending = self._pending
-        if pending is not None:
-            pending.cancel()  # the stream ends: it is being stopped
+        task = self._task
+        if task is not None:  # the stream ends: it is being stopped
+            self._loop.loop.call_soon_threadsafe(task.cancel)
 
     def close(self) -> None:
-        self.wake()
-        self._loop.run(self._stream.aclose())
+        self._loop.run(self._finish())
+
+    async def _finish(self) -> None:
+        """End the pending step (it may be running its stream's own cleanup), then
+        the stream."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        await self._stream.aclose()
 
 
 class Blocking(StateProvider):

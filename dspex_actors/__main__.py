@@ -118,7 +118,8 @@ _STORE_HELP = (
     "where sessions live: 'memory' (they end with the server), 'sqlite:PATH' (kept in "
     "that file across restarts; add '?synchronous=full' to sync every write to disk) or "
     "'redis://HOST:PORT/DB' (kept in Redis, shared by every server on it; needs the "
-    "redis extra)"
+    "redis extra), 'redis+sentinel://HOST:PORT[,...]/SERVICE[/DB]' or "
+    "'redis+cluster://HOST:PORT[,...]' (add '?wait=N' to wait for N replicas)"
 )
 
 

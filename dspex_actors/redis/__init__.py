@@ -3,10 +3,11 @@ session) and its two front ends, :class:`RedisState` (a handle in any process) a
 the SessionStore's Redis store. redis-py (the ``redis`` extra) is loaded only when
 a session is opened.
 
-One module per job: ``connections`` (shared connections, one script call within a
-deadline), ``scripts`` (the keys and Lua scripts), ``state`` (RedisState),
-``events`` (the Stream's entries and their readers), ``follower`` (one reader for
-every session a server watches), ``store`` (the server's store).
+One module per job: ``connections`` (shared connections to one Redis, a Sentinel's
+primary or a Cluster's nodes; one script call within a deadline), ``scripts`` (the
+keys and Lua scripts), ``state`` (RedisState), ``events`` (the Stream's entries and
+their readers), ``follower`` (one reader for every session a server watches),
+``store`` (the server's store). The URL forms are :mod:`dspex_actors.urls`'.
 """
 
 from typing import TYPE_CHECKING, Any

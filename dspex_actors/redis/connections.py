@@ -1,12 +1,31 @@
-"""Connections to one Redis, and one script call made within a deadline.
+"""Connections to one Redis (or a Sentinel's primary, or a Cluster's nodes), and one
+script call made within a deadline.
 
 Plain redis-py ``Connection`` objects, shared by every handle, store and reader on
-the same Redis and counted by reference (like the bridge's channels). A command is
-written and read here, not through redis-py's client, because what matters is the
-moment of failure: a failure to connect sent nothing, a failure once the command
+the same Redis URL and counted by reference (like the bridge's channels). A command
+is written and read here, not through redis-py's client, because what matters is
+the moment of failure: a failure to connect sent nothing, a failure once the command
 was written may hide an applied write. That is what classes a failed write as not
 applied or outcome unknown. redis-py's own retries are off: a write is only ever
 retried by its caller, with its request id.
+
+Where a command goes (:meth:`Connections.node`), by the URL's form
+(:func:`~dspex_actors.urls.redis_target`):
+
+- one Redis: its connections;
+- Sentinel: redis-py's ``Sentinel.master_for`` connections, each of which asks the
+  Sentinels for the primary when it connects: after a failover, connections to the
+  old primary break (Sentinel kills its clients when it demotes it), and new ones
+  reach the promoted replica;
+- Cluster: redis-py's ``RedisCluster`` keeps the map of slots to nodes; each node's
+  connections are kept here. A session's keys share one hash tag, so one slot, so
+  every script runs on one node. ``MOVED``, ``ASK``, ``TRYAGAIN`` and
+  ``CLUSTERDOWN`` mean the script did not run: the map is read again and the call
+  retried, as after a lost connection (a failover moves the slots).
+
+``?wait=N`` in the URL sends Redis ``WAIT N timeout`` after each write, on the same
+connection and in the same packet: the write is acknowledged only once N replicas
+hold it; if fewer did within the timeout, :class:`Unreplicated` carries the reply.
 
 :func:`call_scope` lets a caller from outside (a SessionStore server relaying a
 client's write) fix the request id and deadline of the scripts run in its thread.
@@ -15,16 +34,18 @@ client's write) fix the request id and deadline of the scripts run in its thread
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dspex_actors.redis.scripts import Script
-from dspex_actors.urls import redacted
+from dspex_actors.urls import RedisTarget, bad_redis_url, redacted, redis_target
 
 if TYPE_CHECKING:
     from redis.connection import AbstractConnection
@@ -32,7 +53,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CHAIN_LENGTH",
     "Connections",
+    "NodeConnections",
     "Unanswered",
+    "Unreplicated",
     "acquire_connections",
     "call_scope",
     "check_reachable",
@@ -43,10 +66,16 @@ __all__ = [
     "share_connections",
 ]
 
+logger = logging.getLogger(__name__)
+
 _MAX_IDLE_CONNECTIONS = 32
 _MISSING_EXTRA = (
     "RedisState needs redis-py, which comes with the extra: pip install 'dspex_actors[redis]'"
 )
+_SENTINEL_TIMEOUT = 1.0
+"""Seconds a Sentinel may take to answer which node is the primary (then the next is asked)."""
+_REMAP_PAUSE = 0.05
+"""Seconds between two readings of a cluster's slot map (many calls fail at once)."""
 
 
 def redis_module() -> Any:
@@ -61,50 +90,25 @@ def redis_module() -> Any:
     return redis
 
 
-class Connections:
-    """Connections to one Redis, shared by the handles and subscriptions using it.
+class NodeConnections:
+    """Idle connections to one Redis node, taken and given back around one command.
 
-    Counted by reference like the bridge's channels: the first :func:`acquire_connections`
-    makes it, the last :func:`release_connections` closes its idle connections. Plain redis-py
-    ``Connection`` objects, taken and given back around one command: a failure to
-    connect is told apart from a failure once the command may have been sent, which
-    is what classes a failed write (not applied, or outcome unknown). redis-py's own
-    retries are off: a write is only ever retried here, with its request id.
+    A failure to connect is told apart from a failure once the command may have
+    been sent, which is what classes a failed write (not applied, or outcome
+    unknown). Forked children start with none (the sockets are the parent's).
     """
 
-    def __init__(self, key: tuple[str, float], url: str, timeout: float) -> None:
-        redis = redis_module()
-        self.key = key
-        options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-            "health_check_interval": 0,
-            "protocol": 2,  # the replies parsed here are RESP2's
-        }
-        try:  # redis-py 7+: no maintenance notifications (one command less per connect)
-            from redis.maint_notifications import MaintNotificationsConfig
-        except ImportError:
-            pass
-        else:
-            options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-        try:
-            pool = redis.ConnectionPool.from_url(url, **options)
-        except ValueError as exc:  # redis-py's words: ours, with a URL that works
-            raise ValueError(
-                f"Redis URL {redacted(url)!r}: {exc}; give one as in "
-                "'redis://127.0.0.1:6379/0' (rediss:// for TLS, unix:///path/to.sock)"
-            ) from None
-        self.connection_class: Callable[..., AbstractConnection] = pool.connection_class
-        self.connection_kwargs: dict[str, Any] = dict(pool.connection_kwargs)
-        self.errors = redis.exceptions
-        self.users = 0
+    def __init__(
+        self, connection_class: Callable[..., AbstractConnection], kwargs: dict[str, Any]
+    ) -> None:
+        self.connection_class = connection_class
+        self.connection_kwargs = kwargs
         self._idle: list[AbstractConnection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
     def new(self, **overrides: Any) -> AbstractConnection:
-        """A connection of this Redis, not yet connected, owned by the caller."""
+        """A connection of this node, not yet connected, owned by the caller."""
         return self.connection_class(**{**self.connection_kwargs, **overrides})
 
     def take(self) -> AbstractConnection:
@@ -137,19 +141,228 @@ class Connections:
                 connection.disconnect()
 
 
+class Connections:
+    """Connections to what one Redis URL names, shared by the handles and readers using it.
+
+    Counted by reference like the bridge's channels: the first
+    :func:`acquire_connections` makes it, the last :func:`release_connections`
+    closes it. :meth:`node` is where a key's commands go (see the module docstring).
+    """
+
+    def __init__(self, key: tuple[str, float], url: str, timeout: float) -> None:
+        redis = redis_module()
+        self.key = key
+        self.url = url
+        self.target: RedisTarget = redis_target(url)
+        self.clustered = self.target.kind == "cluster"
+        self.errors = redis.exceptions
+        self.users = 0
+        self.wait: bytes | None = None
+        if self.target.wait_replicas:
+            if self.target.wait_timeout_ms >= timeout * 1000:
+                raise bad_redis_url(
+                    url,
+                    f"wait_timeout {self.target.wait_timeout_ms} ms is not below the call "
+                    f"timeout of {timeout}s: a WAIT would outlast its call",
+                )
+            self.wait = _pack("WAIT", self.target.wait_replicas, self.target.wait_timeout_ms)
+        self._timeout = timeout
+        self._options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+            "health_check_interval": 0,
+            "protocol": 2,  # the replies parsed here are RESP2's
+        }
+        try:  # redis-py 7+: no maintenance notifications (one command less per connect)
+            from redis.maint_notifications import MaintNotificationsConfig
+        except ImportError:
+            pass
+        else:
+            self._options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+        self._lock = threading.Lock()
+        self._closers: list[Callable[[], None]] = []
+        self._single: NodeConnections | None = None
+        self._cluster: Any = None  # redis-py's RedisCluster, made at the first call
+        self._nodes: dict[str, NodeConnections] = {}
+        self._mapped = 0.0  # when the cluster's slot map was last read
+        if self.target.kind == "single":
+            self._single = self._one_redis()
+        elif self.target.kind == "sentinel":
+            self._single = self._sentinel_primary()
+
+    def _one_redis(self) -> NodeConnections:
+        redis = redis_module()
+        try:
+            pool = redis.ConnectionPool.from_url(self.target.url, **self._options)
+        except ValueError as exc:  # redis-py's words, in ours
+            raise bad_redis_url(self.url, str(exc)) from None
+        return NodeConnections(pool.connection_class, dict(pool.connection_kwargs))
+
+    def _sentinel_primary(self) -> NodeConnections:
+        from redis.sentinel import Sentinel
+
+        target = self.target
+        asking = min(self._timeout, _SENTINEL_TIMEOUT)
+        sentinel_options: dict[str, Any] = {
+            "socket_timeout": asking,
+            "socket_connect_timeout": asking,
+        }
+        if target.sentinel_password is not None:
+            sentinel_options["password"] = target.sentinel_password
+        sentinel = Sentinel(
+            list(target.nodes),
+            sentinel_kwargs=sentinel_options,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **self._options,
+        )
+        client = sentinel.master_for(target.service)
+        self._closers += [client.close, sentinel.close]  # its pool: what connections ask
+        pool = client.connection_pool
+        return NodeConnections(pool.connection_class, dict(pool.connection_kwargs))
+
+    def _cluster_client(self) -> Any:
+        """redis-py's RedisCluster (its slot map), made at the first call: it reads
+        the map from the nodes, which may not answer yet."""
+        with self._lock:
+            if self._cluster is not None:
+                return self._cluster
+        cluster = _kept_map(self.key)
+        if cluster is None:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            target = self.target
+            options = {k: v for k, v in self._options.items() if k != "health_check_interval"}
+            cluster = RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+                username=target.username,
+                password=target.password,
+                require_full_coverage=False,  # a slot without its node fails alone
+                **options,
+            )
+        with self._lock:
+            if self._cluster is None:
+                self._cluster = cluster
+                self._mapped = time.monotonic()
+                return cluster
+        _keep_map(self.key, cluster)
+        return self._cluster
+
+    def node(self, key: str) -> NodeConnections:
+        """The connections of the node that holds ``key`` (its hash slot) now;
+        :class:`Unanswered` (nothing sent) when no node can be named."""
+        if self._single is not None:
+            return self._single
+        errors = self.errors
+        try:
+            cluster = self._cluster_client()
+            node = cluster.nodes_manager.get_node_from_slot(self.slot(key))
+        except (errors.RedisError, errors.RedisClusterException, OSError) as exc:
+            raise Unanswered(exc, maybe_sent=False) from exc
+        with self._lock:
+            found = self._nodes.get(node.name)
+            if found is None:
+                pool = node.redis_connection.connection_pool
+                found = self._nodes[node.name] = NodeConnections(
+                    pool.connection_class, dict(pool.connection_kwargs)
+                )
+            return found
+
+    def slot(self, key: str) -> int:
+        """The hash slot of ``key``."""
+        from redis.crc import key_slot
+
+        return int(key_slot(key.encode()))
+
+    def group(self, key: str) -> Hashable:
+        """Which keys one command may read together with ``key``: all of them on one
+        Redis, those of its slot in a cluster (else Redis answers ``CROSSSLOT``)."""
+        return self.slot(key) if self.clustered else None
+
+    def rerouted(self) -> None:
+        """A command found its node gone or not serving its slot: read the cluster's
+        slot map again (at most every few tens of milliseconds); nothing for one Redis
+        or Sentinel, whose connections find the primary when they connect."""
+        if not self.clustered:
+            return
+        with self._lock:
+            cluster = self._cluster
+            if cluster is None or time.monotonic() - self._mapped < _REMAP_PAUSE:
+                return
+            self._mapped = time.monotonic()
+        try:
+            cluster.nodes_manager.initialize()
+        except Exception as exc:  # no node answers now: the next call asks again
+            logger.debug("reading the slot map of %s failed: %s", redacted(self.url), exc)
+
+    def close(self) -> None:
+        """Disconnect every idle connection, and redis-py's own clients."""
+        with self._lock:
+            nodes = list(self._nodes.values())
+            closers, self._closers = self._closers, []
+            cluster, self._cluster = self._cluster, None
+        if self._single is not None:
+            nodes.append(self._single)
+        for node in nodes:
+            node.close()
+        for close in closers:
+            with contextlib.suppress(Exception):
+                close()
+        if cluster is not None:
+            _keep_map(self.key, cluster)
+
+
+_KEPT_MAPS = 16
+"""Cluster slot maps kept after their last user (per URL and timeout), so that a
+process opening and closing handles on one cluster reads its layout once (about
+10 ms: ``CLUSTER SLOTS`` and ``COMMAND``), not per handle. A map that went stale
+is read again at the first ``MOVED``."""
+_kept_lock = threading.Lock()
+_kept: OrderedDict[tuple[str, float], Any] = OrderedDict()
+
+
+def _kept_map(key: tuple[str, float]) -> Any:
+    """A RedisCluster kept for ``key`` (taken: one user at a time), or None."""
+    with _kept_lock:
+        return _kept.pop(key, None)
+
+
+def _keep_map(key: tuple[str, float], cluster: Any) -> None:
+    """Keep ``cluster``'s map, its connections closed; the oldest past
+    :data:`_KEPT_MAPS` (and one kept for ``key`` already) are closed instead."""
+    with contextlib.suppress(Exception):
+        cluster.disconnect_connection_pools()
+    spares = []
+    with _kept_lock:
+        old = _kept.pop(key, None)
+        if old is not None:
+            spares.append(old)
+        _kept[key] = cluster
+        while len(_kept) > _KEPT_MAPS:
+            spares.append(_kept.popitem(last=False)[1])
+    for spare in spares:
+        with contextlib.suppress(Exception):
+            spare.close()
+
+
 def check_reachable(url: str, timeout: float) -> None:
     """Connect to ``url`` and PING it: ``OSError`` saying why not (a server checks
     its store at start, not at its first call)."""
     connections = acquire_connections(url, timeout)
     try:
-        connection = connections.take()
+        node = connections.node("dspex")
+        connection = node.take()
         try:
             connection.send_command("PING")
             connection.read_response()
         except BaseException:
             connection.disconnect()
             raise
-        connections.give(connection)
+        node.give(connection)
+    except Unanswered as exc:
+        raise OSError(f"cannot reach the Redis store {redacted(url)}: {exc}") from None
     except connections.errors.RedisError as exc:
         raise OSError(f"cannot reach the Redis store {redacted(url)}: {exc}") from None
     finally:
@@ -198,18 +411,83 @@ class Unanswered(Exception):
         self.maybe_sent = maybe_sent
 
 
-def _command(
-    verb: str, script: str, count: int, keys: Sequence[str], args: Sequence[Any]
-) -> bytes:
-    """One ``EVAL``/``EVALSHA`` in the Redis protocol. Written here, not by redis-py's
-    general encoder: an import's hundreds of thousands of arguments pack in a tenth
-    of the time."""
-    parts = [b"*%d\r\n" % (3 + len(keys) + len(args))]
+class Unreplicated(Exception):
+    """A write ran on the primary, but fewer replicas than ``?wait=N`` asked for
+    acknowledged it within the wait's timeout: a failover now could lose it."""
+
+    def __init__(self, reply: Any, acknowledged: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"the primary applied it, but {acknowledged} of the {wanted} replicas asked for "
+            f"acknowledged it within {timeout_ms} ms (WAIT): a failover now could lose it"
+        )
+        self.reply = reply
+        self.acknowledged = acknowledged
+
+
+def _pack(*items: Any) -> bytes:
+    """One command in the Redis protocol. Written here, not by redis-py's general
+    encoder: an import's hundreds of thousands of arguments pack in a tenth of
+    the time."""
+    parts = [b"*%d\r\n" % len(items)]
     append = parts.append
-    for item in (verb, script, count, *keys, *args):
+    for item in items:
         data = item if type(item) is bytes else str(item).encode()
         append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+def _command(
+    verb: str, script: str, count: int, keys: Sequence[str], args: Sequence[Any]
+) -> bytes:
+    """One ``EVAL``/``EVALSHA``."""
+    return _pack(verb, script, count, *keys, *args)
+
+
+def _exchange(connection: AbstractConnection, command: bytes, wait: bytes | None) -> Any:
+    """Send ``command`` (and ``wait`` behind it, in the same packet) and read the
+    replies: the command's, and with ``wait`` how many replicas acknowledged it.
+    An error reply to the command is raised once both replies are read, so the
+    connection stays usable."""
+    connection.send_packed_command([command, wait] if wait else [command])
+    failure: Exception | None = None
+    try:
+        reply = connection.read_response()
+    except redis_module().exceptions.ResponseError as exc:  # an error Redis answered
+        if wait is None:
+            raise
+        reply, failure = None, exc
+    if wait is None:
+        return reply
+    acknowledged = int(connection.read_response())
+    if failure is not None:
+        raise failure
+    return reply, acknowledged
+
+
+def _not_here(errors: Any) -> tuple[type[Exception], ...]:
+    """A cluster's refusals of a command it did not run, for now: its slot is on
+    another node (``MOVED``), being moved (``ASK``, ``TRYAGAIN``: a session whose
+    slot migrates waits until it has), or not served (``CLUSTERDOWN``)."""
+    return (errors.AskError, errors.TryAgainError, errors.ClusterDownError)
+
+
+def _connection(
+    connections: Connections, node: NodeConnections, read_timeout: float | None
+) -> AbstractConnection:
+    """A connection for one attempt: an idle one, or (``read_timeout``) a new one
+    of its own; :class:`Unanswered` (nothing sent) when none can be made."""
+    errors = connections.errors
+    try:
+        if read_timeout is None:
+            return node.take()
+        connection = node.new(socket_timeout=read_timeout)
+        connection.connect()
+        return connection
+    except (errors.AuthenticationError, errors.AuthorizationError):
+        raise
+    except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
+        connections.rerouted()
+        raise Unanswered(exc, maybe_sent=False) from exc
 
 
 def evaluate(
@@ -218,51 +496,57 @@ def evaluate(
     keys: Sequence[str],
     args: Sequence[Any],
     read_timeout: float | None = None,
+    *,
+    write: bool = False,
 ) -> Any:
     """One attempt of one script: its reply, a ``ResponseError`` Redis answered, or
-    :class:`_Unanswered`. With ``read_timeout`` (a long script: a large import) the
-    attempt has a connection of its own that waits that long for the reply."""
+    :class:`Unanswered`; a ``write`` under ``?wait=N`` raises :class:`Unreplicated`
+    when fewer replicas acknowledged it. With ``read_timeout`` (a long script: a
+    large import) the attempt has a connection of its own that waits that long."""
     errors = connections.errors
-    try:
-        if read_timeout is None:
-            connection = connections.take()
-        else:
-            connection = connections.new(socket_timeout=read_timeout)
-            connection.connect()
-    except (errors.AuthenticationError, errors.AuthorizationError):
-        raise
-    except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
-        raise Unanswered(exc, maybe_sent=False) from exc
+    node = connections.node(keys[0])
+    connection = _connection(connections, node, read_timeout)
+    wait = connections.wait if write else None
     try:
         try:
-            connection.send_packed_command(
-                [_command("EVALSHA", script.sha, len(keys), keys, args)]
+            reply = _exchange(
+                connection, _command("EVALSHA", script.sha, len(keys), keys, args), wait
             )
-            reply = connection.read_response()
         except errors.NoScriptError:  # Redis restarted or flushed its scripts: not run
-            connection.send_packed_command([_command("EVAL", script.text, len(keys), keys, args)])
-            reply = connection.read_response()
+            reply = _exchange(
+                connection, _command("EVAL", script.text, len(keys), keys, args), wait
+            )
     except errors.BusyLoadingError as exc:  # refused while loading its data: not run
         connection.disconnect()
         raise Unanswered(exc, maybe_sent=False) from exc
     except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
         connection.disconnect()
-        connections.close()  # the idle ones likely broke alike (a restart): reconnect
+        node.close()  # the idle ones likely broke alike (a restart): reconnect
+        connections.rerouted()
         raise Unanswered(exc, maybe_sent=True) from exc
-    except errors.ResponseError:
+    except errors.ResponseError as exc:
         if read_timeout is None:  # a whole reply was read: the connection is sound
-            connections.give(connection)
+            node.give(connection)
         else:
             connection.disconnect()
+        if isinstance(exc, _not_here(errors)):
+            connections.rerouted()
+            raise Unanswered(exc, maybe_sent=False) from exc
         raise
     except BaseException:
         connection.disconnect()
         raise
     if read_timeout is None:
-        connections.give(connection)
+        node.give(connection)
     else:
         connection.disconnect()
-    return reply
+    if wait is None:
+        return reply
+    result, acknowledged = reply
+    target = connections.target
+    if acknowledged < target.wait_replicas:
+        raise Unreplicated(result, acknowledged, target.wait_replicas, target.wait_timeout_ms)
+    return result
 
 
 @dataclass(slots=True)

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from dspex_actors.delivery import Interrupted
 from dspex_actors.records import name_matches
-from dspex_actors.redis.connections import Connections, release_connections, share_connections
+from dspex_actors.redis import scripts
+from dspex_actors.redis.connections import (
+    Connections,
+    NodeConnections,
+    Unanswered,
+    evaluate,
+    release_connections,
+    share_connections,
+)
 from dspex_actors.streaming import Event, EventKind
 
 if TYPE_CHECKING:
@@ -27,7 +35,11 @@ __all__ = [
     "STREAM_BLOCK_MS",
     "STREAM_READ_COUNT",
     "StreamSource",
+    "check_history",
+    "connect_reader",
+    "entry_mark",
     "present_cursor",
+    "skipped_numbers",
     "stream_event",
     "stream_sequence",
     "unblock",
@@ -82,6 +94,8 @@ class StreamSource:
         self._session_key = keys[0]
         self._events_key = keys[-1]
         self._cursor = start
+        self._mark: bytes | None = None  # what the entry before the cursor was (resume)
+        self._keys = keys
         self._finishing = threading.Event()
         self._stopped = False
         self._reading = False  # an XREAD may be blocked now (wake() must unblock it)
@@ -89,12 +103,18 @@ class StreamSource:
         self._read_over = threading.Condition(self._lock)  # notified when an XREAD returns
         self._reader: AbstractConnection | None = None
         self._reader_id: int | None = None
+        self._node: NodeConnections | None = None  # the reader's (CLIENT UNBLOCK goes there)
         self._connections = share_connections(connections)  # released by close()
 
     def read(self, timeout: float) -> list[Event]:
         errors = self._connections.errors
         try:
-            reader = self._reader or self._connect()
+            reader = self._reader
+            if reader is None:
+                reader = self._connect()
+                gap = self._resumed()
+                if gap:
+                    return gap
             with self._lock:  # a wake() before the read is known: no blocking then
                 if self._stopped:
                     return []
@@ -121,18 +141,29 @@ class StreamSource:
                     return [Event(self.session_id, self._cursor - 1, "closed")]
                 return []
             return self._events(reader, reply[0][1])
-        except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
+        except (errors.ConnectionError, errors.TimeoutError, OSError, Unanswered) as exc:
             self._disconnect()
+            self._connections.rerouted()
             raise Interrupted(f"session {self.session_id}: stream interrupted: {exc}") from exc
+        except errors.ResponseError as exc:  # a failover's UNBLOCKED, a cluster's MOVED
+            self._disconnect()
+            self._connections.rerouted()
+            raise Interrupted(f"session {self.session_id}: stream refused: {exc}") from exc
+
+    def _resumed(self) -> list[Event]:
+        """After (re)connecting: ``overflow`` if the stream lost what was read (a
+        failover) and the cursor where reading goes on (:func:`check_history`)."""
+        missed = self._cursor - 1
+        verdict, self._cursor, self._mark = check_history(
+            self._connections, self._keys, self._incarnation, self._cursor, self._mark
+        )
+        if verdict == "lost":
+            return [Event(self.session_id, missed, "overflow")]
+        return []
 
     def _connect(self) -> AbstractConnection:
-        connections = self._connections
-        reader = connections.new(
-            socket_timeout=STREAM_BLOCK_MS / 1000
-            + connections.connection_kwargs.get("socket_timeout", DEFAULT_TIMEOUT)
-        )
+        reader, self._node = connect_reader(self._connections, self._events_key, None)
         self._reader = reader
-        reader.connect()
         reader.send_command("CLIENT", "ID")
         self._reader_id = int(reader.read_response())
         return reader
@@ -145,13 +176,18 @@ class StreamSource:
     def _events(self, reader: AbstractConnection, entries: Any) -> list[Event]:
         """The events of what one read took, from the cursor on (those whose names
         match the pattern, each decoded once)."""
-        if stream_sequence(entries[0][0]) > self._cursor:  # trimmed past the cursor
-            # The present is taken first: a write made after the subscriber got its
-            # overflow event is always delivered.
-            missed = self._cursor - 1
-            self._cursor = present_cursor(reader, self._events_key, self._cursor)
-            return [Event(self.session_id, missed, "overflow")]
         events: list[Event] = []
+        first = stream_sequence(entries[0][0])
+        if first > self._cursor:
+            missed = self._cursor - 1
+            events.append(Event(self.session_id, missed, "overflow"))
+            self._mark = None
+            if not skipped_numbers(reader, self._events_key, self._cursor):
+                # Trimmed past the cursor. The present is taken first: a write made
+                # after the subscriber got its overflow event is always delivered.
+                self._cursor = present_cursor(reader, self._events_key, self._cursor)
+                return events
+            self._cursor = first  # numbers skipped after a failover: told, then read on
         for entry_id, raw in entries:
             sequence = stream_sequence(entry_id)
             fields = dict(zip(raw[::2], raw[1::2], strict=True))
@@ -161,6 +197,7 @@ class StreamSource:
             if name_matches(_text(fields[b"n"]), self._pattern):
                 events.append(stream_event(self.session_id, sequence, fields))
             self._cursor = sequence + 1
+            self._mark = entry_mark(fields)
         return events
 
     def _live(self, reader: AbstractConnection) -> bool:
@@ -187,7 +224,7 @@ class StreamSource:
 
     def _unblock(self) -> None:
         """Make an XREAD that blocks now return (one not begun yet sees the flags)."""
-        unblock_read(self._connections, self._reader_id, lambda: self._reading, self._read_over)
+        unblock_read(self._node, self._reader_id, lambda: self._reading, self._read_over)
 
     def close(self) -> None:
         self._disconnect()
@@ -201,8 +238,30 @@ _KINDS: dict[bytes, EventKind] = {
 }
 
 
+def connect_reader(
+    connections: Connections, key: str, name: str | None
+) -> tuple[AbstractConnection, NodeConnections]:
+    """A new connection, connected, to the node holding ``key`` (for a blocking
+    read: its socket waits a block period longer than a call's), and that node;
+    :class:`Unanswered` or redis-py's error when it cannot be made."""
+    node = connections.node(key)
+    options: dict[str, Any] = {
+        "socket_timeout": STREAM_BLOCK_MS / 1000
+        + node.connection_kwargs.get("socket_timeout", DEFAULT_TIMEOUT)
+    }
+    if name is not None:
+        options["client_name"] = name
+    reader = node.new(**options)
+    try:
+        reader.connect()
+    except BaseException:
+        reader.disconnect()
+        raise
+    return reader, node
+
+
 def unblock_read(
-    connections: Connections,
+    node: NodeConnections | None,
     reader_id: int | None,
     reading: Callable[[], bool],
     read_over: threading.Condition,
@@ -218,21 +277,22 @@ def unblock_read(
         with read_over:
             if not reading() or time.monotonic() >= deadline:
                 return
-        if unblock(connections, reader_id) is not False:
+        if unblock(node, reader_id) is not False:
             return  # unblocked, or Redis cannot be asked: the read times out by itself
         with read_over:
             read_over.wait_for(lambda: not reading(), UNBLOCK_AGAIN)
 
 
-def unblock(connections: Connections, reader_id: int | None) -> bool | None:
+def unblock(node: NodeConnections | None, reader_id: int | None) -> bool | None:
     """Make connection ``reader_id``'s blocked ``XREAD`` return now (``CLIENT UNBLOCK``
-    on another connection): whether it was blocked; None when Redis could not be
-    asked (left alone: the read times out by itself)."""
-    if reader_id is None:
+    on another connection to its ``node``): whether it was blocked; None when Redis
+    could not be asked (left alone: the read times out by itself)."""
+    if reader_id is None or node is None:
         return None
-    errors = connections.errors
+    import redis.exceptions as errors
+
     try:
-        connection = connections.take()
+        connection = node.take()
     except (errors.ConnectionError, errors.TimeoutError, OSError):
         return None
     try:
@@ -243,7 +303,7 @@ def unblock(connections: Connections, reader_id: int | None) -> bool | None:
         return None
     except errors.ResponseError:
         unblocked = None
-    connections.give(connection)
+    node.give(connection)
     return None if unblocked is None else bool(unblocked)
 
 
@@ -264,6 +324,16 @@ def stream_event(session_id: str, sequence: int, fields: dict[bytes, bytes]) -> 
     )
 
 
+def skipped_numbers(reader: AbstractConnection, events_key: str, cursor: int) -> bool:
+    """Whether a stream whose next entry lies past ``cursor`` skipped numbers there
+    (:data:`~dspex_actors.redis.scripts.RESUME` moved the numbering on after a
+    failover lost events: entries before the cursor remain) rather than being
+    trimmed past it."""
+    reader.send_command("XRANGE", events_key, "-", "+", "COUNT", 1)
+    oldest = reader.read_response()
+    return bool(oldest) and stream_sequence(oldest[0][0]) < cursor
+
+
 def present_cursor(reader: AbstractConnection, events_key: str, cursor: int) -> int:
     """Where a reader trimmed past ``cursor`` goes on: past what the stream holds (at
     its closed entry, if it ends with one, so that is delivered)."""
@@ -275,6 +345,49 @@ def present_cursor(reader: AbstractConnection, events_key: str, cursor: int) -> 
     sequence = stream_sequence(entry_id)
     closed = dict(zip(raw[::2], raw[1::2], strict=True)).get(b"k") == b"closed"
     return sequence if closed else sequence + 1
+
+
+def entry_mark(fields: dict[bytes, bytes]) -> bytes:
+    """What tells one stream entry from another given the same sequence (after a
+    failover): its kind, variable id, version and timestamp, as the RESUME script
+    joins them."""
+    return b"|".join(fields.get(key, b"") for key in (b"k", b"i", b"r", b"t"))
+
+
+def check_history(
+    connections: Connections,
+    keys: tuple[str, ...],
+    incarnation: str,
+    cursor: int,
+    mark: bytes | None,
+    *,
+    feeds_log: bool = False,
+) -> tuple[str, int, bytes | None]:
+    """Whether a stream read up to ``cursor`` (``mark``: its entry before the cursor,
+    when known) still holds what was read, asked after each (re)connection: a
+    failover can lose the last events, and give their sequences to new ones.
+
+    ``same`` (go on), ``lost`` (tell ``overflow``, then go on from the cursor
+    given; the session numbers no new event below it), or ``gone`` (the session:
+    reading tells ``closed``); with the cursor and mark to go on with. A reader
+    that ``feeds_log`` (a server's follower) is given a cursor past its own, so
+    that its log tells every reader of it ``overflow`` too (the session's
+    numbering skips one for it when there is no newer event). ``Unanswered`` or
+    redis-py's error when Redis cannot say.
+    """
+    sent = b"" if mark is None else mark
+    reply = evaluate(
+        connections,
+        scripts.RESUME,
+        keys,
+        [incarnation, cursor, sent, "1" if feeds_log else "0"],
+    )
+    verdict = _text(reply[0])
+    if verdict == "same":
+        return verdict, cursor, reply[1] or None
+    if verdict == "lost":
+        return verdict, int(reply[1]), None
+    return verdict, cursor, mark
 
 
 def stream_sequence(entry_id: bytes) -> int:

@@ -1,23 +1,34 @@
-"""One thread and one Redis connection following every session a server watches.
+"""One thread following every session a server watches, with one blocking read per
+Redis (per hash slot in a cluster).
 
 A server on the Redis store feeds each watched session's
 :class:`~dspex_actors.streaming.EventLog` from that session's Redis Stream. A reader
 per session would cost a thread and a connection each, so a server watching a
 thousand sessions would hold a thousand of both. :class:`StreamFollower` follows
-them all with one ``XREAD BLOCK`` over every followed stream, on one connection, from
-one thread, which runs only while something is followed:
+them all from one thread, which runs only while something is followed:
 
+- on one Redis (or a Sentinel's primary), one ``XREAD BLOCK`` over every followed
+  stream, on one connection;
+- in a Redis Cluster, one ``XREAD BLOCK`` per hash slot that holds followed streams,
+  each on a connection to the node serving that slot, all waited on at once by the
+  same thread. One read per node is not possible: a cluster refuses a command whose
+  keys lie in different slots (``CROSSSLOT``), even on one node, and each session
+  has a slot of its own. A node that fails costs only its slots' reads a retry;
+  the slot map is read again (a failover moves slots to a promoted replica);
 - each followed stream has its own cursor; a stream followed twice (a watcher
   resuming from further back) is read once, from the earlier cursor;
 - an entry past a cursor means Redis trimmed what was not read yet: that follower
   gets ``overflow`` and goes on from the present (as :class:`~dspex_actors.
   redis.events.StreamSource` does);
+- after each (re)connection, each stream's history is checked
+  (:func:`~dspex_actors.redis.events.check_history`): a failover that lost events
+  read already is an ``overflow``, never a silent gap;
 - a ``closed`` entry, or a session whose incarnation is gone (expired, or closed
   and reopened), is told as ``closed``, and that follower is done; the incarnation
   of every followed session is checked once per block period, idle or not;
-- a lost connection is reopened by the one backoff policy of
-  :mod:`dspex_actors.delivery`, whose :class:`~dspex_actors.delivery.Delivery` runs
-  the reader, and each stream read on from its cursor.
+- a read whose connection fails is tried again after a pause of the one backoff
+  policy (:class:`~dspex_actors.backoff.Backoff`), from its cursors; the others
+  read on meanwhile.
 
 Delivery runs in the reader's thread and must not block (an EventLog append).
 :meth:`StreamFollower.unfollow` returns once no event reaches that follower.
@@ -25,22 +36,36 @@ Delivery runs in the reader's thread and must not block (an EventLog append).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import selectors
+import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dspex_actors.delivery import Delivery, Ended, Interrupted
-from dspex_actors.redis.connections import acquire_connections, release_connections
+from dspex_actors.backoff import Backoff
+from dspex_actors.delivery import Delivery, Ended
+from dspex_actors.redis.connections import (
+    Connections,
+    NodeConnections,
+    Unanswered,
+    acquire_connections,
+    release_connections,
+)
 from dspex_actors.redis.events import (
     STREAM_BLOCK_MS,
     STREAM_READ_COUNT,
+    check_history,
+    connect_reader,
+    entry_mark,
     present_cursor,
+    skipped_numbers,
     stream_event,
     stream_sequence,
-    unblock_read,
+    unblock,
 )
 from dspex_actors.redis.scripts import session_keys
 from dspex_actors.streaming import Event
@@ -53,7 +78,9 @@ __all__ = ["READER_NAME", "Followed", "StreamFollower"]
 logger = logging.getLogger(__name__)
 
 READER_NAME = "dspex-redis-events"
-"""The reader's thread name and its connection's Redis client name (``CLIENT LIST``)."""
+"""The reader's thread name and its connections' Redis client name (``CLIENT LIST``)."""
+_UNBLOCK_AGAIN = 0.002
+"""Seconds before a ``CLIENT UNBLOCK`` that found its read not yet blocked is sent again."""
 
 
 @dataclass(eq=False)
@@ -65,14 +92,19 @@ class Followed:
     cursor: int
     deliver: Callable[[Event, int], None]  # an event, and the cursor after it
     active: bool = True
+    checked: bool = False  # its history checked on the current connection
+    mark: bytes | None = None  # the entry before the cursor (check_history)
+    keys: tuple[str, ...] = field(init=False)
+    session_key: str = field(init=False)
+    events_key: str = field(init=False)
 
     def __post_init__(self) -> None:
-        keys = session_keys(self.session_id, self.incarnation)
-        self.session_key, self.events_key = keys[0], keys[-1]
+        self.keys = session_keys(self.session_id, self.incarnation)
+        self.session_key, self.events_key = self.keys[0], self.keys[-1]
 
 
 class StreamFollower:
-    """Follows many sessions' streams on one connection (see the module docstring)."""
+    """Follows many sessions' streams from one thread (see the module docstring)."""
 
     def __init__(self, url: str, timeout: float) -> None:
         self._timeout = timeout
@@ -80,7 +112,6 @@ class StreamFollower:
         self._delivering = threading.Lock()  # held while one event is handed on
         self._followed: set[Followed] = set()
         self._reader: Delivery[_Item] | None = None
-        self._woken = False
         self._closed = False
         self._connections = acquire_connections(url, timeout)
 
@@ -104,12 +135,11 @@ class StreamFollower:
             if self._closed:
                 raise RuntimeError("the stream follower is closed")
             self._followed.add(followed)
-            self._woken = True
             reader = self._reader
             if reader is None:
                 source = _Streams(self)
                 reader = self._reader = Delivery(source, self._hand, name=READER_NAME)
-        reader.source.wake()  # a blocked read returns, and the next one includes it
+        reader.source.wake()  # the reader takes it in (a blocked read is asked again)
         return followed
 
     def unfollow(self, followed: Followed) -> None:
@@ -174,16 +204,41 @@ _Item = tuple[Followed, Event, int]
 """One event for one follower, with its cursor after it."""
 
 
+@dataclass(eq=False)
+class _Read:
+    """The streams one ``XREAD`` may read together (all, or one slot's), its
+    connection, and whether that read is waiting in Redis now."""
+
+    group: Hashable
+    node: NodeConnections
+    connection: AbstractConnection
+    reader_id: int
+    followed: list[Followed] = field(default_factory=list)
+    asked: dict[str, int] = field(default_factory=dict)  # the pending read's cursors
+    asked_for: list[Followed] = field(default_factory=list)  # whom it was sent for
+    pending: bool = False
+    unblocking: float = 0.0  # when a CLIENT UNBLOCK was last sent (0: none wanted)
+    checked: float = field(default_factory=time.monotonic)
+
+
 class _Streams:
-    """What the follower's reader reads: every followed stream, with one ``XREAD`` on
-    one connection (a :class:`~dspex_actors.delivery.Source` of events for many)."""
+    """What the follower's reader reads: every followed stream, one ``XREAD`` per
+    group of streams one command may read (a :class:`~dspex_actors.delivery.
+    Source` of events for many), all awaited by one selector."""
 
     def __init__(self, follower: StreamFollower) -> None:
         self._follower = follower
-        self._connection: AbstractConnection | None = None
-        self._reader_id: int | None = None
-        self._reading = False  # an XREAD may be blocked now (wake() must unblock it)
-        self._checked = time.monotonic()
+        self._connections: Connections = follower._connections
+        self._reads: dict[Hashable, _Read] = {}
+        self._retry: dict[Hashable, tuple[float, Backoff]] = {}  # failed: when to try again
+        errors = self._connections.errors
+        # A read is tried again when its connection or node failed, or Redis refused
+        # it for now (a failover's UNBLOCKED, a cluster's MOVED).
+        self._retryable = (errors.RedisError, Unanswered, OSError)
+        self._selector = selectors.DefaultSelector()
+        self._woken, self._waker = socket.socketpair()
+        self._woken.setblocking(False)
+        self._selector.register(self._woken, selectors.EVENT_READ, None)
 
     def read(self, timeout: float) -> list[_Item]:
         follower = self._follower
@@ -192,70 +247,171 @@ class _Streams:
                 follower._reader = None  # decided under the lock: a follow starts anew
                 follower._changed.notify_all()
                 raise Ended
-            follower._woken = False
-            streams: dict[str, list[Followed]] = {}
-            for followed in follower._followed:
-                streams.setdefault(followed.events_key, []).append(followed)
-        errors = follower._connections.errors
-        try:
-            reader = self._connection or self._connect()
-            keys = list(streams)
-            starts = [f"{max(min(f.cursor for f in streams[k]) - 1, 0)}-0" for k in keys]
-            with follower._changed:
-                if follower._woken:
-                    return []  # followed meanwhile: take it in before blocking
-                self._reading = True
+            self._drain_wake()
+            groups: dict[Hashable, list[Followed]] = {}
+            for one in follower._followed:
+                groups.setdefault(self._connections.group(one.events_key), []).append(one)
+        items: list[_Item] = []
+        for group in [g for g in self._reads if g not in groups]:
+            self._drop(group)  # nothing followed there now
+        for group in [g for g in self._retry if g not in groups]:
+            del self._retry[group]
+        now = time.monotonic()
+        for group, members in groups.items():
+            if group in self._retry and self._retry[group][0] > now:
+                continue
             try:
-                reader.send_command(
-                    "XREAD",
-                    *("COUNT", STREAM_READ_COUNT, "BLOCK", STREAM_BLOCK_MS),
-                    *("STREAMS", *keys, *starts),
-                )
-                reply = reader.read_response() or []
-            finally:
-                with follower._changed:
-                    self._reading = False
-                    follower._changed.notify_all()
-            items: list[_Item] = []
-            for key, entries in reply:
-                for followed in streams[key.decode()]:
-                    if followed.active:
-                        items += self._items(reader, followed, entries)
-            if time.monotonic() - self._checked >= STREAM_BLOCK_MS / 1000:
-                items += self._gone(reader, [f for fs in streams.values() for f in fs])
-                self._checked = time.monotonic()
+                items += self._ask(group, members)
+            except self._retryable as exc:
+                self._failed(group, exc)
+        if items:
             return items
-        except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
-            self._disconnect()
-            raise Interrupted(f"Redis event streams interrupted: {exc}") from exc
+        return self._wait(min(timeout, STREAM_BLOCK_MS / 1000))
 
-    def _connect(self) -> AbstractConnection:
-        connections = self._follower._connections
-        connection = connections.new(
-            socket_timeout=STREAM_BLOCK_MS / 1000
-            + connections.connection_kwargs.get("socket_timeout", self._follower._timeout),
-            client_name=READER_NAME,
+    def _ask(self, group: Hashable, followed: list[Followed]) -> list[_Item]:
+        """Make sure ``group``'s read is waiting in Redis for ``followed``: connect
+        (checking each stream's history), or have a read that lacks a stream return
+        and be asked again. Items when a check found a gap."""
+        read = self._reads.get(group)
+        items: list[_Item] = []
+        if read is None:
+            connection, node = connect_reader(
+                self._connections, followed[0].events_key, READER_NAME
+            )
+            try:
+                connection.send_command("CLIENT", "ID")
+                reader_id = int(connection.read_response())
+            except BaseException:
+                connection.disconnect()
+                raise
+            read = self._reads[group] = _Read(group, node, connection, reader_id)
+            for each in followed:
+                each.checked = False
+        read.followed = followed
+        for each in followed:
+            if not each.checked:
+                items += self._check(each)
+        if items:
+            return items
+        wanted: dict[str, int] = {}
+        for each in followed:
+            wanted[each.events_key] = min(each.cursor, wanted.get(each.events_key, each.cursor))
+        if read.pending:
+            # A stream followed since, or from further back: ask again with it.
+            if any(cursor < read.asked.get(key, cursor + 1) for key, cursor in wanted.items()):
+                self._unblock(read)
+            return []
+        self._send(read, wanted)
+        return []
+
+    def _check(self, followed: Followed) -> list[_Item]:
+        """The stream's history after a (re)connection (see the module docstring)."""
+        missed = followed.cursor - 1
+        verdict, followed.cursor, followed.mark = check_history(
+            self._connections,
+            followed.keys,
+            followed.incarnation,
+            followed.cursor,
+            followed.mark,
+            feeds_log=True,
         )
-        self._connection = connection
-        connection.connect()
-        connection.send_command("CLIENT", "ID")
-        self._reader_id = int(connection.read_response())
-        return connection
+        followed.checked = True
+        if verdict == "lost":
+            overflow = Event(followed.session_id, missed, "overflow")
+            return [(followed, overflow, followed.cursor)]
+        return []
 
-    def _disconnect(self) -> None:
-        connection, self._connection, self._reader_id = self._connection, None, None
-        if connection is not None:
-            connection.disconnect()
+    def _send(self, read: _Read, wanted: dict[str, int]) -> None:
+        """Send ``read``'s ``XREAD`` for each stream from its cursor (``wanted``)."""
+        keys = list(wanted)
+        starts = [f"{max(wanted[key] - 1, 0)}-0" for key in keys]
+        read.connection.send_command(
+            "XREAD",
+            *("COUNT", STREAM_READ_COUNT, "BLOCK", STREAM_BLOCK_MS),
+            *("STREAMS", *keys, *starts),
+        )
+        read.asked, read.asked_for = wanted, list(read.followed)
+        read.pending, read.unblocking = True, 0.0
+        self._selector.register(_socket(read.connection), selectors.EVENT_READ, read)
+
+    def _unblock(self, read: _Read) -> None:
+        """Have a pending read return now (``CLIENT UNBLOCK`` from another connection),
+        asked again shortly if Redis had not begun it yet."""
+        now = time.monotonic()
+        if read.unblocking and now - read.unblocking < _UNBLOCK_AGAIN:
+            return
+        read.unblocking = now
+        unblock(read.node, read.reader_id)
+
+    def _wait(self, timeout: float) -> list[_Item]:
+        """Wait for any pending read (or a wake), up to ``timeout``; their items."""
+        if any(r.unblocking for r in self._reads.values()):
+            timeout = min(timeout, _UNBLOCK_AGAIN)
+        if self._retry:
+            soonest = min(at for at, _ in self._retry.values())
+            timeout = max(0.0, min(timeout, soonest - time.monotonic()))
+        items: list[_Item] = []
+        for key, _ in self._selector.select(timeout):
+            read: _Read | None = key.data
+            if read is None or self._reads.get(read.group) is not read:
+                continue  # woken: the next read() takes the change in
+            try:
+                items += self._answer(read)
+                self._retry.pop(read.group, None)
+            except self._retryable as exc:
+                self._failed(read.group, exc)
+        return items
+
+    def _answer(self, read: _Read) -> list[_Item]:
+        """Read one pending read's reply: its followers' events, and ``closed`` for
+        any whose session is gone (checked once per block period)."""
+        self._selector.unregister(_socket(read.connection))
+        read.pending, read.unblocking = False, 0.0
+        reply = read.connection.read_response() or []
+        items: list[_Item] = []
+        for key, entries in reply:
+            # Only those it was sent for: one followed since, from further back,
+            # is read by the next one, from its own cursor.
+            for followed in read.asked_for:
+                if followed.active and followed.events_key == key.decode():
+                    items += self._items(read.connection, followed, entries)
+        if time.monotonic() - read.checked >= STREAM_BLOCK_MS / 1000:
+            items += self._gone(read.connection, read.followed)
+            read.checked = time.monotonic()
+        return items
+
+    def _failed(self, group: Hashable, exc: BaseException) -> None:
+        """A group's connection failed: dropped, the slot map read again, and tried
+        again after the backoff's pause."""
+        self._drop(group)
+        self._connections.rerouted()
+        _, backoff = self._retry.get(group, (0.0, Backoff()))
+        pause = backoff.next()
+        self._retry[group] = (time.monotonic() + pause, backoff)
+        logger.info("%s: reading again in %.2fs after %s", READER_NAME, pause, exc)
+
+    def _drop(self, group: Hashable) -> None:
+        read = self._reads.pop(group, None)
+        if read is None:
+            return
+        if read.pending:
+            self._selector.unregister(_socket(read.connection))
+        read.connection.disconnect()  # a read blocked in Redis ends with its client
 
     def _items(self, reader: AbstractConnection, followed: Followed, entries: Any) -> list[_Item]:
         """``followed``'s events of the reader's batch, from its cursor on."""
-        if stream_sequence(entries[0][0]) > followed.cursor:  # trimmed past the cursor
-            # The present is taken first: a write made after the overflow was told
-            # is always delivered.
-            missed = followed.cursor - 1
-            followed.cursor = present_cursor(reader, followed.events_key, followed.cursor)
-            return [(followed, Event(followed.session_id, missed, "overflow"), followed.cursor)]
         items: list[_Item] = []
+        first = stream_sequence(entries[0][0])
+        if first > followed.cursor:
+            missed = Event(followed.session_id, followed.cursor - 1, "overflow")
+            followed.mark = None
+            if not skipped_numbers(reader, followed.events_key, followed.cursor):
+                # Trimmed past the cursor. The present is taken first: a write made
+                # after the overflow was told is always delivered.
+                followed.cursor = present_cursor(reader, followed.events_key, followed.cursor)
+                return [(followed, missed, followed.cursor)]
+            followed.cursor = first  # numbers skipped after a failover: told, then read on
+            items.append((followed, missed, first))
         for entry_id, raw in entries:
             sequence = stream_sequence(entry_id)
             if sequence < followed.cursor:
@@ -274,6 +430,7 @@ class _Streams:
                 )
                 event = Event(followed.session_id, followed.cursor - 1, "overflow")
             followed.cursor = sequence + 1
+            followed.mark = entry_mark(fields)
             items.append((followed, event, followed.cursor))
         return items
 
@@ -292,6 +449,13 @@ class _Streams:
             if reader.read_response() != f.incarnation.encode()
         ]
 
+    def _drain_wake(self) -> None:
+        try:
+            while self._woken.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
     def ready(self) -> None:
         """Each follower's cursor is fixed when it is followed."""
 
@@ -301,10 +465,22 @@ class _Streams:
         return None
 
     def wake(self) -> None:
-        follower = self._follower
-        unblock_read(
-            follower._connections, self._reader_id, lambda: self._reading, follower._changed
-        )
+        """Make the reader's wait return now (it then takes in what changed)."""
+        with contextlib.suppress(OSError):  # a wake is pending, or the reader has closed
+            self._waker.send(b"\0")
 
     def close(self) -> None:
-        self._disconnect()
+        for group in list(self._reads):
+            self._drop(group)
+        self._selector.close()
+        self._woken.close()
+        self._waker.close()
+
+
+def _socket(connection: AbstractConnection) -> socket.socket:
+    """A connected connection's socket: redis-py keeps it private (``_sock``), and
+    waiting on many reads at once needs it."""
+    sock: socket.socket | None = getattr(connection, "_sock", None)
+    if sock is None:
+        raise OSError("the connection is closed")
+    return sock

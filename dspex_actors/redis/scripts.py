@@ -76,6 +76,7 @@ __all__ = [
     "RECORD",
     "REGISTER",
     "REPLIES",
+    "RESUME",
     "SET",
     "SETTLE",
     "UPDATE",
@@ -187,7 +188,12 @@ end
 local function replayed()
   if RID ~= '' then
     local seen = redis.call('HGET', K_REQUESTS, RID)
-    if seen then return seen end
+    if seen then
+      -- Written again, so that this call is a write: a WAIT after it (?wait=N)
+      -- then covers the first attempt's write too, which came before it.
+      redis.call('HSET', K_REQUESTS, RID, seen)
+      return seen
+    end
   end
   if EXPIRES ~= '' then
     local t = redis.call('TIME')
@@ -606,6 +612,39 @@ end
 return 0
 """
 
+_RESUME_LUA = """
+-- ARGV: incarnation, a reader's cursor, the mark of the entry before it (its k, i, r
+-- and t fields; '' when not known), '1' when the reader feeds a log of its own.
+-- Whether the stream still holds what the reader read, after it connected again:
+-- a failover may have lost the last events, and then given their sequences to
+-- new ones.
+if not live() then return {'gone'} end
+local cursor = tonumber(ARGV[2])
+local before = cursor - 1
+if before < 1 then return {'same', ''} end
+local next_seq = tonumber(redis.call('HGET', K_SESSION, 'next_seq'))
+local entry = redis.call('XRANGE', K_EVENTS, before .. '-0', before .. '-0')
+if #entry > 0 then
+  local m, f = {}, entry[1][2]
+  for j = 1, #f, 2 do m[f[j]] = f[j + 1] end
+  local seen = (m.k or '') .. '|' .. (m.i or '') .. '|' .. (m.r or '') .. '|' .. (m.t or '')
+  if ARGV[3] == '' or ARGV[3] == seen then return {'same', seen} end
+elseif ARGV[3] ~= '' then  -- read by this reader: trimmed since, or lost
+  local first = redis.call('XRANGE', K_EVENTS, '-', '+', 'COUNT', 1)
+  if #first > 0 and tonumber(string.match(first[1][1], '^(%d+)')) > before then
+    return {'same', ''}  -- trimmed: the reader's own read tells overflow
+  end
+elseif next_seq > before then
+  return {'same', ''}  -- never read: trimmed, or a number an import skipped
+end
+-- Lost. The session's next events get numbers from the cursor on, where the reader
+-- looks. A reader feeding a log goes on past the present (skipping a number if
+-- need be), so that the log's own readers, all at or before its cursor, are told.
+if ARGV[4] == '1' then cursor = math.max(next_seq, cursor + 1) end
+if next_seq < cursor then redis.call('HSET', K_SESSION, 'next_seq', cursor) end
+return {'lost', cursor}
+"""
+
 _CLOSE_LUA = """
 if not live() then return gone() end
 local seq = redis.call('HGET', K_SESSION, 'next_seq')
@@ -663,6 +702,11 @@ SET = _script(_SET_LUA, "set", write=True)
 UPDATE = _script(_UPDATE_LUA, "update", write=True)
 DELETE = _script(_DELETE_LUA, "delete", write=True)
 IMPORT = _script(_IMPORT_LUA, "import", write=True)
+RESUME = _script(_RESUME_LUA, "resume")
+"""Whether a reader's stream still holds what it read: ``{'same', mark}``;
+``{'lost', cursor}`` (it does not: events it read are gone, or another event now
+has the number of one; the reader tells ``overflow`` and goes on from the cursor
+given, below which no new event is numbered); ``{'gone'}``."""
 CLOSE = _script(_CLOSE_LUA, "close")
 
 

@@ -266,7 +266,9 @@ class RedisSession:
         An attempt that got no answer is retried with backoff until the deadline (a
         write with the same request id, so Redis applies it once); then
         ``OutcomeUnknown`` for a write some attempt may have delivered, else
-        ``BridgeUnavailable``. ``extra_time`` lengthens the deadline, and each
+        ``BridgeUnavailable``. A ``write`` under ``?wait=N`` that fewer replicas
+        acknowledged raises :class:`~dspex_actors.redis.connections.Unreplicated`
+        (its sender decides). ``extra_time`` lengthens the deadline, and each
         attempt's wait for its reply, for a script that runs long; ``budget``
         replaces the timeout (a settle's short bound).
         """
@@ -288,7 +290,7 @@ class RedisSession:
         failure: Exception
         while True:
             try:
-                return evaluate(self.connections, script, keys, args, read_timeout)
+                return evaluate(self.connections, script, keys, args, read_timeout, write=write)
             except Unanswered as exc:
                 maybe_sent = maybe_sent or exc.maybe_sent
                 failure = exc.cause

@@ -3,6 +3,10 @@
 Any process that can reach the Redis server opens the same session by its id
 (``RedisState.init(session_id=..., url="redis://host:port/db")``, or the URL in
 ``$DSPEX_REDIS_URL``) and sees one set of variables, versions and change events.
+The URL may name a primary found through Sentinels
+(``redis+sentinel://host:port,host:port/service/db``) or a Redis Cluster
+(``redis+cluster://host:port,host:port``); ``?wait=N`` makes each write wait for N
+replicas (:mod:`dspex_actors.urls` has the forms).
 redis-py is an extra (``pip install 'dspex_actors[redis]'``); without it ``init``
 raises ``ImportError`` naming the extra, and ``import dspex_actors`` never needs it.
 
@@ -73,6 +77,15 @@ neither RDB snapshots nor AOF a restart loses it; with ``appendonly yes`` and
 ``appendfsync always`` an acknowledged write survives a crash. Run Redis with
 ``maxmemory-policy noeviction``: every session key carries a TTL, so a
 ``volatile-*`` policy could evict part of a session.
+
+**Replicas.** Redis replicates asynchronously: a write the primary acknowledged
+may be missing from the replica a failover promotes. Under Sentinel or Cluster the
+handle finds the new primary by itself (calls in flight are retried there with
+their request ids); with ``?wait=N`` a write is acknowledged only once N replicas
+hold it (else ``OutcomeUnknown``, whose ``settle()`` asks later). A subscription
+checks, each time it connects again, that the stream still holds the last event it
+read; if a failover lost it, the subscriber gets ``overflow``, never a silent gap
+(:func:`~dspex_actors.redis.events.check_history`).
 """
 
 from __future__ import annotations
@@ -143,7 +156,9 @@ class RedisState(RemoteSessionMethods):
     ) -> Self:
         """Open ``session_id`` in the Redis at ``url``, creating it if absent (``create``).
 
-        ``url`` defaults to ``$DSPEX_REDIS_URL``, else ``redis://localhost:6379/0``.
+        ``url`` defaults to ``$DSPEX_REDIS_URL``, else ``redis://localhost:6379/0``;
+        ``redis+sentinel://…`` and ``redis+cluster://…`` name replicated Redis
+        (:mod:`dspex_actors.urls`; a malformed one is ``ValueError``).
         Creating makes this handle the owner, with ``ttl`` seconds of life after each
         use (None: no expiry); attaching keeps the session's own TTL, and with
         ``create=False`` a missing session is ``SessionNotFound``. ``existing_state``

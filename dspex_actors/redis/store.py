@@ -32,8 +32,10 @@ here; each watcher reads the log from its own cursor as a coroutine, so a slow
 watcher gets ``overflow`` and never holds the reader. A watcher resuming from before
 what the shared log holds gets a log of its own, read from Redis's history (or
 ``overflow``, past it). The store reads every such stream with one thread and one
-connection (:mod:`~dspex_actors.redis.follower`), only while one is watched; a
-log stops being fed with its last watcher, and every log with the store.
+connection (one per watched hash slot in a Redis Cluster:
+:mod:`~dspex_actors.redis.follower`), only while one is watched; a log stops being
+fed with its last watcher, and every log with the store. A failover that lost
+events a log had given out makes it tell its watchers ``overflow``.
 
 Sessions expire by Redis's own clock (each key's TTL); ``reap_expired`` has
 nothing to do.
@@ -53,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dspex_actors.bulk import off_loop
-from dspex_actors.errors import BridgeUnavailable, SessionNotFound, StateError
+from dspex_actors.errors import BridgeUnavailable, OutcomeUnknown, SessionNotFound, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
 from dspex_actors.messages import ReadOperation, WriteOperation
 from dspex_actors.records import Opened, SessionInfo, check_pattern
@@ -565,6 +567,8 @@ def _apply(
     """
     try:
         return operations.run(session, operation)
+    except OutcomeUnknown:
+        raise  # not a refusal: what Redis remembers cannot answer it (a WAIT fell short)
     except StateError:
         if not (operation.write and request_id):
             raise

@@ -51,7 +51,7 @@ from dspex_actors.messages import (
     UpdateVariables,
 )
 from dspex_actors.redis import pages, scripts
-from dspex_actors.redis.connections import CHAIN_LENGTH, current_scope
+from dspex_actors.redis.connections import CHAIN_LENGTH, Unreplicated, current_scope
 from dspex_actors.redis.scripts import Script
 from dspex_actors.redis.session import Definition, RedisSession, Retry, pack, text, unpack
 from dspex_actors.session import Record, SessionTable
@@ -98,6 +98,9 @@ def send(
     raises ``BridgeUnavailable``; applied answers its remembered reply; neither
     raises ``OutcomeUnknown``, whose ``settle()`` asks again. A server's relayed
     write (``call_scope``) is settled by its client instead, through the server.
+    Under ``?wait=N``, a write fewer replicas acknowledged is ``OutcomeUnknown``
+    too, without a settle now: the primary would say applied, and a failover
+    could still lose it.
     """
     session.check_open()
     retain = max(RETAIN_SECONDS, int(2 * (session.timeout + extra_time)) + 1)
@@ -129,6 +132,8 @@ def send(
         if scope is not None:
             raise
         packed = _settle_unknown(session, script, request, unknown, request_id, started, retain)
+    except Unreplicated as short:
+        raise _unreplicated(session, script, short, request_id, started, retain) from None
     reply: list[Any] = unpack(packed)
     if reply[0] == "not_applied":
         raise BridgeUnavailable(
@@ -139,6 +144,28 @@ def send(
             settled=True,
         )
     return reply
+
+
+def _unreplicated(
+    session: RedisSession,
+    script: Script,
+    short: Unreplicated,
+    request_id: str,
+    started: float,
+    retain: int,
+) -> OutcomeUnknown:
+    """A write the primary applied that too few replicas acknowledged (``?wait=N``):
+    not acknowledged, since a failover could still lose it. ``settle()`` later
+    tells whether it is there (on the primary of that moment)."""
+    unknown = OutcomeUnknown(
+        f"session {session.session_id!r}: {script.name} at {session.where}: {short}; "
+        "settle() tells whether it is there",
+        session_id=session.session_id,
+        request_id=request_id,
+    )
+    return unknown.settled_by(
+        lambda: settle_writes(session, [request_id], time.monotonic() - started, retain)
+    )
 
 
 def _settle_unknown(

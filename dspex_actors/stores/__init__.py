@@ -9,7 +9,9 @@
 * ``redis://HOST:PORT/DB`` (or ``rediss://``; :class:`~dspex_actors.redis.store.
   RedisStore`): the sessions live in Redis, as ``RedisState`` keeps them; any number
   of servers (and ``RedisState`` handles) on the same Redis serve the same sessions,
-  and a server restart loses nothing Redis kept. Needs the ``redis`` extra.
+  and a server restart loses nothing Redis kept. Needs the ``redis`` extra. Also
+  ``redis+sentinel://HOST:PORT[,...]/SERVICE[/DB]`` and
+  ``redis+cluster://HOST:PORT[,...]`` (:mod:`dspex_actors.urls`).
 
 ``base.py`` states the contract every store keeps; :func:`open_store` turns one of
 the specs above (``--store``) into a store.

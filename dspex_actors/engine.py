@@ -10,6 +10,8 @@ closes or retires it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -21,7 +23,7 @@ from dspex_actors.errors import SessionClosed, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits
 from dspex_actors.messages import Close, Control, Deliver, Operation, Retire
 from dspex_actors.session import MISSED, SessionTable
-from dspex_actors.streaming import DEFAULT_HISTORY
+from dspex_actors.streaming import DEFAULT_HISTORY, fulfil
 
 __all__ = ["DEFAULT_CALL_TIMEOUT", "ActorSession", "ask_actor"]
 
@@ -114,6 +116,24 @@ class ActorSession:
     def tell(self, delivery: Deliver[Any]) -> None:
         """Hand the actor a delivery (``pykka.ActorDeadError`` if it is not running)."""
         self._ref.tell(delivery)
+
+    def deliver(
+        self, operation: Operation[Any] | Control[Any], loop: asyncio.AbstractEventLoop
+    ) -> tuple[asyncio.Future[Any], list[bool]]:
+        """Hand the actor ``operation`` for a caller on ``loop`` that must not block:
+        the actor's answer (a ``StateError`` included, not raised) becomes the
+        returned future's result, set on the loop; the list is the claim token of
+        :class:`~dspex_actors.messages.Deliver` (pop it to take the call back before
+        the actor runs it). ``pykka.ActorDeadError`` if the actor is not running."""
+        answer: asyncio.Future[Any] = loop.create_future()
+
+        def reply(result: Any) -> None:  # in the actor's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits now
+                loop.call_soon_threadsafe(fulfil, answer, result)
+
+        claim = [True]
+        self.tell(Deliver(operation, reply, claim))  # type: ignore[arg-type]
+        return answer, claim
 
     def restart(self) -> None:
         """Start a fresh actor on the same table after the old one died (a no-op

@@ -41,11 +41,15 @@ from dspex_actors.aio.methods import AsyncRemoteSessionMethods
 from dspex_actors.backoff import Backoff
 from dspex_actors.bridge import embedded
 from dspex_actors.bridge.client.attempts import Attempts, MaybeApplied
-from dspex_actors.bridge.client.bridged import SETTLE_SECONDS, _named, _over_the_limit
+from dspex_actors.bridge.client.bridged import (
+    SETTLE_SECONDS,
+    _named,
+    _over_the_limit,
+    target_of,
+)
 from dspex_actors.bridge.client.calls import GoUnary, Unanswered
-from dspex_actors.bridge.client.channels import SYSTEM_ROOTS
+from dspex_actors.bridge.client.channels import failed_call
 from dspex_actors.bridge.client.watch import WATCH_DEADLINE
-from dspex_actors.bridge.env import ADDRESS_ENV, TOKEN_ENV
 from dspex_actors.errors import (
     BridgeUnavailable,
     OutcomeUnknown,
@@ -53,18 +57,15 @@ from dspex_actors.errors import (
     SessionNotFound,
     StateError,
 )
-from dspex_actors.limits import check_session_id
 from dspex_actors.messages import Operation
 from dspex_actors.session import new_session_id
 from dspex_actors.streaming import Event
-from dspex_actors.urls import bridge_address
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec, keepalive
 from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.events import event_of, progress, started
 from dspex_actors.wire.forms import SERVICE, Ids, Rpc, Send, Settled
 from dspex_actors.wire.operations import SENDS
-from dspex_actors.wire.tls import read_pem
 
 __all__ = ["AsyncBridgedState"]
 
@@ -142,20 +143,9 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         embedded server without either); ``create=False`` only attaches. ``stream``
         sends the frequent calls on one Calls stream (:mod:`dspex_actors.aio.calls`),
         coalesced when ready together; ``stream=False``: each a unary RPC."""
-        if session_id is not None:
-            check_session_id(session_id)
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
-        if address is None and os.environ.get(ADDRESS_ENV):
-            address = os.environ[ADDRESS_ENV]
-            token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        root_cert = read_pem(tls_root_cert) if tls_root_cert is not None else None
+        address, token, root_cert = target_of(session_id, timeout, address, token, tls_root_cert)
         use_embedded = address is None
-        if address is not None:
-            address, tls = bridge_address(address)
-            if tls and root_cert is None:
-                root_cert = SYSTEM_ROOTS
-        else:  # the embedded server starts in threads of its own: not on this loop
+        if address is None:  # the embedded server starts in threads of its own
             address = await in_thread(embedded.acquire)
         channel = _open(address, root_cert, max_message_bytes)
         handle = cls(
@@ -212,19 +202,47 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
     async def _call(
         self, send: Send[Any, Any], request: Any, request_id: str, timeout: float, what: str
     ) -> Any:
-        """Send one request within ``timeout``, retrying as :class:`Attempts` says."""
+        """Send one request within ``timeout``, retrying as :class:`Attempts` says.
+
+        A task cancelled meanwhile gets ``CancelledError`` with one note saying what
+        became of a write: not applied (no attempt could have reached the server),
+        or the request id to settle. A call cut short because this handle was closed
+        under it (not cancelled by its own caller) raises ``SessionClosed`` instead,
+        or ``OutcomeUnknown`` for a write that may have been sent."""
         attempts = Attempts(send, request_id, timeout, what, self.session_id)
-        while True:
-            try:
-                return await self._attempt(
-                    send.rpc, request, attempts.left(), attempts.expires_ms, request_id, what
-                )
-            except Unanswered as exc:
+        sent = [False]  # the attempt under way handed its request to gRPC
+        try:
+            while True:
+                sent[0] = False
                 try:
-                    pause = attempts.failed(exc, self._closed_error() if self._closed else None)
-                except MaybeApplied as maybe:
-                    return await self._unknown(send, request, request_id, attempts, maybe.error)
-            await asyncio.sleep(pause)  # a retry's backoff, bounded by the deadline
+                    left, expires = attempts.left(), attempts.expires_ms
+                    write = bool(request_id)
+                    return await self._attempt(send.rpc, request, left, expires, sent, write)
+                except Unanswered as exc:
+                    try:
+                        pause = attempts.failed(
+                            exc, self._closed_error() if self._closed else None
+                        )
+                    except MaybeApplied as maybe:
+                        error = maybe.error
+                        return await self._unknown(send, request, request_id, attempts, error)
+                await asyncio.sleep(pause)  # a retry's backoff, bounded by the deadline
+        except asyncio.CancelledError as cancelled:
+            maybe_sent = attempts.maybe_sent or sent[0]
+            task = asyncio.current_task()
+            if self._closed and task is not None and task.cancelling() == 0:
+                # Closed under the call, which its caller did not cancel.
+                if request_id and maybe_sent:
+                    raise self._outcome_unknown(request_id, self._closed_error()) from None
+                raise self._closed_error() from None
+            if request_id:
+                cancelled.add_note(
+                    f"{what} may have been applied: settle(request_id={request_id!r}, age) "
+                    "tells, as for OutcomeUnknown"
+                    if maybe_sent
+                    else f"{what} was not applied (cancelled before it was sent)"
+                )
+            raise
 
     async def _attempt(
         self,
@@ -232,19 +250,15 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         request: Any,
         timeout: float,
         expires_ms: int,
-        request_id: str = "",
-        what: str = "",
+        sent: list[bool],
+        write: bool = False,
     ) -> Any:
-        """One unary call: the response, the server's ``StateError``, or
-        :class:`Unanswered` saying whether the request may have been sent."""
-        if request_id:
+        """One attempt, on the Calls stream or unary: the response, the server's
+        ``StateError``, or :class:`Unanswered` saying whether the request may have
+        been sent; ``sent[0]`` is set once gRPC has it."""
+        if write:
             began = time.monotonic()
-            try:
-                ready = await self._connected(timeout)
-            except asyncio.CancelledError as cancelled:
-                cancelled.add_note(f"{what} was not applied (cancelled before it was sent)")
-                raise
-            if not ready:
+            if not await self._connected(timeout):
                 raise Unanswered(self._unreachable(), maybe_sent=False)
             timeout = max(timeout - (time.monotonic() - began), 0.001)
         stream = self._calls
@@ -255,7 +269,7 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
             and request.ByteSize() <= stream.max_request
         ):
             try:
-                return await stream.call(rpc.field, request, timeout, expires_ms)
+                return await stream.call(rpc.field, request, timeout, expires_ms, sent)
             except GoUnary:
                 pass
             except BridgeUnavailable as refused:  # the server's "not started, not applied"
@@ -264,31 +278,12 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
                 if rpc.has_request_id:
                     raise Unanswered(unknown, maybe_sent=True) from unknown
                 raise
-            except asyncio.CancelledError as cancelled:
-                if request_id and not getattr(cancelled, "__notes__", None):
-                    cancelled.add_note(
-                        f"{what} may have been applied: settle(request_id={request_id!r}, "
-                        "age) tells, as for OutcomeUnknown"
-                    )
-                raise
         metadata = (*self._metadata, (codec.EXPIRES_KEY, str(expires_ms)))
+        sent[0] = True
         try:
             return await self._unary(rpc)(request, timeout=timeout, metadata=metadata)
-        except asyncio.CancelledError as cancelled:
-            if request_id:
-                cancelled.add_note(
-                    f"{what} may have been applied: settle(request_id={request_id!r}, age) "
-                    "tells, as for OutcomeUnknown"
-                )
-            raise
         except grpc.aio.AioRpcError as exc:
-            error = wire_status.error_from_rpc(exc, self.address)
-            if isinstance(error, OutcomeUnknown) and rpc.has_request_id:
-                raise Unanswered(error, maybe_sent=True) from exc
-            if not isinstance(error, BridgeUnavailable):
-                raise error from exc
-            sent = not wire_status.answered_by_server(exc)
-            raise Unanswered(error, maybe_sent=sent) from exc
+            raise failed_call(exc, self.address, rpc) from exc
 
     def _unary(self, rpc: Rpc) -> Any:
         method = self._unaries.get(rpc.name)
@@ -309,7 +304,8 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
             if left <= 0 or state == _SHUTDOWN:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._channel.wait_for_state_change(state), left)
+                async with asyncio.timeout(left):  # (wait_for could drop a cancellation)
+                    await self._channel.wait_for_state_change(state)
             state = self._channel.get_state(try_to_connect=True)
         return True
 
@@ -330,13 +326,7 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         """A write that got no answer: settled within a short bound (not applied:
         ``BridgeUnavailable``; applied: its answer), else ``OutcomeUnknown``."""
         bound = min(self._timeout, SETTLE_SECONDS)
-        unknown = OutcomeUnknown(
-            f"SessionStore at {self.address} did not answer within {self._timeout}s; the "
-            f"write to session {self.session_id!r} may or may not have been applied "
-            f"(last failure: {error}); settle(request_id, age) tells",
-            session_id=self.session_id,
-            request_id=request_id,
-        )
+        unknown = self._outcome_unknown(request_id, error)
         try:
             applied = await self.settle(request_id, time.monotonic() - attempts.started, bound)
         except StateError:
@@ -351,13 +341,24 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
             ) from error
         try:  # applied: its request id fetches its answer
             expires = int((time.time() + bound) * 1000)
-            return await self._attempt(send.rpc, request, bound, expires)
+            return await self._attempt(send.rpc, request, bound, expires, [False])
         except (Unanswered, StateError):
             raise unknown from error
+
+    def _outcome_unknown(self, request_id: str, error: StateError) -> OutcomeUnknown:
+        return OutcomeUnknown(
+            f"SessionStore at {self.address}: the write to session {self.session_id!r} got "
+            f"no answer and may or may not have been applied (last failure: {error}); "
+            f"await settle({request_id!r}, age) tells",
+            session_id=self.session_id,
+            request_id=request_id,
+        )
 
     # -- events -----------------------------------------------------------------------
 
     def events(self, pattern: str | None = None, start: int | None = None) -> EventStream:
+        if self._closed:
+            raise self._closed_error()
         position: list[int | None] = [None]
         return EventStream(self._watch(pattern, start, position), lambda: position[0])
 
@@ -411,9 +412,16 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
                     if event.kind == "closed":
                         return
             except grpc.aio.AioRpcError as exc:
+                if self._closed:
+                    return  # the handle was closed under it: the stream just ends
                 if exc.code() not in _WATCH_RETRIED or not opened:
                     raise wire_status.error_from_rpc(exc, self.address) from exc
                 logger.info("watch of %s broke (%s); opening it again", self.session_id, exc)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._closed and task is not None and task.cancelling() == 0:
+                    return  # the channel closed under it, not its reader's cancel
+                raise
             finally:
                 stream.cancel()
             await asyncio.sleep(backoff.next())

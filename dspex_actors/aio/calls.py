@@ -25,7 +25,13 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from dspex_actors.bridge.client.calls import CALLS_METHOD, GoUnary, Unanswered, not_sent
+from dspex_actors.bridge.client.calls import (
+    CALLS_METHOD,
+    GoUnary,
+    Unanswered,
+    ended_by,
+    not_sent,
+)
 from dspex_actors.errors import BridgeUnavailable
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
@@ -40,15 +46,24 @@ OUTBOX = 1024
 """Requests waiting to be written on one stream; a call finding it full goes unary."""
 _FIRST_CAPACITY = 8
 _BATCH_CALLS = 64
+_BATCH_BYTES = 64 * 1024
+"""Bytes of calls one message carries at most (a larger call goes alone): far below
+any server's message limit."""
 _ENVELOPE = 64
 
 
 class _Waiter:
-    __slots__ = ("answer", "sent")
+    __slots__ = ("answer", "flag", "sent")
 
-    def __init__(self, answer: asyncio.Future[pb.CallReply]) -> None:
+    def __init__(self, answer: asyncio.Future[pb.CallReply], flag: list[bool] | None) -> None:
         self.answer = answer
         self.sent = False
+        self.flag = flag  # the caller's "sent" flag, set with ours
+
+    def mark_sent(self) -> None:
+        self.sent = True
+        if self.flag is not None:
+            self.flag[0] = True
 
 
 class AsyncCallStream:
@@ -75,17 +90,25 @@ class AsyncCallStream:
         self.coalesced = 0
         """Calls sent in a message with others."""
 
-    async def call(self, field: str, request: Any, timeout: float, expires_ms: int = 0) -> Any:
+    async def call(
+        self,
+        field: str,
+        request: Any,
+        timeout: float,
+        expires_ms: int = 0,
+        sent: list[bool] | None = None,
+    ) -> Any:
         """Send one call and await its answer within ``timeout`` (see the module
         docstring): the unary RPC's response, or the server's ``StateError``;
-        :class:`Unanswered`, or :class:`GoUnary` (nothing sent)."""
+        :class:`Unanswered`, or :class:`GoUnary` (nothing sent). ``sent[0]`` is set
+        once the request was written."""
         if self._closed:
             raise Unanswered(self._unavailable("the channel is closed"), maybe_sent=False)
         if len(self._waiting) >= self._capacity:
             raise GoUnary
         outbox = self._outbox if self._outbox is not None else self._open()
         number = next(self._ids)
-        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), sent)
         message = pb.CallRequest(
             call=number, timeout_seconds=timeout, expires_unix_ms=expires_ms, **{field: request}
         )
@@ -96,7 +119,8 @@ class AsyncCallStream:
             del self._waiting[number]
             raise GoUnary from None
         try:
-            reply = await asyncio.wait_for(asyncio.shield(waiter.answer), timeout)
+            async with asyncio.timeout(timeout):  # (wait_for could drop a cancellation)
+                reply = await asyncio.shield(waiter.answer)
         except TimeoutError:
             self._waiting.pop(number, None)  # never written from now on
             why = (
@@ -106,10 +130,8 @@ class AsyncCallStream:
             )
             error = self._unavailable(why, status=grpc.StatusCode.DEADLINE_EXCEEDED.name)
             raise Unanswered(error, maybe_sent=waiter.sent) from None
-        except asyncio.CancelledError as cancelled:
+        except asyncio.CancelledError:
             self._waiting.pop(number, None)  # never written from now on
-            if not waiter.sent:
-                cancelled.add_note(f"call {number} was never sent: not applied")
             raise
         if reply.error:
             raise wire_status.error_of_status(reply.error, self._target)
@@ -150,20 +172,8 @@ class AsyncCallStream:
             writer = asyncio.get_running_loop().create_task(self._write(stream, outbox, batches))
             failure = await self._read(stream, failure)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                self.unsupported = True
-                failure = GoUnary()
-            elif not up:
-                error = wire_status.error_from_rpc(exc, self._target)
-                if isinstance(error, BridgeUnavailable) and not wire_status.answered_by_server(
-                    exc
-                ):
-                    failure = Unanswered(error, maybe_sent=True)
-                else:
-                    failure = error
-            elif not (isinstance(failure, Unanswered) and not failure.maybe_sent):
-                why = f"the Calls stream broke ({wire_status.failure_text(exc)})"
-                failure = Unanswered(self._unavailable(why), maybe_sent=True)
+            failure = ended_by(exc, up, failure, self._target)
+            self.unsupported = isinstance(failure, GoUnary)
         except asyncio.CancelledError:
             failure = Unanswered(self._unavailable("the channel is closed"), maybe_sent=True)
         except Exception as exc:  # any end of the stream fails its calls
@@ -201,15 +211,27 @@ class AsyncCallStream:
         """Write the calls still waited for, those ready together in one message."""
         while True:
             ready = [await outbox.get()]
-            while batches and len(ready) < _BATCH_CALLS and not outbox.empty():
+            size = ready[0].ByteSize()
+            while batches and len(ready) < _BATCH_CALLS and size < _BATCH_BYTES:
+                if outbox.empty():
+                    break
                 ready.append(outbox.get_nowait())
+                size += ready[-1].ByteSize()
             sent = []
+            in_flight = sum(1 for waiter in self._waiting.values() if waiter.sent)
             for request in ready:
                 waiter = self._waiting.get(request.call)
-                if waiter is not None:  # else its caller gave up: never sent now
-                    waiter.sent = True
-                    sent.append(request)
-            for message in coalesced(sent, self.max_request):
+                if waiter is None:
+                    continue  # its caller gave up: never sent now
+                if in_flight >= self._capacity:  # more than the server runs: go unary
+                    del self._waiting[request.call]
+                    if not waiter.answer.done():
+                        waiter.answer.set_exception(GoUnary())
+                    continue
+                waiter.mark_sent()
+                in_flight += 1
+                sent.append(request)
+            for message in coalesced(sent, _BATCH_BYTES):
                 if message.more:
                     self.coalesced += len(message.more) + 1
                 await stream.write(message)

@@ -70,6 +70,8 @@ class EventStream:
         self._source = source
         self._position = position
         self._opened = False
+        self._reader: asyncio.Task[Any] | None = None  # the task inside step() now
+        self._closing = False
 
     @property
     def position(self) -> int | None:
@@ -95,8 +97,19 @@ class EventStream:
         """The next event, or None when the stream only moved past events its
         pattern skipped (its :attr:`position` says how far): what a reader that
         drains up to a position waits on."""
-        await self._open()
-        event = await anext(self._source)
+        if self._closing:
+            raise StopAsyncIteration
+        task = self._reader = asyncio.current_task()
+        try:
+            await self._open()
+            event = await anext(self._source)
+        except asyncio.CancelledError:
+            if self._closing and task is not None and not task.cancelling() > 1:
+                task.uncancel()  # cancelled by aclose(), not by its own caller
+                raise StopAsyncIteration from None
+            raise
+        finally:
+            self._reader = None
         return None if event is PROGRESSED else event
 
     async def __aenter__(self) -> EventStream:
@@ -107,7 +120,14 @@ class EventStream:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop following (the source's stream or wait is cancelled); idempotent."""
+        """Stop following (the source's stream or wait is cancelled); idempotent. A
+        task reading it meanwhile ends its ``async for`` (``StopAsyncIteration``)."""
+        reader = self._reader
+        if reader is not None and reader is not asyncio.current_task():
+            self._closing = True
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
         aclose = getattr(self._source, "aclose", None)
         if aclose is not None:
             await aclose()

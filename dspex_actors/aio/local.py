@@ -15,8 +15,8 @@ the actor took runs its bounded turn, and the cancelled caller is told
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Mapping
+from functools import partial
 from typing import Any, Self, TypeVar
 
 import pykka
@@ -24,15 +24,26 @@ import pykka
 from dspex_actors.actor import SEALED
 from dspex_actors.aio.following import EventStream, follow, in_thread
 from dspex_actors.aio.methods import AsyncSessionMethods
+from dspex_actors.bulk import BULK_ITEMS
 from dspex_actors.engine import DEFAULT_CALL_TIMEOUT, ActorSession
 from dspex_actors.errors import SessionClosed, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits
 from dspex_actors.local import LocalState
-from dspex_actors.messages import Deliver, OpenEvents, Operation
+from dspex_actors.messages import (
+    Digest,
+    ExportSession,
+    ExportState,
+    ListVariables,
+    OpenEvents,
+    Operation,
+)
 from dspex_actors.session import MISSED
-from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, fulfil
+from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog
 
 __all__ = ["AsyncLocalState"]
+
+_WHOLE = (ListVariables, ExportState, ExportSession, Digest)
+"""Reads of the whole session."""
 
 R = TypeVar("R")
 
@@ -56,10 +67,10 @@ class AsyncLocalState(AsyncSessionMethods):
         limits: Limits = DEFAULT_LIMITS,
         event_history: int = DEFAULT_HISTORY,
     ) -> Self:
-        """Start a session, as ``LocalState.init`` does (its actor starts in a thread
-        of its own; seeding ``existing_state`` runs before this returns)."""
-        return cls(
-            LocalState.init(
+        """Start a session, as ``LocalState.init`` does (in a thread of its own, so
+        seeding a large ``existing_state`` never holds the loop)."""
+        state = await in_thread(
+            lambda: LocalState.init(
                 session_id=session_id,
                 existing_state=existing_state,
                 call_timeout=call_timeout,
@@ -67,8 +78,15 @@ class AsyncLocalState(AsyncSessionMethods):
                 event_history=event_history,
             )
         )
+        return cls(state)
 
     async def run(self, operation: Operation[R]) -> R:
+        if isinstance(operation, _WHOLE) and len(self._engine.table.by_id) > BULK_ITEMS:
+            # A listing or export of a large session is read in a thread of its own
+            # (about 2.5 us a variable: thousands of them would hold the loop).
+            state: Any = self._state
+            whole: R = await in_thread(partial(state.run, operation))
+            return whole
         if not operation.write:
             answer = self._engine.table.read(operation)  # type: ignore[arg-type]  # a read
             if answer is not MISSED:
@@ -78,22 +96,15 @@ class AsyncLocalState(AsyncSessionMethods):
 
     async def _deliver(self, operation: Operation[R]) -> R:
         """Hand ``operation`` to the actor and await its answer (see the module doc)."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-
-        def reply(result: Any) -> None:  # in the actor's thread
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits now
-                loop.call_soon_threadsafe(fulfil, answer, result)
-
-        claim = [True]
         what = f"session {self.session_id!r}"
         try:
-            self._engine.tell(Deliver(operation, reply, claim))  # type: ignore[arg-type]
+            answer, claim = self._engine.deliver(operation, asyncio.get_running_loop())
         except pykka.ActorDeadError:
             raise SessionClosed(f"{what}: its actor is not running") from None
         timeout = self._engine.call_timeout
         try:
-            result = await asyncio.wait_for(asyncio.shield(answer), timeout)
+            async with asyncio.timeout(timeout):  # (wait_for could drop a cancellation)
+                result = await asyncio.shield(answer)
         except (TimeoutError, asyncio.CancelledError) as exc:
             try:
                 claim.pop()  # taken here: the actor will never run it
@@ -101,7 +112,7 @@ class AsyncLocalState(AsyncSessionMethods):
                 result = await asyncio.shield(answer)
                 if isinstance(exc, asyncio.CancelledError):
                     exc.add_note(f"{type(operation).__name__} in {what} was applied")
-                    raise
+                    raise exc from None
             else:
                 if isinstance(exc, asyncio.CancelledError):
                     exc.add_note(f"{type(operation).__name__} in {what} was not applied")

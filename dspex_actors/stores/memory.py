@@ -24,7 +24,6 @@ threads) is short and bounded; closing sessions runs in the loop's executor.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -47,7 +46,7 @@ from dspex_actors.errors import (
     StateError,
 )
 from dspex_actors.limits import DEFAULT_LIMITS, Limits, check_session_id
-from dspex_actors.messages import Control, Deliver, OpenEvents, ReadOperation, WriteOperation
+from dspex_actors.messages import Control, OpenEvents, ReadOperation, WriteOperation
 from dspex_actors.records import Opened, SessionInfo, check_pattern
 from dspex_actors.restarts import GiveUpHook, RestartHook, RestartPolicy, RestartSupervisor
 from dspex_actors.session import MISSED, Missed, SessionTable, new_session_id
@@ -437,16 +436,8 @@ class MemoryStore:
         request_id: str | None = None,
     ) -> _R:
         """Hand ``operation`` to the session's actor and await its answer (see above)."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
-
-        def reply(result: Any) -> None:  # in the actor's thread
-            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits now
-                loop.call_soon_threadsafe(fulfil, answer, result)
-
-        claim = [True]
         try:
-            entry.engine.tell(Deliver(operation, reply, claim))
+            answer, claim = entry.engine.deliver(operation, asyncio.get_running_loop())
         except pykka.ActorDeadError:
             raise BridgeUnavailable(
                 f"session {entry.session_id!r}: its actor is restarting; "

@@ -32,6 +32,9 @@ from dspex_actors.streaming import Event, Subscriber, check_subscriber
 
 __all__ = ["Blocking", "blocking", "shared_loop"]
 
+_FINISH = 5.0
+"""Seconds a subscription may take to deliver what its stream holds at cleanup."""
+
 _CALL_GUARD = 120.0
 """Seconds one facade call waits for its coroutine (a hang guard, far past any deadline)."""
 
@@ -243,9 +246,11 @@ class Blocking(StateProvider):
         if self._closed:
             return
         try:
-            for subscription in self._subscriptions:
-                subscription.end()
+            # The handle first: an owner's session closes, and each stream gives what
+            # it still holds, up to its closed; then each subscription ends.
             self._run(self.handle.aclose())
+            for subscription in self._subscriptions:
+                subscription.finish(_FINISH)
         finally:
             self._closed = True
 

@@ -46,6 +46,11 @@ class Attempts:
         self._maybe_sent = False
         self._telling: StateError | None = None  # the last failure saying more than "late"
 
+    @property
+    def maybe_sent(self) -> bool:
+        """Whether an attempt that failed may have reached the server."""
+        return self._maybe_sent
+
     def left(self) -> float:
         """How long the next attempt may take."""
         return max(self.deadline - time.monotonic(), 0.001)

@@ -102,6 +102,31 @@ def _named(operation: Operation[Any], session_id: str) -> str:
     return f"{method} in session {session_id!r}"
 
 
+def target_of(
+    session_id: str | None,
+    timeout: float,
+    address: str | None,
+    token: str | None,
+    tls_root_cert: bytes | str | os.PathLike[str] | None,
+) -> tuple[str | None, str | None, bytes | None]:
+    """The server a handle opens (``HOST:PORT``; None: the embedded one), its token and
+    TLS roots, from the arguments or ``$DSPEX_BRIDGE_ADDRESS``/``$DSPEX_BRIDGE_TOKEN``;
+    bad arguments refused. What the sync and asyncio handles' ``init`` share."""
+    if session_id is not None:
+        check_session_id(session_id)
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, got {timeout!r}")
+    if address is None and os.environ.get(ADDRESS_ENV):
+        address = os.environ[ADDRESS_ENV]
+        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    root_cert = read_pem(tls_root_cert) if tls_root_cert is not None else None
+    if address is not None:
+        address, tls = bridge_address(address)
+        if tls and root_cert is None:
+            root_cert = SYSTEM_ROOTS
+    return address, token, root_cert
+
+
 def _not_found_where(exc: SessionNotFound, address: str, embedded: bool) -> SessionNotFound:
     """An attach that found no session, naming the server asked (and how to reach one)."""
     if embedded:
@@ -206,20 +231,9 @@ class BridgedState(RemoteSessionMethods):
         """
         if backend_opts:
             raise TypeError(f"BridgedState.init got unknown options: {', '.join(backend_opts)}")
-        if session_id is not None:
-            check_session_id(session_id)
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
-        if address is None and os.environ.get(ADDRESS_ENV):
-            address = os.environ[ADDRESS_ENV]
-            token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-        root_cert = read_pem(tls_root_cert) if tls_root_cert is not None else None
+        address, token, root_cert = target_of(session_id, timeout, address, token, tls_root_cert)
         use_embedded = address is None
-        if address is not None:
-            address, tls = bridge_address(address)
-            if tls and root_cert is None:
-                root_cert = SYSTEM_ROOTS
-        else:
+        if address is None:
             address = embedded.acquire()
         try:
             shared = channels.acquire(address, root_cert, max_message_bytes)

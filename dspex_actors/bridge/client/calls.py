@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from dspex_actors.errors import BridgeUnavailable, StateError
 from dspex_actors.v1 import session_store_pb2 as pb
@@ -50,7 +51,7 @@ from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.coalesce import coalesced
 from dspex_actors.wire.forms import SERVICE
 
-__all__ = ["CALLS_METHOD", "CallStream", "GoUnary", "Unanswered", "not_sent"]
+__all__ = ["CALLS_METHOD", "CallStream", "GoUnary", "Unanswered", "ended_by", "not_sent"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class CallStream:
                 with self._lock:
                     sent = [r for r in ready if self._mark_sent(r.call)]
                 # (calls whose callers gave up, or were failed, are never sent now)
-                for message in coalesced(sent, self.max_request):
+                for message in coalesced(sent, _BATCH_BYTES):
                     self.coalesced += len(message.more) + 1 if message.more else 0
                     yield message
 
@@ -226,10 +227,17 @@ class CallStream:
         return outbox
 
     def _mark_sent(self, call: int) -> bool:
-        """Whether call ``call`` is still waited for; if so, it is sent from now
-        (with the lock held)."""
+        """Whether call ``call`` is still waited for and within what the server runs
+        at once; if so, it is sent from now (with the lock held). One past that (the
+        first calls of a stream go before the server said its limit) is told to go
+        unary: it was never sent."""
         waiter = self._waiting.get(call)
         if waiter is None:
+            return False
+        if sum(1 for w in self._waiting.values() if w.sent) >= self._capacity:
+            del self._waiting[call]
+            waiter.error = GoUnary()
+            waiter.done.set()
             return False
         waiter.sent = True
         return True
@@ -279,22 +287,8 @@ class CallStream:
                         waiter.reply = reply
                         waiter.done.set()
         except grpc.RpcError as exc:
-            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                self.unsupported = True
-                failure = GoUnary()
-            elif not up:  # the server refused the stream: its status, as a unary call's
-                error = wire_status.error_from_rpc(exc, self._target)
-                if isinstance(error, BridgeUnavailable) and not wire_status.answered_by_server(
-                    exc
-                ):
-                    failure = Unanswered(error, maybe_sent=True)
-                else:
-                    failure = error
-            elif isinstance(failure, Unanswered) and not failure.maybe_sent:
-                pass  # the server said, before the stream broke, that no unanswered call ran
-            else:
-                why = f"the Calls stream broke ({wire_status.failure_text(exc)})"
-                failure = Unanswered(self._unavailable(why), maybe_sent=True)
+            failure = ended_by(exc, up, failure, self._target)
+            self.unsupported = isinstance(failure, GoUnary)
         except Exception as exc:  # any end of the stream fails its calls
             logger.warning("the Calls stream ended: %r", exc)
         with self._lock:
@@ -325,6 +319,26 @@ class CallStream:
             replies.cancel()
         if reader is not None and reader is not threading.current_thread():
             reader.join()
+
+
+def ended_by(exc: grpc.RpcError, up: bool, failure: Exception, target: str) -> Exception:
+    """What the calls of a Calls stream that ended with ``exc`` get (sync or
+    asyncio): :class:`GoUnary` from a server without ``Calls``; before the stream was
+    ``up``, the server's refusal as a unary call's; after, ``failure`` if the server
+    already said no unanswered call ran, else "the stream broke" (maybe sent)."""
+    if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) and (
+        exc.code() == grpc.StatusCode.UNIMPLEMENTED
+    ):
+        return GoUnary()
+    if not up:  # the server refused the stream: its status, as a unary call's
+        error = wire_status.error_from_rpc(exc, target)
+        if isinstance(error, BridgeUnavailable) and not wire_status.answered_by_server(exc):
+            return Unanswered(error, maybe_sent=True)
+        return error
+    if isinstance(failure, Unanswered) and not failure.maybe_sent:
+        return failure  # the server said, before the stream broke, that none of them ran
+    why = f"the Calls stream broke ({wire_status.failure_text(exc)})"
+    return Unanswered(BridgeUnavailable(f"SessionStore at {target}: {why}"), maybe_sent=True)
 
 
 def not_sent(failure: Exception) -> Exception:

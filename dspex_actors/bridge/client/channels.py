@@ -48,7 +48,14 @@ from dspex_actors.wire import keepalive
 from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.forms import Rpc
 
-__all__ = ["SYSTEM_ROOTS", "WATCHES_PER_CONNECTION", "Shared", "acquire", "release"]
+__all__ = [
+    "SYSTEM_ROOTS",
+    "WATCHES_PER_CONNECTION",
+    "Shared",
+    "acquire",
+    "failed_call",
+    "release",
+]
 
 WATCHES_PER_CONNECTION = 100
 """Watch streams one watch connection carries: below a default server's 128."""
@@ -106,16 +113,7 @@ class Shared:
         try:
             return self.unary(rpc)(request, timeout=timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            error = wire_status.error_from_rpc(exc, self.key[0])
-            # Worth another attempt: the server was not reached, or did not start the
-            # call in time (its BridgeUnavailable: not applied), or no answer came.
-            # Only a failure of the transport may hide an applied write.
-            if isinstance(error, OutcomeUnknown) and rpc.has_request_id:
-                raise Unanswered(error, maybe_sent=True) from exc
-            if not isinstance(error, BridgeUnavailable):
-                raise error from exc
-            sent = not wire_status.answered_by_server(exc)
-            raise Unanswered(error, maybe_sent=sent) from exc
+            raise failed_call(exc, self.key[0], rpc) from exc
 
     def connected(self, timeout: float) -> bool | None:
         """Whether the channel is READY, now or within ``timeout`` (gRPC is asked to
@@ -199,6 +197,20 @@ class Shared:
                     slot[1] -= 1
 
         return slot[0], give_back
+
+
+def failed_call(exc: grpc.RpcError, address: str, rpc: Rpc) -> Exception:
+    """What a unary call that failed with ``exc`` raises (sync or asyncio): the
+    server's ``StateError``, or :class:`Unanswered` when it is worth another attempt
+    — the server was not reached, did not start the call in time (its
+    ``BridgeUnavailable``: not applied), or no answer came. Only a failure of the
+    transport may hide an applied write (``maybe_sent``)."""
+    error = wire_status.error_from_rpc(exc, address)
+    if isinstance(error, OutcomeUnknown) and rpc.has_request_id:
+        return Unanswered(error, maybe_sent=True)
+    if not isinstance(error, BridgeUnavailable):
+        return error
+    return Unanswered(error, maybe_sent=not wire_status.answered_by_server(exc))
 
 
 def _open(

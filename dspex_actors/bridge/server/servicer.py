@@ -166,18 +166,18 @@ def _client_max_reply(context: grpc.aio.ServicerContext[Any, Any]) -> int:
 
 
 async def _read_into(
-    requests: AsyncIterator[pb.CallRequest], inbox: asyncio.Queue[object]
+    requests: AsyncIterator[pb.CallRequest], inbox: asyncio.Queue[object], most: int
 ) -> None:
-    """Put a Calls stream's requests in its inbox, each with when it arrived (its
-    deadline counts from then), None for one that is not protobuf, then _END, also
-    when cancelled."""
+    """Put a Calls stream's requests in its inbox (each of a message's ``more`` as a
+    call of its own) with when it arrived; None for one that is not protobuf, or
+    whose ``more`` holds ``most`` calls or more or nests them; then _END, always."""
     try:
         async for request in requests:
             arrived = time.monotonic()
             more = list(request.more)
             if more:  # calls coalesced in one message: each is a call of its own
-                if any(call.more for call in more):
-                    await inbox.put(None)  # nested deeper than the protocol says
+                if len(more) >= most or any(call.more for call in more):
+                    await inbox.put(None)  # more than the stream runs, or nested
                     return
                 del request.more[:]
             await inbox.put((request, arrived))
@@ -352,7 +352,7 @@ class SessionStoreServicer:
         if self._draining:  # opened while the server stops: nothing on it will be read
             await replies.send(_failure(0, _stopped_stream()))
             return
-        reader = loop.create_task(_read_into(requests, inbox))
+        reader = loop.create_task(_read_into(requests, inbox, limits.max_calls_per_connection))
         self._streams[reader] = running
         handler = asyncio.current_task()
         if handler is not None:

@@ -212,6 +212,37 @@ def sweep(
     }
 
 
+def _add_concurrent(
+    run: Run,
+    table: dict[str, tuple[str, Backend, str]],
+    modes: list[str],
+    measured: Rates,
+    clients: int,
+    each: int,
+    what: str,
+    prefix: str,
+) -> None:
+    """The runs of ``clients`` clients of ``each`` threads (or tasks) apiece, each
+    mode beside the bare echo of the same kind, ours beside the Redis peer."""
+    shape = f"{clients}x{each}"
+    for mode in modes:
+        label, backend, op = table[mode]
+        echo = f"{prefix}grpc.echo"
+        add_duration(
+            run,
+            SUITE,
+            f"throughput.{mode}@{shape}",
+            f"{label}, {each} {what} a client",
+            backend,
+            op,
+            measured[mode, clients].latencies,
+            kind="throughput",
+            baseline=None if mode == echo else f"throughput.{echo}@{shape}",
+            peers=() if backend != "bridged" else (f"throughput.{prefix}redis.get@{shape}",),
+            rates=measured[mode, clients].rates,
+        )
+
+
 def run(run: Run) -> None:
     counts: tuple[int, ...] = (1, 4, 8)
     total: int = run.pick(3000, 400)  # calls per run, shared among its clients
@@ -258,36 +289,8 @@ def run(run: Run) -> None:
         async_modes = [m for m in ASYNC_MODES if m != "aio.redis.get" or "redis" in config]
         tasked = sweep(clients, async_modes, (max(counts),), total * TASKS, rounds, threads=TASKS)
     n = max(counts)
-    for mode in async_modes:
-        label, backend, op = ASYNC_MODES[mode]
-        add_duration(
-            run,
-            SUITE,
-            f"throughput.{mode}@{n}x{TASKS}",
-            f"{label}, {TASKS} tasks a client",
-            backend,
-            op,
-            tasked[mode, n].latencies,
-            kind="throughput",
-            baseline=None if mode == "aio.grpc.echo" else f"throughput.aio.grpc.echo@{n}x{TASKS}",
-            peers=() if backend != "bridged" else (f"throughput.aio.redis.get@{n}x{TASKS}",),
-            rates=tasked[mode, n].rates,
-        )
-    for mode in modes:
-        label, backend, op = MODES[mode]
-        add_duration(
-            run,
-            SUITE,
-            f"throughput.{mode}@{n}x{THREADS}",
-            f"{label}, {THREADS} threads a client",
-            backend,
-            op,
-            threaded[mode, n].latencies,
-            kind="throughput",
-            baseline=None if mode == "grpc.echo" else f"throughput.grpc.echo@{n}x{THREADS}",
-            peers=() if backend != "bridged" else (f"throughput.redis.get@{n}x{THREADS}",),
-            rates=threaded[mode, n].rates,
-        )
+    _add_concurrent(run, ASYNC_MODES, async_modes, tasked, n, TASKS, "tasks", "aio.")
+    _add_concurrent(run, MODES, modes, threaded, n, THREADS, "threads", "")
     for n in counts:
         for mode in modes:
             label, backend, op = MODES[mode]

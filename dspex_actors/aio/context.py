@@ -177,6 +177,9 @@ class _Following:
 
         context = self._context
         subscription = await in_thread(lambda: context.subscribe(None, hand, start=self._start))
+        # Where the subscription starts: a drain before any event came knows that
+        # nothing before it is owed (None would end a drain at once, owing nothing).
+        self._position = subscription.position
         try:
             yield OPENED
             moved = False

@@ -77,14 +77,19 @@ class _StreamSource:
         self._stream = stream
         self._pending: concurrent.futures.Future[Event | None] | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._woken = False
+        self._lock = threading.Lock()
 
     async def _next(self) -> Event | None:
         self._task = asyncio.current_task()
         return await self._stream.step()
 
     def read(self, timeout: float) -> list[Event]:
-        if self._pending is None:
-            self._pending = asyncio.run_coroutine_threadsafe(self._next(), self._loop.loop)
+        with self._lock:  # (a wake() between the check and the step would be lost)
+            if self._woken:  # stopped: no step is started
+                raise Ended
+            if self._pending is None:
+                self._pending = asyncio.run_coroutine_threadsafe(self._next(), self._loop.loop)
         try:
             event = self._pending.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -102,9 +107,13 @@ class _StreamSource:
         return self._stream.position
 
     def wake(self) -> None:
-        task = self._task
-        if task is not None:  # the stream ends: it is being stopped
-            self._loop.loop.call_soon_threadsafe(task.cancel)
+        """The delivery stops: its read returns now (its pending step is cancelled,
+        started or not; :meth:`close` then waits for that step to end)."""
+        with self._lock:
+            self._woken = True
+            pending = self._pending
+        if pending is not None:
+            pending.cancel()
 
     def close(self) -> None:
         self._loop.run(self._finish())

@@ -29,21 +29,11 @@ from dspex_actors.engine import DEFAULT_CALL_TIMEOUT, ActorSession
 from dspex_actors.errors import SessionClosed, StateError
 from dspex_actors.limits import DEFAULT_LIMITS, Limits
 from dspex_actors.local import LocalState
-from dspex_actors.messages import (
-    Digest,
-    ExportSession,
-    ExportState,
-    ListVariables,
-    OpenEvents,
-    Operation,
-)
+from dspex_actors.messages import OpenEvents, Operation
 from dspex_actors.session import MISSED
 from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog
 
 __all__ = ["AsyncLocalState"]
-
-_WHOLE = (ListVariables, ExportState, ExportSession, Digest)
-"""Reads of the whole session."""
 
 R = TypeVar("R")
 
@@ -81,7 +71,7 @@ class AsyncLocalState(AsyncSessionMethods):
         return cls(state)
 
     async def run(self, operation: Operation[R]) -> R:
-        if isinstance(operation, _WHOLE) and len(self._engine.table.by_id) > BULK_ITEMS:
+        if operation.scans and len(self._engine.table.by_id) > BULK_ITEMS:
             # A listing or export of a large session is read in a thread of its own
             # (about 2.5 us a variable: thousands of them would hold the loop).
             state: Any = self._state

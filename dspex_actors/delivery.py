@@ -30,8 +30,14 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 from dspex_actors.backoff import Backoff
 from dspex_actors.errors import StateError
-from dspex_actors.records import check_pattern, name_matches
-from dspex_actors.streaming import Event, Subscriber, check_subscriber, hand_over
+from dspex_actors.records import check_pattern
+from dspex_actors.streaming import (
+    Event,
+    Subscriber,
+    check_subscriber,
+    hand_over,
+    meant_for,
+)
 
 __all__ = [
     "DRAIN_TIMEOUT",
@@ -320,7 +326,7 @@ class Subscription:
                 return False
             if kind == "closed":
                 self._said_closed = True
-        if kind in ("overflow", "closed") or name_matches(event.name or "", self.pattern):
+        if meant_for(event, self.pattern):
             hand_over(self.subscriber, event)
         self._last = event.sequence
         return kind != "closed"

@@ -46,6 +46,7 @@ __all__ = [
     "check_subscriber",
     "follow",
     "hand_over",
+    "meant_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -285,6 +286,12 @@ def hand_over(subscriber: Subscriber, event: Event) -> None:
             event.session_id,
             event.sequence,
         )
+
+
+def meant_for(event: Event, pattern: str | None) -> bool:
+    """Whether a subscriber of the glob ``pattern`` gets ``event``: every ``overflow``
+    and ``closed``, and the changes to the names it matches."""
+    return event.kind in ("overflow", "closed") or name_matches(event.name or "", pattern)
 
 
 def check_subscriber(subscriber: object) -> None:

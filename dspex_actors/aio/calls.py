@@ -218,12 +218,14 @@ class AsyncCallStream:
                 ready.append(outbox.get_nowait())
                 size += ready[-1].ByteSize()
             sent = []
-            in_flight = sum(1 for waiter in self._waiting.values() if waiter.sent)
+            # (only more waiting than the server runs can put one past it)
+            crowded = len(self._waiting) > self._capacity
+            in_flight = sum(w.sent for w in self._waiting.values()) if crowded else 0
             for request in ready:
                 waiter = self._waiting.get(request.call)
                 if waiter is None:
                     continue  # its caller gave up: never sent now
-                if in_flight >= self._capacity:  # more than the server runs: go unary
+                if crowded and in_flight >= self._capacity:  # past what it runs: go unary
                     del self._waiting[request.call]
                     if not waiter.answer.done():
                         waiter.answer.set_exception(GoUnary())

@@ -34,8 +34,8 @@ from dspex_actors.local import LocalState
 from dspex_actors.messages import Operation
 from dspex_actors.methods import run_on
 from dspex_actors.provider import StateProvider
-from dspex_actors.records import check_pattern, name_matches
-from dspex_actors.streaming import Event
+from dspex_actors.records import check_pattern
+from dspex_actors.streaming import Event, meant_for
 from dspex_actors.supervision import Context
 
 __all__ = ["AsyncContext"]
@@ -194,13 +194,12 @@ class _Following:
                         self._ready.get_nowait()
                     event = Event(event.session_id, event.sequence - 1, "overflow")
                 self._position = event.sequence + 1  # read after its reader took it
-                kind = event.kind
-                if kind in ("overflow", "closed") or name_matches(event.name or "", self._pattern):
+                if meant_for(event, self._pattern):
                     moved = False
                     yield event
                 else:
                     moved = True
-                if kind == "closed":
+                if event.kind == "closed":
                     return
         finally:
             await in_thread(lambda: context.unsubscribe(subscription))

@@ -8,8 +8,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from dspex_actors.records import check_pattern, name_matches
-from dspex_actors.streaming import Event, EventLog, fulfil
+from dspex_actors.records import check_pattern
+from dspex_actors.streaming import Event, EventLog, fulfil, meant_for
 
 T = TypeVar("T")
 
@@ -40,7 +40,7 @@ async def follow(
         for event in events:
             # Past it once its reader took it (read only after it did) or skipped it.
             position[0] = event.sequence + 1
-            if event.kind in ("overflow", "closed") or name_matches(event.name or "", glob):
+            if meant_for(event, glob):
                 moved = False
                 yield event
             else:

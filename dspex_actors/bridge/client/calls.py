@@ -231,11 +231,15 @@ class CallStream:
         at once; if so, it is sent from now (with the lock held). One past that (the
         first calls of a stream go before the server said its limit) is told to go
         unary: it was never sent."""
-        waiter = self._waiting.get(call)
+        waiting = self._waiting
+        waiter = waiting.get(call)
         if waiter is None:
             return False
-        if sum(1 for w in self._waiting.values() if w.sent) >= self._capacity:
-            del self._waiting[call]
+        # Fewer waiting than the server runs: room, without counting the sent ones.
+        if len(waiting) > self._capacity and sum(w.sent for w in waiting.values()) >= (
+            self._capacity
+        ):
+            del waiting[call]
             waiter.error = GoUnary()
             waiter.done.set()
             return False

@@ -40,7 +40,7 @@ from dspex_actors.aio.following import OPENED, PROGRESSED, EventStream, in_threa
 from dspex_actors.aio.methods import AsyncRemoteSessionMethods
 from dspex_actors.backoff import Backoff
 from dspex_actors.bridge import embedded
-from dspex_actors.bridge.client.attempts import Attempts, MaybeApplied
+from dspex_actors.bridge.client.attempts import Attempts, MaybeApplied, settled_not_applied
 from dspex_actors.bridge.client.bridged import (
     SETTLE_SECONDS,
     _named,
@@ -332,12 +332,8 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         except StateError:
             raise unknown from error
         if not applied:
-            raise BridgeUnavailable(
-                f"SessionStore at {self.address} did not answer within {self._timeout}s; "
-                f"the write to session {self.session_id!r} was settled as not applied and "
-                f"never will be (last failure: {error})",
-                session_id=self.session_id,
-                settled=True,
+            raise settled_not_applied(
+                self.address, self._timeout, self.session_id, error
             ) from error
         try:  # applied: its request id fetches its answer
             expires = int((time.time() + bound) * 1000)

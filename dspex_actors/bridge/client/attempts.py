@@ -18,7 +18,7 @@ from dspex_actors.bridge.client.calls import Unanswered
 from dspex_actors.errors import BridgeUnavailable, StateError
 from dspex_actors.wire.forms import Send
 
-__all__ = ["Attempts", "MaybeApplied"]
+__all__ = ["Attempts", "MaybeApplied", "settled_not_applied"]
 
 
 class MaybeApplied(Exception):
@@ -84,3 +84,17 @@ class Attempts:
         if isinstance(telling, BridgeUnavailable):
             raise telling
         raise BridgeUnavailable(f"{telling} (not applied)", session_id=self._session_id)
+
+
+def settled_not_applied(
+    address: str, timeout: float, session_id: str, error: StateError
+) -> BridgeUnavailable:
+    """A write that got no answer and was settled as not applied: it never will be
+    (what both clients raise, ``from error``)."""
+    return BridgeUnavailable(
+        f"SessionStore at {address} did not answer within {timeout}s; the write to "
+        f"session {session_id!r} was settled as not applied and never will be "
+        f"(last failure: {error})",
+        session_id=session_id,
+        settled=True,
+    )

@@ -38,7 +38,7 @@ from typing import Any, ClassVar, NamedTuple, Self, TypeVar
 
 from dspex_actors.bridge import embedded
 from dspex_actors.bridge.client import channels
-from dspex_actors.bridge.client.attempts import Attempts, MaybeApplied
+from dspex_actors.bridge.client.attempts import Attempts, MaybeApplied, settled_not_applied
 from dspex_actors.bridge.client.cache import MISS, SCALARS, RecordCache
 from dspex_actors.bridge.client.calls import CallStream, GoUnary, Unanswered
 from dspex_actors.bridge.client.channels import SYSTEM_ROOTS
@@ -486,12 +486,8 @@ class BridgedState(RemoteSessionMethods):
         except StateError:
             raise unknown from error
         if not applied:
-            raise BridgeUnavailable(
-                f"SessionStore at {self.address} did not answer within {self._timeout}s; "
-                f"the write to session {self.session_id!r} was settled as not applied and "
-                f"never will be (last failure: {error})",
-                session_id=self.session_id,
-                settled=True,
+            raise settled_not_applied(
+                self.address, self._timeout, self.session_id, error
             ) from error
         try:  # applied: its request id fetches its answer
             return self._attempt(send.rpc, request, bound)

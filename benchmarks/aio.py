@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc.aio
 
-from benchmarks.servers import ECHO_METHOD
+from benchmarks.servers import ECHO_METHOD, ECHO_STREAM_METHOD
 from benchmarks.suite import Op, Run, alternating, sample_ops
 from benchmarks.timing import Sampler
 from dspex_actors.aio import AsyncBridgedState, AsyncLocalState
@@ -27,6 +27,7 @@ from dspex_actors.aio import AsyncBridgedState, AsyncLocalState
 SUITE = "aio"
 NOOP = "aio.noop"
 ECHO = "grpc.aio.echo"
+STREAM_ECHO = "grpc.aio.stream.echo"
 REDIS_GET = "redis.asyncio.get"
 
 Call = Callable[[], Awaitable[object]]
@@ -115,6 +116,15 @@ def run(run: Run) -> None:
         echo = channel.unary_unary(
             ECHO_METHOD, request_serializer=None, response_deserializer=None
         )
+        stream_echo = channel.stream_stream(
+            ECHO_STREAM_METHOD, request_serializer=None, response_deserializer=None
+        )(None, timeout=3600)
+        cleanup.callback(stream_echo.cancel)
+
+        async def echo_on_stream() -> None:
+            await stream_echo.write(b"x")
+            await stream_echo.read()
+
         for state in (local, bridged):
             loop.run_until_complete(
                 state.register_variable(
@@ -127,6 +137,15 @@ def run(run: Run) -> None:
             _op(loop, NOOP, "an awaited no-op coroutine", "baseline", "get", _noop, None),
             _op(
                 loop, ECHO, "bare grpc.aio unary echo", "baseline", "get", lambda: echo(b"x"), None
+            ),
+            _op(
+                loop,
+                STREAM_ECHO,
+                "bare grpc.aio stream echo (one open stream)",
+                "baseline",
+                "get",
+                echo_on_stream,
+                ECHO,
             ),
             _op(
                 loop,

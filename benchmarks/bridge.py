@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from benchmarks.peers import EtcdPeer, RedisAlone, RedisPeer, alone_op, redis_ops
-from benchmarks.servers import echo_stub
+from benchmarks.servers import StreamEcho, echo_stub
 from benchmarks.suite import (
     Op,
     Run,
@@ -35,6 +35,7 @@ from dspex_actors import BridgedState, Context, Supervisor
 
 SUITE = "bridge"
 ECHO = "grpc.echo"
+STREAM_ECHO = "grpc.stream.echo"
 ALONE = "redis.alone.get"
 
 
@@ -98,6 +99,27 @@ def _redis_import_once(peer: RedisPeer, records: dict[str, dict[str, Any]]) -> f
     return time.perf_counter_ns() - started
 
 
+def _handles(cleanup: ExitStack, address: str) -> tuple[BridgedState, BridgedState, BridgedState]:
+    """A session's handle; another on it sending unary RPCs only (``stream=False``),
+    what the Calls stream saves measured beside it; and one with coalescing off
+    (``coalesce=False``), what coalescing costs a lone call."""
+    state = BridgedState.init(address=address, timeout=30)
+    cleanup.callback(state.cleanup)
+    others = []
+    for stream, coalesce in ((False, True), (True, False)):
+        other = BridgedState.init(
+            address=address,
+            session_id=state.session_id,
+            create=False,
+            timeout=30,
+            stream=stream,
+            coalesce=coalesce,
+        )
+        cleanup.callback(other.cleanup)
+        others.append(other)
+    return state, others[0], others[1]
+
+
 def run(run: Run) -> None:
     samples: int = run.pick(3000, 500)
     servers = run.servers
@@ -107,18 +129,9 @@ def run(run: Run) -> None:
         channel = grpc.insecure_channel(echo_server.address)
         cleanup.callback(channel.close)
         echo = echo_stub(channel)
-        state = BridgedState.init(address=store.address, timeout=30)
-        cleanup.callback(state.cleanup)
-        # The same session through unary RPCs only (stream=False): what the Calls
-        # stream saves, measured beside it.
-        unary = BridgedState.init(
-            address=store.address,
-            session_id=state.session_id,
-            create=False,
-            timeout=30,
-            stream=False,
-        )
-        cleanup.callback(unary.cleanup)
+        stream_echo = StreamEcho(channel)
+        cleanup.callback(stream_echo.close)
+        state, unary, single = _handles(cleanup, store.address)
         supervisor = Supervisor.start(bridge_address=store.address, bridge_timeout=30)
         cleanup.callback(supervisor.stop)
         ctx = supervisor.start_context(backend="bridged")
@@ -153,6 +166,14 @@ def run(run: Run) -> None:
                 lambda: echo(b"\x00" * 16, timeout=10),
             ),
             Op(
+                STREAM_ECHO,
+                "bare grpcio stream echo (16 bytes, one open stream)",
+                "baseline",
+                "echo",
+                lambda: stream_echo(b"\x00" * 16),
+                baseline=ECHO,
+            ),
+            Op(
                 "bridged.get",
                 "BridgedState.get_variable",
                 "bridged",
@@ -169,6 +190,14 @@ def run(run: Run) -> None:
                 set_with(state),
                 baseline=ECHO,
                 peers=set_peers,
+            ),
+            Op(
+                "bridged.uncoalesced.get",
+                "BridgedState.get_variable, coalescing off (coalesce=False)",
+                "bridged",
+                "get",
+                lambda: single.get_variable("temperature"),
+                baseline="bridged.get",
             ),
             Op(
                 "bridged.unary.get",

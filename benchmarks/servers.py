@@ -57,6 +57,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -65,9 +66,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -76,9 +78,11 @@ from benchmarks.progress import progress
 
 __all__ = [
     "ECHO_METHOD",
+    "ECHO_STREAM_METHOD",
     "ROOT",
     "ServerProcess",
     "Servers",
+    "StreamEcho",
     "child_env",
     "echo_stub",
     "free_port",
@@ -88,6 +92,8 @@ ROOT = Path(__file__).resolve().parent.parent
 """The repository: children find ``benchmarks`` (not installed) through PYTHONPATH."""
 
 ECHO_METHOD = "/bench.Echo/Echo"
+ECHO_STREAM_METHOD = "/bench.Echo/Stream"
+"""The echo server's stream: each message answered on one stream that stays open."""
 # A RangeRequest for key "probe" (field 1, 5 bytes), written out so the readiness
 # probe needs no compiled messages; etcd answers an empty range.
 _ETCD_PROBE = b"\x0a\x05probe"
@@ -110,6 +116,29 @@ def child_env() -> dict[str, str]:
 
 def echo_stub(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
     return channel.unary_unary(ECHO_METHOD, request_serializer=None, response_deserializer=None)
+
+
+class StreamEcho:
+    """A bare grpcio stream echo, as a sync gRPC user writes one: requests fed to the
+    stream's iterator through a queue, each answer read with ``next``; one message
+    each way per call, on one stream that stays open (what our Calls stream carries
+    a call on, with nothing of ours around it)."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._outbox: queue.Queue[bytes | None] = queue.Queue(1)
+        open_stream = channel.stream_stream(
+            ECHO_STREAM_METHOD, request_serializer=None, response_deserializer=None
+        )
+        self._replies: Any = open_stream(iter(self._outbox.get, None), timeout=3600)
+
+    def __call__(self, request: bytes) -> bytes:
+        self._outbox.put(request)
+        reply: bytes = next(self._replies)
+        return reply
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self._replies.cancel()
 
 
 def _grpc_probe(method: str, request: bytes) -> Callable[[str], None]:
@@ -315,8 +344,15 @@ def _run_echo(port: int) -> None:
     def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
         return request
 
+    def stream(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        yield from requests
+
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        "bench.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Stream": grpc.stream_stream_rpc_method_handler(stream),
+        },
     )
     # The executor the SessionStore gets by default (ThreadPoolExecutor's own size).
     executor = futures.ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4))

@@ -339,10 +339,12 @@ def test_a_call_nested_deeper_than_one_message_ends_the_stream(
     assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_calls_ready_together_go_in_one_message() -> None:
+@pytest.mark.parametrize("coalesce", [True, False], ids=["coalesced", "coalesce=False"])
+def test_calls_ready_together_go_in_one_message(coalesce: bool) -> None:
     """Eight threads call while the server cannot answer (its process is stopped):
     their requests wait in the stream's outbox for the server's headers, then go in
-    one message, and each thread gets its own answer."""
+    one message, and each thread gets its own answer; with ``coalesce=False`` each
+    goes in a message of its own (and the stream does not ask for answers so)."""
     with killable_server() as (process, address):
         # A channel of its own (another message limit): its Calls stream opens at
         # the first call, after the server is stopped.
@@ -358,10 +360,13 @@ def test_calls_ready_together_go_in_one_message() -> None:
             max_message_bytes=3 << 20,
             timeout=WAIT,
             create=False,
+            coalesce=coalesce,
         )
         try:
             stream = state._calls
             assert stream is not None and stream.coalesced == 0
+            asked = (codec.CALLS_BATCH_KEY, "1") in stream._metadata
+            assert asked is coalesce
             process.send_signal(signal.SIGSTOP)
             try:
                 with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -374,7 +379,7 @@ def test_calls_ready_together_go_in_one_message() -> None:
                     assert [f.result(WAIT) for f in futures] == list(range(8))
             finally:
                 process.send_signal(signal.SIGCONT)
-            assert stream.coalesced == 8
+            assert stream.coalesced == (8 if coalesce else 0)
         finally:
             state.cleanup()
 

@@ -151,6 +151,7 @@ class Link(NamedTuple):
     max_message_bytes: int
     embedded_server: bool
     stream: bool
+    coalesce: bool
 
 
 class BridgedState(RemoteSessionMethods):
@@ -173,7 +174,9 @@ class BridgedState(RemoteSessionMethods):
 
     def __init__(self, link: Link, session_id: str, /) -> None:
         """Internal: :meth:`init` opens a handle (and its session)."""
-        shared, address, timeout, token, max_message_bytes, embedded_server, stream = link
+        shared, address, timeout, token, max_message_bytes, embedded_server, stream, coalesce = (
+            link
+        )
         self.session_id = session_id
         self.address = address
         self.owner = False
@@ -185,7 +188,7 @@ class BridgedState(RemoteSessionMethods):
         self._shared = shared
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
-        self._calls: CallStream | None = shared.calls(self._metadata) if stream else None
+        self._calls: CallStream | None = shared.calls(self._metadata, coalesce) if stream else None
         self._max_bytes = max_message_bytes
         self._embedded = embedded_server
         self._closed = False
@@ -209,6 +212,7 @@ class BridgedState(RemoteSessionMethods):
         pending: bool = False,
         cache: bool = False,
         stream: bool = True,
+        coalesce: bool = True,
         **backend_opts: Any,
     ) -> Self:
         """Open ``session_id`` on a SessionStore, creating it if absent (``create``).
@@ -227,7 +231,9 @@ class BridgedState(RemoteSessionMethods):
         (:mod:`dspex_actors.bridge.client.cache`). ``stream`` sends the frequent calls
         on one long-lived stream the handles of a channel share, about half a unary
         call's cost (:mod:`dspex_actors.bridge.client.calls`); ``stream=False`` makes
-        every call a unary RPC.
+        every call a unary RPC. ``coalesce=False`` sends each streamed call, and has
+        each answer come back, in a message of its own, even when several are ready
+        together (a lone call costs the same either way: the latency suite measures it).
         """
         if backend_opts:
             raise TypeError(f"BridgedState.init got unknown options: {', '.join(backend_opts)}")
@@ -243,7 +249,9 @@ class BridgedState(RemoteSessionMethods):
             raise
         # The id is chosen here, not by the server, so that a retried open names
         # the same session (and, by its request id, learns it created it).
-        link = Link(shared, address, timeout, token, max_message_bytes, use_embedded, stream)
+        link = Link(
+            shared, address, timeout, token, max_message_bytes, use_embedded, stream, coalesce
+        )
         handle = cls(link, session_id or new_session_id())
         try:
             opened = handle._open_session(create=create, pending=pending)

@@ -4,7 +4,7 @@ A unary gRPC call in Python costs a new HTTP/2 stream, its setup and teardown, o
 both sides; a request and its reply on a stream that stays open cost about half
 (measured on the same machine, see the README). :class:`CallStream` keeps one
 ``Calls`` stream per channel and token, shared by every handle on it: a call puts
-its request (numbered) in the stream's bounded outbox and waits for the reply with
+its request (numbered) in the stream's outbox and waits for the reply with
 its number, which the stream's reader thread hands over; calls from many threads
 share the stream and are answered in any order.
 
@@ -57,8 +57,6 @@ logger = logging.getLogger(__name__)
 
 CALLS_METHOD = f"/{SERVICE}/Calls"
 
-_OUTBOX = 1024
-"""Requests waiting to be written on one stream; a call finding it full goes unary."""
 _FIRST_CAPACITY = 8
 """Calls in flight on a stream before the server has said how many it runs at once."""
 _ENVELOPE = 64
@@ -85,12 +83,15 @@ class GoUnary(Exception):
 
 
 class _Waiter:
-    """One call waiting for its reply."""
+    """One call waiting for its reply: ``done`` is a lock held until the reply (or
+    the error) is there, released once by whoever hands it over (cheaper than an
+    Event, whose wait builds a lock and a condition each time)."""
 
     __slots__ = ("done", "error", "reply", "sent")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = threading.Lock()
+        self.done.acquire()
         self.reply: pb.CallReply | None = None
         self.error: Exception | None = None
         self.sent = False
@@ -102,20 +103,27 @@ class CallStream:
     """One ``Calls`` stream on a channel, opened on first use and again after a break."""
 
     def __init__(
-        self, channel: grpc.Channel, metadata: Any, max_message_bytes: int, target: str
+        self,
+        channel: grpc.Channel,
+        metadata: Any,
+        max_message_bytes: int,
+        target: str,
+        coalesce: bool = True,
     ) -> None:
         self._target = target
+        self._coalesce = coalesce
         self._open_stream = channel.stream_stream(
             CALLS_METHOD,
             request_serializer=pb.CallRequest.SerializeToString,
             response_deserializer=pb.CallReply.FromString,
         )
         # The largest reply this channel receives: the server answers a larger one as
-        # that call's LimitExceeded instead of ending the stream.
+        # that call's LimitExceeded instead of ending the stream; and whether answers
+        # coalesced in one message are read (not said: one message per answer).
         self._metadata = (
             *(metadata or ()),
             (codec.CALLS_MAX_REPLY_KEY, str(max_message_bytes)),
-            (codec.CALLS_BATCH_KEY, "1"),  # answers coalesced in one message are read
+            *(((codec.CALLS_BATCH_KEY, "1"),) if coalesce else ()),
         )
         self.coalesced = 0
         """Calls sent in a message with others (what coalescing saved: one message each)."""
@@ -124,7 +132,9 @@ class CallStream:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
-        self._outbox: queue.Queue[pb.CallRequest | None] | None = None
+        # Unbounded as a queue, bounded by the calls it may hold: no more wait on a
+        # stream than its capacity (a call past it goes unary), and each waits once.
+        self._outbox: queue.SimpleQueue[pb.CallRequest | None] | None = None
         self._replies: Any = None  # the open stream's call object
         self._reader: threading.Thread | None = None
         self.unsupported = False
@@ -145,24 +155,19 @@ class CallStream:
             outbox = self._outbox if self._outbox is not None else self._open()
             number = next(self._ids)
             self._waiting[number] = waiter
-        try:
-            outbox.put_nowait(
-                pb.CallRequest(
-                    call=number,
-                    timeout_seconds=timeout,
-                    expires_unix_ms=expires_ms,
-                    **{field: request},
-                )
+        outbox.put(
+            pb.CallRequest(
+                call=number,
+                timeout_seconds=timeout,
+                expires_unix_ms=expires_ms,
+                **{field: request},
             )
-        except queue.Full:
-            with self._lock:
-                self._waiting.pop(number, None)
-            raise GoUnary from None  # this once: a unary call takes it
-        if not waiter.done.wait(timeout):
+        )
+        if not waiter.done.acquire(timeout=min(max(timeout, 0.0), threading.TIMEOUT_MAX)):
             with self._lock:
                 self._waiting.pop(number, None)  # from now on it is never handed over
                 sent = waiter.sent
-            if not waiter.done.is_set():  # (a reply that came meanwhile is used)
+            if not waiter.done.acquire(blocking=False):  # (a reply that came meanwhile is used)
                 if sent:
                     why = f"no reply within the deadline ({timeout:.3g}s)"
                 else:
@@ -185,9 +190,9 @@ class CallStream:
     def _unavailable(self, why: str, **details: Any) -> BridgeUnavailable:
         return BridgeUnavailable(f"SessionStore at {self._target}: {why}", **details)
 
-    def _open(self) -> queue.Queue[pb.CallRequest | None]:
+    def _open(self) -> queue.SimpleQueue[pb.CallRequest | None]:
         """Open the stream and its reader (with the lock held)."""
-        outbox: queue.Queue[pb.CallRequest | None] = queue.Queue(_OUTBOX)
+        outbox: queue.SimpleQueue[pb.CallRequest | None] = queue.SimpleQueue()
         headers = threading.Event()  # set by the reader: the server's headers, or the end
 
         def requests() -> Iterator[pb.CallRequest]:
@@ -241,14 +246,14 @@ class CallStream:
         ):
             del waiting[call]
             waiter.error = GoUnary()
-            waiter.done.set()
+            waiter.done.release()
             return False
         waiter.sent = True
         return True
 
     def _read(
         self,
-        outbox: queue.Queue[pb.CallRequest | None],
+        outbox: queue.SimpleQueue[pb.CallRequest | None],
         replies: Any,
         headers: threading.Event,
         batches: list[bool],
@@ -277,7 +282,7 @@ class CallStream:
                     with contextlib.suppress(ValueError):
                         self._capacity = max(1, int(value))
                 elif key == codec.CALLS_BATCH_KEY and value == "1":
-                    batches[0] = True
+                    batches[0] = self._coalesce
             if metadata:
                 headers.set()
             for message in replies:
@@ -289,7 +294,7 @@ class CallStream:
                         waiter = self._waiting.pop(reply.call, None)
                     if waiter is not None:
                         waiter.reply = reply
-                        waiter.done.set()
+                        waiter.done.release()
         except grpc.RpcError as exc:
             failure = ended_by(exc, up, failure, self._target)
             self.unsupported = isinstance(failure, GoUnary)
@@ -304,7 +309,7 @@ class CallStream:
         headers.set()  # the request iterator ends (on the _end mark)
         for waiter in waiting:
             waiter.error = failure if waiter.sent else not_sent(failure)
-            waiter.done.set()
+            waiter.done.release()
 
     def _stream_ended(self, reply: pb.CallReply, failure: Exception) -> Exception:
         """What the calls still waiting get, after the server's reply to call 0: a
@@ -353,7 +358,7 @@ def not_sent(failure: Exception) -> Exception:
     return failure
 
 
-def _end(outbox: queue.Queue[pb.CallRequest | None]) -> None:
+def _end(outbox: queue.SimpleQueue[pb.CallRequest | None]) -> None:
     """End a finished stream's request iterator (what it still holds is dropped:
     those calls were failed already)."""
     while True:
@@ -361,5 +366,4 @@ def _end(outbox: queue.Queue[pb.CallRequest | None]) -> None:
             outbox.get_nowait()
         except queue.Empty:
             break
-    with contextlib.suppress(queue.Full):
-        outbox.put_nowait(None)
+    outbox.put(None)

@@ -74,7 +74,8 @@ _UNREACHED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 @dataclass
 class Shared:
-    """A channel, how many handles use it, and its Calls streams (one per token)."""
+    """A channel, how many handles use it, and its Calls streams (one per token and
+    way of sending: coalesced or not)."""
 
     key: tuple[str, bytes | None, int]
     channel: grpc.Channel
@@ -155,13 +156,14 @@ class Shared:
             why = "the channel is closed"
         return BridgeUnavailable(f"SessionStore at {self.key[0]} is unreachable ({why})", **status)
 
-    def calls(self, metadata: Any) -> CallStream:
-        """The channel's Calls stream for handles sending ``metadata`` (their token)."""
+    def calls(self, metadata: Any, coalesce: bool = True) -> CallStream:
+        """The channel's Calls stream for handles sending ``metadata`` (their token)
+        with calls ready together coalesced in one message, or not."""
         with _lock:
-            stream = self.streams.get(metadata)
+            stream = self.streams.get((metadata, coalesce))
             if stream is None:
-                stream = self.streams[metadata] = CallStream(
-                    self.channel, metadata, self.key[2], self.key[0]
+                stream = self.streams[metadata, coalesce] = CallStream(
+                    self.channel, metadata, self.key[2], self.key[0], coalesce
                 )
             return stream
 

@@ -237,7 +237,7 @@ def test_no_call_blocks_the_loop_for_more_than_5_ms(kind: str) -> None:
 def test_calls_awaited_together_go_in_one_message_on_the_stream() -> None:
     """Sixteen gets gathered at once queue before the stream is up: they go in one
     message, and each gets its own answer; a handle with ``stream=False`` sends
-    them unary."""
+    them unary, one with ``coalesce=False`` each in a message of its own."""
 
     async def scenario() -> tuple[list[object], int, list[object]]:
         async with await AsyncBridgedState.init() as state:
@@ -251,6 +251,12 @@ def test_calls_awaited_together_go_in_one_message_on_the_stream() -> None:
             ) as unary:
                 assert unary._calls is None
                 apart = await asyncio.gather(*(unary.get_variable(f"v{i}") for i in range(16)))
+            async with await AsyncBridgedState.init(
+                session_id=state.session_id, create=False, coalesce=False
+            ) as single:
+                alone = await asyncio.gather(*(single.get_variable(f"v{i}") for i in range(16)))
+                assert alone == list(range(16))
+                assert single._calls is not None and single._calls.coalesced == 0
             return list(got), stream.coalesced, list(apart)
 
     got, coalesced, apart = asyncio.run(scenario())

@@ -19,6 +19,12 @@ not applied (kept back), or which request id to settle (sent, unanswered).
 Events are the server's Watch stream as an async iterator, opened again from the
 sequence after the last event it gave if the stream breaks, and never crossing into
 a later session of the same id (the request names the incarnation).
+
+``init(cache=True)`` keeps a coherent copy of the session, fed by a task following
+the handle's own Watch stream (:mod:`dspex_actors.aio.cache`), with the sync
+handle's bookkeeping and consistency model
+(:mod:`dspex_actors.bridge.client.cache`): reads it can answer are answered from
+it without a round trip, and a cached ``await get_variable(name)`` suspends nowhere.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, ClassVar, Self, TypeVar
 
 import grpc
 import grpc.aio
 
+from dspex_actors.aio.cache import CacheFeed, OnConnect
 from dspex_actors.aio.calls import AsyncCallStream
 from dspex_actors.aio.following import OPENED, PROGRESSED, EventStream, in_thread
 from dspex_actors.aio.methods import AsyncRemoteSessionMethods
@@ -47,6 +54,7 @@ from dspex_actors.bridge.client.bridged import (
     _over_the_limit,
     target_of,
 )
+from dspex_actors.bridge.client.cache import MISS, SCALARS, SessionCopy
 from dspex_actors.bridge.client.calls import GoUnary, Unanswered
 from dspex_actors.bridge.client.channels import failed_call
 from dspex_actors.bridge.client.watch import WATCH_DEADLINE
@@ -56,8 +64,9 @@ from dspex_actors.errors import (
     SessionClosed,
     SessionNotFound,
     StateError,
+    VersionConflict,
 )
-from dspex_actors.messages import Operation
+from dspex_actors.messages import Operation, ReadOperation
 from dspex_actors.session import new_session_id
 from dspex_actors.streaming import Event
 from dspex_actors.v1 import session_store_pb2 as pb
@@ -100,6 +109,7 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         max_message_bytes: int,
         embedded_server: bool,
         stream: bool,
+        coalesce: bool,
         /,
     ) -> None:
         """Internal: open one with ``await AsyncBridgedState.init(...)``."""
@@ -119,10 +129,12 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         self._closed = False
         self._unaries: dict[str, Any] = {}
         self._calls: AsyncCallStream | None = (
-            AsyncCallStream(channel, self._metadata, max_message_bytes, address)
+            AsyncCallStream(channel, self._metadata, max_message_bytes, address, coalesce)
             if stream
             else None
         )
+        self._cache: SessionCopy | None = None
+        self._cache_feed: CacheFeed | None = None
 
     @classmethod
     async def init(
@@ -136,13 +148,19 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         tls_root_cert: bytes | str | os.PathLike[str] | None = None,
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
         create: bool = True,
+        cache: bool = False,
         stream: bool = True,
+        coalesce: bool = True,
     ) -> Self:
         """Open ``session_id`` on a SessionStore, as ``BridgedState.init`` does (the
         same address forms, ``$DSPEX_BRIDGE_ADDRESS`` and ``$DSPEX_BRIDGE_TOKEN``, the
-        embedded server without either); ``create=False`` only attaches. ``stream``
-        sends the frequent calls on one Calls stream (:mod:`dspex_actors.aio.calls`),
-        coalesced when ready together; ``stream=False``: each a unary RPC."""
+        embedded server without either); ``create=False`` only attaches. ``cache``
+        keeps a coherent copy of the session and answers reads from it, as the sync
+        handle's does; it returns once the copy has loaded (within ``timeout``).
+        ``stream`` sends the frequent calls on one Calls stream
+        (:mod:`dspex_actors.aio.calls`), coalesced when ready together
+        (``coalesce=False``: each in a message of its own); ``stream=False``: each a
+        unary RPC."""
         address, token, root_cert = target_of(session_id, timeout, address, token, tls_root_cert)
         use_embedded = address is None
         if address is None:  # the embedded server starts in threads of its own
@@ -157,6 +175,7 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
             max_message_bytes,
             use_embedded,
             stream,
+            coalesce,
         )
         try:
             opened = await handle._open_session(create=create, pending=False)
@@ -166,17 +185,98 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
             handle.store = opened.store
             if existing_state is not None:
                 await handle.import_state(existing_state)
+            if cache:
+                handle.enable_cache()
+                with contextlib.suppress(StateError):  # not loaded in time: reads go through
+                    await handle.sync_cache()
+                failure = handle._cache_feed.failure if handle._cache_feed else None
+                if failure is not None:  # the watch was refused, as the sync init raises
+                    raise failure
         except BaseException:
             await handle.aclose()
             raise
         return handle
 
+    # -- the coherent cache -------------------------------------------------------------
+
+    def enable_cache(self) -> None:
+        """Follow the session with a Watch stream and answer reads from a copy of its
+        records (what ``init(cache=True)`` does), from a task on the running loop;
+        idempotent."""
+        if self._closed:
+            raise self._closed_error()
+        if self._cache is not None:
+            return
+        # The feed's listing and fetches go through run(), which asks the server
+        # while the copy serves nothing (or holds a record only partly).
+        copy = SessionCopy(self.session_id)
+        position: list[int | None] = [None]
+
+        def follow(
+            on_connect: OnConnect, on_disconnect: Callable[[], None]
+        ) -> AsyncGenerator[Event, None]:
+            return self._watch(None, None, position, on_connect, on_disconnect)
+
+        self._cache = copy
+        self._cache_feed = CacheFeed(
+            copy, follow, self.list_variables, self.get_record, self._next_sequence
+        )
+        self._cache_feed.start()
+
+    async def _next_sequence(self) -> int:
+        """The sequence the session's next event will get."""
+        return int((await self.session_info())["next_sequence"])
+
+    async def sync_cache(self, timeout: float | None = None) -> None:
+        """Wait until the cache holds every change the server had made when this was
+        called (a barrier, as the sync handle's ``sync_cache``). ``StateError`` after
+        ``timeout`` (default: the handle's) or when the handle keeps no cache."""
+        feed = self._cache_feed
+        if feed is None:
+            raise StateError(f"session {self.session_id!r}: this handle keeps no cache")
+        sequence = await self._next_sequence()
+        wait = self._timeout if timeout is None else timeout
+        if not await feed.wait_until(sequence, wait):
+            raise StateError(
+                f"session {self.session_id!r}: the cache did not catch up within {wait}s"
+            )
+
+    @property
+    def cached(self) -> bool:
+        """Whether reads are answered from this handle's copy right now (see the sync
+        handle's ``cached``)."""
+        return self._cache is not None and self._cache.live
+
+    async def get_variable(self, identifier: str) -> Any:
+        """The variable's current value; ``VariableNotFound`` if absent. With a cache,
+        answered from the copy inline (no operation built, nothing awaited) when
+        nothing this handle wrote is still unseen, as the sync handle does."""
+        cache = self._cache
+        if (
+            cache is not None
+            and cache.serving
+            and not cache.expected
+            and type(identifier) is str
+            and not self._closed
+        ):
+            record = cache.by_id.get(cache.ids.get(identifier, identifier))
+            if record is not None and type(record.value) in SCALARS:
+                return record.value
+        return await super().get_variable(identifier)
+
     # -- one operation ----------------------------------------------------------------
 
     async def run(self, operation: Operation[R]) -> R:
-        """Send ``operation`` as its wire form and read its reply."""
+        """Run one operation: from the copy when the handle keeps one and it can
+        answer, else sent as its wire form; what the reply proved goes to the copy."""
         if self._closed:
             raise self._closed_error()
+        cache = self._cache
+        if cache is not None and isinstance(operation, ReadOperation):
+            answer = operation.apply(cache)
+            if answer is not MISS:
+                copied: R = answer
+                return copied
         send: Send[Any, R] | None = SENDS.get(type(operation))
         if send is None:
             raise StateError(f"{type(operation).__name__} has no wire form to send")
@@ -190,14 +290,22 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         if size > self._max_bytes:
             raise _over_the_limit(operation, size, self._max_bytes)
         write = operation.write
-        response = await self._call(
-            send,
-            request,
-            request_id if write else "",
-            operation.within or self._timeout,
-            _named(operation, self.session_id) if write else "",
-        )
-        return send.result(operation, response, self._max_bytes)
+        try:
+            response = await self._call(
+                send,
+                request,
+                request_id if write else "",
+                operation.within or self._timeout,
+                _named(operation, self.session_id) if write else "",
+            )
+        except VersionConflict as exc:
+            if cache is not None and isinstance(exc.variable, str) and isinstance(exc.actual, int):
+                cache.expect(exc.variable, exc.actual)  # learned: never read older
+            raise
+        result = send.result(operation, response, self._max_bytes)
+        if cache is not None and send.seen is not None:
+            send.seen(operation, response, result, cache)
+        return result
 
     async def _call(
         self, send: Send[Any, Any], request: Any, request_id: str, timeout: float, what: str
@@ -359,10 +467,17 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         return EventStream(self._watch(pattern, start, position), lambda: position[0])
 
     async def _watch(
-        self, pattern: str | None, start: int | None, position: list[int | None]
-    ) -> AsyncIterator[Event]:
+        self,
+        pattern: str | None,
+        start: int | None,
+        position: list[int | None],
+        on_connect: OnConnect | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[Event, None]:
         """The Watch stream, opened again after a break (see the module docstring);
-        ``position[0]``: past the last event its reader took or the server skipped."""
+        ``position[0]``: past the last event its reader took or the server skipped.
+        ``on_connect(start)`` is awaited each time a stream is up, before its first
+        event; ``on_disconnect()`` hears each time one that was up ended."""
         cursor = start
         opened = False
         backoff = Backoff()
@@ -381,6 +496,7 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
                 progress=True,
             )
             stream = watch(request, timeout=WATCH_DEADLINE, metadata=self._metadata)
+            up = False  # this stream said where it starts
             try:
                 async for message in stream:
                     beginning = started(message)
@@ -392,6 +508,9 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
                         cursor = first if cursor is None else cursor
                         position[0] = cursor
                         backoff.reset()
+                        up = True
+                        if on_connect is not None:
+                            await on_connect(first)
                         if not opened:
                             opened = True
                             yield OPENED
@@ -420,6 +539,8 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
                 raise
             finally:
                 stream.cancel()
+                if up and on_disconnect is not None:
+                    on_disconnect()
             await asyncio.sleep(backoff.next())
 
     # -- lifecycle --------------------------------------------------------------------
@@ -442,6 +563,9 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
                     logger.warning("closing session %s failed: %s", self.session_id, exc)
         finally:
             self._closed = True
+            feed, self._cache_feed, self._cache = self._cache_feed, None, None
+            if feed is not None:  # its task ends before the channel it reads closes
+                await feed.aclose()
             if self._calls is not None:
                 await self._calls.close()
             await self._channel.close(None)

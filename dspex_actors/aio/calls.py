@@ -76,14 +76,20 @@ class AsyncCallStream:
     """One ``Calls`` stream of an asyncio handle, opened at first use and after a break."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, metadata: Any, max_message_bytes: int, target: str
+        self,
+        channel: grpc.aio.Channel,
+        metadata: Any,
+        max_message_bytes: int,
+        target: str,
+        coalesce: bool = True,
     ) -> None:
         self._channel = channel
         self._target = target
+        self._coalesce = coalesce
         self._metadata = (
             *(metadata or ()),
             (codec.CALLS_MAX_REPLY_KEY, str(max_message_bytes)),
-            (codec.CALLS_BATCH_KEY, "1"),
+            *(((codec.CALLS_BATCH_KEY, "1"),) if coalesce else ()),
         )
         self.max_request = max_message_bytes - _ENVELOPE
         self._capacity = _FIRST_CAPACITY
@@ -179,7 +185,7 @@ class AsyncCallStream:
                     with contextlib.suppress(ValueError):
                         self._capacity = max(1, int(value))
                 elif key == codec.CALLS_BATCH_KEY and value == "1":
-                    batches = True
+                    batches = self._coalesce
             writer = asyncio.get_running_loop().create_task(self._write(stream, outbox, batches))
             failure = await self._read(stream, failure)
         except grpc.aio.AioRpcError as exc:

@@ -19,6 +19,7 @@ wire rule would have to be made in several files again.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dspex_actors import vartypes
@@ -208,7 +209,18 @@ SENDS[ListVariables] = Send(
     ),
     _list_request,
     lambda op, r, max_bytes: [record_of(v, max_bytes) for v in r.variables],
+    lambda op, r, records, copy: _seen_listed(records, copy),
 )
+
+
+def _seen_listed(records: Iterable[VariableRecord | Mapping[str, Any]], copy: Copy) -> None:
+    """A listing or export the server answered: each variable was at least this new
+    (a later read, from the copy, must not be older)."""
+    for record in records:
+        if isinstance(record, VariableRecord):
+            copy.expect(record.id, record.version)
+        else:
+            copy.expect(record["id"], record["version"])
 
 
 def _export_request(op: Operation[Any], ids: Ids) -> pb.ExportSessionRequest:
@@ -262,6 +274,7 @@ SENDS[ExportState] = Send(
     _EXPORT,
     _export_request,
     lambda op, r, max_bytes: export_of(_columns_of_reply(r, max_bytes)),  # checks the shape
+    lambda op, r, exported, copy: _seen_listed(exported["variables"].values(), copy),
 )
 
 
@@ -498,8 +511,10 @@ def _decode_import(r: pb.ImportSessionRequest, limited: Limited) -> ImportState:
 
 
 def _seen_imported(op: ImportState, response: Any, result: bytes, copy: Copy) -> None:
-    for var_id, version in zip(op.columns.ids, op.columns.versions, strict=True):
+    columns = op.columns
+    for var_id, name, version in zip(columns.ids, columns.names, columns.versions, strict=True):
         copy.expect(var_id, version)
+        copy.expect(name, version)  # read by name before its event names it
 
 
 SENDS[ImportState] = Send(

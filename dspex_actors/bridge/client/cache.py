@@ -17,6 +17,15 @@ The copy is loaded from a listing taken after the stream started, and events tha
 arrive meanwhile are applied on top by version, so nothing between the two is
 lost or applied twice.
 
+Two feeds, one bookkeeping: :class:`SessionCopy` holds the records, the handle's
+expectations and the versions, and answers lookups; it does no I/O. Its feed hands
+it what it loaded (:meth:`SessionCopy.reloading`, :meth:`SessionCopy.reloaded`)
+and each event (:meth:`SessionCopy.take`, which says what to fetch or re-read
+next). :class:`RecordCache` is the sync handle's: fed from its Watch
+subscription's thread, it loads and fetches through the handle's own blocking
+calls and lets threads wait on it. The asyncio handle's feed is a task that awaits
+its own listing (:mod:`dspex_actors.aio.cache`).
+
 The copy keeps each variable as a :class:`CachedRecord`, a ``NamedTuple``, not a
 VariableRecord: the handle's inline read takes ``.value`` through a C tuple getter,
 under half what a VariableRecord's property costs (a cached ``get_variable`` would
@@ -38,7 +47,7 @@ from dspex_actors.records import VariableRecord, name_matches, variable_not_foun
 from dspex_actors.streaming import Event
 from dspex_actors.vartypes import plain_copy
 
-__all__ = ["ABSENT", "MISS", "SCALARS", "CachedRecord", "RecordCache"]
+__all__ = ["ABSENT", "MISS", "RELOAD", "SCALARS", "CachedRecord", "RecordCache", "SessionCopy"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,10 @@ ABSENT: Any = object()
 """What a lookup answers for a variable the copy knows does not exist."""
 
 SCALARS = frozenset({int, float, str, bool, bytes, type(None)})
+
+RELOAD: Any = "\x00reload"
+"""What :meth:`SessionCopy.take` answers when the feed fell behind (``overflow``):
+re-read the session. No variable id can be it."""
 
 _GONE = -1
 """An expected 'version' meaning: this handle deleted the variable."""
@@ -82,8 +95,9 @@ def _cached_record(record: Mapping[str, Any]) -> CachedRecord:
     return _cached(_fields_of(record))
 
 
-class RecordCache:
-    """The records of one session (see the module docstring); thread-safe.
+class SessionCopy:
+    """The records of one session and this handle's expectations (see the module
+    docstring); thread-safe, and no I/O: its feed hands it what it read.
 
     ``by_id`` (id -> record), ``ids`` (name -> id), ``expected`` (this handle's
     writes not yet seen) and ``serving`` are public so that the handle's hot read
@@ -91,15 +105,8 @@ class RecordCache:
     so those reads need no lock while ``serving`` and nothing is ``expected``.
     """
 
-    def __init__(
-        self,
-        session_id: str,
-        load: Callable[[], Sequence[Mapping[str, Any]]],
-        fetch: Callable[[str], VariableRecord],
-    ) -> None:
+    def __init__(self, session_id: str) -> None:
         self.session_id = session_id
-        self._load = load
-        self._fetch = fetch
         self._lock = threading.Lock()
         self.by_id: dict[str, CachedRecord] = {}
         self.ids: dict[str, str] = {}  # name -> id
@@ -110,6 +117,9 @@ class RecordCache:
         self._partial: set[str] = set()
         self.serving = False
         self._ended = False
+        self.loads = 0
+        """How many listings the copy has taken in (the first load, then one per
+        reconnection or overflow)."""
         # The last event sequence this copy has taken in: the feed's first start
         # sets it (the listing taken once the feed is up covers what came before).
         self._applied = -1
@@ -121,24 +131,42 @@ class RecordCache:
         """Whether reads are answered from the copy now."""
         return self.serving
 
-    # -- fed by the stream (its own thread) ----------------------------------------
+    @property
+    def ended(self) -> bool:
+        """Whether the session closed (or the feed ended for good): nothing is
+        served from the copy again."""
+        return self._ended
 
-    def connected(self, start: int | None = None) -> None:
-        """The stream is (again) up, from sequence ``start``: re-read the session,
-        then serve from the copy."""
+    def caught_up(self, sequence: int) -> bool:
+        """Whether the copy serves and has taken in every event before ``sequence``,
+        or has ended (what a wait for ``sequence`` stops at)."""
+        return self._ended or (self.serving and self._applied >= sequence - 1)
+
+    # -- fed by the feed -------------------------------------------------------------
+
+    def reloading(self, start: int | None = None) -> bool:
+        """The feed is (again) up, from sequence ``start``, and re-reads the session:
+        events met from now on wait for the listing. False once the copy has ended
+        (nothing to load)."""
         with self._lock:
             if self._ended:
-                return
+                return False
             if start is not None and self._applied < 0:  # the first start
                 self._applied = start - 1
             self._pending = []
-        try:
-            listing = self._load()
-        except Exception as exc:
-            logger.warning("cache: reloading the session failed (%s); reads go to it", exc)
-            with self._lock:
-                self._pending = None
-            return
+            return True
+
+    def reload_failed(self, error: BaseException) -> None:
+        """The listing failed: the copy serves nothing until the next one."""
+        logger.warning("cache: reloading the session failed (%s); reads go to it", error)
+        with self._lock:
+            self._pending = None
+
+    def reloaded(self, listing: Iterable[Mapping[str, Any]], through: int | None = None) -> None:
+        """The listing the feed took after :meth:`reloading`: it replaces the copy,
+        the events met meanwhile go on top by version, and the copy serves.
+        ``through``: the listing is known to hold every event up to that sequence
+        (the feed read the session's next sequence before listing)."""
         with self._lock:
             self.by_id = {}
             self.ids = {}
@@ -157,53 +185,58 @@ class RecordCache:
                 for key, wanted in self.expected.items()
                 if not (wanted == _GONE and self.ids.get(key, key) not in self.by_id)
             }
+            if through is not None and through > self._applied:
+                self._taken_through(through)
+            self.loads += 1
             self.serving = not self._ended
             self._caught_up.notify_all()
 
     def disconnected(self) -> None:
-        """The stream broke: serve nothing from the copy until it is re-read."""
+        """The feed broke: serve nothing from the copy until it is re-read."""
         with self._lock:
             self.serving = False
             self._caught_up.notify_all()
 
-    def wait_down(self, timeout: float | None) -> bool:
-        """Block until the copy serves nothing (its stream broke, or it ended); False
-        on timeout."""
+    def end(self) -> None:
+        """The feed ended for good (the session is gone): serve nothing, ever."""
         with self._lock:
-            return self._caught_up.wait_for(lambda: not self.serving, timeout)
+            self.serving = False
+            self._ended = True
+            self._caught_up.notify_all()
 
-    def on_event(self, event: Event) -> None:
-        """One event of the stream."""
+    def take(self, event: Event) -> str | None:
+        """Take in one event of the feed. What the feed must do next: :data:`RELOAD`
+        (it fell behind: re-read the session), the id of a new variable the copy
+        holds only partly (fetch its record for :meth:`completed`), or None."""
         with self._lock:
             if event.kind != "overflow":
-                self._applied = max(self._applied, event.sequence)
-                if self._behind:
-                    self._behind = {k: q for k, q in self._behind.items() if q - 1 > self._applied}
-                    self._sync_flag()
+                self._taken_through(event.sequence)
                 self._caught_up.notify_all()
             if event.kind == "overflow":
                 self.serving = False
-            elif event.kind == "closed":
+                return None if self._ended else RELOAD
+            if event.kind == "closed":
                 self.serving = False
                 self._ended = True
             elif self._pending is not None:
                 self._pending.append(event)
             else:
                 self._apply(event)
-        if event.kind == "overflow":
-            self.connected()  # fell behind: re-read, as after an outage
-        elif event.kind == "registered" and event.variable_id is not None:
-            self._complete(event.variable_id)
+            var_id = event.variable_id
+            if event.kind == "registered" and var_id is not None and var_id in self._partial:
+                return var_id
+            return None
 
-    def _complete(self, var_id: str) -> None:
-        """Fetch a new variable's type and constraints (they never change after)."""
-        with self._lock:
-            if var_id not in self._partial:
-                return
-        try:
-            whole = self._fetch(var_id)
-        except Exception:  # deleted meanwhile, or the server unreachable: stays partial
-            return
+    def _taken_through(self, sequence: int) -> None:
+        """Every event up to ``sequence`` is in the copy (under the lock)."""
+        self._applied = max(self._applied, sequence)
+        if self._behind:
+            self._behind = {k: q for k, q in self._behind.items() if q - 1 > self._applied}
+            self._sync_flag()
+
+    def completed(self, var_id: str, whole: VariableRecord) -> None:
+        """A new variable's record as the server gave it: its type and constraints
+        (they never change after) complete the copy's entry."""
         with self._lock:
             current = self.by_id.get(var_id)
             if current is not None and var_id in self._partial:
@@ -224,7 +257,7 @@ class RecordCache:
                 self._partial.discard(var_id)
                 if self.ids.get(current.name) == var_id:
                     del self.ids[current.name]
-                self._met(var_id, name)
+                self._met(var_id, name, deleted_at=event.version)
             return
         if current is not None and current.version >= event.version:
             return
@@ -254,15 +287,19 @@ class RecordCache:
         self.ids[name] = var_id
         self._met(var_id, name)
 
-    def _met(self, var_id: str, name: str) -> None:
-        """Drop the expectations this change meets (under the lock)."""
+    def _met(self, var_id: str, name: str, deleted_at: int | None = None) -> None:
+        """Drop the expectations this change meets (under the lock); a deletion at
+        ``deleted_at`` meets every version up to it (the variable is gone: a read
+        of it finds nothing, as the copy says)."""
         record = self.by_id.get(var_id)
         for key in (var_id, name):
             wanted = self.expected.get(key)
             if wanted is None:
                 continue
-            if (wanted == _GONE and record is None) or (
-                wanted != _GONE and record is not None and record.version >= wanted
+            if (
+                (wanted == _GONE and record is None)
+                or (wanted != _GONE and record is not None and record.version >= wanted)
+                or (deleted_at is not None and record is None and wanted <= deleted_at)
             ):
                 del self.expected[key]
 
@@ -329,19 +366,18 @@ class RecordCache:
             elif record is None or record.version < wanted:
                 return MISS
             del self.expected[key]  # met: the copy has caught up with this write
+        if record is None and identifier not in self.ids and self._unseen():
+            return MISS  # it may be a variable of ours the copy knows by no name yet
         return record
 
-    def wait_until(self, sequence: int, timeout: float | None) -> bool:
-        """Block until the copy serves and has taken in every event before
-        ``sequence``; False on timeout (or once the stream ended)."""
-        with self._lock:
-            return (
-                self._caught_up.wait_for(
-                    lambda: self._ended or (self.serving and self._applied >= sequence - 1),
-                    timeout,
-                )
-                and not self._ended
-            )
+    def _unseen(self) -> bool:
+        """Whether this handle wrote a variable the copy holds nothing of yet (under
+        the lock): an import's reply names its variables by id only, so a name the
+        copy does not know may be one of them."""
+        return any(
+            wanted != _GONE and key != _WAITING and self.ids.get(key, key) not in self.by_id
+            for key, wanted in self.expected.items()
+        )
 
     def value(self, identifier: str) -> Any:
         """The value, ABSENT when the variable does not exist, MISS when the server
@@ -434,6 +470,68 @@ class RecordCache:
                 return MISS  # a write of ours not seen yet, or a record not whole
             records = [r for r in self.by_id.values() if name_matches(r.name, pattern)]
         return [_copied(record) for record in records]
+
+
+class RecordCache(SessionCopy):
+    """The sync handle's copy, fed from its Watch subscription's thread: it loads
+    and fetches through the handle's own (blocking) calls, and threads wait on it."""
+
+    def __init__(
+        self,
+        session_id: str,
+        load: Callable[[], Sequence[Mapping[str, Any]]],
+        fetch: Callable[[str], VariableRecord],
+    ) -> None:
+        super().__init__(session_id)
+        self._load = load
+        self._fetch = fetch
+
+    # -- fed by the stream (its own thread) ----------------------------------------
+
+    def connected(self, start: int | None = None) -> None:
+        """The stream is (again) up, from sequence ``start``: re-read the session,
+        then serve from the copy."""
+        if not self.reloading(start):
+            return
+        try:
+            listing = self._load()
+        except Exception as exc:
+            self.reload_failed(exc)
+            return
+        self.reloaded(listing)
+
+    def on_event(self, event: Event) -> None:
+        """One event of the stream."""
+        follow = self.take(event)
+        if follow is RELOAD:
+            self.connected()  # fell behind: re-read, as after an outage
+        elif follow is not None:
+            self._complete(follow)
+
+    def _complete(self, var_id: str) -> None:
+        """Fetch a new variable's type and constraints (they never change after)."""
+        try:
+            whole = self._fetch(var_id)
+        except Exception:  # deleted meanwhile, or the server unreachable: stays partial
+            return
+        self.completed(var_id, whole)
+
+    # -- waited on by threads --------------------------------------------------------
+
+    def wait_down(self, timeout: float | None) -> bool:
+        """Block until the copy serves nothing (its stream broke, or it ended); False
+        on timeout."""
+        with self._lock:
+            return self._caught_up.wait_for(lambda: not self.serving, timeout)
+
+    def wait_until(self, sequence: int, timeout: float | None) -> bool:
+        """Block until the copy serves and has taken in every event before
+        ``sequence``; False on timeout (or once the stream ended)."""
+        with self._lock:
+            return (
+                self._caught_up.wait_for(lambda: self.caught_up(sequence), timeout)
+                and not self._ended
+            )
 
 
 def _copied(record: CachedRecord) -> VariableRecord:

@@ -287,16 +287,18 @@ class CallStream:
                     batches[0] = self._coalesce
             if metadata:
                 headers.set()
+            waiting = self._waiting
             for message in replies:
-                for reply in (message, *message.more) if message.more else (message,):
-                    if reply.call == 0:  # the server's word on the stream itself
-                        failure = self._stream_ended(reply, failure)
-                        continue
-                    with self._lock:
-                        waiter = self._waiting.pop(reply.call, None)
+                answers = (message, *message.more) if message.more else (message,)
+                with self._lock:  # once a message: its callers' threads wait on it too
+                    handed = [(waiting.pop(a.call, None), a) for a in answers if a.call]
+                for waiter, reply in handed:
                     if waiter is not None:
                         waiter.reply = reply
                         waiter.done.release()
+                for reply in answers:
+                    if reply.call == 0:  # the server's word on the stream itself
+                        failure = self._stream_ended(reply, failure)
         except grpc.RpcError as exc:
             failure = ended_by(exc, up, failure, self._target)
             self.unsupported = isinstance(failure, GoUnary)

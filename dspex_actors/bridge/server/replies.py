@@ -3,14 +3,18 @@
 gRPC takes one write at a time on a stream. Answers that become ready while one is
 being written wait for it, then go out together: as one message (the first answer,
 the others in its ``more``) to a client that opened the stream saying it reads them
-so (``dspex-calls-batch: 1``), or one by one to any other. A lone answer is written
-at once, as before: coalescing costs it nothing. Each message stays within what the
-client said it receives.
+so (``dspex-calls-batch: 1``), or one by one to any other. When other calls of the
+stream are running as the first answer is ready, its writer lets them have their
+turn first (one loop turn): the calls of one coalesced request, answered at once,
+then leave in one message, not the first alone and the rest after it. A lone answer
+is written at once, as before: coalescing costs it nothing. Each message stays
+within what the client said it receives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc.aio
@@ -25,10 +29,15 @@ class Replies:
     """The writer of one Calls stream's answers (see the module docstring)."""
 
     def __init__(
-        self, context: grpc.aio.ServicerContext[Any, Any], coalesce: bool, max_reply: int
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        coalesce: bool,
+        max_reply: int,
+        others_running: Callable[[], bool] = lambda: False,
     ) -> None:
         self._context = context
         self._coalesce = coalesce
+        self._others_running = others_running
         self._max_reply = max_reply
         self._pending: list[pb.CallReply | bytes] = []
         self._writing = False
@@ -44,6 +53,8 @@ class Replies:
             return
         self._writing = True
         try:
+            if self._coalesce and self._others_running():
+                await asyncio.sleep(0)  # their answers, ready this turn, join this one
             while self._pending:
                 ready, self._pending = self._pending, []
                 for message in self._grouped(ready):

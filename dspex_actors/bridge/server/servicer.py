@@ -340,7 +340,8 @@ class SessionStoreServicer:
         inbox: asyncio.Queue[object] = asyncio.Queue(limits.max_calls_per_connection)
         loop = asyncio.get_running_loop()
         max_reply = min(limits.max_message_bytes + codec.FRAMING_BYTES, _client_max_reply(context))
-        replies = Replies(context, _said(context, codec.CALLS_BATCH_KEY), max_reply)
+        batch = _said(context, codec.CALLS_BATCH_KEY)  # (running: the writer's task too)
+        replies = Replies(context, batch, max_reply, lambda: len(running) > 1)
         # Say how many calls this stream runs at once (a client sends more unary),
         # and that calls coalesced in one message are read.
         await context.send_initial_metadata(

@@ -216,11 +216,10 @@ SENDS[ListVariables] = Send(
 def _seen_listed(records: Iterable[VariableRecord | Mapping[str, Any]], copy: Copy) -> None:
     """A listing or export the server answered: each variable was at least this new
     (a later read, from the copy, must not be older)."""
-    for record in records:
-        if isinstance(record, VariableRecord):
-            copy.expect(record.id, record.version)
-        else:
-            copy.expect(record["id"], record["version"])
+    copy.expect_all(
+        (r.id, r.version) if isinstance(r, VariableRecord) else (r["id"], r["version"])
+        for r in records
+    )
 
 
 def _export_request(op: Operation[Any], ids: Ids) -> pb.ExportSessionRequest:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -114,8 +115,8 @@ def target_of(
     bad arguments refused. What the sync and asyncio handles' ``init`` share."""
     if session_id is not None:
         check_session_id(session_id)
-    if not timeout > 0:
-        raise ValueError(f"timeout must be positive, got {timeout!r}")
+    if not (timeout > 0 and math.isfinite(timeout)):  # (a deadline is an instant)
+        raise ValueError(f"timeout must be positive and finite, got {timeout!r}")
     if address is None and os.environ.get(ADDRESS_ENV):
         address = os.environ[ADDRESS_ENV]
         token = token if token is not None else os.environ.get(TOKEN_ENV) or None

@@ -66,6 +66,11 @@ re-read the session. No variable id can be it."""
 _GONE = -1
 """An expected 'version' meaning: this handle deleted the variable."""
 
+_DELETIONS_KEPT = 4096
+"""Deleted variable ids the copy remembers, oldest forgotten first: a version a
+reply taught about one of them (the Watch and the Calls stream keep no order
+between them) is then known met by its deletion."""
+
 _WAITING = "\x00waiting"
 """A key of ``expected`` (no identifier can be it) held while any identifier waits
 on a sequence (see ``expect_sequence``)."""
@@ -115,6 +120,8 @@ class SessionCopy:
         # Ids registered since the listing: an event carries no type or constraints,
         # so their whole record comes from the server until the next listing.
         self._partial: set[str] = set()
+        self._deleted: dict[str, int] = {}  # id -> the version its deletion carried
+        self._stale: set[str] = set()  # expectations older than the reload under way
         self.serving = False
         self._ended = False
         self.loads = 0
@@ -154,6 +161,7 @@ class SessionCopy:
             if start is not None and self._applied < 0:  # the first start
                 self._applied = start - 1
             self._pending = []
+            self._stale = set(self.expected)
             return True
 
     def reload_failed(self, error: BaseException) -> None:
@@ -180,10 +188,16 @@ class SessionCopy:
                 self._apply(event)
             for var_id, record in self.by_id.items():
                 self._met(var_id, record.name)
-            self.expected = {  # what a deletion of ours expected and the listing shows
+            # Met by the listing: a deletion of ours it shows, and what was expected
+            # before it was taken of a variable it does not hold (deleted since).
+            stale, self._stale = self._stale, set()
+            self.expected = {
                 key: wanted
                 for key, wanted in self.expected.items()
-                if not (wanted == _GONE and self.ids.get(key, key) not in self.by_id)
+                if not (
+                    (wanted == _GONE or (key in stale and key != _WAITING))
+                    and self.ids.get(key, key) not in self.by_id
+                )
             }
             if through is not None and through > self._applied:
                 self._taken_through(through)
@@ -252,12 +266,17 @@ class SessionCopy:
             return
         current = self.by_id.get(var_id)
         if event.kind == "deleted":
-            if current is not None and current.version <= event.version:
+            if current is not None and current.version > event.version:
+                return
+            if current is not None:
                 del self.by_id[var_id]
                 self._partial.discard(var_id)
                 if self.ids.get(current.name) == var_id:
                     del self.ids[current.name]
-                self._met(var_id, name, deleted_at=event.version)
+            if len(self._deleted) >= _DELETIONS_KEPT:
+                del self._deleted[next(iter(self._deleted))]
+            self._deleted[var_id] = event.version
+            self._met(var_id, name, deleted_at=event.version)
             return
         if current is not None and current.version >= event.version:
             return
@@ -306,15 +325,29 @@ class SessionCopy:
     # -- read by the handle ---------------------------------------------------------
 
     def expect(self, identifier: str, version: int) -> None:
-        """This handle wrote ``identifier``: reads must see at least ``version``."""
+        """This handle wrote ``identifier`` (or the server answered it that new):
+        reads must see at least ``version``."""
         with self._lock:
-            key = self.ids.get(identifier, identifier)
-            self.expected[key] = max(self.expected.get(key, version), version)
-            if key != identifier:
-                self.expected[identifier] = self.expected[key]
-            record = self.by_id.get(key)
-            if record is not None:  # its event may have come before the reply
-                self._met(key, record.name)
+            self._expect(identifier, version)
+
+    def expect_all(self, versions: Iterable[tuple[str, int]]) -> None:
+        """:meth:`expect` of each (identifier, version) pair, under the lock once (a
+        listing or an export the server answered)."""
+        with self._lock:
+            for identifier, version in versions:
+                self._expect(identifier, version)
+
+    def _expect(self, identifier: str, version: int) -> None:
+        gone = self._deleted.get(identifier)
+        if gone is not None and gone >= version:
+            return  # its deletion came first: nothing of it is left to see
+        key = self.ids.get(identifier, identifier)
+        self.expected[key] = max(self.expected.get(key, version), version)
+        if key != identifier:
+            self.expected[identifier] = self.expected[key]
+        record = self.by_id.get(key)
+        if record is not None:  # its event may have come before the reply
+            self._met(key, record.name)
 
     def expect_sequence(self, identifiers: Iterable[Any], sequence: int) -> None:
         """This handle's batch returned when the session's next event was

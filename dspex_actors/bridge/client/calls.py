@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -147,6 +148,8 @@ class CallStream:
         came, :class:`GoUnary` (nothing sent) when the server has no Calls RPC or the
         stream is full. ``expires_ms``: the caller's deadline as an instant (epoch
         ms; 0: none), after which the server refuses a write unapplied."""
+        if math.isnan(timeout):  # (refused before anything is queued, so never sent)
+            raise ValueError(f"Calls: a timeout must be a number, got {timeout!r}")
         waiter = _Waiter()
         with self._lock:
             if self._closed:
@@ -287,15 +290,15 @@ class CallStream:
                     batches[0] = self._coalesce
             if metadata:
                 headers.set()
-            waiting = self._waiting
+            calls = self._waiting
             for message in replies:
                 answers = (message, *message.more) if message.more else (message,)
                 with self._lock:  # once a message: its callers' threads wait on it too
-                    handed = [(waiting.pop(a.call, None), a) for a in answers if a.call]
-                for waiter, reply in handed:
-                    if waiter is not None:
-                        waiter.reply = reply
-                        waiter.done.release()
+                    handed = [(calls.pop(a.call, None), a) for a in answers if a.call]
+                for caller, answer in handed:
+                    if caller is not None:
+                        caller.reply = answer
+                        caller.done.release()
                 for reply in answers:
                     if reply.call == 0:  # the server's word on the stream itself
                         failure = self._stream_ended(reply, failure)

@@ -16,11 +16,13 @@ import grpc.aio
 import pytest
 from bridge_support import server_process
 
-from dspex_actors import BridgedState, Context, LocalState, failpoints
+from dspex_actors import BridgedState, Context, LocalState, Supervisor, failpoints
 from dspex_actors.aio import AsyncBridgedState, AsyncContext, AsyncLocalState
+from dspex_actors.aio.following import in_thread
 from dspex_actors.aio.methods import ASYNC_METHODS, AsyncSessionMethods
 from dspex_actors.messages import Deliver, GetVariable
 from dspex_actors.methods import SessionMethods
+from dspex_actors.redis.state import RedisState
 from dspex_actors.testing import StateProviderContract
 from dspex_actors.testing.aio import blocking, shared_loop
 
@@ -262,3 +264,32 @@ def test_calls_awaited_together_go_in_one_message_on_the_stream() -> None:
     got, coalesced, apart = asyncio.run(scenario())
     assert got == apart == list(range(16))
     assert coalesced == 16
+
+
+def test_an_async_context_moved_into_redis_runs_on_redis_asyncio(redis_url: str) -> None:
+    """A supervisor on a Redis store: once the session moved there, the AsyncContext's
+    calls run on an AsyncRedisState attached to it (no thread), and a sync RedisState
+    on the same session sees its writes, and they its."""
+    from dspex_actors.aio.redis import AsyncRedisState
+
+    async def scenario() -> None:
+        with Supervisor.start(store=redis_url) as supervisor:
+            actx = AsyncContext(supervisor.start_context())
+            await actx.register_variable("temperature", "float", 0.7)
+            await actx.ensure_bridged()
+            assert actx.backend_info()["type"] == "redis"
+            await actx.set_variable("temperature", 0.2)
+            twin = await actx._twin(actx.context.backend)
+            assert isinstance(twin, AsyncRedisState)
+            other = await in_thread(
+                lambda: RedisState.init(url=redis_url, session_id=actx.session_id, create=False)
+            )
+            try:
+                assert await in_thread(lambda: other.get_variable("temperature")) == 0.2
+                await in_thread(lambda: other.set_variable("temperature", 1.5))
+                assert await actx.get_variable("temperature") == 1.5
+            finally:
+                await in_thread(other.cleanup)
+            await actx.aclose()
+
+    asyncio.run(scenario())

@@ -4,17 +4,18 @@
 Context`: the same session, supervisor, write gate and switch. Each call runs on the
 asyncio twin of the backend that holds the session now — an
 :class:`~dspex_actors.aio.local.AsyncLocalState` over the Context's own LocalState
-(the same actor), then, once the session moved to the bridge, an
-:class:`~dspex_actors.aio.bridged.AsyncBridgedState` attached to it there. A write
+(the same actor), then, once the session moved, an
+:class:`~dspex_actors.aio.bridged.AsyncBridgedState` attached to it on the bridge, or
+an :class:`~dspex_actors.aio.redis.AsyncRedisState` attached to it in Redis (a
+supervisor's ``store="redis://..."``). A write
 enters the Context's write gate (counted as a writer while it is awaited, so a
 switch waits for it to land); while a switch runs, it waits for the switch in a
 thread of its own, not on the loop. The switch itself (``ensure_bridged``) runs in
 a thread of its own, awaited.
 
-A session moved into Redis (a supervisor's ``store="redis://..."``) has no asyncio
-twin yet: its calls run the Context's own methods in a thread of their own.
-Events come from the Context's own subscription (which follows the session across
-a switch), handed to the loop.
+A backend of another kind has no asyncio twin: its calls run the Context's own
+methods in a thread of their own. Events come from the Context's own subscription
+(which follows the session across a switch), handed to the loop.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dspex_actors.messages import Operation
 from dspex_actors.methods import run_on
 from dspex_actors.provider import StateProvider
 from dspex_actors.records import check_pattern
+from dspex_actors.redis.state import RedisState
 from dspex_actors.streaming import Event, meant_for
 from dspex_actors.supervision import Context
 
@@ -100,13 +102,19 @@ class AsyncContext(AsyncSessionMethods):
 
     async def _twin(self, backend: StateProvider) -> AsyncSessionMethods | None:
         twin = self._twins.get(id(backend))
-        if twin is not None or not isinstance(backend, LocalState | BridgedState):
+        if twin is not None or not isinstance(backend, LocalState | BridgedState | RedisState):
             return twin
         async with self._twin_lock:
             twin = self._twins.get(id(backend))
             if twin is None:
                 if isinstance(backend, LocalState):
                     twin = AsyncLocalState(backend)
+                elif isinstance(backend, RedisState):
+                    from dspex_actors.aio.redis import AsyncRedisState  # the redis extra
+
+                    twin = await AsyncRedisState.init(
+                        url=backend.url, session_id=self.session_id, create=False
+                    )
                 else:
                     twin = await AsyncBridgedState.init(
                         address=backend.address,
@@ -134,7 +142,7 @@ class AsyncContext(AsyncSessionMethods):
         supervisor; any other stays its supervisor's (stop it there)."""
         twins, self._twins = self._twins, {}
         for twin in twins.values():
-            if isinstance(twin, AsyncBridgedState):
+            if not isinstance(twin, AsyncLocalState):  # detaches (it owns nothing)
                 await twin.aclose()
         if self._owned:
             self._owned = False

@@ -42,9 +42,20 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dspex_actors.redis.scripts import Script
+from dspex_actors.redis.steps import (
+    Attempt,
+    Pause,
+    Steps,
+    Unanswered,
+    Unreplicated,
+    classify,
+    pack_command,
+    replicated,
+    script_command,
+)
 from dspex_actors.urls import RedisTarget, bad_redis_url, redacted, redis_target
 
 if TYPE_CHECKING:
@@ -60,6 +71,7 @@ __all__ = [
     "call_scope",
     "check_reachable",
     "current_scope",
+    "drive",
     "evaluate",
     "redis_module",
     "release_connections",
@@ -67,6 +79,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 _MAX_IDLE_CONNECTIONS = 32
 _MISSING_EXTRA = (
@@ -165,7 +179,9 @@ class Connections:
                     f"wait_timeout {self.target.wait_timeout_ms} ms is not below the call "
                     f"timeout of {timeout}s: a WAIT would outlast its call",
                 )
-            self.wait = _pack("WAIT", self.target.wait_replicas, self.target.wait_timeout_ms)
+            self.wait = pack_command(
+                "WAIT", self.target.wait_replicas, self.target.wait_timeout_ms
+            )
         self._timeout = timeout
         self._options: dict[str, Any] = {
             "socket_timeout": timeout,
@@ -402,47 +418,6 @@ def release_connections(connections: Connections) -> None:
     connections.close()
 
 
-class Unanswered(Exception):
-    """One attempt got no answer; ``maybe_sent`` says whether Redis may have run it."""
-
-    def __init__(self, cause: Exception, maybe_sent: bool) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-        self.maybe_sent = maybe_sent
-
-
-class Unreplicated(Exception):
-    """A write ran on the primary, but fewer replicas than ``?wait=N`` asked for
-    acknowledged it within the wait's timeout: a failover now could lose it."""
-
-    def __init__(self, reply: Any, acknowledged: int, wanted: int, timeout_ms: int) -> None:
-        super().__init__(
-            f"the primary applied it, but {acknowledged} of the {wanted} replicas asked for "
-            f"acknowledged it within {timeout_ms} ms (WAIT): a failover now could lose it"
-        )
-        self.reply = reply
-        self.acknowledged = acknowledged
-
-
-def _pack(*items: Any) -> bytes:
-    """One command in the Redis protocol. Written here, not by redis-py's general
-    encoder: an import's hundreds of thousands of arguments pack in a tenth of
-    the time."""
-    parts = [b"*%d\r\n" % len(items)]
-    append = parts.append
-    for item in items:
-        data = item if type(item) is bytes else str(item).encode()
-        append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
-
-
-def _command(
-    verb: str, script: str, count: int, keys: Sequence[str], args: Sequence[Any]
-) -> bytes:
-    """One ``EVAL``/``EVALSHA``."""
-    return _pack(verb, script, count, *keys, *args)
-
-
 def _exchange(connection: AbstractConnection, command: bytes, wait: bytes | None) -> Any:
     """Send ``command`` (and ``wait`` behind it, in the same packet) and read the
     replies: the command's, and with ``wait`` how many replicas acknowledged it.
@@ -464,30 +439,24 @@ def _exchange(connection: AbstractConnection, command: bytes, wait: bytes | None
     return reply, acknowledged
 
 
-def _not_here(errors: Any) -> tuple[type[Exception], ...]:
-    """A cluster's refusals of a command it did not run, for now: its slot is on
-    another node (``MOVED``), being moved (``ASK``, ``TRYAGAIN``: a session whose
-    slot migrates waits until it has), or not served (``CLUSTERDOWN``)."""
-    return (errors.AskError, errors.TryAgainError, errors.ClusterDownError)
-
-
 def _connection(
     connections: Connections, node: NodeConnections, read_timeout: float | None
 ) -> AbstractConnection:
     """A connection for one attempt: an idle one, or (``read_timeout``) a new one
     of its own; :class:`Unanswered` (nothing sent) when none can be made."""
-    errors = connections.errors
     try:
         if read_timeout is None:
             return node.take()
         connection = node.new(socket_timeout=read_timeout)
         connection.connect()
         return connection
-    except (errors.AuthenticationError, errors.AuthorizationError):
-        raise
-    except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
-        connections.rerouted()
-        raise Unanswered(exc, maybe_sent=False) from exc
+    except Exception as exc:
+        failure = classify(connections.errors, exc, sent=False)
+        if failure.reroute:
+            connections.rerouted()
+        if failure.error is exc:
+            raise
+        raise failure.error from exc
 
 
 def evaluate(
@@ -500,39 +469,32 @@ def evaluate(
     write: bool = False,
 ) -> Any:
     """One attempt of one script: its reply, a ``ResponseError`` Redis answered, or
-    :class:`Unanswered`; a ``write`` under ``?wait=N`` raises :class:`Unreplicated`
-    when fewer replicas acknowledged it. With ``read_timeout`` (a long script: a
-    large import) the attempt has a connection of its own that waits that long."""
+    :class:`Unanswered` (:func:`~dspex_actors.redis.steps.classify` reads the
+    failure); a ``write`` under ``?wait=N`` raises :class:`Unreplicated` when fewer
+    replicas acknowledged it. With ``read_timeout`` (a long script: a large
+    import) the attempt has a connection of its own that waits that long."""
     errors = connections.errors
     node = connections.node(keys[0])
     connection = _connection(connections, node, read_timeout)
     wait = connections.wait if write else None
     try:
         try:
-            reply = _exchange(
-                connection, _command("EVALSHA", script.sha, len(keys), keys, args), wait
-            )
+            reply = _exchange(connection, script_command(script, keys, args, by_sha=True), wait)
         except errors.NoScriptError:  # Redis restarted or flushed its scripts: not run
-            reply = _exchange(
-                connection, _command("EVAL", script.text, len(keys), keys, args), wait
-            )
-    except errors.BusyLoadingError as exc:  # refused while loading its data: not run
-        connection.disconnect()
-        raise Unanswered(exc, maybe_sent=False) from exc
-    except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
-        connection.disconnect()
-        node.close()  # the idle ones likely broke alike (a restart): reconnect
-        connections.rerouted()
-        raise Unanswered(exc, maybe_sent=True) from exc
-    except errors.ResponseError as exc:
-        if read_timeout is None:  # a whole reply was read: the connection is sound
+            reply = _exchange(connection, script_command(script, keys, args, by_sha=False), wait)
+    except Exception as exc:
+        failure = classify(errors, exc, sent=True)
+        if failure.keep and read_timeout is None:
             node.give(connection)
         else:
             connection.disconnect()
-        if isinstance(exc, _not_here(errors)):
+        if failure.reset:
+            node.close()  # the idle ones likely broke alike (a restart): reconnect
+        if failure.reroute:
             connections.rerouted()
-            raise Unanswered(exc, maybe_sent=False) from exc
-        raise
+        if failure.error is exc:
+            raise
+        raise failure.error from exc
     except BaseException:
         connection.disconnect()
         raise
@@ -544,9 +506,45 @@ def evaluate(
         return reply
     result, acknowledged = reply
     target = connections.target
-    if acknowledged < target.wait_replicas:
-        raise Unreplicated(result, acknowledged, target.wait_replicas, target.wait_timeout_ms)
-    return result
+    return replicated(result, acknowledged, target.wait_replicas, target.wait_timeout_ms)
+
+
+def drive(
+    connections: Connections | None, steps: Steps[R], reader: AbstractConnection | None = None
+) -> R:
+    """Run an engine step (:mod:`dspex_actors.redis.steps`) on redis-py, blocking:
+    each :class:`Attempt` by :func:`evaluate`, each ``Pause`` by sleeping, each
+    ``Command`` on ``reader``; what an attempt failed with is thrown into the step."""
+    reply: Any = None
+    failure: Exception | None = None
+    while True:
+        try:
+            request = steps.send(reply) if failure is None else steps.throw(failure)
+        except StopIteration as done:
+            result: R = done.value
+            return result
+        reply, failure = None, None
+        try:
+            if isinstance(request, Attempt):
+                if connections is None:
+                    raise TypeError("a script's attempt needs the connections to Redis")
+                reply = evaluate(
+                    connections,
+                    request.script,
+                    request.keys,
+                    request.args,
+                    request.read_timeout,
+                    write=request.write,
+                )
+            elif isinstance(request, Pause):
+                time.sleep(request.seconds)  # a retry's backoff, bounded by its deadline
+            else:
+                if reader is None:
+                    raise TypeError("a stream reader's command needs the reader's connection")
+                reader.send_command(*request.args)
+                reply = reader.read_response()
+        except Exception as exc:
+            failure = exc
 
 
 @dataclass(slots=True)

@@ -21,11 +21,11 @@ from dspex_actors.redis import scripts
 from dspex_actors.redis.connections import (
     Connections,
     NodeConnections,
-    Unanswered,
-    evaluate,
+    drive,
     release_connections,
     share_connections,
 )
+from dspex_actors.redis.steps import Attempt, Command, Steps, Unanswered
 from dspex_actors.streaming import Event, EventKind
 
 if TYPE_CHECKING:
@@ -34,11 +34,15 @@ if TYPE_CHECKING:
 __all__ = [
     "STREAM_BLOCK_MS",
     "STREAM_READ_COUNT",
+    "StreamCursor",
     "StreamSource",
     "check_history",
     "connect_reader",
     "entry_mark",
+    "history",
+    "present",
     "present_cursor",
+    "skipped",
     "skipped_numbers",
     "stream_event",
     "stream_sequence",
@@ -68,6 +72,86 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
 
 
+class StreamCursor:
+    """Where a reader of one session's stream is, and how what it reads becomes
+    events: shared by the blocking source (:class:`StreamSource`) and the asyncio
+    one (``AsyncRedisState.events``), with no I/O of its own (its steps ask for the
+    reader's commands: :mod:`dspex_actors.redis.steps`)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        incarnation: str,
+        keys: tuple[str, ...],
+        pattern: str | None,
+        start: int,
+    ) -> None:
+        self.session_id = session_id
+        self.pattern = pattern
+        self.incarnation = incarnation
+        self.keys = keys
+        self.session_key = keys[0]
+        self.events_key = keys[-1]
+        self.cursor = start
+        self.mark: bytes | None = None  # what the entry before the cursor was (resume)
+
+    def read_command(self, block: bool) -> Command:
+        """The next ``XREAD``, from the cursor (``block``: waiting a block period)."""
+        waits: tuple[Any, ...] = ("BLOCK", STREAM_BLOCK_MS) if block else ()
+        start = f"{max(self.cursor - 1, 0)}-0"
+        return Command(
+            ("XREAD", "COUNT", STREAM_READ_COUNT, *waits, "STREAMS", self.events_key, start)
+        )
+
+    def resumed(self) -> Steps[list[Event]]:
+        """After (re)connecting: ``overflow`` if the stream lost what was read (a
+        failover) and the cursor where reading goes on (:func:`history`)."""
+        missed = self.cursor - 1
+        verdict, self.cursor, self.mark = yield from history(
+            self.keys, self.incarnation, self.cursor, self.mark
+        )
+        if verdict == "lost":
+            return [Event(self.session_id, missed, "overflow")]
+        return []
+
+    def quiet(self, finishing: bool) -> Steps[list[Event]]:
+        """A read that waited its whole block period for nothing (or found nothing
+        more when ``finishing``): ``closed`` once the incarnation is gone."""
+        if finishing:
+            return [Event(self.session_id, self.cursor - 1, "closed")]
+        held = yield Command(("HGET", self.session_key, "incarnation"))
+        if held == self.incarnation.encode():
+            return []
+        return [Event(self.session_id, self.cursor - 1, "closed")]
+
+    def took(self, entries: Any) -> Steps[list[Event]]:
+        """The events of what one read took, from the cursor on (those whose names
+        match the pattern, each decoded once)."""
+        events: list[Event] = []
+        first = stream_sequence(entries[0][0])
+        if first > self.cursor:
+            missed = self.cursor - 1
+            events.append(Event(self.session_id, missed, "overflow"))
+            self.mark = None
+            if not (yield from skipped(self.events_key, self.cursor)):
+                # Trimmed past the cursor. The present is taken first: a write made
+                # after the subscriber got its overflow event is always delivered.
+                self.cursor = yield from present(self.events_key, self.cursor)
+                return events
+            self.cursor = first  # numbers skipped after a failover: told, then read on
+        for entry_id, raw in entries:
+            sequence = stream_sequence(entry_id)
+            fields = dict(zip(raw[::2], raw[1::2], strict=True))
+            if fields[b"k"] == b"closed":
+                events.append(Event(self.session_id, sequence - 1, "closed"))
+                break
+            if name_matches(_text(fields[b"n"]), self.pattern):
+                events.append(stream_event(self.session_id, sequence, fields))
+            self.cursor = sequence + 1
+            self.mark = entry_mark(fields)
+        return events
+
+
 class StreamSource:
     """A session's Redis Stream read from a cursor: a RedisState subscription's
     source (:class:`~dspex_actors.delivery.Source`).
@@ -76,7 +160,8 @@ class StreamSource:
     read after a connection failure resumes where it was; past the stream's history
     it gives ``overflow`` and goes on from the present. It gives ``closed`` at the
     stream's closed entry, or once the session's incarnation is gone (checked each
-    time a read waited a whole block period for nothing).
+    time a read waited a whole block period for nothing). What it reads becomes
+    events by its :class:`StreamCursor`.
     """
 
     def __init__(
@@ -89,13 +174,7 @@ class StreamSource:
         start: int,
     ) -> None:
         self.session_id = session_id
-        self._pattern = pattern
-        self._incarnation = incarnation
-        self._session_key = keys[0]
-        self._events_key = keys[-1]
-        self._cursor = start
-        self._mark: bytes | None = None  # what the entry before the cursor was (resume)
-        self._keys = keys
+        self._stream = StreamCursor(session_id, incarnation, keys, pattern, start)
         self._finishing = threading.Event()
         self._stopped = False
         self._reading = False  # an XREAD may be blocked now (wake() must unblock it)
@@ -108,11 +187,12 @@ class StreamSource:
 
     def read(self, timeout: float) -> list[Event]:
         errors = self._connections.errors
+        stream = self._stream
         try:
             reader = self._reader
             if reader is None:
                 reader = self._connect()
-                gap = self._resumed()
+                gap = drive(self._connections, stream.resumed(), reader)
                 if gap:
                     return gap
             with self._lock:  # a wake() before the read is known: no blocking then
@@ -120,16 +200,8 @@ class StreamSource:
                     return []
                 self._reading = True
             finishing = self._finishing.is_set()
-            block: list[Any] = [] if finishing else ["BLOCK", STREAM_BLOCK_MS]
-            reader.send_command(
-                "XREAD",
-                "COUNT",
-                STREAM_READ_COUNT,
-                *block,
-                "STREAMS",
-                self._events_key,
-                f"{max(self._cursor - 1, 0)}-0",
-            )
+            command = stream.read_command(block=not finishing)
+            reader.send_command(*command.args)
             reply = reader.read_response()
             with self._lock:
                 self._reading = False
@@ -137,10 +209,8 @@ class StreamSource:
             if not reply:
                 if self._stopped:
                     return []
-                if finishing or not self._live(reader):
-                    return [Event(self.session_id, self._cursor - 1, "closed")]
-                return []
-            return self._events(reader, reply[0][1])
+                return drive(self._connections, stream.quiet(finishing), reader)
+            return drive(self._connections, stream.took(reply[0][1]), reader)
         except (errors.ConnectionError, errors.TimeoutError, OSError, Unanswered) as exc:
             self._disconnect()
             self._connections.rerouted()
@@ -150,19 +220,8 @@ class StreamSource:
             self._connections.rerouted()
             raise Interrupted(f"session {self.session_id}: stream refused: {exc}") from exc
 
-    def _resumed(self) -> list[Event]:
-        """After (re)connecting: ``overflow`` if the stream lost what was read (a
-        failover) and the cursor where reading goes on (:func:`check_history`)."""
-        missed = self._cursor - 1
-        verdict, self._cursor, self._mark = check_history(
-            self._connections, self._keys, self._incarnation, self._cursor, self._mark
-        )
-        if verdict == "lost":
-            return [Event(self.session_id, missed, "overflow")]
-        return []
-
     def _connect(self) -> AbstractConnection:
-        reader, self._node = connect_reader(self._connections, self._events_key, None)
+        reader, self._node = connect_reader(self._connections, self._stream.events_key, None)
         self._reader = reader
         reader.send_command("CLIENT", "ID")
         self._reader_id = int(reader.read_response())
@@ -173,43 +232,12 @@ class StreamSource:
         if reader is not None:
             reader.disconnect()
 
-    def _events(self, reader: AbstractConnection, entries: Any) -> list[Event]:
-        """The events of what one read took, from the cursor on (those whose names
-        match the pattern, each decoded once)."""
-        events: list[Event] = []
-        first = stream_sequence(entries[0][0])
-        if first > self._cursor:
-            missed = self._cursor - 1
-            events.append(Event(self.session_id, missed, "overflow"))
-            self._mark = None
-            if not skipped_numbers(reader, self._events_key, self._cursor):
-                # Trimmed past the cursor. The present is taken first: a write made
-                # after the subscriber got its overflow event is always delivered.
-                self._cursor = present_cursor(reader, self._events_key, self._cursor)
-                return events
-            self._cursor = first  # numbers skipped after a failover: told, then read on
-        for entry_id, raw in entries:
-            sequence = stream_sequence(entry_id)
-            fields = dict(zip(raw[::2], raw[1::2], strict=True))
-            if fields[b"k"] == b"closed":
-                events.append(Event(self.session_id, sequence - 1, "closed"))
-                break
-            if name_matches(_text(fields[b"n"]), self._pattern):
-                events.append(stream_event(self.session_id, sequence, fields))
-            self._cursor = sequence + 1
-            self._mark = entry_mark(fields)
-        return events
-
-    def _live(self, reader: AbstractConnection) -> bool:
-        reader.send_command("HGET", self._session_key, "incarnation")
-        return bool(reader.read_response() == self._incarnation.encode())
-
     def ready(self) -> None:
         """The cursor was fixed when the source was made: nothing to wait for."""
 
     @property
     def position(self) -> int:
-        return self._cursor
+        return self._stream.cursor
 
     def finish(self) -> None:
         """Give what the stream holds now, then ``closed`` (a handle detaching, or an
@@ -324,21 +352,24 @@ def stream_event(session_id: str, sequence: int, fields: dict[bytes, bytes]) -> 
     )
 
 
-def skipped_numbers(reader: AbstractConnection, events_key: str, cursor: int) -> bool:
+def skipped(events_key: str, cursor: int) -> Steps[bool]:
     """Whether a stream whose next entry lies past ``cursor`` skipped numbers there
     (:data:`~dspex_actors.redis.scripts.RESUME` moved the numbering on after a
     failover lost events: entries before the cursor remain) rather than being
     trimmed past it."""
-    reader.send_command("XRANGE", events_key, "-", "+", "COUNT", 1)
-    oldest = reader.read_response()
+    oldest = yield Command(("XRANGE", events_key, "-", "+", "COUNT", 1))
     return bool(oldest) and stream_sequence(oldest[0][0]) < cursor
 
 
-def present_cursor(reader: AbstractConnection, events_key: str, cursor: int) -> int:
+def skipped_numbers(reader: AbstractConnection, events_key: str, cursor: int) -> bool:
+    """:func:`skipped`, asked on ``reader`` now."""
+    return drive(None, skipped(events_key, cursor), reader)
+
+
+def present(events_key: str, cursor: int) -> Steps[int]:
     """Where a reader trimmed past ``cursor`` goes on: past what the stream holds (at
     its closed entry, if it ends with one, so that is delivered)."""
-    reader.send_command("XREVRANGE", events_key, "+", "-", "COUNT", 1)
-    last = reader.read_response()
+    last = yield Command(("XREVRANGE", events_key, "+", "-", "COUNT", 1))
     if not last:
         return cursor
     entry_id, raw = last[0]
@@ -347,11 +378,48 @@ def present_cursor(reader: AbstractConnection, events_key: str, cursor: int) -> 
     return sequence if closed else sequence + 1
 
 
+def present_cursor(reader: AbstractConnection, events_key: str, cursor: int) -> int:
+    """:func:`present`, asked on ``reader`` now."""
+    return drive(None, present(events_key, cursor), reader)
+
+
 def entry_mark(fields: dict[bytes, bytes]) -> bytes:
     """What tells one stream entry from another given the same sequence (after a
     failover): its kind, variable id, version and timestamp, as the RESUME script
     joins them."""
     return b"|".join(fields.get(key, b"") for key in (b"k", b"i", b"r", b"t"))
+
+
+def history(
+    keys: tuple[str, ...],
+    incarnation: str,
+    cursor: int,
+    mark: bytes | None,
+    *,
+    feeds_log: bool = False,
+) -> Steps[tuple[str, int, bytes | None]]:
+    """Whether a stream read up to ``cursor`` (``mark``: its entry before the cursor,
+    when known) still holds what was read, asked after each (re)connection: a
+    failover can lose the last events, and give their sequences to new ones.
+
+    ``same`` (go on), ``lost`` (tell ``overflow``, then go on from the cursor
+    given; the session numbers no new event below it), or ``gone`` (the session:
+    reading tells ``closed``); with the cursor and mark to go on with. A reader
+    that ``feeds_log`` (a server's follower) is given a cursor past its own, so
+    that its log tells every reader of it ``overflow`` too (the session's
+    numbering skips one for it when there is no newer event). One attempt:
+    ``Unanswered`` or redis-py's error when Redis cannot say.
+    """
+    sent = b"" if mark is None else mark
+    reply = yield Attempt(
+        scripts.RESUME, keys, [incarnation, cursor, sent, "1" if feeds_log else "0"]
+    )
+    verdict = _text(reply[0])
+    if verdict == "same":
+        return verdict, cursor, reply[1] or None
+    if verdict == "lost":
+        return verdict, int(reply[1]), None
+    return verdict, cursor, mark
 
 
 def check_history(
@@ -363,31 +431,8 @@ def check_history(
     *,
     feeds_log: bool = False,
 ) -> tuple[str, int, bytes | None]:
-    """Whether a stream read up to ``cursor`` (``mark``: its entry before the cursor,
-    when known) still holds what was read, asked after each (re)connection: a
-    failover can lose the last events, and give their sequences to new ones.
-
-    ``same`` (go on), ``lost`` (tell ``overflow``, then go on from the cursor
-    given; the session numbers no new event below it), or ``gone`` (the session:
-    reading tells ``closed``); with the cursor and mark to go on with. A reader
-    that ``feeds_log`` (a server's follower) is given a cursor past its own, so
-    that its log tells every reader of it ``overflow`` too (the session's
-    numbering skips one for it when there is no newer event). ``Unanswered`` or
-    redis-py's error when Redis cannot say.
-    """
-    sent = b"" if mark is None else mark
-    reply = evaluate(
-        connections,
-        scripts.RESUME,
-        keys,
-        [incarnation, cursor, sent, "1" if feeds_log else "0"],
-    )
-    verdict = _text(reply[0])
-    if verdict == "same":
-        return verdict, cursor, reply[1] or None
-    if verdict == "lost":
-        return verdict, int(reply[1]), None
-    return verdict, cursor, mark
+    """:func:`history`, asked now."""
+    return drive(connections, history(keys, incarnation, cursor, mark, feeds_log=feeds_log))
 
 
 def stream_sequence(entry_id: bytes) -> int:

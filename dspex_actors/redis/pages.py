@@ -18,7 +18,8 @@ from typing import Any
 
 from dspex_actors.exports import ExportColumns
 from dspex_actors.redis import scripts
-from dspex_actors.redis.session import RedisSession, pack, text, unpack
+from dspex_actors.redis.session import SessionEngine, pack, text, unpack
+from dspex_actors.redis.steps import Steps
 
 __all__ = ["DUMP_PAGE", "DUMP_TRIES", "caught_up_since", "columns", "page_of", "read_whole"]
 
@@ -30,30 +31,30 @@ DUMP_TRIES = 3
 Records = list[dict[str, Any]]
 
 
-def read_whole(session: RedisSession) -> tuple[int, dict[str, Any], Records]:
+def read_whole(session: SessionEngine) -> Steps[tuple[int, dict[str, Any], Records]]:
     """The session at one moment: next sequence, metadata, records in order."""
     for _ in range(DUMP_TRIES):
         sequence, after, more, metadata, records = page_of(
-            session, session.read(scripts.DUMP_PAGE, 0, DUMP_PAGE)
+            session, (yield from session.read(scripts.DUMP_PAGE, 0, DUMP_PAGE))
         )
         moved = False
         while more:  # ordinals above the last read: none skipped, none repeated
-            page = page_of(session, session.read(scripts.DUMP_PAGE, after, DUMP_PAGE))
+            page = page_of(session, (yield from session.read(scripts.DUMP_PAGE, after, DUMP_PAGE)))
             moved = moved or page[0] != sequence
             after, more = page[1], page[2]
             records += page[4]
         if not moved:
             return sequence, metadata, records
-        caught_up = caught_up_since(session, sequence, records)
+        caught_up = yield from caught_up_since(session, sequence, records)
         if caught_up is not None:
             return caught_up[0], metadata, caught_up[1]
-    reply = session.read(scripts.DUMP)
+    reply = yield from session.read(scripts.DUMP)
     metadata, start = _metadata(reply, 1)
     return int(reply[0]), metadata, _rows(session, reply, start)
 
 
 def page_of(
-    session: RedisSession, reply: list[Any]
+    session: SessionEngine, reply: list[Any]
 ) -> tuple[int, int, bool, dict[str, Any], Records]:
     """A :data:`~dspex_actors.redis.scripts.DUMP_PAGE` reply: sequence, the last ordinal
     read, whether a variable may follow it, metadata, the page's records."""
@@ -64,11 +65,11 @@ def page_of(
 
 
 def caught_up_since(
-    session: RedisSession, since: int, records: Records
-) -> tuple[int, Records] | None:
+    session: SessionEngine, since: int, records: Records
+) -> Steps[tuple[int, Records] | None]:
     """Pages read from sequence ``since`` on, brought to one moment: the rows of what
     changed since, read again; None when that cannot be told."""
-    reply = session.read(scripts.DUMP_SINCE, since)
+    reply = yield from session.read(scripts.DUMP_SINCE, since)
     count = int(reply[1])
     if count < 0:
         return None
@@ -88,15 +89,15 @@ def _metadata(reply: list[Any], count_at: int) -> tuple[dict[str, Any], int]:
     return {text(reply[at]): unpack(reply[at + 1]) for at in pairs}, start
 
 
-def _rows(session: RedisSession, reply: list[Any], start: int) -> Records:
+def _rows(session: SessionEngine, reply: list[Any], start: int) -> Records:
     """The records of the 8-field rows ``reply`` holds from ``start`` on."""
     return [session.record_of(reply, at) for at in range(start, len(reply), 8)]
 
 
-def columns(session: RedisSession) -> ExportColumns:
+def columns(session: SessionEngine) -> Steps[ExportColumns]:
     """The session as export columns, from one :func:`read_whole`; ``sequence`` is
     its next event sequence."""
-    sequence, metadata, records = read_whole(session)
+    sequence, metadata, records = yield from read_whole(session)
     slots: dict[tuple[str, bytes], int] = {}
     definitions: list[tuple[Any, Any]] = []
     definition: list[int] = []

@@ -1,8 +1,12 @@
 """The Redis engine: one session's keys in one Redis, and the calls of its scripts.
 
-:class:`RedisSession` is the bottom layer both Redis front ends stand on:
-:class:`~dspex_actors.redis.state.RedisState` (a handle in any process) and the
-SessionStore's Redis store (:mod:`dspex_actors.redis.store`). It opens a session
+:class:`SessionEngine` is the bottom layer every Redis front end stands on:
+:class:`~dspex_actors.redis.state.RedisState` (a handle in any process), the
+SessionStore's Redis store (:mod:`dspex_actors.redis.store`), both on
+:class:`RedisSession` (redis-py, blocking), and ``AsyncRedisState``
+(``redis.asyncio``). It does no I/O itself: each method that talks to Redis is a
+step, a generator that asks for requests (:mod:`dspex_actors.redis.steps`), run by
+the front end's driver, so retries, settling and errors are written once. It opens a session
 (each creation of an id is a new incarnation, and an engine only ever works on its
 own), calls the session's Lua scripts (:mod:`dspex_actors.redis.scripts`) within a
 deadline, classes every failure, and keeps what a writer needs to check a value in
@@ -26,8 +30,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import msgpack
 
@@ -49,13 +53,14 @@ from dspex_actors.redis import scripts
 from dspex_actors.redis.connections import (
     CHAIN_LENGTH,
     Connections,
-    Unanswered,
     acquire_connections,
     current_scope,
-    evaluate,
+    drive,
+    redis_module,
     release_connections,
 )
 from dspex_actors.redis.scripts import Script, session_keys
+from dspex_actors.redis.steps import Attempt, Pause, Steps, Unanswered
 from dspex_actors.session import new_session_id
 from dspex_actors.urls import redacted
 from dspex_actors.vartypes import (
@@ -73,6 +78,7 @@ __all__ = [
     "Definition",
     "RedisSession",
     "Retry",
+    "SessionEngine",
     "pack",
     "text",
     "unpack",
@@ -85,6 +91,8 @@ PENDING_TTL = 60.0
 TOMBSTONE_SECONDS = 60.0
 """How long a closed session's stream stays, so its subscribers read ``closed``."""
 _MAX_VERSION = str(MAX_VERSION)
+
+R = TypeVar("R")
 
 
 def pack(data: Any) -> bytes:
@@ -114,27 +122,30 @@ class Retry(Exception):
     """The write met a change its plan did not know of: plan it again from Redis."""
 
 
-class RedisSession:
-    """One incarnation of one session in one Redis (see the module docstring)."""
+class SessionEngine:
+    """One incarnation of one session in one Redis: the engine, with no I/O of its own.
+
+    Every method that talks to Redis is a step (:mod:`dspex_actors.redis.steps`): a
+    generator a driver runs. :class:`RedisSession` drives them on redis-py;
+    ``AsyncRedisSession`` (:mod:`dspex_actors.aio.redis`) on ``redis.asyncio``.
+    """
 
     def __init__(
         self,
         *,
-        connections: Connections,
         url: str,
         session_id: str,
         timeout: float,
         limits: Limits,
         event_history: int,
     ) -> None:
-        """Wrap shared connections; use :meth:`open`, which opens the session."""
         self.session_id = session_id
         self.url = url
         self.where = redacted(url)  # the URL for messages: no password
         self.created = False
         self.incarnation = ""
         self.ttl_seconds: float | None = None
-        self.connections = connections
+        self.errors = redis_module().exceptions  # redis.asyncio raises the same classes
         self.timeout = timeout
         self.limits = limits
         self.history = str(event_history)
@@ -146,28 +157,15 @@ class RedisSession:
         self._closed = False
         self._lock = threading.Lock()
 
-    @classmethod
-    def open(
-        cls,
-        *,
+    @staticmethod
+    def check_options(
         session_id: str | None,
-        url: str,
         ttl: float | None,
         timeout: float,
-        create: bool,
-        limits: Limits,
         event_history: int,
-        pending: bool = False,
-        metadata: Mapping[str, Any] | None = None,
-        request_id: str | None = None,
-        incarnation: str | None = None,
-    ) -> RedisSession:
-        """Open ``session_id`` (a fresh one when None), creating it if absent and
-        ``create`` (the creator's ``ttl``, None: no expiry), ``pending`` (a
-        migration's copy, invisible until committed), with the new session's
-        ``metadata``; ``request_id`` tells a retry of the open that created the
-        session that it did; ``incarnation`` attaches to exactly that one, even
-        pending (``SessionNotFound`` if the session is another one now)."""
+        limits: Limits,
+    ) -> None:
+        """What opening a session checks before it talks to Redis."""
         if session_id is not None:
             check_session_id(session_id, limits)
         if not timeout > 0:
@@ -176,37 +174,42 @@ class RedisSession:
             raise ValueError(f"ttl must be positive or None, got {ttl!r}")
         if event_history <= 0:
             raise ValueError(f"event_history must be positive, got {event_history!r}")
-        session = cls(
-            connections=acquire_connections(url, timeout),
-            url=url,
-            session_id=session_id or new_session_id(),
-            timeout=timeout,
-            limits=limits,
-            event_history=event_history,
-        )
-        try:
-            meta = check_metadata("<session>", metadata, limits) if create else {}
-            session._open(create, ttl, pending, meta, request_id or "", incarnation)
-            if incarnation is not None and session.incarnation != incarnation:
-                raise session.gone()
-        except BaseException:
-            session.release()
-            raise
-        return session
 
-    def release(self) -> None:
-        """Let go of the connections; later calls raise ``SessionClosed``; idempotent."""
+    def settler(self, steps: Callable[[], Steps[bool]]) -> Callable[[], bool] | None:
+        """How an ``OutcomeUnknown`` of this engine settles itself later (a blocking
+        call of ``steps``), or None where a blocking call cannot be made (an asyncio
+        handle: its ``await settle(request_id, age)`` does it)."""
+        return None
+
+    def _closing(self) -> bool:
+        """Mark the engine closed: whether it was open (the caller then lets go of
+        its connections); later calls raise ``SessionClosed``."""
         with self._lock:
             if self._closed:
-                return
+                return False
             self._closed = True
         self.definitions.clear()
         self.metadata.clear()
-        release_connections(self.connections)
+        return True
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def opening(
+        self,
+        create: bool,
+        ttl: float | None,
+        pending: bool,
+        metadata: Mapping[str, Any] | None,
+        request_id: str | None,
+        incarnation: str | None,
+    ) -> Steps[None]:
+        """Open the session (see :meth:`RedisSession.open`, whose arguments these are)."""
+        meta = check_metadata("<session>", metadata, self.limits) if create else {}
+        yield from self._open(create, ttl, pending, meta, request_id or "", incarnation)
+        if incarnation is not None and self.incarnation != incarnation:
+            raise self.gone()
 
     def _open(
         self,
@@ -216,7 +219,7 @@ class RedisSession:
         metadata: dict[str, Any],
         request_id: str,
         incarnation: str | None = None,
-    ) -> None:
+    ) -> Steps[None]:
         exact = incarnation is not None
         incarnation = incarnation or uuid.uuid4().hex
         ttl_ms = 0 if ttl is None else max(1, round(ttl * 1000))
@@ -232,7 +235,7 @@ class RedisSession:
         ]
         for key, value in metadata.items():
             args += [key, pack(value)]
-        reply = self.call(scripts.OPEN, keys[:-1], args)
+        reply = yield from self.call(scripts.OPEN, keys[:-1], args)
         if reply[0] == -1:
             raise SessionNotFound(
                 f"session {self.session_id!r} not found in Redis at {self.where} "
@@ -260,7 +263,8 @@ class RedisSession:
         retry: bool = True,
         extra_time: float = 0.0,
         budget: float | None = None,
-    ) -> Any:
+        request_id: str = "",
+    ) -> Steps[Any]:
         """Run one script within the deadline; the one place Redis errors are translated.
 
         An attempt that got no answer is retried with backoff until the deadline (a
@@ -270,9 +274,9 @@ class RedisSession:
         acknowledged raises :class:`~dspex_actors.redis.connections.Unreplicated`
         (its sender decides). ``extra_time`` lengthens the deadline, and each
         attempt's wait for its reply, for a script that runs long; ``budget``
-        replaces the timeout (a settle's short bound).
+        replaces the timeout (a settle's short bound); ``request_id`` names a write.
         """
-        errors = self.connections.errors
+        errors = self.errors
         allowed = self.timeout + extra_time if budget is None else budget
         deadline = time.monotonic() + allowed
         scope = current_scope()
@@ -289,8 +293,9 @@ class RedisSession:
         maybe_sent = False
         failure: Exception
         while True:
+            attempt = Attempt(script, keys, args, read_timeout, write, request_id)
             try:
-                return evaluate(self.connections, script, keys, args, read_timeout, write=write)
+                return (yield attempt)
             except Unanswered as exc:
                 maybe_sent = maybe_sent or exc.maybe_sent
                 failure = exc.cause
@@ -305,7 +310,7 @@ class RedisSession:
             pause = backoff.next()
             if not retry or deadline - time.monotonic() <= pause:
                 raise self._failed(write, maybe_sent, failure) from failure
-            time.sleep(pause)  # a retry's backoff, bounded by the call's deadline
+            yield Pause(pause)  # a retry's backoff, bounded by the call's deadline
 
     def _failed(self, write: bool, maybe_sent: bool, error: Exception) -> StateError:
         if write and maybe_sent:
@@ -324,7 +329,7 @@ class RedisSession:
     def _refused(self, script: Script, exc: Exception) -> StateError:
         """What a Redis error reply means to the caller (nothing was applied)."""
         text = str(exc)
-        errors = self.connections.errors
+        errors = self.errors
         if "DSPEX_GONE" in text:
             return self.gone()
         if isinstance(exc, errors.NoPermissionError) or text.startswith(("NOAUTH", "NOPERM")):
@@ -347,9 +352,9 @@ class RedisSession:
         if self._closed:
             raise SessionClosed(f"session {self.session_id!r}: this handle is cleaned up")
 
-    def read(self, script: Script, *args: Any) -> Any:
+    def read(self, script: Script, *args: Any) -> Steps[Any]:
         self.check_open()
-        return self.call(script, self.keys, [self.incarnation, *args])
+        return (yield from self.call(script, self.keys, [self.incarnation, *args]))
 
     def missing(self, identifier: Any) -> StateError:
         return variable_not_found(identifier, self.session_id)
@@ -388,9 +393,9 @@ class RedisSession:
             self.definitions.pop(definition.name, None)
             self.metadata.pop(definition.id, None)
 
-    def describe(self, identifiers: list[str]) -> dict[str, Definition]:
+    def describe(self, identifiers: list[str]) -> Steps[dict[str, Definition]]:
         """Definitions (and current metadata) of the identifiers present, from Redis."""
-        reply = self.read(scripts.DESCRIBE, *identifiers)
+        reply = yield from self.read(scripts.DESCRIBE, *identifiers)
         found: dict[str, Definition] = {}
         for n, identifier in enumerate(identifiers):
             var_id, ordinal, name, definition, version, metadata = reply[6 * n : 6 * n + 6]
@@ -407,7 +412,7 @@ class RedisSession:
 
     def definitions_for(
         self, identifiers: Iterable[str], fresh: bool, with_metadata: bool
-    ) -> dict[str, Definition]:
+    ) -> Steps[dict[str, Definition]]:
         """Definitions of the identifiers present: cached ones unless ``fresh``, the
         rest (and those whose metadata is needed and not known) read in one call."""
         found: dict[str, Definition] = {}
@@ -419,7 +424,7 @@ class RedisSession:
             else:
                 wanted.append(identifier)
         if wanted:
-            found.update(self.describe(wanted))
+            found.update((yield from self.describe(wanted)))
         return found
 
     @staticmethod
@@ -444,28 +449,28 @@ class RedisSession:
             last_updated_at=float(updated),
         )
 
-    def commit_pending(self) -> None:
+    def commit_pending(self) -> Steps[None]:
         """Make a session opened ``pending`` visible to others, with its whole TTL."""
-        ttl_ms = int(self.call(scripts.COMMIT, self.keys, [self.incarnation]))
+        ttl_ms = int((yield from self.call(scripts.COMMIT, self.keys, [self.incarnation])))
         self.ttl_seconds = ttl_ms / 1000 or None
 
-    def close(self, *, retry: bool = False) -> None:
+    def close(self, *, retry: bool = False) -> Steps[None]:
         """Delete the session in Redis whoever created it, leaving a ``closed`` entry
         for its watchers; ``SessionNotFound`` if it is gone already. One attempt
         unless ``retry``: a session left by a lost reply expires with its TTL."""
-        self.call(
+        yield from self.call(
             scripts.CLOSE,
             self.keys,
             [self.incarnation, round(TOMBSTONE_SECONDS * 1000)],
             retry=retry,
         )
 
-    def info(self, *, heartbeat: bool = False) -> SessionInfo:
+    def info(self, *, heartbeat: bool = False) -> Steps[SessionInfo]:
         """The session as Redis holds it (``heartbeat``: every key's TTL reset first).
 
         Redis keeps no "last used": the TTL left tells it, to a hundredth of the TTL.
         """
-        reply = self.read(scripts.INFO, "1" if heartbeat else "0", "1")
+        reply = yield from self.read(scripts.INFO, "1" if heartbeat else "0", "1")
         next_seq, count, created, ttl_ms, pttl = reply[:5]
         now = time.time()
         ttl = int(ttl_ms) / 1000 or None
@@ -487,11 +492,11 @@ class RedisSession:
         """The request ids of a relayed write's scripts (``call_scope``), in order."""
         return [f"{request_id}.{n}" for n in range(CHAIN_LENGTH)]
 
-    def replies(self, request_id: str) -> list[list[Any]]:
+    def replies(self, request_id: str) -> Steps[list[list[Any]]]:
         """The remembered replies of a relayed write's scripts, in the order they
         were sent: what a retry of that write was answered with."""
         self.check_open()
-        found = self.read(scripts.REPLIES, *self.chain(request_id))
+        found = yield from self.read(scripts.REPLIES, *self.chain(request_id))
         replies: list[list[Any]] = []
         for packed in found:
             if packed is None:
@@ -499,11 +504,11 @@ class RedisSession:
             replies.append(unpack(packed))
         return replies
 
-    def history_start(self) -> int:
+    def history_start(self) -> Steps[int]:
         """The oldest event sequence the session's stream still holds (its next
         sequence when it holds none)."""
         self.check_open()
-        return int(self.read(scripts.FIRST_EVENT))  # one script: no write between
+        return int((yield from self.read(scripts.FIRST_EVENT)))  # one script: no write between
 
     def exists_error(self, name: str) -> VariableExists:
         return VariableExists(
@@ -525,3 +530,63 @@ class RedisSession:
             limit="max_version",
             variable=name,
         )
+
+
+class RedisSession(SessionEngine):
+    """The engine on redis-py, blocking: its steps run by
+    :func:`~dspex_actors.redis.connections.drive` on connections shared per URL."""
+
+    def __init__(self, *, connections: Connections, **engine: Any) -> None:
+        """Wrap shared connections; use :meth:`open`, which opens the session."""
+        super().__init__(**engine)
+        self.connections = connections
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        session_id: str | None,
+        url: str,
+        ttl: float | None,
+        timeout: float,
+        create: bool,
+        limits: Limits,
+        event_history: int,
+        pending: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        incarnation: str | None = None,
+    ) -> RedisSession:
+        """Open ``session_id`` (a fresh one when None), creating it if absent and
+        ``create`` (the creator's ``ttl``, None: no expiry), ``pending`` (a
+        migration's copy, invisible until committed), with the new session's
+        ``metadata``; ``request_id`` tells a retry of the open that created the
+        session that it did; ``incarnation`` attaches to exactly that one, even
+        pending (``SessionNotFound`` if the session is another one now)."""
+        cls.check_options(session_id, ttl, timeout, event_history, limits)
+        session = cls(
+            connections=acquire_connections(url, timeout),
+            url=url,
+            session_id=session_id or new_session_id(),
+            timeout=timeout,
+            limits=limits,
+            event_history=event_history,
+        )
+        try:
+            session.drive(session.opening(create, ttl, pending, metadata, request_id, incarnation))
+        except BaseException:
+            session.release()
+            raise
+        return session
+
+    def drive(self, steps: Steps[R]) -> R:
+        """Run one of the engine's steps here, blocking."""
+        return drive(self.connections, steps)
+
+    def settler(self, steps: Callable[[], Steps[bool]]) -> Callable[[], bool] | None:
+        return lambda: self.drive(steps())
+
+    def release(self) -> None:
+        """Let go of the connections; later calls raise ``SessionClosed``; idempotent."""
+        if self._closing():
+            release_connections(self.connections)

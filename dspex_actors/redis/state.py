@@ -210,11 +210,11 @@ class RedisState(RemoteSessionMethods):
 
     def replies(self, request_id: str) -> list[list[Any]]:
         """The remembered replies of a relayed write's scripts (``call_scope``)."""
-        return self._session.replies(request_id)
+        return self._session.drive(self._session.replies(request_id))
 
     def history_start(self) -> int:
         """The oldest event sequence the session's stream still holds."""
-        return self._session.history_start()
+        return self._session.drive(self._session.history_start())
 
     def events(self, pattern: str | None, start: int | None = None) -> StreamSource:
         """The session's stream from ``start`` (None: its next sequence, read now),
@@ -223,7 +223,7 @@ class RedisState(RemoteSessionMethods):
             raise SessionClosed(f"session {self.session_id!r}: this handle is cleaned up")
         session = self._session
         if start is None:
-            start = int(session.read(scripts.INFO, "0")[0])
+            start = int(session.drive(session.read(scripts.INFO, "0"))[0])
         return StreamSource(
             session.connections, self.session_id, self.incarnation, session.keys, pattern, start
         )
@@ -264,7 +264,7 @@ class RedisState(RemoteSessionMethods):
             closed = False
             if self.owner and self._session.keys:
                 try:
-                    self._session.close()
+                    self._session.drive(self._session.close())
                     closed = True
                 except SessionNotFound:
                     pass  # expired (or closed) already

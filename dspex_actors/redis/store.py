@@ -310,14 +310,14 @@ class RedisStore:
     async def commit(self, session_id: str, incarnation: str) -> None:
         def work() -> None:
             with self._using(session_id, incarnation) as handle:
-                handle.commit_pending()
+                handle.drive(handle.commit_pending())
 
         await self._blocking(work)
 
     async def close(self, session_id: str, incarnation: str | None) -> None:
         def close(handle: RedisSession) -> None:
             try:
-                handle.close(retry=True)
+                handle.drive(handle.close(retry=True))
             finally:
                 self._forget(session_id, handle)
 
@@ -331,11 +331,13 @@ class RedisStore:
         await self._blocking(work)
 
     async def info(self, session_id: str, incarnation: str | None = None) -> SessionInfo:
-        return await self._blocking(lambda: self._on(session_id, incarnation, lambda s: s.info()))
+        return await self._blocking(
+            lambda: self._on(session_id, incarnation, lambda s: s.drive(s.info()))
+        )
 
     async def heartbeat(self, session_id: str, incarnation: str | None = None) -> float:
         def work() -> float:
-            info = self._on(session_id, incarnation, lambda s: s.info(heartbeat=True))
+            info = self._on(session_id, incarnation, lambda s: s.drive(s.info(heartbeat=True)))
             return info.expires_at if info.expires_at is not None else float("inf")
 
         return await self._blocking(work)
@@ -392,7 +394,9 @@ class RedisStore:
             lambda: self._on(
                 session_id,
                 incarnation,
-                lambda session: writes.settle_writes(session, chain, age, self.dedupe_seconds),
+                lambda session: session.drive(
+                    writes.settle_writes(session, chain, age, self.dedupe_seconds)
+                ),
             )
         )
 
@@ -408,7 +412,7 @@ class RedisStore:
         progress: bool = False,
     ) -> EventStream:
         globs = [check_pattern(pattern) for pattern in patterns]
-        info = await self._blocking(lambda: self._current(session_id, lambda s: s.info()))
+        info = await self._blocking(lambda: self._current(session_id, lambda s: s.drive(s.info())))
         if incarnation and incarnation != info.incarnation:
             raise SessionNotFound(
                 f"session {session_id!r} not found (that incarnation is gone)",
@@ -451,8 +455,10 @@ class RedisStore:
                 feed.watchers += 1
                 return feed
         with self._using(session_id, incarnation) as handle:
-            trimmed = cursor < handle.history_start()  # then overflow, and the present
-            begin = handle.info().next_sequence if trimmed else cursor
+            trimmed = cursor < handle.drive(
+                handle.history_start()
+            )  # then overflow, and the present
+            begin = handle.drive(handle.info()).next_sequence if trimmed else cursor
         fresh = _Feed(key, EventLog(session_id, begin, self.event_history))
         with self._lock:
             closing = self._closing
@@ -572,7 +578,7 @@ def _apply(
     except StateError:
         if not (operation.write and request_id):
             raise
-        replies = session.replies(request_id)
+        replies = session.drive(session.replies(request_id))
         if not replies or replies[-1][0] != "ok":
             raise  # never applied: this error is the answer
         return operations.replayed(session, operation, replies[-1])

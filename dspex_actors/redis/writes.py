@@ -17,6 +17,10 @@ Every script is sent by :func:`send`, with its request id and its deadline as an
 instant (Redis refuses, and remembers refusing, a script that arrives after it). A
 write that got no answer is settled (:func:`settle_writes`): Redis answers whether it was
 applied, or remembers a refusal under its request id, so that it never will be.
+
+**Length.** Past 600 lines because every write step is a generator a driver runs
+(:mod:`dspex_actors.redis.steps`): each nested step is ``yield from`` and wrapped,
+which the one blocking and the one asyncio driver share instead of two copies.
 """
 
 from __future__ import annotations
@@ -51,9 +55,10 @@ from dspex_actors.messages import (
     UpdateVariables,
 )
 from dspex_actors.redis import pages, scripts
-from dspex_actors.redis.connections import CHAIN_LENGTH, Unreplicated, current_scope
+from dspex_actors.redis.connections import CHAIN_LENGTH, current_scope
 from dspex_actors.redis.scripts import Script
-from dspex_actors.redis.session import Definition, RedisSession, Retry, pack, text, unpack
+from dspex_actors.redis.session import Definition, Retry, SessionEngine, pack, text, unpack
+from dspex_actors.redis.steps import Steps, Unreplicated
 from dspex_actors.session import Record, SessionTable
 from dspex_actors.text import describe_value
 from dspex_actors.vartypes import (
@@ -89,8 +94,8 @@ write's ``OutcomeUnknown`` can be settled for about as long."""
 
 
 def send(
-    session: RedisSession, script: Script, args: Sequence[Any], extra_time: float = 0.0
-) -> list[Any]:
+    session: SessionEngine, script: Script, args: Sequence[Any], extra_time: float = 0.0
+) -> Steps[list[Any]]:
     """Run a write script with a fresh request id; its reply, decoded.
 
     Redis refuses the script when it arrives after the call's deadline. One that
@@ -123,7 +128,9 @@ def send(
     terms = f"{retain} {expires_ms}" if expires_ms > 0 else str(retain)
     request = [session.keys, [session.incarnation, request_id, session.history, terms, *args]]
     try:
-        packed = session.call(script, *request, write=True, extra_time=extra_time)
+        packed = yield from session.call(
+            script, *request, write=True, extra_time=extra_time, request_id=request_id
+        )
     except SessionNotFound:
         if scope is not None:  # "gone" is not remembered: the number is unused
             scope.attempts -= 1
@@ -131,7 +138,9 @@ def send(
     except OutcomeUnknown as unknown:
         if scope is not None:
             raise
-        packed = _settle_unknown(session, script, request, unknown, request_id, started, retain)
+        packed = yield from _settle_unknown(
+            session, script, request, unknown, request_id, started, retain
+        )
     except Unreplicated as short:
         raise _unreplicated(session, script, short, request_id, started, retain) from None
     reply: list[Any] = unpack(packed)
@@ -147,7 +156,7 @@ def send(
 
 
 def _unreplicated(
-    session: RedisSession,
+    session: SessionEngine,
     script: Script,
     short: Unreplicated,
     request_id: str,
@@ -163,35 +172,42 @@ def _unreplicated(
         session_id=session.session_id,
         request_id=request_id,
     )
-    return unknown.settled_by(
+    settler = session.settler(
         lambda: settle_writes(session, [request_id], time.monotonic() - started, retain)
     )
+    return unknown if settler is None else unknown.settled_by(settler)
 
 
 def _settle_unknown(
-    session: RedisSession,
+    session: SessionEngine,
     script: Script,
     request: list[Any],
     unknown: OutcomeUnknown,
     request_id: str,
     started: float,
     retain: int,
-) -> Any:
+) -> Steps[Any]:
     """A write that got no answer: settled within a short bound (see :func:`send`)."""
     bound = min(session.timeout, SETTLE_SECONDS)
     unknown = OutcomeUnknown(
         f"{unknown.message}; settle() tells", session_id=session.session_id, request_id=request_id
     )
 
-    def settle_later() -> bool:
+    def settle_later() -> Steps[bool]:
         try:
-            return settle_writes(session, [request_id], time.monotonic() - started, retain)
+            return (
+                yield from settle_writes(session, [request_id], time.monotonic() - started, retain)
+            )
         except BridgeUnavailable as exc:  # still not reachable: still unknown
             raise unknown from exc
 
-    unknown.settled_by(settle_later)
+    settler = session.settler(settle_later)
+    if settler is not None:
+        unknown.settled_by(settler)
     try:
-        applied = settle_writes(session, [request_id], time.monotonic() - started, retain, bound)
+        applied = yield from settle_writes(
+            session, [request_id], time.monotonic() - started, retain, bound
+        )
     except StateError:
         raise unknown from None
     if not applied:
@@ -202,18 +218,22 @@ def _settle_unknown(
             settled=True,
         )
     try:  # applied: its request id fetches the reply Redis remembered
-        return session.call(script, *request, write=True, budget=bound)
+        return (
+            yield from session.call(
+                script, *request, write=True, budget=bound, request_id=request_id
+            )
+        )
     except StateError:
         raise unknown from None
 
 
 def settle_writes(
-    session: RedisSession,
+    session: SessionEngine,
     request_ids: Sequence[str],
     age: float,
     retain: float,
     budget: float | None = None,
-) -> bool:
+) -> Steps[bool]:
     """Whether the write that sent ``request_ids`` (in order; first sent ``age``
     seconds ago; its replies remembered ``retain`` seconds) was applied; after
     False it never will be. ``OutcomeUnknown`` when Redis may have forgotten it."""
@@ -225,7 +245,7 @@ def settle_writes(
             "was applied",
             session_id=session.session_id,
         )
-    reply = session.call(
+    reply = yield from session.call(
         scripts.SETTLE,
         session.keys,
         [session.incarnation, int(retain), *request_ids],
@@ -242,7 +262,7 @@ def _stamp(seconds: float) -> str:
     return repr(float(seconds))
 
 
-def register(session: RedisSession, op: RegisterVariable) -> str:
+def register(session: SessionEngine, op: RegisterVariable) -> Steps[str]:
     """Check the definition, value and metadata here, then add the variable with its
     event in one script (a taken name or the variable limit refused there)."""
     name, type_name, initial_value = op.name, op.type_name, op.initial_value
@@ -257,11 +277,11 @@ def register(session: RedisSession, op: RegisterVariable) -> str:
             meta["description"] = description
             check_metadata_size(name, meta, limits)
     except StateError:
-        _register_preconditions(session, name)  # the session actor checks those first
+        yield from _register_preconditions(session, name)  # the actor checks those first
         raise
     while True:
         var_id = f"var_{uuid.uuid4().hex}"
-        reply = send(
+        reply = yield from send(
             session,
             scripts.REGISTER,
             [
@@ -285,16 +305,16 @@ def register(session: RedisSession, op: RegisterVariable) -> str:
     return var_id
 
 
-def _register_preconditions(session: RedisSession, name: str) -> None:
+def _register_preconditions(session: SessionEngine, name: str) -> Steps[None]:
     """Raise what the session actor checks before a registration's type and value
     (a taken name, the variable limit), on the failure path only."""
-    if session.describe([name]):
+    if (yield from session.describe([name])):
         raise session.exists_error(name)
-    held = int(session.read(scripts.INFO, "0")[1])
+    held = int((yield from session.read(scripts.INFO, "0"))[1])
     check_variable_count(session.session_id, held, 1, session.limits)
 
 
-def set_value(session: RedisSession, op: SetVariable) -> int:
+def set_value(session: SessionEngine, op: SetVariable) -> Steps[int]:
     """Check the value against the variable's cached definition here, then write it
     in one script that checks the definition, the version and the incarnation; a
     plan that met a change is made again from what Redis holds."""
@@ -306,7 +326,11 @@ def set_value(session: RedisSession, op: SetVariable) -> int:
     fresh = False
     while True:
         try:
-            return _set_once(session, identifier, new_value, metadata, expected_version, fresh)
+            return (
+                yield from _set_once(
+                    session, identifier, new_value, metadata, expected_version, fresh
+                )
+            )
         except Retry:
             fresh = True
             session.forget(identifier)
@@ -318,14 +342,16 @@ def set_value(session: RedisSession, op: SetVariable) -> int:
 
 
 def _set_once(
-    session: RedisSession,
+    session: SessionEngine,
     identifier: str,
     new_value: Any,
     metadata: Mapping[str, Any] | None,
     expected_version: int | None,
     fresh: bool,
-) -> int:
-    found = session.definitions_for([identifier], fresh, with_metadata=metadata is not None)
+) -> Steps[int]:
+    found = yield from session.definitions_for(
+        [identifier], fresh, with_metadata=metadata is not None
+    )
     definition = found.get(identifier)
     if definition is None:
         raise session.missing(identifier)
@@ -352,7 +378,7 @@ def _set_once(
         if expected_version is not None and expected_version != version:
             raise session.conflict(name, expected_version, version) from None
         raise
-    reply = send(
+    reply = yield from send(
         session,
         scripts.SET,
         [
@@ -379,7 +405,7 @@ def _set_once(
     raise Retry  # stale, moved, or not found in a cached definition
 
 
-def update(session: RedisSession, op: UpdateVariables) -> int:
+def update(session: SessionEngine, op: UpdateVariables) -> Steps[int]:
     """Apply every update or none, in one script; ``PartialFailure`` names each
     failing entry (checked here against the definitions in Redis). Answers the
     session's next event sequence after the batch."""
@@ -388,7 +414,7 @@ def update(session: RedisSession, op: UpdateVariables) -> int:
     fresh = False
     while True:
         try:
-            return _update_once(session, batch, metadata, fresh)
+            return (yield from _update_once(session, batch, metadata, fresh))
         except Retry:
             fresh = True
             if time.monotonic() > deadline:
@@ -398,10 +424,12 @@ def update(session: RedisSession, op: UpdateVariables) -> int:
                 ) from None
 
 
-def _update_once(session: RedisSession, batch: dict[Any, Any], metadata: Any, fresh: bool) -> int:
-    staged, merged = _plan_batch(session, batch, metadata, fresh)
+def _update_once(
+    session: SessionEngine, batch: dict[Any, Any], metadata: Any, fresh: bool
+) -> Steps[int]:
+    staged, merged = yield from _plan_batch(session, batch, metadata, fresh)
     if not staged:
-        return int(session.read(scripts.INFO, "0")[0])
+        return int((yield from session.read(scripts.INFO, "0"))[0])
     args: list[Any] = [len(staged), "1" if merged else "0"]
     for definition, checked, identifier in staged.values():
         entry = merged.get(definition.id)
@@ -413,7 +441,7 @@ def _update_once(session: RedisSession, batch: dict[Any, Any], metadata: Any, fr
             pack(checked),
             b"" if entry is None else pack(entry[1]),
         ]
-    reply = send(session, scripts.UPDATE, args)
+    reply = yield from send(session, scripts.UPDATE, args)
     code = reply[0]
     if code == "ok":
         for (definition, _, _), version in zip(staged.values(), reply[1], strict=True):
@@ -429,13 +457,13 @@ def _update_once(session: RedisSession, batch: dict[Any, Any], metadata: Any, fr
 
 
 def _plan_batch(
-    session: RedisSession, batch: dict[Any, Any], metadata: Any, fresh: bool
-) -> tuple[dict[str, tuple[Definition, Any, str]], dict[str, tuple[int, dict[str, Any]]]]:
+    session: SessionEngine, batch: dict[Any, Any], metadata: Any, fresh: bool
+) -> Steps[tuple[dict[str, tuple[Definition, Any, str]], dict[str, tuple[int, dict[str, Any]]]]]:
     """Check a batch as the session actor does: the entries to write (id ->
     definition, checked value, identifier as given) and, for a batch with
     metadata, each one's merged metadata and the version it was merged on."""
     limits = session.limits
-    definitions = session.definitions_for(
+    definitions = yield from session.definitions_for(
         [i for i in batch if session.identifies(i)], fresh, with_metadata=metadata is not None
     )
     errors: dict[str, StateError] = {}
@@ -486,7 +514,7 @@ def _plan_batch(
 
 
 def _wrote(
-    session: RedisSession, var_id: str, version: int, merged: tuple[int, dict[str, Any]] | None
+    session: SessionEngine, var_id: str, version: int, merged: tuple[int, dict[str, Any]] | None
 ) -> None:
     """Keep the metadata a write left (known when it merged some, or when the
     version it wrote follows the one kept), so the next merge needs no read."""
@@ -499,27 +527,27 @@ def _wrote(
         session.metadata.pop(var_id, None)
 
 
-def delete(session: RedisSession, op: DeleteVariable) -> None:
+def delete(session: SessionEngine, op: DeleteVariable) -> Steps[None]:
     identifier = op.identifier
     if not session.identifies(identifier):
         raise session.missing(identifier)
-    reply = send(session, scripts.DELETE, [identifier])
+    reply = yield from send(session, scripts.DELETE, [identifier])
     session.forget(identifier)
     if reply[0] == "not_found":
         raise session.missing(identifier)
 
 
-def add(session: RedisSession, op: ImportState) -> bytes:
+def add(session: SessionEngine, op: ImportState) -> Steps[bytes]:
     """Import, then (``want_digest``) the digest of what Redis then holds, read back."""
-    _add_columns(session, op.columns, op.continue_from)
+    yield from _add_columns(session, op.columns, op.continue_from)
     if not op.want_digest:
         return b""
-    return columns_digest(pages.columns(session))
+    return columns_digest((yield from pages.columns(session)))
 
 
 def _add_columns(
-    session: RedisSession, columns: ExportColumns, continue_from: int | None = None
-) -> None:
+    session: SessionEngine, columns: ExportColumns, continue_from: int | None = None
+) -> Steps[None]:
     """Import every variable or none: checked here as the session actor checks an
     import, then added (names and ids new to the session, the variable limit
     kept) with their change events in one script. With ``continue_from`` (a
@@ -531,7 +559,7 @@ def _add_columns(
         records = records_from_columns(columns, SessionTable(session.session_id), limits)
         session_meta = check_metadata("<session>", columns.metadata, limits)
     except StateError:
-        _import_preconditions(session, columns)  # the session actor's order of checks
+        yield from _import_preconditions(session, columns)  # the session actor's order
         raise
     pairs = list(session_meta.items())
     args: list[Any] = [
@@ -554,7 +582,9 @@ def _add_columns(
             _stamp(record.last_updated_at),
         ]
     # An import runs in Redis for about 30 us a variable; allow ten times that.
-    reply = send(session, scripts.IMPORT, args, extra_time=_IMPORT_SECONDS * len(records))
+    reply = yield from send(
+        session, scripts.IMPORT, args, extra_time=_IMPORT_SECONDS * len(records)
+    )
     if reply[0] == "limit":
         check_variable_count(session.session_id, int(reply[1]), len(records), limits)
     if reply[0] == "exists":
@@ -569,10 +599,10 @@ def _add_columns(
         session.forget(record.name)
 
 
-def _import_preconditions(session: RedisSession, columns: ExportColumns) -> None:
+def _import_preconditions(session: SessionEngine, columns: ExportColumns) -> Steps[None]:
     """Check ``columns`` as the session actor would, against the session's names
     and ids (read now): raises the error it would raise first."""
-    flat = session.read(scripts.NAMES)
+    flat = yield from session.read(scripts.NAMES)
     table = SessionTable(session.session_id)
     placeholder = compile_type("<placeholder>", "integer", None)
     for at in range(0, len(flat), 2):

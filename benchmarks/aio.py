@@ -22,7 +22,7 @@ import grpc.aio
 from benchmarks.servers import ECHO_METHOD, ECHO_STREAM_METHOD
 from benchmarks.suite import Op, Run, alternating, sample_ops
 from benchmarks.timing import Sampler
-from dspex_actors.aio import AsyncBridgedState, AsyncLocalState
+from dspex_actors.aio import AsyncBridgedState, AsyncLocalState, AsyncRedisState
 
 SUITE = "aio"
 NOOP = "aio.noop"
@@ -257,6 +257,22 @@ def run(run: Run) -> None:
                     "get",
                     lambda: client.get("bench:aio"),
                     ECHO,
+                )
+            )
+            redis_state = loop.run_until_complete(
+                AsyncRedisState.init(url=f"redis://127.0.0.1:{redis_server.port}/0", timeout=30)
+            )
+            cleanup.callback(lambda: loop.run_until_complete(redis_state.aclose()))
+            loop.run_until_complete(redis_state.register_variable("temperature", "float", 0.7))
+            ops.append(
+                _op(
+                    loop,
+                    "aio.redis_state.get",
+                    "AsyncRedisState get_variable",
+                    "redis",
+                    "get",
+                    lambda: redis_state.get_variable("temperature"),
+                    REDIS_GET,
                 )
             )
         sample_ops(run, SUITE, "aio", ops, samples)

@@ -68,8 +68,6 @@ _DECODE_APART = BULK_ITEMS * 100
 executor, so the loop keeps serving others meanwhile."""
 _LAST_WORDS = 1.0
 """Seconds a stopping server gives its Calls streams for their last reply, at least."""
-_END = object()
-"""The last item of a Calls stream's inbox: its requests end (or the server stops)."""
 
 
 _OK = grpc.StatusCode.OK.name
@@ -165,33 +163,32 @@ def _client_max_reply(context: grpc.aio.ServicerContext[Any, Any]) -> int:
     return 1 << 62
 
 
-async def _read_into(
-    requests: AsyncIterator[pb.CallRequest], inbox: asyncio.Queue[object], most: int
-) -> None:
-    """Put a Calls stream's requests in its inbox (each of a message's ``more`` as a
-    call of its own) with when it arrived; None for one that is not protobuf, or
-    whose ``more`` holds ``most`` calls or more or nests them; then _END, always."""
+async def _read_calls(
+    requests: AsyncIterator[pb.CallRequest],
+    admit: Callable[[pb.CallRequest, float], pb.CallReply | None],
+    replies: Replies,
+    most: int,
+) -> bool:
+    """Admit a Calls stream's requests as they arrive (each of a message's ``more`` as
+    a call of its own, with when it arrived), writing each refusal; False at a message
+    that is not protobuf, or whose ``more`` holds ``most`` calls or more or nests them
+    (the stream then ends), True when the client ends its side. Admitting starts a
+    call in this turn: no queue between the read and the call's task."""
     try:
         async for request in requests:
             arrived = time.monotonic()
             more = list(request.more)
             if more:  # calls coalesced in one message: each is a call of its own
                 if len(more) >= most or any(call.more for call in more):
-                    await inbox.put(None)  # more than the stream runs, or nested
-                    return
+                    return False  # more than the stream runs, or nested
                 del request.more[:]
-            await inbox.put((request, arrived))
-            for call in more:
-                await inbox.put((call, arrived))
+            for call in (request, *more) if more else (request,):
+                refusal = admit(call, arrived)
+                if refusal is not None:
+                    await replies.send(refusal)
     except DecodeError:
-        await inbox.put(None)
-    finally:
-        while True:  # room for _END, even in a full inbox (its handler is stuck
-            try:  # writing to a client that reads nothing; that call goes unanswered)
-                inbox.put_nowait(_END)
-                break
-            except asyncio.QueueFull:
-                inbox.get_nowait()
+        return False
+    return True
 
 
 def _failure(call: int, error: StateError) -> pb.CallReply:
@@ -334,10 +331,6 @@ class SessionStoreServicer:
         LimitExceeded, not run."""
         running: set[asyncio.Task[None]] = set()
         limits = self._limits
-        # The requests are read by a task of ours into a bounded inbox, so that a
-        # stopping server can end the stream (by stopping the reader, which then
-        # puts _END) instead of waiting for the client's next message.
-        inbox: asyncio.Queue[object] = asyncio.Queue(limits.max_calls_per_connection)
         loop = asyncio.get_running_loop()
         max_reply = min(limits.max_message_bytes + codec.FRAMING_BYTES, _client_max_reply(context))
         batch = _said(context, codec.CALLS_BATCH_KEY)  # (running: the writer's task too)
@@ -353,52 +346,59 @@ class SessionStoreServicer:
         if self._draining:  # opened while the server stops: nothing on it will be read
             await replies.send(_failure(0, _stopped_stream()))
             return
-        reader = loop.create_task(_read_into(requests, inbox, limits.max_calls_per_connection))
+
+        def admit(request: pb.CallRequest, arrived: float) -> pb.CallReply | None:
+            """Start one call, or say why not (its refusal, to be written)."""
+            refused: StateError | None = None
+            reason = ""
+            if self._draining:
+                refused, reason = _stopping(), "stopping"
+            elif (
+                len(running) >= limits.max_calls_per_connection
+                or self._streamed_calls >= limits.max_concurrent_calls
+            ):
+                reason = (
+                    "max_calls_per_connection"
+                    if len(running) >= limits.max_calls_per_connection
+                    else "max_concurrent_calls"
+                )
+                refused = LimitExceeded(
+                    f"{len(running)} calls run on this stream and {self._streamed_calls} "
+                    f"on all: not run (rule {reason!r})",
+                    limit=reason,
+                )
+            if refused is not None:
+                self._refused_streamed(request, arrived, refused, reason)
+                return _failure(request.call, refused)
+            # Counted from now (the task may start later) until its dispatch is
+            # done, or it ends unstarted (cancelled): whichever comes first.
+            self._streamed_calls += 1
+            slot = [True]
+            task = loop.create_task(
+                self._streamed(request, arrived, context, replies, max_reply, slot)
+            )
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(functools.partial(self._released, slot))
+            return None
+
+        # The requests are read by a task of ours, so that a stopping server can end
+        # the stream (by cancelling the reader) instead of waiting for the client's
+        # next message.
+        most = limits.max_calls_per_connection
+        reader = loop.create_task(_read_calls(requests, admit, replies, most))
         self._streams[reader] = running
         handler = asyncio.current_task()
         if handler is not None:
             self._handlers.add(handler)
         try:
-            while (item := await inbox.get()) is not _END:
-                request, arrived = item if isinstance(item, tuple) else (None, 0.0)
-                if not isinstance(request, pb.CallRequest):
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "Calls: a message that is not a CallRequest ends the stream",
-                    )
-                    return
-                refused: StateError | None = None
-                reason = ""
-                if self._draining:
-                    refused, reason = _stopping(), "stopping"
-                elif (
-                    len(running) >= limits.max_calls_per_connection
-                    or self._streamed_calls >= limits.max_concurrent_calls
-                ):
-                    reason = (
-                        "max_calls_per_connection"
-                        if len(running) >= limits.max_calls_per_connection
-                        else "max_concurrent_calls"
-                    )
-                    refused = LimitExceeded(
-                        f"{len(running)} calls run on this stream and {self._streamed_calls} "
-                        f"on all: not run (rule {reason!r})",
-                        limit=reason,
-                    )
-                if refused is not None:
-                    self._refused_streamed(request, arrived, refused, reason)
-                    await replies.send(_failure(request.call, refused))
-                    continue
-                # Counted from now (the task may start later) until its dispatch is
-                # done, or it ends unstarted (cancelled): whichever comes first.
-                self._streamed_calls += 1
-                slot = [True]
-                task = loop.create_task(
-                    self._streamed(request, arrived, context, replies, max_reply, slot)
+            await asyncio.wait([reader])  # the client's side ends, or the server stops
+            if not reader.cancelled() and reader.exception() is None and not reader.result():
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "Calls: a message that is not a CallRequest ends the stream",
                 )
-                running.add(task)
-                task.add_done_callback(running.discard)
-                task.add_done_callback(functools.partial(self._released, slot))
+                return
             if running:  # the client closed its side, or the server stops: answer them
                 await asyncio.gather(*running, return_exceptions=True)
             if self._draining:
@@ -466,7 +466,7 @@ class SessionStoreServicer:
         # says "not run" of it (it may have reached the store), and ends unanswered
         # when the server stops: the client settles it, or finds it unknown.
         for reader in list(self._streams):
-            reader.cancel()  # it puts _END: its stream's handler answers what runs, returns
+            reader.cancel()  # its stream's handler then answers what runs, and returns
         handlers = list(self._handlers)
         # Each says, in its last reply, that the rest never ran: given a moment for it
         # even when the grace is spent (a loaded machine needs one).

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from dspex_actors.bulk import BULK_ITEMS
 from dspex_actors.redis.connections import redis_module
+from dspex_actors.redis.options import connection_setup, sentinel_arguments
 from dspex_actors.redis.steps import (
     Attempt,
     Pause,
@@ -40,7 +41,7 @@ from dspex_actors.redis.steps import (
     replicated,
     script_command,
 )
-from dspex_actors.urls import RedisTarget, bad_redis_url, redacted, redis_target
+from dspex_actors.urls import bad_redis_url, redacted
 
 __all__ = [
     "BULK_ELEMENTS",
@@ -57,8 +58,6 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
 _MAX_IDLE_CONNECTIONS = 32
-_SENTINEL_TIMEOUT = 1.0
-"""Seconds a Sentinel may take to answer which node is the primary (then the next is asked)."""
 _REMAP_PAUSE = 0.05
 """Seconds between two readings of a cluster's slot map (many calls fail at once)."""
 
@@ -116,34 +115,12 @@ class AsyncConnections:
         import redis.exceptions
 
         self.url = url
-        self.target: RedisTarget = redis_target(url)
+        self.target, self.wait, self._options = connection_setup(
+            url, timeout, redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
+        )
         self.clustered = self.target.kind == "cluster"
         self.errors = redis.exceptions
-        self.wait: bytes | None = None
-        if self.target.wait_replicas:
-            if self.target.wait_timeout_ms >= timeout * 1000:
-                raise bad_redis_url(
-                    url,
-                    f"wait_timeout {self.target.wait_timeout_ms} ms is not below the call "
-                    f"timeout of {timeout}s: a WAIT would outlast its call",
-                )
-            self.wait = pack_command(
-                "WAIT", self.target.wait_replicas, self.target.wait_timeout_ms
-            )
         self._timeout = timeout
-        self._options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
-            "health_check_interval": 0,
-            "protocol": 2,  # the replies parsed here are RESP2's
-        }
-        try:  # redis-py 7+: no maintenance notifications (one command less per connect)
-            from redis.maint_notifications import MaintNotificationsConfig
-        except ImportError:
-            pass
-        else:
-            self._options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
         self._closers: list[Callable[[], Any]] = []
         self._single: AsyncNodeConnections | None = None
         self._cluster: Any = None  # redis.asyncio's RedisCluster, made at the first call
@@ -167,20 +144,8 @@ class AsyncConnections:
         from redis.asyncio.sentinel import Sentinel
 
         target = self.target
-        asking = min(self._timeout, _SENTINEL_TIMEOUT)
-        sentinel_options: dict[str, Any] = {
-            "socket_timeout": asking,
-            "socket_connect_timeout": asking,
-        }
-        if target.sentinel_password is not None:
-            sentinel_options["password"] = target.sentinel_password
         sentinel = Sentinel(
-            list(target.nodes),
-            sentinel_kwargs=sentinel_options,
-            db=target.db,
-            username=target.username,
-            password=target.password,
-            **self._options,
+            list(target.nodes), **sentinel_arguments(target, self._timeout, self._options)
         )
         client = sentinel.master_for(target.service)
         self._closers.append(client.aclose)

@@ -44,6 +44,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from dspex_actors.redis.options import connection_setup, sentinel_arguments
 from dspex_actors.redis.scripts import Script
 from dspex_actors.redis.steps import (
     Attempt,
@@ -52,11 +53,10 @@ from dspex_actors.redis.steps import (
     Unanswered,
     Unreplicated,
     classify,
-    pack_command,
     replicated,
     script_command,
 )
-from dspex_actors.urls import RedisTarget, bad_redis_url, redacted, redis_target
+from dspex_actors.urls import bad_redis_url, redacted
 
 if TYPE_CHECKING:
     from redis.connection import AbstractConnection
@@ -86,8 +86,6 @@ _MAX_IDLE_CONNECTIONS = 32
 _MISSING_EXTRA = (
     "RedisState needs redis-py, which comes with the extra: pip install 'dspex_actors[redis]'"
 )
-_SENTINEL_TIMEOUT = 1.0
-"""Seconds a Sentinel may take to answer which node is the primary (then the next is asked)."""
 _REMAP_PAUSE = 0.05
 """Seconds between two readings of a cluster's slot map (many calls fail at once)."""
 
@@ -167,35 +165,13 @@ class Connections:
         redis = redis_module()
         self.key = key
         self.url = url
-        self.target: RedisTarget = redis_target(url)
+        self.target, self.wait, self._options = connection_setup(
+            url, timeout, redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+        )
         self.clustered = self.target.kind == "cluster"
         self.errors = redis.exceptions
         self.users = 0
-        self.wait: bytes | None = None
-        if self.target.wait_replicas:
-            if self.target.wait_timeout_ms >= timeout * 1000:
-                raise bad_redis_url(
-                    url,
-                    f"wait_timeout {self.target.wait_timeout_ms} ms is not below the call "
-                    f"timeout of {timeout}s: a WAIT would outlast its call",
-                )
-            self.wait = pack_command(
-                "WAIT", self.target.wait_replicas, self.target.wait_timeout_ms
-            )
         self._timeout = timeout
-        self._options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-            "health_check_interval": 0,
-            "protocol": 2,  # the replies parsed here are RESP2's
-        }
-        try:  # redis-py 7+: no maintenance notifications (one command less per connect)
-            from redis.maint_notifications import MaintNotificationsConfig
-        except ImportError:
-            pass
-        else:
-            self._options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
         self._lock = threading.Lock()
         self._closers: list[Callable[[], None]] = []
         self._single: NodeConnections | None = None
@@ -219,20 +195,8 @@ class Connections:
         from redis.sentinel import Sentinel
 
         target = self.target
-        asking = min(self._timeout, _SENTINEL_TIMEOUT)
-        sentinel_options: dict[str, Any] = {
-            "socket_timeout": asking,
-            "socket_connect_timeout": asking,
-        }
-        if target.sentinel_password is not None:
-            sentinel_options["password"] = target.sentinel_password
         sentinel = Sentinel(
-            list(target.nodes),
-            sentinel_kwargs=sentinel_options,
-            db=target.db,
-            username=target.username,
-            password=target.password,
-            **self._options,
+            list(target.nodes), **sentinel_arguments(target, self._timeout, self._options)
         )
         client = sentinel.master_for(target.service)
         self._closers += [client.close, sentinel.close]  # its pool: what connections ask

@@ -11,7 +11,6 @@ drops it for good; closing the handle while its copy loads leaves nothing runnin
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc.aio
 import pytest
+from cache_support import HALF_A_BATCH, known_gap
 from tcp_proxy import TcpProxy
 
 from dspex_actors import BridgedState, failpoints
@@ -361,36 +361,16 @@ class AsyncBridgedStateOwner:
 # -- the whole contract, answered from the copy where it can be -------------------------
 
 
-HALF_A_BATCH = (
-    "known gap of the copy, shared with the sync cache (BridgedState(cache=True) fails "
-    "it the same way): it applies a batch's events one at a time, and no event says "
-    "where its batch ends, so a read between two of them sees half of it (fixing it "
-    "needs the event to carry its batch's end)"
-)
-
-
-def _known_gap(test: Callable[..., None], reason: str, strict: bool) -> Callable[..., None]:
-    """The kit's test, expected to fail here (a wrapper: the kit's own function, which
-    every other backend runs, is left unmarked)."""
-
-    @functools.wraps(test)
-    def gap(*args: Any, **kwargs: Any) -> None:
-        test(*args, **kwargs)
-
-    marked: Callable[..., None] = pytest.mark.xfail(reason=reason, strict=strict)(gap)
-    return marked
-
-
 class TestCachedAsyncBridgedStateCompliance(StateProviderContract):
     """The compliance kit on ``AsyncBridgedState.init(cache=True)`` (each handle on
     the embedded server): every answer the copy gives must be the server's."""
 
     provider = blocking(AsyncBridgedState, capabilities=BridgedState.capabilities())
 
-    test_readers_never_see_half_a_batch = _known_gap(
+    test_readers_never_see_half_a_batch = known_gap(
         StateProviderContract.test_readers_never_see_half_a_batch, HALF_A_BATCH, strict=True
     )
-    test_export_never_shows_half_a_batch = _known_gap(
+    test_export_never_shows_half_a_batch = known_gap(
         StateProviderContract.test_export_never_shows_half_a_batch, HALF_A_BATCH, strict=True
     )
 

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import grpc
 import grpc.aio
 
-from dspex_actors.aio.cache import CacheFeed, OnConnect
+from dspex_actors.aio.cache import CacheFeed, OnConnect, told
 from dspex_actors.aio.calls import AsyncCallStream
 from dspex_actors.aio.following import OPENED, PROGRESSED, EventStream, in_thread
 from dspex_actors.aio.methods import AsyncRemoteSessionMethods
@@ -464,7 +464,10 @@ class AsyncBridgedState(AsyncRemoteSessionMethods):
         if self._closed:
             raise self._closed_error()
         position: list[int | None] = [None]
-        return EventStream(self._watch(pattern, start, position), lambda: position[0])
+        events = self._watch(pattern, start, position)
+        if self._cache is not None:
+            events = told(events, self._cache)
+        return EventStream(events, lambda: position[0])
 
     async def _watch(
         self,

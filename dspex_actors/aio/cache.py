@@ -33,7 +33,7 @@ from dspex_actors.errors import BridgeUnavailable, StateError
 from dspex_actors.records import VariableRecord
 from dspex_actors.streaming import Event
 
-__all__ = ["CacheFeed", "Follow", "OnConnect"]
+__all__ = ["CacheFeed", "Follow", "OnConnect", "told"]
 
 logger = logging.getLogger(__name__)
 
@@ -194,3 +194,17 @@ class CacheFeed:
                     task.result()
         self.copy.end()
         self._moved()
+
+
+async def told(
+    events: AsyncGenerator[Event, None], copy: SessionCopy
+) -> AsyncGenerator[Event, None]:
+    """``events``, each told to the handle's copy before it is handed on (as the sync
+    handle's :class:`~dspex_actors.bridge.client.cache.Told`): a caller reading back
+    never finds the copy older than the event it was given."""
+    try:
+        async for event in events:
+            copy.told(event.sequence)
+            yield event
+    finally:
+        await events.aclose()

@@ -40,7 +40,7 @@ from typing import Any, ClassVar, NamedTuple, Self, TypeVar
 from dspex_actors.bridge import embedded
 from dspex_actors.bridge.client import channels
 from dspex_actors.bridge.client.attempts import Attempts, MaybeApplied, settled_not_applied
-from dspex_actors.bridge.client.cache import MISS, SCALARS, RecordCache
+from dspex_actors.bridge.client.cache import MISS, SCALARS, RecordCache, Told
 from dspex_actors.bridge.client.calls import CallStream, GoUnary, Unanswered
 from dspex_actors.bridge.client.channels import SYSTEM_ROOTS
 from dspex_actors.bridge.client.watch import WATCH_DEADLINE, WatchSource
@@ -528,13 +528,15 @@ class BridgedState(RemoteSessionMethods):
 
     # -- change events ----------------------------------------------------------------
 
-    def events(self, pattern: str | None, start: int | None = None) -> WatchSource:
+    def events(self, pattern: str | None, start: int | None = None) -> WatchSource | Told:
         """The server's Watch stream from ``start`` (None: from where the session is
         when the server takes the watch), opened again after any outage from where
         it stopped (:mod:`dspex_actors.bridge.client.watch`); ``subscribe`` returns
         once the server holds it, or raises ``BridgeUnavailable`` after the handle's
-        timeout."""
-        return self._watch(pattern, start)
+        timeout. With a cache, the copy hears of each event before it is handed on
+        (:class:`~dspex_actors.bridge.client.cache.Told`)."""
+        source = self._watch(pattern, start)
+        return source if self._cache is None else Told(source, self._cache)
 
     def _subscribed(self, subscription: Subscription) -> None:
         """Kept, to be ended with the handle (after the session's last events, when

@@ -12,6 +12,9 @@ its session and answers ``get_variable``, ``get_variables``, ``get_record`` and
 * **Never stale while disconnected.** While the stream is down (and until the copy
   has been re-read after it came back, or after an ``overflow``), every read goes
   to the server. After a ``closed`` event the copy is dropped for good.
+* **Never older than an event the handle gave out.** A subscriber of the handle is
+  told of a change by a stream of its own; until the copy has taken that change in
+  too, every read goes to the server (:class:`Told`).
 
 The copy is loaded from a listing taken after the stream started, and events that
 arrive meanwhile are applied on top by version, so nothing between the two is
@@ -25,6 +28,10 @@ next). :class:`RecordCache` is the sync handle's: fed from its Watch
 subscription's thread, it loads and fetches through the handle's own blocking
 calls and lets threads wait on it. The asyncio handle's feed is a task that awaits
 its own listing (:mod:`dspex_actors.aio.cache`).
+
+**Length.** Past 600 lines: the one consistency model, its bookkeeping and the
+sync feed and source that drive it, kept together so that every rule of it reads
+in one place (the asyncio feed, in :mod:`dspex_actors.aio.cache`, only drives it).
 
 The copy keeps each variable as a :class:`CachedRecord`, a ``NamedTuple``, not a
 VariableRecord: the handle's inline read takes ``.value`` through a C tuple getter,
@@ -47,7 +54,16 @@ from dspex_actors.records import VariableRecord, name_matches, variable_not_foun
 from dspex_actors.streaming import Event
 from dspex_actors.vartypes import plain_copy
 
-__all__ = ["ABSENT", "MISS", "RELOAD", "SCALARS", "CachedRecord", "RecordCache", "SessionCopy"]
+__all__ = [
+    "ABSENT",
+    "MISS",
+    "RELOAD",
+    "SCALARS",
+    "CachedRecord",
+    "RecordCache",
+    "SessionCopy",
+    "Told",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +146,10 @@ class SessionCopy:
         # The last event sequence this copy has taken in: the feed's first start
         # sets it (the listing taken once the feed is up covers what came before).
         self._applied = -1
+        # The last event this handle's own subscribers were told of: until the copy
+        # has taken it in, every read goes to the server (one told of a change and
+        # reading back must not find the copy older than what it was told).
+        self._told = -1
         self._caught_up = threading.Condition(self._lock)
         self._pending: list[Event] | None = None  # events met while (re)loading
 
@@ -246,7 +266,7 @@ class SessionCopy:
         self._applied = max(self._applied, sequence)
         if self._behind:
             self._behind = {k: q for k, q in self._behind.items() if q - 1 > self._applied}
-            self._sync_flag()
+        self._sync_flag()
 
     def completed(self, var_id: str, whole: VariableRecord) -> None:
         """A new variable's record as the server gave it: its type and constraints
@@ -365,12 +385,21 @@ class SessionCopy:
             self._sync_flag()
 
     def _sync_flag(self) -> None:
-        """Keep ``expected`` non-empty while any identifier waits on a sequence (the
-        hot read checks ``expected`` alone)."""
-        if self._behind:
+        """Keep ``expected`` non-empty while any identifier waits on a sequence, or
+        the copy is behind what a subscriber was told (the hot read checks
+        ``expected`` alone)."""
+        if self._behind or self._applied < self._told:
             self.expected.setdefault(_WAITING, 0)
         else:
             self.expected.pop(_WAITING, None)
+
+    def told(self, sequence: int) -> None:
+        """A subscriber of this handle is about to be told of event ``sequence``:
+        until the copy has taken it in, reads go to the server."""
+        with self._lock:
+            if sequence > self._told and sequence > self._applied:
+                self._told = sequence
+                self._sync_flag()
 
     def expect_gone(self, identifier: str) -> None:
         """This handle deleted ``identifier``: reads must not find it any more."""
@@ -389,6 +418,8 @@ class SessionCopy:
         behind = self._behind
         if behind and (identifier in behind or var_id in behind):
             return MISS  # a batch of this handle's that the copy has not taken in yet
+        if self._applied < self._told:
+            return MISS  # a subscriber was told of a change the copy has not taken in
         for key in {identifier, var_id}:
             wanted = self.expected.get(key)
             if wanted is None:
@@ -503,6 +534,37 @@ class SessionCopy:
                 return MISS  # a write of ours not seen yet, or a record not whole
             records = [r for r in self.by_id.values() if name_matches(r.name, pattern)]
         return [_copied(record) for record in records]
+
+
+class Told:
+    """A source of this handle's own events, for a handle that keeps a copy: before
+    its events reach the subscriber, the copy hears how far they go
+    (:meth:`SessionCopy.told`), so a subscriber that reads back through the handle
+    never finds a value older than the event it was told of."""
+
+    def __init__(self, source: Any, copy: SessionCopy) -> None:
+        self._source = source
+        self._copy = copy
+
+    def read(self, timeout: float) -> list[Event]:
+        events: list[Event] = self._source.read(timeout)
+        if events:
+            self._copy.told(max(event.sequence for event in events))
+        return events
+
+    def ready(self) -> None:
+        self._source.ready()
+
+    def wake(self) -> None:
+        self._source.wake()
+
+    def close(self) -> None:
+        self._source.close()
+
+    @property
+    def position(self) -> int | None:
+        position: int | None = self._source.position
+        return position
 
 
 class RecordCache(SessionCopy):

@@ -200,3 +200,40 @@ class TestCachedBridgedStateCompliance(StateProviderContract):
     @pytest.fixture
     def provider_options(self) -> dict[str, Any]:
         return {"cache": True}
+
+
+def test_after_an_overflow_with_nothing_written_since_sync_cache_returns() -> None:
+    """The server keeps 4 events; the cached handle's Watch is held at one event
+    while 10 more are written, then let go: its stream says ``overflow`` and goes
+    on from the present, with nothing after. The copy re-reads the session, and
+    ``sync_cache()`` returns: the re-read is known to hold every event before the
+    session's next (read first), where before it waited for an event that never
+    came and raised after its timeout."""
+    reached = threading.Event()
+    holds: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def hold() -> None:  # on the server's loop
+        release = asyncio.Event()
+        holds.append((asyncio.get_running_loop(), release))
+        reached.set()
+        await release.wait()
+
+    with serve(event_history=4) as server, BridgedState.init(address=server.address) as writer:
+        writer.register_variable("x", "integer", 0)
+        with BridgedState.init(
+            session_id=writer.session_id, address=server.address, create=False, cache=True
+        ) as cached:
+            copy = cached._cache
+            assert copy is not None and cached.cached and copy.loads == 1
+            try:
+                with failpoints.enabled("watch.event", hold):
+                    writer.set_variable("x", 1)
+                    assert reached.wait(WAIT)
+                for value in range(2, 12):
+                    writer.set_variable("x", value)
+            finally:
+                for loop, release in holds:
+                    loop.call_soon_threadsafe(release.set)
+            cached.sync_cache(timeout=WAIT)
+            assert copy.loads == 2  # the overflow's re-read
+            assert cached.get_variable("x") == 11 and cached.cached

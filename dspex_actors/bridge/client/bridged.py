@@ -284,7 +284,9 @@ class BridgedState(RemoteSessionMethods):
             return
         # The copy loads itself while it serves nothing (and fetches what it holds
         # only partly), so these reads go to the server.
-        cache = RecordCache(self.session_id, self.list_variables, self.get_record)
+        cache = RecordCache(
+            self.session_id, self.list_variables, self.get_record, self._next_sequence
+        )
         self._cache = cache
         source = self._watch(
             None, None, on_connect=cache.connected, on_disconnect=cache.disconnected

@@ -569,37 +569,47 @@ class Told:
 
 class RecordCache(SessionCopy):
     """The sync handle's copy, fed from its Watch subscription's thread: it loads
-    and fetches through the handle's own (blocking) calls, and threads wait on it."""
+    and fetches through the handle's own (blocking) calls, and threads wait on it.
+    ``next_sequence`` is what the session's next event will be numbered (read before
+    a re-read after an ``overflow``, whose stream goes on from the present: the
+    listing then holds every event before it)."""
 
     def __init__(
         self,
         session_id: str,
         load: Callable[[], Sequence[Mapping[str, Any]]],
         fetch: Callable[[str], VariableRecord],
+        next_sequence: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(session_id)
         self._load = load
         self._fetch = fetch
+        self._next_sequence = next_sequence
 
     # -- fed by the stream (its own thread) ----------------------------------------
 
     def connected(self, start: int | None = None) -> None:
         """The stream is (again) up, from sequence ``start``: re-read the session,
         then serve from the copy."""
+        self._reload(start, None if start is None else start - 1)
+
+    def _reload(self, start: int | None, through: int | None) -> None:
         if not self.reloading(start):
             return
         try:
+            if through is None and self._next_sequence is not None:
+                through = self._next_sequence() - 1  # (after an overflow)
             listing = self._load()
         except Exception as exc:
             self.reload_failed(exc)
             return
-        self.reloaded(listing)
+        self.reloaded(listing, through)
 
     def on_event(self, event: Event) -> None:
         """One event of the stream."""
         follow = self.take(event)
         if follow is RELOAD:
-            self.connected()  # fell behind: re-read, as after an outage
+            self._reload(None, None)  # fell behind: re-read, as after an outage
         elif follow is not None:
             self._complete(follow)
 

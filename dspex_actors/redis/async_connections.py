@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from dspex_actors.bulk import BULK_ITEMS
 from dspex_actors.redis.connections import redis_module
-from dspex_actors.redis.options import connection_setup, sentinel_arguments
+from dspex_actors.redis.options import connection_setup, pool_of, sentinel_arguments
 from dspex_actors.redis.steps import (
     Attempt,
     Pause,
@@ -41,7 +41,7 @@ from dspex_actors.redis.steps import (
     replicated,
     script_command,
 )
-from dspex_actors.urls import bad_redis_url, redacted
+from dspex_actors.urls import redacted
 
 __all__ = [
     "BULK_ELEMENTS",
@@ -79,7 +79,12 @@ class AsyncNodeConnections:
         """An idle connection, or a new one, connected (a failure here sent nothing)."""
         if self._idle:
             return self._idle.pop()
-        connection = self.new()
+        return await self.opened()
+
+    async def opened(self, **overrides: Any) -> Any:
+        """A new connection of its own (``overrides``: its options), connected; one
+        that fails to connect is dropped (a failure here sent nothing)."""
+        connection = self.new(**overrides)
         try:
             await connection.connect()
         except BaseException:
@@ -134,10 +139,7 @@ class AsyncConnections:
     def _one_redis(self) -> AsyncNodeConnections:
         import redis.asyncio
 
-        try:
-            pool = redis.asyncio.ConnectionPool.from_url(self.target.url, **self._options)
-        except ValueError as exc:  # redis-py's words, in ours
-            raise bad_redis_url(self.url, str(exc)) from None
+        pool = pool_of(redis.asyncio.ConnectionPool, self.url, self.target, self._options)
         return AsyncNodeConnections(pool.connection_class, dict(pool.connection_kwargs))
 
     def _sentinel_primary(self) -> AsyncNodeConnections:
@@ -280,13 +282,7 @@ async def _connection(
     try:
         if read_timeout is None:
             return await node.take()
-        connection = node.new(socket_timeout=read_timeout)
-        try:
-            await connection.connect()
-        except BaseException:
-            await connection.disconnect(nowait=True)
-            raise
-        return connection
+        return await node.opened(socket_timeout=read_timeout)
     except Exception as exc:
         failure = classify(connections.errors, exc, sent=False)
         if failure.reroute:

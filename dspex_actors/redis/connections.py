@@ -44,7 +44,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dspex_actors.redis.options import connection_setup, sentinel_arguments
+from dspex_actors.redis.options import connection_setup, pool_of, sentinel_arguments
 from dspex_actors.redis.scripts import Script
 from dspex_actors.redis.steps import (
     Attempt,
@@ -56,7 +56,7 @@ from dspex_actors.redis.steps import (
     replicated,
     script_command,
 )
-from dspex_actors.urls import bad_redis_url, redacted
+from dspex_actors.urls import redacted
 
 if TYPE_CHECKING:
     from redis.connection import AbstractConnection
@@ -184,11 +184,7 @@ class Connections:
             self._single = self._sentinel_primary()
 
     def _one_redis(self) -> NodeConnections:
-        redis = redis_module()
-        try:
-            pool = redis.ConnectionPool.from_url(self.target.url, **self._options)
-        except ValueError as exc:  # redis-py's words, in ours
-            raise bad_redis_url(self.url, str(exc)) from None
+        pool = pool_of(redis_module().ConnectionPool, self.url, self.target, self._options)
         return NodeConnections(pool.connection_class, dict(pool.connection_kwargs))
 
     def _sentinel_primary(self) -> NodeConnections:

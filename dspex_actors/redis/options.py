@@ -11,7 +11,7 @@ from typing import Any
 from dspex_actors.redis.steps import pack_command
 from dspex_actors.urls import RedisTarget, bad_redis_url, redis_target
 
-__all__ = ["connection_setup", "sentinel_arguments"]
+__all__ = ["connection_setup", "pool_of", "sentinel_arguments"]
 
 _SENTINEL_TIMEOUT = 1.0
 """Seconds a Sentinel may take to answer which node is the primary (then the next is asked)."""
@@ -67,3 +67,12 @@ def sentinel_arguments(
         "password": target.password,
         **options,
     }
+
+
+def pool_of(pool_class: Any, url: str, target: RedisTarget, options: dict[str, Any]) -> Any:
+    """redis-py's connection pool (sync or asyncio ``pool_class``) for a single-node
+    target: what its connections are made of (a URL redis-py refuses, in our words)."""
+    try:
+        return pool_class.from_url(target.url, **options)
+    except ValueError as exc:  # redis-py's words, in ours
+        raise bad_redis_url(url, str(exc)) from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,3 +149,23 @@ def held(server: Any, session_id: str) -> LocalState:
     """A handle on the engine a memory or SQLite store (or a server on one) holds for
     a session, to look at it from the side (never cleaned up: the store owns it)."""
     return LocalState(server.session_engine(session_id))
+
+
+class ServerHold:
+    """A failpoint action that holds the server's coroutine where the failpoint is
+    (``failpoints.enabled(name, hold)``) until :meth:`release`: ``reached`` is set
+    once one is held; ``release()``, from any thread, lets every held one go."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self._held: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def __call__(self) -> None:  # on the server's loop
+        release = asyncio.Event()
+        self._held.append((asyncio.get_running_loop(), release))
+        self.reached.set()
+        await release.wait()
+
+    def release(self) -> None:
+        for loop, release in self._held:
+            loop.call_soon_threadsafe(release.set)

@@ -1,4 +1,5 @@
-"""What the cached handles' compliance runs share: the copy's one known gap."""
+"""What the cached handles' compliance runs share: the kit with ``cache=True`` and
+the copy's one known gap marked."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+from dspex_actors.testing import StateProviderContract
 
 HALF_A_BATCH = (
     "known gap of the copy, sync and asyncio alike: it applies a batch's events one at "
@@ -25,3 +28,19 @@ def known_gap(test: Callable[..., None], reason: str, strict: bool) -> Callable[
 
     marked: Callable[..., None] = pytest.mark.xfail(reason=reason, strict=strict)(gap)
     return marked
+
+
+class CachedContract(StateProviderContract):
+    """The compliance kit on a handle opened with ``cache=True`` (a subclass names
+    the ``provider``): every answer the copy gives must be the server's."""
+
+    test_readers_never_see_half_a_batch = known_gap(
+        StateProviderContract.test_readers_never_see_half_a_batch, HALF_A_BATCH, strict=True
+    )
+    test_export_never_shows_half_a_batch = known_gap(
+        StateProviderContract.test_export_never_shows_half_a_batch, HALF_A_BATCH, strict=True
+    )
+
+    @pytest.fixture
+    def provider_options(self) -> dict[str, Any]:
+        return {"cache": True}

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import grpc.aio
 import pykka
 import pytest
 from redis_support import redis_server
@@ -65,3 +66,23 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     again, and the suite's teardowns spent minutes in it."""
     gc.collect()
     gc.freeze()
+
+
+@pytest.fixture(scope="module")
+def aio_poller() -> Iterator[None]:
+    """The facades' loop thread, and grpc.aio's poller thread, outlive single tests:
+    start both before any test counts the threads it leaves. grpc.aio stops its
+    poller when its last channel closes and starts another with the next one, so one
+    channel stays open for the module (an asyncio test module uses it with
+    ``pytestmark = pytest.mark.usefixtures("aio_poller")``)."""
+
+    # (imported here: the kit's modules load after pytest set up its assert rewriting)
+    from dspex_actors.testing.aio import shared_loop
+
+    async def open_one() -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel("127.0.0.1:1")
+
+    loop = shared_loop()
+    channel = loop.run(open_one())
+    yield
+    loop.run(channel.close(None))

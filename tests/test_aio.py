@@ -10,11 +10,10 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
-import grpc.aio
 import pytest
-from bridge_support import server_process
+from bridge_support import ServerHold, server_process
 
 from dspex_actors import BridgedState, Context, LocalState, Supervisor, failpoints
 from dspex_actors.aio import AsyncBridgedState, AsyncContext, AsyncLocalState
@@ -24,24 +23,9 @@ from dspex_actors.messages import Deliver, GetVariable
 from dspex_actors.methods import SessionMethods
 from dspex_actors.redis.state import RedisState
 from dspex_actors.testing import StateProviderContract
-from dspex_actors.testing.aio import blocking, shared_loop
+from dspex_actors.testing.aio import blocking
 
-
-@pytest.fixture(autouse=True, scope="module")
-def facade_loop() -> Iterator[None]:
-    """The facades' loop thread, and grpc.aio's poller thread, outlive single tests:
-    start both before any test counts the threads it leaves. grpc.aio stops its
-    poller when its last channel closes and starts another with the next one, so one
-    channel stays open for the module."""
-
-    async def open_one() -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel("127.0.0.1:1")
-
-    loop = shared_loop()
-    channel = loop.run(open_one())
-    yield
-    loop.run(channel.close(None))
-
+pytestmark = pytest.mark.usefixtures("aio_poller")
 
 WAIT = 30.0  # a hang guard
 
@@ -115,21 +99,16 @@ def test_a_bridged_write_cancelled_after_it_was_sent_names_its_request_id_to_set
     """The server stalls a write (a failpoint before its store applies it); the
     caller cancels: the note names the request id, and settling it tells the truth
     (whatever the server did with the cancelled call, the value agrees)."""
-    reached = threading.Event()
-    holds: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    async def stall() -> None:  # on the server's loop
-        release = asyncio.Event()
-        holds.append((asyncio.get_running_loop(), release))
-        reached.set()
-        await release.wait()
+    stall = ServerHold()
 
     async def scenario() -> tuple[asyncio.CancelledError, bool, float]:
         async with await AsyncBridgedState.init() as state:
             await state.register_variable("temperature", "float", 0.5)
             with failpoints.enabled("store.apply", stall):
                 write = asyncio.create_task(state.set_variable("temperature", 1.5))
-                waiting = asyncio.get_running_loop().run_in_executor(None, reached.wait, WAIT)
+                waiting = asyncio.get_running_loop().run_in_executor(
+                    None, stall.reached.wait, WAIT
+                )
                 assert await waiting
                 write.cancel()
                 try:
@@ -139,8 +118,7 @@ def test_a_bridged_write_cancelled_after_it_was_sent_names_its_request_id_to_set
                 else:
                     raise AssertionError("the cancelled write returned")
                 finally:
-                    for loop, release in holds:
-                        loop.call_soon_threadsafe(release.set)
+                    stall.release()
             notes = " ".join(getattr(caught, "__notes__", []))
             found = re.search(r"request_id='([0-9a-f]+)'", notes)
             assert found, notes

@@ -11,15 +11,15 @@ drops it for good; closing the handle while its copy loads leaves nothing runnin
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc.aio
 import pytest
-from cache_support import HALF_A_BATCH, known_gap
+from aio_support import on_shared_loop
+from bridge_support import ServerHold
+from cache_support import CachedContract
 from tcp_proxy import TcpProxy
 
 from dspex_actors import BridgedState, failpoints
@@ -30,31 +30,13 @@ from dspex_actors.bridge import serve
 from dspex_actors.bridge.client.cache import SessionCopy
 from dspex_actors.errors import BridgeUnavailable, StateError, VariableNotFound
 from dspex_actors.streaming import Event
-from dspex_actors.testing import StateProviderContract
-from dspex_actors.testing.aio import blocking, shared_loop
+from dspex_actors.testing.aio import blocking
 
 WAIT = 30.0  # a hang guard
 T = TypeVar("T")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def aio_poller() -> Iterator[None]:
-    """grpc.aio's poller thread outlives single tests (as in tests/test_aio.py): one
-    channel stays open for the module, so no test is blamed for starting it."""
-
-    async def open_one() -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel("127.0.0.1:1")
-
-    loop = shared_loop()
-    channel = loop.run(open_one())
-    yield
-    loop.run(channel.close(None))
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """On the facades' loop (one loop for the process: grpc.aio's poller keeps to it)."""
-    result: T = shared_loop().run(coroutine)
-    return result
+pytestmark = pytest.mark.usefixtures("aio_poller")
 
 
 def _parts(state: AsyncBridgedState) -> tuple[SessionCopy, CacheFeed]:
@@ -121,18 +103,13 @@ def test_a_cached_handle_reads_its_own_writes_and_others_after_their_events() ->
                 assert _answered_at_once(cached, "n") == 4 and cached.cached
 
     with serve() as server:
-        _run(scenario(server.address))
+        on_shared_loop(scenario(server.address))
 
 
 def test_a_cached_write_reads_back_while_its_event_is_held() -> None:
     """The server's Watch holds every event, so the copy is surely behind this
     handle's own writes: a set and a batch read back (from the server) at once."""
-    holds: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    async def hold() -> None:  # on the server's loop
-        release = asyncio.Event()
-        holds.append((asyncio.get_running_loop(), release))
-        await release.wait()
+    hold = ServerHold()
 
     async def scenario(address: str) -> None:
         async with await AsyncBridgedState.init(address=address, cache=True) as cached:
@@ -147,13 +124,12 @@ def test_a_cached_write_reads_back_while_its_event_is_held() -> None:
                     assert await cached.get_variables(["x"]) == {"x": 2}
                     assert [r["value"] for r in await cached.list_variables()] == [2]
             finally:
-                for loop, release in holds:
-                    loop.call_soon_threadsafe(release.set)
+                hold.release()
             await cached.sync_cache()
             assert _answered_at_once(cached, "x") == 2 and cached.cached
 
     with serve() as server:
-        _run(scenario(server.address))
+        on_shared_loop(scenario(server.address))
 
 
 # -- outages -----------------------------------------------------------------------------
@@ -205,7 +181,7 @@ def test_with_its_server_out_of_reach_every_read_goes_to_it_then_the_copy_is_rel
             await writer.aclose()
 
     with serve() as server, TcpProxy(server.address) as proxy:
-        _run(scenario(server.address, proxy))
+        on_shared_loop(scenario(server.address, proxy))
 
 
 def test_a_stopped_server_closes_its_sessions_so_the_copy_is_dropped(tmp_path: Path) -> None:
@@ -236,7 +212,7 @@ def test_a_stopped_server_closes_its_sessions_so_the_copy_is_dropped(tmp_path: P
             await cached.aclose()
 
     try:
-        _run(scenario())
+        on_shared_loop(scenario())
     finally:
         servers[-1].stop()
 
@@ -245,14 +221,7 @@ def test_an_overflow_reloads_the_copy() -> None:
     """The server keeps 4 events per session; the cached handle's Watch is held at
     one event while 10 more are written: when it goes on, it is past the kept
     history (``overflow``), and the copy is re-read, not patched."""
-    reached = threading.Event()
-    holds: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    async def hold() -> None:  # on the server's loop
-        release = asyncio.Event()
-        holds.append((asyncio.get_running_loop(), release))
-        reached.set()
-        await release.wait()
+    hold = ServerHold()
 
     async def scenario(address: str) -> None:
         async with await AsyncBridgedState.init(address=address) as writer:
@@ -265,18 +234,17 @@ def test_an_overflow_reloads_the_copy() -> None:
                 try:
                     with failpoints.enabled("watch.event", hold):
                         await writer.set_variable("x", 1)
-                        assert await in_thread(lambda: reached.wait(WAIT))
+                        assert await in_thread(lambda: hold.reached.wait(WAIT))
                     for value in range(2, 12):
                         await writer.set_variable("x", value)
                 finally:
-                    for loop, release in holds:
-                        loop.call_soon_threadsafe(release.set)
+                    hold.release()
                 await cached.sync_cache()
                 assert copy.loads == 2  # the overflow's re-read
                 assert _answered_at_once(cached, "x") == 11 and cached.cached
 
     with serve(event_history=4) as server:
-        _run(scenario(server.address))
+        on_shared_loop(scenario(server.address))
 
 
 def test_a_closed_session_drops_the_copy_for_good() -> None:
@@ -298,7 +266,7 @@ def test_a_closed_session_drops_the_copy_for_good() -> None:
                 await cached.sync_cache(0.5)
 
     with serve() as server:
-        _run(scenario(server.address))
+        on_shared_loop(scenario(server.address))
 
 
 def test_closing_the_handle_while_its_copy_loads_leaves_nothing_running() -> None:
@@ -336,7 +304,7 @@ def test_closing_the_handle_while_its_copy_loads_leaves_nothing_running() -> Non
         AsyncBridgedStateOwner(server.address) as session_id,
     ):
         try:
-            _run(scenario(proxy, session_id))
+            on_shared_loop(scenario(proxy, session_id))
         finally:
             proxy.thaw()
 
@@ -349,34 +317,23 @@ class AsyncBridgedStateOwner:
         self._state: AsyncBridgedState | None = None
 
     def __enter__(self) -> str:
-        self._state = _run(AsyncBridgedState.init(address=self._address))
-        _run(self._state.register_variable("x", "integer", 1))
+        self._state = on_shared_loop(AsyncBridgedState.init(address=self._address))
+        on_shared_loop(self._state.register_variable("x", "integer", 1))
         return self._state.session_id
 
     def __exit__(self, *exc_info: object) -> None:
         if self._state is not None:
-            _run(self._state.aclose())
+            on_shared_loop(self._state.aclose())
 
 
 # -- the whole contract, answered from the copy where it can be -------------------------
 
 
-class TestCachedAsyncBridgedStateCompliance(StateProviderContract):
+class TestCachedAsyncBridgedStateCompliance(CachedContract):
     """The compliance kit on ``AsyncBridgedState.init(cache=True)`` (each handle on
     the embedded server): every answer the copy gives must be the server's."""
 
     provider = blocking(AsyncBridgedState, capabilities=BridgedState.capabilities())
-
-    test_readers_never_see_half_a_batch = known_gap(
-        StateProviderContract.test_readers_never_see_half_a_batch, HALF_A_BATCH, strict=True
-    )
-    test_export_never_shows_half_a_batch = known_gap(
-        StateProviderContract.test_export_never_shows_half_a_batch, HALF_A_BATCH, strict=True
-    )
-
-    @pytest.fixture
-    def provider_options(self) -> dict[str, Any]:
-        return {"cache": True}
 
 
 # -- the bookkeeping both handles share ----------------------------------------------------

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import grpc.aio
 import pytest
-from bridge_support import held
+from aio_support import on_shared_loop
+from bridge_support import ServerHold, held
 from tcp_proxy import TcpProxy
 
 from dspex_actors import LocalState, failpoints
@@ -26,30 +26,12 @@ from dspex_actors.bridge import BridgedState, serve
 from dspex_actors.errors import OutcomeUnknown, SessionClosed
 from dspex_actors.limits import Limits
 from dspex_actors.messages import Deliver, GetVariable
-from dspex_actors.testing.aio import shared_loop
 
 WAIT = 30.0  # a hang guard
 T = TypeVar("T")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def aio_poller() -> Iterator[None]:
-    """grpc.aio's poller thread outlives single tests (as in tests/test_aio.py): one
-    channel stays open for the module, so no test is blamed for starting it."""
-
-    async def open_one() -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel("127.0.0.1:1")
-
-    loop = shared_loop()
-    channel = loop.run(open_one())
-    yield
-    loop.run(channel.close(None))
-
-
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """On the facades' loop (one loop for the process: grpc.aio's poller keeps to it)."""
-    result: T = shared_loop().run(coroutine)
-    return result
+pytestmark = pytest.mark.usefixtures("aio_poller")
 
 
 # --- events(): closing a stream another task reads ----------------------------------
@@ -94,7 +76,7 @@ def test_closing_an_event_stream_from_another_task_ends_its_reader(kind: str) ->
         finally:
             await state.aclose()
 
-    assert _run(scenario()) == ("closed", "ended")
+    assert on_shared_loop(scenario()) == ("closed", "ended")
 
 
 # --- cancellation: a note must not call an applied write "not applied" --------------
@@ -145,7 +127,7 @@ def test_a_write_cancelled_during_its_retry_is_never_called_not_applied(stream: 
                 proxy.refuse(False)
                 await state.aclose()
 
-        ended, notes, value = _run(scenario())
+        ended, notes, value = on_shared_loop(scenario())
     assert value == 1  # the first attempt was applied
     assert ended == "CancelledError"
     assert not any("not applied" in note for note in notes), notes
@@ -171,7 +153,7 @@ def test_calls_gathered_together_fit_the_servers_message_limit() -> None:
                 writes = (state.set_variable(name, "x" * 100_000) for name in names)
                 return list(await asyncio.gather(*writes, return_exceptions=True))
 
-        outcomes = _run(scenario())
+        outcomes = on_shared_loop(scenario())
     assert outcomes == [1] * len(names), {type(o).__name__ for o in outcomes}
 
 
@@ -196,7 +178,7 @@ def test_the_first_calls_on_a_new_stream_never_exceed_the_servers_limit() -> Non
                 gets = (state.get_variable(f"v{i}") for i in range(8))
                 return list(await asyncio.gather(*gets, return_exceptions=True))
 
-        got = _run(scenario())
+        got = on_shared_loop(scenario())
     assert got == list(range(8)), got
 
 
@@ -234,7 +216,7 @@ def test_a_local_write_cancelled_after_the_actor_took_it_raises_cancelled_error(
                 return exc
             raise AssertionError("the cancelled write returned")
 
-    ended = _run(scenario())
+    ended = on_shared_loop(scenario())
     assert isinstance(ended, asyncio.CancelledError), repr(ended)
 
 
@@ -277,10 +259,10 @@ def test_a_local_write_cancelled_as_its_answer_arrives_is_not_left_uncancelled()
                 return repr(exc)
             return "returned: the cancellation was dropped"
 
-    assert _run(scenario()) == "CancelledError"
+    assert on_shared_loop(scenario()) == "CancelledError"
 
 
-def test_opening_a_local_session_lets_other_tasks_run() -> None:
+def test_opening_a_local_session_lets_other_taskson_shared_loop() -> None:
     """``AsyncLocalState.init`` runs ``LocalState.init`` on the loop: the actor's
     start and the seeding of ``existing_state`` are waited for synchronously, and
     no other task runs meanwhile (5,000 variables: about 15 ms on this machine, 3x
@@ -310,7 +292,7 @@ def test_opening_a_local_session_lets_other_tasks_run() -> None:
         await state.aclose()
         return during
 
-    assert _run(scenario()) > 0
+    assert on_shared_loop(scenario()) > 0
 
 
 # --- closing a handle never cancels another task ------------------------------------
@@ -346,21 +328,14 @@ def test_closing_an_attached_handle_never_cancels_a_task_reading_its_events() ->
             except asyncio.CancelledError:
                 return "CancelledError"
 
-        assert _run(scenario()) in ("ended", "SessionClosed")
+        assert on_shared_loop(scenario()) in ("ended", "SessionClosed")
 
 
 def test_closing_an_attached_handle_never_cancels_a_task_whose_write_is_in_flight() -> None:
     """The same for a unary write held by the server (a failpoint): the writer got
     ``CancelledError`` from the channel's close. A write that may have been applied
     should end ``OutcomeUnknown`` or ``SessionClosed``, never look cancelled."""
-    reached = threading.Event()
-    holds: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    async def stall() -> None:  # on the server's loop
-        release = asyncio.Event()
-        holds.append((asyncio.get_running_loop(), release))
-        reached.set()
-        await release.wait()
+    stall = ServerHold()
 
     with serve() as server:
 
@@ -370,7 +345,7 @@ def test_closing_an_attached_handle_never_cancels_a_task_whose_write_is_in_fligh
             state.owner = False
             with failpoints.enabled("store.apply", stall):
                 write = asyncio.create_task(state.set_variable("x", 1))
-                assert await in_thread(lambda: reached.wait(WAIT))
+                assert await in_thread(lambda: stall.reached.wait(WAIT))
                 try:
                     await state.aclose()
                     try:
@@ -381,10 +356,9 @@ def test_closing_an_attached_handle_never_cancels_a_task_whose_write_is_in_fligh
                     except asyncio.CancelledError:
                         return "CancelledError"
                 finally:
-                    for server_loop, release in holds:
-                        server_loop.call_soon_threadsafe(release.set)
+                    stall.release()
 
-        assert _run(scenario()) in ("applied", "OutcomeUnknown", "SessionClosed")
+        assert on_shared_loop(scenario()) in ("applied", "OutcomeUnknown", "SessionClosed")
 
 
 def test_events_of_a_closed_handle_raise_session_closed() -> None:
@@ -404,4 +378,4 @@ def test_events_of_a_closed_handle_raise_session_closed() -> None:
         except StopAsyncIteration:
             return "StopAsyncIteration"
 
-    assert _run(scenario()) == "SessionClosed"
+    assert on_shared_loop(scenario()) == "SessionClosed"

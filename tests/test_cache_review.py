@@ -17,14 +17,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cache_support import HALF_A_BATCH, known_gap
+from bridge_support import ServerHold
+from cache_support import CachedContract
 
 from dspex_actors import BridgedState, failpoints
 from dspex_actors.bridge import SessionStoreServer, serve
 from dspex_actors.bridge.client.cache import MISS, SessionCopy
 from dspex_actors.errors import BridgeUnavailable
 from dspex_actors.streaming import Event
-from dspex_actors.testing import StateProviderContract
 
 WAIT = 30.0  # a hang guard
 
@@ -183,23 +183,12 @@ def test_a_copy_behind_what_a_subscriber_was_told_sends_reads_to_the_server() ->
     assert copy.value("x") == 6
 
 
-class TestCachedBridgedStateCompliance(StateProviderContract):
+class TestCachedBridgedStateCompliance(CachedContract):
     """The compliance kit on a sync ``BridgedState.init(cache=True)``: every answer
     the copy gives must be the server's (the asyncio twin's run is in
     ``tests/test_aio_cache.py``, with the same known gap)."""
 
     provider = BridgedState
-
-    test_readers_never_see_half_a_batch = known_gap(
-        StateProviderContract.test_readers_never_see_half_a_batch, HALF_A_BATCH, strict=True
-    )
-    test_export_never_shows_half_a_batch = known_gap(
-        StateProviderContract.test_export_never_shows_half_a_batch, HALF_A_BATCH, strict=True
-    )
-
-    @pytest.fixture
-    def provider_options(self) -> dict[str, Any]:
-        return {"cache": True}
 
 
 def test_after_an_overflow_with_nothing_written_since_sync_cache_returns() -> None:
@@ -209,14 +198,7 @@ def test_after_an_overflow_with_nothing_written_since_sync_cache_returns() -> No
     ``sync_cache()`` returns: the re-read is known to hold every event before the
     session's next (read first), where before it waited for an event that never
     came and raised after its timeout."""
-    reached = threading.Event()
-    holds: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    async def hold() -> None:  # on the server's loop
-        release = asyncio.Event()
-        holds.append((asyncio.get_running_loop(), release))
-        reached.set()
-        await release.wait()
+    hold = ServerHold()
 
     with serve(event_history=4) as server, BridgedState.init(address=server.address) as writer:
         writer.register_variable("x", "integer", 0)
@@ -228,12 +210,11 @@ def test_after_an_overflow_with_nothing_written_since_sync_cache_returns() -> No
             try:
                 with failpoints.enabled("watch.event", hold):
                     writer.set_variable("x", 1)
-                    assert reached.wait(WAIT)
+                    assert hold.reached.wait(WAIT)
                 for value in range(2, 12):
                     writer.set_variable("x", value)
             finally:
-                for loop, release in holds:
-                    loop.call_soon_threadsafe(release.set)
+                hold.release()
             cached.sync_cache(timeout=WAIT)
             assert copy.loads == 2  # the overflow's re-read
             assert cached.get_variable("x") == 11 and cached.cached

@@ -44,19 +44,6 @@ def server() -> Iterator[SessionStoreServer]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def aio_poller() -> Iterator[None]:
-    """grpc.aio's poller thread outlives single tests (as in tests/test_aio.py)."""
-
-    async def open_one() -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel("127.0.0.1:1")
-
-    loop = shared_loop()
-    channel = loop.run(open_one())
-    yield
-    loop.run(channel.close(None))
-
-
 def _get(session_id: str, name: str) -> pb.GetVariableRequest:
     return pb.GetVariableRequest(session_id=session_id, identifier=name)
 

@@ -15,8 +15,7 @@ How it serves without blocking the event loop: redis-py is blocking, so each cal
 runs on one of this store's ``workers`` threads, taken from a queue bounded at 4,096
 calls (a server's ``max_concurrent_calls`` keeps it far below). A call whose
 deadline passed while it waited for a thread is never sent (``BridgeUnavailable``:
-not applied).
-The store keeps one attached engine per session it served lately (at most
+not applied); no read is answered without one (``read_now`` says so). The store keeps one attached engine per session it served lately (at most
 ``max_handles``; they share one connection pool per Redis), so a variable's
 definition is read from Redis once, not per call.
 
@@ -63,7 +62,7 @@ from dspex_actors.redis import operations, writes
 from dspex_actors.redis.connections import call_scope
 from dspex_actors.redis.follower import Followed, StreamFollower
 from dspex_actors.redis.session import DEFAULT_TIMEOUT, RedisSession
-from dspex_actors.session import new_session_id
+from dspex_actors.session import MISSED, Missed, new_session_id
 from dspex_actors.stores.base import EventStream
 from dspex_actors.streaming import DEFAULT_HISTORY, Event, EventLog, Progress, follow
 
@@ -361,6 +360,11 @@ class RedisStore:
                 self._forget(session_id, handle)
         with self._using(session_id, None) as handle:
             return call(handle)
+
+    def read_now(
+        self, session_id: str, operation: ReadOperation[_R], incarnation: str | None = None
+    ) -> _R | Missed:
+        return MISSED
 
     async def run(
         self,

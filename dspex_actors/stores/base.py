@@ -34,6 +34,7 @@ from dspex_actors.errors import SessionNotFound
 from dspex_actors.limits import Limits
 from dspex_actors.messages import ReadOperation, WriteOperation
 from dspex_actors.records import Opened, SessionInfo
+from dspex_actors.session import Missed
 from dspex_actors.streaming import Event, Progress
 
 __all__ = [
@@ -162,6 +163,16 @@ class Store(Protocol):
 
         With ``incarnation``, only on that incarnation (``SessionNotFound`` otherwise).
         """
+        ...
+
+    def read_now(
+        self, session_id: str, operation: ReadOperation[_R], incarnation: str | None = None
+    ) -> _R | Missed:
+        """``operation`` answered now, without suspending, from what the store holds
+        in this process (counts as activity; raises as :meth:`run` would), or
+        :data:`~dspex_actors.session.MISSED`: then it must be :meth:`run` (a store on
+        an engine, a scan of a large session, a read that met a write in progress).
+        The server answers a streamed read so in the turn it arrives in."""
         ...
 
     async def watch(

@@ -387,6 +387,14 @@ class MemoryStore:
 
     # -- operations -------------------------------------------------------------------
 
+    def read_now(
+        self, session_id: str, operation: ReadOperation[_R], incarnation: str | None = None
+    ) -> _R | Missed:
+        entry = self._live(session_id, incarnation)
+        if operation.scans and len(entry.table.by_id) >= BULK_ITEMS:
+            return MISSED  # read off the loop by run()
+        return entry.table.read(operation)
+
     async def run(
         self,
         session_id: str,

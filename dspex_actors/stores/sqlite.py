@@ -85,7 +85,7 @@ from dspex_actors.exports import ExportColumns
 from dspex_actors.imported import records_from_columns
 from dspex_actors.messages import ReadOperation, WriteOperation
 from dspex_actors.records import Opened
-from dspex_actors.session import SessionTable
+from dspex_actors.session import MISSED, Missed, SessionTable
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.stores.sqlite_file import (
     EVENT,
@@ -318,6 +318,13 @@ class SqliteStore(MemoryStore):
             logger.exception("sqlite store %s: could not delete the rows of %s", self.path, what)
 
     # -- operations -------------------------------------------------------------------
+
+    def read_now(
+        self, session_id: str, operation: ReadOperation[_R], incarnation: str | None = None
+    ) -> _R | Missed:
+        if session_id in self._saving:
+            return MISSED  # run() waits for its row first
+        return super().read_now(session_id, operation, incarnation)
 
     async def run(
         self,

@@ -6,7 +6,8 @@ the others in its ``more``) to a client that opened the stream saying it reads t
 so (``dspex-calls-batch: 1``), or one by one to any other. When other calls of the
 stream are running as the first answer is ready, its writer lets them have their
 turn first (one loop turn): the calls of one coalesced request, answered at once,
-then leave in one message, not the first alone and the rest after it. A lone answer
+then leave in one message, not the first alone and the rest after it. Answers given
+together (a message's reads, answered as they were read) go together. A lone answer
 is written at once, as before: coalescing costs it nothing. Each message stays
 within what the client said it receives.
 """
@@ -19,10 +20,26 @@ from typing import Any
 
 import grpc.aio
 
+from dspex_actors.errors import BridgeUnavailable, StateError
 from dspex_actors.v1 import session_store_pb2 as pb
+from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.coalesce import coalesced
 
-__all__ = ["Replies"]
+__all__ = ["Replies", "failure", "stopped_stream"]
+
+
+def failure(call: int, error: StateError) -> pb.CallReply:
+    """The reply refusing a streamed call with ``error``."""
+    return pb.CallReply(call=call, error=wire_status.error_status(error).SerializeToString())
+
+
+def stopped_stream() -> BridgeUnavailable:
+    """A stopping server's last word on a Calls stream (its reply to call 0)."""
+    return BridgeUnavailable(
+        "the SessionStore stopped: every call this stream did not answer was not run",
+        not_run=True,
+        stopping=True,
+    )
 
 
 class Replies:
@@ -44,11 +61,12 @@ class Replies:
         self.messages = 0
         """Messages written (fewer than answers when answers were coalesced)."""
 
-    async def send(self, reply: pb.CallReply | bytes) -> None:
-        """Write ``reply``; while another write is under way, leave it to that
-        writer, which writes it next (with what else is ready then). Raises what the
-        write raised (the stream went away) to whichever caller was writing."""
-        self._pending.append(reply)
+    async def send(self, *replies: pb.CallReply | bytes) -> None:
+        """Write ``replies`` (in one message where they fit); while another write is
+        under way, leave them to that writer, which writes them next (with what else
+        is ready then). Raises what the write raised (the stream went away) to
+        whichever caller was writing."""
+        self._pending.extend(replies)
         if self._writing:
             return
         self._writing = True

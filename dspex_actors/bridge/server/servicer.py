@@ -10,7 +10,9 @@ status in one place, :func:`~dspex_actors.wire.status.error_status`, sent as the
 unary call's status or in the streamed call's reply.
 
 Handlers are coroutines on the server's event loop (``grpc.aio``): a call waiting
-for its request body, its session's actor or a stream costs no thread. A call's
+for its request body, its session's actor or a stream costs no thread; a read the
+store answers at once (``Store.read_now``) suspends nowhere, and on the Calls stream
+is answered in the turn it was read in, with no task (``reading``). A call's
 deadline travels to the store, shortened by a margin so that "not started, not
 applied" reaches the client before its own deadline turns the outcome unknown; and
 when the client sent its deadline as an instant too, no later than that, so a
@@ -27,7 +29,6 @@ that is a session's lifecycle event (:mod:`~dspex_actors.bridge.server.lifecycle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -36,22 +37,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
-from dspex_actors import failpoints
-from dspex_actors.bridge.server import lifecycle, logs
+from dspex_actors.bridge.server import lifecycle, logs, metadata
 from dspex_actors.bridge.server.metrics import WATCH, ServerMetrics
-from dspex_actors.bridge.server.replies import Replies
+from dspex_actors.bridge.server.reading import CallsReader
+from dspex_actors.bridge.server.replies import Replies, failure, stopped_stream
+from dspex_actors.bridge.server.watching import write_events
 from dspex_actors.bulk import BULK_ITEMS, off_loop
 from dspex_actors.errors import BridgeUnavailable, LimitExceeded, NotSupported, StateError
 from dspex_actors.limits import Limits
-from dspex_actors.messages import SessionOperation
+from dspex_actors.messages import Operation, ReadOperation, SessionOperation
+from dspex_actors.session import MISSED, Missed
 from dspex_actors.stores.base import Store
-from dspex_actors.streaming import Event, Progress
 from dspex_actors.v1 import session_store_pb2 as pb
 from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
-from dspex_actors.wire.events import event_message, started_message
 from dspex_actors.wire.forms import SERVICE, Limited, Rpc, call_reply_bytes
 from dspex_actors.wire.operations import CALL_FIELDS, RPCS
 
@@ -68,18 +69,10 @@ _DECODE_APART = BULK_ITEMS * 100
 executor, so the loop keeps serving others meanwhile."""
 _LAST_WORDS = 1.0
 """Seconds a stopping server gives its Calls streams for their last reply, at least."""
-
-
 _OK = grpc.StatusCode.OK.name
 _CANCELLED = grpc.StatusCode.CANCELLED.name
 _UNKNOWN = "unknown"
 """The method label of a streamed call whose body no RPC of this server takes."""
-_PROGRESS = "progress"
-
-
-def _kind(event: Event | Progress) -> str:
-    """An event's kind as the metrics count it (a progress message as ``progress``)."""
-    return _PROGRESS if isinstance(event, Progress) else event.kind
 
 
 def _code(error: StateError | None) -> str:
@@ -102,28 +95,10 @@ def _deadline(left: float | None, expires_ms: int = 0) -> float | None:
     return time.monotonic() + left - min(max(left, 0.0) * _DEADLINE_MARGIN, _MAX_MARGIN)
 
 
-def _expires_ms(context: grpc.aio.ServicerContext[Any, Any]) -> int:
-    """The client's deadline as an instant, from a unary call's metadata (0: none)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == codec.EXPIRES_KEY:
-            with contextlib.suppress(ValueError, TypeError):
-                return int(value)
-    return 0
-
-
 def _stopping() -> BridgeUnavailable:
     """A stopping server's answer to a call it will not run (the client does not
     retry it: the server is going away)."""
     return BridgeUnavailable("the SessionStore is stopping; not run", stopping=True)
-
-
-def _stopped_stream() -> BridgeUnavailable:
-    """A stopping server's last word on a Calls stream (its reply to call 0)."""
-    return BridgeUnavailable(
-        "the SessionStore stopped: every call this stream did not answer was not run",
-        not_run=True,
-        stopping=True,
-    )
 
 
 def _as_state_error(rpc: str, exc: Exception) -> StateError:
@@ -149,53 +124,6 @@ def _serialize(message: Message | bytes) -> bytes:
     return message if isinstance(message, bytes) else message.SerializeToString()
 
 
-def _said(context: grpc.aio.ServicerContext[Any, Any], key: str) -> bool:
-    """Whether the client opened the call with ``key: 1`` in its metadata."""
-    return any(k == key and v == "1" for k, v in context.invocation_metadata() or ())
-
-
-def _client_max_reply(context: grpc.aio.ServicerContext[Any, Any]) -> int:
-    """The largest reply the client said it can receive (unbounded if it did not say)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == codec.CALLS_MAX_REPLY_KEY:
-            with contextlib.suppress(ValueError, TypeError):
-                return int(value)
-    return 1 << 62
-
-
-async def _read_calls(
-    requests: AsyncIterator[pb.CallRequest],
-    admit: Callable[[pb.CallRequest, float], pb.CallReply | None],
-    replies: Replies,
-    most: int,
-) -> bool:
-    """Admit a Calls stream's requests as they arrive (each of a message's ``more`` as
-    a call of its own, with when it arrived), writing each refusal; False at a message
-    that is not protobuf, or whose ``more`` holds ``most`` calls or more or nests them
-    (the stream then ends), True when the client ends its side. Admitting starts a
-    call in this turn: no queue between the read and the call's task."""
-    try:
-        async for request in requests:
-            arrived = time.monotonic()
-            more = list(request.more)
-            if more:  # calls coalesced in one message: each is a call of its own
-                if len(more) >= most or any(call.more for call in more):
-                    return False  # more than the stream runs, or nested
-                del request.more[:]
-            for call in (request, *more) if more else (request,):
-                refusal = admit(call, arrived)
-                if refusal is not None:
-                    await replies.send(refusal)
-    except DecodeError:
-        return False
-    return True
-
-
-def _failure(call: int, error: StateError) -> pb.CallReply:
-    """The reply refusing a streamed call with ``error``."""
-    return pb.CallReply(call=call, error=wire_status.error_status(error).SerializeToString())
-
-
 class SessionStoreServicer:
     """The SessionStore RPCs; see proto/dspex_actors/v1/session_store.proto."""
 
@@ -205,8 +133,8 @@ class SessionStoreServicer:
         self._metrics = metrics
         self._limited = Limited(limits)
         self._streamed_calls = 0  # calls running on Calls streams (the loop's only)
-        # Each open Calls stream's handler task -> its calls running now.
-        self._streams: dict[asyncio.Task[Any], set[asyncio.Task[None]]] = {}
+        # Each open Calls stream's reader -> its calls running now.
+        self._streams: dict[CallsReader, set[asyncio.Task[None]]] = {}
         self._draining = False  # the server is stopping: no new streamed call runs
         self._handlers: set[asyncio.Task[Any]] = set()  # the Calls streams' handlers
         self._unary_running = 0
@@ -246,15 +174,53 @@ class SessionStoreServicer:
 
     # -- the one dispatch ---------------------------------------------------------------
 
-    async def dispatch(self, rpc: Rpc, request: Any, deadline: float | None) -> Message | bytes:
-        """Run one call: its request decoded into an operation, run on the store, its
-        result answered (a large answer built and serialized off the loop, as bytes);
-        a ``StateError`` raised as it is."""
+    def decode_now(self, rpc: Rpc, request: Any) -> Operation[Any] | None:
+        """``request`` decoded into its operation within the limits, in this turn;
+        None for a request so large that :meth:`dispatch` decodes it off the loop."""
         if request.ByteSize() >= _DECODE_APART:
+            return None
+        return rpc.decode(request, self._limited)
+
+    def answer_now(self, rpc: Rpc, request: Any, operation: Operation[Any]) -> Message | Missed:
+        """A read that scans nothing, answered in this turn from what the store holds
+        (:meth:`~dspex_actors.stores.base.Store.read_now`), or MISSED: it must be
+        run (a write, a session's operation, a scan, a store on an engine, a read
+        that met a write in progress). A ``StateError`` raised as it is."""
+        if not isinstance(operation, ReadOperation) or operation.scans:
+            return MISSED
+        incarnation = (request.incarnation if rpc.has_incarnation else "") or None
+        metrics = self._metrics
+        started = time.perf_counter()
+        try:
+            result = self._store.read_now(request.session_id, operation, incarnation)
+        except Exception as exc:
+            if metrics is not None:
+                metrics.store_call(time.perf_counter() - started, exc)
+            raise
+        if isinstance(result, Missed):
+            return result
+        if metrics is not None:
+            metrics.store_call(time.perf_counter() - started)
+        return rpc.answer(operation, result)
+
+    async def dispatch(
+        self,
+        rpc: Rpc,
+        request: Any,
+        deadline: float | None,
+        operation: Operation[Any] | None = None,
+    ) -> Message | bytes:
+        """Run one call: its request decoded into an operation (unless given decoded
+        already), run on the store, its result answered (a large answer built and
+        serialized off the loop, as bytes); a ``StateError`` raised as it is."""
+        if operation is None:
+            operation = self.decode_now(rpc, request)
+        if operation is None:  # a large request: decoded off the loop
             decode = functools.partial(rpc.decode, request, self._limited)
             operation = await asyncio.get_running_loop().run_in_executor(None, decode)
-        else:
-            operation = rpc.decode(request, self._limited)
+        answer = self.answer_now(rpc, request, operation)
+        if not isinstance(answer, Missed):
+            return answer
         session_id: str = request.session_id
         request_id = (request.request_id if rpc.has_request_id else "") or None
         incarnation = (request.incarnation if rpc.has_incarnation else "") or None
@@ -298,7 +264,7 @@ class SessionStoreServicer:
             else:
                 self._unary_running += 1
                 try:
-                    expires = _expires_ms(context) if rpc.has_request_id else 0
+                    expires = metadata.expires_ms(context) if rpc.has_request_id else 0
                     deadline = _deadline(context.time_remaining(), expires)
                     response = await self.dispatch(rpc, request, deadline)
                     self._answered(rpc.name, _OK, arrived)
@@ -332,9 +298,14 @@ class SessionStoreServicer:
         running: set[asyncio.Task[None]] = set()
         limits = self._limits
         loop = asyncio.get_running_loop()
-        max_reply = min(limits.max_message_bytes + codec.FRAMING_BYTES, _client_max_reply(context))
-        batch = _said(context, codec.CALLS_BATCH_KEY)  # (running: the writer's task too)
-        replies = Replies(context, batch, max_reply, lambda: len(running) > 1)
+        max_reply = min(
+            limits.max_message_bytes + codec.FRAMING_BYTES, metadata.client_max_reply(context)
+        )
+        batch = metadata.said(context, codec.CALLS_BATCH_KEY)
+        # Others than the writer (a call's task, or the reader: in no set).
+        replies = Replies(
+            context, batch, max_reply, lambda: len(running) > (asyncio.current_task() in running)
+        )
         # Say how many calls this stream runs at once (a client sends more unary),
         # and that calls coalesced in one message are read.
         await context.send_initial_metadata(
@@ -344,50 +315,34 @@ class SessionStoreServicer:
             )
         )
         if self._draining:  # opened while the server stops: nothing on it will be read
-            await replies.send(_failure(0, _stopped_stream()))
+            await replies.send(failure(0, stopped_stream()))
             return
 
-        def admit(request: pb.CallRequest, arrived: float) -> pb.CallReply | None:
-            """Start one call, or say why not (its refusal, to be written)."""
-            refused: StateError | None = None
-            reason = ""
-            if self._draining:
-                refused, reason = _stopping(), "stopping"
-            elif (
-                len(running) >= limits.max_calls_per_connection
-                or self._streamed_calls >= limits.max_concurrent_calls
-            ):
-                reason = (
-                    "max_calls_per_connection"
-                    if len(running) >= limits.max_calls_per_connection
-                    else "max_concurrent_calls"
-                )
-                refused = LimitExceeded(
-                    f"{len(running)} calls run on this stream and {self._streamed_calls} "
-                    f"on all: not run (rule {reason!r})",
-                    limit=reason,
-                )
-            if refused is not None:
-                self._refused_streamed(request, arrived, refused, reason)
-                return _failure(request.call, refused)
+        def admit(request: pb.CallRequest, arrived: float) -> pb.CallReply | bytes | None:
+            """Answer one call now (a read the store answers at once), start it, or
+            say why not: the reply to write now, or None (its task answers it)."""
+            refusal = self._refusal(request, arrived, len(running))
+            if refusal is not None:
+                return refusal
+            answer, operation = self._at_once(request, arrived, max_reply)
+            if answer is not None:
+                return answer
             # Counted from now (the task may start later) until its dispatch is
             # done, or it ends unstarted (cancelled): whichever comes first.
             self._streamed_calls += 1
             slot = [True]
             task = loop.create_task(
-                self._streamed(request, arrived, context, replies, max_reply, slot)
+                self._streamed(request, arrived, context, replies, max_reply, slot, operation)
             )
             running.add(task)
             task.add_done_callback(running.discard)
             task.add_done_callback(functools.partial(self._released, slot))
             return None
 
-        # The requests are read by a task of ours, so that a stopping server can end
-        # the stream (by cancelling the reader) instead of waiting for the client's
-        # next message.
-        most = limits.max_calls_per_connection
-        reader = loop.create_task(_read_calls(requests, admit, replies, most))
-        self._streams[reader] = running
+        # Read in a task of ours: a stopping server ends the stream by stopping it.
+        reading = CallsReader(requests, admit, replies, limits.max_calls_per_connection)
+        reader = reading.start()
+        self._streams[reading] = running
         handler = asyncio.current_task()
         if handler is not None:
             self._handlers.add(handler)
@@ -406,14 +361,67 @@ class SessionStoreServicer:
                 # grace's end never gets here): what the client still waits for was
                 # never read, so never run. Said in a reply to call 0 (a message is
                 # awaited until written; trailers may be lost in the shutdown).
-                await replies.send(_failure(0, _stopped_stream()))
+                await replies.send(failure(0, stopped_stream()))
         finally:
-            self._streams.pop(reader, None)
+            self._streams.pop(reading, None)
             if handler is not None:
                 self._handlers.discard(handler)
             reader.cancel()
             for task in running:
                 task.cancel()
+
+    def _refusal(
+        self, request: pb.CallRequest, arrived: float, running: int
+    ) -> pb.CallReply | None:
+        """The refusal of a streamed call the server will not run (it is stopping, or
+        ``running`` calls run on the stream, or as many as it runs in all), or None."""
+        limits = self._limits
+        if self._draining:
+            refused: StateError = _stopping()
+            reason = "stopping"
+        elif (
+            running >= limits.max_calls_per_connection
+            or self._streamed_calls >= limits.max_concurrent_calls
+        ):
+            reason = (
+                "max_calls_per_connection"
+                if running >= limits.max_calls_per_connection
+                else "max_concurrent_calls"
+            )
+            refused = LimitExceeded(
+                f"{running} calls run on this stream and {self._streamed_calls} "
+                f"on all: not run (rule {reason!r})",
+                limit=reason,
+            )
+        else:
+            return None
+        self._refused_streamed(request, arrived, refused, reason)
+        return failure(request.call, refused)
+
+    def _at_once(
+        self, request: pb.CallRequest, arrived: float, max_reply: int
+    ) -> tuple[pb.CallReply | bytes | None, Operation[Any] | None]:
+        """A streamed call answered in this turn (a read the store answers at once,
+        or a request that does not decode), or its operation for its task to run
+        (None as well for one too large to decode here, or with no call known)."""
+        field = request.WhichOneof("body") or ""
+        rpc = CALL_FIELDS.get(field)
+        if rpc is None:
+            return None, None  # its task says so
+        body = getattr(request, field)
+        try:
+            operation = self.decode_now(rpc, body)
+            if operation is None:
+                return None, None
+            answer = self.answer_now(rpc, body, operation)
+        except Exception as exc:
+            error = _as_state_error(rpc.name, exc)
+            return self._reply(
+                request.call, field, rpc.name, None, error, arrived, max_reply
+            ), None
+        if isinstance(answer, Missed):
+            return None, operation
+        return self._reply(request.call, field, rpc.name, answer, None, arrived, max_reply), None
 
     def _refused(self, method: str, reason: str, session_id: str | None) -> None:
         """A call refused at admission: logged, and counted as refused."""
@@ -465,8 +473,8 @@ class SessionStoreServicer:
         # A streamed call still running is not cancelled here: its stream then never
         # says "not run" of it (it may have reached the store), and ends unanswered
         # when the server stops: the client settles it, or finds it unknown.
-        for reader in list(self._streams):
-            reader.cancel()  # its stream's handler then answers what runs, and returns
+        for reading in list(self._streams):
+            reading.stop()  # its stream's handler then answers what runs, and returns
         handlers = list(self._handlers)
         # Each says, in its last reply, that the rest never ran: given a moment for it
         # even when the grace is spent (a loaded machine needs one).
@@ -482,17 +490,19 @@ class SessionStoreServicer:
         replies: Replies,
         max_reply: int,
         slot: list[bool],
+        operation: Operation[Any] | None,
     ) -> None:
-        """One call of a Calls stream, through the one dispatch, its answer written
-        back. It counts against ``max_concurrent_calls`` (from its creation) until its
-        dispatch is done (``slot``), not while its answer waits for a client that does
-        not read. Its deadline is its own (counted from its arrival), within the
+        """One call of a Calls stream (its ``operation`` decoded already, unless its
+        request is large), through the one dispatch, its answer written back. It
+        counts against ``max_concurrent_calls`` (from its creation) until its
+        dispatch is done (``slot``), not while its answer waits for a client that
+        does not read. Its deadline is its own (counted from its arrival), within the
         stream's."""
         call = request.call
-        field = request.WhichOneof("body")
-        rpc = CALL_FIELDS.get(field or "")
+        field = request.WhichOneof("body") or ""
+        rpc = CALL_FIELDS.get(field)
         method = rpc.name if rpc is not None else _UNKNOWN
-        reply: pb.CallReply | bytes
+        response: Message | bytes | None = None
         error: StateError | None = None
         try:
             if rpc is None:
@@ -506,12 +516,8 @@ class SessionStoreServicer:
                 try:
                     expires = request.expires_unix_ms if rpc.has_request_id else 0
                     deadline = _deadline(left, expires)
-                    response = await self.dispatch(rpc, getattr(request, field), deadline)
-                    if isinstance(response, bytes):  # a large answer, serialized already
-                        reply = call_reply_bytes(call, field, response)
-                    else:
-                        body: dict[str, Any] = {field: response}
-                        reply = pb.CallReply(call=call, **body)
+                    body = getattr(request, field)
+                    response = await self.dispatch(rpc, body, deadline, operation)
                 except Exception as exc:
                     error = _as_state_error(rpc.name, exc)
         except asyncio.CancelledError:  # the stream ended under it: never answered
@@ -520,18 +526,9 @@ class SessionStoreServicer:
         finally:
             self._release(slot)
         try:
-            if error is None:
-                size = len(reply) if isinstance(reply, bytes) else reply.ByteSize()
-                if size > max_reply:
-                    error = LimitExceeded(
-                        f"Calls: the answer is {size} bytes, over the {max_reply} "
-                        "this stream carries (rule 'max_message_bytes'); ask for it unary",
-                        limit="max_message_bytes",
-                    )
-            if error is not None:
-                reply = _failure(call, error)
-            self._answered(method, _code(error), arrived)
-            await replies.send(reply)
+            await replies.send(
+                self._reply(call, field, method, response, error, arrived, max_reply)
+            )
         except Exception as exc:  # the stream went away: nobody waits for the answer
             if not (context.cancelled() or context.done()):
                 # As text: a live traceback in a kept log record would keep the
@@ -539,6 +536,38 @@ class SessionStoreServicer:
                 logger.warning(
                     "SessionStore.Calls: call %d could not be answered: %s", call, repr(exc)
                 )
+
+    def _reply(
+        self,
+        call: int,
+        field: str,
+        method: str,
+        response: Message | bytes | None,
+        error: StateError | None,
+        arrived: float,
+        max_reply: int,
+    ) -> pb.CallReply | bytes:
+        """A streamed call's reply, counted as answered: its ``response`` in its
+        field, or its ``error`` (LimitExceeded for an answer larger than the stream
+        carries)."""
+        if error is None:
+            reply: pb.CallReply | bytes
+            if isinstance(response, bytes):  # a large answer, serialized already
+                reply = call_reply_bytes(call, field, response)
+            else:
+                body: dict[str, Any] = {field: response}
+                reply = pb.CallReply(call=call, **body)
+            size = len(reply) if isinstance(reply, bytes) else reply.ByteSize()
+            if size <= max_reply:
+                self._answered(method, _OK, arrived)
+                return reply
+            error = LimitExceeded(
+                f"Calls: the answer is {size} bytes, over the {max_reply} "
+                "this stream carries (rule 'max_message_bytes'); ask for it unary",
+                limit="max_message_bytes",
+            )
+        self._answered(method, _code(error), arrived)
+        return failure(call, error)
 
     def _answered(self, method: str, code: str, arrived: float) -> None:
         """Count a call answered (when the server keeps metrics)."""
@@ -555,7 +584,7 @@ class SessionStoreServicer:
         not the session's end)."""
         code = _OK
         try:
-            await self._watch(request, context)
+            await write_events(self._store, self._metrics, request, context)
         except asyncio.CancelledError:  # the watcher went away (it unsubscribed)
             code = _CANCELLED
             raise
@@ -569,32 +598,3 @@ class SessionStoreServicer:
         finally:
             if self._metrics is not None:
                 self._metrics.watch_ended(code)
-
-    async def _watch(
-        self, request: pb.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
-        events = await self._store.watch(
-            request.session_id,
-            list(request.patterns),
-            request.start_sequence or None,
-            request.incarnation or None,
-            progress=request.progress,
-        )
-        metrics = self._metrics
-        # aclosing: the store's watch ends now, not when it is collected.
-        async with contextlib.aclosing(events):
-            if metrics is not None:
-                metrics.watch_streams += 1
-            try:
-                await context.send_initial_metadata(())  # the stream is up: a client can tell
-                if request.started:  # asked for: where it starts, and the incarnation
-                    first = started_message(request.session_id, events.start, events.incarnation)
-                    await context.write(first)
-                async for event in events:
-                    await failpoints.reached("watch.event")
-                    if metrics is not None:  # counted as handed to the stream
-                        metrics.watch_event(_kind(event))
-                    await context.write(event_message(event))
-            finally:
-                if metrics is not None:
-                    metrics.watch_streams -= 1

@@ -1,0 +1,124 @@
+"""The server answering reads at once: ``Store.read_now`` and the Calls stream's reader.
+
+A read the store answers from what it holds is answered in the reader's own turn,
+with no task; what it cannot answer so (a scan of a large session, a store on an
+engine) says MISSED and is run. The reader, stopped by a stopping server, never
+stops in the middle of a write: the answers it carries (other calls' among them)
+are written first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from bridge_support import held
+
+from dspex_actors.bridge.server.reading import CallsReader
+from dspex_actors.bridge.server.replies import Replies
+from dspex_actors.bulk import BULK_ITEMS
+from dspex_actors.errors import SessionNotFound, VariableNotFound
+from dspex_actors.messages import GetVersioned, ListVariables
+from dspex_actors.session import MISSED
+from dspex_actors.stores.memory import MemoryStore
+from dspex_actors.stores.sqlite import SqliteStore
+from dspex_actors.v1 import session_store_pb2 as pb
+
+WAIT = 30.0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_store_answers_a_read_now_or_says_it_must_be_run(kind: str, tmp_path: Path) -> None:
+    """A get is answered at once, with the version; its errors are raised as ``run``
+    raises them; another incarnation is not this session; a listing of a large
+    session is MISSED (``run`` reads it off the loop), of a small one answered."""
+
+    async def scenario() -> None:
+        store = MemoryStore() if kind == "memory" else SqliteStore(str(tmp_path / "s.db"))
+        try:
+            opened = await store.open("s", create=True, metadata=None)
+            state = held(store, "s")
+            state.register_variable("t", "float", 0.5)
+            assert store.read_now("s", GetVersioned("t")) == (0.5, 0)
+            assert store.read_now("s", GetVersioned("t"), opened.incarnation) == (0.5, 0)
+            with pytest.raises(VariableNotFound):
+                store.read_now("s", GetVersioned("absent"))
+            with pytest.raises(SessionNotFound):
+                store.read_now("s", GetVersioned("t"), "another incarnation")
+            with pytest.raises(SessionNotFound):
+                store.read_now("nobody", GetVersioned("t"))
+            assert [r.name for r in store.read_now("s", ListVariables(None))] == ["t"]
+            for i in range(BULK_ITEMS):
+                state.register_variable(f"v{i}", "integer", i)
+            assert store.read_now("s", ListVariables(None)) is MISSED
+            listed = await store.run("s", ListVariables(None), request_id=None, deadline=None)
+            assert len(listed) == BULK_ITEMS + 1
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+class _HeldWrites:
+    """A stream's write side whose writes wait until released, saying when one started."""
+
+    def __init__(self) -> None:
+        self.written: list[pb.CallReply] = []
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def write(self, message: pb.CallReply) -> None:
+        self.started.set()
+        await self.release.wait()
+        self.written.append(message)
+
+
+async def _one_then_wait(
+    request: pb.CallRequest, never: asyncio.Event
+) -> AsyncIterator[pb.CallRequest]:
+    """A client that sends one request, then waits and sends nothing more."""
+    yield request
+    await never.wait()
+
+
+def test_a_reader_stopped_while_it_writes_finishes_the_write_first() -> None:
+    """The reader answers a call at once and writes the answer; stopped while the
+    write is held, it is not cancelled: the answer goes out, then it returns. Stopped
+    while it waits for the client's next message, it ends at once."""
+
+    async def scenario() -> None:
+        writes = _HeldWrites()
+        replies = Replies(writes, True, max_reply=1 << 20)  # type: ignore[arg-type]
+        never = asyncio.Event()
+
+        def admit(request: pb.CallRequest, arrived: float) -> pb.CallReply:
+            return pb.CallReply(call=request.call)
+
+        requests = _one_then_wait(pb.CallRequest(call=7), never)
+        reader = CallsReader(requests, admit, replies, most=8)
+        task = reader.start()
+        await asyncio.wait_for(writes.started.wait(), WAIT)
+        reader.stop()
+        await asyncio.sleep(0)
+        assert not task.done()  # the write it carries is under way: not cut off
+        writes.release.set()
+        assert await asyncio.wait_for(task, WAIT) is True
+        assert [m.call for m in writes.written] == [7]
+
+        writes = _HeldWrites()
+        writes.release.set()
+        replies = Replies(writes, True, max_reply=1 << 20)  # type: ignore[arg-type]
+        requests = _one_then_wait(pb.CallRequest(call=8), never)
+        reader = CallsReader(requests, admit, replies, most=8)
+        task = reader.start()
+        await asyncio.wait_for(writes.started.wait(), WAIT)
+        while not writes.written:  # its answer written, it waits for the next message
+            await asyncio.sleep(0)
+        reader.stop()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, WAIT)
+        assert [m.call for m in writes.written] == [8]
+
+    asyncio.run(scenario())

@@ -21,7 +21,7 @@ from dspex_actors.bridge.server.replies import Replies
 from dspex_actors.bulk import BULK_ITEMS
 from dspex_actors.errors import SessionNotFound, VariableNotFound
 from dspex_actors.messages import GetVersioned, ListVariables
-from dspex_actors.session import MISSED
+from dspex_actors.session import MISSED, Missed
 from dspex_actors.stores.memory import MemoryStore
 from dspex_actors.stores.sqlite import SqliteStore
 from dspex_actors.v1 import session_store_pb2 as pb
@@ -49,7 +49,9 @@ def test_a_store_answers_a_read_now_or_says_it_must_be_run(kind: str, tmp_path: 
                 store.read_now("s", GetVersioned("t"), "another incarnation")
             with pytest.raises(SessionNotFound):
                 store.read_now("nobody", GetVersioned("t"))
-            assert [r.name for r in store.read_now("s", ListVariables(None))] == ["t"]
+            listing = store.read_now("s", ListVariables(None))
+            assert not isinstance(listing, Missed)
+            assert [r.name for r in listing] == ["t"]
             for i in range(BULK_ITEMS):
                 state.register_variable(f"v{i}", "integer", i)
             assert store.read_now("s", ListVariables(None)) is MISSED

@@ -15,9 +15,9 @@ How it serves without blocking the event loop: redis-py is blocking, so each cal
 runs on one of this store's ``workers`` threads, taken from a queue bounded at 4,096
 calls (a server's ``max_concurrent_calls`` keeps it far below). A call whose
 deadline passed while it waited for a thread is never sent (``BridgeUnavailable``:
-not applied); no read is answered without one (``read_now`` says so). The store keeps one attached engine per session it served lately (at most
-``max_handles``; they share one connection pool per Redis), so a variable's
-definition is read from Redis once, not per call.
+not applied); no read is answered without a thread (``read_now``). The store keeps
+one attached engine per session it served lately (at most ``max_handles``; they
+share one connection pool per Redis), so a definition is read from Redis once.
 
 Exactly once across servers: a write's request id travels to Redis with it
 (:func:`~dspex_actors.redis.connections.call_scope`), and Redis remembers the reply for

@@ -43,6 +43,7 @@ from dspex_actors.messages import (
     ListVariables,
     OpenSession,
     Operation,
+    ReadOperation,
     RegisterVariable,
     Settle,
     SetVariable,
@@ -78,7 +79,7 @@ from dspex_actors.wire.forms import (
     unpack_within,
 )
 
-__all__ = ["CALL_FIELDS", "RPCS", "SENDS"]
+__all__ = ["CALL_FIELDS", "PROMPT_FIELDS", "RPCS", "SENDS"]
 
 
 # -- reads --------------------------------------------------------------------------------
@@ -693,3 +694,18 @@ SENDS[Settle] = Send(
     ),
     lambda op, r, max_bytes: bool(r.applied),
 )
+
+
+PROMPT_FIELDS: frozenset[str] = frozenset(
+    rpc.field
+    for rpc in CALL_FIELDS.values()
+    if all(
+        issubclass(op, ReadOperation) and not op.scans
+        for op, send in SENDS.items()
+        if send.rpc is rpc
+    )
+    and any(send.rpc is rpc for send in SENDS.values())
+    and rpc.field is not None
+)
+"""The Calls fields of the reads that scan nothing: as a rule a server answers them
+from what it holds at once, or (on an engine) in one round trip to it."""

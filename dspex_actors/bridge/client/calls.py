@@ -52,6 +52,7 @@ from dspex_actors.wire import codec
 from dspex_actors.wire import status as wire_status
 from dspex_actors.wire.coalesce import coalesced
 from dspex_actors.wire.forms import SERVICE
+from dspex_actors.wire.operations import PROMPT_FIELDS
 
 __all__ = ["CALLS_METHOD", "CallStream", "GoUnary", "Unanswered", "ended_by", "not_sent"]
 
@@ -67,6 +68,10 @@ _BATCH_CALLS = 64
 """Calls one message carries at most, coalesced (see :meth:`CallStream._open`)."""
 _BATCH_BYTES = 64 * 1024
 """Bytes of calls one message takes before it carries no more: far below any limit."""
+_HOLD_FIRST = 0.001
+"""Seconds a message of reads is taken to wait for its answer, until one is timed."""
+_HOLD_MOST = 0.005
+"""Seconds a message waits at most behind a message of reads that has no answer yet."""
 
 
 class Unanswered(Exception):
@@ -99,6 +104,38 @@ class _Waiter:
         self.sent = False
         """Its request was handed to gRPC (set under the stream's lock, and only while
         the call is waited for): from then on the server may have run it."""
+
+
+class _Hold:
+    """While a message of reads waits for its answer, the stream's next message waits
+    for it too (:meth:`CallStream._open` says why), at most twice the time such an
+    answer has been taking (a moving average) and never over :data:`_HOLD_MOST`.
+    The writer thread calls :meth:`wait` and :meth:`sent`, the reader :meth:`came`:
+    their races only move the average, and an answer can never come before the
+    message it answers was :meth:`sent`."""
+
+    __slots__ = ("answered", "round_trip", "sent_at")
+
+    def __init__(self) -> None:
+        self.answered = threading.Event()
+        self.answered.set()
+        self.sent_at = 0.0  # when the message of reads waiting for its answer left
+        self.round_trip = _HOLD_FIRST
+
+    def wait(self) -> None:
+        if not self.answered.is_set():
+            self.answered.wait(min(2 * self.round_trip, _HOLD_MOST))
+
+    def sent(self, requests: list[pb.CallRequest]) -> None:
+        if all(r.WhichOneof("body") in PROMPT_FIELDS for r in requests):
+            self.sent_at = time.monotonic()
+            self.answered.clear()
+
+    def came(self) -> None:
+        sent_at, self.sent_at = self.sent_at, 0.0
+        if sent_at:
+            self.round_trip += (time.monotonic() - sent_at - self.round_trip) / 8
+        self.answered.set()
 
 
 class CallStream:
@@ -175,7 +212,10 @@ class CallStream:
                 if sent:
                     why = f"no reply within the deadline ({timeout:.3g}s)"
                 else:
-                    why = f"the Calls stream was not up within the deadline ({timeout:.3g}s)"
+                    why = (
+                        f"not sent within the deadline ({timeout:.3g}s): the Calls stream "
+                        "was not up, or held it behind reads waiting for their answer"
+                    )
                 error = self._unavailable(why, status=grpc.StatusCode.DEADLINE_EXCEEDED.name)
                 raise Unanswered(error, maybe_sent=sent)
         if waiter.error is not None:
@@ -195,9 +235,20 @@ class CallStream:
         return BridgeUnavailable(f"SessionStore at {self._target}: {why}", **details)
 
     def _open(self) -> queue.SimpleQueue[pb.CallRequest | None]:
-        """Open the stream and its reader (with the lock held)."""
+        """Open the stream and its reader (with the lock held).
+
+        Calls ready together leave in one message (where the server reads them so),
+        and while a message of reads waits for its answer, the next message waits
+        for it too (:class:`_Hold`): the server answers a read at once, so that is
+        about one round trip, and the threads its answer wakes then call again
+        together, their calls one message instead of several. A thread's call costs
+        its process less the more calls share a message (measured, 8 processes of 8
+        threads on 2 cores: 5.4 calls a message instead of 2.6-3.3, about 70 us of
+        client CPU a call instead of 115). A lone call never waits (nothing is in
+        flight), nor does a call behind a write (which may wait for its actor)."""
         outbox: queue.SimpleQueue[pb.CallRequest | None] = queue.SimpleQueue()
         headers = threading.Event()  # set by the reader: the server's headers, or the end
+        hold = _Hold()
 
         def requests() -> Iterator[pb.CallRequest]:
             headers.wait()  # nothing goes to gRPC before them (see the module docstring)
@@ -205,6 +256,7 @@ class CallStream:
             while not ended and (request := outbox.get()) is not None:
                 ready = [request]
                 if batches[0]:  # the server reads calls coalesced: take what is ready too
+                    hold.wait()
                     _let_callers_queue(outbox, self._waiting)
                     size = request.ByteSize()
                     while len(ready) < _BATCH_CALLS and size < _BATCH_BYTES:
@@ -220,6 +272,8 @@ class CallStream:
                 with self._lock:
                     sent = [r for r in ready if self._mark_sent(r.call)]
                 # (calls whose callers gave up, or were failed, are never sent now)
+                if batches[0] and sent:
+                    hold.sent(sent)
                 for message in coalesced(sent, _BATCH_BYTES):
                     self.coalesced += len(message.more) + 1 if message.more else 0
                     yield message
@@ -229,7 +283,7 @@ class CallStream:
         self._outbox, self._replies = outbox, replies
         self._reader = threading.Thread(
             target=self._read,
-            args=(outbox, replies, headers, batches),
+            args=(outbox, replies, headers, batches, hold),
             name="dspex-calls",
             daemon=True,
         )
@@ -262,6 +316,7 @@ class CallStream:
         replies: Any,
         headers: threading.Event,
         batches: list[bool],
+        hold: _Hold,
     ) -> None:
         """Let the requests go once the server's headers came, hand each reply to its
         caller until the stream ends; then fail the rest.
@@ -292,6 +347,7 @@ class CallStream:
                 headers.set()
             calls = self._waiting
             for message in replies:
+                hold.came()
                 answers = (message, *message.more) if message.more else (message,)
                 with self._lock:  # once a message: its callers' threads wait on it too
                     handed = [(calls.pop(a.call, None), a) for a in answers if a.call]
@@ -313,6 +369,7 @@ class CallStream:
             waiting = list(self._waiting.values())
             self._waiting.clear()  # from now on none of them is handed over
         _end(outbox)
+        hold.came()  # (a message held behind the last one goes, or ends, now)
         headers.set()  # the request iterator ends (on the _end mark)
         for waiter in waiting:
             waiter.error = failure if waiter.sent else not_sent(failure)

@@ -33,21 +33,37 @@ def _set(call: int) -> pb.CallRequest:
 
 def test_a_message_of_reads_arms_the_hold_and_its_answer_releases_it() -> None:
     hold = calls._Hold()
-    assert hold.answered.is_set()  # nothing in flight: a call goes at once
+    assert not hold.sent_at  # nothing in flight: a call goes at once
+    hold.wait()  # (returns: nothing to wait for)
     hold.sent([_get(1), _get(2)])
-    assert not hold.answered.is_set()
+    assert hold.sent_at
     hold.came()
-    assert hold.answered.is_set()
+    assert not hold.sent_at
     assert hold.round_trip < calls._HOLD_FIRST  # the answer's time, into the average
+
+
+def test_a_waiting_writer_is_woken_by_the_answer() -> None:
+    """The writer waits (the hold's limit raised far past the test's); the reader's
+    answer, from another thread, wakes it."""
+    hold = calls._Hold()
+    hold.round_trip = 3600.0
+    hold.sent([_get(1)])
+    writer = threading.Thread(target=hold.wait)
+    writer.start()
+    while not hold.waiting:  # it waits on the answer now
+        threading.Event().wait(0.001)
+    hold.came()
+    writer.join(WAIT)
+    assert not writer.is_alive()
 
 
 def test_a_message_with_a_write_arms_nothing() -> None:
     """A write may wait for its session's actor: nothing waits behind it."""
     hold = calls._Hold()
     hold.sent([_get(1), _set(2)])
-    assert hold.answered.is_set()
+    assert not hold.sent_at
     hold.sent([_set(3)])
-    assert hold.answered.is_set()
+    assert not hold.sent_at
     hold.came()  # an answer with no message of reads waiting: the average is kept
     assert hold.round_trip == calls._HOLD_FIRST
 

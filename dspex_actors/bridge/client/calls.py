@@ -110,32 +110,40 @@ class _Hold:
     """While a message of reads waits for its answer, the stream's next message waits
     for it too (:meth:`CallStream._open` says why), at most twice the time such an
     answer has been taking (a moving average) and never over :data:`_HOLD_MOST`.
-    The writer thread calls :meth:`wait` and :meth:`sent`, the reader :meth:`came`:
-    their races only move the average, and an answer can never come before the
-    message it answers was :meth:`sent`."""
+    The writer thread calls :meth:`wait` and :meth:`sent`, the reader :meth:`came`;
+    no lock is taken unless the writer waits (each side writes its flag before it
+    reads the other's, so a wake-up is never lost), and an answer can never come
+    before the message it answers was :meth:`sent`."""
 
-    __slots__ = ("answered", "round_trip", "sent_at")
+    __slots__ = ("answered", "round_trip", "sent_at", "waiting")
 
     def __init__(self) -> None:
         self.answered = threading.Event()
-        self.answered.set()
         self.sent_at = 0.0  # when the message of reads waiting for its answer left
+        self.waiting = False  # the writer waits on ``answered``
         self.round_trip = _HOLD_FIRST
 
     def wait(self) -> None:
-        if not self.answered.is_set():
-            self.answered.wait(min(2 * self.round_trip, _HOLD_MOST))
+        if self.sent_at:
+            self.answered.clear()
+            self.waiting = True
+            if self.sent_at:
+                self.answered.wait(min(2 * self.round_trip, _HOLD_MOST))
+            self.waiting = False
 
     def sent(self, requests: list[pb.CallRequest]) -> None:
-        if all(r.WhichOneof("body") in PROMPT_FIELDS for r in requests):
-            self.sent_at = time.monotonic()
-            self.answered.clear()
+        for request in requests:
+            if request.WhichOneof("body") not in PROMPT_FIELDS:
+                return
+        self.sent_at = time.monotonic()
 
     def came(self) -> None:
-        sent_at, self.sent_at = self.sent_at, 0.0
+        sent_at = self.sent_at
         if sent_at:
+            self.sent_at = 0.0
             self.round_trip += (time.monotonic() - sent_at - self.round_trip) / 8
-        self.answered.set()
+            if self.waiting:
+                self.answered.set()
 
 
 class CallStream:

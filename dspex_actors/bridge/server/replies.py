@@ -15,7 +15,7 @@ within what the client said it receives.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import grpc.aio
@@ -50,28 +50,29 @@ class Replies:
         context: grpc.aio.ServicerContext[Any, Any],
         coalesce: bool,
         max_reply: int,
-        others_running: Callable[[], bool] = lambda: False,
+        running: Collection[object] = (),
     ) -> None:
         self._context = context
         self._coalesce = coalesce
-        self._others_running = others_running
+        self._running = running
         self._max_reply = max_reply
         self._pending: list[pb.CallReply | bytes] = []
         self._writing = False
         self.messages = 0
         """Messages written (fewer than answers when answers were coalesced)."""
 
-    async def send(self, *replies: pb.CallReply | bytes) -> None:
+    async def send(self, *replies: pb.CallReply | bytes, ours: int = 0) -> None:
         """Write ``replies`` (in one message where they fit); while another write is
         under way, leave them to that writer, which writes them next (with what else
-        is ready then). Raises what the write raised (the stream went away) to
-        whichever caller was writing."""
+        is ready then). ``ours``: how many of the stream's ``running`` calls are the
+        sender's own (a call's task: 1). Raises what the write raised (the stream
+        went away) to whichever caller was writing."""
         self._pending.extend(replies)
         if self._writing:
             return
         self._writing = True
         try:
-            if self._coalesce and self._others_running():
+            if self._coalesce and len(self._running) > ours:
                 await asyncio.sleep(0)  # their answers, ready this turn, join this one
             while self._pending:
                 ready, self._pending = self._pending, []

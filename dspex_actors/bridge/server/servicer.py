@@ -302,10 +302,7 @@ class SessionStoreServicer:
             limits.max_message_bytes + codec.FRAMING_BYTES, metadata.client_max_reply(context)
         )
         batch = metadata.said(context, codec.CALLS_BATCH_KEY)
-        # Others than the writer (a call's task, or the reader: in no set).
-        replies = Replies(
-            context, batch, max_reply, lambda: len(running) > (asyncio.current_task() in running)
-        )
+        replies = Replies(context, batch, max_reply, running)
         # Say how many calls this stream runs at once (a client sends more unary),
         # and that calls coalesced in one message are read.
         await context.send_initial_metadata(
@@ -526,9 +523,8 @@ class SessionStoreServicer:
         finally:
             self._release(slot)
         try:
-            await replies.send(
-                self._reply(call, field, method, response, error, arrived, max_reply)
-            )
+            reply = self._reply(call, field, method, response, error, arrived, max_reply)
+            await replies.send(reply, ours=1)
         except Exception as exc:  # the stream went away: nobody waits for the answer
             if not (context.cancelled() or context.done()):
                 # As text: a live traceback in a kept log record would keep the

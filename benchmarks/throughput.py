@@ -315,19 +315,24 @@ def run(run: Run) -> None:
                 rates=measured[mode, n].rates,
             )
     _cpu_values(run, modes, measured, max(counts))
+    _cpu_values(run, modes, threaded, max(counts), THREADS)
 
 
-def _cpu_values(run: Run, modes: list[str], measured: Rates, n: int) -> None:
-    """What one call cost the clients and the server in CPU with ``n`` clients."""
+def _cpu_values(run: Run, modes: list[str], measured: Rates, n: int, threads: int = 1) -> None:
+    """What one call cost the clients and the server in CPU with ``n`` clients (of
+    ``threads`` threads each)."""
+    shape, what = (f"{n}", f"{n} client processes")
+    if threads > 1:
+        shape, what = f"{n}x{threads}", f"{n} client processes x {threads} threads"
     for mode in modes:
         label = MODES[mode][0]
         outcome = measured[mode, n]
         for side, seconds in (("client", outcome.client_cpu), ("server", outcome.server_cpu)):
             if seconds is not None:
                 run.results.value(
-                    f"throughput.{mode}@{n}.{side}_cpu_us",
+                    f"throughput.{mode}@{shape}.{side}_cpu_us",
                     seconds * 1e6,
                     "us",
-                    f"{label}, {n} client processes: CPU per call, "
+                    f"{label}, {what}: CPU per call, "
                     + ("the clients together" if side == "client" else "the server"),
                 )

@@ -124,3 +124,25 @@ def test_a_reader_stopped_while_it_writes_finishes_the_write_first() -> None:
         assert [m.call for m in writes.written] == [8]
 
     asyncio.run(scenario())
+
+
+def test_answers_waiting_for_a_slow_reader_are_bounded() -> None:
+    """The first answer's write is held (a client that does not read); with room for
+    two answers behind it, a third sender waits until the writer takes them, then
+    all go out in order."""
+
+    async def scenario() -> None:
+        writes = _HeldWrites()
+        replies = Replies(writes, True, max_reply=1 << 20, most=2)  # type: ignore[arg-type]
+        first = asyncio.create_task(replies.send(pb.CallReply(call=1)))
+        await asyncio.wait_for(writes.started.wait(), WAIT)
+        await replies.send(pb.CallReply(call=2))  # room: left to the writer
+        third = asyncio.create_task(replies.send(pb.CallReply(call=3)))
+        await asyncio.sleep(0)
+        assert not third.done()  # two wait already: it waits for room
+        writes.release.set()
+        await asyncio.wait_for(asyncio.gather(first, third), WAIT)
+        assert [m.call for m in writes.written] == [1, 2]
+        assert [r.call for r in writes.written[1].more] == [3]
+
+    asyncio.run(scenario())

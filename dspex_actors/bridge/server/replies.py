@@ -9,7 +9,9 @@ turn first (one loop turn): the calls of one coalesced request, answered at once
 then leave in one message, not the first alone and the rest after it. Answers given
 together (a message's reads, answered as they were read) go together. A lone answer
 is written at once, as before: coalescing costs it nothing. Each message stays
-within what the client said it receives.
+within what the client said it receives, and no more answers wait for the writer
+than the stream runs calls at once: a client that asks faster than it reads is
+made to wait, not queued for without bound.
 """
 
 from __future__ import annotations
@@ -51,8 +53,11 @@ class Replies:
         coalesce: bool,
         max_reply: int,
         running: Collection[object] = (),
+        most: int = 1 << 30,
     ) -> None:
         self._context = context
+        self._most = most
+        self._room = asyncio.Event()  # clear while ``most`` answers wait for the writer
         self._coalesce = coalesce
         self._running = running
         self._max_reply = max_reply
@@ -65,10 +70,16 @@ class Replies:
         """Write ``replies`` (in one message where they fit); while another write is
         under way, leave them to that writer, which writes them next (with what else
         is ready then). ``ours``: how many of the stream's ``running`` calls are the
-        sender's own (a call's task: 1). Raises what the write raised (the stream
-        went away) to whichever caller was writing."""
+        sender's own (a call's task: 1). While ``most`` answers wait for a writer
+        (the client reads slower than it asks), the sender waits for room: a call's
+        task keeps its place among the stream's running calls (so the stream admits
+        no more), and the stream's reader reads nothing more meanwhile. Raises what
+        the write raised (the stream went away) to whichever caller was writing."""
         self._pending.extend(replies)
         if self._writing:
+            if len(self._pending) >= self._most:
+                self._room.clear()
+                await self._room.wait()
             return
         self._writing = True
         try:
@@ -76,11 +87,13 @@ class Replies:
                 await asyncio.sleep(0)  # their answers, ready this turn, join this one
             while self._pending:
                 ready, self._pending = self._pending, []
+                self._room.set()
                 for message in self._grouped(ready):
                     await self._context.write(message)
                     self.messages += 1
         finally:
             self._writing = False
+            self._room.set()  # (the stream went away, if answers are left: nobody waits)
 
     def _grouped(self, ready: list[pb.CallReply | bytes]) -> Iterator[pb.CallReply | bytes]:
         """The messages that carry ``ready``: runs of answers coalesced within the

@@ -302,7 +302,7 @@ class SessionStoreServicer:
             limits.max_message_bytes + codec.FRAMING_BYTES, metadata.client_max_reply(context)
         )
         batch = metadata.said(context, codec.CALLS_BATCH_KEY)
-        replies = Replies(context, batch, max_reply, running)
+        replies = Replies(context, batch, max_reply, running, limits.max_calls_per_connection)
         # Say how many calls this stream runs at once (a client sends more unary),
         # and that calls coalesced in one message are read.
         await context.send_initial_metadata(

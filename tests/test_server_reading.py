@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bridge_support import held
 
+from dspex_actors.bridge import BridgedState, serve
 from dspex_actors.bridge.server.reading import CallsReader
 from dspex_actors.bridge.server.replies import Replies
 from dspex_actors.bulk import BULK_ITEMS
@@ -146,3 +148,30 @@ def test_answers_waiting_for_a_slow_reader_are_bounded() -> None:
         assert [r.call for r in writes.written[1].more] == [3]
 
     asyncio.run(scenario())
+
+
+class _StoreWithoutReadNow:
+    """A store written to the contract as it stood before ``read_now``: every other
+    member of a memory store, that one absent."""
+
+    def __init__(self) -> None:
+        self._inner = MemoryStore()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "read_now":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "unary"])
+def test_a_store_without_read_now_has_its_reads_run(stream: bool) -> None:
+    store = _StoreWithoutReadNow()
+    with (
+        serve(store=store) as server,
+        BridgedState.init(address=server.address, stream=stream) as state,
+    ):
+        state.register_variable("x", "integer", 1)
+        assert state.get_variable("x") == 1
+        assert state.get_variables(["x", "absent"]) == {"x": 1}
+        with pytest.raises(VariableNotFound):
+            state.get_variable("absent")

@@ -2,9 +2,10 @@
 
 The server (``bridge/``) only translates the wire; a :class:`Store` holds the
 sessions and runs the typed operations of :mod:`dspex_actors.messages` on them.
-Every method is a coroutine run on the server's event loop; a store must never
-block that loop on a session's work (the memory store hands writes to session
-actors and is told their answers; a store on an engine awaits the engine).
+Every method but ``read_now`` is a coroutine run on the server's event loop (a
+store written before ``read_now`` may lack it: each read is then run); a store
+must never block that loop on a session's work (the memory store hands writes to
+session actors and is told their answers; a store on an engine awaits the engine).
 
 Rules every store keeps, beyond the StateProvider contract's:
 

@@ -129,6 +129,8 @@ class SessionStoreServicer:
 
     def __init__(self, store: Store, limits: Limits, metrics: ServerMetrics | None = None) -> None:
         self._store = store
+        # (None for a store written before read_now: each of its reads is run)
+        self._read_now = getattr(store, "read_now", None)
         self._limits = limits
         self._metrics = metrics
         self._limited = Limited(limits)
@@ -186,13 +188,14 @@ class SessionStoreServicer:
         (:meth:`~dspex_actors.stores.base.Store.read_now`), or MISSED: it must be
         run (a write, a session's operation, a scan, a store on an engine, a read
         that met a write in progress). A ``StateError`` raised as it is."""
-        if not isinstance(operation, ReadOperation) or operation.scans:
+        read_now = self._read_now
+        if read_now is None or not isinstance(operation, ReadOperation) or operation.scans:
             return MISSED
         incarnation = (request.incarnation if rpc.has_incarnation else "") or None
         metrics = self._metrics
         started = time.perf_counter()
         try:
-            result = self._store.read_now(request.session_id, operation, incarnation)
+            result = read_now(request.session_id, operation, incarnation)
         except Exception as exc:
             if metrics is not None:
                 metrics.store_call(time.perf_counter() - started, exc)

@@ -108,31 +108,24 @@ def run(run: Run) -> None:
             AsyncBridgedState.init(address=store.address, timeout=30)
         )
         cleanup.callback(lambda: loop.run_until_complete(bridged.aclose()))
-        unary = loop.run_until_complete(
-            AsyncBridgedState.init(
-                address=store.address,
-                session_id=bridged.session_id,
-                create=False,
-                timeout=30,
-                stream=False,
-            )
-        )
-        cleanup.callback(lambda: loop.run_until_complete(unary.aclose()))
-        single, cached = (
-            loop.run_until_complete(
+
+        def attached(**options: Any) -> AsyncBridgedState:
+            """Another handle on ``bridged``'s session, closed with the run."""
+            handle = loop.run_until_complete(
                 AsyncBridgedState.init(
                     address=store.address,
                     session_id=bridged.session_id,
                     create=False,
                     timeout=30,
-                    coalesce=coalesce,
-                    cache=cache,
+                    **options,
                 )
             )
-            for coalesce, cache in ((False, False), (True, True))
-        )
-        cleanup.callback(lambda: loop.run_until_complete(single.aclose()))
-        cleanup.callback(lambda: loop.run_until_complete(cached.aclose()))
+            cleanup.callback(lambda: loop.run_until_complete(handle.aclose()))
+            return handle
+
+        unary = attached(stream=False)
+        single = attached(coalesce=False)
+        cached = attached(cache=True)
         plain = {"temperature": 0.7}
         channel = grpc.aio.insecure_channel(echo_server.address)
         cleanup.callback(lambda: loop.run_until_complete(channel.close(None)))

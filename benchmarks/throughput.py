@@ -321,9 +321,8 @@ def run(run: Run) -> None:
 def _cpu_values(run: Run, modes: list[str], measured: Rates, n: int, threads: int = 1) -> None:
     """What one call cost the clients and the server in CPU with ``n`` clients (of
     ``threads`` threads each)."""
-    shape, what = (f"{n}", f"{n} client processes")
-    if threads > 1:
-        shape, what = f"{n}x{threads}", f"{n} client processes x {threads} threads"
+    shape = f"{n}x{threads}" if threads > 1 else f"{n}"
+    what = f"{n} client processes" + (f" x {threads} threads" if threads > 1 else "")
     for mode in modes:
         label = MODES[mode][0]
         outcome = measured[mode, n]

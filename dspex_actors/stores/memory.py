@@ -391,8 +391,8 @@ class MemoryStore:
         self, session_id: str, operation: ReadOperation[_R], incarnation: str | None = None
     ) -> _R | Missed:
         entry = self._live(session_id, incarnation)
-        if operation.scans and len(entry.table.by_id) >= BULK_ITEMS:
-            return MISSED  # read off the loop by run()
+        if _read_apart(entry, operation):
+            return MISSED  # run() reads it there
         return entry.table.read(operation)
 
     async def run(
@@ -406,7 +406,7 @@ class MemoryStore:
     ) -> _R:
         entry = self._live(session_id, incarnation)
         if isinstance(operation, ReadOperation):
-            if operation.scans and len(entry.table.by_id) >= BULK_ITEMS:
+            if _read_apart(entry, operation):
                 answer: _R | Missed = await off_loop(
                     entry.table.read, operation, deadline=deadline
                 )
@@ -474,6 +474,11 @@ class MemoryStore:
                 raise refused from None
         outcome: _R = _outcome(result)
         return outcome
+
+
+def _read_apart(entry: _Session, operation: ReadOperation[Any]) -> bool:
+    """Whether ``operation`` scans a session so large that it is read off the loop."""
+    return operation.scans and len(entry.table.by_id) >= BULK_ITEMS
 
 
 def _outcome(answer: Any) -> Any:

@@ -696,16 +696,14 @@ SENDS[Settle] = Send(
 )
 
 
+def _prompt(rpc: Rpc) -> bool:
+    """Whether every operation sent as ``rpc`` is a read that scans nothing."""
+    ops = [op for op, send in SENDS.items() if send.rpc is rpc]
+    return bool(ops) and all(issubclass(op, ReadOperation) and not op.scans for op in ops)
+
+
 PROMPT_FIELDS: frozenset[str] = frozenset(
-    rpc.field
-    for rpc in CALL_FIELDS.values()
-    if all(
-        issubclass(op, ReadOperation) and not op.scans
-        for op, send in SENDS.items()
-        if send.rpc is rpc
-    )
-    and any(send.rpc is rpc for send in SENDS.values())
-    and rpc.field is not None
+    field for field, rpc in CALL_FIELDS.items() if _prompt(rpc)
 )
 """The Calls fields of the reads that scan nothing: as a rule a server answers them
 from what it holds at once, or (on an engine) in one round trip to it."""
